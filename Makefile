@@ -1,0 +1,35 @@
+# Two commands: `make run` and `make test`.  Everything lives in .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= var
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install clean bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# A normal (non-editable) install: a PEP 660 editable install hides
+# twisted/plugins/netshare_plugin.py from twistd.  Rebuilt when sources change.
+$(STAMP): $(PY) setup.cfg pyproject.toml $(shell find netshare twisted -name '*.py' -o -name '*.mako')
+	$(PY) -m pip install --quiet ".[test]"
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	@rm -rf build *.egg-info
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@test -d $(DATA) || $(VENV)/bin/netshare init --data $(DATA)
+	exec $(VENV)/bin/twistd --pidfile= -n netshare --data $(DATA)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	@echo "see bench/README.md"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

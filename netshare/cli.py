@@ -1,0 +1,234 @@
+"""
+The operator CLI: C{netshare init | user ... | db ...}.
+
+It runs without a reactor: plain synchronous SQLAlchemy through the storage
+layer's C{thd_*} functions, which is fine for a one-shot command and safe
+beside a running server (SQLite WAL + busy timeout; the server re-reads
+accounts on every login).
+"""
+
+import argparse
+import getpass
+import os
+import secrets
+import sys
+
+from netshare import config as configmod
+
+
+def _connection_parent(default=None):
+    # Sub-commands repeat these options (so `netshare init --data D` works)
+    # with SUPPRESS defaults, so they never overwrite `netshare --data D init`.
+    p = argparse.ArgumentParser(add_help=False, argument_default=default)
+    p.add_argument("--data", help="data directory [default: var; env NETSHARE_DATA]")
+    p.add_argument("--db", help="database URL [default: sqlite:///netshare.db in the data dir; "
+                                "env NETSHARE_DB]")
+    p.add_argument("--config", help="config file [env NETSHARE_CONFIG]")
+    return p
+
+
+def build_parser():
+    top = _connection_parent()
+    common = _connection_parent(argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="netshare", parents=[top],
+                                     description="netshare operator commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", parents=[common], help="create data dir, schema, TLS, admin")
+    init.add_argument("--admin-password", help="admin password (default: random, printed once)")
+    init.add_argument("--demo", action="store_true", help="add sample personnel and users")
+    user = sub.add_parser("user", parents=[common], help="manage accounts")
+    usub = user.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", parents=[common], help="create an account")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="role admin (default: user)")
+    pw = usub.add_parser("passwd", parents=[common], help="set an account's password")
+    pw.add_argument("name")
+    rm = usub.add_parser("remove", parents=[common], help="delete an account")
+    rm.add_argument("name")
+    usub.add_parser("list", parents=[common], help="list accounts")
+    db = sub.add_parser("db", parents=[common], help="database schema")
+    dsub = db.add_subparsers(dest="action", required=True)
+    dsub.add_parser("upgrade", parents=[common], help="migrate the schema to this version")
+    dsub.add_parser("check", parents=[common], help="is the schema current? (exit 1 if not)")
+    return parser
+
+
+def _config(args):
+    cli = {"data": args.data, "db": args.db}
+    return configmod.build(cli, config_file=args.config)
+
+
+def _engine(cfg):
+    from netshare.storage.engine import create_engine
+    return create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous)
+
+
+def _read_password(prompt="Password: "):
+    env = os.environ.get("NETSHARE_PASSWORD")
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    first = getpass.getpass(prompt)
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("netshare: passwords do not match")
+    return first
+
+
+def cmd_init(args, cfg, out):
+    from netshare.accounts import check_password, hash_password_sync
+    from netshare.storage import migrate
+    from netshare.storage.accounts import thd_count, thd_create, thd_get
+    from netshare.tls import make_self_signed, make_ssh_host_key
+
+    changed = []
+    if not os.path.isdir(cfg.data):
+        os.makedirs(cfg.data, mode=0o700)
+        changed.append("created data directory %s" % cfg.data)
+    os.chmod(cfg.data, 0o700)
+    for sub in ("files", "logs", "tls"):
+        path = os.path.join(cfg.data, sub)
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=0o700)
+    cert = os.path.join(cfg.data, "tls", "cert.pem")
+    key = os.path.join(cfg.data, "tls", "key.pem")
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        make_self_signed(cert, key)
+        changed.append("created TLS certificate %s (self-signed for localhost)" % cert)
+    hostkey = os.path.join(cfg.data, "ssh_host_key")
+    if not os.path.exists(hostkey):
+        make_ssh_host_key(hostkey)
+        changed.append("created SSH host key %s" % hostkey)
+    engine = _engine(cfg)
+    try:
+        before, after = migrate.upgrade(engine)
+        if before != after:
+            changed.append("database schema %s -> %s" % (before or "empty", after))
+        with engine.begin() as conn:
+            admin = thd_get(conn, "admin")
+            if admin is None:
+                password = args.admin_password or secrets.token_urlsafe(12)
+                check_password(password)
+                thd_create(conn, "admin", "admin",
+                           hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+                changed.append("created account admin (admin)")
+                if not args.admin_password:
+                    out.write("admin password (shown once): %s\n" % password)
+        if args.demo:
+            changed.extend(_demo(engine, cfg))
+    finally:
+        engine.dispose()
+    if changed:
+        for line in changed:
+            out.write(line + "\n")
+    else:
+        out.write("already initialised: nothing changed (%s)\n" % cfg.data)
+    return 0
+
+
+def _demo(engine, cfg):
+    """Sample users and personnel (only what is not there yet)."""
+    from netshare.accounts import hash_password_sync
+    from netshare.storage.accounts import thd_create, thd_get
+    done = []
+    with engine.begin() as conn:
+        for name in ("alice", "bob", "client1", "client2"):
+            if thd_get(conn, name) is None:
+                thd_create(conn, name, "user",
+                           hash_password_sync(name + "-demo", cfg.scrypt_n, cfg.scrypt_r,
+                                              cfg.scrypt_p))
+                done.append("created demo account %s (password %s-demo)" % (name, name))
+    try:
+        from netshare.storage import personnel as pstore
+    except ImportError:
+        return done
+    people = [("123-45-6789", "Ada", "Lovelace", "engineer", "120000"),
+              ("987-65-4321", "Grace", "Hopper", "admiral", "150000"),
+              ("555-12-3456", "Alan", "Turing", "researcher", "110000")]
+    with engine.begin() as conn:
+        added = pstore.thd_demo_people(conn, people) if hasattr(pstore, "thd_demo_people") else 0
+    if added:
+        done.append("added %d demo personnel" % added)
+    return done
+
+
+def cmd_user(args, cfg, out):
+    from netshare.accounts import check_password, check_username, hash_password_sync
+    from netshare.errors import NetshareError
+    from netshare.storage import accounts as st
+    from netshare.storage import migrate
+    engine = _engine(cfg)
+    try:
+        migrate.check(engine)
+        with engine.begin() as conn:
+            if args.action == "list":
+                for a in st.thd_list(conn):
+                    out.write("%-32s %s\n" % (a.name, a.role))
+                return 0
+            if args.action == "remove":
+                st.thd_remove(conn, args.name)
+                out.write("removed %s\n" % args.name)
+                return 0
+        check_username(args.name)
+        password = _read_password("Password for %s: " % args.name)
+        check_password(password)
+        hashed = hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+        with engine.begin() as conn:
+            if args.action == "add":
+                st.thd_create(conn, args.name, "admin" if args.admin else "user", hashed)
+                out.write("created %s (%s)\n" % (args.name, "admin" if args.admin else "user"))
+            else:
+                st.thd_set_password(conn, args.name, hashed)
+                out.write("password of %s changed\n" % args.name)
+        return 0
+    except NetshareError as e:
+        raise SystemExit("netshare: %s" % e.text)
+    finally:
+        engine.dispose()
+
+
+def cmd_db(args, cfg, out):
+    from netshare.storage import migrate
+    engine = _engine(cfg)
+    try:
+        if args.action == "upgrade":
+            before, after = migrate.upgrade(engine)
+            out.write("schema %s -> %s\n" % (before or "empty", after) if before != after
+                      else "schema already current (%s)\n" % after)
+            return 0
+        state = migrate.status(engine)
+        out.write("schema %s (database %s, this netshare %s)\n"
+                  % (state, migrate.current(engine) or "none", migrate.head()))
+        return 0 if state == "current" else 1
+    finally:
+        engine.dispose()
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+    except configmod.ConfigError as e:
+        sys.stderr.write("netshare: %s\n" % e)
+        return 2
+    handler = {"init": cmd_init, "user": cmd_user, "db": cmd_db}[args.command]
+    try:
+        return handler(args, cfg, out)
+    except SystemExit:
+        raise
+    except Exception as e:
+        from netshare.storage.engine import EngineError
+        from netshare.storage.migrate import SchemaError
+        if isinstance(e, (EngineError, SchemaError)):
+            sys.stderr.write("netshare: %s\n" % e)
+            return 1
+        if e.__class__.__module__.startswith("sqlalchemy"):
+            sys.stderr.write("netshare: database error: %s\n" % str(e).splitlines()[0])
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,857 @@
+"""
+The line protocol every netshare port speaks (PROTOCOL.md section 1).
+
+L{CommandProtocol} does everything that is the same on every port, once:
+greeting, framing and limits, shell-word tokenizing, C{cmd_<VERB>} dispatch,
+the single place where exceptions become reply lines, replies in command
+order under pipelining, listings and object replies, pushes that never land
+inside a multi-line reply or raw data, raw transfers in both directions with
+backpressure, idle timeout, slow-reader drop, login throttling, the request
+history and per-command structured logging.
+
+A service protocol subclasses it, sets C{service}, and adds C{cmd_VERB(self,
+args)} methods.  A handler receives the list of shell words after the verb
+and returns (or returns a Deferred of) one of:
+
+  - L{Reply} (or a C{(code, text)} tuple): one line;
+  - L{ObjectReply}: C{200 <json>};
+  - L{Listing}: C{210-<json>} lines and C{210 <n> items};
+  - L{ReceiveRaw}: C{350}, then exactly n raw bytes into a consumer;
+  - L{SendRaw}: C{150}, then exactly n raw bytes from a producer, then C{226}.
+
+or raises a L{NetshareError}.  Anything else raised is a bug: logged once
+with its traceback and answered C{451 internal error}; the session goes on.
+
+Ordering: while a command's Deferred is pending the receiver is paused (no
+further line is parsed, the socket is not read), so replies can never
+reorder.  Output: the protocol registers itself as a streaming producer's
+observer on the transport (L{_OutputMonitor}); while the transport says its
+buffer is full, everything written counts against C{max_output}, and a
+connection past it is dropped, so one reader that never reads cannot make
+the server hold unbounded memory or make anyone else wait.
+"""
+
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from netshare import __version__
+from netshare.errors import (BadArguments, BadSequence, ClosingConnection, LoginRequired,
+                             NetshareError, SyntaxError_, TemporaryError)
+from netshare.wire import dumps, now_ms
+
+CRLF = b"\r\n"
+SECRET_OPTIONS = ("password",)
+
+
+# --- what handlers return -------------------------------------------------
+
+@dataclass
+class Reply:
+    code: int
+    text: str
+
+    def lines(self):
+        return ["%d %s" % (self.code, self.text)]
+
+
+@dataclass
+class ObjectReply:
+    obj: Any
+    code: int = 200
+    prefix: str = ""
+
+    def lines(self):
+        return ["%d %s%s" % (self.code, self.prefix, dumps(self.obj))]
+
+
+@dataclass
+class Listing:
+    items: list
+
+    def lines(self):
+        out = ["210-" + dumps(item) for item in self.items]
+        out.append("210 %d items" % (len(self.items),))
+        return out
+
+
+@dataclass
+class ReceiveRaw:
+    """
+    Ask the client for exactly C{size} raw bytes.
+
+    @ivar consumer: an C{IConsumer}; it is given this connection's raw input
+        as a streaming producer (so it can pause the socket) and every byte.
+    @ivar finish: called with no arguments after the last byte; returns the
+        final reply (or a Deferred of it).
+    @ivar abort: called if the connection is lost before the last byte.
+    """
+    size: int
+    consumer: Any
+    finish: Any
+    abort: Any = None
+
+
+@dataclass
+class SendRaw:
+    """
+    Send exactly C{size} raw bytes after C{150 <size> bytes sha256=<sha256>}.
+
+    @ivar producer: has C{beginFileTransfer(consumer) -> Deferred} and
+        C{stopProducing()}, like L{twisted.protocols.basic.FileSender}.
+    @ivar done: optional callable run after the transfer (success or not).
+    """
+    size: int
+    sha256: str
+    producer: Any
+    done: Any = None
+
+
+# --- helpers for handlers -------------------------------------------------
+
+def split_options(words, allowed=(), positional=(0, None)):
+    """
+    Separate C{key=value} options from positional words.
+
+    Only keys in C{allowed} are options (so a tweet "a=b" stays a word).
+    @return: (positional list, {key: value})
+    @raise BadArguments: unknown or repeated option, wrong count.
+    """
+    args, opts = [], {}
+    for w in words:
+        key, sep, value = w.partition("=")
+        if sep and key in allowed:
+            if key in opts:
+                raise BadArguments("option %s given twice" % (key,))
+            opts[key] = value
+        else:
+            args.append(w)
+    lo, hi = positional
+    if hi is not None and len(args) > hi and allowed:
+        extra = args[hi]
+        if re.fullmatch(r"[a-z][a-z0-9_]*=.*", extra, re.S):
+            raise BadArguments("unknown option %s (allowed: %s)"
+                               % (extra.partition("=")[0], ", ".join(allowed)))
+    if len(args) < lo or (hi is not None and len(args) > hi):
+        if hi == lo:
+            raise BadArguments("expected %d argument%s" % (lo, "" if lo == 1 else "s"))
+        raise BadArguments("wrong number of arguments")
+    return args, opts
+
+
+def parse_int(text, name, lo=0, hi=None):
+    """An integer option within [lo, hi]; BadArguments (501) otherwise."""
+    try:
+        v = int(text, 10)
+    except (TypeError, ValueError):
+        raise BadArguments("%s must be a whole number" % (name,)) from None
+    if v < lo or (hi is not None and v > hi):
+        raise BadArguments("%s out of range" % (name,))
+    return v
+
+
+def redact(verb, words):
+    """The command as recorded in history and logs: no password anywhere."""
+    out = []
+    for i, w in enumerate(words):
+        key, sep, _ = w.partition("=")
+        if verb in ("LOGIN", "REGISTER") and i == 1:
+            out.append("***")
+        elif sep and key.lower() in SECRET_OPTIONS:
+            out.append(key + "=***")
+        else:
+            out.append(w)
+    return " ".join([verb] + [shlex.quote(w) if w != "***" and not w.endswith("=***") else w
+                              for w in out])
+
+
+# --- the output side ------------------------------------------------------
+
+@implementer(IPushProducer)
+class _OutputMonitor:
+    """
+    Registered on the transport as a streaming producer only to learn when
+    the transport's send buffer is full (pauseProducing) and drained
+    (resumeProducing).
+    """
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.full = False
+
+    def pauseProducing(self):
+        self.full = True
+        self.proto._queuedWhileFull = 0
+
+    def resumeProducing(self):
+        self.full = False
+        self.proto._queuedWhileFull = 0
+        self.proto._outputDrained()
+
+    def stopProducing(self):
+        pass
+
+
+@implementer(IPushProducer)
+class _RawInput:
+    """The connection's raw input as a producer for an upload consumer."""
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def pauseProducing(self):
+        if self.proto._rawRemaining:
+            self.proto.pauseProducing()
+
+    def resumeProducing(self):
+        if self.proto._rawRemaining:
+            self.proto.resumeProducing()
+
+    def stopProducing(self):
+        if self.proto.transport:
+            self.proto.transport.loseConnection()
+
+
+@dataclass
+class _Command:
+    verb: str
+    recorded: str
+    started: float
+    ts_ms: int
+    bytes: int = 0
+    code: int = 0
+
+
+# --- the protocol ---------------------------------------------------------
+
+class CommandProtocol(LineReceiver, TimeoutMixin):
+    """See the module docstring."""
+
+    log = Logger()
+    delimiter = b"\n"
+    service = "base"
+    #: Verbs allowed before LOGIN; every other verb answers 530 until then.
+    PUBLIC = frozenset({"HELP", "PING", "LOGIN", "REGISTER", "WHOAMI", "QUIT"})
+    #: One-line descriptions for HELP, by verb.
+    HELP = {
+        "HELP": "HELP: this text",
+        "PING": "PING: 200 pong",
+        "LOGIN": "LOGIN <user> <password>",
+        "REGISTER": "REGISTER <user> <password>",
+        "WHOAMI": "WHOAMI",
+        "HISTORY": "HISTORY [limit=N] [user=NAME|*] | HISTORY DELETE <id> | HISTORY CLEAR [user=NAME|*]",
+        "QUIT": "QUIT",
+    }
+
+    def __init__(self):
+        self.account = None
+        self.peer = "-"
+        self._current = None
+        self._loginFailures = 0
+        self._closing = False
+        self._shuttingDown = False
+        self._idleExempt = False
+        self._rawRemaining = 0
+        self._rawReceive = None
+        self._sendingRaw = None
+        self._pushQueue = []
+        self._pushQueued = 0
+        self._queuedWhileFull = 0
+        self._output = _OutputMonitor(self)
+        self._rawInput = _RawInput(self)
+        self._waitingForDrain = False
+        self.lost = defer.Deferred()
+
+    # -- configuration shortcuts
+
+    @property
+    def runtime(self):
+        return self.factory.runtime
+
+    @property
+    def config(self):
+        return self.factory.runtime.config
+
+    @property
+    def user(self):
+        return self.account.name if self.account else None
+
+    # -- connection lifecycle
+
+    def connectionMade(self):
+        self.MAX_LENGTH = self.config.max_line + 1  # + the optional CR
+        self.factory.stats.connections_total += 1
+        peer = self.transport.getPeer()
+        self.peer = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
+        refusal = self.factory.admit(self)
+        if refusal:
+            self._closing = True
+            self.transport.write(("421 %s" % refusal).encode() + CRLF)
+            self.transport.loseConnection()
+            self.log.warn("refused {peer}: {reason}", service=self.service, peer=self.peer,
+                          reason=refusal)
+            return
+        if hasattr(self.transport, "setTcpNoDelay"):
+            try:
+                self.transport.setTcpNoDelay(True)
+                self.transport.setTcpKeepAlive(True)
+            except Exception:
+                pass
+        self.transport.registerProducer(self._output, True)
+        self.setTimeout(self.config.idle_timeout)
+        self._write(["220 netshare %s %s ready" % (self.service, __version__)])
+        self.connectionReady()
+
+    def connectionReady(self):
+        """Hook for subclasses: the greeting has been sent."""
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        self.factory.release(self)
+        if self._rawReceive is not None and self._rawRemaining:
+            self._abortRawReceive()
+        if self._sendingRaw is not None:
+            try:
+                self._sendingRaw.producer.stopProducing()
+            except Exception:
+                pass
+        self.connectionClosed()
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def connectionClosed(self):
+        """Hook for subclasses: release subscriptions, streams, files."""
+
+    def timeoutConnection(self):
+        self.log.info("idle timeout {peer}", service=self.service, peer=self.peer,
+                      user=self.user)
+        self._closeWith("421 idle timeout")
+
+    def setIdleExempt(self, exempt: bool):
+        """
+        A connection that only waits for pushes (a SYNC stream, a subscriber)
+        is not idle: exempt it from the idle timeout (TCP keepalive still
+        reaps dead peers).
+        """
+        self._idleExempt = exempt
+        self.setTimeout(None if exempt else self.config.idle_timeout)
+
+    def _closeWith(self, line):
+        if self._closing:
+            return
+        self._closing = True
+        if self.transport.producer is self._output:
+            self.transport.unregisterProducer()
+        self.transport.write(line.encode("utf-8") + CRLF)
+        self.transport.loseConnection()
+        # A peer that never reads would keep a graceful close pending forever.
+        self.factory.reactor.callLater(5, self._abortIfConnected)
+
+    def _abortIfConnected(self):
+        if self.transport.connected:
+            self.transport.abortConnection()
+
+    # -- input
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self.factory.stats.bytes_in += len(data)
+        return LineReceiver.dataReceived(self, data)
+
+    def lineLengthExceeded(self, line):
+        self.log.warn("line too long from {peer}", service=self.service, peer=self.peer)
+        self._buffer = b""
+        self._record("-", "<line too long>", 500)
+        self._closeWith("500 line too long")
+
+    def lineReceived(self, line):
+        if self._closing:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self.config.max_line:
+            return self.lineLengthExceeded(line)
+        if not self._idleExempt:
+            self.resetTimeout()
+        started, ts = time.monotonic(), now_ms()
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._record("-", "<invalid utf-8>", 500, started, ts)
+            return self._write(["500 invalid UTF-8"])
+        try:
+            words = shlex.split(text, posix=True)
+        except ValueError as e:
+            verb = text.split(None, 1)[0].upper() if text.split() else "-"
+            self._record(verb, verb + " <unparsable>", 500, started, ts)
+            return self._write(["500 bad quoting: %s" % (e,)])
+        if not words:
+            return  # a blank line is not a command
+        verb = words[0].upper()
+        cmd = _Command(verb, redact(verb, words[1:]), started, ts)
+        handler = getattr(self, "cmd_" + verb, None) if verb.isalnum() else None
+        self._current = cmd
+        if handler is None:
+            d = defer.fail(SyntaxError_("unknown command %s" % (verb[:32],)))
+        elif self.account is None and verb not in self.PUBLIC and not self.isPublic(verb):
+            d = defer.fail(LoginRequired("login required"))
+        else:
+            d = defer.maybeDeferred(handler, words[1:])
+        if not d.called:
+            self.pauseProducing()
+        d.addCallback(self._deliver)
+        d.addErrback(self._deliverError)
+        d.addBoth(self._commandDone)
+
+    def isPublic(self, verb):
+        """Hook: may this verb run before login? (ttweet's guests, say)."""
+        return False
+
+    # -- replies
+
+    def _deliver(self, result):
+        if isinstance(result, tuple):
+            result = Reply(*result)
+        if isinstance(result, ReceiveRaw):
+            return self._startRawReceive(result)
+        if isinstance(result, SendRaw):
+            return self._startRawSend(result)
+        if result is None:
+            result = Reply(200, "ok")
+        self._current.code = getattr(result, "code", 210 if isinstance(result, Listing) else 200)
+        self._write(result.lines())
+
+    def _deliverError(self, failure):
+        err = failure.value
+        if isinstance(err, NetshareError):
+            self._current.code = err.code
+            self._write([err.replyLine()])
+            if err.code == 421:
+                self._closing = True
+                self.transport.loseConnection()
+            return
+        self.log.failure("internal error in {verb}", failure, service=self.service,
+                         verb=self._current.verb, user=self.user, peer=self.peer)
+        self._current.code = 451
+        self._write(["451 internal error"])
+
+    def _commandDone(self, _):
+        cmd, self._current = self._current, None
+        if cmd is not None:
+            self._record(cmd.verb, cmd.recorded, cmd.code, cmd.started, cmd.ts_ms, cmd.bytes)
+            self.factory.stats.commands += 1
+        if self._shuttingDown and not self._closing:
+            self._closeWith("421 shutting down")
+            return
+        if self._output.full:
+            self._waitingForDrain = True  # read no more commands until drained
+            return
+        if self.paused and not self._closing:
+            self.resumeProducing()
+
+    def _outputDrained(self):
+        self._flushPushes()
+        if self._waitingForDrain and self._current is None:
+            self._waitingForDrain = False
+            if self.paused and not self._closing:
+                self.resumeProducing()
+
+    def _write(self, lines):
+        if not lines:
+            return
+        data = CRLF.join(line.encode("utf-8") for line in lines) + CRLF
+        self._send(data)
+
+    def _send(self, data: bytes):
+        if self._closing and not self.transport.connected:
+            return
+        self.factory.stats.bytes_out += len(data)
+        if self._current is not None:
+            self._current.bytes += len(data)
+        if self._output.full:
+            self._queuedWhileFull += len(data)
+            if self._queuedWhileFull + self._pushQueued > self.config.max_output:
+                return self._dropSlowReader()
+        self.transport.write(data)
+
+    def sendPush(self, data):
+        """
+        Send a 6xx push line (bytes ending in CRLF, or str without it).
+
+        Queued while raw data is in flight in either direction, written at
+        once otherwise.  Never blocks; drops this connection when its queued
+        output passes C{max_output}.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8") + CRLF
+        if self._closing:
+            return
+        if self._sendingRaw is not None or self._rawRemaining:
+            self._pushQueue.append(data)
+            self._pushQueued += len(data)
+            if self._pushQueued > self.config.max_output:
+                self._dropSlowReader()
+            return
+        self.factory.stats.pushes += 1
+        self._send(data)
+
+    def writable(self) -> bool:
+        """False while the transport's buffer is full: producers should wait
+        for L{onDrain} before sending more."""
+        return not self._output.full and self._sendingRaw is None and not self._closing
+
+    def _flushPushes(self):
+        if self._pushQueue and self._sendingRaw is None and not self._rawRemaining:
+            queue, self._pushQueue, self._pushQueued = self._pushQueue, [], 0
+            for data in queue:
+                self._send(data)
+        if not self._output.full:
+            self.onDrain()
+
+    def onDrain(self):
+        """Hook: the output has drained (e.g. resume a SYNC feed)."""
+
+    def _dropSlowReader(self):
+        if self._closing:
+            return
+        self.log.warn("dropping slow reader {peer}: more than {limit} bytes queued",
+                      service=self.service, peer=self.peer, user=self.user,
+                      limit=self.config.max_output)
+        self.factory.stats.slow_drops += 1
+        self._closing = True
+        self._pushQueue, self._pushQueued = [], 0
+        self.transport.abortConnection()
+
+    # -- raw receive (client -> server)
+
+    def _startRawReceive(self, raw: ReceiveRaw):
+        self._rawReceive = raw
+        self._rawRemaining = raw.size
+        self._rawDone = defer.Deferred()
+        self._write(["350 send %d bytes" % (raw.size,)])
+        raw.consumer.registerProducer(self._rawInput, True)
+        if raw.size == 0:
+            self._rawComplete()
+            return self._rawDone
+        self.setRawMode()
+        self.resumeProducing()  # only raw bytes can come until the last one
+        return self._rawDone
+
+    def rawDataReceived(self, data):
+        if self._closing or not self._rawRemaining:
+            return
+        self.resetTimeout()  # a stalled upload times out like an idle line
+        chunk, rest = data[:self._rawRemaining], data[self._rawRemaining:]
+        self._rawRemaining -= len(chunk)
+        if self._current is not None:
+            self._current.bytes += len(chunk)
+        self._rawReceive.consumer.write(chunk)
+        if not self._rawRemaining:
+            self._rawComplete()
+            self.setLineMode(rest)  # buffered: we are paused until the reply
+
+    def _rawComplete(self):
+        self.pauseProducing()  # next pipelined commands wait for the final reply
+        raw, done = self._rawReceive, self._rawDone
+        raw.consumer.unregisterProducer()
+        self._rawReceive = None
+        self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
+        d = defer.maybeDeferred(raw.finish)
+        d.addCallback(self._deliver)
+        d.chainDeferred(done)
+        self._flushPushes()
+
+    def _abortRawReceive(self):
+        raw, self._rawReceive = self._rawReceive, None
+        self._rawRemaining = 0
+        try:
+            raw.consumer.unregisterProducer()
+        except Exception:
+            pass
+        if raw.abort is not None:
+            try:
+                raw.abort()
+            except Exception:
+                self.log.failure("aborting an upload", service=self.service)
+        if not self._rawDone.called:
+            self._rawDone.errback(Failure(TemporaryError("connection lost mid-transfer")))
+
+    # -- raw send (server -> client)
+
+    def _startRawSend(self, raw: SendRaw):
+        self._current.code = 226
+        self._write(["150 %d bytes sha256=%s" % (raw.size, raw.sha256)])
+        self._sendingRaw = raw
+        self.setTimeout(None)
+        if self.transport.producer is self._output:
+            self.transport.unregisterProducer()
+        counter = _CountingConsumer(self)
+        d = raw.producer.beginFileTransfer(counter)
+
+        def finished(result):
+            self._sendingRaw = None
+            if raw.done is not None:
+                raw.done()
+            if self._closing or not self.transport.connected:
+                return
+            if self.transport.producer is None:
+                self._output.full = False
+                self.transport.registerProducer(self._output, True)
+            self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
+            self._write(["226 transfer complete"])
+            self._flushPushes()
+
+        def failed(f):
+            self._sendingRaw = None
+            if raw.done is not None:
+                raw.done()
+            # The byte count promised in the 150 line cannot be kept: the only
+            # honest thing left is to close the connection.
+            self.log.failure("raw send failed, closing {peer}", f, service=self.service,
+                             peer=self.peer, user=self.user)
+            self._current.code = 451
+            self._closing = True
+            if self.transport.connected:
+                self.transport.abortConnection()
+
+        d.addCallbacks(finished, failed)
+        return d
+
+    # -- shutdown
+
+    def beginShutdown(self):
+        """
+        The service is stopping: answer C{421 shutting down} now if idle, or
+        as soon as the command in progress has been answered.
+        @return: a Deferred that fires when the connection is closed.
+        """
+        self._shuttingDown = True
+        if self._current is None and self._sendingRaw is None and not self._rawRemaining:
+            self._closeWith("421 shutting down")
+        return self.lost
+
+    # -- history and logs
+
+    def _record(self, verb, recorded, code, started=None, ts_ms=None, nbytes=0):
+        duration = (time.monotonic() - started) * 1000.0 if started else 0.0
+        self.runtime.history.record(ts_ms or now_ms(), self.service, self.user, self.peer,
+                                    recorded, code)
+        self.log.info("{verb} -> {code}", service=self.service, user=self.user or "-",
+                      peer=self.peer, verb=verb, code=code,
+                      duration_ms=round(duration, 3), bytes=nbytes)
+
+    # -- commands every port has
+
+    def cmd_PING(self, args):
+        return Reply(200, "pong")
+
+    def cmd_QUIT(self, args):
+        self._closing = True
+        self._write(["221 bye"])
+        self._current.code = 221
+        self.transport.loseConnection()
+        return _NO_REPLY
+
+    def cmd_HELP(self, args):
+        verbs = sorted(name[4:] for name in dir(self) if name.startswith("cmd_"))
+        lines = ["214-" + self.HELP.get(v, v) for v in verbs]
+        return _Lines(214, lines + ["214 end"])
+
+    def cmd_WHOAMI(self, args):
+        if self.account is None:
+            raise LoginRequired("not logged in")
+        return Reply(200, "%s %s" % (self.account.name, self.account.role))
+
+    def cmd_LOGIN(self, args):
+        if len(args) != 2:
+            raise BadArguments("usage: LOGIN <user> <password>")
+        return self.authenticate(args[0], args[1])
+
+    @defer.inlineCallbacks
+    def authenticate(self, name, password):
+        """Check an account password; throttle and count failures."""
+        if self.account is not None:
+            raise BadSequence("already logged in as %s" % (self.account.name,))
+        try:
+            account = yield self.runtime.accounts.authenticate(name, password)
+        except NetshareError as e:
+            if e.code != 535:
+                raise
+            yield self.loginFailed()
+            raise
+        self.account = account
+        self.loggedIn()
+        return Reply(230, "logged in as %s (%s)" % (account.name, account.role))
+
+    @defer.inlineCallbacks
+    def loginFailed(self):
+        """Pause (without blocking anyone else), then count the failure."""
+        self._loginFailures += 1
+        self.factory.stats.login_failures += 1
+        yield task.deferLater(self.factory.reactor, self.config.login_failure_delay,
+                              lambda: None)
+        if self._loginFailures >= self.config.max_login_failures:
+            raise ClosingConnection("too many failures")
+
+    def loggedIn(self):
+        """Hook for subclasses: C{self.account} was just set."""
+
+    @defer.inlineCallbacks
+    def cmd_REGISTER(self, args):
+        if len(args) != 2:
+            raise BadArguments("usage: REGISTER <user> <password>")
+        account = yield self.runtime.accounts.register(args[0], args[1])
+        return Reply(201, "registered %s" % (account.name,))
+
+    def cmd_HISTORY(self, args):
+        history = self.runtime.history
+        if args and args[0].upper() == "DELETE":
+            pos, _ = split_options(args[1:], positional=(1, 1))
+            entry = parse_int(pos[0], "id", lo=1)
+            return history.delete(self.account, entry).addCallback(lambda _: Reply(200, "deleted"))
+        if args and args[0].upper() == "CLEAR":
+            _, opts = split_options(args[1:], allowed=("user",), positional=(0, 0))
+            d = history.clear(self.account, opts.get("user"))
+            return d.addCallback(lambda n: Reply(200, "%d deleted" % (n,)))
+        _, opts = split_options(args, allowed=("limit", "user"), positional=(0, 0))
+        limit = parse_int(opts.get("limit", str(self.config.history_default)), "limit", 1,
+                          self.config.history_max)
+        d = history.query(self.account, opts.get("user"), limit)
+        return d.addCallback(lambda entries: Listing([e.to_wire() for e in entries]))
+
+
+class _Lines:
+    """A reply made of ready lines (HELP)."""
+
+    def __init__(self, code, lines):
+        self.code = code
+        self._lines = lines
+
+    def lines(self):
+        return self._lines
+
+
+class _NoReply:
+    code = 221
+
+    def lines(self):
+        return []
+
+
+_NO_REPLY = _NoReply()
+
+
+@implementer(IPushProducer)
+class _CountingConsumer:
+    """Stands between a raw-send producer and the transport, counting bytes."""
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.transport = proto.transport
+
+    def registerProducer(self, producer, streaming):
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self.transport.unregisterProducer()
+
+    def write(self, data):
+        self.proto.factory.stats.bytes_out += len(data)
+        if self.proto._current is not None:
+            self.proto._current.bytes += len(data)
+        self.transport.write(data)
+
+
+@dataclass
+class ServiceStats:
+    """Live counters of one listener (shown by the admin shell)."""
+    connections: int = 0
+    connections_total: int = 0
+    refused: int = 0
+    commands: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pushes: int = 0
+    slow_drops: int = 0
+    login_failures: int = 0
+
+    def snapshot(self) -> dict:
+        return dict(self.__dict__)
+
+
+class CommandFactory(Factory):
+    """
+    Builds one service's protocols and enforces the connection caps.
+
+    @ivar runtime: the shared L{netshare.service.Runtime}.
+    @ivar app: the service object (files store, ttweet hub, ...), if any.
+    """
+
+    protocol = CommandProtocol
+    log = Logger()
+    noisy = False
+
+    def __init__(self, runtime, protocol=None, app=None):
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        if protocol is not None:
+            self.protocol = protocol
+        self.app = app
+        self.service = self.protocol.service
+        self.connections = set()
+        self._perIP = {}
+        self.stats = ServiceStats()
+
+    def admit(self, proto):
+        """Count a new connection; return a refusal reason or None."""
+        host = getattr(proto.transport.getPeer(), "host", "?")
+        cfg = self.runtime.config
+        if len(self.connections) >= cfg.max_connections or \
+                self._perIP.get(host, 0) >= cfg.max_per_ip:
+            self.stats.refused += 1
+            return "too many connections"
+        self.connections.add(proto)
+        self._perIP[host] = self._perIP.get(host, 0) + 1
+        proto._admittedHost = host
+        self.stats.connections = len(self.connections)
+        return None
+
+    def release(self, proto):
+        if proto in self.connections:
+            self.connections.discard(proto)
+            host = proto._admittedHost
+            left = self._perIP.get(host, 1) - 1
+            if left:
+                self._perIP[host] = left
+            else:
+                self._perIP.pop(host, None)
+            self.stats.connections = len(self.connections)
+
+    def shutdown(self, timeout):
+        """Tell every connection we are stopping; abort stragglers after
+        C{timeout} seconds.  @return: a Deferred that fires when all are gone."""
+        waits = [p.beginShutdown() for p in list(self.connections)]
+        if not waits:
+            return defer.succeed(None)
+        d = defer.DeferredList(waits, consumeErrors=True)
+        timer = self.reactor.callLater(timeout, self._abortAll)
+        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        return d
+
+    def _abortAll(self):
+        for p in list(self.connections):
+            self.log.warn("aborting {peer} at shutdown", peer=p.peer, service=self.service)
+            p.transport.abortConnection()

@@ -1,0 +1,213 @@
+"""
+The root service: listeners, shared runtime, and an orderly stop.
+
+Start-up (all before the reactor serves anyone): the data dir must exist,
+the database must be reachable and its schema current (else one clear line
+and exit status 1), then each service's listener binds (a busy port: one
+clear line, exit status 1).
+
+Stop (SIGTERM, Ctrl-C): listeners stop accepting; every open connection is
+told C{421 shutting down} as soon as its command in progress is answered;
+after C{shutdown_timeout} stragglers are cut; service objects flush (tweets,
+history); only then is the database pool stopped.  The pool is deliberately
+*not* a child service: L{MultiService.stopService} stops all children at
+once, so child order could not make the database outlive its users.
+"""
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, Logger
+
+from netshare.accounts import AccountService
+from netshare.history import HistoryRecorder
+from netshare.kdf import KDFPool
+from netshare.logs import JsonLogFile, consoleObserver
+
+#: service name -> module in netshare.protocols providing makeFactory(runtime)
+SERVICES = ("personnel", "files", "ttweet")
+
+
+@dataclass
+class Runtime:
+    """Everything the protocols and service objects share."""
+    config: Any
+    reactor: Any
+    engine: Any = None
+    pool: Any = None
+    kdf: Any = None
+    accounts: Any = None
+    history: Any = None
+    factories: dict = field(default_factory=dict)
+    apps: dict = field(default_factory=dict)
+
+    def stats(self) -> dict:
+        out = {name: f.stats.snapshot() for name, f in self.factories.items()}
+        out["database"] = self.pool.stats() if self.pool else {}
+        out["kdf"] = {"pending": self.kdf.pending} if self.kdf else {}
+        return out
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the operator sees."""
+
+
+def fatal(message: str):
+    """Print one line and exit non-zero (before or during reactor start)."""
+    sys.stderr.write("netshare: %s\n" % (message,))
+    sys.stderr.flush()
+    from twisted.internet import reactor
+    if reactor.running:
+        os._exit(1)
+    raise SystemExit(1)
+
+
+class NetshareService(MultiService):
+    log = Logger()
+
+    def __init__(self, config, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.runtime = Runtime(config=config, reactor=reactor)
+        self.jsonLog = None
+        self._listeners = {}
+
+    # -- building (synchronous, before the reactor runs)
+
+    def prepare(self):
+        """Open the database, check the schema, build the factories.
+        @raise StartupError: with the operator-facing line."""
+        from netshare.storage.accounts import AccountStore
+        from netshare.storage.engine import EngineError, create_engine
+        from netshare.storage.history import HistoryStore
+        from netshare.storage import migrate
+        from netshare.storage.pool import DBPool
+
+        cfg, rt = self.config, self.runtime
+        if not os.path.isdir(cfg.data):
+            raise StartupError("data directory %s does not exist: run `netshare init --data %s`"
+                               % (cfg.data, cfg.data))
+        try:
+            rt.engine = create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous,
+                                      pool_size=cfg.db_threads)
+            migrate.check(rt.engine)
+        except (EngineError, migrate.SchemaError) as e:
+            raise StartupError("setting --db: %s" % (e,)) from None
+        except Exception as e:
+            from netshare.storage.engine import describe
+            raise StartupError("cannot use database %s: %s"
+                               % (describe(rt.engine) if rt.engine else cfg.db,
+                                  str(e).splitlines()[0])) from None
+        rt.pool = DBPool(rt.engine, reactor=rt.reactor)
+        rt.kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, reactor=rt.reactor)
+        rt.accounts = AccountService(AccountStore(rt.pool), rt.kdf, cfg.scrypt_n, cfg.scrypt_r,
+                                     cfg.scrypt_p, registration_open=cfg.registration == "open")
+        rt.history = HistoryRecorder(HistoryStore(rt.pool), rt.reactor, cfg.history_flush)
+        for name in SERVICES:
+            endpoint = getattr(cfg, name)
+            if endpoint is None:
+                continue
+            module = importlib.import_module("netshare.protocols." + name)
+            factory = module.makeFactory(rt)
+            rt.factories[name] = factory
+            if factory.app is not None:
+                rt.apps[name] = factory.app
+            listener = strports.service(endpoint, factory, reactor=rt.reactor)
+            listener.setName(name)
+            listener.setServiceParent(self)
+            self._listeners[name] = listener
+        if cfg.manhole is not None or cfg.manhole_ssh is not None:
+            self._addManhole()
+        return self
+
+    def _addManhole(self):
+        try:
+            manhole = importlib.import_module("netshare.manhole")
+        except ImportError:
+            self.log.warn("manhole not available in this build")
+            return
+        for name, listener in manhole.makeListeners(self.runtime):
+            listener.setServiceParent(self)
+            self._listeners[name] = listener
+
+    def setServiceParent(self, parent):
+        # twistd's AppLogger uses an ILogObserver component of the
+        # application if there is one: that is how --log-format json reaches
+        # the console under twistd (twist has its own --log-format).
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, consoleObserver("json"))
+        return super().setServiceParent(parent)
+
+    # -- starting
+
+    def privilegedStartService(self):
+        self._startShared()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self._cannotListen(e)
+
+    def startService(self):
+        self._startShared()
+        try:
+            super().startService()
+        except CannotListenError as e:
+            self._cannotListen(e)
+        self.log.info("netshare started: {listeners}",
+                      listeners=", ".join("%s=%s" % (n, getattr(self.config, n, n))
+                                          for n in self._listeners))
+
+    def _cannotListen(self, e):
+        name = next((n for n, l in self._listeners.items()
+                     if getattr(l, "_waitingForPort", None) is None and not l.running), "?")
+        fatal("cannot listen on %s:%s (%s)" % (e.interface or "*", e.port,
+                                                e.socketError.strerror
+                                                if hasattr(e.socketError, "strerror")
+                                                else e.socketError))
+
+    def _startShared(self):
+        rt = self.runtime
+        if rt.pool.running:
+            return
+        self.jsonLog = JsonLogFile(os.path.join(self.config.data, "logs"),
+                                   max_bytes=self.config.log_max_bytes, keep=self.config.log_keep)
+        self.jsonLog.start()
+        rt.pool.start()
+        rt.kdf.start()
+        for name, app in rt.apps.items():
+            start = getattr(app, "start", None)
+            if start is not None:
+                d = defer.maybeDeferred(start)
+                d.addErrback(lambda f, n=name: self.log.failure("starting {service}", f, service=n))
+
+    # -- stopping
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        rt = self.runtime
+        self.log.info("netshare stopping")
+        yield super().stopService()  # listeners stop accepting
+        yield defer.DeferredList([f.shutdown(self.config.shutdown_timeout)
+                                  for f in rt.factories.values()], consumeErrors=True)
+        for name, app in rt.apps.items():
+            stop = getattr(app, "stop", None)
+            if stop is not None:
+                try:
+                    yield defer.maybeDeferred(stop)
+                except Exception:
+                    self.log.failure("stopping {service}", service=name)
+        yield rt.history.stop()
+        yield rt.pool.stop()
+        rt.kdf.stop()
+        self.log.info("netshare stopped")
+        if self.jsonLog is not None:
+            self.jsonLog.stop()

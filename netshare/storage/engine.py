@@ -1,0 +1,116 @@
+"""
+One SQLAlchemy engine per database URL, set up for how netshare uses it.
+
+SQLite (the embedded default) is used from exactly one worker thread: WAL so
+readers in other processes (backups, the operator CLI) never block us, a busy
+timeout so a concurrent writer is waited for instead of failing, every
+transaction C{BEGIN IMMEDIATE} so a read-then-write transaction can never hit
+a lock upgrade deadlock, and C{synchronous=FULL} by default because an
+acknowledged write must survive a power loss (WAL+NORMAL may roll the last
+commits back).
+
+PostgreSQL and MariaDB get a small connection pool with C{pool_pre_ping}
+(a server restart costs one failed ping, not a failed request) and
+C{pool_recycle} (MySQL drops idle connections after 8 h), plus short connect
+timeouts so an unreachable server surfaces as an error in seconds.
+"""
+
+import os
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class EngineError(ValueError):
+    """The database URL or its settings are unusable."""
+
+
+def resolve_url(url: str, data_dir: str | None = None) -> str:
+    """Make a relative SQLite path relative to the data dir, not the cwd."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        if not os.path.isabs(u.database) and data_dir:
+            u = u.set(database=os.path.join(data_dir, u.database))
+    return u.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: str = "FULL",
+                  busy_timeout_ms: int = 5000, pool_size: int = 5, connect_timeout: int = 3):
+    """
+    Build the engine for C{url}.
+
+    @return: an Engine with an extra attribute C{optimal_thread_pool_size}:
+        how many worker threads the L{netshare.storage.pool.DBPool} should use
+        (1 for SQLite, the pool size otherwise).
+    """
+    try:
+        u = make_url(resolve_url(url, data_dir))
+    except Exception as e:
+        raise EngineError("invalid database URL: %s" % (e,)) from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(u, sqlite_synchronous.upper(), busy_timeout_ms)
+        engine.optimal_thread_pool_size = 1
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        kw = dict(pool_pre_ping=True, pool_recycle=1800, pool_size=pool_size, max_overflow=0,
+                  pool_timeout=connect_timeout + 2)
+        if backend == "postgresql":
+            kw["connect_args"] = {"connect_timeout": connect_timeout, "keepalives": 1,
+                                  "keepalives_idle": 10, "keepalives_interval": 5,
+                                  "keepalives_count": 3}
+        else:
+            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": 60,
+                                  "write_timeout": 60, "charset": "utf8mb4"}
+        try:
+            engine = sa.create_engine(u, **kw)
+        except Exception as e:
+            raise EngineError("cannot use database URL %s: %s" % (u.render_as_string(), e)) from None
+        engine.optimal_thread_pool_size = pool_size
+    else:
+        raise EngineError("unsupported database %r (use sqlite, postgresql or mysql)" % (backend,))
+    return engine
+
+
+def _sqlite_engine(u, synchronous: str, busy_timeout_ms: int):
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise EngineError("sqlite synchronous must be one of %s" % ", ".join(SQLITE_SYNCHRONOUS))
+    memory = not u.database or u.database == ":memory:"
+    if memory:
+        # One shared connection, or every checkout would see a new empty db.
+        engine = sa.create_engine(u, poolclass=StaticPool,
+                                  connect_args={"check_same_thread": False})
+    else:
+        directory = os.path.dirname(os.path.abspath(u.database))
+        if not os.path.isdir(directory):
+            raise EngineError("SQLite directory %s does not exist" % (directory,))
+        engine = sa.create_engine(u, pool_size=1, max_overflow=2,
+                                  connect_args={"check_same_thread": False,
+                                                "timeout": busy_timeout_ms / 1000.0})
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, record):
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions
+        # begin (the sqlite3 module would defer BEGIN until the first write).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=%s" % synchronous)
+        cur.execute("PRAGMA busy_timeout=%d" % int(busy_timeout_ms))
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def describe(engine) -> str:
+    """The URL without its password, for logs and messages."""
+    return engine.url.render_as_string(hide_password=True)

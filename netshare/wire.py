@@ -1,0 +1,38 @@
+"""
+Small wire-format helpers shared by the server and the clients.
+
+Timestamps are kept as integer epoch milliseconds everywhere inside netshare
+(portable across SQLite, PostgreSQL and MariaDB, no time-zone surprises) and
+rendered on the wire as ISO 8601 UTC strings.  JSON on the wire is compact and
+UTF-8 (``ensure_ascii=False``); the json module escapes control characters,
+so a field can never forge a line break inside a reply.
+"""
+
+import datetime
+import json
+import time
+
+
+def now_ms() -> int:
+    """The current wall-clock time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+def iso_ms(ms: int) -> str:
+    """Render epoch milliseconds as C{2026-11-21T05:15:35.120Z}."""
+    dt = datetime.datetime.fromtimestamp(ms / 1000.0, tz=datetime.timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)
+
+
+def dumps(obj) -> str:
+    """Compact JSON for one reply line.
+
+    Line separators U+2028/U+2029 are escaped as well, so that a line-based
+    reader splitting on any Unicode line break still sees one line.
+    """
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def loads(text: str):
+    return json.loads(text)
