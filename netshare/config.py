@@ -245,6 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("flood_rate", "ttweet", "flood_rate", seconds, "20", "sustained tweets per second"),
     S("timeline_limit", "ttweet", "timeline_limit", positive_int, "1000",
       "most recent tweets kept in a TIMELINE or GETTWEETS listing"),
+    S("ttweet_batch_interval", "ttweet", "batch_interval", seconds, "0.05",
+      "tweets are stored in batches at most this often (a tweet's 200 waits for its batch)"),
     # personnel
     S("sync_page", "personnel", "sync_page", positive_int, "500",
       "messages read from the outbox per page on a SYNC stream"),

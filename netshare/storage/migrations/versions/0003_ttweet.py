@@ -1,0 +1,50 @@
+"""ttweet: tweets and registered users' timelines
+
+Revision ID: 0003_ttweet
+Revises: 0002_files
+
+Written out in full (not imported from netshare.storage.tweets) so this
+revision keeps creating exactly these tables whatever the live schema later
+becomes.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_ttweet"
+down_revision = "0002_files"
+branch_labels = None
+depends_on = None
+
+KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade():
+    op.create_table(
+        "tweets",
+        sa.Column("id", ID, autoincrement=False, nullable=False),
+        sa.Column("user", sa.String(32), nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("hashtags", sa.String(80), nullable=False),
+        sa.Column("ts_ms", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_tweets"),
+        **KW,
+    )
+    op.create_index("ix_tweets_user_id", "tweets", ["user", "id"])
+    op.create_table(
+        "timelines",
+        sa.Column("id", ID, autoincrement=True, nullable=False),
+        sa.Column("user", sa.String(32), nullable=False),
+        sa.Column("tweet_id", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_timelines"),
+        **KW,
+    )
+    op.create_index("ix_timelines_user_id", "timelines", ["user", "id"])
+
+
+def downgrade():
+    op.drop_index("ix_timelines_user_id", table_name="timelines")
+    op.drop_table("timelines")
+    op.drop_index("ix_tweets_user_id", table_name="tweets")
+    op.drop_table("tweets")

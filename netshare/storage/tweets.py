@@ -1,0 +1,187 @@
+"""
+ttweet storage: the tweets themselves and the timelines of registered users.
+
+The hub (L{netshare.ttweet.Hub}) never writes one tweet at a time: it hands
+L{thd_save_batch} everything that accumulated in the last ~50 ms, so the
+database is off the fan-out path and a write costs one transaction per batch
+(PERF.md section 5: batched Core executemany is ~400x faster than a
+transaction per row).
+
+Tweet ids are assigned by the hub (C{max(id) + 1} at start-up, then counted in
+memory) rather than by the database: the id is part of the C{600} push, which
+goes out before the batch is written.  That makes a batch replayable, so
+L{thd_save_batch} skips tweets that are already stored: a batch whose commit
+succeeded but whose answer was lost is retried without a duplicate-key error
+poisoning the queue.
+
+Timeline rows are ordered by their own autoincrement id; the hub writes
+batches strictly in tweet order with at most one batch in flight, so that
+order is also tweet order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import sqlalchemy as sa
+
+from netshare.storage.schema import ID, TABLE_KW, accounts, metadata
+
+# Column sizes, shared with the validation in netshare.ttweet.
+USER_LEN = 32
+HASHTAGS_LEN = 80          # 5 units of at most 15 characters = 75
+# Upper bound of any listing limit, whatever a caller passes.
+MAX_LIMIT = 100_000
+# Ids per IN (...) clause: far below every backend's bound-parameter limit.
+_IN_CHUNK = 500
+
+tweets = sa.Table(
+    "tweets",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=False),
+    sa.Column("user", sa.String(USER_LEN), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("hashtags", sa.String(HASHTAGS_LEN), nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    # (user, id) serves GETTWEETS: one user's tweets in id order.
+    sa.Index("ix_tweets_user_id", "user", "id"),
+    **TABLE_KW,
+)
+
+timelines = sa.Table(
+    "timelines",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("user", sa.String(USER_LEN), nullable=False),
+    sa.Column("tweet_id", sa.BigInteger, nullable=False),
+    sa.Index("ix_timelines_user_id", "user", "id"),
+    **TABLE_KW,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TweetRow:
+    """One stored tweet, as plain data (the hub renders the wire object)."""
+
+    id: int
+    user: str
+    message: str
+    hashtags: str
+    ts_ms: int
+
+
+def _limit(limit) -> int:
+    """Clamp a listing limit to 0..MAX_LIMIT (never trust a caller's number)."""
+    return max(0, min(int(limit), MAX_LIMIT))
+
+
+def _chunks(seq: Sequence, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+_TWEET_COLS = (tweets.c.id, tweets.c.user, tweets.c.message, tweets.c.hashtags, tweets.c.ts_ms)
+
+
+def _rows(result) -> list[TweetRow]:
+    return [TweetRow(r[0], r[1], r[2], r[3], r[4]) for r in result]
+
+
+def thd_save_batch(conn, tweet_rows: Sequence[dict],
+                   timeline_entries: Sequence[tuple[int, Sequence[str]]]) -> int:
+    """
+    Store one batch in the caller's transaction.
+
+    @param tweet_rows: dicts with C{id, user, message, hashtags, ts_ms}.
+    @param timeline_entries: C{(tweet_id, [registered recipient, ...])}
+        pairs, in tweet order.  Grouped per tweet so the reactor thread
+        never builds one object per delivery; the rows are expanded here.
+    @return: the number of tweets newly stored (already-stored ones from a
+        replayed batch are skipped, with their timeline rows).
+    """
+    ids = [t["id"] for t in tweet_rows]
+    present = set()
+    for chunk in _chunks(ids, _IN_CHUNK):
+        present.update(conn.execute(sa.select(tweets.c.id).where(tweets.c.id.in_(chunk))).scalars())
+    new = [t for t in tweet_rows if t["id"] not in present] if present else list(tweet_rows)
+    if new:
+        conn.execute(tweets.insert(), [
+            {"id": t["id"], "user": t["user"], "message": t["message"],
+             "hashtags": t["hashtags"], "ts_ms": t["ts_ms"]} for t in new])
+    entries = [{"user": user, "tweet_id": tid}
+               for tid, users in timeline_entries if tid not in present
+               for user in users]
+    if entries:
+        conn.execute(timelines.insert(), entries)
+    return len(new)
+
+
+def thd_max_tweet_id(conn) -> int:
+    """The largest stored tweet id, 0 when there is none."""
+    return conn.execute(sa.select(sa.func.max(tweets.c.id))).scalar() or 0
+
+
+def thd_tweets_by(conn, user: str, limit: int) -> list[TweetRow]:
+    """The C{limit} most recent tweets of C{user} (exact name), oldest first."""
+    q = (sa.select(*_TWEET_COLS).where(tweets.c.user == user)
+         .order_by(tweets.c.id.desc()).limit(_limit(limit)))
+    rows = _rows(conn.execute(q))
+    rows.reverse()
+    return rows
+
+
+def thd_last_message(conn) -> str | None:
+    """The message of the most recent tweet, or None."""
+    return conn.execute(sa.select(tweets.c.message).order_by(tweets.c.id.desc()).limit(1)).scalar()
+
+
+def thd_timeline(conn, user: str, limit: int) -> list[TweetRow]:
+    """The C{limit} most recent tweets delivered to C{user}, oldest first."""
+    q = (sa.select(*_TWEET_COLS)
+         .select_from(timelines.join(tweets, tweets.c.id == timelines.c.tweet_id))
+         .where(timelines.c.user == user)
+         .order_by(timelines.c.id.desc()).limit(_limit(limit)))
+    rows = _rows(conn.execute(q))
+    rows.reverse()
+    return rows
+
+
+def thd_user_known(conn, user: str) -> bool:
+    """
+    Is C{user} "in the system" beyond being online: an account (names are
+    unique case-insensitively, as in L{netshare.storage.accounts}) or at
+    least one stored tweet under exactly that name.
+    """
+    if len(user) > USER_LEN:
+        return False
+    q = sa.select(accounts.c.id).where(accounts.c.name_key == user.lower()).limit(1)
+    if conn.execute(q).first() is not None:
+        return True
+    q = sa.select(tweets.c.id).where(tweets.c.user == user).limit(1)
+    return conn.execute(q).first() is not None
+
+
+class TweetStore:
+    """Async facade over the C{thd_*} functions: every method returns a Deferred."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def save_batch(self, tweet_rows, timeline_entries):
+        return self.pool.run(thd_save_batch, tweet_rows, timeline_entries)
+
+    def max_tweet_id(self):
+        return self.pool.run(thd_max_tweet_id)
+
+    def tweets_by(self, user, limit):
+        return self.pool.run(thd_tweets_by, user, limit)
+
+    def last_message(self):
+        return self.pool.run(thd_last_message)
+
+    def timeline(self, user, limit):
+        return self.pool.run(thd_timeline, user, limit)
+
+    def user_known(self, user):
+        return self.pool.run(thd_user_known, user)
