@@ -250,6 +250,10 @@ SETTINGS: tuple[Setting, ...] = (
     # personnel
     S("sync_page", "personnel", "sync_page", positive_int, "500",
       "messages read from the outbox per page on a SYNC stream"),
+    S("personnel_list_default", "personnel", "list_default", positive_int, "50",
+      "people in a LIST without limit="),
+    S("personnel_list_max", "personnel", "list_max", positive_int, "1000",
+      "largest LIST / MESSAGES limit="),
 )
 del S
 

@@ -30,6 +30,42 @@ def _db_params():
 DB_PARAMS = _db_params()
 
 
+@pytest.fixture(scope="session")
+def server_urls():
+    """
+    Per-session isolation on the shared servers: a schema of our own on
+    PostgreSQL, a database of our own on MariaDB (so two test runs at once
+    never drop each other's tables).  Created here, dropped at the end.
+    """
+    urls, cleanup = {}, []
+    tag = "ns_test_%d" % os.getpid()
+    pg = os.environ.get("NETSHARE_TEST_POSTGRES")
+    if pg:
+        base = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
+        with base.connect() as conn:
+            conn.exec_driver_sql("DROP SCHEMA IF EXISTS %s CASCADE" % tag)
+            conn.exec_driver_sql("CREATE SCHEMA %s" % tag)
+        u = sa.engine.make_url(pg)
+        urls["postgres"] = u.update_query_dict({"options": "-csearch_path=%s" % tag}) \
+            .render_as_string(hide_password=False)
+        cleanup.append((base, "DROP SCHEMA IF EXISTS %s CASCADE" % tag))
+    my = os.environ.get("NETSHARE_TEST_MYSQL")
+    if my:
+        base = sa.create_engine(my, isolation_level="AUTOCOMMIT")
+        with base.connect() as conn:
+            conn.exec_driver_sql("DROP DATABASE IF EXISTS %s" % tag)
+            conn.exec_driver_sql("CREATE DATABASE %s CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                                 % tag)
+        urls["mysql"] = sa.engine.make_url(my).set(database=tag) \
+            .render_as_string(hide_password=False)
+        cleanup.append((base, "DROP DATABASE IF EXISTS %s" % tag))
+    yield urls
+    for base, sql in cleanup:
+        with base.connect() as conn:
+            conn.exec_driver_sql(sql)
+        base.dispose()
+
+
 def _reset(engine):
     """Drop every table so each test starts from an empty database."""
     md = sa.MetaData()
@@ -40,10 +76,12 @@ def _reset(engine):
 
 @pytest.fixture(params=DB_PARAMS)
 def db_url(request, tmp_path):
+    """A database URL: a SQLite file, or this session's own PostgreSQL
+    schema / MariaDB database (see L{server_urls})."""
     kind = request.param
     if kind == "sqlite":
         return "sqlite:///" + str(tmp_path / "test.db")
-    return os.environ["NETSHARE_TEST_POSTGRES" if kind == "postgres" else "NETSHARE_TEST_MYSQL"]
+    return request.getfixturevalue("server_urls")[kind]
 
 
 @pytest.fixture

@@ -1,0 +1,490 @@
+"""
+The personnel service: roster rules and the live sync machinery.
+
+The line protocol (L{netshare.protocols.personnel}) parses commands and
+formats replies; this module decides.  The operator shell calls the very
+same methods, so a SEND typed in the manhole and a SEND on the wire take one
+code path.
+
+Decisions where PROTOCOL.md is silent:
+
+ - B{ssn}: 1-32 ASCII letters, digits and C{-}, compared exactly (case
+   matters).  A malformed ssn, an unknown or over-long field, a control
+   character, a missing required field: C{501} (L{BadArguments}), as
+   PROTOCOL.md lists 501 for ADD/UPDATE errors.
+ - B{fields}: C{name} and C{surname} are required on ADD and may not be
+   blank; C{job} and C{salary} default to C{""}.  C{name}/C{surname}/C{job}
+   hold at most 255 characters, C{salary} 32.  Text is stored literally
+   (no trimming, no normalisation); C0/C1 control characters, line
+   separators and bidi overrides are refused so that a stored field can never
+   forge a log line or reorder a terminal.
+ - B{salary} is text: it comes back as the same JSON string the client sent
+   (C{"52000.00"} stays C{"52000.00"}); a Python number given by the operator
+   shell is stored as its C{str()}.
+ - B{one stream per client}: a second SYNC for the same client replaces the
+   first; the old stream is stopped and its sink's C{streamReplaced()} is
+   called so the protocol can say C{421} and close it.  Nothing is lost:
+   whatever the old stream sent but was not acknowledged is sent again by
+   the new one.
+ - B{SYNC after=N} does not acknowledge anything by itself; only ACK does.
+ - B{DELETE} of an unknown ssn is C{550}.  B{REMOVE} of a single ssn does not
+   require the person to exist on the server (it may have been deleted
+   already); B{SEND} of a single ssn does (C{550}).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from decimal import Decimal
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from netshare.errors import BadArguments, PermissionDenied
+from netshare.storage.personnel import (DEFAULT_LIST_LIMIT, DELETE, DELETE_ALL, MAX_LIST_LIMIT,
+                                        PERSON_FIELDS, SAVE)
+
+#: Messages read from the outbox per query by one sync stream.
+DEFAULT_PAGE_SIZE = 500
+
+#: Seconds a sync stream waits before reading again after a database error.
+DEFAULT_RETRY_DELAY = 5.0
+
+#: Verbs only an admin may use (PROTOCOL.md section 4).
+ADMIN_COMMANDS = frozenset({"ADD", "UPDATE", "DELETE", "CLIENTS", "MESSAGES", "SEND", "REMOVE"})
+
+#: The push code of each message action.
+PUSH_CODES = {SAVE: 610, DELETE: 611, DELETE_ALL: 612}
+
+FIELD_LIMITS = {"name": 255, "surname": 255, "job": 255, "salary": 32}
+REQUIRED_ON_ADD = ("name", "surname")
+
+_SSN = re.compile(r"[A-Za-z0-9-]{1,32}\Z")
+_CLIENT = re.compile(r"[A-Za-z0-9]{1,32}\Z")
+_FORBIDDEN = frozenset("\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                       "\u2066\u2067\u2068\u2069")
+
+
+# ---------------------------------------------------------------------------
+# Validation (pure functions: the protocol and the tests call them directly)
+
+
+def check_ssn(ssn) -> str:
+    if not isinstance(ssn, str) or not _SSN.match(ssn):
+        raise BadArguments("invalid ssn: 1-32 letters, digits or '-'")
+    return ssn
+
+
+def check_client(name) -> str:
+    """A SEND/REMOVE target: C{*} or an account name."""
+    if name == "*":
+        return name
+    if not isinstance(name, str) or not _CLIENT.match(name):
+        raise BadArguments("invalid client name: 1-32 letters or digits, or *")
+    return name
+
+
+def check_target_ssn(ssn) -> str:
+    return ssn if ssn == "*" else check_ssn(ssn)
+
+
+def check_field(name: str, value) -> str:
+    """One person field, as it will be stored."""
+    if name not in FIELD_LIMITS:
+        raise BadArguments("unknown field %s (allowed: %s)" % (name, ", ".join(PERSON_FIELDS)))
+    numeric = isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+    if name == "salary" and numeric:
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadArguments("%s must be text" % (name,))
+    if len(value) > FIELD_LIMITS[name]:
+        raise BadArguments("%s too long (at most %d characters)" % (name, FIELD_LIMITS[name]))
+    for ch in value:
+        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cs"):
+            raise BadArguments("%s contains a control character" % (name,))
+    if name in REQUIRED_ON_ADD and not value.strip():
+        raise BadArguments("%s may not be empty" % (name,))
+    return value
+
+
+def check_fields(fields: dict, adding: bool) -> dict:
+    """Validate ADD (C{adding}) or UPDATE fields, C{ssn} excluded."""
+    if "ssn" in fields:
+        raise BadArguments("ssn cannot be changed" if not adding else "ssn given twice")
+    out = {k: check_field(k, v) for k, v in fields.items()}
+    if adding:
+        missing = [f for f in REQUIRED_ON_ADD if f not in out]
+        if missing:
+            raise BadArguments("missing field %s" % (missing[0],))
+    elif not out:
+        raise BadArguments("nothing to update")
+    return out
+
+
+def parse_int(value, what: str, minimum: int = 0) -> int:
+    """An integer argument from the wire (text) or the shell (int)."""
+    if isinstance(value, bool):
+        raise BadArguments("%s must be an integer" % (what,))
+    if isinstance(value, str):
+        if not re.fullmatch(r"-?[0-9]{1,19}", value.strip()):
+            raise BadArguments("%s must be an integer" % (what,))
+        value = int(value)
+    if not isinstance(value, int):
+        raise BadArguments("%s must be an integer" % (what,))
+    if value < minimum:
+        raise BadArguments("%s must be at least %d" % (what, minimum))
+    return value
+
+
+def push_line(message) -> str | None:
+    """The C{61x} push for an outbox message (without the line end)."""
+    code = PUSH_CODES.get(message.action)
+    if code is None:
+        return None
+    return "%d %d %s %s" % (code, message.seq, message.action, message.payload)
+
+
+def _deferred(method):
+    """Run a service method so that a validation error becomes a failed
+    Deferred, like every other failure of the call."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return defer.maybeDeferred(method, *args, **kwargs)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------
+# One live sync stream
+
+
+class SyncFeed:
+    """
+    Drives one SYNC stream: reads the client's pending messages a page at a
+    time and pushes them to C{sink}, then waits for L{notify}.
+
+    The sink (the protocol) provides C{sendPush(line: str)}, C{writable() ->
+    bool} and C{streamReplaced()}; it calls L{resume} when its output has
+    drained and L{stop} when the connection closes.
+
+    Memory stays bounded by one page: the next page is asked for only after
+    the previous one was written and only while the sink is writable.  A
+    notify that arrives while a page is being read is remembered, so a
+    message queued during that read is never missed.
+
+    @ivar lastSent: the highest seq pushed so far (or the start point).
+    @ivar sent: how many messages this stream pushed.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, client: str, sink, after: int = 0, *,
+                 page_size: int = DEFAULT_PAGE_SIZE, clock=None,
+                 retry_delay: float = DEFAULT_RETRY_DELAY, on_stop=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.store = store
+        self.client = client
+        self.sink = sink
+        self.lastSent = after
+        self.sent = 0
+        self.page_size = page_size
+        self.clock = clock
+        self.retry_delay = retry_delay
+        self.stopped = False
+        self._on_stop = on_stop
+        self._started = False
+        self._wanted = True      # there may be messages we have not read yet
+        self._fetching = False   # a page read is in flight
+        self._pumping = False    # guards against re-entering the pump loop
+        self._retry = None       # delayed call after a database error
+
+    @property
+    def caughtUp(self) -> bool:
+        """Everything queued so far has been pushed; waiting for L{notify}."""
+        return self._started and not self._wanted and not self._fetching
+
+    def start(self):
+        """Begin pushing (call after the C{200 syncing} reply is written)."""
+        self._started = True
+        self._pump()
+
+    def notify(self):
+        """New messages were queued for this client."""
+        self._wanted = True
+        self._pump()
+
+    def resume(self):
+        """The sink's output drained: continue if there is more to send."""
+        self._pump()
+
+    def stop(self):
+        """The connection closed or the stream was replaced: push nothing more."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._on_stop is not None:
+            self._on_stop(self)
+
+    def _pump(self):
+        # A loop rather than recursion: with a store whose Deferreds fire
+        # synchronously, _gotPage runs inside this loop and only sets flags.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while (self._started and not self.stopped and self._wanted and not self._fetching
+                   and self._retry is None and self.sink.writable()):
+                self._wanted = False
+                self._fetching = True
+                d = self.store.pending_page(self.client, self.lastSent, self.page_size)
+                d.addCallbacks(self._gotPage, self._pageFailed)
+                d.addErrback(self._bug)
+        finally:
+            self._pumping = False
+
+    def _gotPage(self, messages):
+        self._fetching = False
+        if self.stopped:
+            return
+        for message in messages:
+            if self.stopped:
+                # The sink dropped its connection while we were writing
+                # (e.g. a slow reader over its output limit).
+                return
+            line = push_line(message)
+            if line is None:
+                self.log.error("skipping outbox message {client}/{seq} with unknown action "
+                               "{action}", client=self.client, seq=message.seq,
+                               action=message.action)
+            else:
+                self.sink.sendPush(line)
+                self.sent += 1
+            self.lastSent = message.seq
+        if len(messages) >= self.page_size:
+            self._wanted = True
+        self._pump()
+
+    def _pageFailed(self, failure):
+        self._fetching = False
+        self._wanted = True
+        if self.stopped:
+            return
+        self.log.warn("sync stream for {client} cannot read its outbox, retrying in {delay}s: "
+                      "{error}", client=self.client, delay=self.retry_delay,
+                      error=failure.getErrorMessage())
+        self._retry = self.clock.callLater(self.retry_delay, self._retryNow)
+
+    def _retryNow(self):
+        self._retry = None
+        self._pump()
+
+    def _bug(self, failure):
+        self.log.failure("sync stream for {client} failed", failure, client=self.client)
+
+
+# ---------------------------------------------------------------------------
+# The service
+
+
+class PersonnelService:
+    """
+    Roster CRUD, SEND/REMOVE queueing and the registry of live sync streams.
+
+    Every public method returns a Deferred (validation errors included, as a
+    failed Deferred of a L{netshare.errors.NetshareError}).  Listings come
+    back as lists of PROTOCOL.md JSON objects (dicts).
+
+    @param store: a L{netshare.storage.personnel.PersonnelStore} (or any
+        object with the same methods).
+    @param clock: an C{IReactorTime}, the global reactor by default.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, clock=None, *, page_size: int = DEFAULT_PAGE_SIZE,
+                 list_default: int = DEFAULT_LIST_LIMIT, list_max: int = MAX_LIST_LIMIT,
+                 retry_delay: float = DEFAULT_RETRY_DELAY):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.store = store
+        self.clock = clock
+        self.page_size = page_size
+        self.list_default = list_default
+        self.list_max = min(list_max, MAX_LIST_LIMIT)
+        self.retry_delay = retry_delay
+        self._streams: dict[str, SyncFeed] = {}
+
+    # -- helpers ------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def authorize(self, verb: str, role: str | None):
+        """Raise L{PermissionDenied} (531) unless C{role} may use C{verb}."""
+        if verb.upper() in ADMIN_COMMANDS and role != "admin":
+            raise PermissionDenied("permission denied: %s needs admin" % (verb.upper(),))
+
+    def _limit(self, limit) -> int:
+        if limit is None:
+            return self.list_default
+        return max(1, min(parse_int(limit, "limit"), self.list_max))
+
+    # -- the roster ---------------------------------------------------------
+
+    @_deferred
+    def list(self, text: str | None = None, limit=None, offset=None):
+        offset = parse_int(offset, "offset") if offset is not None else 0
+        d = self.store.list(text or None, self._limit(limit), offset)
+        return d.addCallback(lambda persons: [p.to_wire() for p in persons])
+
+    @_deferred
+    def get(self, ssn: str):
+        return self.store.get(check_ssn(ssn)).addCallback(lambda p: p.to_wire())
+
+    @_deferred
+    def add(self, fields: dict):
+        """ADD: C{fields} holds C{ssn}, C{name}, C{surname}[, C{job}, C{salary}]."""
+        fields = dict(fields)
+        ssn = check_ssn(fields.pop("ssn", None))
+        values = check_fields(fields, adding=True)
+        d = self.store.add(ssn, values, self.now_ms())
+
+        def added(person):
+            self.log.info("person {ssn} added", ssn=ssn)
+            return person.to_wire()
+        return d.addCallback(added)
+
+    @_deferred
+    def update(self, ssn: str, fields: dict):
+        ssn = check_ssn(ssn)
+        values = check_fields(dict(fields), adding=False)
+        d = self.store.update(ssn, values, self.now_ms())
+        return d.addCallback(lambda p: p.to_wire())
+
+    @_deferred
+    def delete(self, ssn: str):
+        """Delete from the server's own roster; sync clients keep their copy
+        until a REMOVE is queued for them."""
+        ssn = check_ssn(ssn)
+        return self.store.delete(ssn).addCallback(lambda _: None)
+
+    @_deferred
+    def count(self):
+        return self.store.count()
+
+    # -- operator listings --------------------------------------------------
+
+    def isOnline(self, client: str) -> bool:
+        return client in self._streams
+
+    def onlineClients(self) -> list[str]:
+        return sorted(self._streams)
+
+    @_deferred
+    def clients(self):
+        return self.store.clients().addCallback(
+            lambda infos: [c.to_wire(online=self.isOnline(c.name)) for c in infos])
+
+    @_deferred
+    def messages(self, client: str | None = None, limit=None):
+        if client is not None:
+            client = check_client(client)
+            if client == "*":
+                client = None
+        d = self.store.messages(client, self._limit(limit))
+        return d.addCallback(lambda rows: [m.to_wire() for m in rows])
+
+    @defer.inlineCallbacks
+    def overview(self, limit: int = 20):
+        """
+        One snapshot for an operator console: person count and the first
+        persons, every client with its online flag, the newest messages.
+        """
+        persons = yield self.list(limit=limit)
+        total = yield self.count()
+        clients = yield self.clients()
+        messages = yield self.messages(limit=limit)
+        return {"persons": persons, "person_count": total, "clients": clients,
+                "messages": messages, "online": self.onlineClients()}
+
+    # -- queueing -----------------------------------------------------------
+
+    @_deferred
+    def send(self, persons: str, clients: str):
+        """SEND: queue SAVE of one person or C{*} to one client or C{*}.
+        @return: a Deferred firing with the number of messages queued."""
+        return self._enqueue(check_target_ssn(persons), check_client(clients), SAVE)
+
+    @_deferred
+    def remove(self, persons: str, clients: str):
+        """REMOVE: queue DELETE of one person (or DELETE_ALL for C{*})."""
+        return self._enqueue(check_target_ssn(persons), check_client(clients), DELETE)
+
+    def _enqueue(self, persons, clients, action):
+        d = self.store.enqueue(persons, clients, action, self.now_ms())
+
+        def queued(result):
+            self.log.info("queued {count} {action} messages ({persons} to {clients})",
+                          count=result.count, action=action, persons=persons, clients=clients)
+            for name in result.ranges:
+                feed = self._streams.get(name)
+                if feed is not None:
+                    feed.notify()
+            return result.count
+        return d.addCallback(queued)
+
+    @_deferred
+    def prune(self, days: float):
+        """Forget acknowledged messages older than C{days}."""
+        before = self.now_ms() - int(days * 86400 * 1000)
+        return self.store.prune_acked(before)
+
+    # -- sync streams -------------------------------------------------------
+
+    @_deferred
+    def openSync(self, client: str, sink, after=0):
+        """
+        SYNC: make C{sink} the sync stream of C{client} (the logged-in
+        account's name).
+
+        @return: a Deferred firing with the L{SyncFeed}, not yet started: the
+            protocol writes C{200 syncing}, then calls C{feed.start()}, and
+            calls C{feed.stop()} when the connection closes (also if it
+            closed before this Deferred fired).
+        """
+        after = parse_int(after, "after")
+        d = self.store.register_client(client, self.now_ms())
+
+        def registered(info):
+            feed = SyncFeed(self.store, client, sink, after, page_size=self.page_size,
+                            clock=self.clock, retry_delay=self.retry_delay,
+                            on_stop=self._feedStopped)
+            old = self._streams.get(client)
+            self._streams[client] = feed
+            if old is not None:
+                self.log.info("sync stream of {client} replaced by a newer one", client=client)
+                old.stop()
+                old.sink.streamReplaced()
+            self.log.info("sync stream of {client} opened after {after}, {pending} pending",
+                          client=client, after=after, pending=info.pending)
+            return feed
+        return d.addCallback(registered)
+
+    def _feedStopped(self, feed: SyncFeed):
+        if self._streams.get(feed.client) is feed:
+            del self._streams[feed.client]
+
+    @_deferred
+    def ack(self, client: str, seq):
+        """ACK: cumulative. @return: a Deferred of the acknowledged seq."""
+        return self.store.ack(client, parse_int(seq, "seq"))
+
+    def stopStreams(self):
+        """Stop every live stream (service shutdown)."""
+        for feed in list(self._streams.values()):
+            feed.stop()
