@@ -1,0 +1,237 @@
+"""
+The C{files} table: one row per visible file (PROTOCOL.md section 2).
+
+A row exists only for content that is complete, verified and durable on
+disk (L{netshare.files} writes the blob first); the row points at the blob
+by its opaque id.  C{name} is the NFC spelling the owner gave; C{name_key}
+(NFC + case folding, computed by L{netshare.files.name_key}) carries the
+unique constraint, so two uploads of "Report.txt" and "REPORT.TXT" cannot
+both win, on any of the three databases (the MySQL table uses a binary
+collation: uniqueness is decided by our key, not by MySQL's idea of case).
+
+C{enc_meta} holds the JSON of a protected file's encryption parameters
+(salt, scrypt parameters, password verifier hash, nonce prefix, chunk size;
+never a key or a password); NULL means not protected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from netshare.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
+from netshare.storage.schema import ID, TABLE_KW, metadata
+from netshare.wire import iso_ms
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("name_key", sa.String(255), nullable=False),
+    sa.Column("owner", sa.String(32), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("visibility", sa.String(8), nullable=False),
+    sa.Column("blob_id", sa.String(32), nullable=False),
+    sa.Column("enc_meta", sa.Text, nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("name_key", name="uq_files_name_key"),
+    sa.Index("ix_files_owner", "owner"),
+    **TABLE_KW,
+)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file's metadata, as plain data."""
+
+    id: int
+    name: str
+    name_key: str
+    owner: str
+    size: int
+    sha256: str
+    visibility: str
+    blob_id: str
+    enc_meta: dict | None
+    created_ms: int
+
+    @property
+    def protected(self) -> bool:
+        return self.enc_meta is not None
+
+    @property
+    def hidden(self) -> bool:
+        return self.visibility == "hidden"
+
+    def to_wire(self) -> dict:
+        """The PROTOCOL.md file object (no blob id, no encryption details)."""
+        return {"name": self.name, "size": self.size, "sha256": self.sha256,
+                "owner": self.owner, "visibility": self.visibility,
+                "protected": self.protected, "created": iso_ms(self.created_ms)}
+
+
+def _dump_meta(meta: dict | None) -> str | None:
+    return None if meta is None else json.dumps(meta, sort_keys=True, separators=(",", ":"))
+
+
+def _record(r) -> FileRecord:
+    meta = json.loads(r.enc_meta) if r.enc_meta is not None else None
+    return FileRecord(int(r.id), r.name, r.name_key, r.owner, int(r.size), r.sha256,
+                      r.visibility, r.blob_id, meta, int(r.created_ms))
+
+
+def thd_get(conn, name_key: str) -> FileRecord | None:
+    r = conn.execute(sa.select(files).where(files.c.name_key == name_key)).first()
+    return _record(r) if r is not None else None
+
+
+def thd_list_public(conn, owner: str | None = None, limit: int | None = None) -> list[FileRecord]:
+    """Public files (of one owner, or everyone's), by name key."""
+    q = sa.select(files).where(files.c.visibility == "public")
+    if owner is not None:
+        q = q.where(files.c.owner == owner)
+    q = q.order_by(files.c.name_key)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_record(r) for r in conn.execute(q)]
+
+
+def thd_list_hidden(conn, limit: int | None = None) -> list[FileRecord]:
+    q = sa.select(files).where(files.c.visibility == "hidden").order_by(files.c.name_key)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_record(r) for r in conn.execute(q)]
+
+
+def thd_usage(conn, owner: str) -> int:
+    """Bytes stored by C{owner} (the quota measure: plaintext sizes)."""
+    total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
+                         .where(files.c.owner == owner)).scalar_one()
+    return int(total)
+
+
+def _check_quota(conn, owner: str, size: int, quota: int | None, freed: int = 0) -> None:
+    """Re-check the quota inside the writing transaction (the check before
+    C{350} can be raced by a parallel upload of the same user)."""
+    if quota is None:
+        return
+    used = thd_usage(conn, owner) - freed
+    if used + size > quota:
+        raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, quota))
+
+
+def thd_insert(conn, *, name: str, name_key: str, owner: str, size: int, sha256: str,
+               visibility: str, blob_id: str, enc_meta: dict | None, created_ms: int,
+               quota: int | None = None) -> FileRecord:
+    """
+    Add a new file.  @raise Conflict: (555) the name key exists, including
+    when a parallel upload of the same name committed first.
+    @raise LimitExceeded: (552) over C{quota}.
+    """
+    _check_quota(conn, owner, size, quota)
+    values = dict(name=name, name_key=name_key, owner=owner, size=size, sha256=sha256,
+                  visibility=visibility, blob_id=blob_id, enc_meta=_dump_meta(enc_meta),
+                  created_ms=created_ms)
+    try:
+        with conn.begin_nested():
+            result = conn.execute(files.insert().values(**values))
+    except sa_exc.IntegrityError:
+        raise Conflict("file exists") from None
+    return FileRecord(int(result.inserted_primary_key[0]), name, name_key, owner, size, sha256,
+                      visibility, blob_id, enc_meta, created_ms)
+
+
+def thd_replace(conn, *, name: str, name_key: str, owner: str, size: int, sha256: str,
+                visibility: str | None, blob_id: str, enc_meta: dict | None, created_ms: int,
+                quota: int | None = None) -> tuple[FileRecord, str | None]:
+    """
+    Point an existing file of C{owner} at new content, in one transaction
+    (the row is locked, so a parallel replace or delete waits), or insert it
+    when there is none (C{replace=yes} on a new name).
+
+    The row takes the new spelling of the name, the new content, protection
+    and creation time; C{visibility=None} keeps the old visibility.
+
+    @return: (the new record, the old blob id to delete or None).
+    @raise Conflict: (555) the file belongs to someone else.
+    """
+    old = conn.execute(sa.select(files).where(files.c.name_key == name_key)
+                       .with_for_update()).first()
+    if old is None:
+        rec = thd_insert(conn, name=name, name_key=name_key, owner=owner, size=size,
+                         sha256=sha256, visibility=visibility or "public", blob_id=blob_id,
+                         enc_meta=enc_meta, created_ms=created_ms, quota=quota)
+        return rec, None
+    if old.owner != owner:
+        raise Conflict("file exists and belongs to someone else")
+    _check_quota(conn, owner, size, quota, freed=int(old.size))
+    visibility = visibility or old.visibility
+    conn.execute(files.update().where(files.c.id == old.id).values(
+        name=name, size=size, sha256=sha256, visibility=visibility, blob_id=blob_id,
+        enc_meta=_dump_meta(enc_meta), created_ms=created_ms))
+    rec = FileRecord(int(old.id), name, name_key, owner, size, sha256, visibility, blob_id,
+                     enc_meta, created_ms)
+    return rec, old.blob_id
+
+
+def thd_delete(conn, name_key: str, owner: str | None = None) -> FileRecord:
+    """
+    Remove a file's row.  With C{owner}, only that owner's file (the caller
+    passes None for an admin).
+
+    @return: the deleted record (its C{blob_id} is for the caller to unlink).
+    @raise NotFound: (550).  @raise PermissionDenied: (531) not the owner.
+    """
+    r = conn.execute(sa.select(files).where(files.c.name_key == name_key)
+                     .with_for_update()).first()
+    if r is None:
+        raise NotFound("no such file")
+    if owner is not None and r.owner != owner:
+        raise PermissionDenied("only the owner or an admin may delete this file")
+    conn.execute(files.delete().where(files.c.id == r.id))
+    return _record(r)
+
+
+def thd_all_blob_ids(conn) -> set[str]:
+    """Every blob id a row points at (start-up removes the other blobs)."""
+    return {r.blob_id for r in conn.execute(sa.select(files.c.blob_id))}
+
+
+class FileStore:
+    """Async facade over the C{thd_*} functions: every method returns a Deferred."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def get(self, name_key: str):
+        """Deferred[FileRecord | None]."""
+        return self.pool.run(thd_get, name_key)
+
+    def list_public(self, owner: str | None = None, limit: int | None = None):
+        return self.pool.run(thd_list_public, owner, limit)
+
+    def list_hidden(self, limit: int | None = None):
+        return self.pool.run(thd_list_hidden, limit)
+
+    def usage(self, owner: str):
+        return self.pool.run(thd_usage, owner)
+
+    def insert(self, **row):
+        """Deferred[FileRecord]; see L{thd_insert} for the keywords."""
+        return self.pool.run(thd_insert, **row)
+
+    def replace(self, **row):
+        """Deferred[(FileRecord, old blob id | None)]; see L{thd_replace}."""
+        return self.pool.run(thd_replace, **row)
+
+    def delete(self, name_key: str, owner: str | None = None):
+        """Deferred[FileRecord] of the deleted row."""
+        return self.pool.run(thd_delete, name_key, owner)
+
+    def all_blob_ids(self):
+        return self.pool.run(thd_all_blob_ids)
