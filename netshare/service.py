@@ -130,12 +130,14 @@ class NetshareService(MultiService):
         return self
 
     def _addManhole(self):
+        from netshare import manhole
         try:
-            manhole = importlib.import_module("netshare.manhole")
-        except ImportError:
-            self.log.warn("manhole not available in this build")
-            return
-        for name, listener in manhole.makeListeners(self.runtime):
+            listeners = manhole.makeListeners(self.runtime)
+        except manhole.ManholeConfigError as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError("manhole: %s" % (e,)) from None
+        for name, listener in listeners:
             listener.setServiceParent(self)
             self._listeners[name] = listener
 

@@ -1,0 +1,303 @@
+"""
+The manhole: an interactive Python shell inside the running server, for
+operators (PROTOCOL.md section 5).
+
+Whoever logs in runs arbitrary Python in the daemon, with the database, the
+TLS keys and every connection within reach.  So:
+
+ - the telnet-style listener binds loopback by default
+   (C{tcp:7004:interface=127.0.0.1}); a non-loopback interface is refused
+   at start-up unless C{--manhole-allow-remote yes}, and then start-up warns
+   loudly unless the listener is TLS (C{ssl:}) — prefer the SSH variant;
+ - login asks for a netshare account and password, checked by the same
+   scrypt path as C{LOGIN} (never a plaintext password file); only C{admin}
+   accounts get a shell; a failure is answered after the configured pause,
+   the connection is closed after C{max_login_failures}, and every attempt
+   is recorded in the request history (service C{manhole});
+ - C{--manhole-ssh ENDPOINT --manhole-keys FILE}: the same shell over SSH,
+   for admin account names, with keys from an authorized_keys file; the host
+   key is the one C{netshare init} wrote (C{<data>/ssh_host_key}, mode 0600);
+ - every session gets a fresh namespace (L{netshare.admin.namespace}):
+   nothing one operator defines leaks into another's session;
+ - helpers that touch the database return Deferreds, which the shell prints
+   when they fire: typed code runs on the reactor thread, so nothing in the
+   helpers may block it.
+"""
+
+import ipaddress
+
+from zope.interface import implementer
+
+from twisted.application import strports
+from twisted.conch import manhole_ssh
+from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
+from twisted.conch.insults import insults
+from twisted.conch.manhole import ColoredManhole
+from twisted.conch.ssh import keys
+from twisted.conch.telnet import (AuthenticatingTelnetProtocol, ITelnetProtocol,
+                                  TelnetBootstrapProtocol, TelnetTransport)
+from twisted.cred import credentials, error as cred_error, portal
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer, protocol, task
+from twisted.logger import Logger
+
+from netshare.protocols.base import ServiceStats
+from netshare.wire import now_ms
+
+SERVICE = "manhole"
+MAX_FIELD = 128
+
+
+class ManholeConfigError(ValueError):
+    pass
+
+
+def _is_loopback_endpoint(description: str) -> bool:
+    """True when a tcp:/ssl: endpoint binds only a loopback address (unix: counts too)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return False
+    for part in description.split(":")[2:]:
+        key, _, value = part.partition("=")
+        if key == "interface":
+            value = value.replace("\\", "")
+            if value == "localhost":
+                return True
+            try:
+                return ipaddress.ip_address(value).is_loopback
+            except ValueError:
+                return False
+    return False  # no interface= means every interface
+
+
+@implementer(ICredentialsChecker)
+class AdminPasswordChecker:
+    """netshare accounts, admins only, through the same slow-hash path as LOGIN."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, accounts):
+        self.accounts = accounts
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds):
+        name = creds.username.decode("utf-8", "replace")[:MAX_FIELD]
+        password = creds.password.decode("utf-8", "replace")[:MAX_FIELD]
+        try:
+            account = yield self.accounts.authenticate(name, password)
+        except Exception:
+            raise cred_error.UnauthorizedLogin("bad credentials") from None
+        if not account.is_admin:
+            raise cred_error.UnauthorizedLogin("not an admin")
+        return account.name.encode("utf-8")
+
+
+@implementer(ICredentialsChecker)
+class AdminKeyChecker:
+    """An authorized key, and the SSH user name must be an admin account."""
+
+    credentialInterfaces = (credentials.ISSHPrivateKey,)
+
+    def __init__(self, accounts, keys_file):
+        self.accounts = accounts
+        self.keys_file = keys_file
+        self._keys = SSHPublicKeyChecker(_FileKeys(keys_file))
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds):
+        avatar = yield self._keys.requestAvatarId(creds)
+        account = yield self.accounts.store.get(avatar.decode("utf-8", "replace")[:32])
+        if account is None or not account.is_admin:
+            raise cred_error.UnauthorizedLogin("not an admin account")
+        return account.name.encode("utf-8")
+
+
+class _FileKeys:
+    """The authorized_keys file, re-read at each login so edits apply at once."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def getAuthorizedKeys(self, username):
+        with open(self.path, "rb") as f:
+            return list(readAuthorizedKeyFile(f, parseKey=keys.Key.fromString))
+
+
+@implementer(portal.IRealm)
+class ShellRealm:
+    """A fresh namespace and shell per login, telnet or SSH."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.ssh = _SSHRealm(runtime)
+
+    def shell(self, user):
+        from netshare.admin import namespace
+        return insults.ServerProtocol(ColoredManhole, namespace(self.runtime, user))
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        user = avatarId.decode("utf-8")
+        if ITelnetProtocol in interfaces:
+            proto = TelnetBootstrapProtocol(lambda: self.shell(user))
+            return ITelnetProtocol, proto, lambda: None
+        return self.ssh.requestAvatar(avatarId, mind, *interfaces)
+
+
+class _SSHRealm(manhole_ssh.TerminalRealm):
+    def __init__(self, runtime):
+        super().__init__()
+        self.runtime = runtime
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        from netshare.admin import namespace
+        user = avatarId.decode("utf-8")
+        # Copied into this avatar's session by TerminalRealm._getAvatar.
+        self.chainedProtocolFactory = lambda: insults.ServerProtocol(
+            ColoredManhole, namespace(self.runtime, user))
+        return super().requestAvatar(avatarId, mind, *interfaces)
+
+
+class ManholeLogin(AuthenticatingTelnetProtocol):
+    """
+    Username/password prompts with the limits of every netshare port:
+    a pause after each failure, a close after C{max_login_failures}, a login
+    timeout, and every attempt in the request history.
+    """
+
+    log = Logger()
+
+    def __init__(self, portal, runtime, stats):
+        super().__init__(portal)
+        self.runtime = runtime
+        self.stats = stats
+        self.failures = 0
+        self._timer = None
+
+    @property
+    def peer(self):
+        p = self.transport.getPeer()
+        return "%s:%s" % (getattr(p, "host", "?"), getattr(p, "port", "?"))
+
+    def connectionMade(self):
+        self.stats.connections_total += 1
+        self.stats.connections += 1
+        self._timer = self.runtime.reactor.callLater(self.runtime.config.idle_timeout,
+                                                     self._loginTimeout)
+        self.transport.write(b"netshare manhole: admin accounts only\r\n")
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self.stats.connections -= 1
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        super().connectionLost(reason)
+
+    def _loginTimeout(self):
+        self.transport.write(b"\r\nlogin timeout\r\n")
+        self.transport.loseConnection()
+
+    def telnet_User(self, line):
+        self.username = line[:MAX_FIELD].strip()
+        self.transport.will(b"\x01").addErrback(lambda f: None)  # ECHO off on the client
+        self.transport.write(b"Password: ")
+        return "Password"
+
+    def telnet_Password(self, line):
+        username, password = self.username, line[:MAX_FIELD]
+        del self.username
+        self.state = "Discard"
+        creds = credentials.UsernamePassword(username, password)
+        d = self.portal.login(creds, None, ITelnetProtocol)
+        d.addCallbacks(self._ok, self._failed, callbackArgs=(username,),
+                       errbackArgs=(username,))
+        return "Discard"
+
+    def _record(self, username, code):
+        name = username.decode("utf-8", "replace")[:32]
+        self.runtime.history.record(now_ms(), SERVICE, name if code == 230 else None,
+                                    self.peer, "LOGIN %s ***" % (name,), code)
+        self.log.info("manhole login {user} -> {code}", service=SERVICE, user=name,
+                      peer=self.peer, code=code)
+
+    def _ok(self, ial, username):
+        self._record(username, 230)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.stats.commands += 1
+        self._cbLogin(ial)  # the shell keeps server-side echo (WILL ECHO) on
+
+    @defer.inlineCallbacks
+    def _failed(self, failure, username):
+        self.failures += 1
+        self.stats.login_failures += 1
+        self._record(username, 535)
+        yield task.deferLater(self.runtime.reactor, self.runtime.config.login_failure_delay,
+                              lambda: None)
+        if not self.transport.connected:
+            return
+        self.transport.wont(b"\x01").addErrback(lambda f: None)
+        if self.failures >= self.runtime.config.max_login_failures:
+            self.transport.write(b"\r\ntoo many failures\r\n")
+            self.transport.loseConnection()
+            return
+        self.transport.write(b"\r\nAuthentication failed\r\nUsername: ")
+        self.state = "User"
+
+
+class ManholeFactory(protocol.ServerFactory):
+    noisy = False
+
+    def __init__(self, runtime, the_portal):
+        self.runtime = runtime
+        self.portal = the_portal
+        self.stats = ServiceStats()
+
+    def buildProtocol(self, addr):
+        proto = TelnetTransport(ManholeLogin, self.portal, self.runtime, self.stats)
+        proto.factory = self
+        return proto
+
+
+def check_config(config):
+    """@raise ManholeConfigError: a non-loopback manhole without the opt-in."""
+    for option, endpoint in (("--manhole", config.manhole), ("--manhole-ssh", config.manhole_ssh)):
+        if endpoint and not _is_loopback_endpoint(endpoint) and not config.manhole_allow_remote:
+            raise ManholeConfigError(
+                "setting %s: %s is not loopback-only; the manhole runs arbitrary Python, so "
+                "binding it elsewhere needs --manhole-allow-remote yes" % (option, endpoint))
+
+
+def makeListeners(runtime):
+    """@return: [(name, service)] for the telnet and SSH manholes configured."""
+    cfg = runtime.config
+    check_config(cfg)
+    log = Logger()
+    the_portal = portal.Portal(ShellRealm(runtime), [AdminPasswordChecker(runtime.accounts)])
+    out = []
+    if cfg.manhole:
+        if not _is_loopback_endpoint(cfg.manhole) and not cfg.manhole.lower().startswith("ssl:"):
+            for _ in range(3):
+                log.critical("WARNING: the manhole (a Python shell into this server) listens on "
+                             "{endpoint} WITHOUT TLS: passwords and commands cross the network "
+                             "in clear. Use ssl: or --manhole-ssh.", endpoint=cfg.manhole)
+        factory = ManholeFactory(runtime, the_portal)
+        runtime.factories["manhole"] = factory
+        svc = strports.service(cfg.manhole, factory, reactor=runtime.reactor)
+        svc.setName("manhole")
+        out.append(("manhole", svc))
+    if cfg.manhole_ssh:
+        import os
+        key_path = os.path.join(cfg.data, "ssh_host_key")
+        host = keys.Key.fromFile(key_path)
+        ssh_portal = portal.Portal(ShellRealm(runtime).ssh,
+                                   [AdminKeyChecker(runtime.accounts, cfg.manhole_keys)])
+        factory = manhole_ssh.ConchFactory(ssh_portal)
+        factory.publicKeys = {host.sshType(): host.public()}
+        factory.privateKeys = {host.sshType(): host}
+        factory.noisy = False
+        svc = strports.service(cfg.manhole_ssh, factory, reactor=runtime.reactor)
+        svc.setName("manhole-ssh")
+        out.append(("manhole-ssh", svc))
+    return out
