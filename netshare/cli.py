@@ -14,6 +14,7 @@ import secrets
 import sys
 
 from netshare import config as configmod
+from netshare.errors import NetshareError
 
 
 def _connection_parent(default=None):
@@ -82,11 +83,15 @@ def cmd_init(args, cfg, out):
     from netshare.storage.accounts import thd_count, thd_create, thd_get
     from netshare.tls import make_self_signed, make_ssh_host_key
 
+    if args.admin_password is not None:
+        check_password(args.admin_password)  # before anything is created
     changed = []
     if not os.path.isdir(cfg.data):
         os.makedirs(cfg.data, mode=0o700)
         changed.append("created data directory %s" % cfg.data)
-    os.chmod(cfg.data, 0o700)
+    elif os.stat(cfg.data).st_mode & 0o777 != 0o700:
+        os.chmod(cfg.data, 0o700)
+        changed.append("set mode 0700 on data directory %s" % cfg.data)
     for sub in ("files", "logs", "tls"):
         path = os.path.join(cfg.data, sub)
         if not os.path.isdir(path):
@@ -218,6 +223,9 @@ def main(argv=None, out=None):
         return handler(args, cfg, out)
     except SystemExit:
         raise
+    except NetshareError as e:
+        sys.stderr.write("netshare: %s\n" % e.text)
+        return 1
     except Exception as e:
         from netshare.storage.engine import EngineError
         from netshare.storage.migrate import SchemaError

@@ -75,6 +75,16 @@ def seconds(text: str) -> float:
     return v
 
 
+def positive_number(text: str) -> float:
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not v > 0 or v == float("inf"):
+        raise ValueError("must be a positive number")
+    return v
+
+
 def non_negative_seconds(text: str) -> float:
     try:
         v = float(str(text).strip())
@@ -174,6 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
       "database URL (sqlite:///relative/to/data, postgresql+psycopg://..., mysql+pymysql://...)"),
     S("db_threads", "netshare", "db_threads", positive_int, "5",
       "database worker threads for PostgreSQL/MariaDB (SQLite always uses 1)"),
+    S("db_timeout", "netshare", "db_timeout", seconds, "15",
+      "a database call still running after this long answers 451 (a silently dead "
+      "connection must not hang clients)"),
     S("sqlite_synchronous", "netshare", "sqlite_synchronous", choice("full", "normal", "extra"),
       "full", "SQLite synchronous pragma (full: an acknowledged write survives power loss)"),
     S("registration", "netshare", "registration", choice("open", "closed"), "open",
@@ -242,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
       "window and duration of a file-password lockout"),
     # ttweet
     S("flood_burst", "ttweet", "flood_burst", positive_int, "50", "tweets allowed in a burst"),
-    S("flood_rate", "ttweet", "flood_rate", seconds, "20", "sustained tweets per second"),
+    S("flood_rate", "ttweet", "flood_rate", positive_number, "20", "sustained tweets per second"),
     S("timeline_limit", "ttweet", "timeline_limit", positive_int, "1000",
       "most recent tweets kept in a TIMELINE or GETTWEETS listing"),
     S("ttweet_batch_interval", "ttweet", "batch_interval", seconds, "0.05",

@@ -16,6 +16,7 @@ once, so child order could not make the database outlive its users.
 
 import importlib
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,13 +61,18 @@ class StartupError(Exception):
 
 
 def fatal(message: str):
-    """Print one line and exit non-zero (before or during reactor start)."""
+    """
+    Print one line and exit with status 1, at once.
+
+    C{os._exit}, not C{SystemExit}: start-up may already have started
+    worker threads (database, password hashing) that would keep a
+    SystemExit'ed interpreter alive, and nothing has been served yet, so
+    there is nothing to flush but our own output.
+    """
+    sys.stdout.flush()
     sys.stderr.write("netshare: %s\n" % (message,))
     sys.stderr.flush()
-    from twisted.internet import reactor
-    if reactor.running:
-        os._exit(1)
-    raise SystemExit(1)
+    os._exit(1)
 
 
 class NetshareService(MultiService):
@@ -107,7 +113,7 @@ class NetshareService(MultiService):
             raise StartupError("cannot use database %s: %s"
                                % (describe(rt.engine) if rt.engine else cfg.db,
                                   str(e).splitlines()[0])) from None
-        rt.pool = DBPool(rt.engine, reactor=rt.reactor)
+        rt.pool = DBPool(rt.engine, reactor=rt.reactor, call_timeout=cfg.db_timeout)
         rt.kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, reactor=rt.reactor)
         rt.accounts = AccountService(AccountStore(rt.pool), rt.kdf, cfg.scrypt_n, cfg.scrypt_r,
                                      cfg.scrypt_p, registration_open=cfg.registration == "open")
@@ -152,29 +158,26 @@ class NetshareService(MultiService):
     # -- starting
 
     def privilegedStartService(self):
-        self._startShared()
+        # Bind first: a busy port must stop start-up before any thread runs.
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             self._cannotListen(e)
+        self._startShared()
 
     def startService(self):
-        self._startShared()
         try:
             super().startService()
         except CannotListenError as e:
             self._cannotListen(e)
+        self._startShared()
         self.log.info("netshare started: {listeners}",
                       listeners=", ".join("%s=%s" % (n, getattr(self.config, n, n))
                                           for n in self._listeners))
 
     def _cannotListen(self, e):
-        name = next((n for n, l in self._listeners.items()
-                     if getattr(l, "_waitingForPort", None) is None and not l.running), "?")
-        fatal("cannot listen on %s:%s (%s)" % (e.interface or "*", e.port,
-                                                e.socketError.strerror
-                                                if hasattr(e.socketError, "strerror")
-                                                else e.socketError))
+        reason = getattr(e.socketError, "strerror", None) or e.socketError
+        fatal("cannot listen on %s:%s (%s)" % (e.interface or "*", e.port, reason))
 
     def _startShared(self):
         rt = self.runtime
@@ -213,3 +216,8 @@ class NetshareService(MultiService):
         self.log.info("netshare stopped")
         if self.jsonLog is not None:
             self.jsonLog.stop()
+        # twistd/twist re-raise the stopping signal after shutdown, which
+        # makes the exit status "killed by SIGTERM".  An orderly stop on
+        # SIGTERM or Ctrl-C is a success: exit 0.
+        if getattr(rt.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            rt.reactor._exitSignal = None

@@ -61,10 +61,10 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
         if backend == "postgresql":
             kw["connect_args"] = {"connect_timeout": connect_timeout, "keepalives": 1,
                                   "keepalives_idle": 10, "keepalives_interval": 5,
-                                  "keepalives_count": 3}
+                                  "keepalives_count": 3, "tcp_user_timeout": 20000}
         else:
-            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": 60,
-                                  "write_timeout": 60, "charset": "utf8mb4"}
+            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": 30,
+                                  "write_timeout": 30, "charset": "utf8mb4"}
         try:
             engine = sa.create_engine(u, **kw)
         except Exception as e:

@@ -36,6 +36,9 @@ def current(engine) -> str | None:
 def upgrade(engine, target: str = "head") -> tuple[str | None, str]:
     """Migrate to C{target}; return (revision before, revision after)."""
     before = current(engine)
+    if status(engine) == "newer":
+        raise SchemaError("database schema %s is newer than this netshare (%s): "
+                          "upgrade netshare" % (before, head()))
     with engine.begin() as conn:
         command.upgrade(_config(conn), target)
     return before, current(engine)

@@ -19,6 +19,7 @@ from sqlalchemy.engine import CursorResult, Result, Row
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from netshare.errors import DatabaseUnavailable, NetshareError
@@ -47,7 +48,7 @@ class DBPool:
     log = Logger()
 
     def __init__(self, engine, threads: int | None = None, reactor=None,
-                 retry_delays=DEFAULT_RETRY_DELAYS):
+                 retry_delays=DEFAULT_RETRY_DELAYS, call_timeout: float | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.engine = engine
@@ -55,6 +56,8 @@ class DBPool:
         self.threads = threads or getattr(engine, "optimal_thread_pool_size", 1)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="netshare-db")
         self.retry_delays = tuple(retry_delays)
+        self.call_timeout = call_timeout
+        self.timeouts = 0
         self._inflight = set()
         self.active = 0
         self.calls = 0
@@ -88,7 +91,18 @@ class DBPool:
             self.calls += 1
             return result
 
-        return d.addBoth(done)
+        d.addBoth(done)
+        if self.call_timeout:
+            # A connection whose peer silently vanished can block a driver
+            # call for minutes.  The caller gets 451 at the deadline; the
+            # worker finishes (or fails) on its own and its result is dropped.
+            d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._timedOut)
+        return d
+
+    def _timedOut(self, result, timeout):
+        self.timeouts += 1
+        self.log.error("database call exceeded {timeout}s: answering 451", timeout=timeout)
+        return Failure(DatabaseUnavailable("database not answering; try later"))
 
     def _thd_call(self, fn, args, kwargs):
         delays = iter(self.retry_delays)
@@ -132,7 +146,7 @@ class DBPool:
 
     def stats(self) -> dict:
         return {"threads": self.threads, "active": self.active, "queued": self.queued,
-                "calls": self.calls, "failures": self.failures}
+                "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts}
 
 
 def _short(error: BaseException) -> str:

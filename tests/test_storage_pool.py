@@ -1,0 +1,487 @@
+"""
+L{netshare.storage.pool.DBPool} and the core stores (accounts, history) on
+every configured database (SQLite always; PostgreSQL and MariaDB when
+NETSHARE_TEST_POSTGRES / NETSHARE_TEST_MYSQL are set), plus the outage test:
+the service is cut off from its database through a TCP proxy this test
+controls (the shared server keeps running), database work fails with
+L{DatabaseUnavailable} (C{451}) within a few seconds, and comes back by
+itself when the path is restored.
+"""
+
+import os
+import select
+import socket
+import threading
+import time
+
+import pytest
+import pytest_twisted
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from twisted.internet import defer, reactor, task, threads
+
+from netshare.errors import Conflict, DatabaseUnavailable, NotFound
+from netshare.storage import accounts as A
+from netshare.storage import history as H
+from netshare.storage.engine import create_engine
+from netshare.storage.pool import DBPool, is_transient
+from netshare.storage.schema import accounts as accounts_table
+from tests.support import LineConn, ServerProcess, run_cli
+from tests.test_ci_databases import ENV, scratch_database
+
+NASTY = "'; DROP TABLE accounts;--"
+
+
+def timed(d, seconds=30):
+    return d.addTimeout(seconds, reactor)
+
+
+def count_accounts(conn):
+    return conn.execute(sa.select(sa.func.count()).select_from(accounts_table)).scalar_one()
+
+
+# -- DBPool.run -------------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_run_returns_plain_data(db_pool):
+    def fn(conn, a, b=0):
+        return {"sum": conn.execute(sa.select(sa.literal(a) + sa.literal(b))).scalar_one(),
+                "thread": threading.current_thread().name}
+    result = yield timed(db_pool.run(fn, 2, b=3))
+    assert result["sum"] == 5
+    assert result["thread"] != threading.current_thread().name  # not the reactor thread
+    assert db_pool.stats()["calls"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_returning_a_result_is_refused(db_pool):
+    def leaky(conn):
+        return conn.execute(sa.select(sa.literal(1)))
+    with pytest.raises(AssertionError, match="plain data"):
+        yield timed(db_pool.run(leaky))
+
+    def leaky_row(conn):
+        return conn.execute(sa.select(sa.literal(1).label("x"))).first()
+    with pytest.raises(AssertionError, match="plain data"):
+        yield timed(db_pool.run(leaky_row))
+    # the pool goes on working
+    assert (yield timed(db_pool.run(lambda conn: 7))) == 7
+
+
+@pytest_twisted.inlineCallbacks
+def test_netshare_error_propagates_and_rolls_back(db_pool):
+    def create_then_refuse(conn):
+        A.thd_create(conn, "carol", "user", "h")
+        assert count_accounts(conn) == 1
+        raise NotFound("no such thing")
+    with pytest.raises(NotFound, match="no such thing"):
+        yield timed(db_pool.run(create_then_refuse))
+    assert (yield timed(db_pool.run(count_accounts))) == 0
+    assert db_pool.stats()["failures"] == 0  # not a database failure
+
+
+@pytest_twisted.inlineCallbacks
+def test_other_error_propagates_and_rolls_back(db_pool):
+    calls = []
+
+    def buggy(conn):
+        calls.append(1)
+        A.thd_create(conn, "dave", "user", "h")
+        raise ValueError("a bug")
+    with pytest.raises(ValueError, match="a bug"):
+        yield timed(db_pool.run(buggy))
+    assert calls == [1]  # a bug is not retried
+    assert (yield timed(db_pool.run(count_accounts))) == 0
+
+
+def _operational_error():
+    return sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused (simulated)"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_transient_error_is_retried(db_pool):
+    attempts = []
+
+    def flaky(conn, name):
+        attempts.append(name)
+        A.thd_create(conn, name, "user", "h")  # written, then rolled back on the first try
+        if len(attempts) == 1:
+            raise _operational_error()
+        return count_accounts(conn)
+    assert is_transient(_operational_error())
+    assert (yield timed(db_pool.run(flaky, "erin"))) == 1
+    assert attempts == ["erin", "erin"]
+    assert (yield timed(db_pool.run(count_accounts))) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_persistent_transient_error_becomes_database_unavailable(db_pool):
+    attempts = []
+
+    def down(conn):
+        attempts.append(1)
+        raise _operational_error()
+    with pytest.raises(DatabaseUnavailable) as e:
+        yield timed(db_pool.run(down))
+    assert e.value.code == 451
+    assert len(attempts) == len(db_pool.retry_delays) + 1
+    assert db_pool.stats()["failures"] == 1
+    assert (yield timed(db_pool.run(lambda conn: "back"))) == "back"
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_waits_for_inflight_calls(db_pool):
+    started, release = defer.Deferred(), threading.Event()
+    order = []
+
+    def slow(conn):
+        reactor.callFromThread(started.callback, None)
+        assert release.wait(20), "never released"
+        order.append("call finished")
+        return "done"
+    call = db_pool.run(slow)
+    call.addCallback(lambda r: order.append("call delivered") or r)
+    yield timed(started)
+    assert db_pool.stats()["active"] == 1
+    stopping = db_pool.stop()
+    stopping.addCallback(lambda _: order.append("stopped"))
+    # refused at once while stopping
+    with pytest.raises(DatabaseUnavailable):
+        yield db_pool.run(lambda conn: 1)
+    yield task.deferLater(reactor, 0.05, lambda: None)  # give stop() a chance to be wrong
+    assert not stopping.called
+    release.set()
+    assert (yield timed(call)) == "done"
+    yield timed(stopping)
+    assert order == ["call finished", "call delivered", "stopped"]
+    assert not db_pool.running
+    with pytest.raises(DatabaseUnavailable, match="stopped"):
+        yield db_pool.run(lambda conn: 1)
+
+
+@pytest_twisted.inlineCallbacks
+def test_many_concurrent_calls(db_pool):
+    ds = [db_pool.run(A.thd_create, "user%d" % i, "user", "h") for i in range(20)]
+    yield timed(defer.gatherResults(ds, consumeErrors=True))
+    assert (yield timed(db_pool.run(A.thd_count))) == 20
+    stats = db_pool.stats()
+    assert stats["active"] == 0 and stats["queued"] == 0 and stats["calls"] == 21
+
+
+# -- the accounts store --------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_accounts_store(db_pool):
+    store = A.AccountStore(db_pool)
+    created = yield timed(store.create("Alice", "admin", "scrypt$1$2$3$c2FsdA==$a2V5"))
+    assert created.name == "Alice" and created.is_admin and created.created_ms > 0
+    assert created.to_wire()["user"] == "Alice"
+    assert created.to_wire()["created"].endswith("Z")
+    got = yield timed(store.get("alice"))  # names are case-insensitive
+    assert got == created
+    assert (yield timed(store.get("nobody"))) is None
+    with pytest.raises(Conflict):
+        yield timed(store.create("ALICE", "user", "h"))
+    yield timed(store.create("bob", "user", "h1"))
+    yield timed(store.set_password("BOB", "h2"))
+    yield timed(store.set_role("bob", "admin"))
+    bob = yield timed(store.get("bob"))
+    assert (bob.password_hash, bob.role) == ("h2", "admin")
+    for bad in (store.set_password("zed", "h"), store.set_role("zed", "user"), store.remove("zed")):
+        with pytest.raises(NotFound):
+            yield timed(bad)
+    names = [a.name for a in (yield timed(store.list()))]
+    assert names == ["Alice", "bob"]
+    yield timed(store.remove("ALICE"))
+    assert [a.name for a in (yield timed(store.list()))] == ["bob"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_accounts_conflict_keeps_the_transaction_usable(db_pool):
+    def fn(conn):
+        A.thd_create(conn, "frank", "user", "h")
+        try:
+            A.thd_create(conn, "Frank", "user", "h")
+        except Conflict:
+            pass
+        A.thd_create(conn, "grace", "user", "h")
+        return A.thd_count(conn)
+    assert (yield timed(db_pool.run(fn))) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_accounts_text_is_stored_literally(db_pool):
+    # The store binds every value; name rules live in netshare.accounts.
+    names = [NASTY, "Zoë", "O'Brien", "100%_x", "a\\b"]
+    for name in names:
+        yield timed(db_pool.run(A.thd_create, name, "user", "hash'--"))
+    for name in names:
+        got = yield timed(db_pool.run(A.thd_get, name))
+        assert got is not None and got.name == name and got.password_hash == "hash'--"
+    assert (yield timed(db_pool.run(A.thd_get, "100%_"))) is None  # no LIKE anywhere
+    assert (yield timed(db_pool.run(A.thd_count))) == len(names)
+    assert sorted(a.name for a in (yield timed(db_pool.run(A.thd_list)))) == sorted(names)
+    tables = yield timed(db_pool.run(lambda conn: sorted(sa.inspect(conn).get_table_names())))
+    assert "accounts" in tables and "history" in tables
+
+
+# -- the history store ------------------------------------------------------------
+
+def _row(i, user, command="PING", code=200, service="files"):
+    return {"ts_ms": 1_700_000_000_000 + i, "service": service, "user": user,
+            "peer": "127.0.0.1:%d" % (40000 + i), "command": command, "code": code}
+
+
+@pytest_twisted.inlineCallbacks
+def test_history_store(db_pool):
+    store = H.HistoryStore(db_pool)
+    rows = [_row(0, "ann"), _row(1, None, "LOGIN ann ***", 535), _row(2, "bob"),
+            _row(3, "ann", "HISTORY", 210, "ttweet"), _row(4, None)]
+    assert (yield timed(store.insert_many(rows))) == 5
+    assert (yield timed(store.insert_many([]))) == 0
+    everything = yield timed(store.list(None, 100))
+    assert [e.command for e in everything] == [r["command"] for r in reversed(rows)]
+    ids = [e.id for e in everything]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    ann = yield timed(store.list("ann", 100))
+    assert [(e.command, e.code, e.service) for e in ann] == [("HISTORY", 210, "ttweet"),
+                                                            ("PING", 200, "files")]
+    assert len((yield timed(store.list("ann", 1)))) == 1
+    anon = yield timed(store.list_anonymous(100))
+    assert [e.user for e in anon] == [None, None]
+    wire = anon[-1].to_wire()
+    assert wire == {"id": anon[-1].id, "ts": "2023-11-14T22:13:20.001Z", "user": "-",
+                    "service": "files", "command": "LOGIN ann ***", "code": 535}
+    assert (yield timed(store.get_owner(ann[0].id))) == (True, "ann")
+    assert (yield timed(store.get_owner(anon[0].id))) == (True, None)
+    assert (yield timed(store.get_owner(max(ids) + 1000))) == (False, None)
+    assert (yield timed(store.delete(ann[0].id))) == 1
+    assert (yield timed(store.delete(ann[0].id))) == 0
+    assert (yield timed(store.clear_anonymous())) == 2
+    assert (yield timed(store.clear("ann"))) == 1
+    assert [e.user for e in (yield timed(store.list(None, 100)))] == ["bob"]
+    assert (yield timed(store.clear(None))) == 1
+    assert (yield timed(store.list(None, 100))) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_history_text_is_stored_literally(db_pool):
+    commands = ['TWEET "héllo wörld ✓ 🐍" #a', NASTY, "LIST 100%_", "GET 'a\"b'", "x" * 5000]
+    yield timed(db_pool.run(H.thd_insert_many, [_row(i, NASTY[:32], c)
+                                                for i, c in enumerate(commands)]))
+    got = yield timed(db_pool.run(H.thd_list, NASTY[:32], 100))
+    assert [e.command for e in reversed(got)] == commands
+    assert all(e.user == NASTY[:32] for e in got)
+    assert (yield timed(db_pool.run(H.thd_list, "'", 100))) == []
+    assert (yield timed(db_pool.run(H.thd_clear, NASTY[:32]))) == len(commands)
+
+
+# -- the outage test: a TCP proxy between netshare and the database ------------------
+
+class TcpProxy:
+    """
+    A loopback TCP proxy in threads: C{port} forwards to C{target}.
+    L{cut} closes every proxied connection and stops listening (connections
+    are refused); L{restore} listens on the same port again.
+    """
+
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._lock = threading.Lock()
+        self._socks = set()
+        self._threads = []
+        self._listener = None
+        self._stop = None
+        self.accepted = 0
+        self._listen()
+
+    def _listen(self):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.port = s.getsockname()[1]
+        self._listener, self._stop = s, threading.Event()
+        self._spawn(self._accept, s, self._stop)
+
+    def _spawn(self, fn, *args):
+        t = threading.Thread(target=fn, args=args, daemon=True, name="test-proxy")
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self, listener, stop):
+        while not stop.is_set():
+            ready, _, _ = select.select([listener], [], [], 0.1)
+            if not ready or stop.is_set():
+                continue
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if stop.is_set():
+                    client.close()
+                    upstream.close()
+                    continue
+                self._socks.update((client, upstream))
+                self.accepted += 1
+            self._spawn(self._pump, client, upstream)
+
+    def _pump(self, a, b):
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 0.5)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                for s in (a, b):
+                    self._socks.discard(s)
+                    s.close()
+
+    def cut(self):
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._join()
+
+    def restore(self):
+        self._listen()
+
+    def _join(self):
+        for t in self._threads:
+            t.join(10)
+        alive = [t for t in self._threads if t.is_alive()]
+        self._threads = alive
+        assert not alive, "proxy threads did not stop"
+
+    def close(self):
+        if not self._stop.is_set():
+            self.cut()
+
+
+OUTAGE_KINDS = [k for k in ("postgres", "mysql") if os.environ.get(ENV[k])]
+
+
+@pytest.fixture(params=OUTAGE_KINDS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="needs NETSHARE_TEST_POSTGRES or NETSHARE_TEST_MYSQL"))])
+def proxied(request):
+    """(direct URL of a private database, URL of the same through a proxy, proxy)."""
+    with scratch_database(os.environ[ENV[request.param]]) as direct:
+        u = make_url(direct)
+        proxy = TcpProxy(u.host or "127.0.0.1", u.port or (5432 if "postgres" in direct
+                                                             else 3306))
+        try:
+            yield direct, u.set(host="127.0.0.1", port=proxy.port).render_as_string(
+                hide_password=False), proxy
+        finally:
+            proxy.close()
+
+
+def _deferred_elapsed(d):
+    start = time.monotonic()
+    d.addBoth(lambda r: (r, time.monotonic() - start))
+    return d
+
+
+@pytest_twisted.inlineCallbacks
+def test_database_outage_fails_fast_and_recovers(proxied):
+    direct, via_proxy, proxy = proxied
+    engine = create_engine(via_proxy)
+    pool = DBPool(engine)  # production retry delays
+    pool.start()
+    try:
+        def select_one(conn):
+            return conn.execute(sa.text("SELECT 1")).scalar_one()
+        assert (yield timed(pool.run(select_one))) == 1
+        # several pooled connections, all through the proxy
+        assert (yield timed(defer.gatherResults([pool.run(select_one) for _ in range(4)]))) \
+            == [1] * 4
+        assert proxy.accepted >= 1
+
+        yield threads.deferToThread(proxy.cut)
+        failure, elapsed = yield timed(_deferred_elapsed(pool.run(select_one)))
+        print("\n%s: database work failed %.2f s after the cut"
+              % (engine.dialect.name, elapsed))
+        assert isinstance(failure.value, DatabaseUnavailable), failure
+        assert failure.value.code == 451
+        assert elapsed < 10
+        # still down: still a fast, clear failure
+        failure, elapsed2 = yield timed(_deferred_elapsed(pool.run(select_one)))
+        assert isinstance(failure.value, DatabaseUnavailable) and elapsed2 < 10
+
+        before = proxy.accepted
+        proxy.restore()
+        result, elapsed3 = yield timed(_deferred_elapsed(pool.run(select_one)))
+        print("%s: first call after the path came back: %r in %.2f s"
+              % (engine.dialect.name, result, elapsed3))
+        assert result == 1
+        assert proxy.accepted > before  # a new connection through the restored path
+        assert pool.engine is engine and pool.running  # nothing was rebuilt
+    finally:
+        yield timed(pool.stop())
+
+
+def test_outage_through_the_protocol(proxied, tmp_path):
+    """A real server on the proxy: 451 during the cut, the session survives,
+    HISTORY works again once the path is back, no restart."""
+    direct, via_proxy, proxy = proxied
+    data = tmp_path / "data"
+    r = run_cli("init", "--data", str(data), "--db", direct, "--admin-password", "adminpw")
+    assert r.returncode == 0, r.stderr
+    server = ServerProcess(data, db=via_proxy, init=False,
+                           extra_args=["--history-flush", "0.05", "--shutdown-timeout", "3"])
+    server.start()
+    conn = None
+    try:
+        conn = LineConn(server.ports["personnel"], timeout=20)
+        assert conn.readline().startswith("220 ")
+        assert conn.cmd("LOGIN admin adminpw")[0].startswith("230 ")
+        listing = conn.cmd("HISTORY")
+        assert listing[-1].startswith("210 ") and "LOGIN admin ***" in listing[0]
+
+        proxy.cut()
+        start = time.monotonic()
+        reply = conn.cmd("HISTORY")
+        elapsed = time.monotonic() - start
+        print("\nHISTORY during the cut: %r after %.2f s" % (reply, elapsed))
+        assert reply[0].startswith("451 "), reply
+        assert elapsed < 10
+        assert conn.cmd("PING") == ["200 pong"]
+        assert conn.cmd("WHOAMI") == ["200 admin admin"]
+
+        proxy.restore()
+        start = time.monotonic()
+        listing = conn.cmd("HISTORY")
+        print("HISTORY after the restore: %d lines in %.2f s"
+              % (len(listing), time.monotonic() - start))
+        assert listing[-1].startswith("210 "), listing
+        # the commands answered during the cut were kept and written later
+        commands = [line for line in listing if '"command":"PING"' in line]
+        assert commands, listing
+        assert conn.cmd("QUIT") == ["221 bye"]
+    finally:
+        if conn is not None:
+            conn.close()
+        server.terminate()
+        server.kill()
+    # (the exit status after SIGTERM is tested in test_e2e_service.py)
+    assert "netshare stopped" in server.output()
