@@ -27,6 +27,10 @@ Decisions where PROTOCOL.md is silent:
    whatever the old stream sent but was not acknowledged is sent again by
    the new one.
  - B{SYNC after=N} does not acknowledge anything by itself; only ACK does.
+   An C{after} above the highest seq ever queued for the client is C{501}:
+   the client's copy then belongs to another server (or to this one before
+   its database was recreated), and silently skipping the new messages up
+   to that seq would lose them.
  - B{DELETE} of an unknown ssn is C{550}.  B{REMOVE} of a single ssn does not
    require the person to exist on the server (it may have been deleted
    already); B{SEND} of a single ssn does (C{550}).
@@ -169,9 +173,12 @@ class SyncFeed:
     drained and L{stop} when the connection closes.
 
     Memory stays bounded by one page: the next page is asked for only after
-    the previous one was written and only while the sink is writable.  A
-    notify that arrives while a page is being read is remembered, so a
-    message queued during that read is never missed.
+    the previous one was written and only while the sink is writable.  If the
+    sink stops being writable in the middle of a page, the rest of that page
+    waits in C{_backlog} until L{resume}, so a page of large records never
+    piles up in the connection's output (which would get the reader dropped
+    as a slow reader).  A notify that arrives while a page is being read is
+    remembered, so a message queued during that read is never missed.
 
     @ivar lastSent: the highest seq pushed so far (or the start point).
     @ivar sent: how many messages this stream pushed.
@@ -199,11 +206,13 @@ class SyncFeed:
         self._fetching = False   # a page read is in flight
         self._pumping = False    # guards against re-entering the pump loop
         self._retry = None       # delayed call after a database error
+        self._backlog = []       # rest of a page read but not yet written (sink was full)
 
     @property
     def caughtUp(self) -> bool:
         """Everything queued so far has been pushed; waiting for L{notify}."""
-        return self._started and not self._wanted and not self._fetching
+        return (self._started and not self._wanted and not self._fetching
+                and not self._backlog)
 
     def start(self):
         """Begin pushing (call after the C{200 syncing} reply is written)."""
@@ -227,6 +236,7 @@ class SyncFeed:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._backlog = []
         if self._on_stop is not None:
             self._on_stop(self)
 
@@ -237,8 +247,12 @@ class SyncFeed:
             return
         self._pumping = True
         try:
+            if self._backlog and self._started and not self.stopped:
+                self._write(self._backlog)
+                if self._backlog:
+                    return
             while (self._started and not self.stopped and self._wanted and not self._fetching
-                   and self._retry is None and self.sink.writable()):
+                   and self._retry is None and not self._backlog and self.sink.writable()):
                 self._wanted = False
                 self._fetching = True
                 d = self.store.pending_page(self.client, self.lastSent, self.page_size)
@@ -251,10 +265,22 @@ class SyncFeed:
         self._fetching = False
         if self.stopped:
             return
-        for message in messages:
+        if len(messages) >= self.page_size:
+            self._wanted = True
+        self._write(messages)
+        self._pump()
+
+    def _write(self, messages):
+        """Push C{messages} while the sink is writable; keep the rest in
+        C{_backlog}."""
+        for i, message in enumerate(messages):
             if self.stopped:
                 # The sink dropped its connection while we were writing
                 # (e.g. a slow reader over its output limit).
+                self._backlog = []
+                return
+            if not self.sink.writable():
+                self._backlog = list(messages[i:])
                 return
             line = push_line(message)
             if line is None:
@@ -265,9 +291,7 @@ class SyncFeed:
                 self.sink.sendPush(line)
                 self.sent += 1
             self.lastSent = message.seq
-        if len(messages) >= self.page_size:
-            self._wanted = True
-        self._pump()
+        self._backlog = []
 
     def _pageFailed(self, failure):
         self._fetching = False
@@ -461,6 +485,13 @@ class PersonnelService:
         d = self.store.register_client(client, self.now_ms())
 
         def registered(info):
+            if after > info.highest_seq:
+                # The client's copy is ahead of this server's outbox (say the
+                # server's database was recreated): starting there would skip
+                # every new message up to that seq without a word.
+                raise BadArguments("after=%d is beyond the last message queued for %s (%d): "
+                                   "the local copy does not belong to this server"
+                                   % (after, client, info.highest_seq))
             feed = SyncFeed(self.store, client, sink, after, page_size=self.page_size,
                             clock=self.clock, retry_delay=self.retry_delay,
                             on_stop=self._feedStopped)
@@ -488,3 +519,7 @@ class PersonnelService:
         """Stop every live stream (service shutdown)."""
         for feed in list(self._streams.values()):
             feed.stop()
+
+    def stop(self):
+        """Called by the root service before the database pool stops."""
+        self.stopStreams()

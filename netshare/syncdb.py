@@ -87,6 +87,12 @@ class LocalStore:
 
     def apply_batch(self, messages) -> int:
         """
+        Like L{apply_messages}, returning only how many were applied.
+        """
+        return len(self.apply_messages(messages))
+
+    def apply_messages(self, messages) -> list:
+        """
         Apply C{messages}, a sequence of C{(seq, action, payload)} in seq
         order, in one transaction; C{payload} is the pushed JSON (text or an
         already-decoded dict).  Messages at or below the recorded last seq are
@@ -96,7 +102,8 @@ class LocalStore:
         Consecutive messages of the same kind are written with one
         C{executemany}, so a 100 000-person push is a handful of statements.
 
-        @return: how many messages were applied (skipped ones not counted).
+        @return: the messages applied (skipped ones left out), each as
+            C{(seq, action, payload dict)}, in seq order.
         @raise ValueError: a malformed message; the whole batch is rolled
             back and nothing is recorded.
         """
@@ -115,8 +122,8 @@ class LocalStore:
             return applied
 
     @staticmethod
-    def _apply(db, messages, last: int) -> tuple[int, int]:
-        applied = 0
+    def _apply(db, messages, last: int) -> tuple[list, int]:
+        applied = []
         run_kind, run_rows = None, []
 
         def flush():
@@ -129,6 +136,11 @@ class LocalStore:
             seq = int(seq)
             if seq <= last:
                 continue
+            if isinstance(payload, (str, bytes)):
+                try:
+                    payload = json.loads(payload)
+                except ValueError:
+                    raise ValueError("message %d: payload is not JSON" % (seq,)) from None
             row = _row_for(action, payload)
             if action != run_kind:
                 flush()
@@ -139,7 +151,7 @@ class LocalStore:
             else:
                 run_rows.append(row)
             last = seq
-            applied += 1
+            applied.append((seq, action, payload))
         flush()
         return applied, last
 

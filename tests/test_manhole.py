@@ -163,3 +163,38 @@ def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
     finally:
         srv.terminate()
         srv.kill()
+
+
+def test_shell_send_reaches_a_connected_sync_client(server):
+    """Issue 7, must-show 1: log in over telnet, call stats(), queue a
+    personnel send to a connected sync client, see the client receive it."""
+    import json
+    from tests.support import LineConn
+    port = server.ports["personnel"]
+    admin = LineConn(port)
+    sync = LineConn(port)
+    shell = TelnetClient(server.ports["manhole"])
+    try:
+        admin.readline()
+        assert admin.cmd("LOGIN admin %s" % server.admin_password)[0].startswith("230")
+        reply = admin.cmd("ADD ssn=555-01-0001 name=Grace surname=Hopper job=admiral")
+        assert reply[0].startswith("201"), reply
+        sync.readline()
+        assert sync.cmd("LOGIN alice alicepw")[0].startswith("230")
+        assert sync.cmd("SYNC")[0].startswith("200")
+        shell.login("admin", server.admin_password)
+        shell.expect(rb">>> ")
+        shell.send("stats()")
+        shell.expect(rb"'database': \{")
+        shell.send("send('555-01-0001', 'alice')")
+        shell.expect(rb"called back: 1\b")
+        push = sync.readline()
+        code, seq, action, body = push.split(" ", 3)
+        assert (code, action) == ("610", "SAVE"), push
+        person = json.loads(body)
+        assert person["ssn"] == "555-01-0001" and person["surname"] == "Hopper"
+        assert sync.cmd("ACK %s" % seq) == ["200 ok"]
+    finally:
+        shell.close()
+        sync.close()
+        admin.close()

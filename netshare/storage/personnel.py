@@ -234,13 +234,17 @@ def thd_list_persons(conn, text: str | None = None, limit=None, offset=None) -> 
     The needle is bound and C{LIKE}-escaped (C{autoescape}), so C{%}, C{_}
     and the escape character itself match literally.  Case folding is done
     by the database's C{lower()}: full Unicode on PostgreSQL and MariaDB,
-    ASCII only on SQLite.
+    ASCII only on SQLite; the text exactly as typed always matches too, so
+    C{Ünïcødé} finds C{Ünïcødé} on SQLite as well.
     """
     q = sa.select(personnel).order_by(personnel.c.ssn)
     if text:
         needle = text.lower()
-        q = q.where(sa.or_(*[sa.func.lower(personnel.c[col]).contains(needle, autoescape=True)
-                             for col in ("ssn", "name", "surname", "job")]))
+        cols = [personnel.c[col] for col in ("ssn", "name", "surname", "job")]
+        matches = [sa.func.lower(c).contains(needle, autoescape=True) for c in cols]
+        if needle != text:
+            matches += [c.contains(text, autoescape=True) for c in cols]
+        q = q.where(sa.or_(*matches))
     q = q.limit(clamp_limit(limit)).offset(clamp_offset(offset))
     return [_person(r) for r in conn.execute(q)]
 
@@ -287,6 +291,24 @@ def thd_delete_person(conn, ssn: str) -> None:
     result = conn.execute(sa.delete(personnel).where(personnel.c.ssn == ssn))
     if result.rowcount == 0:
         raise NotFound("no such person %s" % (ssn,))
+
+
+def thd_demo_people(conn, people, now_ms: int | None = None) -> int:
+    """
+    Insert sample persons for C{netshare init --demo}: C{people} is a list of
+    C{(ssn, name, surname, job, salary)}; those whose ssn is already there
+    are left alone.  @return: how many were added.
+    """
+    if now_ms is None:
+        now_ms = wire.now_ms()
+    existing = {r.ssn for r in conn.execute(
+        sa.select(personnel.c.ssn).where(personnel.c.ssn.in_([p[0] for p in people])))}
+    rows = [{"ssn": ssn, "name": name, "surname": surname, "job": job, "salary": str(salary),
+             "updated_ms": now_ms}
+            for ssn, name, surname, job, salary in people if ssn not in existing]
+    if rows:
+        conn.execute(sa.insert(personnel), rows)
+    return len(rows)
 
 
 def _only_person_fields(fields: dict) -> dict:

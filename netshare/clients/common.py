@@ -1,0 +1,409 @@
+"""
+Plumbing shared by the netshare client programs (C{netshare-personnel},
+C{netshare-files}, C{netshare-ttweet}).
+
+Every program has the same shape::
+
+    netshare-X [--host H] [--port P] [--user U] [--tls] [--cafile F] [--json] COMMAND ...
+
+ - connection options come before the command (L{add_connection_options});
+   C{--json} may come before or after it (L{add_output_options} on both the
+   main parser and each sub-parser);
+ - the password comes from C{NETSHARE_PASSWORD} or an interactive prompt,
+   never from the command line (L{password});
+ - a command runs as a coroutine under L{run}, which maps failures to exit
+   codes and one line on stderr: L{EXIT_OK}, L{EXIT_REFUSED} (the server
+   answered 4xx/5xx: the reply line is printed), L{EXIT_USAGE},
+   L{EXIT_CONNECT} (no connection, TLS failure, connection lost);
+ - results are tables on the terminal (L{format_table}) or JSON with
+   C{--json} (L{emit});
+ - L{LineInput} reads an interactive terminal (or a pipe) line by line
+   without blocking the reactor; L{ProgressBar} draws transfer progress on
+   stderr when it is a terminal.
+
+Example (a complete program)::
+
+    def main(argv=None):
+        parser = argparse.ArgumentParser(prog="netshare-x")
+        add_connection_options(parser, default_port=7002)
+        add_output_options(parser)
+        ...
+        args = parser.parse_args(argv)
+        run(args, lambda reactor: do_it(reactor, args))
+
+    async def do_it(reactor, args):
+        proto = await open_session(reactor, args)
+        try:
+            resp = checked(await proto.command("LIST"))
+            emit(args, resp.items, columns=["name", "size"])
+        finally:
+            await close(proto)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import unicodedata
+
+from zope.interface import implementer
+
+from twisted.internet import defer, error as ierror
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                            globalLogBeginner, jsonFileLogObserver, textFileLogObserver)
+from twisted.protocols.basic import LineReceiver
+
+from netshare.client import CommandFailed, connect, login, password_from_env_or_prompt
+
+#: Exit statuses of every client program.
+EXIT_OK = 0
+EXIT_REFUSED = 1      # the server refused a command (4xx/5xx), reply on stderr
+EXIT_USAGE = 2        # bad command line (argparse uses 2 as well)
+EXIT_CONNECT = 3      # cannot connect, TLS failure, connection lost
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad command line found after parsing (exit status 2)."""
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def add_connection_options(parser: argparse.ArgumentParser, default_port: int):
+    """
+    C{--host --port --user --tls --cafile --hostname --timeout}, with
+    defaults from C{NETSHARE_HOST}, C{NETSHARE_PORT} and C{NETSHARE_USER}.
+    """
+    env = os.environ
+    g = parser.add_argument_group("connection")
+    g.add_argument("--host", default=env.get("NETSHARE_HOST", "127.0.0.1"),
+                   help="server address [default: %(default)s; env NETSHARE_HOST]")
+    g.add_argument("--port", type=_port, default=_port(env.get("NETSHARE_PORT", default_port)),
+                   help="server port [default: %(default)s; env NETSHARE_PORT]")
+    g.add_argument("--user", default=env.get("NETSHARE_USER"),
+                   help="account name [env NETSHARE_USER]; the password comes from "
+                        "NETSHARE_PASSWORD or a prompt")
+    g.add_argument("--tls", action="store_true",
+                   help="connect with TLS, verifying the certificate and host name")
+    g.add_argument("--cafile", help="CA certificate (PEM) to trust with --tls "
+                                    "[default: the system trust store]")
+    g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the connection and greeting [default: %(default)s]")
+    return g
+
+
+def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False):
+    """C{--json}.  Give C{suppress=True} on sub-parsers so that a C{--json}
+    before the command is not reset by the sub-parser's default."""
+    parser.add_argument("--json", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="print JSON instead of tables")
+
+
+def _port(text) -> int:
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError("port must be a number") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError("port must be 1-65535")
+    return port
+
+
+def password(args, prompt: str | None = None) -> str:
+    """The password of C{args.user}: C{NETSHARE_PASSWORD} or a prompt."""
+    return password_from_env_or_prompt(prompt or "Password for %s: " % (args.user,))
+
+
+# -- sessions -------------------------------------------------------------------
+
+
+async def open_session(reactor, args, secret: str | None = None):
+    """Connect, wait for the greeting and LOGIN as C{args.user}.
+    @return: a logged-in L{netshare.client.ClientProtocol}."""
+    if not args.user:
+        raise UsageError("--user is required (or set NETSHARE_USER)")
+    if secret is None:
+        secret = password(args)
+    proto = await connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
+                          hostname=args.hostname, reactor=reactor, timeout=args.timeout)
+    try:
+        await login(proto, args.user, secret)
+    except BaseException:
+        proto.transport.abortConnection()
+        raise
+    return proto
+
+
+async def close(proto):
+    """QUIT politely and wait (briefly) for the server to close."""
+    if proto.transport is None or not proto.transport.connected:
+        return
+    try:
+        await proto.command("QUIT")
+    except Exception:
+        pass
+    proto.transport.loseConnection()
+    await proto.closed
+
+
+def checked(response):
+    """@return: C{response} if it is a success; raise L{CommandFailed} otherwise."""
+    if not response.ok:
+        raise CommandFailed(response)
+    return response
+
+
+# -- running a program -----------------------------------------------------------
+
+
+def run(args, main, prog: str | None = None):
+    """
+    Run C{main(reactor)} (a coroutine function or one returning a Deferred)
+    under L{twisted.internet.task.react} and exit with its status: the int
+    it returns (C{None} is 0), or the status of the failure (see the module
+    docstring).  Never returns.
+    """
+    from twisted.internet import task
+    prog = prog or os.path.basename(sys.argv[0]) or "netshare"
+
+    async def wrapped(reactor):
+        try:
+            code = await defer.maybeDeferred(main, reactor)
+        except CommandFailed as e:
+            _err(prog, e.response.line)
+            code = EXIT_REFUSED
+        except UsageError as e:
+            _err(prog, str(e))
+            code = EXIT_USAGE
+        except (ConnectionError, ierror.ConnectError, ierror.ConnectionLost,
+                ierror.ConnectionDone, defer.TimeoutError, ierror.TimeoutError, OSError) as e:
+            _err(prog, "cannot talk to %s:%s: %s" % (args.host, args.port, _reason(e)))
+            code = EXIT_CONNECT
+        except Exception as e:
+            if type(e).__module__.startswith("OpenSSL") or "SSL" in type(e).__name__:
+                _err(prog, "TLS failure with %s:%s: %s" % (args.host, args.port, e))
+                code = EXIT_CONNECT
+            else:
+                raise
+        raise SystemExit(code or 0)
+
+    task.react(lambda reactor: defer.ensureDeferred(wrapped(reactor)))
+
+
+def _err(prog, text):
+    sys.stderr.write("%s: %s\n" % (prog, text))
+    sys.stderr.flush()
+
+
+def _reason(e) -> str:
+    text = str(e).strip()
+    return text or type(e).__name__
+
+
+def start_logging(level: str = "info", fmt: str = "text", stream=None):
+    """
+    Send C{twisted.logger} events at C{level} or above to C{stream}
+    (stderr by default) as text lines or JSON (one event per line, with all
+    its fields).
+    """
+    stream = stream or sys.stderr
+    if fmt == "json":
+        observer = jsonFileLogObserver(stream, recordSeparator="")
+    else:
+        observer = textFileLogObserver(stream)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],
+                                     redirectStandardIO=False)
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def printable(value) -> str:
+    """A cell value with control and format characters escaped, so a field
+    can never move the cursor or reorder a terminal line."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    if all(unicodedata.category(c)[0] != "C" for c in text):
+        return text
+    return "".join(c if unicodedata.category(c)[0] != "C" else "\\u%04x" % ord(c) for c in text)
+
+
+def format_table(rows: list[dict], columns: list[str], headers: dict | None = None,
+                 max_width: int | None = None) -> str:
+    """
+    A plain-text table: a header line, a rule, one line per row.  Cells
+    longer than C{max_width} are cut with an ellipsis (C{None}: never).
+    """
+    headers = headers or {}
+    cells = [[printable(row.get(c)) for c in columns] for row in rows]
+    if max_width:
+        cells = [[c if len(c) <= max_width else c[:max_width - 1] + "\u2026" for c in line]
+                 for line in cells]
+    titles = [headers.get(c, c) for c in columns]
+    widths = [max([len(t)] + [len(line[i]) for line in cells]) for i, t in enumerate(titles)]
+    out = ["  ".join(t.ljust(w) for t, w in zip(titles, widths)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(out) + "\n"
+
+
+def format_object(obj: dict, columns: list[str] | None = None) -> str:
+    """One object as C{key: value} lines."""
+    keys = columns or list(obj)
+    width = max((len(k) for k in keys), default=0)
+    return "".join("%s: %s\n" % (k.ljust(width), printable(obj.get(k))) for k in keys)
+
+
+def emit(args, data, columns: list[str] | None = None, out=None, text: str | None = None):
+    """
+    Print a result: JSON with C{args.json}; otherwise C{text} if given, a
+    table for a list, C{key: value} lines for a dict.
+    """
+    out = out or sys.stdout
+    if getattr(args, "json", False):
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
+    elif text is not None:
+        out.write(text if text.endswith("\n") else text + "\n")
+    elif isinstance(data, list):
+        if data or columns:
+            out.write(format_table(data, columns or sorted({k for d in data for k in d}),
+                                   max_width=_cell_width(out)))
+        out.write("(%d item%s)\n" % (len(data), "" if len(data) == 1 else "s"))
+    elif isinstance(data, dict):
+        out.write(format_object(data, columns))
+    else:
+        out.write("%s\n" % (printable(data),))
+    out.flush()
+
+
+def _cell_width(out):
+    # Long cells are cut only on a terminal; piped output stays whole.
+    return 48 if hasattr(out, "isatty") and out.isatty() else None
+
+
+# -- interactive input --------------------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class LineInput(LineReceiver):
+    """
+    Lines typed on standard input, one Deferred at a time, without blocking
+    the reactor.  Use with C{twisted.internet.stdio.StandardIO(LineInput())};
+    write all output through L{write} (standard output is the same
+    non-blocking stream).
+
+    The end of input (Ctrl-D, a closed pipe) makes every later L{ask} fire
+    with C{None}; what is still queued is answered first, and output keeps
+    working until L{close}.
+    """
+
+    delimiter = b"\n"
+
+    def __init__(self):
+        self._lines = []
+        self._waiting = None
+        self.eof = False
+        self.done = defer.Deferred()
+
+    def lineReceived(self, line):
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.callback(text)
+        else:
+            self._lines.append(text)
+
+    def ask(self, prompt: str = "") -> defer.Deferred:
+        """Show C{prompt}; fire with the next line (without its end), or
+        C{None} at the end of input."""
+        if prompt:
+            self.write(prompt)
+        if self._lines:
+            return defer.succeed(self._lines.pop(0))
+        if self.eof:
+            return defer.succeed(None)
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+    def write(self, text: str):
+        if self.transport is not None:
+            self.transport.write(text.encode("utf-8"))
+
+    def readConnectionLost(self):
+        self.eof = True
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.callback(None)
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.readConnectionLost()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def close(self) -> defer.Deferred:
+        """Flush the output and close; fires when closed."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+        return self.done
+
+
+class ProgressBar:
+    """
+    C{[#####-----]  45%  12.3 MB/s} on stderr, redrawn at most every 0.2 s,
+    only when stderr is a terminal (or C{force}).  Call it with each chunk's
+    byte count (it is a valid C{progress} callable for
+    L{netshare.client.ClientProtocol.upload}/C{download}); L{finish} at the end.
+    """
+
+    def __init__(self, total: int, label: str = "", stream=None, force: bool = False,
+                 clock=time.monotonic, width: int = 30):
+        self.total = max(0, int(total))
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = force or (hasattr(self.stream, "isatty") and self.stream.isatty())
+        self.clock = clock
+        self.width = width
+        self.done = 0
+        self.started = clock()
+        self._drawn = 0.0
+
+    def __call__(self, nbytes: int):
+        self.done += nbytes
+        now = self.clock()
+        if self.enabled and (now - self._drawn >= 0.2 or self.done >= self.total):
+            self._drawn = now
+            self._draw(now)
+
+    def render(self, now: float | None = None) -> str:
+        now = self.clock() if now is None else now
+        frac = 1.0 if self.total == 0 else min(1.0, self.done / self.total)
+        filled = int(frac * self.width)
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed / 1e6
+        return "%s[%s%s] %3d%%  %.1f MB/s" % (self.label + " " if self.label else "",
+                                              "#" * filled, "-" * (self.width - filled),
+                                              int(frac * 100), rate)
+
+    def _draw(self, now):
+        self.stream.write("\r" + self.render(now))
+        self.stream.flush()
+
+    def finish(self):
+        if self.enabled:
+            self._draw(self.clock())
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,603 @@
+"""
+The personnel wire protocol (PROTOCOL.md section 4) in-process: the real
+factory, accounts, history and database pool behind a loopback TCP port,
+spoken to with the real client library.  The tests that touch the database
+run on SQLite, PostgreSQL and MariaDB (the C{db_pool} fixture).
+
+Also here: the sync feed's backpressure through a real socket whose reader
+stops reading, and the L{SyncClient} of C{netshare-personnel sync} against
+the in-process server (batches, acknowledgements, reconnect).
+"""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from netshare import config as configmod
+from netshare.accounts import AccountService
+from netshare.client import connect, login, quote
+from netshare.clients.personnel import SyncClient
+from netshare.history import HistoryRecorder
+from netshare.kdf import KDFPool
+from netshare.personnel import SyncFeed
+from netshare.protocols.personnel import makeFactory
+from netshare.service import Runtime
+from netshare.storage.accounts import AccountStore
+from netshare.storage.engine import create_engine
+from netshare.storage.history import HistoryStore
+from netshare.storage.pool import DBPool
+from netshare.storage.schema import metadata
+from netshare.syncdb import LocalStore
+
+TIMEOUT = 20
+NASTY = ["'; DROP TABLE personnel;--", "100%", "under_score", "back\\slash", '"quoted"',
+         "Zoë Ünïcødé 😀"]
+ADMIN_VERBS = [("ADD", "ADD ssn=9 name=A surname=B"), ("UPDATE", "UPDATE p1 job=x"),
+               ("DELETE", "DELETE p1"), ("CLIENTS", "CLIENTS"), ("MESSAGES", "MESSAGES"),
+               ("SEND", "SEND * *"), ("REMOVE", "REMOVE * *")]
+
+
+# -- an in-process server ---------------------------------------------------------
+
+
+class Server:
+    """The personnel factory on a loopback port, with every client it opened."""
+
+    def __init__(self, pool, tmp_path, **settings):
+        settings.setdefault("scrypt_n", 1024)
+        self.config = configmod.defaults(data=str(tmp_path), **settings)
+        self.kdf = KDFPool(1, 16, reactor=reactor)
+        self.kdf.start()
+        self.runtime = Runtime(config=self.config, reactor=reactor, pool=pool, kdf=self.kdf)
+        self.runtime.accounts = AccountService(AccountStore(pool), self.kdf, 1024, 8, 1)
+        self.runtime.history = HistoryRecorder(HistoryStore(pool), reactor, 0.05)
+        self.factory = makeFactory(self.runtime)
+        self.app = self.factory.app
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.clients = []
+
+    @defer.inlineCallbacks
+    def setup_accounts(self):
+        yield self.runtime.accounts.add("admin", "adminpw", "admin")
+        yield self.runtime.accounts.add("alice", "alicepw", "user")
+        yield self.runtime.accounts.add("bob", "bobpw", "user")
+
+    @defer.inlineCallbacks
+    def client(self, user=None):
+        proto = yield connect("127.0.0.1", self.port.getHost().port, reactor=reactor)
+        self.clients.append(proto)
+        if user is not None:
+            yield login(proto, user, user + "pw")
+        return proto
+
+    @defer.inlineCallbacks
+    def close(self):
+        for proto in self.clients:
+            if proto.transport.connected:
+                proto.transport.abortConnection()
+        for p in list(self.factory.connections):
+            p.transport.abortConnection()
+        yield self.port.stopListening()
+        waits = [p.closed for p in self.clients] + [p.lost for p in self.factory.connections]
+        yield defer.DeferredList(waits).addTimeout(TIMEOUT, reactor)
+        self.app.stop()
+        yield self.runtime.history.stop()
+        self.kdf.stop()
+
+
+@pytest.fixture
+def server(db_pool, tmp_path):
+    srv = Server(db_pool, tmp_path)
+    pytest_twisted.blockon(srv.setup_accounts())
+    yield srv
+    pytest_twisted.blockon(srv.close())
+
+
+@pytest.fixture
+def sqlite_pool(tmp_path):
+    engine = create_engine("sqlite:///" + str(tmp_path / "server.db"))
+    metadata.create_all(engine)
+    pool = DBPool(engine, retry_delays=(0.05,))
+    pool.start()
+    yield pool
+    pytest_twisted.blockon(pool.stop())
+
+
+@defer.inlineCallbacks
+def sqlite_server(pool, tmp_path, **settings):
+    srv = Server(pool, tmp_path, **settings)
+    try:
+        yield srv.setup_accounts()
+    except BaseException:
+        yield srv.close()
+        raise
+    return srv
+
+
+def cmd(proto, *words):
+    return proto.command(quote(*words)).addTimeout(TIMEOUT, reactor)
+
+
+def until(predicate, timeout=TIMEOUT, interval=0.01):
+    """A Deferred firing once C{predicate()} is true (checked every
+    C{interval} s), failing after C{timeout} s."""
+    @defer.inlineCallbacks
+    def poll():
+        waited = 0.0
+        while not predicate():
+            if waited > timeout:
+                raise AssertionError("condition not met within %s s" % (timeout,))
+            yield task.deferLater(reactor, interval, lambda: None)
+            waited += interval
+    return poll()
+
+
+class Pushes:
+    """Collects the 61x pushes of one client connection."""
+
+    def __init__(self, proto):
+        self.items = []
+        proto.onPush = self.onPush
+
+    def onPush(self, code, text):
+        seq, action, payload = text.split(" ", 2)
+        self.items.append((code, int(seq), action, json.loads(payload)))
+
+    def seqs(self):
+        return [i[1] for i in self.items]
+
+    def wait(self, n):
+        return until(lambda: len(self.items) >= n)
+
+
+@defer.inlineCallbacks
+def add_people(admin, n, prefix="p"):
+    replies = yield defer.gatherResults([
+        cmd(admin, "ADD", "ssn=%s%d" % (prefix, i), "name=N%d" % i, "surname=S")
+        for i in range(1, n + 1)])
+    assert {r.code for r in replies} == {201}
+
+
+# -- roster commands --------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_roster_commands_and_literal_text(server):
+    admin = yield server.client("admin")
+    r = yield cmd(admin, "ADD", "ssn=A-1", "name=Ann", "surname=Lee", "job=cook",
+                  "salary=52000.00")
+    assert r.code == 201
+    assert {k: v for k, v in r.obj.items() if k != "updated"} == {
+        "ssn": "A-1", "name": "Ann", "surname": "Lee", "job": "cook", "salary": "52000.00"}
+    for i, text in enumerate(NASTY):
+        r = yield cmd(admin, "ADD", "ssn=n%d" % i, "name=" + text, "surname=" + text[::-1],
+                      "job=" + text)
+        assert r.code == 201 and r.obj["name"] == text and r.obj["job"] == text
+    # Stored and found literally: % and _ are not wildcards, quotes are text.
+    for i, text in enumerate(NASTY):
+        r = yield cmd(admin, "LIST", text)
+        assert [p["ssn"] for p in r.items] == ["n%d" % i], text
+        r = yield cmd(admin, "GET", "n%d" % i)
+        assert r.obj["name"] == text and r.obj["surname"] == text[::-1]
+    r = yield cmd(admin, "LIST", "%")
+    assert [p["ssn"] for p in r.items] == ["n1"]
+    r = yield cmd(admin, "LIST", "_")
+    assert [p["ssn"] for p in r.items] == ["n2"]
+    r = yield cmd(admin, "LIST")
+    assert len(r.items) == 1 + len(NASTY) and r.line == "210 %d items" % (1 + len(NASTY))
+    r = yield cmd(admin, "LIST", "limit=2", "offset=1")
+    assert [p["ssn"] for p in r.items] == ["n0", "n1"]
+    # The personnel table is still there and whole after the injection attempt.
+    r = yield cmd(admin, "LIST", "COOK")
+    assert [p["ssn"] for p in r.items] == ["A-1"]           # case-insensitive on every DB
+    r = yield cmd(admin, "UPDATE", "A-1", "job=chef", "salary=60000")
+    assert r.code == 200 and (r.obj["job"], r.obj["salary"]) == ("chef", "60000")
+    assert (yield cmd(admin, "GET", "A-1")).obj == r.obj
+    assert (yield cmd(admin, "DELETE", "A-1")).line == "200 deleted"
+    assert (yield cmd(admin, "GET", "A-1")).code == 550
+    assert (yield cmd(admin, "DELETE", "A-1")).code == 550
+    assert (yield cmd(admin, "UPDATE", "A-1", "job=x")).code == 550
+    assert (yield cmd(admin, "ADD", "ssn=n0", "name=X", "surname=Y")).code == 555
+    for words in [("ADD", "ssn=bad ssn", "name=A", "surname=B"),
+                  ("ADD", "ssn=z", "name=A"),                       # no surname
+                  ("ADD", "name=A", "surname=B"),                   # no ssn
+                  ("ADD", "ssn=z", "name=A", "surname=B", "age=3"),
+                  ("ADD", "ssn=z", "name=A", "surname=B", "extra"),
+                  ("ADD", "ssn=z", "name=a\tb", "surname=B"),       # control character
+                  ("UPDATE", "n0"), ("UPDATE", "n0", "ssn=x"), ("UPDATE", "n0", "age=3"),
+                  ("GET",), ("GET", "a", "b"), ("LIST", "a", "b"), ("LIST", "limit=x"),
+                  ("LIST", "offset=-1"), ("SEND", "n0"), ("SEND", "n0", "bad name!"),
+                  ("MESSAGES", "limit=0x"), ("CLIENTS", "x")]:
+        r = yield cmd(admin, *words)
+        assert r.code == 501, (words, r.line)
+    assert (yield cmd(admin, "SEND", "nobody", "alice")).code == 550   # no such person
+    assert (yield cmd(admin, "SEND", "n0", "nobody")).code == 550      # no such account
+    help_ = yield cmd(admin, "HELP")
+    assert {"SYNC", "ACK", "SEND", "REMOVE"} <= {line[4:].split()[0] for line in help_.lines
+                                                 if line.startswith("214-")}
+
+
+@pytest_twisted.inlineCallbacks
+def test_user_reads_and_syncs_but_gets_531_for_every_write(server):
+    admin = yield server.client("admin")
+    yield add_people(admin, 2)
+    alice = yield server.client("alice")
+    assert [p["ssn"] for p in (yield cmd(alice, "LIST")).items] == ["p1", "p2"]
+    assert (yield cmd(alice, "GET", "p1")).obj["name"] == "N1"
+    for verb, line in ADMIN_VERBS:
+        r = yield alice.command(line)
+        assert r.code == 531, (verb, r.line)
+        # Refused before the arguments are even looked at.
+        r = yield alice.command(verb + " ' '")
+        assert r.code == 531, (verb, r.line)
+    # Nothing was written.
+    assert [p["name"] for p in (yield cmd(admin, "LIST")).items] == ["N1", "N2"]
+    assert (yield cmd(admin, "CLIENTS")).items == []
+    assert (yield cmd(admin, "MESSAGES")).items == []
+    # ... and every refusal is in the history with its code.
+    hist = yield cmd(alice, "HISTORY", "limit=100")
+    refused = [e["command"].split()[0] for e in hist.items if e["code"] == 531]
+    assert sorted(set(refused)) == sorted(v for v, _ in ADMIN_VERBS)
+    assert len(refused) == 2 * len(ADMIN_VERBS)
+    # A user may be a sync client.
+    pushes = Pushes(alice)
+    assert (yield cmd(alice, "SYNC")).line == "200 syncing"
+    assert (yield cmd(admin, "SEND", "p1", "alice")).line == "200 queued 1"
+    yield pushes.wait(1)
+    assert (yield cmd(alice, "ACK", "1")).line == "200 ok"
+    anon = yield server.client()
+    for line in ["LIST", "GET p1", "SYNC", "ACK 1", "SEND * *"]:
+        assert (yield anon.command(line)).code == 530
+
+
+# -- sync streams ----------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_sync_stream_pushes_acks_and_sends_again(server, tmp_path):
+    admin = yield server.client("admin")
+    yield add_people(admin, 5)
+    alice = yield server.client("alice")
+    assert (yield cmd(alice, "ACK", "1")).code == 503                  # not a sync stream
+    pushes = Pushes(alice)
+    assert (yield cmd(alice, "SYNC")).line == "200 syncing"
+    assert (yield cmd(alice, "SYNC")).code == 503                      # already one
+    assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 5"
+    yield pushes.wait(5)
+    assert pushes.seqs() == [1, 2, 3, 4, 5]
+    assert {(i[0], i[2]) for i in pushes.items} == {(610, "SAVE")}
+    assert [i[3]["ssn"] for i in pushes.items] == ["p1", "p2", "p3", "p4", "p5"]
+    first = list(pushes.items)
+    assert (yield cmd(alice, "ACK", "3")).line == "200 ok"
+    assert (yield cmd(alice, "ACK", "2")).line == "200 ok"            # late ack: no change
+    assert (yield cmd(alice, "ACK", "x")).code == 501
+    assert (yield cmd(alice, "ACK", "6")).code == 501                 # never sent
+    clients = (yield cmd(admin, "CLIENTS")).items
+    assert [(c["client"], c["online"], c["pending"], c["acked"]) for c in clients] == [
+        ("alice", True, 2, 3)]
+    messages = (yield cmd(admin, "MESSAGES", "client=alice"))
+    assert [(m["seq"], m["acked"]) for m in messages.items] == [
+        (5, False), (4, False), (3, True), (2, True), (1, True)]
+
+    # The client applies what it got, then loses its connection before
+    # acknowledging 4 and 5: the next SYNC sends them again.
+    local = LocalStore(str(tmp_path / "alice.db"))
+    try:
+        assert local.apply_batch([(i[1], i[2], i[3]) for i in first]) == 5
+        before = local.snapshot()
+        yield alice.close()
+        yield until(lambda: not server.app.isOnline("alice"))
+        alice = yield server.client("alice")
+        pushes = Pushes(alice)
+        assert (yield cmd(alice, "SYNC", "after=3")).line == "200 syncing"
+        yield pushes.wait(2)
+        assert pushes.seqs() == [4, 5] and pushes.items == first[3:]
+        # Delivered twice: applying it again changes nothing.
+        assert local.apply_batch([(i[1], i[2], i[3]) for i in pushes.items]) == 0
+        assert local.snapshot() == before and local.last_seq() == 5
+    finally:
+        local.close()
+    assert (yield cmd(alice, "ACK", "5")).line == "200 ok"
+
+    # Live DELETE and DELETE_ALL pushes; the new messages follow in seq order.
+    assert (yield cmd(admin, "REMOVE", "p2", "alice")).line == "200 queued 1"
+    assert (yield cmd(admin, "REMOVE", "ghost", "alice")).line == "200 queued 1"
+    assert (yield cmd(admin, "REMOVE", "*", "*")).line == "200 queued 1"
+    yield pushes.wait(5)
+    assert pushes.items[2:] == [(611, 6, "DELETE", {"ssn": "p2"}),
+                                (611, 7, "DELETE", {"ssn": "ghost"}),
+                                (612, 8, "DELETE_ALL", {})]
+    # SYNC after= beyond anything queued: refused, not silently skipped.
+    bob = yield server.client("bob")
+    assert (yield cmd(bob, "SYNC", "after=1")).code == 501
+    assert (yield cmd(bob, "SYNC", "after=-1")).code == 501
+    assert (yield cmd(bob, "SYNC", "after=0")).line == "200 syncing"
+
+
+@pytest_twisted.inlineCallbacks
+def test_second_sync_replaces_the_first_and_offline_targets(server):
+    admin = yield server.client("admin")
+    yield add_people(admin, 2)
+    # bob has never connected: he can be targeted by name, and is then known.
+    assert (yield cmd(admin, "SEND", "p1", "bob")).line == "200 queued 1"
+    clients = (yield cmd(admin, "CLIENTS")).items
+    assert clients == [{"client": "bob", "online": False, "pending": 1, "acked": 0,
+                        "last_seen": None}]
+    assert (yield cmd(admin, "SEND", "p2", "*")).line == "200 queued 1"   # only bob is known
+    old = yield server.client("bob")
+    old_pushes = Pushes(old)
+    assert (yield cmd(old, "SYNC")).line == "200 syncing"
+    yield old_pushes.wait(2)
+    new = yield server.client("bob")
+    new_pushes = Pushes(new)
+    assert (yield cmd(new, "SYNC")).line == "200 syncing"
+    yield old.closed.addTimeout(TIMEOUT, reactor)
+    assert (421, "stream replaced by a new SYNC") in old.pushes
+    yield new_pushes.wait(2)                    # nothing acknowledged: both again
+    assert new_pushes.seqs() == [1, 2]
+    assert (yield cmd(admin, "SEND", "p1", "*")).line == "200 queued 1"
+    yield new_pushes.wait(3)
+    assert new_pushes.seqs() == [1, 2, 3] and old_pushes.seqs() == [1, 2]
+    assert server.app.onlineClients() == ["bob"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_sync_stream_is_exempt_from_the_idle_timeout(db_pool, tmp_path):
+    srv = Server(db_pool, tmp_path, idle_timeout=0.3)
+    try:
+        yield srv.setup_accounts()
+        idle = yield srv.client("alice")
+        stream = yield srv.client("bob")
+        assert (yield cmd(stream, "SYNC")).line == "200 syncing"
+        yield idle.closed.addTimeout(TIMEOUT, reactor)
+        assert (421, "idle timeout") in idle.pushes
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        assert stream.transport.connected
+        assert (yield cmd(stream, "PING")).line == "200 pong"
+    finally:
+        yield srv.close()
+
+
+# -- backpressure ------------------------------------------------------------------
+
+
+class _Sink:
+    def __init__(self, room):
+        self.lines, self.room = [], room
+
+    def sendPush(self, line):
+        self.lines.append(line)
+
+    def writable(self):
+        return len(self.lines) < self.room
+
+    def streamReplaced(self):
+        pass
+
+
+class _Store:
+    def __init__(self, n):
+        from netshare.storage.personnel import Message
+        self.rows = [Message("c", s, "SAVE", "x", '{"ssn":"x"}', 0) for s in range(1, n + 1)]
+        self.calls = 0
+
+    def pending_page(self, client, after, limit):
+        self.calls += 1
+        return defer.succeed([m for m in self.rows if m.seq > after][:limit])
+
+
+def test_feed_stops_mid_page_when_the_sink_fills_and_goes_on_after_a_drain():
+    store, sink = _Store(10), _Sink(room=2)
+    feed = SyncFeed(store, "c", sink, page_size=8, clock=task.Clock())
+    feed.start()
+    assert [int(line.split()[1]) for line in sink.lines] == [1, 2]
+    assert not feed.caughtUp and store.calls == 1          # the rest of the page waits
+    feed.notify()
+    assert store.calls == 1 and len(sink.lines) == 2
+    sink.room = 5
+    feed.resume()
+    assert len(sink.lines) == 5 and store.calls == 1
+    sink.room = 100
+    feed.resume()
+    assert [int(line.split()[1]) for line in sink.lines] == list(range(1, 11))
+    assert feed.caughtUp and store.calls == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reader_that_stops_reading_is_paused_not_dropped(sqlite_pool, tmp_path):
+    """Pages of large records to a client that stops reading: the feed stops
+    at the transport's high-water mark (well under the slow-reader limit),
+    and everything arrives, in order, once the client reads again."""
+    srv = yield sqlite_server(sqlite_pool, tmp_path, sync_page=500)
+    try:
+        admin = yield srv.client("admin")
+        big = "\U0001F600" * 255            # 1020 bytes of UTF-8 per field: a page of
+        #                                      500 such people is over the 1 MiB limit
+        yield defer.gatherResults([
+            cmd(admin, "ADD", "ssn=b%03d" % i, "name=" + big, "surname=" + big, "job=" + big)
+            for i in range(300)])
+        alice = yield srv.client("alice")
+        pushes = Pushes(alice)
+        assert (yield cmd(alice, "SYNC")).line == "200 syncing"
+        alice.pauseProducing()               # stop reading the socket
+        rounds = 8
+        for _ in range(rounds):
+            assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 300"
+        total = 300 * rounds                 # about 7 MB of pushes
+        feed = srv.app._streams["alice"]
+        yield until(lambda: not feed.sink.writable())
+        sent = feed.sent
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        assert feed.sent == sent < total     # paused, not dropped
+        assert srv.factory.stats.slow_drops == 0 and feed.sink.transport.connected
+        alice.resumeProducing()
+        yield until(lambda: len(pushes.items) >= total)
+        assert pushes.seqs() == list(range(1, total + 1))
+        assert srv.factory.stats.slow_drops == 0 and feed.sent == total
+        assert (yield cmd(alice, "ACK", str(total))).line == "200 ok"
+    finally:
+        yield srv.close()
+
+
+# -- the sync client of netshare-personnel, in-process ------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tmp_path):
+    srv = yield sqlite_server(sqlite_pool, tmp_path, sync_page=100)
+    local = LocalStore(str(tmp_path / "alice-local.db"))
+    port = srv.port.getHost().port
+
+    def connector():
+        return connect("127.0.0.1", port, reactor=reactor)
+
+    client = SyncClient(reactor, local, connector, "alice", "alicepw", retry_min=0.01,
+                        retry_max=0.05, batch_max=100, batch_delay=0.002)
+    acks = []
+    try:
+        admin = yield srv.client("admin")
+        yield add_people(admin, 1000)
+        running = client.start()
+        yield until(lambda: srv.app.isOnline("alice"))
+        original = srv.app.ack
+
+        def spy(name, seq):
+            acks.append(seq)
+            return original(name, seq)
+        srv.app.ack = spy
+        assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 1000"
+        yield until(lambda: local.last_seq() == 1000 and acks and acks[-1] == 1000)
+        assert client.applied == 1000
+        # Batched: at most 100 messages per transaction, one ACK per batch.
+        assert 10 <= client.batches <= 1000 // 10 and len(acks) == client.batches
+        assert acks == sorted(acks)
+        clients = (yield cmd(admin, "CLIENTS")).items
+        assert (clients[0]["pending"], clients[0]["acked"]) == (0, 1000)
+        assert [p["ssn"] for p in local.snapshot()] == sorted("p%d" % i for i in range(1, 1001))
+
+        # The server drops the stream: the client reconnects and resumes
+        # after its last applied seq.
+        for proto in list(srv.factory.connections):
+            if proto.user == "alice":
+                proto.transport.abortConnection()
+        yield until(lambda: client.connections == 2 and srv.app.isOnline("alice"))
+        assert (yield cmd(admin, "UPDATE", "p7", "job=diver")).code == 200
+        assert (yield cmd(admin, "SEND", "p7", "alice")).line == "200 queued 1"
+        assert (yield cmd(admin, "REMOVE", "p8", "alice")).line == "200 queued 1"
+        yield until(lambda: client.applied == 1002)     # counted after the commit
+        assert local.last_seq() == 1002
+        people = {p["ssn"]: p for p in local.snapshot()}
+        assert people["p7"]["job"] == "diver" and "p8" not in people
+        yield client.stop()
+        yield running
+    finally:
+        yield client.stop()
+        local.close()
+        yield srv.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sync_client_stops_on_a_wrong_password(sqlite_pool, tmp_path):
+    from netshare.clients.personnel import SyncFailed
+    srv = yield sqlite_server(sqlite_pool, tmp_path)
+    local = LocalStore(str(tmp_path / "x.db"))
+    port = srv.port.getHost().port
+    client = SyncClient(reactor, local, lambda: connect("127.0.0.1", port, reactor=reactor),
+                        "alice", "wrong", retry_min=0.01)
+    try:
+        with pytest.raises(SyncFailed, match="535"):
+            yield client.start().addTimeout(TIMEOUT, reactor)
+    finally:
+        yield client.stop()
+        local.close()
+        yield srv.close()
+
+
+# -- the operator console and the shared client helpers ------------------------------
+
+
+class ScriptedInput:
+    """Stands in for L{netshare.clients.common.LineInput}: answers from a
+    script, then the end of input."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+        self.out = []
+
+    def ask(self, prompt=""):
+        self.out.append(prompt)
+        return defer.succeed(self.lines.pop(0) if self.lines else None)
+
+    def write(self, text):
+        self.out.append(text)
+
+    def text(self):
+        return "".join(self.out)
+
+
+@pytest_twisted.inlineCallbacks
+def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
+    from netshare.clients.personnel import Console
+    srv = yield sqlite_server(sqlite_pool, tmp_path)
+    try:
+        admin = yield srv.client("admin")
+        yield add_people(admin, 3)
+        yield cmd(admin, "SEND", "p1", "bob")              # bob becomes a known client
+        io = ScriptedInput(["", "8", "x", "1", "p2", "bob", "2", "p3", "3", "4", "p1", "alice",
+                            "5", "p1", "6", "1", "", "4", "p1", "", "1", "p1", "ghost", "0"])
+        yield defer.ensureDeferred(Console(admin, io).run())    # ends at the end of input
+        out = io.text()
+        assert out.count("please choose a number from 0 to 7") == 2
+        assert out.count("queued 1 message\n") == 3           # 1, 2 (one client), 6
+        assert "queued 3 messages" in out                     # 3: three people, one client
+        # alice never synced, but she has an account: 4 targets her by name
+        # and makes her a known client, so 5 and 6 reach bob and her.
+        assert out.count("queued 2 messages") == 2
+        assert "error: 550 no such client ghost" in out
+        assert out.count("nothing entered; back to the menu") == 2
+        assert "personnel (first 20):" in out and "DELETE_ALL" in out
+        messages = (yield cmd(admin, "MESSAGES", "client=bob")).items
+        assert [(m["action"], m["ssn"]) for m in reversed(messages)] == [
+            ("SAVE", "p1"), ("SAVE", "p2"), ("SAVE", "p3"), ("SAVE", "p1"), ("SAVE", "p2"),
+            ("SAVE", "p3"), ("DELETE", "p1"), ("DELETE_ALL", None)]
+        messages = (yield cmd(admin, "MESSAGES", "client=alice")).items
+        assert [(m["action"], m["ssn"]) for m in reversed(messages)] == [
+            ("DELETE", "p1"), ("DELETE", "p1"), ("DELETE_ALL", None)]
+        # A user's console: every operation is answered 531, the menu goes on.
+        alice = yield srv.client("alice")
+        io = ScriptedInput(["3", "6", "7", "never read"])
+        yield defer.ensureDeferred(Console(alice, io).run())
+        assert io.text().count("error: 531 permission denied") == 2
+        assert io.text().endswith("bye\n") and io.lines == ["never read"]
+    finally:
+        yield srv.close()
+
+
+def test_client_table_and_progress_helpers():
+    from netshare.clients import common
+    table = common.format_table([{"a": "x", "b": None}, {"a": "long\x1b[2J", "b": True}],
+                                ["a", "b"])
+    assert table.splitlines() == ["a" + " " * 14 + "b", "-" * 13 + "  ---",
+                                  "x" + " " * 14 + "-", "long\\u001b[2J  yes"]
+    assert common.format_table([{"a": "abcdef"}], ["a"], max_width=4).splitlines()[2] == "abc\u2026"
+    assert common.format_object({"k": 1, "key": "v"}) == "k  : 1\nkey: v\n"
+    ticks = iter([0.0, 0.1, 0.5, 1.0, 1.0])
+    out = []
+
+    class Stream:
+        def write(self, s):
+            out.append(s)
+
+        def flush(self):
+            pass
+
+    bar = common.ProgressBar(2_000_000, "up", stream=Stream(), force=True,
+                             clock=lambda: next(ticks), width=10)
+    bar(500_000)                     # t=0.1: too soon to draw
+    bar(500_000)                     # t=0.5: drawn
+    bar(1_000_000)                   # t=1.0: drawn (done)
+    bar.finish()
+    assert len(out) == 4 and out[0] == "\rup [#####-----]  50%  2.0 MB/s"
+    assert out[1] == out[2] == "\rup [##########] 100%  2.0 MB/s" and out[3] == "\n"
