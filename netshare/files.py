@@ -34,7 +34,11 @@ The protocol registers its raw-input side (a push producer that pauses the
 socket) and C{write()}s each received chunk.  The sink only queues the chunk
 and hands the queue to one job at a time in a small dedicated thread pool,
 which hashes it (SHA-256 of the plaintext), encrypts it when the file is
-protected, and writes it to the temporary file.  When more than
+protected, and writes it to the temporary file (everything queued at once,
+one C{writev} of up to 1 MiB).  Large uploads are written behind
+(L{_WriteBehind}): handed to the disk in 8 MiB pieces as they arrive, and
+dropped from the page cache once written, so an upload keeps at most about
+64 MiB of dirty pages and the final fsync has little left to do.  When more than
 C{high_water} bytes (4 MiB) are queued the sink pauses the producer, and it
 resumes it once the queue is down to half of that: memory per upload stays
 flat whatever the size, and the reactor thread never touches the disk.
@@ -53,7 +57,10 @@ Download and deletion
 
 L{BlobStore.open_download} opens the blob and returns a L{BlobReader}, a
 pull producer like Twisted's C{FileSender} but with 256 KiB reads (PERF.md:
-16 KiB chunks are 1.8x slower), starting at C{offset}.  Deleting or
+16 KiB chunks are 1.8x slower), starting at C{offset}.  It reads on the
+reactor thread only what the page cache holds (checked without blocking);
+otherwise a worker has the kernel read it in first, so a cold disk never
+stalls the reactor.  Deleting or
 replacing a file removes the database row first and unlinks the old blob
 afterwards.  A download already in flight keeps its open file descriptor,
 and on POSIX an unlinked file stays readable through an open descriptor
@@ -162,6 +169,7 @@ MAX_NAME_BYTES = 255
 READ_CHUNK = 256 * KiB          # download read size (PERF.md)
 ENC_CHUNK = 64 * KiB            # plaintext bytes per encrypted chunk
 HIGH_WATER = 4 * MiB            # upload bytes queued before the socket is paused
+WRITE_BATCH = 1 * MiB           # upload bytes the worker takes per writev
 FILE_SCRYPT = (2**15, 8, 1)     # default (N, r, p) for file passwords
 MAX_PASSWORD_CHARS = 128        # like account passwords (PROTOCOL.md section 1)
 VISIBILITIES = ("public", "hidden")
@@ -497,11 +505,105 @@ def _open_chunk(aead: AESGCM, header: _Header, header_bytes: bytes, index: int,
 
 # ---------------------------------------------------------------- disk helpers
 
+_IOV_MAX = 512
+
+
 def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    """
+    Write all of C{data}: one buffer, or a list of buffers written in order
+    with as few system calls as the kernel allows (C{writev}, up to 512
+    buffers per call).
+    """
+    if not isinstance(data, list):
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        return
+    parts = [memoryview(p) for p in data if len(p)]
+    while parts:
+        batch = parts[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        parts = parts[done:]
+        if written:
+            parts[0] = parts[0][written:]
+
+
+def _load_sync_file_range():
+    """libc's C{sync_file_range} (Linux), or None where there is none."""
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_fadvise = getattr(os, "posix_fadvise", None)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+WRITE_BEHIND_STEP = 8 * MiB     # an upload is handed to the disk in pieces of this size
+WRITE_BEHIND_LAG = 8            # pieces in flight before the oldest is waited for and dropped
+
+
+class _WriteBehind:
+    """
+    Streaming write-behind for one upload (Linux; a no-op elsewhere).
+
+    Every C{WRITE_BEHIND_STEP} bytes the new piece is handed to the disk at
+    once (C{sync_file_range(WRITE)}, which does not wait).  Once more than
+    C{WRITE_BEHIND_LAG} pieces are in flight, the oldest is waited for and
+    dropped from the page cache (C{POSIX_FADV_DONTNEED}).  So an upload of
+    any size keeps at most about 64 MiB of dirty page cache, the pages it
+    frees are reused by its own next writes (on this VM, touching fresh
+    pages costs more than the copy itself: PERF notes in bench/README.md),
+    and the final fsync has only the last pieces left to flush.
+
+    None of this is a durability promise: the fsync before the rename is.
+    It runs only in the upload's worker thread.
+    """
+
+    def __init__(self, fd: int, start: int):
+        self.fd = fd
+        self.next = start           # everything before this was handed to the disk
+        self.in_flight: deque = deque()
+        self.dropped = False
+
+    def advance(self, end: int) -> None:
+        """The file now holds C{end} bytes."""
+        if _sync_file_range is None:
+            return
+        while end - self.next >= WRITE_BEHIND_STEP:
+            _sync_file_range(self.fd, self.next, WRITE_BEHIND_STEP, _SFR_WRITE)
+            self.in_flight.append(self.next)
+            self.next += WRITE_BEHIND_STEP
+            if len(self.in_flight) > WRITE_BEHIND_LAG:
+                old = self.in_flight.popleft()
+                _sync_file_range(self.fd, old, WRITE_BEHIND_STEP,
+                                 _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+                if _fadvise is not None:
+                    _fadvise(self.fd, old, WRITE_BEHIND_STEP, os.POSIX_FADV_DONTNEED)
+                self.dropped = True
+
+    def finish(self) -> None:
+        """
+        After the final fsync: if part of the file was dropped from the page
+        cache, drop the rest too.  A file cached in scattered pieces is read
+        back slower than one not cached at all (the kernel's read-ahead
+        stops at every cached page); a file small enough never to have been
+        dropped stays cached.
+        """
+        if self.dropped and _fadvise is not None:
+            _fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: str) -> None:
@@ -556,8 +658,9 @@ class _BlobWriter:
     """
 
     def __init__(self, tmp_path: str, shard_dir: str, final_path: str, blob_id: str, size: int,
-                 encryption: EncryptionParams | None, fsync: bool):
+                 encryption: EncryptionParams | None, fsync: bool, write_behind: bool = True):
         self.tmp_path = tmp_path
+        self.write_behind = write_behind
         self.shard_dir = shard_dir
         self.final_path = final_path
         self.blob_id = blob_id
@@ -566,6 +669,8 @@ class _BlobWriter:
         self.encryption = encryption
         self.hasher = hashlib.sha256()
         self.count = 0
+        self.on_disk = 0            # bytes written to the file (ciphertext if encrypted)
+        self.behind: _WriteBehind | None = None
         self.fd: int | None = None
         self.encryptor = None
         if encryption is not None:
@@ -578,18 +683,31 @@ class _BlobWriter:
             self.fd = os.open(self.tmp_path, flags, 0o600)
             if self.encryptor is not None:
                 _write_all(self.fd, self.encryptor.header_bytes)
+                self.on_disk = HEADER_SIZE
+            if self.write_behind:
+                self.behind = _WriteBehind(self.fd, self.on_disk)
         return self.fd
 
     def write(self, chunk: bytes) -> None:
+        self.write_many([chunk])
+
+    def write_many(self, chunks: list) -> None:
+        """Hash, (encrypt,) and append C{chunks} with one C{writev}."""
         try:
             fd = self._open()
-            self.hasher.update(chunk)
-            self.count += len(chunk)
+            for chunk in chunks:
+                self.hasher.update(chunk)
+                self.count += len(chunk)
             if self.encryptor is None:
-                _write_all(fd, chunk)
+                out = chunks
             else:
-                for sealed in self.encryptor.feed(chunk):
-                    _write_all(fd, sealed)
+                out = []
+                for chunk in chunks:
+                    out.extend(self.encryptor.feed(chunk))
+            _write_all(fd, out)
+            self.on_disk += sum(len(c) for c in out)
+            if self.behind is not None:
+                self.behind.advance(self.on_disk)
         except OSError as e:
             self.discard()
             _reraise_storage(e)
@@ -609,6 +727,8 @@ class _BlobWriter:
                 raise IntegrityFailure("checksum mismatch")
             if self.fsync:
                 os.fsync(fd)
+            if self.behind is not None:
+                self.behind.finish()
             os.close(fd)
             self.fd = None
             if _ensure_real_dir(self.shard_dir) and self.fsync:
@@ -764,7 +884,13 @@ class UploadSink:
         while True:
             with self._lock:
                 if self._queue:
-                    chunk = self._queue.popleft()
+                    # Take what is queued (up to WRITE_BATCH bytes): one
+                    # writev for many socket reads.
+                    chunks, taken = [], 0
+                    while self._queue and taken < WRITE_BATCH:
+                        chunk = self._queue.popleft()
+                        chunks.append(chunk)
+                        taken += len(chunk)
                     final = None
                 else:
                     final = self._state
@@ -775,11 +901,11 @@ class UploadSink:
                 break
             if self._error is None:
                 try:
-                    self._writer.write(chunk)
+                    self._writer.write_many(chunks)
                 except Exception:
                     self._error = Failure()
             with self._lock:
-                self._queued -= len(chunk)
+                self._queued -= taken
                 wake = self._paused and not self._resume_pending and self._queued <= self._low
                 if wake:
                     self._resume_pending = True
@@ -888,12 +1014,25 @@ class DownloadStopped(Exception):
 @implementer(IPullProducer)
 class BlobReader:
     """
-    Stream a blob (or its decryption) from C{offset} to a consumer, like
-    C{twisted.protocols.basic.FileSender} with 256 KiB reads.
+    Stream a blob (or its decryption) from C{offset} to a consumer: a pull
+    producer like C{twisted.protocols.basic.FileSender}, with 256 KiB reads
+    (PERF.md: 16 KiB chunks are 1.8x slower).
 
-    Reading one chunk per C{resumeProducing} on the reactor thread is what
-    FileSender does too: the page cache makes it a memory copy.  Decryption
-    (AES-GCM, hardware-accelerated) of 256 KiB is a fraction of a millisecond.
+    Every read happens in C{resumeProducing}; with a C{pool} (what
+    L{BlobStore.open_download} gives) only once the page cache holds the
+    piece, so the reactor thread never waits for the disk.  Before each
+    read a one-byte C{preadv(RWF_NOWAIT)} of the piece's last byte (which
+    never blocks) says whether it is cached, as it almost always is: the
+    file was just read or written, or the kernel's read-ahead (widened with
+    C{POSIX_FADV_SEQUENTIAL}) is ahead of us.  When it is not (a cold disk,
+    or an upload just written behind, L{_WriteBehind}), a job in the pool
+    reads one byte at the current offset, which blocks that worker (not the
+    reactor) until the kernel has read the piece in and restarted its
+    read-ahead; then the reactor reads it (about 30 such waits per GiB
+    here).  The worker only waits: the bytes never cross threads, so there
+    is no buffer to bound and no lock on the data path.  Where
+    C{RWF_NOWAIT} does not exist (or without a pool) reads simply happen in
+    C{resumeProducing}, as in FileSender.
 
     @ivar remaining: plaintext bytes still to send; before the transfer it is
         the count for the C{150} line.
@@ -901,8 +1040,9 @@ class BlobReader:
     """
 
     def __init__(self, fd: int, size: int, offset: int, read_size: int = READ_CHUNK,
-                 key: bytes | None = None, header: _Header | None = None):
-        self._fd: int | None = fd
+                 key: bytes | None = None, header: _Header | None = None,
+                 pool: ThreadPool | None = None, reactor=None):
+        self._fd = fd
         self.size = size
         self.offset = offset
         self.remaining = size - offset
@@ -918,9 +1058,21 @@ class BlobReader:
             self._skip = offset - self._index * header.chunk_size
             if self.remaining == 0:
                 self._index = header.chunks
-            os.lseek(fd, header.cipher_offset(self._index), os.SEEK_SET)
+            pos = header.cipher_offset(self._index)
         else:
-            os.lseek(fd, offset, os.SEEK_SET)
+            pos = offset
+        os.lseek(fd, pos, os.SEEK_SET)
+        if _fadvise is not None and self.remaining:
+            _fadvise(fd, pos, 0, os.POSIX_FADV_SEQUENTIAL)   # a wider kernel read-ahead
+        self._pos = pos                 # file offset of the next read
+        self._probe = bytearray(1)
+        self._pool = pool if _RWF_NOWAIT is not None else None
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        # guarded by _lock (a waiting worker job uses the descriptor):
+        self._waiting = False
+        self._closing = False
+        self._fd_closed = False
 
     def beginFileTransfer(self, consumer) -> defer.Deferred:
         """
@@ -935,6 +1087,8 @@ class BlobReader:
         consumer.registerProducer(self, False)
         return d
 
+    # reading
+
     def _read(self, n: int) -> bytes:
         parts = []
         while n > 0:
@@ -943,9 +1097,32 @@ class BlobReader:
                 raise IntegrityFailure("stored file is truncated")
             parts.append(data)
             n -= len(data)
+            self._pos += len(data)
         return b"".join(parts)
 
+    def _next_span(self) -> int:
+        """How many file bytes the next L{_next} reads."""
+        if self._header is None:
+            return min(self._read_size, self.remaining)
+        h = self._header
+        last = min(h.chunks, self._index + max(1, self._read_size // h.chunk_size))
+        return sum(h.plain_len(i) + TAG_SIZE for i in range(self._index, last))
+
+    def _cached(self, span: int) -> bool:
+        """Is the piece of C{span} bytes at the current offset in the page
+        cache?  Never blocks."""
+        if span <= 0:
+            return True
+        try:
+            return os.preadv(self._fd, [self._probe], self._pos + span - 1, _RWF_NOWAIT) == 1
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._pool = None           # not supported here: read like FileSender
+            return True
+
     def _next(self) -> bytes:
+        """The next piece of plaintext (at most C{remaining} bytes)."""
         if self._header is None:
             return self._read(min(self._read_size, self.remaining))
         h = self._header
@@ -963,10 +1140,40 @@ class BlobReader:
             self._skip = 0
         return data[:self.remaining]
 
+    def _await_pages(self, pos: int) -> None:
+        """Worker: wait until the kernel has read in the piece at C{pos}
+        (and started reading ahead); then wake the reactor side."""
+        with self._lock:
+            closing = self._closing
+        if not closing:
+            try:
+                os.pread(self._fd, 1, pos)              # blocks until it is read in
+            except OSError:
+                pass                                    # the real read will say
+        with self._lock:
+            self._waiting = False
+            if self._closing:
+                self._close_fd_locked()
+                return
+        self._reactor.callFromThread(self._wake)
+
+    # the consumer's side (reactor thread)
+
+    def _wake(self) -> None:
+        if self.consumer is not None:
+            self.resumeProducing()
+
     def resumeProducing(self) -> None:
-        if self._fd is None or self.consumer is None:
+        if self.consumer is None or self.deferred is None or self._waiting:
             return
         if self.remaining > 0:
+            if self._pool is not None:
+                span = self._next_span()
+                if not self._cached(span):
+                    with self._lock:
+                        self._waiting = True
+                    self._pool.callInThread(self._await_pages, self._pos)
+                    return
             try:
                 data = self._next()
                 if not data:
@@ -977,23 +1184,30 @@ class BlobReader:
             self.remaining -= len(data)
             self.sent += len(data)
             self.consumer.write(data)
-        if self.remaining <= 0 and self._fd is not None:
+        if self.remaining <= 0 and self.deferred is not None:
             self._end(None)
 
     def pauseProducing(self) -> None:
         pass
 
     def stopProducing(self) -> None:
-        if self._fd is not None:
-            self._close()
-            d, self.deferred = self.deferred, None
-            if d is not None:
-                d.errback(DownloadStopped("consumer stopped the transfer"))
+        d, self.deferred = self.deferred, None
+        self.consumer = None
+        self._close()
+        if d is not None:
+            d.errback(DownloadStopped("consumer stopped the transfer"))
+
+    def _close_fd_locked(self) -> None:
+        if not self._fd_closed:
+            self._fd_closed = True
+            os.close(self._fd)
 
     def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        """Close the file now, or let the waiting worker job close it."""
+        with self._lock:
+            self._closing = True
+            if not self._waiting:
+                self._close_fd_locked()
 
     def _end(self, failure: Failure | None) -> None:
         self._close()
@@ -1009,7 +1223,8 @@ class BlobReader:
             d.errback(failure)
 
     def close(self) -> None:
-        """Release the file when the transfer will not be started after all."""
+        """Release the file when the transfer will not be started after all
+        (or is over: then this changes nothing)."""
         self._close()
 
 
@@ -1026,14 +1241,17 @@ class BlobStore:
 
     @param fsync: make uploads durable (fsync the file and directories);
         only tests and benchmarks on tmpfs turn it off.
+    @param write_behind: hand uploads to the disk while they arrive and keep
+        their page cache bounded (L{_WriteBehind}).
     """
 
     log = Logger()
 
     def __init__(self, root: str, threadpool: ThreadPool | None = None, reactor=None,
                  fsync: bool = True, high_water: int = HIGH_WATER, read_size: int = READ_CHUNK,
-                 threads: int = 4):
+                 threads: int = 4, write_behind: bool = True):
         self.root = os.path.abspath(root)
+        self.write_behind = write_behind
         self.blobs_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
         os.makedirs(self.root, mode=0o700, exist_ok=True)   # may be a symlink (operator's choice)
@@ -1202,7 +1420,8 @@ class BlobStore:
         expected = check_sha256(sha256_hex)
         blob_id = self.new_id()
         writer = _BlobWriter(self._tmp_path(blob_id), os.path.dirname(self.path_of(blob_id)),
-                             self.path_of(blob_id), blob_id, size, encryption, self.fsync)
+                             self.path_of(blob_id), blob_id, size, encryption, self.fsync,
+                             self.write_behind)
         sink = UploadSink(self, writer, expected, self._get_reactor(reactor), self._pool(),
                           self.high_water)
         self._uploading[blob_id] = sink
@@ -1276,7 +1495,8 @@ class BlobStore:
             raise IntegrityFailure("stored file has the wrong size")
         if not isinstance(offset, int) or not 0 <= offset <= size:
             raise BadArguments("bad offset: must be from 0 to %d" % size)
-        return BlobReader(fd, size, offset, self.read_size, key, header)
+        return BlobReader(fd, size, offset, self.read_size, key, header, pool=self._pool(),
+                          reactor=self._get_reactor())
 
     # delete
 

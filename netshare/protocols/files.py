@@ -1,11 +1,214 @@
-"""The files protocol (PROTOCOL.md). Placeholder until its issue: the common commands only."""
+"""
+The files protocol (PROTOCOL.md section 2) on the base line protocol.
 
-from netshare.protocols.base import CommandFactory, CommandProtocol
+This module only parses commands and formats replies; every decision (name
+rules, ownership, quota, disk space, passwords, lockout, atomic replace) is
+made by L{netshare.files.FilesService}, and every byte of content goes
+through its L{netshare.files.UploadSink} (raw upload body, with
+backpressure) or L{netshare.files.BlobReader} (raw download body).
+
+A file name is always the first word after the verb, so a name that looks
+like an option (C{"sha256=x"}) is still a name; options follow it.
+
+Start-up: the blob store's stale temporaries are swept synchronously when
+the factory is built (before the reactor runs), then L{FilesApp.start}
+removes orphaned blobs (content without a database row) once the database
+pool is up.  Uploads wait for that to finish, so the orphan scan can never
+race an upload that is just recording its row.
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from netshare.errors import BadArguments, TemporaryError
+from netshare.files import BlobStore, FilesService, PasswordLockout, parse_size
+from netshare.protocols.base import (CommandFactory, CommandProtocol, Listing, ObjectReply,
+                                     ReceiveRaw, Reply, SendRaw, split_options)
+from netshare.wire import dumps
+
+UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace")
+DOWNLOAD_OPTIONS = ("password", "offset")
+RAW_READ = 256 * 1024
+
+
+class FilesApp:
+    """
+    The files service object of one server: the blob store and the
+    L{FilesService}, with the start/stop hooks the root service calls.
+
+    @ivar service: the L{FilesService} every command goes through.
+    @ivar blobs: the L{BlobStore} under C{<data>/files}.
+    """
+
+    log = Logger()
+
+    def __init__(self, runtime, blobs=None, lockout=None):
+        cfg = runtime.config
+        self.blobs = blobs if blobs is not None else BlobStore(
+            os.path.join(cfg.data, "files"), reactor=runtime.reactor)
+        # Synchronous and before the reactor runs (makeFactory is called by
+        # makeService): nothing can be uploading yet.
+        self.blobs.sweep()
+        if lockout is None:
+            lockout = PasswordLockout(runtime.reactor, cfg.file_lockout_failures,
+                                      cfg.file_lockout_seconds, cfg.file_lockout_seconds)
+        from netshare.storage.files import FileStore
+        self.service = FilesService(
+            FileStore(runtime.pool), self.blobs, runtime.kdf, lockout,
+            max_file_size=cfg.max_file_size, user_quota=cfg.user_quota,
+            min_free_percent=cfg.min_free_percent,
+            kdf_params=(cfg.file_scrypt_n, 8, 1), clock=runtime.reactor)
+        self._starting = None
+
+    def start(self):
+        """Remove orphaned blobs (needs the database pool running)."""
+        self._starting = d = defer.Deferred()
+
+        def done(counts):
+            self.log.info("files ready: removed {temporaries} stale temporaries and "
+                          "{orphans} orphaned blobs", **counts)
+
+        def failed(f):
+            # Not fatal: orphans only waste space; the next start-up retries.
+            self.log.failure("files start-up housekeeping failed", f)
+
+        def finished(_):
+            self._starting = None
+            d.callback(None)
+
+        self.service.startup().addCallbacks(done, failed).addBoth(finished)
+        return self.whenReady()
+
+    def whenReady(self):
+        """A Deferred that fires once start-up housekeeping is over."""
+        if self._starting is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._starting.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def stop(self):
+        self.blobs.stop()
+
+
+def _yes_no(value, name):
+    v = value.lower()
+    if v in ("yes", "true", "1"):
+        return True
+    if v in ("no", "false", "0"):
+        return False
+    raise BadArguments("%s must be yes or no" % (name,))
+
+
+def _name_and_options(args, allowed, fixed, usage):
+    """The first C{fixed} words are positional (the name first); the rest
+    are C{key=value} options among C{allowed}."""
+    if len(args) < fixed:
+        raise BadArguments("usage: " + usage)
+    _, opts = split_options(args[fixed:], allowed=allowed, positional=(0, 0))
+    return args[:fixed], opts
 
 
 class FilesProtocol(CommandProtocol):
     service = "files"
+    HELP = dict(CommandProtocol.HELP, **{
+        "LIST": "LIST [mine|hidden]: public files, your own public files, or (admin) hidden files",
+        "INFO": "INFO <name>",
+        "CHECKSUM": "CHECKSUM <name>: 200 sha256 <hex>",
+        "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] [sha256=HEX] "
+                  "[replace=yes]: 350, then exactly <size> raw bytes, then 226 stored {file}",
+        "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
+                    "n raw bytes, 226",
+        "DELETE": "DELETE <name>: owner or admin",
+    })
+
+    @property
+    def app(self) -> FilesApp:
+        return self.factory.app
+
+    @property
+    def files(self) -> FilesService:
+        return self.factory.app.service
+
+    def cmd_LIST(self, args):
+        if len(args) > 1:
+            raise BadArguments("usage: LIST [mine|hidden]")
+        which = args[0].lower() if args else None
+        d = self.files.list(self.user, self.account.is_admin, which)
+        return d.addCallback(lambda recs: Listing([r.to_wire() for r in recs]))
+
+    def cmd_INFO(self, args):
+        if len(args) != 1:
+            raise BadArguments("usage: INFO <name>")
+        return self.files.info(args[0]).addCallback(lambda rec: ObjectReply(rec.to_wire()))
+
+    def cmd_CHECKSUM(self, args):
+        if len(args) != 1:
+            raise BadArguments("usage: CHECKSUM <name>")
+        return self.files.info(args[0]).addCallback(lambda rec: Reply(200, "sha256 " + rec.sha256))
+
+    @defer.inlineCallbacks
+    def cmd_UPLOAD(self, args):
+        (name, size_text), opts = _name_and_options(args, UPLOAD_OPTIONS, 2, self.HELP["UPLOAD"])
+        size = parse_size(size_text)
+        replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
+        visibility = opts.get("visibility")
+        yield self.app.whenReady()
+        up = yield self.files.begin_upload(self.user, name, size, visibility,
+                                           opts.get("password"), opts.get("sha256"), replace)
+        if self.transport is None or not self.transport.connected:
+            up.abort()
+            raise TemporaryError("connection lost before the upload started")
+
+        restore = self._readInBigChunks()
+
+        def finish():
+            restore()
+            return up.complete().addCallback(
+                lambda rec: Reply(226, "stored " + dumps(rec.to_wire())))
+
+        def abort():
+            restore()
+            return up.abort()
+
+        return ReceiveRaw(size, consumer=up.sink, finish=finish, abort=abort)
+
+    def _readInBigChunks(self):
+        """
+        While an upload body comes in, read the socket RAW_READ bytes at a
+        time instead of Twisted's 64 KiB: a quarter of the reactor turns and
+        queue operations per byte.  @return: a callable restoring the old size.
+        """
+        transport = getattr(self.transport, "transport", self.transport)  # under TLS
+        old = getattr(transport, "bufferSize", None)
+        if not isinstance(old, int) or old >= RAW_READ:
+            return lambda: None
+        transport.bufferSize = RAW_READ
+
+        def restore():
+            transport.bufferSize = old
+
+        return restore
+
+    @defer.inlineCallbacks
+    def cmd_DOWNLOAD(self, args):
+        (name,), opts = _name_and_options(args, DOWNLOAD_OPTIONS, 1, self.HELP["DOWNLOAD"])
+        offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
+        prepared = yield self.files.open_download(self.user, name, opts.get("password"), offset)
+        if self.transport is None or not self.transport.connected:
+            prepared.reader.close()
+            raise TemporaryError("connection lost before the download started")
+        return SendRaw(prepared.remaining, prepared.sha256, prepared.reader,
+                       done=prepared.reader.close)
+
+    def cmd_DELETE(self, args):
+        if len(args) != 1:
+            raise BadArguments("usage: DELETE <name>")
+        d = self.files.delete(self.user, self.account.is_admin, args[0])
+        return d.addCallback(lambda rec: Reply(200, "deleted"))
 
 
-def makeFactory(runtime):
-    return CommandFactory(runtime, FilesProtocol)
+def makeFactory(runtime, app=None):
+    return CommandFactory(runtime, FilesProtocol, app=app if app is not None else FilesApp(runtime))
