@@ -229,7 +229,9 @@ class ClientProtocol(LineReceiver):
         size = _parse_count(rest)
         sender = _BigFileSender()
         counter = _Progress(self.transport, p.progress)
-        d = sender.beginFileTransfer(p.source, counter)
+        # Exactly `size` bytes: whatever the source holds beyond them would
+        # otherwise be read by the server as command lines.
+        d = sender.beginFileTransfer(_Limited(p.source, size), counter)
 
         def sent(_):
             p.rawResponse = counter.count
@@ -269,6 +271,22 @@ def _parse_count(text):
         return int(text.split()[0] if text.split()[0] != "send" else text.split()[1])
     except (IndexError, ValueError):
         raise ProtocolError("bad byte count in %r" % (text,)) from None
+
+
+class _Limited:
+    """A read-only view of at most C{limit} bytes of a binary file."""
+
+    def __init__(self, f, limit):
+        self._f = f
+        self._left = limit
+
+    def read(self, n=-1):
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
 
 
 class _BigFileSender(FileSender):

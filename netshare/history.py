@@ -22,77 +22,120 @@ MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
 
 
 class HistoryRecorder:
+    """
+    @ivar dropped: entries dropped because the buffer was full.
+    """
+
     log = Logger()
 
-    def __init__(self, store, clock=None, interval=0.2, batch=1000):
+    def __init__(self, store, clock=None, interval=0.2, batch=1000, max_buffered=MAX_BUFFERED):
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = store
         self.clock = clock
         self.interval = interval
         self.batch = batch
-        self._pending = []
-        self._waiters = []
+        self.max_buffered = max_buffered
+        # (sequence number, row), oldest first; every entry in flight is
+        # older than every pending one.
+        self._pending = []       # recorded, not being written yet
+        self._inflight = []      # the batch being written now
+        self._waiters = []       # (sequence number to pass, Deferred)
+        self._recorded = 0       # entries ever recorded (the next sequence number)
         self._timer = None
         self._writing = False
+        self._stopped = False    # no more timers (a flush() still writes)
         self.dropped = 0
 
     def record(self, ts_ms, service, user, peer, command, code):
-        self._pending.append({"ts_ms": ts_ms, "service": service, "user": user,
-                              "peer": peer[:64], "command": command, "code": code})
-        if len(self._pending) > MAX_BUFFERED and not self._writing:
-            excess = len(self._pending) - MAX_BUFFERED
+        self._pending.append((self._recorded, {
+            "ts_ms": ts_ms, "service": service, "user": user, "peer": peer[:64],
+            "command": command, "code": code}))
+        self._recorded += 1
+        excess = len(self._pending) + len(self._inflight) - self.max_buffered
+        if excess > 0 and self._pending:
+            # The database is down or slower than the traffic: keep memory
+            # bounded and lose the oldest waiting entries (not those in flight).
+            excess = min(excess, len(self._pending))
             del self._pending[:excess]
+            if self.dropped == 0 or (self.dropped + excess) // 10000 > self.dropped // 10000:
+                self.log.error("history buffer full: {dropped} oldest entries dropped so far",
+                               dropped=self.dropped + excess)
             self.dropped += excess
-            self.log.error("history buffer full: dropped {n} oldest entries", n=excess)
-        if self._timer is None and not self._writing:
+            self._wakeWaiters()
+        if self._timer is None and not self._writing and not self._stopped:
             self._timer = self.clock.callLater(self.interval, self._tick)
 
     def _tick(self):
         self._timer = None
         self.flush().addErrback(lambda f: None)
 
+    def _unsettled(self):
+        """The sequence number of the oldest entry not yet written (or dropped)."""
+        if self._inflight:
+            return self._inflight[0][0]
+        if self._pending:
+            return self._pending[0][0]
+        return self._recorded
+
     def flush(self):
         """
         @return: a Deferred that fires once everything recorded before this
-            call is written, or fails if a write failed (entries are kept and
-            retried later).
+            call is written (later records do not delay it, however fast they
+            come), or fails if a write failed (entries are kept and retried
+            later).
         """
         d = defer.Deferred()
-        self._waiters.append(d)
+        if self._unsettled() >= self._recorded:
+            d.callback(None)
+            return d
+        self._waiters.append((self._recorded, d))
         if not self._writing:
             self._writeNext()
         return d
 
+    def _wakeWaiters(self):
+        done = self._unsettled()
+        ready = [w for w in self._waiters if w[0] <= done]
+        if ready:
+            self._waiters = [w for w in self._waiters if w[0] > done]
+            for _, d in ready:
+                d.callback(None)
+
     def _writeNext(self):
         if not self._pending:
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.callback(None)
             return
         self._writing = True
-        rows = self._pending[:self.batch]
+        batch = self._inflight = self._pending[:self.batch]
+        del self._pending[:len(batch)]
 
         def written(_):
-            del self._pending[:len(rows)]  # newer entries were appended after these
+            self._inflight = []
             self._writing = False
-            self._writeNext()
+            self._wakeWaiters()
+            if self._waiters or len(self._pending) >= self.batch:
+                self._writeNext()  # someone waits, or a full batch is ready
+            elif self._pending and self._timer is None and not self._stopped:
+                self._timer = self.clock.callLater(self.interval, self._tick)
 
         def failed(f):
+            self._inflight = []
             self._writing = False
+            self._pending[:0] = batch  # back in front, in order, to be retried
             self.log.warn("history write failed ({n} entries kept, retrying): {error}",
                           n=len(self._pending), error=f.getErrorMessage())
-            if self._timer is None:
+            if self._timer is None and not self._stopped:
                 self._timer = self.clock.callLater(max(1.0, self.interval), self._tick)
             waiters, self._waiters = self._waiters, []
-            for w in waiters:
+            for _, w in waiters:
                 w.errback(f)
 
-        self.store.insert_many(rows).addCallbacks(written, failed)
+        self.store.insert_many([row for _, row in batch]).addCallbacks(written, failed)
 
     @defer.inlineCallbacks
     def stop(self, attempts=3):
         """Write everything before the database goes away (a clean stop loses nothing)."""
+        self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -102,9 +145,9 @@ class HistoryRecorder:
                 return
             except Exception:
                 pass
-        if self._pending:
+        if self._pending or self._inflight:
             self.log.error("history: {n} entries could not be written at shutdown",
-                           n=len(self._pending))
+                           n=len(self._pending) + len(self._inflight))
 
     def _target(self, caller, user):
         """Whose entries a query/clear addresses: a name, None (unauthenticated) or ALL."""

@@ -54,6 +54,8 @@ from netshare.wire import dumps, now_ms
 
 CRLF = b"\r\n"
 SECRET_OPTIONS = ("password",)
+#: How an unknown verb is recorded in history and logs (it may be a secret).
+UNKNOWN = "<unknown>"
 
 
 # --- what handlers return -------------------------------------------------
@@ -163,12 +165,16 @@ def parse_int(text, name, lo=0, hi=None):
 
 
 def redact(verb, words):
-    """The command as recorded in history and logs: no password anywhere."""
+    """The command as recorded in history and logs: no password anywhere.
+
+    For LOGIN and REGISTER every word after the user name is hidden (an
+    unquoted password with spaces is several words)."""
     out = []
     for i, w in enumerate(words):
         key, sep, _ = w.partition("=")
-        if verb in ("LOGIN", "REGISTER") and i == 1:
-            out.append("***")
+        if verb in ("LOGIN", "REGISTER") and i >= 1:
+            if i == 1:
+                out.append("***")
         elif sep and key.lower() in SECRET_OPTIONS:
             out.append(key + "=***")
         else:
@@ -192,8 +198,11 @@ class _OutputMonitor:
         self.full = False
 
     def pauseProducing(self):
-        self.full = True
-        self.proto._queuedWhileFull = 0
+        # The transport calls this again on every write while its buffer is
+        # over the limit: only the first call starts the count.
+        if not self.full:
+            self.full = True
+            self.proto._queuedWhileFull = 0
 
     def resumeProducing(self):
         self.full = False
@@ -272,6 +281,9 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         self._output = _OutputMonitor(self)
         self._rawInput = _RawInput(self)
         self._waitingForDrain = False
+        self._abortCall = None
+        self._monitorRegistered = False
+        self._refused = False
         self.lost = defer.Deferred()
 
     # -- configuration shortcuts
@@ -297,6 +309,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         self.peer = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
         refusal = self.factory.admit(self)
         if refusal:
+            self._refused = True
             self._closing = True
             self.transport.write(("421 %s" % refusal).encode() + CRLF)
             self.transport.loseConnection()
@@ -309,7 +322,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
                 self.transport.setTcpKeepAlive(True)
             except Exception:
                 pass
-        self.transport.registerProducer(self._output, True)
+        self._registerMonitor()
         self.setTimeout(self.config.idle_timeout)
         self._write(["220 netshare %s %s ready" % (self.service, __version__)])
         self.connectionReady()
@@ -317,8 +330,15 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
     def connectionReady(self):
         """Hook for subclasses: the greeting has been sent."""
 
+    def callLater(self, period, func):
+        # TimeoutMixin's timer, on the factory's (injected) reactor.
+        return self.factory.reactor.callLater(period, func)
+
     def connectionLost(self, reason):
         self.setTimeout(None)
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
+        self._abortCall = None
         self.factory.release(self)
         if self._rawReceive is not None and self._rawRemaining:
             self._abortRawReceive()
@@ -327,7 +347,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
                 self._sendingRaw.producer.stopProducing()
             except Exception:
                 pass
-        self.connectionClosed()
+        if not self._refused:  # a refused connection never got to connectionReady
+            self.connectionClosed()
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -335,6 +356,20 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         """Hook for subclasses: release subscriptions, streams, files."""
 
     def timeoutConnection(self):
+        if self._sendingRaw is not None:
+            # Nothing was written for a whole timeout: the client stopped
+            # reading mid-transfer (or the producer is stuck).  No line can be
+            # sent inside raw data, so just cut it.
+            self.log.info("stalled download to {peer}, closing", service=self.service,
+                          peer=self.peer, user=self.user)
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        if self._current is not None and not self._rawRemaining:
+            # The server, not the client, is the slow one (a queued password
+            # check, a slow database): wait for the answer, then time again.
+            self.setTimeout(self.timeOut)
+            return
         self.log.info("idle timeout {peer}", service=self.service, peer=self.peer,
                       user=self.user)
         self._closeWith("421 idle timeout")
@@ -352,14 +387,41 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         if self._closing:
             return
         self._closing = True
-        if self.transport.producer is self._output:
-            self.transport.unregisterProducer()
-        self.transport.write(line.encode("utf-8") + CRLF)
+        self._loseConnection(line.encode("utf-8") + CRLF)
+
+    def _loseConnection(self, last=b""):
+        """Write C{last} and close gracefully; abort if that takes too long."""
+        self._closing = True
+        # While our output monitor is registered (and possibly paused by a
+        # full buffer) the transport would resume it instead of closing.
+        self._unregisterMonitor()
+        if last:
+            self.transport.write(last)
         self.transport.loseConnection()
         # A peer that never reads would keep a graceful close pending forever.
-        self.factory.reactor.callLater(5, self._abortIfConnected)
+        if self._abortCall is None and self.transport.connected:
+            self._abortCall = self.factory.reactor.callLater(5, self._abortIfConnected)
+
+    def _registerMonitor(self):
+        # Tracked here: a TLS transport does not expose its producer as
+        # C{transport.producer} (that attribute is the TCP transport's, and
+        # holds a wrapper), so identity checks on it do not work.
+        if not self._monitorRegistered:
+            self._output.full = False
+            try:
+                self.transport.registerProducer(self._output, True)
+            except RuntimeError:  # a raw-send producer that never unregistered
+                self.transport.unregisterProducer()
+                self.transport.registerProducer(self._output, True)
+            self._monitorRegistered = True
+
+    def _unregisterMonitor(self):
+        if self._monitorRegistered:
+            self._monitorRegistered = False
+            self.transport.unregisterProducer()
 
     def _abortIfConnected(self):
+        self._abortCall = None
         if self.transport.connected:
             self.transport.abortConnection()
 
@@ -396,13 +458,20 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             words = shlex.split(text, posix=True)
         except ValueError as e:
             verb = text.split(None, 1)[0].upper() if text.split() else "-"
+            if not (verb.isalnum() and hasattr(self, "cmd_" + verb)):
+                verb = UNKNOWN
             self._record(verb, verb + " <unparsable>", 500, started, ts)
             return self._write(["500 bad quoting: %s" % (e,)])
         if not words:
             return  # a blank line is not a command
         verb = words[0].upper()
-        cmd = _Command(verb, redact(verb, words[1:]), started, ts)
         handler = getattr(self, "cmd_" + verb, None) if verb.isalnum() else None
+        if handler is not None:
+            cmd = _Command(verb, redact(verb, words[1:]), started, ts)
+        else:
+            # A mistyped LOGIN, or a password typed alone on a line: record
+            # and log none of it (the reply goes only to the sender).
+            cmd = _Command(UNKNOWN, UNKNOWN, started, ts)
         self._current = cmd
         if handler is None:
             d = defer.fail(SyntaxError_("unknown command %s" % (verb[:32],)))
@@ -410,11 +479,14 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             d = defer.fail(LoginRequired("login required"))
         else:
             d = defer.maybeDeferred(handler, words[1:])
-        if not d.called:
-            self.pauseProducing()
         d.addCallback(self._deliver)
         d.addErrback(self._deliverError)
         d.addBoth(self._commandDone)
+        # Still pending (a Deferred from the handler, or a raw send started
+        # by a synchronous handler): parse nothing more until it is answered.
+        # During a raw receive the bytes must keep coming; _rawComplete pauses.
+        if self._current is cmd and not self.paused and not self._rawRemaining:
+            self.pauseProducing()
 
     def isPublic(self, verb):
         """Hook: may this verb run before login? (ttweet's guests, say)."""
@@ -440,8 +512,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             self._current.code = err.code
             self._write([err.replyLine()])
             if err.code == 421:
-                self._closing = True
-                self.transport.loseConnection()
+                self._loseConnection()
             return
         self.log.failure("internal error in {verb}", failure, service=self.service,
                          verb=self._current.verb, user=self.user, peer=self.peer)
@@ -450,6 +521,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
 
     def _commandDone(self, _):
         cmd, self._current = self._current, None
+        if not self._idleExempt and self._sendingRaw is None:
+            self.resetTimeout()  # idle time counts from the last answer
         if cmd is not None:
             self._record(cmd.verb, cmd.recorded, cmd.code, cmd.started, cmd.ts_ms, cmd.bytes)
             self.factory.stats.commands += 1
@@ -458,6 +531,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             return
         if self._output.full:
             self._waitingForDrain = True  # read no more commands until drained
+            if not self.paused and not self._closing:
+                self.pauseProducing()
             return
         if self.paused and not self._closing:
             self.resumeProducing()
@@ -476,8 +551,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         self._send(data)
 
     def _send(self, data: bytes):
-        if self._closing and not self.transport.connected:
-            return
+        if self._closing:
+            return  # the closing line (421, 221, 500) was the last one
         self.factory.stats.bytes_out += len(data)
         if self._current is not None:
             self._current.bytes += len(data)
@@ -595,9 +670,10 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         self._current.code = 226
         self._write(["150 %d bytes sha256=%s" % (raw.size, raw.sha256)])
         self._sendingRaw = raw
-        self.setTimeout(None)
-        if self.transport.producer is self._output:
-            self.transport.unregisterProducer()
+        # A transfer that makes no progress for a whole idle timeout is cut
+        # (each chunk written resets the timer, see _CountingConsumer).
+        self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
+        self._unregisterMonitor()
         counter = _CountingConsumer(self)
         d = raw.producer.beginFileTransfer(counter)
 
@@ -607,9 +683,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
                 raw.done()
             if self._closing or not self.transport.connected:
                 return
-            if self.transport.producer is None:
-                self._output.full = False
-                self.transport.registerProducer(self._output, True)
+            self._registerMonitor()
             self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
             self._write(["226 transfer complete"])
             self._flushPushes()
@@ -620,8 +694,12 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
                 raw.done()
             # The byte count promised in the 150 line cannot be kept: the only
             # honest thing left is to close the connection.
-            self.log.failure("raw send failed, closing {peer}", f, service=self.service,
-                             peer=self.peer, user=self.user)
+            if not self.transport.connected:  # the client hung up: not a bug
+                self.log.info("raw send to {peer} cut short: {why}", service=self.service,
+                              peer=self.peer, user=self.user, why=f.getErrorMessage())
+            else:
+                self.log.failure("raw send failed, closing {peer}", f, service=self.service,
+                                 peer=self.peer, user=self.user)
             self._current.code = 451
             self._closing = True
             if self.transport.connected:
@@ -659,10 +737,9 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         return Reply(200, "pong")
 
     def cmd_QUIT(self, args):
-        self._closing = True
         self._write(["221 bye"])
         self._current.code = 221
-        self.transport.loseConnection()
+        self._loseConnection()
         return _NO_REPLY
 
     def cmd_HELP(self, args):
@@ -769,6 +846,8 @@ class _CountingConsumer:
         self.transport.unregisterProducer()
 
     def write(self, data):
+        if not self.proto._idleExempt:
+            self.proto.resetTimeout()
         self.proto.factory.stats.bytes_out += len(data)
         if self.proto._current is not None:
             self.proto._current.bytes += len(data)
