@@ -619,6 +619,13 @@ class Hub:
 
     def _next_step(self, failed: bool) -> None:
         """After a batch (or at stop): decide when the next one starts."""
+        if self._inflight is not None or self._retry_call is not None:
+            # A publisher's callback (run while the last batch's Deferreds
+            # fired) published or stopped and a batch or a retry started
+            # meanwhile: it comes back here when done.  Without this, stop()
+            # could fire while that batch is still being written, and two
+            # batches could be in flight at once.
+            return
         if self._stopping:
             if not self._queue:
                 self._fire_stop_waiters()

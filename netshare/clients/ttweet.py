@@ -1,0 +1,512 @@
+"""
+netshare-ttweet: the ttweet client (PROTOCOL.md section 3).
+
+Usage::
+
+    netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>
+    netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort> "<message>"
+    netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>
+
+Interactive mode speaks the CS 3251 "ttweet" assignment's command set with
+its exact messages::
+
+    tweet "<message>" <Hashtag>     subscribe <Hashtag>     unsubscribe <Hashtag>
+    timeline     getusers     gettweets <Username>     exit
+
+Tweets pushed by the server print as they arrive, as
+C{<sender>: "<message>" <hashtags>} (without the trailing space when a tweet
+has no hashtag); C{timeline} and C{gettweets} print in the same format,
+C{getusers} one name a line.  Input is read with Twisted's stdio (never a
+blocking input loop), so pushes print while the prompt is waiting.  Each
+command's output appears in the order the commands were typed.  Errors
+before login print and exit with status 1; after login they print and the
+session goes on.  C{exit} (or end of input) prints C{bye bye}.
+
+The one-shot modes of the original single-message ttweet: C{-u} uploads one
+message as a tweet without hashtag, after logging in as C{--user} (default:
+the local login name reduced to ASCII letters and digits, else
+C{anonymous}; a guest unless that name holds an account); C{-d} prints the
+most recent message, or C{Empty Message}, with no login at all.
+
+A name that holds an account needs its password: from C{NETSHARE_PASSWORD},
+or else asked for on the terminal after the server says it is needed
+(never on the command line).  C{--tls} verifies the server's certificate
+against C{--cafile} (or the system trust store) and its name or address.
+"""
+
+import getpass
+import ipaddress
+import json
+import os
+import re
+import sys
+
+from zope.interface import implementer
+
+from twisted.internet import defer, error as net_error, stdio, task
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.basic import LineOnlyReceiver
+
+from netshare.client import connect, password_from_env_or_prompt, quote
+
+MAX_MESSAGE = 150
+USER_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+ARGS_INTERACTIVE = "error: args should contain <ServerIP>   <ServerPort>   <Username>"
+ARGS_UPLOAD = 'error: args should contain -u <ServerIP>   <ServerPort>   "<message>"'
+ARGS_DOWNLOAD = "error: args should contain -d <ServerIP>   <ServerPort>"
+IP_INVALID = "error: server ip invalid, connection refused."
+PORT_INVALID = "error: server port invalid, connection refused."
+USER_FORMAT = "error: username has wrong format, connection refused."
+USER_ILLEGAL = "username illegal, connection refused."
+USER_LEGAL = "username legal, connection established."
+MESSAGE_LENGTH = "message length illegal, connection refused."
+MESSAGE_FORMAT = "message format illegal."
+HASHTAG_FORMAT = "hashtag illegal format, connection refused."
+SUCCESS = "operation success"
+NO_USER = "no user %s in the system"
+BYE = "bye bye"
+USAGE = """\
+usage: netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>
+       netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort> "<message>"
+       netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>
+commands: tweet "<message>" <Hashtag> | subscribe <Hashtag> | unsubscribe <Hashtag>
+          | timeline | getusers | gettweets <Username> | exit
+password of a registered name: NETSHARE_PASSWORD, else asked on the terminal"""
+
+
+class Refused(Exception):
+    """Stop before login: print C{message} (and C{detail} on stderr), exit 1."""
+
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+# --- arguments -------------------------------------------------------------
+
+class Arguments:
+    mode = "interactive"
+    tls = False
+    cafile = None
+    user = None
+    host = None
+    port = None
+    name = None
+    message = None
+
+
+def parse_args(argv):
+    """
+    @return: an L{Arguments}
+    @raise Refused: with the assignment's message for what is wrong.
+    """
+    a = Arguments()
+    argv = list(argv)
+    while argv and argv[0].startswith("--"):
+        opt = argv.pop(0)
+        if opt == "--tls":
+            a.tls = True
+        elif opt in ("--cafile", "--user") and argv:
+            value = argv.pop(0)
+            if opt == "--cafile":
+                a.cafile, a.tls = value, True
+            else:
+                a.user = value
+        elif opt == "--help":
+            raise Refused(USAGE)
+        else:
+            raise Refused("error: unknown or incomplete option %s\n%s" % (opt, USAGE))
+    if argv and argv[0] in ("-u", "-d", "-h"):
+        flag = argv.pop(0)
+        if flag == "-h":
+            raise Refused(USAGE)
+        a.mode = "upload" if flag == "-u" else "download"
+    wanted = {"interactive": 3, "upload": 3, "download": 2}[a.mode]
+    if len(argv) != wanted:
+        raise Refused({"interactive": ARGS_INTERACTIVE, "upload": ARGS_UPLOAD,
+                       "download": ARGS_DOWNLOAD}[a.mode])
+    a.host = check_host(argv[0])
+    a.port = check_port(argv[1])
+    if a.mode == "interactive":
+        if not USER_RE.fullmatch(argv[2]):
+            raise Refused(USER_FORMAT)
+        a.name = argv[2]
+    elif a.mode == "upload":
+        a.message = argv[2]
+        check_message(a.message)
+        a.user = a.user if a.user is not None else default_user()
+        if not USER_RE.fullmatch(a.user):
+            raise Refused(USER_FORMAT)
+    return a
+
+
+def check_host(text):
+    """An IPv4/IPv6 address, or a host name (needed to verify a TLS certificate)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if (0 < len(text) <= 253 and all(HOST_LABEL_RE.fullmatch(x) for x in labels)
+            and not labels[-1].isdigit()):
+        return text
+    raise Refused(IP_INVALID)
+
+
+def check_port(text):
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise Refused(PORT_INVALID)
+    return int(text)
+
+
+def check_message(message):
+    """The checks the client can make before sending (the server makes them all)."""
+    if len(message) > MAX_MESSAGE:
+        raise Refused(MESSAGE_LENGTH)
+    if not message.strip():
+        raise Refused(MESSAGE_FORMAT)
+
+
+def default_user():
+    try:
+        name = getpass.getuser()
+    except Exception:
+        name = ""
+    name = re.sub(r"[^A-Za-z0-9]", "", name)[:32]
+    return name or "anonymous"
+
+
+def format_tweet(tweet):
+    """C{<sender>: "<message>" <hashtags>} (no trailing space without hashtags)."""
+    line = '%s: "%s"' % (tweet.get("user"), tweet.get("message"))
+    if tweet.get("hashtags"):
+        line += " " + tweet["hashtags"]
+    return line
+
+
+# --- connecting and logging in -------------------------------------------
+
+@defer.inlineCallbacks
+def open_session(reactor, args):
+    """Connect; map connection failures to the assignment's messages."""
+    try:
+        proto = yield connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
+                              reactor=reactor)
+    except net_error.DNSLookupError:
+        raise Refused(IP_INVALID) from None
+    except (net_error.ConnectError, net_error.ConnectionLost, net_error.ConnectionDone,
+            defer.TimeoutError, OSError) as e:
+        raise Refused(PORT_INVALID, _reason(e)) from None
+    except Exception as e:  # TLS verification and the like
+        raise Refused("error: cannot connect: %s, connection refused." % (_reason(e),)) from None
+    return proto
+
+
+def _reason(e):
+    text = str(e).strip() or e.__class__.__name__
+    return text.splitlines()[0][:200]
+
+
+@defer.inlineCallbacks
+def log_in(proto, name):
+    """
+    LOGIN as C{name}: with NETSHARE_PASSWORD if set; else first without a
+    password (a guest), and with one asked on the terminal only if the
+    server says the name is registered.
+    """
+    password = os.environ.get("NETSHARE_PASSWORD")
+    if password is not None:
+        resp = yield proto.command(quote("LOGIN", name, password))
+    else:
+        resp = yield proto.command(quote("LOGIN", name))
+        if resp.code == 535:
+            password = password_from_env_or_prompt("Password for %s: " % (name,))
+            resp = yield proto.command(quote("LOGIN", name, password))
+    if resp.code == 230:
+        return resp
+    if resp.code == 553:
+        raise Refused(USER_FORMAT)
+    if resp.code == 555:
+        raise Refused(USER_ILLEGAL)
+    raise Refused("error: %s, connection refused." % (resp.text,))
+
+
+# --- one-shot modes --------------------------------------------------------
+
+@defer.inlineCallbacks
+def run_upload(reactor, args, out):
+    proto = yield open_session(reactor, args)
+    try:
+        yield log_in(proto, args.user)
+        resp = yield proto.command(quote("TWEET", args.message))
+    finally:
+        yield _quit(proto)
+    if resp.code != 200:
+        raise Refused(_tweet_error(resp))
+
+
+@defer.inlineCallbacks
+def run_download(reactor, args, out):
+    proto = yield open_session(reactor, args)
+    try:
+        resp = yield proto.command("LAST")
+    finally:
+        yield _quit(proto)
+    if resp.code != 200:
+        raise Refused("error: %s" % (resp.text,))
+    out(resp.text)
+
+
+@defer.inlineCallbacks
+def _quit(proto):
+    if proto.transport is None or not proto.transport.connected:
+        return
+    try:
+        yield proto.command("QUIT")
+    except Exception:
+        pass
+    if proto.transport.connected:
+        proto.transport.loseConnection()
+    yield proto.closed
+
+
+def _tweet_error(resp):
+    if resp.code == 552:
+        return MESSAGE_LENGTH
+    if resp.code == 501:
+        return MESSAGE_FORMAT
+    if resp.code == 553:
+        return HASHTAG_FORMAT
+    return "error: %s" % (resp.text,)
+
+
+# --- interactive mode ------------------------------------------------------
+
+@implementer(IHalfCloseableProtocol)
+class Console(LineOnlyReceiver):
+    """
+    The user's side: one line in, one command; its output printed in typed
+    order (each command waits for the one before it), pushes at once.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024
+
+    def __init__(self, conn, done):
+        self.conn = conn
+        self.done = done            # fires with the exit status
+        self._chain = defer.succeed(None)
+        self._exiting = False
+        self._status = 0
+        conn.onPush = self.pushed
+        conn.closed.addCallback(self._serverClosed)
+
+    # output
+
+    def say(self, text):
+        if self.transport is not None:
+            self.transport.write(text.encode("utf-8", "replace") + b"\n")
+
+    def pushed(self, code, text):
+        if code == 600:
+            try:
+                self.say(format_tweet(json.loads(text)))
+            except (ValueError, AttributeError):
+                self.say("error: unreadable tweet from the server")
+
+    # input
+
+    def lineReceived(self, line):
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if self._exiting or not text.strip():
+            return
+        self._chain.addCallback(lambda _: self.run(text))
+        self._chain.addErrback(self._failed)
+
+    def lineLengthExceeded(self, line):
+        # Far beyond any command: refuse it locally (the rest of the line,
+        # still arriving, is dropped with it).
+        self._buffer = b""
+        self._chain.addCallback(lambda _: self.say(MESSAGE_LENGTH))
+
+    def _failed(self, failure):
+        if not self._exiting:
+            self.say("error: %s" % (failure.getErrorMessage(),))
+
+    def readConnectionLost(self):
+        # End of input: like exit, after the commands already typed.
+        self._chain.addCallback(lambda _: self.run("exit"))
+        self._chain.addErrback(self._failed)
+
+    def writeConnectionLost(self):
+        self._finish(self._status)
+
+    def connectionLost(self, reason=None):
+        self._finish(self._status)
+
+    def _finish(self, status):
+        if not self.done.called:
+            self.done.callback(status)
+
+    def _serverClosed(self, _):
+        if not self._exiting:
+            self._exiting = True
+            self._status = 1
+            reason = " ".join(text for code, text in self.conn.pushes if code == 421)
+            self.say("error: connection closed by the server%s"
+                     % ((" (%s)" % reason) if reason else ""))
+            self._closeConsole()
+
+    def _closeConsole(self):
+        if self.transport is not None:
+            self.transport.loseConnection()   # flushes what is written, then closes
+        else:
+            self._finish(self._status)
+
+    # commands
+
+    def run(self, text):
+        if self._exiting:
+            return None
+        word, _, rest = text.strip().partition(" ")
+        handler = getattr(self, "do_" + word.lower(), None)
+        if handler is None:
+            self.say("error: unknown command %s (commands: tweet, subscribe, unsubscribe, "
+                     "timeline, getusers, gettweets, exit)" % (word[:40],))
+            return None
+        return handler(rest.strip())
+
+    def _send(self, line):
+        return self.conn.command(line)
+
+    def do_tweet(self, rest):
+        first, last = rest.find('"'), rest.rfind('"')
+        if not rest.startswith('"') or first == last:
+            self.say(MESSAGE_FORMAT)
+            return None
+        message, hashtag = rest[first + 1:last], rest[last + 1:].strip()
+        if len(message) > MAX_MESSAGE:
+            self.say(MESSAGE_LENGTH)
+            return None
+        if not message:
+            self.say(MESSAGE_FORMAT)
+            return None
+        if not hashtag or " " in hashtag:
+            self.say(HASHTAG_FORMAT)
+            return None
+
+        def answered(resp):
+            if resp.code != 200:
+                self.say(_tweet_error(resp))
+        return self._send(quote("TWEET", message, hashtag)).addCallback(answered)
+
+    def _subscription(self, verb, rest):
+        if not rest or " " in rest:
+            self.say(HASHTAG_FORMAT)
+            return None
+
+        def answered(resp):
+            if resp.code == 200:
+                self.say(SUCCESS)
+            elif resp.code == 553:
+                self.say(HASHTAG_FORMAT)
+            else:
+                self.say(resp.text if resp.code == 552 else "error: %s" % (resp.text,))
+        return self._send(quote(verb, rest)).addCallback(answered)
+
+    def do_subscribe(self, rest):
+        return self._subscription("SUBSCRIBE", rest)
+
+    def do_unsubscribe(self, rest):
+        return self._subscription("UNSUBSCRIBE", rest)
+
+    def _listing(self, line, show, missing=None):
+        def answered(resp):
+            if resp.code == 210:
+                for item in resp.items:
+                    self.say(show(item))
+            elif missing is not None and resp.code in (550, 553):
+                self.say(missing)
+            else:
+                self.say("error: %s" % (resp.text,))
+        return self._send(line).addCallback(answered)
+
+    def do_timeline(self, rest):
+        if rest:
+            self.say("error: usage: timeline")
+            return None
+        return self._listing("TIMELINE", format_tweet)
+
+    def do_getusers(self, rest):
+        if rest:
+            self.say("error: usage: getusers")
+            return None
+        return self._listing("GETUSERS", lambda item: str(item.get("user")))
+
+    def do_gettweets(self, rest):
+        if not rest or " " in rest:
+            self.say("error: usage: gettweets <Username>")
+            return None
+        return self._listing(quote("GETTWEETS", rest), format_tweet, NO_USER % (rest,))
+
+    @defer.inlineCallbacks
+    def do_exit(self, rest):
+        self._exiting = True
+        yield _quit(self.conn)
+        self.say(BYE)
+        self._closeConsole()
+
+
+@defer.inlineCallbacks
+def run_interactive(reactor, args, out):
+    proto = yield open_session(reactor, args)
+    try:
+        yield log_in(proto, args.name)
+    except BaseException:
+        yield _quit(proto)
+        raise
+    out(USER_LEGAL)
+    done = defer.Deferred()
+    stdio.StandardIO(Console(proto, done), reactor=reactor)
+    status = yield done
+    if proto.transport is not None and proto.transport.connected:
+        proto.transport.abortConnection()
+    if status:
+        raise SystemExit(status)
+
+
+# --- entry point -----------------------------------------------------------
+
+def _print(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@defer.inlineCallbacks
+def _main(reactor, args):
+    runner = {"interactive": run_interactive, "upload": run_upload,
+              "download": run_download}[args.mode]
+    try:
+        yield runner(reactor, args, _print)
+    except Refused as e:
+        _print(e.message)
+        if e.detail:
+            sys.stderr.write("netshare-ttweet: %s\n" % (e.detail,))
+        raise SystemExit(1)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except Refused as e:
+        _print(e.message)
+        return 0 if e.message == USAGE else 1
+    task.react(_main, (args,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
