@@ -20,40 +20,69 @@ from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
                             jsonFileLogObserver, textFileLogObserver)
 from twisted.python.logfile import LogFile
 
+from netshare.wire import dumps
+
+#: The namespace of the one-event-per-command log, and its fields.
+COMMAND_NAMESPACE = "netshare.command"
+COMMAND_FIELDS = ("service", "user", "peer", "verb", "code", "duration_ms", "bytes")
+
 
 @implementer(ILogObserver)
 class JsonLogFile:
     """JSON lines in a size-rotated file; add with L{start}, remove with L{stop}."""
 
+    #: Buffered writes are flushed this often, and at once for warnings and
+    #: errors (so the event explaining a crash is on disk).
+    FLUSH_INTERVAL = 0.5
+
     def __init__(self, directory, name="netshare.jsonl", max_bytes=10 * 2**20, keep=5,
-                 publisher=globalLogPublisher):
+                 publisher=globalLogPublisher, clock=None):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, name)
         self._file = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=keep,
                              defaultMode=0o600)
         self._observer = jsonFileLogObserver(_TextOut(self._file), recordSeparator="")
         self._publisher = publisher
+        self._clock = clock
+        self._flusher = None
 
     def __call__(self, event):
-        self._observer(event)
+        if event.get("log_namespace") == COMMAND_NAMESPACE:
+            # One per command: write just its fields (Twisted's generic
+            # event serialisation costs more than the command itself).
+            self._file.write(dumps({"time": event["log_time"], "level": "info",
+                                    "event": "command",
+                                    **{k: event.get(k) for k in COMMAND_FIELDS}}) + "\n")
+        else:
+            self._observer(event)
+        level = event.get("log_level")
+        if self._flusher is None or (level is not None and level >= LogLevel.warn):
+            self._file.flush()
 
     def start(self):
         self._publisher.addObserver(self)
+        if self._clock is not None:
+            from twisted.internet.task import LoopingCall
+            self._flusher = LoopingCall(self._file.flush)
+            self._flusher.clock = self._clock
+            self._flusher.start(self.FLUSH_INTERVAL, now=False)
 
     def stop(self):
         self._publisher.removeObserver(self)
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        self._flusher = None
         self._file.close()
 
 
 class _TextOut(io.TextIOBase):
-    """LogFile takes str; jsonFileLogObserver wants a text file: adapt and flush."""
+    """LogFile takes str; jsonFileLogObserver wants a text file: adapt."""
 
     def __init__(self, logfile):
         self._f = logfile
 
     def write(self, text):
         self._f.write(text)
-        self._f.flush()
         return len(text)
 
 

@@ -775,3 +775,22 @@ def test_orderly_stop_answers_pending_commands_then_says_421(make_runtime):
     yield idle.wait_closed()
     yield busy.wait_closed()
     yield stopping.addTimeout(10, reactor())
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab =#\t\r\n\xa0\u2028\u00e9\x0b\x0c\x1f-'\"\\")),
+               max_size=20))
+def test_tokenize_is_shlex_split(text):
+    """The fast path must split exactly as shlex.split does (PROTOCOL.md)."""
+    import shlex
+    from netshare.protocols.base import tokenize
+    try:
+        expected = shlex.split(text, posix=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            tokenize(text)
+        return
+    assert tokenize(text) == expected

@@ -54,6 +54,22 @@ from netshare.wire import dumps, now_ms
 
 CRLF = b"\r\n"
 SECRET_OPTIONS = ("password",)
+_QUOTING = re.compile(r"[\"'\\]")
+_WORD = re.compile(r"[^ \t\r\n]+")
+
+
+def tokenize(text: str) -> list:
+    """
+    Split a command line into POSIX shell words (C{shlex.split}).
+
+    Most lines have no quote and no backslash; for them shlex's result is
+    exactly the runs of non-whitespace (shlex splits only on space, tab, CR
+    and LF), at a fraction of shlex's cost on the hot path of every command.
+    @raise ValueError: unbalanced quotes or a trailing backslash.
+    """
+    if _QUOTING.search(text) is None:
+        return _WORD.findall(text)
+    return shlex.split(text, posix=True)
 #: How an unknown verb is recorded in history and logs (it may be a secret).
 UNKNOWN = "<unknown>"
 
@@ -455,7 +471,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             self._record("-", "<invalid utf-8>", 500, started, ts)
             return self._write(["500 invalid UTF-8"])
         try:
-            words = shlex.split(text, posix=True)
+            words = tokenize(text)
         except ValueError as e:
             verb = text.split(None, 1)[0].upper() if text.split() else "-"
             if not (verb.isalnum() and hasattr(self, "cmd_" + verb)):
@@ -727,9 +743,9 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
         self.runtime.history.record(ts_ms or now_ms(), self.service, self.user, self.peer,
                                     recorded, code)
-        self.log.info("{verb} -> {code}", service=self.service, user=self.user or "-",
-                      peer=self.peer, verb=verb, code=code,
-                      duration_ms=round(duration, 3), bytes=nbytes)
+        (self.runtime.commandLog or self.log).info(
+            "{verb} -> {code}", service=self.service, user=self.user or "-", peer=self.peer,
+            verb=verb, code=code, duration_ms=round(duration, 3), bytes=nbytes)
 
     # -- commands every port has
 
