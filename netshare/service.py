@@ -26,7 +26,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, LogPublisher, Logger
 
 from netshare.accounts import AccountService
 from netshare.history import HistoryRecorder
@@ -90,6 +90,7 @@ class NetshareService(MultiService):
         self.config = config
         self.runtime = Runtime(config=config, reactor=reactor)
         self.jsonLog = None
+        self._jsonConsole = None
         self._listeners = {}
 
     # -- building (synchronous, before the reactor runs)
@@ -157,7 +158,8 @@ class NetshareService(MultiService):
         # application if there is one: that is how --log-format json reaches
         # the console under twistd (twist has its own --log-format).
         if self.config.log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, consoleObserver("json"))
+            self._jsonConsole = consoleObserver("json")
+            parent.setComponent(ILogObserver, self._jsonConsole)
         return super().setServiceParent(parent)
 
     # -- starting
@@ -196,7 +198,10 @@ class NetshareService(MultiService):
                                    max_bytes=self.config.log_max_bytes, keep=self.config.log_keep,
                                    clock=rt.reactor)
         self.jsonLog.start()
-        rt.commandLog = Logger(namespace=COMMAND_NAMESPACE, observer=self.jsonLog)
+        # Per-command events: always the JSON log file; the console too when
+        # it is JSON (for log shippers), never the human-oriented text console.
+        targets = [self.jsonLog] + ([self._jsonConsole] if self._jsonConsole else [])
+        rt.commandLog = Logger(namespace=COMMAND_NAMESPACE, observer=LogPublisher(*targets))
         rt.pool.start()
         rt.kdf.start()
         for name, app in rt.apps.items():
