@@ -27,6 +27,15 @@ ROLES = ("admin", "user")
 MAX_PASSWORD = 128
 
 
+def loggable_name(name: str) -> str:
+    """A user-supplied name as it may appear in logs and history: as is when
+    it is a valid account name, else an ASCII escape of its first 32
+    characters (no control character reaches a log line)."""
+    if USERNAME_RE.fullmatch(name or ""):
+        return name
+    return ascii(name[:32])
+
+
 def check_username(name: str):
     if not USERNAME_RE.fullmatch(name or ""):
         raise NameNotAllowed("username must be 1-32 ASCII letters or digits")
@@ -95,7 +104,7 @@ class AccountService:
         ok = yield self.verify(password[:MAX_PASSWORD],
                                account.password_hash if account else self._dummy)
         if account is None or not ok:
-            self.log.info("failed login for {user}", user=name[:32])
+            self.log.info("failed login for {user}", user=loggable_name(name))
             raise BadCredentials("bad credentials")
         return account
 

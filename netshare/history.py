@@ -16,7 +16,8 @@ with C{user=-}, and everyone with C{user=*}.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare.errors import NotFound, PermissionDenied
+from netshare.accounts import USERNAME_RE
+from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
 
 MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
 
@@ -119,6 +120,11 @@ class HistoryRecorder:
                 self._timer = self.clock.callLater(self.interval, self._tick)
 
         def failed(f):
+            if not f.check(DatabaseUnavailable) and len(batch) > 0:
+                # Not an outage: the database refused some row.  Write the
+                # batch row by row and drop only what it refuses, so one bad
+                # entry can never block the history for good.
+                return self._salvage(batch).addCallbacks(written, failed)
             self._inflight = []
             self._writing = False
             self._pending[:0] = batch  # back in front, in order, to be retried
@@ -131,6 +137,25 @@ class HistoryRecorder:
                 w.errback(f)
 
         self.store.insert_many([row for _, row in batch]).addCallbacks(written, failed)
+
+    @defer.inlineCallbacks
+    def _salvage(self, batch):
+        """Insert C{batch} one row at a time, dropping rows the database
+        refuses; an outage part-way puts the unwritten rest back in front."""
+        dropped = 0
+        for i, (_, row) in enumerate(batch):
+            try:
+                yield self.store.insert_many([row])
+            except DatabaseUnavailable:
+                del batch[:i]
+                raise
+            except Exception as e:
+                dropped += 1
+                self.dropped += 1
+                self.log.error("history: the database refused an entry ({service}, code "
+                               "{code}): dropped: {error}", service=row.get("service"),
+                               code=row.get("code"), error=str(e).splitlines()[0][:200])
+        del batch[:]
 
     @defer.inlineCallbacks
     def stop(self, attempts=3):
@@ -159,6 +184,8 @@ class HistoryRecorder:
             return ALL
         if user == "-":
             return None
+        if not USERNAME_RE.fullmatch(user):
+            raise BadArguments("user= must be an account name, - or *")
         return user
 
     @defer.inlineCallbacks

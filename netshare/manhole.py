@@ -34,13 +34,14 @@ from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.manhole import ColoredManhole
 from twisted.conch.ssh import keys
-from twisted.conch.telnet import (AuthenticatingTelnetProtocol, ITelnetProtocol,
-                                  TelnetBootstrapProtocol, TelnetTransport)
+from twisted.conch.telnet import (ECHO, LINEMODE, NAWS, SGA, AuthenticatingTelnetProtocol,
+                                  ITelnetProtocol, TelnetBootstrapProtocol, TelnetTransport)
 from twisted.cred import credentials, error as cred_error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
+from netshare.accounts import loggable_name
 from netshare.protocols.base import ServiceStats
 from netshare.wire import now_ms
 
@@ -140,7 +141,7 @@ class ShellRealm:
     def requestAvatar(self, avatarId, mind, *interfaces):
         user = avatarId.decode("utf-8")
         if ITelnetProtocol in interfaces:
-            proto = TelnetBootstrapProtocol(lambda: self.shell(user))
+            proto = _QuietBootstrap(lambda: self.shell(user))
             return ITelnetProtocol, proto, lambda: None
         return self.ssh.requestAvatar(avatarId, mind, *interfaces)
 
@@ -215,7 +216,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         return "Discard"
 
     def _record(self, username, code):
-        name = username.decode("utf-8", "replace")[:32]
+        name = loggable_name(username.decode("utf-8", "replace"))
         self.runtime.history.record(now_ms(), SERVICE, name if code == 230 else None,
                                     self.peer, "LOGIN %s ***" % (name,), code)
         self.log.info("manhole login {user} -> {code}", service=SERVICE, user=name,
@@ -246,6 +247,45 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         self.state = "User"
 
 
+class _QuietBootstrap(TelnetBootstrapProtocol):
+    """
+    The shell's telnet bootstrap, minus noise: the login already turned
+    server-side echo on, and a client refusing LINEMODE/NAWS/SGA is normal,
+    not an error worth a traceback.
+    """
+
+    log = Logger()
+
+    def connectionMade(self):
+        self.transport.negotiationMap[NAWS] = self.telnet_NAWS
+        self.transport.negotiationMap[LINEMODE] = self.telnet_LINEMODE
+        for opt in (LINEMODE, NAWS, SGA):
+            self.transport.do(opt).addErrback(self._refused, opt)
+        if not self.transport.getOptionState(ECHO).us.state == "yes":
+            self.transport.will(ECHO).addErrback(self._refused, ECHO)
+        self.protocol = self.protocolFactory(*self.protocolArgs, **self.protocolKwArgs)
+        self.protocol.factory = getattr(self, "factory", None)
+        self.protocol.makeConnection(self)
+
+    def _refused(self, failure, opt):
+        self.log.debug("telnet option {opt!r} not negotiated: {why}", opt=opt,
+                       why=failure.getErrorMessage())
+
+
+class _SafeTelnetTransport(TelnetTransport):
+    """A telnet transport that answers garbage by closing, not with a traceback."""
+
+    log = Logger()
+
+    def dataReceived(self, data):
+        try:
+            TelnetTransport.dataReceived(self, data)
+        except ValueError as e:
+            self.log.info("manhole: dropping {peer}: telnet protocol error ({error})",
+                          peer=str(self.getPeer()), error=str(e)[:80])
+            self.transport.abortConnection()
+
+
 class ManholeFactory(protocol.ServerFactory):
     noisy = False
 
@@ -255,7 +295,7 @@ class ManholeFactory(protocol.ServerFactory):
         self.stats = ServiceStats()
 
     def buildProtocol(self, addr):
-        proto = TelnetTransport(ManholeLogin, self.portal, self.runtime, self.stats)
+        proto = _SafeTelnetTransport(ManholeLogin, self.portal, self.runtime, self.stats)
         proto.factory = self
         return proto
 

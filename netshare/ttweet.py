@@ -102,9 +102,15 @@ def check_message(text: str) -> str:
     if not text.isprintable():
         # isprintable() is False for spaces other than " " too, so look closer.
         for ch in text:
-            if unicodedata.category(ch) in _BAD_CATEGORIES:
+            if unicodedata.category(ch) in _BAD_CATEGORIES or ch in _BIDI_CONTROLS:
                 raise BadArguments(_MESSAGE_FORMAT)
     return text
+
+
+#: Bidirectional controls would let a tweet reverse how LAST, TIMELINE and
+#: pushes display (refused in file names and personnel fields too).
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
 
 
 def parse_hashtags(s: str | None) -> tuple[str, ...]:

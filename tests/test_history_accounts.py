@@ -15,7 +15,7 @@ import pytest_twisted
 
 from twisted.internet import defer, task
 
-from netshare.errors import RateLimited
+from netshare.errors import DatabaseUnavailable, RateLimited
 from netshare.kdf import KDFPool
 from netshare.protocols.base import CommandProtocol
 from tests.inprocess import (add_account, db_runtime, listen, make_runtime,  # noqa: F401
@@ -374,7 +374,8 @@ class _ManualStore:
         d.callback(len(rows))
 
     def fail(self, i=-1):
-        self.calls[i][1].errback(RuntimeError("database down"))
+        # What the pool raises when the database stays unreachable.
+        self.calls[i][1].errback(DatabaseUnavailable("database down"))
 
 
 def _rec(h, n, start=0):
@@ -414,7 +415,7 @@ def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
     errors = []
     flushed.addErrback(errors.append)
     store.fail()
-    assert errors and errors[0].check(RuntimeError)
+    assert errors and errors[0].check(DatabaseUnavailable)
     clock.advance(1.0)                   # retried by the timer
     assert [r["command"] for r in store.calls[-1][0]] == ["CMD 0", "CMD 1", "CMD 2", "CMD 3"]
     # The database stays slow: a write is in flight while records pour in;
@@ -441,3 +442,33 @@ def test_kdf_is_standard_scrypt_so_existing_hashes_still_verify():
         salt = os.urandom(16)
         want = Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(b"pw \xc3\xa9")
         assert scrypt(b"pw \xc3\xa9", salt, n, r, p, length) == want
+
+
+def test_history_drops_only_a_row_the_database_refuses():
+    """A row the database refuses (not an outage) is dropped alone; the rest
+    of its batch is written, and the history keeps working."""
+    from twisted.internet import defer, task
+    from netshare.history import HistoryRecorder
+
+    class Store:
+        def __init__(self):
+            self.rows = []
+
+        def insert_many(self, rows):
+            if any(r["command"] == "BAD" for r in rows):
+                return defer.fail(ValueError("refused by the database"))
+            self.rows.extend(rows)
+            return defer.succeed(len(rows))
+
+    store, clock = Store(), task.Clock()
+    h = HistoryRecorder(store, clock, interval=0.1)
+    for cmd in ("A", "BAD", "C"):
+        h.record(1, "svc", "u", "peer", cmd, 200)
+    done = []
+    h.flush().addCallback(done.append)
+    assert done == [None]
+    assert [r["command"] for r in store.rows] == ["A", "C"]
+    assert h.dropped == 1
+    h.record(2, "svc", "u", "peer", "D", 200)
+    h.flush()
+    assert [r["command"] for r in store.rows] == ["A", "C", "D"]

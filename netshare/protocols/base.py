@@ -55,6 +55,19 @@ from netshare.wire import dumps, now_ms
 CRLF = b"\r\n"
 SECRET_OPTIONS = ("password",)
 _QUOTING = re.compile(r"[\"'\\]")
+#: Characters never stored or logged as they are: C0/C1 controls, line and
+#: paragraph separators, bidi controls, lone surrogates.  They would forge
+#: or hide lines on a terminal, and PostgreSQL text cannot hold NUL.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                     "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """Replace every unsafe character by a visible escape (C{\\x00}, C{\\u202e})."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x")
+                       % ord(m.group()), text)
 _WORD = re.compile(r"[^ \t\r\n]+")
 
 
@@ -195,8 +208,9 @@ def redact(verb, words):
             out.append(key + "=***")
         else:
             out.append(w)
-    return " ".join([verb] + [shlex.quote(w) if w != "***" and not w.endswith("=***") else w
-                              for w in out])
+    return escape_controls(" ".join(
+        [verb] + [shlex.quote(w) if w != "***" and not w.endswith("=***") else w
+                  for w in out]))
 
 
 # --- the output side ------------------------------------------------------
@@ -490,7 +504,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             cmd = _Command(UNKNOWN, UNKNOWN, started, ts)
         self._current = cmd
         if handler is None:
-            d = defer.fail(SyntaxError_("unknown command %s" % (verb[:32],)))
+            shown = verb[:32] if verb.isascii() and verb.isprintable() else ""
+            d = defer.fail(SyntaxError_(("unknown command " + shown).rstrip()))
         elif self.account is None and verb not in self.PUBLIC and not self.isPublic(verb):
             d = defer.fail(LoginRequired("login required"))
         else:
@@ -813,7 +828,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         history = self.runtime.history
         if args and args[0].upper() == "DELETE":
             pos, _ = split_options(args[1:], positional=(1, 1))
-            entry = parse_int(pos[0], "id", lo=1)
+            entry = parse_int(pos[0], "id", lo=1, hi=2**63 - 1)
             return history.delete(self.account, entry).addCallback(lambda _: Reply(200, "deleted"))
         if args and args[0].upper() == "CLEAR":
             _, opts = split_options(args[1:], allowed=("user",), positional=(0, 0))
