@@ -186,7 +186,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         self.stats.connections += 1
         self._timer = self.runtime.reactor.callLater(self.runtime.config.idle_timeout,
                                                      self._loginTimeout)
-        self.transport.write(b"netshare manhole: admin accounts only\r\n")
+        self.transport.write(b"netshare manhole: admin accounts only\n")
         super().connectionMade()
 
     def connectionLost(self, reason):
@@ -196,7 +196,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         super().connectionLost(reason)
 
     def _loginTimeout(self):
-        self.transport.write(b"\r\nlogin timeout\r\n")
+        self.transport.write(b"\nlogin timeout\n")
         self.transport.loseConnection()
 
     def telnet_User(self, line):
@@ -240,10 +240,10 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
             return
         self.transport.wont(b"\x01").addErrback(lambda f: None)
         if self.failures >= self.runtime.config.max_login_failures:
-            self.transport.write(b"\r\ntoo many failures\r\n")
+            self.transport.write(b"\ntoo many failures\n")
             self.transport.loseConnection()
             return
-        self.transport.write(b"\r\nAuthentication failed\r\nUsername: ")
+        self.transport.write(b"\nAuthentication failed\nUsername: ")
         self.state = "User"
 
 
