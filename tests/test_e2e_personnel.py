@@ -106,10 +106,23 @@ class SyncProc:
                 except ValueError:
                     pass
 
+    def changes(self, run=None):
+        """The changes logged as applied in one run, as (seq, action, ssn):
+        the client logs one info event per committed batch, listing each
+        change in its C{changes} field (C{"1 SAVE p1, 2 DELETE p2, ..."})."""
+        out = []
+        for e in self.events(run):
+            if str(e.get("log_format", "")).startswith("applied {count} changes"):
+                batch = [(int(seq), action, ssn) for seq, action, ssn in
+                         (item.split(" ") for item in e["changes"].split(", "))]
+                assert e["count"] == len(batch)
+                assert (e["first"], e["last"]) == (batch[0][0], batch[-1][0])
+                out += batch
+        return out
+
     def applied(self, run=None):
         """The seqs logged as applied in one run."""
-        return [e["seq"] for e in self.events(run)
-                if str(e.get("log_format", "")).startswith("applied")]
+        return [seq for seq, action, ssn in self.changes(run)]
 
     def _query(self, fn):
         db = sqlite3.connect(self.db, timeout=10)
@@ -431,6 +444,10 @@ def test_offline_client_converges_after_100_changes(stack):
     check(stack, model, admin)
     applied = stack.clients["client2"].applied()
     assert len(applied) == 100 and applied == sorted(set(applied))
+    # Each change is in the log with its action and person.
+    removed = ["p%d" % (i % 10 + 1) for i in range(100) if i % 4 == 2]
+    assert [ssn for seq, action, ssn in stack.clients["client2"].changes()
+            if action == "DELETE"] == removed
 
 
 def test_a_message_delivered_twice_changes_nothing(stack):

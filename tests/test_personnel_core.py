@@ -146,11 +146,20 @@ class FakeStore:
 class FakeSink:
     def __init__(self, room=None):
         self.lines = []
+        self.writes = []          # push count of each sendPushes call
         self.room = room          # pushes accepted before it stops being writable
         self.replaced = 0
+        self.failed = 0
 
-    def sendPush(self, line):
-        self.lines.append(line)
+    def sendPushes(self, data, count):
+        assert isinstance(data, bytes) and data.endswith(b"\r\n")
+        lines = data.decode("utf-8").split("\r\n")[:-1]
+        assert len(lines) == count
+        self.writes.append(count)
+        self.lines.extend(lines)
+
+    def streamFailed(self):
+        self.failed += 1
 
     def writable(self):
         return self.room is None or len(self.lines) < self.room
@@ -162,9 +171,11 @@ class FakeSink:
         return [int(line.split()[1]) for line in self.lines]
 
 
-def make_feed(store, sink, after=0, page_size=3, clock=None):
+def make_feed(store, sink, after=0, page_size=3, clock=None, chunk_bytes=1):
+    # chunk_bytes=1: one push per write, so writability is checked before
+    # every message (the block tests below use real block sizes).
     return SyncFeed(store, "alice", sink, after, page_size=page_size,
-                    clock=clock or task.Clock(), retry_delay=5)
+                    clock=clock or task.Clock(), retry_delay=5, chunk_bytes=chunk_bytes)
 
 
 def test_feed_pushes_pages_in_order_then_waits():
@@ -188,20 +199,24 @@ def test_feed_starts_after_the_given_seq():
 
 def test_feed_pauses_on_backpressure_and_resumes():
     store, sink = FakeStore(), FakeSink(room=3)
-    store.queue("alice", 8)
+    store.queue("alice", 20)
     feed = make_feed(store, sink)
     feed.start()
-    # One page went out; the sink is full, so the next page is not even read.
-    assert sink.seqs() == [1, 2, 3] and len(store.calls) == 1
+    # One page went out and the sink is full: the next page waits to be
+    # written and one more is read ahead -- and nothing beyond that.
+    assert sink.seqs() == [1, 2, 3] and len(store.calls) == 3
+    assert [m.seq for m in feed._backlog] == [4, 5, 6]
+    assert [m.seq for m in feed._ahead] == [7, 8, 9]
     feed.resume()                                     # still not writable
     feed.notify()
-    assert len(store.calls) == 1
+    assert len(store.calls) == 3 and sink.seqs() == [1, 2, 3]
     sink.room = 6
     feed.resume()
-    assert sink.seqs() == [1, 2, 3, 4, 5, 6] and len(store.calls) == 2
+    assert sink.seqs() == [1, 2, 3, 4, 5, 6] and len(store.calls) == 4
+    assert store.calls[-1] == ("alice", 9, 3)         # reads go on from the page ahead
     sink.room = None
     feed.resume()
-    assert sink.seqs() == list(range(1, 9)) and feed.caughtUp
+    assert sink.seqs() == list(range(1, 21)) and feed.caughtUp
 
 
 def test_feed_holds_at_most_one_page_request():
@@ -280,14 +295,77 @@ def test_feed_stops_mid_page_when_the_sink_drops_the_connection():
     store.queue("alice", 3)
 
     class DroppingSink(FakeSink):
-        def sendPush(self, line):
-            super().sendPush(line)
+        def sendPushes(self, data, count):
+            super().sendPushes(data, count)
             feed.stop()                               # over its output limit
 
     sink = DroppingSink()
     feed = make_feed(store, sink)
     feed.start()
     assert sink.seqs() == [1]
+
+
+def test_a_page_goes_out_in_blocks_of_many_pushes():
+    store, sink = FakeStore(), FakeSink()
+    store.queue("alice", 40)
+    line = len('610 1 SAVE {"ssn":"p1"}\r\n')
+    feed = make_feed(store, sink, page_size=40, chunk_bytes=10 * line)
+    feed.start()
+    assert sink.seqs() == list(range(1, 41))
+    # One write per ~10 pushes, not one per push; each block is whole lines.
+    assert 3 <= len(sink.writes) <= 5 and sum(sink.writes) == 40
+    assert sink.lines[0] == '610 1 SAVE {"ssn":"p1"}'
+    assert feed.sent == 40 and feed.lastSent == 40 and feed.caughtUp
+
+
+def test_writability_is_checked_between_blocks():
+    store, sink = FakeStore(), FakeSink(room=5)
+    store.queue("alice", 30)
+    line = len('610 1 SAVE {"ssn":"p1"}\r\n')
+    feed = make_feed(store, sink, page_size=30, chunk_bytes=5 * line)
+    feed.start()
+    # The first block fills the sink: the rest of the page waits, the next
+    # (empty) read is the only one ahead, and lastSent says exactly what
+    # went out.
+    assert sink.seqs() == [1, 2, 3, 4, 5] and feed.lastSent == 5
+    assert len(feed._backlog) == 25 and len(store.calls) == 2 and not feed.caughtUp
+    sink.room = 12
+    feed.resume()
+    assert sink.seqs() == list(range(1, 16)) and len(store.calls) == 2
+    sink.room = None
+    feed.resume()
+    assert sink.seqs() == list(range(1, 31)) and feed.caughtUp and feed._backlog == []
+
+
+def test_unknown_action_inside_a_block_is_skipped_in_order():
+    store, sink = FakeStore(), FakeSink()
+    store.queue("alice", 2)
+    store.queue("alice", 1, action="BOGUS")
+    store.queue("alice", 2, action="DELETE")
+    store.queue("alice", 1, action="DELETE_ALL")
+    feed = make_feed(store, sink, page_size=10, chunk_bytes=4096)
+    feed.start()
+    assert sink.seqs() == [1, 2, 4, 5, 6]
+    assert [line.split()[0] for line in sink.lines] == ["610", "610", "611", "611", "612"]
+    assert feed.lastSent == 6 and feed.sent == 5 and feed.caughtUp
+
+
+def test_a_broken_sink_stops_the_stream_instead_of_spinning():
+    store = FakeStore()
+    store.queue("alice", 3)
+
+    class BrokenSink(FakeSink):
+        def sendPushes(self, data, count):
+            raise RuntimeError("boom")
+
+    sink = BrokenSink()
+    feed = make_feed(store, sink)
+    feed.start()
+    # Logged (the pytest-twisted logger shows it), the feed stopped and asked
+    # the sink to close; the page was read once, not again and again.
+    assert feed.stopped and sink.failed == 1 and len(store.calls) == 1
+    feed.notify()
+    assert len(store.calls) == 1
 
 
 def test_database_error_is_retried_after_a_delay():

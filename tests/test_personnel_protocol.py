@@ -10,6 +10,7 @@ the in-process server (batches, acknowledgements, reconnect).
 """
 
 import json
+import random
 
 import pytest
 import pytest_twisted
@@ -17,8 +18,11 @@ from twisted.internet import defer, reactor, task
 
 from netshare import config as configmod
 from netshare.accounts import AccountService
-from netshare.client import connect, login, quote
-from netshare.clients.personnel import SyncClient
+from twisted.internet.testing import StringTransport
+
+from netshare.client import ClientProtocol, connect, login, quote
+from netshare.clients.personnel import (BadPush, SyncClient, SyncProtocol, _Session,
+                                        parse_pushes, use_sync_protocol)
 from netshare.history import HistoryRecorder
 from netshare.kdf import KDFPool
 from netshare.personnel import SyncFeed
@@ -367,8 +371,8 @@ class _Sink:
     def __init__(self, room):
         self.lines, self.room = [], room
 
-    def sendPush(self, line):
-        self.lines.append(line)
+    def sendPushes(self, data, count):
+        self.lines.extend(data.decode("utf-8").split("\r\n")[:count])
 
     def writable(self):
         return len(self.lines) < self.room
@@ -390,19 +394,20 @@ class _Store:
 
 def test_feed_stops_mid_page_when_the_sink_fills_and_goes_on_after_a_drain():
     store, sink = _Store(10), _Sink(room=2)
-    feed = SyncFeed(store, "c", sink, page_size=8, clock=task.Clock())
+    feed = SyncFeed(store, "c", sink, page_size=8, clock=task.Clock(), chunk_bytes=1)
     feed.start()
     assert [int(line.split()[1]) for line in sink.lines] == [1, 2]
-    assert not feed.caughtUp and store.calls == 1          # the rest of the page waits
+    # The rest of the page waits; the next page (9, 10) is read ahead.
+    assert not feed.caughtUp and store.calls == 2
     feed.notify()
-    assert store.calls == 1 and len(sink.lines) == 2
+    assert store.calls == 2 and len(sink.lines) == 2
     sink.room = 5
     feed.resume()
-    assert len(sink.lines) == 5 and store.calls == 1
+    assert len(sink.lines) == 5 and store.calls == 2
     sink.room = 100
     feed.resume()
     assert [int(line.split()[1]) for line in sink.lines] == list(range(1, 11))
-    assert feed.caughtUp and store.calls == 2
+    assert feed.caughtUp and store.calls == 3
 
 
 @pytest_twisted.inlineCallbacks
@@ -470,9 +475,11 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
         assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 1000"
         yield until(lambda: local.last_seq() == 1000 and acks and acks[-1] == 1000)
         assert client.applied == 1000
-        # Batched: at most 100 messages per transaction, one ACK per batch.
-        assert 10 <= client.batches <= 1000 // 10 and len(acks) == client.batches
-        assert acks == sorted(acks)
+        # Batched: at most 100 messages per transaction; at most one ACK per
+        # batch (one in flight at a time: batches committed meanwhile share
+        # the next cumulative ACK), rising, the last one covering everything.
+        assert 10 <= client.batches <= 1000 // 10 and 1 <= len(acks) <= client.batches
+        assert acks == sorted(set(acks)) and acks[-1] == 1000
         clients = (yield cmd(admin, "CLIENTS")).items
         assert (clients[0]["pending"], clients[0]["acked"]) == (0, 1000)
         assert [p["ssn"] for p in local.snapshot()] == sorted("p%d" % i for i in range(1, 1001))
@@ -496,6 +503,140 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
         yield client.stop()
         local.close()
         yield srv.close()
+
+
+def _stream():
+    """What a server may send on a sync connection: every kind of line."""
+    out = [b"220 netshare personnel 1 ready"]
+    for i in range(1, 301):
+        name = NASTY[i % len(NASTY)]
+        out.append(("610 %d SAVE %s" % (i, json.dumps({"ssn": "p%d" % i, "name": name},
+                                                      ensure_ascii=False))).encode())
+        if i % 37 == 0:
+            out += [b'210-{"a":1}', b'210-{"a":"\xc3\xa9"}', b"210 2 items"]
+        if i % 53 == 0:
+            out += [b"200 ok", b"611 %d DELETE {}" % (1000 + i), b"612 %d DELETE_ALL {}" % i]
+    out += [b"6105 no space", b"61", b"", b"hello", b"610 \xff\xfe bad utf-8",
+            b"421 shutting down"]
+    # CRLF mostly, a bare LF sometimes, as LineReceiver with delimiter LF sees both.
+    return b"".join(line + (b"\n" if i % 11 == 0 else b"\r\n") for i, line in enumerate(out))
+
+
+def _feed(cls, data, seed):
+    """Deliver C{data} in random pieces (splitting CRLF and UTF-8 sequences),
+    pausing in the middle of a read now and then as the sync client does;
+    @return: everything the protocol produced."""
+    rng = random.Random(seed)
+    proto = cls()
+    proto.makeConnection(StringTransport())
+    pushes, replies = [], []
+
+    def onPush(code, text):
+        pushes.append((code, text))
+        if rng.random() < 0.02:
+            proto.pauseProducing()
+
+    proto.onPush = onPush
+    for _ in range(8):
+        proto.command("X").addCallback(lambda r: replies.append((r.code, r.text, r.lines)))
+    i = 0
+    while i < len(data):
+        n = rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
+        proto.dataReceived(data[i:i + n])
+        i += n
+        if proto.paused and rng.random() < 0.5:
+            proto.resumeProducing()
+    while proto.paused:
+        proto.resumeProducing()
+    return pushes, replies, proto.pushes, proto._buffer, rng.random()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sync_protocol_splits_lines_exactly_like_the_client_protocol(seed):
+    data = _stream()
+    plain, fast = _feed(ClientProtocol, data, seed), _feed(SyncProtocol, data, seed)
+    assert fast == plain
+    pushes, replies = fast[0], fast[1]
+    assert len(pushes) >= 300 and len(replies) >= 8
+    assert (610, '1 SAVE {"ssn": "p1", "name": "100%"}') in pushes
+
+
+def test_use_sync_protocol_keeps_the_connection_state():
+    proto = ClientProtocol()
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"220 hi\r\n610 1 SAVE {}\r\n610 2 SA")
+    assert use_sync_protocol(proto) is proto and type(proto) is SyncProtocol
+    proto.dataReceived(b"VE {}\r\n")
+    assert proto.pushes == [(610, "1 SAVE {}"), (610, "2 SAVE {}")]
+    assert use_sync_protocol(proto) is proto and type(proto) is SyncProtocol
+
+
+def test_sync_client_logs_each_change_in_one_event_per_batch():
+    from twisted.logger import LogLevel, Logger, formatEvent
+    changes = [(7, "SAVE", {"ssn": "p1", "name": "Ann", "surname": "Lee"}),
+               (8, "DELETE", {"ssn": "p2"}), (9, "DELETE_ALL", {})]
+    for log_each, debug in ((False, 0), (True, 3)):
+        events = []
+        client = SyncClient(task.Clock(), None, None, "alice", "pw", log_each=log_each)
+        client.log = Logger(namespace="test", observer=events.append)
+        client._logChanges(changes)
+        infos = [e for e in events if e["log_level"] == LogLevel.info]
+        assert len(infos) == 1 and len(events) == 1 + debug
+        e = infos[0]
+        assert (e["count"], e["first"], e["last"]) == (3, 7, 9)
+        assert e["changes"] == "7 SAVE p1, 8 DELETE p2, 9 DELETE_ALL *"
+        assert formatEvent(e) == "applied 3 changes, seq 7..9: " + e["changes"]
+        if debug:
+            texts = [formatEvent(e) for e in events if e["log_level"] == LogLevel.debug]
+            assert texts == ["applied 7 SAVE p1 (Ann Lee)", "applied 8 DELETE p2",
+                             "applied 9 DELETE_ALL"]
+
+
+def test_pushes_are_parsed_strictly_in_the_worker():
+    assert parse_pushes([(610, '4 SAVE {"ssn":"a b"}'), (611, '5 DELETE {"ssn":"a"}'),
+                         (612, "9 DELETE_ALL {}")]) == [
+        (4, "SAVE", '{"ssn":"a b"}'), (5, "DELETE", '{"ssn":"a"}'), (9, "DELETE_ALL", "{}")]
+    for bad in ([(610, "4 DELETE {}")], [(613, "4 SAVE {}")], [(610, "x SAVE {}")],
+                [(610, "4 SAVE")], [(610, "-4 SAVE {}")],
+                [(610, "5 SAVE {}"), (610, "5 SAVE {}")],       # seqs must rise
+                [(610, "5 SAVE {}"), (610, "4 SAVE {}")]):
+        with pytest.raises(BadPush):
+            parse_pushes(bad)
+
+
+class _AckProto:
+    """Stands in for a connection: records commands, answers by hand."""
+
+    def __init__(self):
+        self.sent = []
+        self.transport = StringTransport()
+
+    def command(self, line):
+        d = defer.Deferred()
+        self.sent.append((line, d))
+        return d
+
+
+def test_sync_client_keeps_one_ack_in_flight():
+    from netshare.client import Response
+    client = SyncClient(task.Clock(), None, None, "alice", "pw")
+    proto = _AckProto()
+    session = client._session = _Session(proto)
+    client._ack(session, 100)
+    client._ack(session, 200)
+    client._ack(session, 300)
+    assert [line for line, _ in proto.sent] == ["ACK 100"]
+    proto.sent[0][1].callback(Response(200, "ok"))
+    # What committed meanwhile goes in one cumulative ACK.
+    assert [line for line, _ in proto.sent] == ["ACK 100", "ACK 300"]
+    proto.sent[1][1].callback(Response(200, "ok"))
+    client._ack(session, 250)                     # already covered
+    assert len(proto.sent) == 2
+    client._ack(session, 400)
+    proto.sent[2][1].errback(ConnectionError("lost"))
+    assert not session.ackInFlight and session.acked == 400
+    client._ack(session, 500)                     # a live session goes on
+    assert [line for line, _ in proto.sent][-1] == "ACK 500"
 
 
 @pytest_twisted.inlineCallbacks

@@ -186,6 +186,56 @@ def test_enqueue_actions_and_payloads(engine):
     assert rows[1].payload == '{"ssn":"b2"}' and rows[3].payload == "{}"
 
 
+def test_save_payloads_are_exactly_the_wire_json():
+    """The fast payload builder gives the very text of wire.dumps(to_wire())
+    (same keys, order, escapes): clients may compare payloads as text."""
+    tricky = NASTY + ["", "tab\there", "nl\nand\rcr", "ctl\x00\x1f\x7f", "line\u2028sep\u2029",
+                      "emoji \U0001F600", "\\\"", "\ud7ff\ue000"]
+    persons = [P.Person("s%d" % i, t, t[::-1], t + "job", t[:8], NOW + i * 7)
+               for i, t in enumerate(tricky)]
+    rows = [(p.ssn, p.name, p.surname, p.job, p.salary, p.updated_ms) for p in persons]
+    assert P.save_payloads(rows) == [P.person_payload(p) for p in persons]
+    assert all("\u2028" not in t and "\n" not in t for t in P.save_payloads(rows))
+
+
+def test_enqueue_reads_the_roster_in_pages_and_writes_in_chunks(engine):
+    for i in range(23):
+        add(engine, "p%02d" % i, name="N%d" % i, surname=NASTY[i % len(NASTY)], now=NOW + i)
+    for c in ("alice", "bob", "carol"):
+        run(engine, P.thd_register_client, c, NOW)
+    run(engine, P.thd_enqueue, "p03", "bob", P.SAVE, NOW)          # bob is one ahead
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append(len(parameters) if executemany else 1)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        # 23 persons, 5 per page, at most 7 rows per executemany.
+        result = run(engine, P.thd_enqueue, "*", "*", P.SAVE, NOW + 100, chunk=7, page=5)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert result.count == 69
+    assert result.ranges == {"alice": (1, 23), "bob": (2, 24), "carol": (1, 23)}
+    assert sum(statements) == 69 and max(statements) <= 7 and len(statements) >= 10
+    expected = [P.person_payload(run(engine, P.thd_get_person, "p%02d" % i)) for i in range(23)]
+    for c, first in (("alice", 1), ("bob", 2), ("carol", 1)):
+        rows = [r for r in outbox_rows(engine, c) if r.seq >= first]
+        assert [r.seq for r in rows] == list(range(first, first + 23))      # no gap
+        assert [r.ssn for r in rows] == ["p%02d" % i for i in range(23)]     # ssn order
+        assert [r.payload for r in rows] == expected
+        assert {r.created_ms for r in rows} == {NOW + 100}
+    infos = {c.name: c for c in run(engine, P.thd_list_clients)}
+    assert (infos["alice"].next_seq, infos["bob"].next_seq) == (24, 25)
+    # A roster that is an exact multiple of the page ends cleanly too.
+    run(engine, P.thd_delete_person, "p22")
+    run(engine, P.thd_delete_person, "p21")
+    run(engine, P.thd_delete_person, "p20")
+    assert run(engine, P.thd_enqueue, "*", "alice", P.SAVE, NOW, page=5).ranges == {
+        "alice": (24, 43)}
+
+
 def test_enqueue_with_no_clients_or_no_persons(engine):
     add(engine, "a1")
     assert run(engine, P.thd_enqueue, "*", "*", P.SAVE, NOW) == P.EnqueueResult(0, {})

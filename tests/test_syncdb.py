@@ -81,6 +81,54 @@ def test_malformed_message_rolls_back_the_whole_batch(store):
         assert [p["ssn"] for p in store.snapshot()] == ["a"] and store.last_seq() == 1
 
 
+def test_large_batches_match_one_statement_per_message(store, tmp_path):
+    """Runs longer than UPSERT_ROWS go in multi-row statements: the result
+    is the one of applying each message alone, in order -- repeated ssns
+    inside a statement and across statements, DELETE and DELETE_ALL in
+    between included."""
+    import random
+    from netshare import syncdb
+    rng = random.Random(7)
+    batch, seq = [], 0
+    for run in range(12):
+        kind = rng.choice(["SAVE", "SAVE", "SAVE", "DELETE", "DELETE_ALL"])
+        for _ in range(rng.choice([1, 5, syncdb.UPSERT_ROWS - 1, syncdb.UPSERT_ROWS,
+                                   syncdb.UPSERT_ROWS * 2 + 3])):
+            seq += 1
+            ssn = "p%d" % rng.randrange(150)
+            if kind == "SAVE":
+                batch.append(save(seq, ssn, name="v%d" % seq))
+            elif kind == "DELETE":
+                batch.append((seq, "DELETE", json.dumps({"ssn": ssn})))
+            else:
+                batch.append((seq, "DELETE_ALL", "{}"))
+                break
+    for _ in range(syncdb.UPSERT_ROWS + 7):                # end with people left
+        seq += 1
+        batch.append(save(seq, "p%d" % rng.randrange(150), name="v%d" % seq))
+    assert sum(1 for m in batch if m[1] == "SAVE") > 3 * syncdb.UPSERT_ROWS
+    assert store.apply_batch(batch) == len(batch)
+    one_by_one = LocalStore(str(tmp_path / "reference.db"))
+    try:
+        for message in batch:
+            assert one_by_one.apply_batch([message]) == 1
+        assert store.snapshot() == one_by_one.snapshot() and store.snapshot()
+        assert store.last_seq() == one_by_one.last_seq() == seq
+    finally:
+        one_by_one.close()
+
+
+def test_payload_text_is_decoded_like_json_loads(store):
+    # Surrounding whitespace is fine (as for json.loads); anything after the
+    # object is not, and rolls the batch back.
+    assert store.apply_batch([(1, "SAVE", ' {"ssn":"a","name":"N","surname":"S"}\n')]) == 1
+    assert store.apply_batch([(2, "DELETE", b'{"ssn":"a"}')]) == 1
+    for bad in ('{"ssn":"b","name":"N","surname":"S"} x', '{"ssn":"b"}{"ssn":"c"}', ""):
+        with pytest.raises(ValueError):
+            store.apply_batch([save(3, "z"), (4, "SAVE", bad)])
+    assert store.snapshot() == [] and store.last_seq() == 2
+
+
 def test_exception_mid_batch_applies_nothing(store):
     store.apply_batch([save(1, "a")])
 

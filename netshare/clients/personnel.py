@@ -30,15 +30,26 @@ server sends this account (L{netshare.syncdb.LocalStore}):
  - pushes arriving together (one read from the socket, or within
    C{--batch-delay}) are applied as one batch, at most C{--batch-max}
    messages, in one local transaction that also records the last seq, then
-   acknowledged with one C{ACK <highest seq of the batch>} (so a crash
-   anywhere loses nothing and applies nothing twice: what is not
-   acknowledged is sent again and skipped by its seq);
+   acknowledged with one cumulative C{ACK <highest seq committed>}, never
+   before the commit (so a crash anywhere loses nothing and applies nothing
+   twice: what is not acknowledged is sent again and skipped by its seq).
+   At most one ACK is in flight; batches committed while it is answered
+   are covered by the next one;
  - while a batch is being applied and more than C{2 * --batch-max}
    messages wait, it stops reading the socket, so a fast server cannot fill
    the client's memory: TCP backpressure reaches the server's sync feed;
- - every blocking SQLite call runs in one dedicated worker thread, in order;
- - every applied change is logged (C{twisted.logger} fields C{seq},
-   C{action}, C{ssn}; C{--log-format json} for one JSON object per line);
+ - the reactor thread only splits lines (L{SyncProtocol}, linear time per
+   read) and buffers pushes; parsing, JSON decoding and every blocking
+   SQLite call run in one dedicated worker thread, in order;
+ - every applied change is logged, cheaply: one C{info} event per committed
+   batch, C{applied 500 changes, seq 1..500: 1 SAVE 000001, 2 SAVE 000002,
+   ..., 500 DELETE_ALL *}, with the fields C{count}, C{first}, C{last} and
+   C{changes} (that list as one string: C{"<seq> <action> <ssn>"} joined
+   by C{", "}; C{--log-format json} for one JSON object per line); with
+   C{--log-level debug}, also one C{debug} event per change with the
+   person's name.  A twisted.logger event costs about as much as applying
+   ten changes to SQLite, so one event per change made logging the
+   bottleneck of a large push (PERF.md section 5);
  - after any disconnect it reconnects with exponential backoff (C{--retry-min}
    doubling up to C{--retry-max}, with jitter), resuming after its last
    applied seq, and acknowledges that seq at once (the acknowledgement of
@@ -50,6 +61,7 @@ server sends this account (L{netshare.syncdb.LocalStore}):
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 
 from twisted.internet import defer, task
@@ -57,7 +69,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from netshare.client import CommandFailed, connect, login, quote
+from netshare.client import ClientProtocol, CommandFailed, connect, login, quote
 from netshare.clients import common
 
 DEFAULT_PORT = 7001
@@ -78,15 +90,90 @@ FATAL_CODES = frozenset({500, 501, 503, 530, 531, 535})
 # The sync client
 
 
+class SyncProtocol(ClientProtocol):
+    """
+    L{ClientProtocol} with a line splitter that costs linear time per read,
+    for the sync client's connection (see L{use_sync_protocol}).
+
+    Twisted's C{LineReceiver.dataReceived} splits one line off a read at a
+    time (C{buffer.split(delimiter, 1)}), copying the rest of the read for
+    every line: a 64 KiB read of ~150-byte pushes is ~430 lines and ~14 MB
+    of copying, the largest single cost of the sync client on a big push.
+    Here a read is split once; push lines (C{6xx <text>}) go straight to
+    C{onPush} with exactly the C{(code, text)} C{lineReceived} would give;
+    every other line goes through C{lineReceived}.  Pausing, a closing
+    transport, raw mode and re-entry behave as in C{LineReceiver}: the lines
+    not yet delivered wait in C{_buffer}, and anything unusual takes the
+    base class's path.
+    """
+
+    def dataReceived(self, data):
+        if self._busyReceiving or self.paused or not self.line_mode or self._raw is not None:
+            return ClientProtocol.dataReceived(self, data)
+        self._buffer += data
+        self._busyReceiving = True
+        try:
+            while b"\n" in self._buffer and not self.paused:
+                lines = self._buffer.split(b"\n")
+                self._buffer = lines.pop()
+                if self._deliver(lines):
+                    return
+            if len(self._buffer) >= self.MAX_LENGTH + len(self.delimiter):
+                line, self._buffer = self._buffer, b""
+                return self.lineLengthExceeded(line)
+        finally:
+            self._busyReceiving = False
+
+    def _deliver(self, lines) -> bool:
+        """Deliver complete lines; @return: True to stop reading (the rest
+        is put back in front of the buffer)."""
+        for i, line in enumerate(lines):
+            if len(line) > self.MAX_LENGTH:
+                exceeded = b"\n".join(lines[i:]) + b"\n" + self._buffer
+                self._buffer = b""
+                self.lineLengthExceeded(exceeded)
+                return True
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            onPush = self.onPush
+            if (onPush is not None and line[:1] == b"6" and line[3:4] == b" "
+                    and line[1:3].isdigit() and self._greeted):
+                onPush(int(line[:3]), line[4:].decode("utf-8", "replace"))
+            else:
+                self.lineReceived(line)
+            if (self.paused or not self.line_mode or self._raw is not None
+                    or (self.transport is not None and self.transport.disconnecting)):
+                rest = lines[i + 1:]
+                if rest:
+                    self._buffer = b"\n".join(rest) + b"\n" + self._buffer
+                return True
+        return False
+
+
+def use_sync_protocol(proto):
+    """
+    Give a connected L{ClientProtocol} the linear-time splitter of
+    L{SyncProtocol}.  The subclass adds no state and overrides one method,
+    so the connection keeps everything it has (queue, greeting, buffer);
+    C{netshare.client.connect} stays the only code that opens (and
+    verifies TLS for) connections.
+    """
+    if type(proto) is ClientProtocol:
+        proto.__class__ = SyncProtocol
+    return proto
+
+
 class _Session:
     """One connection's state: pushes received but not yet applied."""
 
     def __init__(self, proto):
         self.proto = proto
-        self.buffer = []         # (seq, action, payload text), seq order
+        self.buffer = []         # (code, text) of each push, unparsed, seq order
         self.flushCall = None
         self.paused = False
-        self.acked = 0
+        self.acked = 0           # the highest seq an ACK was sent for
+        self.ackWanted = 0       # the highest seq committed locally
+        self.ackInFlight = False
 
     @property
     def connected(self) -> bool:
@@ -112,7 +199,8 @@ class SyncClient:
 
     def __init__(self, reactor, store, connector, user: str, password: str, *,
                  retry_min: float = 1.0, retry_max: float = 30.0, batch_max: int = 500,
-                 batch_delay: float = 0.005, command_timeout: float = 60.0, rng=None):
+                 batch_delay: float = 0.005, command_timeout: float = 60.0, rng=None,
+                 log_each: bool = False):
         self.reactor = reactor
         self.store = store
         self.connector = connector
@@ -124,6 +212,7 @@ class SyncClient:
         self.batch_delay = batch_delay
         self.command_timeout = command_timeout
         self.rng = rng or random.Random()
+        self.log_each = log_each    # one debug event per change as well
         self.applied = 0
         self.batches = 0
         self.connections = 0
@@ -183,7 +272,7 @@ class SyncClient:
                     self.command_timeout, self.reactor)
                 last = await self._db(self.store.last_seq)
                 session = self._session = _Session(proto)
-                proto.onPush = lambda code, text, s=session: self._onPush(s, code, text)
+                proto.onPush = functools.partial(self._onPush, session)
                 resp = await proto.command("SYNC after=%d" % (last,)).addTimeout(
                     self.command_timeout, self.reactor)
                 if resp.code != 200:
@@ -194,9 +283,7 @@ class SyncClient:
                     # been lost; the server does not send those messages
                     # again (we asked for after=last), so acknowledge them
                     # here or they would stay pending for ever.
-                    session.acked = last
-                    proto.command("ACK %d" % (last,)).addCallbacks(
-                        self._ackAnswered, lambda f: None, callbackArgs=(last,))
+                    self._ack(session, last)
                 delay = self.retry_min
                 await proto.closed
                 if not self._stopping:
@@ -234,20 +321,18 @@ class SyncClient:
     # -- pushes and batches
 
     def _onPush(self, session, code, text):
+        # Runs once per push: only buffer it.  Parsing and decoding happen in
+        # the worker thread with the batch (L{_applyPushes}).
         if session is not self._session:
             return
-        seq, action, payload = _parse_push(code, text)
-        if seq is None:
-            self.log.error("unparsable push {code} {text}", code=code, text=text[:200])
-            session.proto.transport.loseConnection()
-            return
-        session.buffer.append((seq, action, payload))
-        if len(session.buffer) >= 2 * self.batch_max and not session.paused:
+        buffer = session.buffer
+        buffer.append((code, text))
+        if len(buffer) >= 2 * self.batch_max and not session.paused:
             # Stop reading until the batches in hand are applied.
             session.paused = True
             session.proto.pauseProducing()
         if self._applying is None:
-            if len(session.buffer) >= self.batch_max:
+            if len(buffer) >= self.batch_max:
                 self._flush(session)
             elif session.flushCall is None:
                 session.flushCall = self.reactor.callLater(self.batch_delay, self._flush, session)
@@ -263,32 +348,28 @@ class SyncClient:
             return
         batch = session.buffer[:self.batch_max]
         del session.buffer[:self.batch_max]
-        d = self._applying = self._db(self.store.apply_messages, batch)
-        d.addCallbacks(self._applied, self._applyFailed, callbackArgs=(session, batch),
+        d = self._applying = self._db(self._applyPushes, batch)
+        d.addCallbacks(self._applied, self._applyFailed, callbackArgs=(session,),
                        errbackArgs=(session,))
         d.addErrback(lambda f: self.log.failure("sync client bug", f))
 
-    def _applied(self, changes, session, batch):
+    def _applyPushes(self, pushes):
+        """In the worker thread: parse C{pushes} and apply them in one local
+        transaction.  @return: (the changes applied, the highest seq of the
+        batch -- applied now or before, either way safe to acknowledge)."""
+        messages = parse_pushes(pushes)
+        return self.store.apply_messages(messages), messages[-1][0]
+
+    def _applied(self, result, session):
         self._applying = None
+        changes, top = result
         self.batches += 1
         self.applied += len(changes)
-        for seq, action, payload in changes:
-            ssn = payload.get("ssn") if isinstance(payload, dict) else None
-            if action == "SAVE":
-                self.log.info("applied {seq} SAVE {ssn} ({name} {surname})", seq=seq,
-                              action=action, ssn=ssn, name=payload.get("name"),
-                              surname=payload.get("surname"))
-            elif action == "DELETE":
-                self.log.info("applied {seq} DELETE {ssn}", seq=seq, action=action, ssn=ssn)
-            else:
-                self.log.info("applied {seq} DELETE_ALL", seq=seq, action=action, ssn=None)
+        if changes:
+            self._logChanges(changes)
         if session is not self._session or not session.connected:
             return
-        top = batch[-1][0]
-        if top > session.acked:
-            session.acked = top
-            session.proto.command("ACK %d" % (top,)).addCallbacks(
-                self._ackAnswered, lambda f: None, callbackArgs=(top,))
+        self._ack(session, top)
         if session.paused and len(session.buffer) < self.batch_max:
             session.paused = False
             session.proto.resumeProducing()
@@ -298,24 +379,95 @@ class SyncClient:
             elif session.flushCall is None:
                 session.flushCall = self.reactor.callLater(self.batch_delay, self._flush, session)
 
-    def _ackAnswered(self, resp, seq):
+    def _ack(self, session, seq):
+        """Acknowledge everything up to C{seq} (committed locally).  At most
+        one ACK is in flight: whatever commits meanwhile is covered by one
+        cumulative ACK when the answer comes, so a fast stream of small
+        batches costs the server one acknowledgement per round trip, not
+        one per batch."""
+        if seq > session.ackWanted:
+            session.ackWanted = seq
+        if session.ackInFlight or session.ackWanted <= session.acked or not session.connected:
+            return
+        seq = session.acked = session.ackWanted
+        session.ackInFlight = True
+        session.proto.command("ACK %d" % (seq,)).addCallbacks(
+            self._ackAnswered, self._ackLost, callbackArgs=(session, seq),
+            errbackArgs=(session,))
+
+    def _logChanges(self, changes):
+        """One info event for the batch, listing every change; per change
+        only at debug level (see the module docstring)."""
+        if self.log_each:
+            for seq, action, payload in changes:
+                if action == "SAVE":
+                    self.log.debug("applied {seq} SAVE {ssn} ({name} {surname})", seq=seq,
+                                   action=action, ssn=payload.get("ssn"),
+                                   name=payload.get("name"), surname=payload.get("surname"))
+                elif action == "DELETE":
+                    self.log.debug("applied {seq} DELETE {ssn}", seq=seq, action=action,
+                                   ssn=payload.get("ssn"))
+                else:
+                    self.log.debug("applied {seq} DELETE_ALL", seq=seq, action=action, ssn=None)
+        # One string, not a list of lists: a JSON log observer encodes a
+        # 5000-item list per batch at ~1 us an item (as much as the apply),
+        # a string at memory speed; "%d %s %s" per change is the only cost.
+        listed = ", ".join(["%d %s %s" % (seq, action, payload.get("ssn", "*"))
+                            for seq, action, payload in changes])
+        self.log.info("applied {count} changes, seq {first}..{last}: {changes}",
+                      count=len(changes), first=changes[0][0], last=changes[-1][0],
+                      changes=listed)
+
+    def _ackAnswered(self, resp, session, seq):
+        session.ackInFlight = False
         if resp.code != 200:
             self.log.warn("ACK {seq} refused: {reply}", seq=seq, reply=resp.line)
+        if session is self._session:
+            self._ack(session, seq)
+
+    def _ackLost(self, failure, session):
+        # The connection closed first; the next session acknowledges what
+        # was committed (it resumes after the local last seq).
+        session.ackInFlight = False
 
     def _applyFailed(self, failure, session):
         self._applying = None
-        self.log.failure("cannot apply a batch to the local database; reconnecting", failure)
+        if failure.check(BadPush):
+            self.log.error("{error}; reconnecting", error=failure.getErrorMessage())
+        else:
+            self.log.failure("cannot apply a batch to the local database; reconnecting",
+                             failure)
         if session.connected:
             session.proto.transport.loseConnection()
 
 
-def _parse_push(code, text):
-    """C{"<seq> <ACTION> <json>"} -> (seq, action, payload text), or Nones."""
-    parts = text.split(" ", 2)
-    action = PUSH_ACTIONS.get(code)
-    if len(parts) != 3 or action is None or parts[1] != action or not parts[0].isdigit():
-        return None, None, None
-    return int(parts[0]), action, parts[2]
+class BadPush(ValueError):
+    """A push that is not C{61x <seq> <ACTION> <json>} (or out of order)."""
+
+
+def parse_pushes(pushes) -> list:
+    """
+    C{[(code, text)]} as received -> C{[(seq, action, payload text)]}.
+
+    @raise BadPush: an unparsable push, or seqs that do not rise (the
+        server sends each stream in seq order): nothing of the batch may be
+        applied then.
+    """
+    out = []
+    append = out.append
+    actions = PUSH_ACTIONS
+    previous = -1
+    for code, text in pushes:
+        parts = text.split(" ", 2)
+        action = actions.get(code)
+        if len(parts) != 3 or action is None or parts[1] != action or not parts[0].isdigit():
+            raise BadPush("unparsable push %d %s" % (code, text[:200]))
+        seq = int(parts[0])
+        if seq <= previous:
+            raise BadPush("push %d after %d: out of order" % (seq, previous))
+        previous = seq
+        append((seq, action, parts[2]))
+    return out
 
 
 def _reason(e) -> str:
@@ -336,11 +488,13 @@ async def cmd_sync(reactor, args):
 
     def connector():
         return connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
-                       hostname=args.hostname, reactor=reactor, timeout=args.timeout)
+                       hostname=args.hostname, reactor=reactor,
+                       timeout=args.timeout).addCallback(use_sync_protocol)
 
     client = SyncClient(reactor, store, connector, args.user, secret,
                         retry_min=args.retry_min, retry_max=args.retry_max,
-                        batch_max=args.batch_max, batch_delay=args.batch_delay)
+                        batch_max=args.batch_max, batch_delay=args.batch_delay,
+                        log_each=args.log_level == "debug")
     log = Logger(namespace="netshare.personnel.sync")
     log.info("sync client {user} on {db}", user=args.user, db=args.db)
 

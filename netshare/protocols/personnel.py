@@ -9,7 +9,8 @@ DELETE, CLIENTS, MESSAGES, SEND and REMOVE whatever it typed after them.
 A connection becomes a sync stream with C{SYNC [after=N]}:
 
  - C{200 syncing}, then the client's pending messages as C{610/611/612}
-   pushes in seq order, a page at a time, then live ones as they are queued;
+   pushes in seq order, a page at a time (written in blocks of many pushes,
+   see L{netshare.personnel.SyncFeed}), then live ones as they are queued;
  - the connection is the feed's sink: the feed stops reading the outbox while
    the transport's buffer is full and resumes from L{PersonnelProtocol.onDrain};
  - the stream is exempt from the idle timeout (it only waits for pushes);
@@ -159,13 +160,25 @@ class PersonnelProtocol(CommandProtocol):
                                % (seq, self.feed.lastSent))
         return self.app.ack(self.user, seq).addCallback(lambda _: Reply(200, "ok"))
 
-    # -- the sink interface of SyncFeed (sendPush and writable come from the base)
+    # -- the sink interface of SyncFeed (writable comes from the base)
+
+    def sendPushes(self, data: bytes, count: int):
+        """C{count} push lines (CRLF-terminated) in one write: the base's
+        C{sendPush} with its backpressure and slow-reader limit, counted as
+        C{count} pushes."""
+        if count > 1 and not self._closing:
+            self.factory.stats.pushes += count - 1
+        self.sendPush(data)
 
     def streamReplaced(self):
         self.feed = None
         self.log.info("sync stream of {user} replaced; closing {peer}", service=self.service,
                       user=self.user, peer=self.peer)
         self._closeWith("421 stream replaced by a new SYNC")
+
+    def streamFailed(self):
+        self.feed = None
+        self._closeWith("421 sync stream failed; reconnect")
 
     def onDrain(self):
         if self.feed is not None:
