@@ -146,7 +146,23 @@ def parse_int(value, what: str, minimum: int = 0) -> int:
         raise BadArguments("%s must be an integer" % (what,))
     if value < minimum:
         raise BadArguments("%s must be at least %d" % (what, minimum))
+    if value > MAX_INT64:  # every database column behind it is 64-bit
+        raise BadArguments("%s out of range" % (what,))
     return value
+
+
+MAX_INT64 = 2**63 - 1
+
+
+def check_search_text(text: str) -> str:
+    """LIST's search text: any characters a field may hold (a control
+    character could match nothing, and PostgreSQL text cannot hold NUL)."""
+    if len(text) > max(FIELD_LIMITS.values()):
+        raise BadArguments("search text too long")
+    for ch in text:
+        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cs"):
+            raise BadArguments("search text contains a control character")
+    return text
 
 
 def push_line(message) -> str | None:
@@ -428,6 +444,8 @@ class PersonnelService:
     @_deferred
     def list(self, text: str | None = None, limit=None, offset=None):
         offset = parse_int(offset, "offset") if offset is not None else 0
+        if text:
+            check_search_text(text)
         d = self.store.list(text or None, self._limit(limit), offset)
         return d.addCallback(lambda persons: [p.to_wire() for p in persons])
 

@@ -686,14 +686,7 @@ def test_a7_declared_lengths_out_of_range_are_refused_before_allocation(server, 
             assert c.cmd("DELETE a7-present.bin") == ["200 deleted"]
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, id=k, marks=[pytest.mark.xfail(strict=True, reason=(
-        "bug: netshare/personnel.py parse_int() accepts up to 19 digits, so LIST offset= "
-        "from 2**63 to 10**19-1 reaches the database and fails (SQLite OverflowError, "
-        "PostgreSQL bigint out of range): 451 internal error with a traceback; fix: refuse "
-        "values above 2**63-1 with 501 in parse_int (or clamp the offset in "
-        "storage/personnel.clamp_offset)"))] if k in ("sqlite", "postgres") else [])
-    for k in db_kinds()])
+@pytest.mark.parametrize("kind", db_kinds())
 def test_a7_offset_beyond_64_bits_is_refused_on_every_database(own_servers, kind):
     srv = own_servers(kind)
     start = len(output_bytes(srv))
@@ -868,19 +861,7 @@ def test_a9_rst_mid_command_leaves_no_database_session(own_servers, kind):
         shell.close()
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, id=k, marks=[pytest.mark.xfail(strict=True, reason=(
-        "bug: PostgreSQL text cannot hold NUL, and three paths hand a client's NUL to it: "
-        "(1) the request history stores every command verbatim, so one command with a NUL "
-        "in an argument (e.g. `HELP a<NUL>b`, even before login) makes every later history "
-        "batch insert fail (retried forever; every HISTORY then answers 451 with a "
-        "traceback); (2) `HISTORY user=a<NUL>b` and (3) personnel `LIST a<NUL>b` put it in "
-        "a query: 451 with a traceback; fix: escape control characters in "
-        "netshare/protocols/base.py redact() (and drop, not retry forever, a row the "
-        "database refuses in netshare/history.py), check user= against the account name "
-        "format in cmd_HISTORY (501), refuse control characters in the personnel LIST "
-        "text (501) in netshare/personnel.py"))]
-    if k == "postgres" else []) for k in db_kinds()])
+@pytest.mark.parametrize("kind", db_kinds())
 def test_a4_nul_reaching_the_database_is_refused_or_stored_on_every_database(own_servers,
                                                                              kind):
     srv = own_servers(kind)
