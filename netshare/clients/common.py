@@ -106,6 +106,28 @@ def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False):
                         help="print JSON instead of tables")
 
 
+
+def command_parser(prog: str, description: str, default_port: int):
+    """
+    The command line every sub-command client shares: connection and output
+    options before the command (as in every netshare client), then one
+    sub-command.
+
+    @return: (parser, command) where C{command(name, help)} adds a
+        sub-command parser that also accepts the output options.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_connection_options(parser, default_port)
+    add_output_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help):
+        p = sub.add_parser(name, help=help, description=help)
+        add_output_options(p, suppress=True)
+        return p
+
+    return parser, command
+
 def _port(text) -> int:
     try:
         port = int(text)

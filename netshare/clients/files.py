@@ -397,18 +397,10 @@ def _count(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="netshare files client. The account password comes from NETSHARE_PASSWORD "
-                    "or a prompt; a file password from NETSHARE_FILE_PASSWORD or a prompt.")
-    common.add_connection_options(parser, DEFAULT_PORT)
-    common.add_output_options(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name, help):
-        p = sub.add_parser(name, help=help, description=help)
-        common.add_output_options(p, suppress=True)
-        return p
+    parser, command = common.command_parser(
+        PROG,
+        "netshare files client. The account password comes from NETSHARE_PASSWORD "
+        "or a prompt; a file password from NETSHARE_FILE_PASSWORD or a prompt.", DEFAULT_PORT)
 
     p = command("list", "list public files")
     which = p.add_mutually_exclusive_group()

@@ -754,18 +754,10 @@ def _seconds(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="netshare-personnel",
-        description="netshare personnel client: one-shot commands, the operator console and "
-                    "the sync client. The password comes from NETSHARE_PASSWORD or a prompt.")
-    common.add_connection_options(parser, DEFAULT_PORT)
-    common.add_output_options(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name, help):
-        p = sub.add_parser(name, help=help, description=help)
-        common.add_output_options(p, suppress=True)
-        return p
+    parser, command = common.command_parser(
+        "netshare-personnel",
+        "netshare personnel client: one-shot commands, the operator console and "
+        "the sync client. The password comes from NETSHARE_PASSWORD or a prompt.", DEFAULT_PORT)
 
     p = command("sync", "keep a local SQLite copy of what the server sends this account")
     p.add_argument("--db", required=True, help="local SQLite file (created if missing)")
