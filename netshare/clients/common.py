@@ -185,6 +185,16 @@ def checked(response):
 # -- running a program -----------------------------------------------------------
 
 
+
+async def one_command(reactor, args, line):
+    """Log in, run one command, QUIT. @return: the (successful) response;
+    a refusal raises as L{checked} does."""
+    proto = await open_session(reactor, args)
+    try:
+        return checked(await proto.command(line))
+    finally:
+        await close(proto)
+
 def run(args, main, prog: str | None = None):
     """
     Run C{main(reactor)} (a coroutine function or one returning a Deferred)

@@ -150,17 +150,7 @@ class HashingWriter:
         self.written += len(data)
 
 
-async def _session(reactor, args):
-    return await common.open_session(reactor, args)
-
-
-async def _one(reactor, args, line):
-    """Log in, run one command, QUIT; @return: the (successful) response."""
-    proto = await _session(reactor, args)
-    try:
-        return common.checked(await proto.command(line))
-    finally:
-        await common.close(proto)
+_one = common.one_command
 
 
 # -- commands ---------------------------------------------------------------------
@@ -273,7 +263,7 @@ async def cmd_upload(reactor, args):
 
 
 async def cmd_download(reactor, args):
-    proto = await _session(reactor, args)
+    proto = await common.open_session(reactor, args)
     try:
         return await _download(proto, args)
     finally:

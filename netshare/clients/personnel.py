@@ -530,12 +530,7 @@ async def cmd_sync(reactor, args):
 # One-shot commands
 
 
-async def _one(reactor, args, line):
-    proto = await common.open_session(reactor, args)
-    try:
-        return common.checked(await proto.command(line))
-    finally:
-        await common.close(proto)
+_one = common.one_command
 
 
 async def cmd_list(reactor, args):
