@@ -28,7 +28,6 @@ import ipaddress
 
 from zope.interface import implementer
 
-from twisted.application import strports
 from twisted.conch import manhole_ssh
 from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
@@ -42,7 +41,8 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
 from netshare.accounts import loggable_name
-from netshare.protocols.base import ServiceStats
+from netshare.listener import Listener, RefusedAddress
+from netshare.protocols.base import ConnectionLimits, ServiceStats
 from netshare.wire import now_ms
 
 SERVICE = "manhole"
@@ -54,23 +54,45 @@ class ManholeConfigError(ValueError):
 
 
 def _is_loopback_endpoint(description: str) -> bool:
-    """True when a tcp:/ssl: endpoint binds only a loopback address (unix: counts too)."""
+    """
+    True when a tcp:/ssl: endpoint names only loopback interfaces (unix:
+    counts too).  A first, friendly check of the text; what is enforced is
+    the address actually bound (L{check_bound_address}) and the address of
+    every peer (L{ManholeFactory.buildProtocol}).
+    """
     kind = description.split(":", 1)[0].lower()
     if kind == "unix":
         return True
     if kind not in ("tcp", "ssl", "tcp6"):
         return False
-    for part in description.split(":")[2:]:
-        key, _, value = part.partition("=")
-        if key == "interface":
-            value = value.replace("\\", "")
-            if value == "localhost":
-                return True
-            try:
-                return ipaddress.ip_address(value).is_loopback
-            except ValueError:
-                return False
-    return False  # no interface= means every interface
+    interfaces = [part.partition("=")[2].replace("\\", "")
+                  for part in description.split(":")[2:] if part.partition("=")[0] == "interface"]
+    return bool(interfaces) and all(_is_loopback_host(i) for i in interfaces)
+
+
+def _is_loopback_host(host) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bound_address(address):
+    """
+    The manhole listener's C{check}: refuse unless the address the port
+    actually bound is loopback (or a Unix socket).
+    @raise RefusedAddress: naming the bound address.
+    """
+    host = getattr(address, "host", None)
+    if host is None:          # a Unix socket: local by construction
+        return
+    if not _is_loopback_host(host):
+        raise RefusedAddress(
+            "manhole: bound %s:%s, which is not loopback; the manhole runs arbitrary Python, "
+            "so binding it elsewhere needs --manhole-allow-remote yes"
+            % (host, getattr(address, "port", "?")))
 
 
 @implementer(ICredentialsChecker)
@@ -142,6 +164,7 @@ class ShellRealm:
         user = avatarId.decode("utf-8")
         if ITelnetProtocol in interfaces:
             proto = _QuietBootstrap(lambda: self.shell(user))
+            proto.admin = user
             return ITelnetProtocol, proto, lambda: None
         return self.ssh.requestAvatar(avatarId, mind, *interfaces)
 
@@ -182,15 +205,12 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         return "%s:%s" % (getattr(p, "host", "?"), getattr(p, "port", "?"))
 
     def connectionMade(self):
-        self.stats.connections_total += 1
-        self.stats.connections += 1
         self._timer = self.runtime.reactor.callLater(self.runtime.config.idle_timeout,
                                                      self._loginTimeout)
         self.transport.write(b"netshare manhole: admin accounts only\n")
         super().connectionMade()
 
     def connectionLost(self, reason):
-        self.stats.connections -= 1
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         super().connectionLost(reason)
@@ -223,6 +243,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
                       peer=self.peer, code=code)
 
     def _ok(self, ial, username):
+        self.transport.admin = getattr(ial[1], "admin", None)
         self._record(username, 230)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -273,9 +294,57 @@ class _QuietBootstrap(TelnetBootstrapProtocol):
 
 
 class _SafeTelnetTransport(TelnetTransport):
-    """A telnet transport that answers garbage by closing, not with a traceback."""
+    """
+    One manhole connection: a telnet transport that answers garbage by
+    closing (not with a traceback), counted against the listener's caps,
+    and closed in order when the server stops.
+    """
 
     log = Logger()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lost = defer.Deferred()
+        self.admin = None          # the account name, once logged in
+        self._admitted = False
+
+    @property
+    def peer(self):
+        p = self.transport.getPeer()
+        return "%s:%s" % (getattr(p, "host", "?"), getattr(p, "port", "?"))
+
+    @property
+    def user(self):
+        """The admin logged in on this connection, or None."""
+        return self.admin
+
+    def connectionMade(self):
+        factory = self.factory
+        factory.stats.connections_total += 1
+        refusal = factory.connections.admit(self, getattr(self.transport.getPeer(), "host", "?"))
+        if refusal:
+            self.log.warn("manhole refused {peer}: {reason}", peer=self.peer, reason=refusal)
+            self.transport.write(("421 %s\r\n" % (refusal,)).encode("ascii"))
+            self.transport.loseConnection()
+            return
+        self._admitted = True
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self.factory.connections.release(self)
+        if self._admitted:
+            super().connectionLost(reason)
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def beginShutdown(self):
+        """The server is stopping: say so and close (a shell has no command
+        in progress that could be answered first: typed code runs on the
+        reactor thread, so it is over before this runs)."""
+        if self.transport.connected:
+            self.transport.write(b"\r\n421 shutting down\r\n")
+            self.transport.loseConnection()
+        return self.lost
 
     def dataReceived(self, data):
         try:
@@ -287,17 +356,39 @@ class _SafeTelnetTransport(TelnetTransport):
 
 
 class ManholeFactory(protocol.ServerFactory):
+    """
+    The telnet-style manhole listener: the same caps as every other
+    listener (C{--max-connections}, C{--max-per-ip}), peers off loopback
+    refused unless C{--manhole-allow-remote yes}, and an orderly close of
+    every session when the server stops (L{shutdown}).
+    """
+
     noisy = False
+    log = Logger()
+    service = SERVICE
 
     def __init__(self, runtime, the_portal):
         self.runtime = runtime
         self.portal = the_portal
         self.stats = ServiceStats()
+        cfg = runtime.config
+        self.connections = ConnectionLimits(runtime.reactor, cfg.max_connections, cfg.max_per_ip,
+                                            self.stats)
 
     def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None and not self.runtime.config.manhole_allow_remote \
+                and not _is_loopback_host(host):
+            self.log.warn("manhole: refused a connection from {host}, not loopback", host=host)
+            self.stats.refused += 1
+            return None
         proto = _SafeTelnetTransport(ManholeLogin, self.portal, self.runtime, self.stats)
         proto.factory = self
         return proto
+
+    def shutdown(self, timeout):
+        """Close every session; abort stragglers after C{timeout} seconds."""
+        return self.connections.shutdown(timeout, SERVICE)
 
 
 def check_config(config):
@@ -324,7 +415,8 @@ def makeListeners(runtime):
                              "in clear. Use ssl: or --manhole-ssh.", endpoint=cfg.manhole)
         factory = ManholeFactory(runtime, the_portal)
         runtime.factories["manhole"] = factory
-        svc = strports.service(cfg.manhole, factory, reactor=runtime.reactor)
+        svc = Listener(cfg.manhole, factory, runtime.reactor,
+                       check=None if cfg.manhole_allow_remote else check_bound_address)
         svc.setName("manhole")
         out.append(("manhole", svc))
     if cfg.manhole_ssh:
@@ -337,7 +429,8 @@ def makeListeners(runtime):
         factory.publicKeys = {host.sshType(): host.public()}
         factory.privateKeys = {host.sshType(): host}
         factory.noisy = False
-        svc = strports.service(cfg.manhole_ssh, factory, reactor=runtime.reactor)
+        svc = Listener(cfg.manhole_ssh, factory, runtime.reactor,
+                       check=None if cfg.manhole_allow_remote else check_bound_address)
         svc.setName("manhole-ssh")
         out.append(("manhole-ssh", svc))
     return out

@@ -19,18 +19,19 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, LogPublisher, Logger
 
 from netshare.accounts import AccountService
 from netshare.history import HistoryRecorder
 from netshare.kdf import KDFPool
+from netshare.listener import Listener, RefusedAddress
 from netshare.logs import COMMAND_NAMESPACE, JsonLogFile, consoleObserver
 
 #: service name -> module in netshare.protocols providing makeFactory(runtime)
@@ -92,6 +93,7 @@ class NetshareService(MultiService):
         self.jsonLog = None
         self._jsonConsole = None
         self._listeners = {}
+        self._stopRequested = False
 
     # -- building (synchronous, before the reactor runs)
 
@@ -133,7 +135,7 @@ class NetshareService(MultiService):
             rt.factories[name] = factory
             if factory.app is not None:
                 rt.apps[name] = factory.app
-            listener = strports.service(endpoint, factory, reactor=rt.reactor)
+            listener = Listener(endpoint, factory, rt.reactor)
             listener.setName(name)
             listener.setServiceParent(self)
             self._listeners[name] = listener
@@ -170,6 +172,8 @@ class NetshareService(MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             self._cannotListen(e)
+        except RefusedAddress as e:
+            fatal(str(e))
         self._startShared()
 
     def startService(self):
@@ -177,7 +181,12 @@ class NetshareService(MultiService):
             super().startService()
         except CannotListenError as e:
             self._cannotListen(e)
+        except RefusedAddress as e:
+            fatal(str(e))
         self._startShared()
+        # The reactor installs its signal handlers while it starts up, after
+        # this runs: take SIGTERM and SIGINT over once it has.
+        self.runtime.reactor.addSystemEventTrigger("after", "startup", self._takeOverStopSignals)
         # Everything built so far lives as long as the process: move it out
         # of the collector's way, so full collections stay short with many
         # connections (measured: 50-150 ms pauses at 1000 connections, halved).
@@ -185,6 +194,44 @@ class NetshareService(MultiService):
         self.log.info("netshare started: {listeners}",
                       listeners=", ".join("%s=%s" % (n, getattr(self.config, n, n))
                                           for n in self._listeners))
+
+    def _takeOverStopSignals(self):
+        """
+        Stop on SIGTERM and SIGINT with C{reactor.stop()}, as the reactor's
+        own handlers do, but (1) as a success: twistd and twist re-raise the
+        signal that stopped the reactor after the shutdown, which makes the
+        exit status "killed by SIGTERM" although every connection was
+        answered and everything was written; and (2) only once: a second
+        signal while the orderly stop runs (a second Ctrl-C, or `make`
+        passing its own on) is logged, not a traceback from stopping a
+        reactor that is already stopping.  The stop is bounded by
+        C{--shutdown-timeout} anyway; SIGKILL remains for the impatient.
+
+        Only where the reactor installed handlers of its own (twistd, twist):
+        an embedding program keeps its signals.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None,
+                                                signal.default_int_handler):
+                signal.signal(signum, self._onStopSignal)
+
+    def _onStopSignal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self._stopRequested:
+            self.log.info("received {signal} again: already stopping (at most {timeout} s)",
+                          signal=name, timeout=self.config.shutdown_timeout)
+            return
+        self._stopRequested = True
+        self.log.info("received {signal}: stopping in order", signal=name)
+        self.runtime.reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self):
+        try:
+            self.runtime.reactor.stop()
+        except ReactorNotRunning:   # already stopping for another reason
+            pass
 
     def _cannotListen(self, e):
         reason = getattr(e.socketError, "strerror", None) or e.socketError
@@ -217,8 +264,13 @@ class NetshareService(MultiService):
         rt = self.runtime
         self.log.info("netshare stopping")
         yield super().stopService()  # listeners stop accepting
-        yield defer.DeferredList([f.shutdown(self.config.shutdown_timeout)
-                                  for f in rt.factories.values()], consumeErrors=True)
+        # Every listener's connections are told at once; one that fails to
+        # close in order must not stop the others (or the flush below).
+        closing = [defer.maybeDeferred(f.shutdown, self.config.shutdown_timeout)
+                   for f in rt.factories.values()]
+        for name, result in zip(rt.factories, (yield defer.DeferredList(closing))):
+            if not result[0]:
+                self.log.failure("closing the {service} connections", result[1], service=name)
         for name, app in rt.apps.items():
             stop = getattr(app, "stop", None)
             if stop is not None:
@@ -232,8 +284,3 @@ class NetshareService(MultiService):
         self.log.info("netshare stopped")
         if self.jsonLog is not None:
             self.jsonLog.stop()
-        # twistd/twist re-raise the stopping signal after shutdown, which
-        # makes the exit status "killed by SIGTERM".  An orderly stop on
-        # SIGTERM or Ctrl-C is a success: exit 0.
-        if getattr(rt.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            rt.reactor._exitSignal = None

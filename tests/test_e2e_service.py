@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from netshare import __version__
 from netshare.storage import migrate
+from tests.manhole_clients import TelnetClient
 from tests.support import (ROOT, SERVICES, LineConn, ServerProcess, env, free_port, run_cli,
                            twistd_command)
 
@@ -130,6 +131,61 @@ def test_sigterm_with_an_idle_client(server):
     assert status == 0, "exit status %s after SIGTERM:\n%s" % (status, server.output())
 
 
+def history_rows(data_dir):
+    """(user, service, command, code) of every history entry, oldest first,
+    read straight from the server's SQLite file."""
+    engine = sa.create_engine("sqlite:///" + os.path.join(str(data_dir), "netshare.db"))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(
+                'SELECT "user", service, command, code FROM history ORDER BY id')]
+    finally:
+        engine.dispose()
+
+
+def test_sigterm_with_every_default_listener_on(tmp_path):
+    """
+    The default configuration, manhole included (what `make run` serves):
+    SIGTERM is an orderly stop.  Every line port says C{421 shutting down},
+    every manhole session (a shell and one still at its login prompt) is
+    closed with the same line, the command answered just before the signal
+    is in the request history, and the exit status is 0.
+    """
+    server = ServerProcess(tmp_path / "data", manhole=True)
+    conns, shells = {}, []
+    try:
+        server.start()
+        for service in SERVICES:
+            conns[service], greeting = connect(server.ports[service])
+            assert greeting.startswith("220 ")
+        shell = TelnetClient(server.ports["manhole"])
+        shells.append(shell)
+        shell.login("admin", server.admin_password)
+        shell.expect(rb">>> ")
+        waiting = TelnetClient(server.ports["manhole"])
+        shells.append(waiting)
+        waiting.expect(rb"Username: ")
+        last = conns["personnel"]
+        assert last.cmd("LOGIN admin %s" % server.admin_password)[0].startswith("230 ")
+        assert last.cmd("WHOAMI") == ["200 admin admin"]
+        time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        for service, conn in conns.items():
+            assert conn.readline() == "421 shutting down", service
+            assert conn.closed(5), service
+        for c in shells:
+            c.expect(rb"421 shutting down")
+            assert c.closed(5)
+        status = server.proc.wait(15)
+    finally:
+        for c in list(conns.values()) + shells:
+            c.close()
+        server.kill()
+    assert status == 0, "exit status %s after SIGTERM:\n%s" % (status, server.output())
+    assert "netshare stopped" in server.output()
+    assert ("admin", "personnel", "WHOAMI", 200) in history_rows(server.data)
+
+
 def test_sigterm_answers_pending_work_first(tmp_path):
     """A command in progress at SIGTERM is answered before 421."""
     server = ServerProcess(tmp_path / "data", extra_args=["--login-failure-delay", "1.5",
@@ -226,7 +282,7 @@ def test_make_run(tmp_path):
     data = tmp_path / "var"
     ports = {s: free_port() for s in SERVICES}
     extra = {"NETSHARE_" + s.upper(): "tcp:%d:interface=127.0.0.1" % p for s, p in ports.items()}
-    extra["NETSHARE_MANHOLE"] = "none"
+    extra["NETSHARE_MANHOLE"] = "tcp:%d:interface=127.0.0.1" % free_port()
     out_path = tmp_path / "make.out"
     with open(out_path, "wb") as out:
         # -o: the venv is already installed (by `make test`, which runs this).
@@ -239,6 +295,8 @@ def test_make_run(tmp_path):
             conn, greeting = connect(ports[service])
             conn.close()
             assert greeting == "220 netshare %s %s ready" % (service, __version__)
+        # As Ctrl-C does: the signal reaches make and the server; make may
+        # pass on one of its own (a second signal during the stop).
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
     finally:
@@ -246,6 +304,7 @@ def test_make_run(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     text = out_path.read_text()
+    assert "netshare stopped" in text and "Traceback" not in text, text
     assert text.count("admin password (shown once): ") == 1, text
     assert oct(os.stat(data).st_mode & 0o777) == oct(0o700)
 

@@ -8,11 +8,13 @@ default, and the SSH variant with authorized keys.
 import os
 import socket
 import subprocess
+import time
 
 import pytest
+import pytest_twisted
 
 from tests.manhole_clients import TelnetClient, run_ssh
-from tests.support import ServerProcess, run_cli, twistd_command, ROOT, env
+from tests.support import ServerProcess, run_cli, twistd_command, ROOT, env, free_port
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +200,85 @@ def test_shell_send_reaches_a_connected_sync_client(server):
         shell.close()
         sync.close()
         admin.close()
+
+
+# -- the loopback rule is enforced on the address bound and on every peer -----------
+
+def test_an_endpoint_naming_a_second_interface_is_refused(tmp_path):
+    """`interface=127.0.0.1:interface=0.0.0.0` binds the last one: refused
+    before anyone can connect, and nothing is left listening."""
+    srv = ServerProcess(tmp_path / "d", extra_args=[])
+    args = srv.args()
+    port = free_port()
+    args[args.index("--manhole") + 1] = "tcp:%d:interface=127.0.0.1:interface=0.0.0.0" % port
+    r = subprocess.run(twistd_command(*args), cwd=ROOT, env=env(), capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0
+    last = (r.stderr or r.stdout).strip().splitlines()[-1]
+    assert last.startswith("netshare: ") and "0.0.0.0" in last and "allow-remote" in last
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_address_actually_bound_is_checked():
+    """Whatever the endpoint text says, the check sees the bound address."""
+    from twisted.internet import protocol, reactor
+    from netshare.listener import Listener, RefusedAddress
+    from netshare.manhole import check_bound_address
+    wide = Listener("tcp:0:interface=0.0.0.0", protocol.ServerFactory(), reactor,
+                    check=check_bound_address)
+    with pytest.raises(RefusedAddress, match="bound 0.0.0.0"):
+        wide.privilegedStartService()
+    assert wide.port is None              # the port was closed again
+    local = Listener("tcp:0:interface=127.0.0.1", protocol.ServerFactory(), reactor,
+                     check=check_bound_address)
+    local.privilegedStartService()
+    assert local.port.getHost().host == "127.0.0.1"
+    yield local.stopService()
+
+
+def test_a_peer_off_loopback_is_refused_without_the_opt_in():
+    from types import SimpleNamespace
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+    from netshare.config import defaults
+    from netshare.manhole import ManholeFactory
+    runtime = SimpleNamespace(config=defaults(), reactor=MemoryReactorClock())
+    factory = ManholeFactory(runtime, the_portal=None)
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000)) is not None
+    opened = ManholeFactory(SimpleNamespace(config=defaults(manhole_allow_remote=True),
+                                            reactor=MemoryReactorClock()), the_portal=None)
+    assert opened.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is not None
+
+
+def test_the_manhole_has_the_connection_caps_of_every_listener(tmp_path):
+    data = tmp_path / "data"
+    srv = ServerProcess(data, manhole=True, extra_args=["--max-per-ip", "2"])
+    held = []
+    try:
+        srv.start()
+        for _ in range(2):
+            held.append(TelnetClient(srv.ports["manhole"]))
+            held[-1].expect(rb"Username: ")
+        extra = TelnetClient(srv.ports["manhole"])
+        held.append(extra)
+        extra.expect(rb"421 too many connections")
+        assert extra.closed(5)
+        held[0].close()
+        # A freed slot is usable again (once the server has seen the close).
+        deadline = time.monotonic() + 10
+        while True:
+            again = TelnetClient(srv.ports["manhole"])
+            held.append(again)
+            text = again.expect(rb"Username: |421 too many")
+            if text.endswith(b"Username: "):
+                break
+            assert time.monotonic() < deadline, "the freed slot was never given back"
+            time.sleep(0.1)
+    finally:
+        for c in held:
+            c.close()
+        srv.terminate()
+        srv.kill()

@@ -902,12 +902,88 @@ class ServiceStats:
         return dict(self.__dict__)
 
 
+class ConnectionLimits:
+    """
+    The open connections of one listener, capped in total and per client
+    address (PROTOCOL.md section 1), and closed in order at shutdown.
+
+    A connection is anything with C{beginShutdown() -> Deferred} (fires when
+    it is closed) and a C{transport}; the line protocols and the manhole's
+    telnet transport both are.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, max_total: int, max_per_host: int, stats=None):
+        self.reactor = reactor
+        self.max_total = max_total
+        self.max_per_host = max_per_host
+        self.stats = stats
+        self._hosts = {}          # connection -> the address it was counted under
+        self._perHost = {}
+
+    def __len__(self):
+        return len(self._hosts)
+
+    def __iter__(self):
+        return iter(list(self._hosts))
+
+    def __contains__(self, conn):
+        return conn in self._hosts
+
+    def admit(self, conn, host) -> str | None:
+        """Count a new connection; return a refusal reason or None."""
+        if len(self._hosts) >= self.max_total or \
+                self._perHost.get(host, 0) >= self.max_per_host:
+            if self.stats is not None:
+                self.stats.refused += 1
+            return "too many connections"
+        self._hosts[conn] = host
+        self._perHost[host] = self._perHost.get(host, 0) + 1
+        if self.stats is not None:
+            self.stats.connections = len(self._hosts)
+        return None
+
+    def release(self, conn):
+        host = self._hosts.pop(conn, _MISSING)
+        if host is _MISSING:
+            return
+        left = self._perHost.get(host, 1) - 1
+        if left:
+            self._perHost[host] = left
+        else:
+            self._perHost.pop(host, None)
+        if self.stats is not None:
+            self.stats.connections = len(self._hosts)
+
+    def shutdown(self, timeout, service="-"):
+        """Tell every connection we are stopping; abort stragglers after
+        C{timeout} seconds.  @return: a Deferred that fires when all are gone."""
+        waits = [c.beginShutdown() for c in self]
+        if not waits:
+            return defer.succeed(None)
+        d = defer.DeferredList(waits, consumeErrors=True)
+        timer = self.reactor.callLater(timeout, self._abortAll, service)
+        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        return d
+
+    def _abortAll(self, service):
+        for c in self:
+            self.log.warn("aborting {peer} at shutdown", peer=getattr(c, "peer", "?"),
+                          service=service)
+            c.transport.abortConnection()
+
+
+_MISSING = object()
+
+
 class CommandFactory(Factory):
     """
     Builds one service's protocols and enforces the connection caps.
 
     @ivar runtime: the shared L{netshare.service.Runtime}.
     @ivar app: the service object (files store, ttweet hub, ...), if any.
+    @ivar connections: the L{ConnectionLimits} of this listener.
     """
 
     protocol = CommandProtocol
@@ -921,47 +997,19 @@ class CommandFactory(Factory):
             self.protocol = protocol
         self.app = app
         self.service = self.protocol.service
-        self.connections = set()
-        self._perIP = {}
         self.stats = ServiceStats()
+        cfg = runtime.config
+        self.connections = ConnectionLimits(self.reactor, cfg.max_connections, cfg.max_per_ip,
+                                            self.stats)
 
     def admit(self, proto):
         """Count a new connection; return a refusal reason or None."""
-        host = getattr(proto.transport.getPeer(), "host", "?")
-        cfg = self.runtime.config
-        if len(self.connections) >= cfg.max_connections or \
-                self._perIP.get(host, 0) >= cfg.max_per_ip:
-            self.stats.refused += 1
-            return "too many connections"
-        self.connections.add(proto)
-        self._perIP[host] = self._perIP.get(host, 0) + 1
-        proto._admittedHost = host
-        self.stats.connections = len(self.connections)
-        return None
+        return self.connections.admit(proto, getattr(proto.transport.getPeer(), "host", "?"))
 
     def release(self, proto):
-        if proto in self.connections:
-            self.connections.discard(proto)
-            host = proto._admittedHost
-            left = self._perIP.get(host, 1) - 1
-            if left:
-                self._perIP[host] = left
-            else:
-                self._perIP.pop(host, None)
-            self.stats.connections = len(self.connections)
+        self.connections.release(proto)
 
     def shutdown(self, timeout):
         """Tell every connection we are stopping; abort stragglers after
         C{timeout} seconds.  @return: a Deferred that fires when all are gone."""
-        waits = [p.beginShutdown() for p in list(self.connections)]
-        if not waits:
-            return defer.succeed(None)
-        d = defer.DeferredList(waits, consumeErrors=True)
-        timer = self.reactor.callLater(timeout, self._abortAll)
-        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
-        return d
-
-    def _abortAll(self):
-        for p in list(self.connections):
-            self.log.warn("aborting {peer} at shutdown", peer=p.peer, service=self.service)
-            p.transport.abortConnection()
+        return self.connections.shutdown(timeout, self.service)
