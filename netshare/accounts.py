@@ -27,13 +27,9 @@ ROLES = ("admin", "user")
 MAX_PASSWORD = 128
 
 
-def loggable_name(name: str) -> str:
-    """A user-supplied name as it may appear in logs and history: as is when
-    it is a valid account name, else an ASCII escape of its first 32
-    characters (no control character reaches a log line)."""
-    if USERNAME_RE.fullmatch(name or ""):
-        return name
-    return ascii(name[:32])
+#: How a name that is not an account's is recorded (it may be a password
+#: typed in the wrong place): as OpenSSH logs an invalid user, minus the name.
+UNKNOWN_USER = "<unknown user>"
 
 
 def check_username(name: str):
@@ -104,8 +100,9 @@ class AccountService:
         ok = yield self.verify(password[:MAX_PASSWORD],
                                account.password_hash if account else self._dummy)
         if account is None or not ok:
-            self.log.info("failed login for {user}", user=loggable_name(name))
-            raise BadCredentials("bad credentials")
+            known = account.name if account is not None else None
+            self.log.info("failed login for {user}", user=known or UNKNOWN_USER)
+            raise BadCredentials("bad credentials", account=known)
         return account
 
     @defer.inlineCallbacks

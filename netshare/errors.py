@@ -87,8 +87,20 @@ class PermissionDenied(NetshareError):
 
 
 class BadCredentials(NetshareError):
+    """
+    535.  C{account}: the name of the existing account the attempt was
+    about, or None when no account has that name.  What was typed as a name
+    is recorded in history and logs only when it is an account's name: a
+    password typed in the wrong place (C{LOGIN <password>}, swapped
+    arguments, the manhole's C{Username:} prompt) is never written down.
+    """
+
     code = 535
     default_text = "bad credentials"
+
+    def __init__(self, text=None, code=None, account=None):
+        super().__init__(text, code)
+        self.account = account
 
 
 class NotFound(NetshareError):

@@ -40,7 +40,8 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
-from netshare.accounts import loggable_name
+from netshare.accounts import UNKNOWN_USER
+from netshare.errors import BadCredentials
 from netshare.listener import Listener, RefusedAddress
 from netshare.protocols.base import ConnectionLimits, ServiceStats
 from netshare.wire import now_ms
@@ -110,11 +111,22 @@ class AdminPasswordChecker:
         password = creds.password.decode("utf-8", "replace")[:MAX_FIELD]
         try:
             account = yield self.accounts.authenticate(name, password)
+        except BadCredentials as e:
+            raise _Refused("bad credentials", e.account) from None
         except Exception:
-            raise cred_error.UnauthorizedLogin("bad credentials") from None
+            raise _Refused("bad credentials", None) from None
         if not account.is_admin:
-            raise cred_error.UnauthorizedLogin("not an admin")
+            raise _Refused("not an admin", account.name)
         return account.name.encode("utf-8")
+
+
+class _Refused(cred_error.UnauthorizedLogin):
+    """A refused manhole login, with the existing account's name if the
+    attempt named one (else None: the typed name is never recorded)."""
+
+    def __init__(self, why, account):
+        super().__init__(why)
+        self.account = account
 
 
 @implementer(ICredentialsChecker)
@@ -235,8 +247,9 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
                        errbackArgs=(username,))
         return "Discard"
 
-    def _record(self, username, code):
-        name = loggable_name(username.decode("utf-8", "replace"))
+    def _record(self, name, code):
+        """Every attempt in the history, the name only if it is an account's."""
+        name = name or UNKNOWN_USER
         self.runtime.history.record(now_ms(), SERVICE, name if code == 230 else None,
                                     self.peer, "LOGIN %s ***" % (name,), code)
         self.log.info("manhole login {user} -> {code}", service=SERVICE, user=name,
@@ -244,7 +257,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
 
     def _ok(self, ial, username):
         self.transport.admin = getattr(ial[1], "admin", None)
-        self._record(username, 230)
+        self._record(self.transport.admin, 230)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.stats.commands += 1
@@ -254,7 +267,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
     def _failed(self, failure, username):
         self.failures += 1
         self.stats.login_failures += 1
-        self._record(username, 535)
+        self._record(getattr(failure.value, "account", None), 535)
         yield task.deferLater(self.runtime.reactor, self.runtime.config.login_failure_delay,
                               lambda: None)
         if not self.transport.connected:

@@ -194,6 +194,39 @@ def test_history_ownership_delete_and_clear(db_runtime):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_password_typed_as_the_user_name_is_never_recorded(make_runtime, capsys):
+    """A password given as the name (alone, swapped with the name, for a
+    name that is no account) reaches neither the history, nor the JSON log,
+    nor the console; a failed login records a name only when an account has
+    it, else C{<unknown user>}."""
+    rt = make_runtime(registration="open", max_login_failures=10, login_failure_delay=0)
+    yield add_account(rt, "alice", "Sekret-Alice-1")
+    srv = yield listen(rt, CommandProtocol)
+    c = yield srv.raw()
+    assert (yield c.cmd("LOGIN Sekret-Alice-1"))[0].startswith("501 ")           # alone
+    assert (yield c.cmd("LOGIN Sekret-Alice-1 alice")) == ["535 bad credentials"]  # swapped
+    assert (yield c.cmd("LOGIN SekretTypo4 Sekret-Typo-4")) == ["535 bad credentials"]
+    assert (yield c.cmd("LOGIN alice Sekret-Typo-4")) == ["535 bad credentials"]
+    assert (yield c.cmd("REGISTER Sekret-Reg-5 carol"))[0].startswith("553 ")   # swapped
+    assert (yield c.cmd("REGISTER alice Sekret-Reg-5"))[0].startswith("555 ")
+    boss = yield _admin(rt, srv)
+    lines = yield boss.cmd("HISTORY user=- limit=20")
+    assert_no_secret("\n".join(lines))
+    assert "SekretTypo4" not in "\n".join(lines)   # a valid name, but no account's
+    assert [(e["command"], e["code"]) for e in history(lines)] == [
+        ("REGISTER alice ***", 555), ("REGISTER <unknown user> ***", 553),
+        ("LOGIN alice ***", 535), ("LOGIN <unknown user> ***", 535),
+        ("LOGIN <unknown user> ***", 535), ("LOGIN ***", 501)]
+    yield stop_runtime(rt)
+    with open(os.path.join(rt.config.data, "logs", "netshare.jsonl"), encoding="utf-8") as f:
+        logged = f.read()
+    out = capsys.readouterr()
+    for text in (logged, out.out + out.err):
+        assert_no_secret(text)
+        assert "SekretTypo4" not in text
+
+
+@pytest_twisted.inlineCallbacks
 def test_json_log_is_one_object_per_line_without_passwords(make_runtime):
     rt = make_runtime()
     yield add_account(rt, "alice", "Sekret-Alice-1")

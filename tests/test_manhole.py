@@ -103,6 +103,28 @@ def test_three_failures_close_and_are_recorded(server):
         s.close()
 
 
+def test_a_password_typed_at_the_username_prompt_is_never_recorded(server):
+    c = TelnetClient(server.ports["manhole"])
+    try:
+        c.login("Sekret-Manhole-7", "whatever")
+        c.expect(rb"Authentication failed")
+    finally:
+        c.close()
+    s = TelnetClient(server.ports["manhole"])
+    try:
+        s.login("admin", server.admin_password)
+        s.expect(rb">>> ")
+        s.send("history('-', 5)")
+        text = s.expect(rb"called back: \[.*'service': 'manhole'.*\]")
+        assert b"'command': 'LOGIN <unknown user> ***', 'code': 535" in text
+    finally:
+        s.close()
+    assert b"Sekret-Manhole-7" not in s.text
+    assert "Sekret-Manhole-7" not in server.output()
+    with open(os.path.join(server.data, "logs", "netshare.jsonl"), encoding="utf-8") as f:
+        assert "Sekret-Manhole-7" not in f.read()
+
+
 def _non_loopback_address():
     """An address of this machine that is not loopback, or None."""
     try:

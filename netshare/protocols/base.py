@@ -48,8 +48,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from netshare import __version__
-from netshare.errors import (BadArguments, BadSequence, ClosingConnection, LoginRequired,
-                             NetshareError, SyntaxError_, TemporaryError)
+from netshare.accounts import UNKNOWN_USER
+from netshare.errors import (BadArguments, BadSequence, ClosingConnection, Conflict,
+                             LoginRequired, NetshareError, SyntaxError_, TemporaryError)
 from netshare.wire import dumps, now_ms
 
 CRLF = b"\r\n"
@@ -196,21 +197,21 @@ def parse_int(text, name, lo=0, hi=None):
 def redact(verb, words):
     """The command as recorded in history and logs: no password anywhere.
 
-    For LOGIN and REGISTER every word after the user name is hidden (an
-    unquoted password with spaces is several words)."""
+    C{LOGIN} and C{REGISTER} are recorded without any argument here: a user
+    name may be a password typed in the wrong place (C{LOGIN <password>},
+    swapped arguments), so their handlers record the name only once it is
+    known to be an account's (L{CommandProtocol.recordAs}).  Elsewhere a
+    C{password=} option is masked."""
+    if verb in ("LOGIN", "REGISTER"):
+        return verb + " ***" if words else verb
     out = []
-    for i, w in enumerate(words):
+    for w in words:
         key, sep, _ = w.partition("=")
-        if verb in ("LOGIN", "REGISTER") and i >= 1:
-            if i == 1:
-                out.append("***")
-        elif sep and key.lower() in SECRET_OPTIONS:
+        if sep and key.lower() in SECRET_OPTIONS:
             out.append(key + "=***")
         else:
-            out.append(w)
-    return escape_controls(" ".join(
-        [verb] + [shlex.quote(w) if w != "***" and not w.endswith("=***") else w
-                  for w in out]))
+            out.append(shlex.quote(w))
+    return escape_controls(" ".join([verb] + out))
 
 
 # --- the output side ------------------------------------------------------
@@ -788,9 +789,18 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             raise BadArguments("usage: LOGIN <user> <password>")
         return self.authenticate(args[0], args[1])
 
+    def recordAs(self, command: str):
+        """Record the command in progress as C{command} (escaped) instead of
+        what the parser made of it: for handlers that learn only while they
+        run what may be written down (the user name of a LOGIN)."""
+        if self._current is not None:
+            self._current.recorded = escape_controls(command)
+
     @defer.inlineCallbacks
     def authenticate(self, name, password):
-        """Check an account password; throttle and count failures."""
+        """Check an account password; throttle and count failures.  The
+        name is recorded only if it is an account's (L{UNKNOWN_USER}
+        otherwise)."""
         if self.account is not None:
             raise BadSequence("already logged in as %s" % (self.account.name,))
         try:
@@ -798,8 +808,10 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         except NetshareError as e:
             if e.code != 535:
                 raise
+            self.recordAs("LOGIN %s ***" % (getattr(e, "account", None) or UNKNOWN_USER,))
             yield self.loginFailed()
             raise
+        self.recordAs("LOGIN %s ***" % (account.name,))
         self.account = account
         self.loggedIn()
         return Reply(230, "logged in as %s (%s)" % (account.name, account.role))
@@ -821,7 +833,15 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
     def cmd_REGISTER(self, args):
         if len(args) != 2:
             raise BadArguments("usage: REGISTER <user> <password>")
-        account = yield self.runtime.accounts.register(args[0], args[1])
+        try:
+            account = yield self.runtime.accounts.register(args[0], args[1])
+        except Conflict:
+            self.recordAs("REGISTER %s ***" % (args[0],))   # an existing account's name
+            raise
+        except NetshareError:
+            self.recordAs("REGISTER %s ***" % (UNKNOWN_USER,))
+            raise
+        self.recordAs("REGISTER %s ***" % (account.name,))
         return Reply(201, "registered %s" % (account.name,))
 
     def cmd_HISTORY(self, args):

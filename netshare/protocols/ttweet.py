@@ -53,6 +53,7 @@ from twisted.logger import Logger
 
 from netshare import ttweet
 from netshare.errors import BadArguments, BadCredentials, BadSequence, Conflict, NetshareError
+from netshare.accounts import UNKNOWN_USER
 from netshare.protocols.base import CommandFactory, CommandProtocol, Listing, Reply
 from netshare.storage.tweets import TweetStore
 
@@ -176,8 +177,12 @@ class TtweetProtocol(CommandProtocol):
             raise BadArguments("usage: LOGIN <user> [password]")
         if self.username is not None:
             raise BadSequence("already logged in as %s" % (self.username,))
+        # The name goes into the history only once it is known to be an
+        # account's or a guest's (a password typed as the name must not).
+        self.recordAs("LOGIN %s%s" % (UNKNOWN_USER, " ***" if len(args) == 2 else ""))
         name = ttweet.check_username(args[0])
         if self.hub.is_online(name):
+            self.recordAs("LOGIN %s%s" % (name, " ***" if len(args) == 2 else ""))
             raise Conflict("username illegal")
         if len(args) == 2:
             return self.authenticate(name, args[1])
@@ -187,11 +192,13 @@ class TtweetProtocol(CommandProtocol):
     def _guestLogin(self, name):
         account = yield self.runtime.accounts.store.get(name)
         if account is not None:
+            self.recordAs("LOGIN %s" % (account.name,))
             yield self.loginFailed()
             raise BadCredentials("%s is registered: password required" % (account.name,))
         if self.username is not None or self._gone:
             raise BadSequence("already logged in")
         self._enterHub(name, registered=False)
+        self.recordAs("LOGIN %s" % (name,))
         self.log.info("guest {user} logged in", service=self.service, user=name, peer=self.peer)
         return Reply(230, "logged in as %s (guest)" % (name,))
 
