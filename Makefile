@@ -22,9 +22,11 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# A local try-out: REGISTER is open (the server's default is closed).
 run: $(STAMP)
 	@test -d $(DATA) || $(VENV)/bin/netshare init --data $(DATA)
-	exec $(VENV)/bin/twistd --pidfile= -n netshare --data $(DATA)
+	@echo "make run: registration is open (anyone may REGISTER); the default is --registration closed"
+	exec $(VENV)/bin/twistd --pidfile= -n netshare --data $(DATA) --registration open
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -408,7 +408,7 @@ def main(argv=None):
     base = tempfile.mkdtemp(prefix="netshare-fuzz-")
     env = {"NETSHARE_SCRYPT_N": "1024", "NETSHARE_LOGIN_FAILURE_DELAY": "0.01",
            "NETSHARE_MAX_FILE_SIZE": "64KiB", "NETSHARE_USER_QUOTA": "16MiB",
-           "NETSHARE_IDLE_TIMEOUT": "60"}
+           "NETSHARE_IDLE_TIMEOUT": "60", "NETSHARE_REGISTRATION": "open"}
     srv = ServerProcess(os.path.join(base, "data"), db=args.db, admin_password=ADMIN_PASSWORD,
                         env_extra=env)
     srv.start()

@@ -144,7 +144,7 @@ class Bench:
                 "--pidfile=", "-n", "netshare", "--data", self.data, "--db", self.db,
                 "--personnel", "tcp:%d:interface=%s" % (self.port, LOOPBACK),
                 "--files", "none", "--ttweet", "none", "--manhole", "none",
-                "--sync-page", str(self.args.sync_page)]
+                "--sync-page", str(self.args.sync_page), "--registration", "open"]
         self.server = subprocess.Popen(args, cwd=ROOT, env=child_env(), stdout=out,
                                        stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -189,8 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
       "connection must not hang clients)"),
     S("sqlite_synchronous", "netshare", "sqlite_synchronous", choice("full", "normal", "extra"),
       "full", "SQLite synchronous pragma (full: an acknowledged write survives power loss)"),
-    S("registration", "netshare", "registration", choice("open", "closed"), "open",
-      "whether REGISTER creates accounts"),
+    S("registration", "netshare", "registration", choice("open", "closed"), "closed",
+      "whether REGISTER creates accounts (closed: an operator creates them, with "
+      "`netshare user add` or the manhole)"),
     S("log_format", "netshare", "log_format", choice("text", "json"), "text",
       "console log format"),
     S("log_max_bytes", "netshare", "log_max_bytes", size, "10MiB",

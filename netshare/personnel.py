@@ -165,6 +165,29 @@ def check_search_text(text: str) -> str:
     return text
 
 
+def mask_ssn(ssn: str) -> str:
+    """The last four characters of an ssn, the rest replaced by C{*}
+    (C{123-45-6789} -> C{*******6789}); an ssn of four characters or fewer
+    is all C{*}: its last four would be all of it."""
+    if len(ssn) <= 4:
+        return "*" * len(ssn)
+    return "*" * (len(ssn) - 4) + ssn[-4:]
+
+
+def directory_view(person) -> dict:
+    """What a non-admin account reads of a person (PROTOCOL.md section 4):
+    name, surname and job, the ssn masked, no salary."""
+    out = person.to_wire()
+    out["ssn"] = mask_ssn(person.ssn)
+    out["salary"] = None
+    return out
+
+
+def full_view(person) -> dict:
+    """What an admin, the operator shell and a sync stream get: everything."""
+    return person.to_wire()
+
+
 def push_line(message) -> str | None:
     """The C{61x} push for an outbox message (without the line end)."""
     code = PUSH_CODES.get(message.action)
@@ -442,16 +465,22 @@ class PersonnelService:
     # -- the roster ---------------------------------------------------------
 
     @_deferred
-    def list(self, text: str | None = None, limit=None, offset=None):
+    def list(self, text: str | None = None, limit=None, offset=None, full: bool = True):
+        """LIST.  C{full}: the whole record (admins, the operator shell);
+        otherwise the directory view (L{directory_view}), and the search
+        text matches name, surname and job only: matching it against the
+        ssn would let a substring search read the ssn back digit by digit."""
         offset = parse_int(offset, "offset") if offset is not None else 0
         if text:
             check_search_text(text)
-        d = self.store.list(text or None, self._limit(limit), offset)
-        return d.addCallback(lambda persons: [p.to_wire() for p in persons])
+        d = self.store.list(text or None, self._limit(limit), offset, search_ssn=full)
+        view = full_view if full else directory_view
+        return d.addCallback(lambda persons: [view(p) for p in persons])
 
     @_deferred
-    def get(self, ssn: str):
-        return self.store.get(check_ssn(ssn)).addCallback(lambda p: p.to_wire())
+    def get(self, ssn: str, full: bool = True):
+        view = full_view if full else directory_view
+        return self.store.get(check_ssn(ssn)).addCallback(view)
 
     @_deferred
     def add(self, fields: dict):

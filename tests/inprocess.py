@@ -47,8 +47,10 @@ from netshare import config as configmod
 from netshare.client import connect as client_connect
 from netshare.protocols.base import CommandFactory, CommandProtocol
 
-#: Cheap hashing and quick batching for tests (documented settings).
-FAST = dict(scrypt_n=1024, file_scrypt_n=1024, history_flush=0.05, shutdown_timeout=3.0)
+#: Cheap hashing and quick batching for tests (documented settings), and
+#: REGISTER open (the server's default is closed; a test sets it to check).
+FAST = dict(scrypt_n=1024, file_scrypt_n=1024, history_flush=0.05, shutdown_timeout=3.0,
+            registration="open")
 #: Every built-in listener off: tests listen what they need with L{listen}.
 NO_LISTENERS = dict(personnel=None, files=None, ttweet=None, manhole=None, manhole_ssh=None)
 TIMEOUT = 10

@@ -36,7 +36,7 @@ INI = """\
 [netshare]
 idle_timeout = 30
 max_output = 2MiB
-registration = closed
+registration = open
 scrypt_n = 4096
 
 [files]
@@ -57,7 +57,7 @@ def test_defaults():
     assert cfg.max_line == 4096
     assert cfg.max_connections == 1000 and cfg.max_per_ip == 100
     assert cfg.max_login_failures == 3 and cfg.login_failure_delay == 1.0
-    assert cfg.registration == "open"
+    assert cfg.registration == "closed"
     assert (cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p) == (2**17, 8, 1)
     assert cfg.config_file is None
     # every setting has a default that its own parser accepts
@@ -71,7 +71,7 @@ def test_config_file_beats_default(tmp_path):
     assert cfg.idle_timeout == 30.0
     assert cfg.max_output == 2 * 2**20
     assert cfg.files == "tcp:9102:interface=127.0.0.1"
-    assert cfg.registration == "closed"
+    assert cfg.registration == "open"
     # the same key in two sections is two settings
     assert cfg.scrypt_n == 4096 and cfg.file_scrypt_n == 2048
     assert cfg.config_file == ini
@@ -86,19 +86,19 @@ def test_environment_beats_config_file(tmp_path):
     assert cfg.idle_timeout == 12.5
     assert cfg.max_output == 64 * 1024
     assert cfg.files == "tcp:9202:interface=127.0.0.1"
-    assert cfg.registration == "closed"  # from the file: no env for it
+    assert cfg.registration == "open"  # from the file: no env for it
 
 
 def test_option_beats_environment(tmp_path):
     ini = write_ini(tmp_path / "n.ini", INI)
     environ = {"NETSHARE_IDLE_TIMEOUT": "12.5", "NETSHARE_MAX_OUTPUT": "64KiB",
-               "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1", "NETSHARE_REGISTRATION": "open"}
+               "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1", "NETSHARE_REGISTRATION": "closed"}
     cli = {"idle_timeout": "7", "max_output": "100", "files": "none", "registration": None}
     cfg = C.build(cli, environ=environ, config_file=ini)
     assert cfg.idle_timeout == 7.0
     assert cfg.max_output == 100
     assert cfg.files is None  # "none" disables the listener
-    assert cfg.registration == "open"  # None on the command line means "not given"
+    assert cfg.registration == "closed"  # None on the command line means "not given"
 
 
 def test_config_file_named_by_environment(tmp_path):
@@ -258,7 +258,7 @@ def test_options_parse(clean_environ, tmp_path):
     cfg = o.netshareConfig
     assert cfg.idle_timeout == 9.0          # option
     assert cfg.max_line == 2048             # environment
-    assert cfg.registration == "closed"     # config file
+    assert cfg.registration == "open"       # config file
     assert cfg.max_per_ip == 100            # default
     assert cfg.files is None and cfg.max_output == 3 * 2**20
     assert cfg.data == str(tmp_path / "d")

@@ -42,7 +42,7 @@ MiB = 1024 * 1024
 PW = {"admin": "adminpw", "alice": "pw-alice", "bob": "pw-bob", "carol": "pw-carol",
       "dave": "pw-dave", "erin": "pw-erin"}
 MODULE_ARGS = ["--max-file-size", "32MiB", "--user-quota", "40MiB",
-               "--login-failure-delay", "0.05"]
+               "--login-failure-delay", "0.05", "--registration", "open"]
 
 
 def sha(data):

@@ -224,11 +224,41 @@ def test_roster_commands_and_literal_text(server):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_user_reads_the_directory_view_and_an_admin_or_sync_stream_the_record(server):
+    """Non-admins read name, surname and job, the ssn masked to its last four
+    characters and no salary, and cannot search by ssn; admins and sync
+    streams (what an admin sent to that client) get the whole record."""
+    admin = yield server.client("admin")
+    assert (yield cmd(admin, "ADD", "ssn=123-45-6789", "name=Ada", "surname=Lovelace",
+                      "job=engineer", "salary=120000")).code == 201
+    assert (yield cmd(admin, "ADD", "ssn=X12", "name=Short", "surname=Ssn")).code == 201
+    alice = yield server.client("alice")
+    (ada, short) = (yield cmd(alice, "LIST")).items
+    assert (ada["ssn"], ada["salary"], ada["name"], ada["job"]) == ("*******6789", None, "Ada",
+                                                                  "engineer")
+    assert (short["ssn"], short["salary"]) == ("***", None)
+    got = (yield cmd(alice, "GET", "123-45-6789")).obj
+    assert (got["ssn"], got["salary"]) == ("*******6789", None)
+    assert "120000" not in json.dumps((yield cmd(alice, "LIST", "Ada")).items)
+    for needle in ("123-4", "45-67", "6789"):      # no searching by ssn
+        assert (yield cmd(alice, "LIST", needle)).items == []
+    assert [p["ssn"] for p in (yield cmd(admin, "LIST", "45-67")).items] == ["123-45-6789"]
+    full = (yield cmd(admin, "GET", "123-45-6789")).obj
+    assert (full["ssn"], full["salary"]) == ("123-45-6789", "120000")
+    pushes = Pushes(alice)
+    assert (yield cmd(alice, "SYNC")).line == "200 syncing"
+    assert (yield cmd(admin, "SEND", "123-45-6789", "alice")).line == "200 queued 1"
+    yield until(lambda: pushes.items)
+    record = pushes.items[0][3]
+    assert (record["ssn"], record["salary"]) == ("123-45-6789", "120000")
+
+
+@pytest_twisted.inlineCallbacks
 def test_user_reads_and_syncs_but_gets_531_for_every_write(server):
     admin = yield server.client("admin")
     yield add_people(admin, 2)
     alice = yield server.client("alice")
-    assert [p["ssn"] for p in (yield cmd(alice, "LIST")).items] == ["p1", "p2"]
+    assert [p["name"] for p in (yield cmd(alice, "LIST")).items] == ["N1", "N2"]
     assert (yield cmd(alice, "GET", "p1")).obj["name"] == "N1"
     for verb, line in ADMIN_VERBS:
         r = yield alice.command(line)

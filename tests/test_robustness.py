@@ -67,7 +67,7 @@ pytestmark = pytest.mark.timeout(180)
 IDLE = 2.0
 MiB = 2**20
 PW = {"admin": "adminpw", "alice": "pw-alice", "syncer": "pw-syncer"}
-SERVER_ARGS = ["--idle-timeout", str(IDLE), "--login-failure-delay", "0.05",
+SERVER_ARGS = ["--idle-timeout", str(IDLE), "--login-failure-delay", "0.05", "--registration", "open",
                "--max-file-size", "8MiB"]
 C0 = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -66,12 +66,13 @@ class PersonnelProtocol(CommandProtocol):
 
     def cmd_LIST(self, args):
         pos, opts = split_options(args, allowed=("limit", "offset"), positional=(0, 1))
-        d = self.app.list(pos[0] if pos else None, opts.get("limit"), opts.get("offset"))
+        d = self.app.list(pos[0] if pos else None, opts.get("limit"), opts.get("offset"),
+                          full=self.account.is_admin)
         return d.addCallback(Listing)
 
     def cmd_GET(self, args):
         pos, _ = split_options(args, positional=(1, 1))
-        return self.app.get(pos[0]).addCallback(ObjectReply)
+        return self.app.get(pos[0], full=self.account.is_admin).addCallback(ObjectReply)
 
     # -- writing (admin)
 

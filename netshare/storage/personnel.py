@@ -263,10 +263,11 @@ def _insert_ignore(conn, table, values: dict):
 # The roster
 
 
-def thd_list_persons(conn, text: str | None = None, limit=None, offset=None) -> list[Person]:
+def thd_list_persons(conn, text: str | None = None, limit=None, offset=None,
+                     search_ssn: bool = True) -> list[Person]:
     """
-    Persons ordered by ssn; C{text} matches a substring of ssn, name, surname
-    or job, case-insensitively.
+    Persons ordered by ssn; C{text} matches a substring of name, surname,
+    job and (with C{search_ssn}) ssn, case-insensitively.
 
     The needle is bound and C{LIKE}-escaped (C{autoescape}), so C{%}, C{_}
     and the escape character itself match literally.  Case folding is done
@@ -277,7 +278,8 @@ def thd_list_persons(conn, text: str | None = None, limit=None, offset=None) -> 
     q = sa.select(personnel).order_by(personnel.c.ssn)
     if text:
         needle = text.lower()
-        cols = [personnel.c[col] for col in ("ssn", "name", "surname", "job")]
+        cols = [personnel.c[col] for col in (("ssn",) if search_ssn else ()) + ("name", "surname",
+                                                                               "job")]
         matches = [sa.func.lower(c).contains(needle, autoescape=True) for c in cols]
         if needle != text:
             matches += [c.contains(text, autoescape=True) for c in cols]
@@ -618,8 +620,8 @@ class PersonnelStore:
     def __init__(self, pool):
         self.pool = pool
 
-    def list(self, text=None, limit=None, offset=None):
-        return self.pool.run(thd_list_persons, text, limit, offset)
+    def list(self, text=None, limit=None, offset=None, search_ssn=True):
+        return self.pool.run(thd_list_persons, text, limit, offset, search_ssn)
 
     def count(self):
         return self.pool.run(thd_count_persons)
