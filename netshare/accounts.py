@@ -15,6 +15,8 @@ import base64
 import hmac
 import os
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,6 +25,30 @@ from netshare.errors import BadArguments, BadCredentials, NameNotAllowed, Permis
 from netshare.kdf import scrypt
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """
+    Who is asking, as the services see it: the logged-in account (None
+    before login and for a ttweet guest) and the client's address (what
+    guessing limits are kept per, besides the account).
+    """
+
+    account: Any
+    address: str
+
+    @property
+    def id(self):
+        return self.account.id if self.account is not None else None
+
+    @property
+    def name(self):
+        return self.account.name if self.account is not None else None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.account is not None and self.account.is_admin
 ROLES = ("admin", "user")
 MAX_PASSWORD = 128
 
@@ -76,6 +102,10 @@ class AccountService:
         self.params = (n, r, p)
         self.registration_open = registration_open
         self._dummy = format_hash(n, r, p, b"\0" * 16, b"\0" * 32)
+        #: Called with the L{RemovedAccount} after an account is removed
+        #: (the files service unlinks the blobs, the server closes the
+        #: account's connections).
+        self.removal_listeners = []
 
     @defer.inlineCallbacks
     def hash_password(self, password: str):
@@ -106,19 +136,21 @@ class AccountService:
         return account
 
     @defer.inlineCallbacks
-    def register(self, name: str, password: str):
+    def register(self, name: str, password: str, journal=None):
         if not self.registration_open:
             raise PermissionDenied("registration is closed")
-        return (yield self.add(name, password, "user"))
+        return (yield self.add(name, password, "user", journal=journal))
 
     @defer.inlineCallbacks
-    def add(self, name: str, password: str, role: str = "user"):
+    def add(self, name: str, password: str, role: str = "user", journal=None):
+        """Create an account.  C{journal}: the history row of the command
+        that creates it, written in the same transaction."""
         check_username(name)
         check_password(password)
         if role not in ROLES:
             raise BadArguments("role must be admin or user")
         hashed = yield self.hash_password(password)
-        account = yield self.store.create(name, role, hashed)
+        account = yield self.store.create(name, role, hashed, journal=journal)
         self.log.info("account {user} created ({role})", user=name, role=role)
         return account
 
@@ -128,8 +160,93 @@ class AccountService:
         hashed = yield self.hash_password(password)
         yield self.store.set_password(name, hashed)
 
-    def remove(self, name: str):
-        return self.store.remove(name)
+    def remove(self, name: str, transfer_to: str | None = None):
+        """
+        Remove an account; what becomes of what it owned is decided in one
+        transaction (L{netshare.storage.accounts.thd_remove}), then every
+        removal listener is told.  @return: Deferred[RemovedAccount].
+        """
+        d = self.store.remove(name, transfer_to)
+        d.addCallback(self._removed)
+        return d
+
+    def _removed(self, removed):
+        self.log.info("account {user} removed: {files} files deleted, {moved} given away, "
+                      "{messages} pending sync records dropped", user=removed.account.name,
+                      files=removed.files_deleted, moved=removed.files_transferred,
+                      messages=removed.sync_messages_deleted)
+        for listener in list(self.removal_listeners):
+            try:
+                listener(removed)
+            except Exception:
+                self.log.failure("after removing account {user}", user=removed.account.name)
+        return removed
 
     def list(self):
         return self.store.list()
+
+
+class AccountWatch:
+    """
+    Closes the connections of accounts that were removed while logged in.
+
+    An account removed in this process (the manhole) is handled at once, by
+    L{AccountService.removal_listeners}; one removed from outside (C{netshare
+    user remove} is another process) is found here, every C{interval}
+    seconds, by asking the database which of the logged-in accounts still
+    exist.
+
+    @param connections: returns the live connections; each has C{account}
+        (an L{Account} or None) and C{accountRemoved()}.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, clock, interval: float, connections):
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.connections = connections
+        self._loop = None
+
+    def start(self):
+        if self.interval and self._loop is None:
+            from twisted.internet.task import LoopingCall
+            self._loop = LoopingCall(self.check)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval, now=False).addErrback(
+                lambda f: self.log.failure("account watch stopped", f))
+
+    def stop(self):
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    @defer.inlineCallbacks
+    def check(self):
+        """@return: Deferred[int] how many connections were closed."""
+        live = [c for c in self.connections() if getattr(c, "account", None) is not None]
+        if not live:
+            return 0
+        try:
+            existing = yield self.store.existing_ids({c.account.id for c in live})
+        except Exception as e:
+            self.log.warn("account watch: cannot check accounts now: {error}",
+                          error=str(e)[:200])
+            return 0
+        return self.close(c for c in live if c.account.id not in existing)
+
+    def closeAccount(self, account_id: int) -> int:
+        """Close the connections of one account (just removed here)."""
+        return self.close(c for c in self.connections()
+                          if getattr(c, "account", None) is not None
+                          and c.account.id == account_id)
+
+    def close(self, connections) -> int:
+        n = 0
+        for c in connections:
+            self.log.info("closing {peer}: account {user} was removed",
+                          peer=getattr(c, "peer", "?"), user=c.account.name)
+            c.accountRemoved()
+            n += 1
+        return n

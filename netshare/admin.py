@@ -23,7 +23,9 @@ class Helpers:
     def __init__(self, runtime, user):
         self.runtime = runtime
         self.user = user
-        self._caller = Account(user, "admin", "", 0)
+        # History helpers take an explicit view (a name, "-" or "*"): the
+        # admin's view, which needs no account id.
+        self._caller = Account(0, user, "admin", "", 0)
 
     # -- overview
 
@@ -121,9 +123,15 @@ class Helpers:
         """Set an account's password."""
         return self.runtime.accounts.passwd(name, password).addCallback(lambda _: "ok")
 
-    def account_remove(self, name):
-        """Delete an account."""
-        return self.runtime.accounts.remove(name).addCallback(lambda _: "removed")
+    def account_remove(self, name, transfer_files_to=None):
+        """Remove an account: its files are deleted (or given to the account
+        transfer_files_to), its timeline and pending sync records dropped,
+        its history kept for admins; its connections are closed."""
+        d = self.runtime.accounts.remove(name, transfer_files_to)
+        return d.addCallback(lambda r: {
+            "removed": r.account.name, "files_deleted": r.files_deleted,
+            "files_transferred": r.files_transferred, "timeline_deleted": r.timeline_deleted,
+            "sync_messages_deleted": r.sync_messages_deleted})
 
     # -- history
 

@@ -44,8 +44,13 @@ def build_parser():
     add.add_argument("--admin", action="store_true", help="role admin (default: user)")
     pw = usub.add_parser("passwd", parents=[common], help="set an account's password")
     pw.add_argument("name")
-    rm = usub.add_parser("remove", parents=[common], help="delete an account")
+    rm = usub.add_parser("remove", parents=[common],
+                         help="remove an account: its files are deleted (or given to another "
+                              "account), its timeline and pending sync records dropped, its "
+                              "history kept for admins until the retention period")
     rm.add_argument("name")
+    rm.add_argument("--transfer-files-to", metavar="ACCOUNT",
+                    help="give the account's files to ACCOUNT instead of deleting them")
     usub.add_parser("list", parents=[common], help="list accounts")
     db = sub.add_parser("db", parents=[common], help="database schema")
     dsub = db.add_subparsers(dest="action", required=True)
@@ -80,7 +85,7 @@ def _read_password(prompt="Password: "):
 def cmd_init(args, cfg, out):
     from netshare.accounts import check_password, hash_password_sync
     from netshare.storage import migrate
-    from netshare.storage.accounts import thd_count, thd_create, thd_get
+    from netshare.storage.accounts import thd_create, thd_get
     from netshare.tls import make_self_signed, make_ssh_host_key
 
     if args.admin_password is not None:
@@ -172,9 +177,15 @@ def cmd_user(args, cfg, out):
                     out.write("%-32s %s\n" % (a.name, a.role))
                 return 0
             if args.action == "remove":
-                st.thd_remove(conn, args.name)
-                out.write("removed %s\n" % args.name)
-                return 0
+                removed = st.thd_remove(conn, args.name, args.transfer_files_to)
+        if args.action == "remove":
+            _unlink_blobs(cfg, removed.blob_ids)   # only once the removal has committed
+            files = ("%d given to %s" % (removed.files_transferred, args.transfer_files_to)
+                     if args.transfer_files_to else "%d deleted" % removed.files_deleted)
+            out.write("removed %s (files: %s; pending sync records: %d dropped; history kept "
+                      "for admins)\n" % (removed.account.name, files,
+                                          removed.sync_messages_deleted))
+            return 0
         check_username(args.name)
         password = _read_password("Password for %s: " % args.name)
         check_password(password)
@@ -191,6 +202,20 @@ def cmd_user(args, cfg, out):
         raise SystemExit("netshare: %s" % e.text)
     finally:
         engine.dispose()
+
+
+def _unlink_blobs(cfg, blob_ids):
+    """Remove the content of files whose rows are gone (a missing blob
+    directory or file is fine: a server's start-up also collects orphans)."""
+    if not blob_ids:
+        return
+    from netshare.files import BlobStore
+    root = os.path.join(cfg.data, "files")
+    if not os.path.isdir(root):
+        return
+    blobs = BlobStore(root)
+    for blob_id in blob_ids:
+        blobs.unlink_now(blob_id)
 
 
 def cmd_db(args, cfg, out):

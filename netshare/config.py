@@ -95,6 +95,18 @@ def non_negative_seconds(text: str) -> float:
     return v
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """A span of time: C{90d}, C{12h}, C{30m}, C{45s} or plain seconds;
+    C{0} means never (keep forever, do not check)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]?)\s*", str(text))
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError("expected a duration such as 90d, 12h, 30m, 45s or 0")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
 def percent(text: str) -> float:
     try:
         v = float(str(text).strip())
@@ -218,6 +230,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("history_max", "netshare", "history_max", positive_int, "1000", "largest HISTORY limit="),
     S("history_flush", "netshare", "history_flush", seconds, "0.2",
       "request history is written in batches at most this often"),
+    S("history_retention", "netshare", "history_retention", duration, "90d",
+      "request history entries older than this are deleted (hidden or not; 0: never)"),
+    S("account_check", "netshare", "account_check", duration, "10s",
+      "how often connections of accounts removed from outside (netshare user remove) "
+      "are looked for and closed (0: never)"),
     # password hashing
     S("scrypt_n", "netshare", "scrypt_n", power_of_two, "131072",
       "scrypt cost N for account passwords (OWASP: 2**17)"),
@@ -254,6 +271,19 @@ SETTINGS: tuple[Setting, ...] = (
       "wrong file passwords before a user is locked out of that file"),
     S("file_lockout_seconds", "files", "lockout_seconds", seconds, "900",
       "window and duration of a file-password lockout"),
+    S("file_guesses_free", "files", "file_guesses_free", positive_int, "5",
+      "wrong passwords for one protected file from all accounts together before every "
+      "further try waits (2 s, doubling, at most --file-guesses-max-delay; then 429)"),
+    S("file_guesses_max_delay", "files", "file_guesses_max_delay", seconds, "180",
+      "the longest wait per try at a protected file's password (180 s: 20 tries an hour "
+      "for one file, whatever the number of accounts; its owner is not held up)"),
+    S("misses_free", "files", "misses_free", non_negative_int, "5",
+      "names not found (550 on INFO/CHECKSUM/DOWNLOAD) an account or address may try before "
+      "every further lookup waits (1 s, doubling, at most --misses-max-delay; then 429)"),
+    S("misses_max_delay", "files", "misses_max_delay", seconds, "30",
+      "the longest wait per lookup after repeated misses"),
+    S("misses_forget", "files", "misses_forget", seconds, "60",
+      "one recorded miss (or wrong file password) is forgotten per this many seconds"),
     # ttweet
     S("flood_burst", "ttweet", "flood_burst", positive_int, "50", "tweets allowed in a burst"),
     S("flood_rate", "ttweet", "flood_rate", positive_number, "20", "sustained tweets per second"),

@@ -140,7 +140,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -157,9 +157,9 @@ from netshare.errors import (
     LimitExceeded,
     NameNotAllowed,
     NotFound,
-    PermissionDenied,
     RateLimited,
 )
+from netshare.throttle import Penalties
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -1507,6 +1507,11 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
+    def unlink_now(self, blob_id: str) -> bool:
+        """Unlink a blob synchronously: for programs without a reactor (the
+        operator CLI), never for a server."""
+        return self._unlink(blob_id)
+
     def delete(self, blob_id: str) -> defer.Deferred:
         """
         Unlink a blob (in the worker).  Readers that already opened it keep
@@ -1555,18 +1560,43 @@ class PasswordLockout:
         self.lockout = lockout
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str], _Strikes] = OrderedDict()
+        self._inflight: dict = {}       # (user, key) -> attempts being checked now
         self._last_prune = clock.seconds()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def check(self, user: str, key: str) -> None:
-        """@raise RateLimited: (429) while C{user} is locked out of C{key}."""
+    def check(self, user, key: str) -> None:
+        """
+        @raise RateLimited: (429) while C{user} is locked out of C{key}, or
+            when its recent failures plus its attempts still in flight (see
+            L{begin}) already reach the limit: parallel attempts on several
+            connections cannot add up to more guesses than that.
+        """
         entry = self._entries.get((user, key))
         now = self.clock.seconds()
         if entry is not None and entry.locked_until > now:
             wait = int(math.ceil(entry.locked_until - now))
             raise RateLimited("too many wrong passwords for this file; try again in %d s" % wait)
+        inflight = self._inflight.get((user, key), 0)
+        if inflight:
+            recent = 0
+            if entry is not None:
+                recent = sum(1 for t in entry.times if t > now - self.window)
+            if recent + inflight >= self.max_failures:
+                raise RateLimited("too many password attempts for this file at once; "
+                                  "try again in a moment")
+
+    def begin(self, user, key: str) -> None:
+        """An attempt is being checked (L{end} when it is decided)."""
+        self._inflight[(user, key)] = self._inflight.get((user, key), 0) + 1
+
+    def end(self, user, key: str) -> None:
+        n = self._inflight.get((user, key), 0) - 1
+        if n > 0:
+            self._inflight[(user, key)] = n
+        else:
+            self._inflight.pop((user, key), None)
 
     def failure(self, user: str, key: str) -> bool:
         """Record a wrong password.  @return: whether the user is now locked out."""
@@ -1615,14 +1645,15 @@ class PendingUpload:
     sink: UploadSink
     name: str
     key: str
-    owner: str
+    owner: Any           # the uploader's Account
     size: int
     visibility: str | None
     replace: bool
 
-    def complete(self) -> defer.Deferred:
-        """@return: Deferred[FileRecord] once durable and recorded (226)."""
-        return defer.ensureDeferred(self.service._complete(self))
+    def complete(self, journal=None) -> defer.Deferred:
+        """@return: Deferred[FileRecord] once durable and recorded (226).
+        C{journal}: the UPLOAD's history row, written with the file's row."""
+        return defer.ensureDeferred(self.service._complete(self, journal))
 
     def abort(self) -> defer.Deferred:
         return self.sink.abort()
@@ -1648,22 +1679,66 @@ class PreparedDownload:
         return self.record.sha256
 
 
+@dataclass(frozen=True)
+class FileView:
+    """A file as one caller may see it: C{sha256} is None for a protected
+    file unless the caller owns it, is an admin or gave its password."""
+
+    record: Any
+    reveal_sha256: bool
+
+    @property
+    def sha256(self) -> str | None:
+        return self.record.sha256 if self.reveal_sha256 else None
+
+    def to_wire(self) -> dict:
+        return self.record.to_wire(reveal_sha256=self.reveal_sha256)
+
+
+class _NoPenalties:
+    """The L{Penalties} interface, limiting nothing (a file's owner)."""
+
+    free = 0
+
+    def attempt(self, *keys):
+        return 0.0
+
+    def succeeded(self, *keys):
+        pass
+
+    def failures(self, key):
+        return 0.0
+
+
+_NO_PENALTIES = _NoPenalties()
+
+
 class FilesService:
     """
     Decides every files command; the protocol only parses and replies.
+
+    Every method takes the L{netshare.accounts.Caller} asking (its account
+    decides ownership by id, its address keys the guessing limits).
 
     @param files: the metadata store (L{netshare.storage.files.FileStore}
         or anything with its methods).
     @param blobs: the L{BlobStore}.
     @param kdf: a C{KDFPool} (C{derive(password, salt, n, r, p, length)}).
     @param user_quota: bytes per user, 0 for unlimited.
+    @param misses: the L{Penalties} of names not found (C{550} on INFO,
+        CHECKSUM and DOWNLOAD), per account and per address: guessing the
+        name of a hidden file costs seconds per try after a few misses.
+    @param file_guesses: the L{Penalties} of wrong passwords per protected
+        file from every account together (on top of the per-account
+        L{PasswordLockout}), so extra accounts do not buy extra guesses.
     """
 
     log = Logger()
 
     def __init__(self, files, blobs: BlobStore, kdf, lockout: PasswordLockout | None = None,
                  max_file_size: int = 64 * GiB, user_quota: int = 100 * GiB,
-                 min_free_percent: float = 5.0, kdf_params: tuple = FILE_SCRYPT, clock=None):
+                 min_free_percent: float = 5.0, kdf_params: tuple = FILE_SCRYPT, clock=None,
+                 misses: Penalties | None = None, file_guesses: Penalties | None = None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.files = files
@@ -1671,6 +1746,11 @@ class FilesService:
         self.kdf = kdf
         self.clock = clock
         self.lockout = lockout if lockout is not None else PasswordLockout(clock)
+        self.misses = misses if misses is not None else Penalties(
+            clock, what="names not found")
+        self.file_guesses = file_guesses if file_guesses is not None else Penalties(
+            clock, base=2.0, max_delay=180.0, max_wait=360.0, decay=180.0,
+            what="wrong passwords for this file")
         self.max_file_size = max_file_size
         self.user_quota = user_quota
         self.min_free_percent = min_free_percent
@@ -1697,30 +1777,82 @@ class FilesService:
         orphans = await self.blobs.remove_orphans(known)
         return {"temporaries": swept, "orphans": orphans}
 
-    async def _lookup(self, name: str):
-        rec = await self.files.get(name_key(normalize_name(name)))
+    def forget_blobs(self, blob_ids) -> defer.Deferred:
+        """Unlink blobs whose rows are gone for good (a removed account's
+        files, deleted in the committed removal)."""
+        return defer.DeferredList([self.blobs.delete(b) for b in blob_ids])
+
+    # -- looking a name up, at the pace the guessing limits allow
+
+    def _miss_keys(self, caller):
+        return (("account", caller.id), ("address", caller.address))
+
+    async def _find(self, caller, name: str):
+        """
+        The record of C{name} for INFO, CHECKSUM and DOWNLOAD.  A caller that
+        missed too often waits first (every lookup, found or not, so the
+        answer time tells nothing) or gets C{429}; a miss counts.  Admins
+        are not slowed: they may list every hidden file anyway.
+        """
+        key = name_key(normalize_name(name))
+        if caller.is_admin:
+            rec = await self.files.get(key)
+        else:
+            keys = self._miss_keys(caller)
+            wait = self.misses.attempt(*keys)       # a miss until found
+            if wait:
+                await task.deferLater(self.clock, wait, lambda: None)
+            try:
+                rec = await self.files.get(key)
+            except BaseException:
+                self.misses.succeeded(*keys)        # not a miss: the database failed
+                raise
+            if rec is not None:
+                self.misses.succeeded(*keys)
+            elif max(self.misses.failures(k) for k in keys) == self.misses.free + 1:
+                self.log.warn("{user} from {address}: {n} names not found; every further "
+                              "lookup is slowed down", user=caller.name,
+                              address=caller.address, n=self.misses.free + 1)
         if rec is None:
             raise NotFound("no such file")
         return rec
 
-    def info(self, name: str) -> defer.Deferred:
-        """INFO and CHECKSUM: any logged-in user, hidden files included.
-        @return: Deferred[FileRecord]; 550, 553."""
-        return defer.ensureDeferred(self._lookup(name))
+    def _reveals(self, caller, rec) -> bool:
+        return not rec.protected or caller.is_admin or rec.owner_id == caller.id
 
-    def list(self, user: str, is_admin: bool, which: str | None = None) -> defer.Deferred:
-        """LIST (public), LIST mine (own public), LIST hidden (admin only)."""
+    # -- commands
+
+    def info(self, caller, name: str, password: str | None = None) -> defer.Deferred:
+        """INFO and CHECKSUM: any logged-in user, hidden files included.  A
+        protected file's sha256 is shown only to its owner, an admin or a
+        caller giving the right C{password} (a wrong one is C{535} and counts
+        like a wrong DOWNLOAD password).  @return: Deferred[L{FileView}];
+        550, 553, 535, 429."""
+        return defer.ensureDeferred(self._info(caller, name, password))
+
+    async def _info(self, caller, name, password):
+        rec = await self._find(caller, name)
+        reveal = self._reveals(caller, rec)
+        if rec.protected and password is not None and not reveal:
+            await self._unlock(caller, rec, password)
+            reveal = True
+        return FileView(rec, reveal)
+
+    def list(self, caller, which: str | None = None) -> defer.Deferred:
+        """LIST (public), LIST mine (own public), LIST hidden (an admin's:
+        every hidden file; anyone else's: their own).
+        @return: Deferred[list of L{FileView}]."""
         if which is None:
-            return self.files.list_public()
-        if which == "mine":
-            return self.files.list_public(owner=user)
-        if which == "hidden":
-            if not is_admin:
-                return defer.fail(PermissionDenied("LIST hidden is for admins"))
-            return self.files.list_hidden()
-        return defer.fail(BadArguments("LIST takes nothing, mine or hidden"))
+            d = self.files.list_public()
+        elif which == "mine":
+            d = self.files.list_public(owner_id=caller.id)
+        elif which == "hidden":
+            d = self.files.list_hidden(owner_id=None if caller.is_admin else caller.id)
+        else:
+            return defer.fail(BadArguments("LIST takes nothing, mine or hidden"))
+        return d.addCallback(lambda recs: [FileView(r, self._reveals(caller, r)) for r in recs])
 
-    def begin_upload(self, user: str, name: str, size: int, visibility: str | None = None,
+    def begin_upload(self, caller, name: str, size: int, visibility: str | None = None,
                      password: str | None = None, sha256: str | None = None,
                      replace: bool = False) -> defer.Deferred:
         """
@@ -1732,9 +1864,9 @@ class FilesService:
         @return: Deferred[L{PendingUpload}].
         """
         return defer.ensureDeferred(
-            self._begin_upload(user, name, size, visibility, password, sha256, replace))
+            self._begin_upload(caller, name, size, visibility, password, sha256, replace))
 
-    async def _begin_upload(self, user, name, size, visibility, password, sha256, replace):
+    async def _begin_upload(self, caller, name, size, visibility, password, sha256, replace):
         name = normalize_name(name)
         key = name_key(name)
         if not isinstance(size, int) or size < 0:
@@ -1747,12 +1879,12 @@ class FilesService:
             raise LimitExceeded("file too large: the limit is %d bytes" % self.max_file_size)
         existing = await self.files.get(key)
         if existing is not None:
-            if existing.owner != user:
+            if existing.owner_id != caller.id:
                 raise Conflict("file exists and belongs to someone else")
             if not replace:
                 raise Conflict("file exists (use replace=yes)")
         if self._quota is not None:
-            used = await self.files.usage(user)
+            used = await self.files.usage(caller.id)
             if existing is not None:
                 used -= existing.size
             if used + size > self._quota:
@@ -1764,19 +1896,21 @@ class FilesService:
             n, r, p = self.kdf_params
             encryption = await prepare_encryption(password, self.kdf, n, r, p)
         sink = self.blobs.open_upload(size, expected, encryption)
-        return PendingUpload(self, sink, name, key, user, size, visibility, bool(replace))
+        return PendingUpload(self, sink, name, key, caller.account, size, visibility,
+                             bool(replace))
 
-    async def _complete(self, up: PendingUpload):
+    async def _complete(self, up: PendingUpload, journal=None):
         stored = await up.sink.finish()
-        row = dict(name=up.name, name_key=up.key, owner=up.owner, size=stored.size,
-                   sha256=stored.sha256, visibility=up.visibility, blob_id=stored.blob_id,
-                   enc_meta=stored.enc_meta, created_ms=self._now_ms(), quota=self._quota)
+        row = dict(name=up.name, name_key=up.key, owner=up.owner.name, owner_id=up.owner.id,
+                   size=stored.size, sha256=stored.sha256, visibility=up.visibility,
+                   blob_id=stored.blob_id, enc_meta=stored.enc_meta, created_ms=self._now_ms(),
+                   quota=self._quota)
         try:
             if up.replace:
-                record, old_blob = await self.files.replace(**row)
+                record, old_blob = await self.files.replace(**row, journal=journal)
             else:
                 row["visibility"] = up.visibility or "public"
-                record, old_blob = await self.files.insert(**row), None
+                record, old_blob = await self.files.insert(**row, journal=journal), None
         except BaseException:
             await self.blobs.delete(stored.blob_id)
             raise
@@ -1784,28 +1918,28 @@ class FilesService:
         if old_blob is not None:
             await self.blobs.delete(old_blob)
         self.log.info("stored {name} ({size} bytes) for {owner}", name=up.name,
-                      size=stored.size, owner=up.owner)
+                      size=stored.size, owner=up.owner.name)
         return record
 
-    def open_download(self, user: str, name: str, password: str | None = None,
+    def open_download(self, caller, name: str, password: str | None = None,
                       offset: int = 0) -> defer.Deferred:
         """
         Everything before C{150}: 553/550 name, 501 bad offset, 429 locked
         out, 535 missing or wrong file password (checked before any byte).
         @return: Deferred[L{PreparedDownload}].
         """
-        return defer.ensureDeferred(self._open_download(user, name, password, offset))
+        return defer.ensureDeferred(self._open_download(caller, name, password, offset))
 
-    async def _open_download(self, user, name, password, offset):
+    async def _open_download(self, caller, name, password, offset):
         if not isinstance(offset, int) or offset < 0:
             raise BadArguments("bad offset")
         for attempt in (1, 2):
-            rec = await self._lookup(name)
+            rec = await self._find(caller, name)
             if offset > rec.size:
                 raise BadArguments("bad offset: must be from 0 to %d" % rec.size)
             key = None
             if rec.enc_meta is not None:
-                key = await self._unlock(user, rec, password)
+                key = await self._unlock(caller, rec, password)
             try:
                 reader = self.blobs.open_download(rec.blob_id, offset, key, rec.size)
             except NotFound:
@@ -1816,28 +1950,58 @@ class FilesService:
                 continue
             return PreparedDownload(rec, reader)
 
-    async def _unlock(self, user: str, rec, password: str | None) -> bytes:
-        self.lockout.check(user, rec.name_key)
+    async def _unlock(self, caller, rec, password: str | None) -> bytes:
+        """
+        A protected file's key.  Wrong passwords are limited twice: per
+        (account, file) by the L{PasswordLockout} (429 for 15 minutes after
+        5), and per file across all accounts by L{file_guesses} (every try
+        waits once the file has seen a few wrong passwords, then 429), so
+        self-registered extra accounts do not buy extra guesses.
+        """
+        self.lockout.check(caller.id, rec.name_key)
         if password is None:
             raise BadCredentials("file is protected: password required")
+        # The owner is no sybil: only their own lockout applies to them, so
+        # guessers cannot keep the owner from their file.
+        file_key = ("file", rec.id)
+        guesses = self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES
+        wait = guesses.attempt(file_key)               # a wrong password until proved right
+        self.lockout.begin(caller.id, rec.name_key)
         try:
+            if wait:
+                await task.deferLater(self.clock, wait, lambda: None)
             key = await unlock(rec.enc_meta, password, self.kdf)
         except BadCredentials:
-            if self.lockout.failure(user, rec.name_key):
+            self.lockout.end(caller.id, rec.name_key)
+            if self.lockout.failure(caller.id, rec.name_key):
                 self.log.warn("{user} locked out of {name} after wrong passwords",
-                              user=user, name=rec.name)
+                              user=caller.name, name=rec.name)
+            failures = guesses.failures(file_key)
+            if failures >= guesses.free:
+                self.log.warn("{name}: {n} recent wrong passwords from all accounts; every "
+                              "further try waits (last from {user} at {address})",
+                              name=rec.name, n=int(failures), user=caller.name,
+                              address=caller.address)
             raise
-        self.lockout.success(user, rec.name_key)
+        except BaseException:
+            self.lockout.end(caller.id, rec.name_key)
+            guesses.succeeded(file_key)                 # not a wrong password
+            raise
+        self.lockout.end(caller.id, rec.name_key)
+        guesses.succeeded(file_key)
+        self.lockout.success(caller.id, rec.name_key)
         return key
 
-    def delete(self, user: str, is_admin: bool, name: str) -> defer.Deferred:
-        """DELETE: owner or admin (531), 550.  The row goes first, then the
-        blob.  @return: Deferred[FileRecord] of the deleted file."""
-        return defer.ensureDeferred(self._delete(user, is_admin, name))
+    def delete(self, caller, name: str, journal=None) -> defer.Deferred:
+        """DELETE: owner or admin (531), 550.  The row goes first (with the
+        command's history row, C{journal}), then the blob.
+        @return: Deferred[FileRecord] of the deleted file."""
+        return defer.ensureDeferred(self._delete(caller, name, journal))
 
-    async def _delete(self, user, is_admin, name):
+    async def _delete(self, caller, name, journal=None):
         key = name_key(normalize_name(name))
-        rec = await self.files.delete(key, owner=None if is_admin else user)
+        rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
+                                      journal=journal)
         await self.blobs.delete(rec.blob_id)
-        self.log.info("{user} deleted {name}", user=user, name=rec.name)
+        self.log.info("{user} deleted {name}", user=caller.name, name=rec.name)
         return rec

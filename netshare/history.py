@@ -8,9 +8,13 @@ caller always sees its own latest commands.  A failed write keeps the
 entries and is retried; a clean stop flushes everything.
 
 Ownership rules (PROTOCOL.md section 1, made precise): without C{user=},
-everyone (admins included) sees and clears their own entries; an admin may
-name any user with C{user=NAME}, the entries of unauthenticated commands
-with C{user=-}, and everyone with C{user=*}.
+everyone (admins included) sees and clears their own entries, by account
+id; an admin may name any user with C{user=NAME} (every account that had
+that name), the entries of unauthenticated commands with C{user=-}, and
+everyone with C{user=*}.  Deleting and clearing only take entries out of
+their owner's view: an admin's view still shows them until the retention
+period (C{--history-retention}) purges them, so nobody erases their own
+audit trail.
 """
 
 from twisted.internet import defer
@@ -18,6 +22,7 @@ from twisted.logger import Logger
 
 from netshare.accounts import USERNAME_RE
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
+from netshare.storage.history import ALL, journal_row
 
 MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
 
@@ -46,12 +51,32 @@ class HistoryRecorder:
         self._timer = None
         self._writing = False
         self._stopped = False    # no more timers (a flush() still writes)
+        self._retention = 0.0    # seconds; 0 keeps entries forever
+        self._lastSeq = 0        # the last row's seq (see row())
+        self._purger = None
         self.dropped = 0
 
-    def record(self, ts_ms, service, user, peer, command, code):
-        self._pending.append((self._recorded, {
-            "ts_ms": ts_ms, "service": service, "user": user, "peer": peer[:64],
-            "command": command, "code": code}))
+    def row(self, ts_ms, service, user, peer, command, code, account_id=None) -> dict:
+        """
+        A history row, numbered in the order entries are made: its C{seq}
+        is the wall clock in microseconds, but always above the last one
+        handed out, so two entries of one millisecond (or of a clock set
+        back) still come out in the order they were made.  Rows for the
+        batch (L{record}) and rows written with a write
+        (C{DBPool.run(journal=...)}) share the numbering.
+        """
+        seq = max(int(self.clock.seconds() * 1_000_000), self._lastSeq + 1)
+        self._lastSeq = seq
+        return journal_row(seq, ts_ms, service, user, peer, command, code, account_id)
+
+    def record(self, ts_ms, service, user, peer, command, code, account_id=None):
+        """
+        @param user: the name shown (an account's, a ttweet guest's), or None
+            before login.
+        @param account_id: the account that sent it, or None.
+        """
+        self._pending.append((self._recorded, self.row(ts_ms, service, user, peer, command,
+                                                       code, account_id)))
         self._recorded += 1
         excess = len(self._pending) + len(self._inflight) - self.max_buffered
         if excess > 0 and self._pending:
@@ -161,6 +186,7 @@ class HistoryRecorder:
     def stop(self, attempts=3):
         """Write everything before the database goes away (a clean stop loses nothing)."""
         self._stopped = True
+        self.stopRetention()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -174,54 +200,96 @@ class HistoryRecorder:
             self.log.error("history: {n} entries could not be written at shutdown",
                            n=len(self._pending) + len(self._inflight))
 
-    def _target(self, caller, user):
-        """Whose entries a query/clear addresses: a name, None (unauthenticated) or ALL."""
-        if user is None or user == caller.name:
-            return caller.name
+    # -- retention
+
+    def startRetention(self, retention: float, interval: float = 3600.0):
+        """Purge entries older than C{retention} seconds now and every
+        C{interval} seconds (0: keep them forever)."""
+        if not retention:
+            return
+        from twisted.internet.task import LoopingCall
+        self._retention = retention
+        self._purger = LoopingCall(self.purgeExpired)
+        self._purger.clock = self.clock
+        self._purger.start(interval, now=True).addErrback(
+            lambda f: self.log.failure("history retention stopped", f))
+
+    def stopRetention(self):
+        purger, self._purger = self._purger, None
+        if purger is not None and purger.running:
+            purger.stop()
+
+    @defer.inlineCallbacks
+    def purgeExpired(self):
+        """Delete the entries older than the retention period.
+        @return: Deferred[int] rows deleted."""
+        before = int((self.clock.seconds() - self._retention) * 1000)
+        total = 0
+        try:
+            while True:
+                n = yield self.store.purge(before)
+                total += n
+                if n < 10_000:
+                    break
+        except Exception as e:
+            self.log.warn("history retention: purge failed, retrying later: {error}",
+                          error=str(e).splitlines()[0][:200] if str(e) else repr(e))
+        if total:
+            self.log.info("history retention: {n} entries older than {days} days purged",
+                          n=total, days=round(self._retention / 86400, 2))
+        return total
+
+    # -- views
+
+    def _view(self, caller, user):
+        """
+        Which entries a query/clear addresses, as keyword arguments of the
+        store: the caller's own view (C{own=<account id>}, hidden entries
+        left out), or for an admin a name, C{*} or C{-} (every entry,
+        hidden ones included).
+        """
+        if user is None or (user == caller.name and not caller.is_admin):
+            return {"own": caller.id}
         if not caller.is_admin:
             raise PermissionDenied("only an admin may see other users' history")
         if user == "*":
-            return ALL
+            return {"user": ALL}
         if user == "-":
-            return None
+            return {"anonymous": True}
         if not USERNAME_RE.fullmatch(user):
             raise BadArguments("user= must be an account name, - or *")
-        return user
+        return {"user": user}
 
     @defer.inlineCallbacks
     def query(self, caller, user, limit):
-        target = self._target(caller, user)
+        view = self._view(caller, user)
         yield self.flush()
-        entries = yield self.store.list(None if target is ALL else target, limit) \
-            if target is not None else self.store.list_anonymous(limit)
+        entries = yield self.store.list(limit, **view)
         return entries
 
     @defer.inlineCallbacks
-    def delete(self, caller, entry_id):
+    def delete(self, caller, entry_id, journal=None):
+        """Take one entry out of its owner's view (an admin may do so for
+        anyone's): 550 if there is none the caller could see.
+        C{journal}: this command's own history row, written with the change."""
         yield self.flush()
-        exists, owner = yield self.store.get_owner(entry_id)
-        if not exists:
+        found = yield self.store.get(entry_id)
+        if found is None:
             raise NotFound("no history entry %d" % (entry_id,))
-        if owner != caller.name and not caller.is_admin:
-            raise PermissionDenied("not your history entry")
-        yield self.store.delete(entry_id)
+        _, owner, hidden = found
+        if not caller.is_admin:
+            if owner != caller.id:
+                raise PermissionDenied("not your history entry")
+            if hidden:
+                raise NotFound("no history entry %d" % (entry_id,))
+        yield self.store.hide(entry_id, journal=journal)
 
     @defer.inlineCallbacks
-    def clear(self, caller, user):
-        target = self._target(caller, user)
+    def clear(self, caller, user, journal=None):
+        """Take a view's entries out of their owners' views; the clear's own
+        entry (C{journal}) is written in the same transaction, after them.
+        @return: Deferred[int] how many were taken out."""
+        view = self._view(caller, user)
         yield self.flush()
-        if target is ALL:
-            n = yield self.store.clear(None)
-        elif target is None:
-            n = yield self.store.clear_anonymous()
-        else:
-            n = yield self.store.clear(target)
+        n = yield self.store.hide_all(**view, journal=journal)
         return n
-
-
-class _All:
-    def __repr__(self):
-        return "ALL"
-
-
-ALL = _All()

@@ -256,8 +256,14 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
                       peer=self.peer, code=code)
 
     def _ok(self, ial, username):
-        self.transport.admin = getattr(ial[1], "admin", None)
-        self._record(self.transport.admin, 230)
+        transport = self.transport
+        transport.admin = getattr(ial[1], "admin", None)
+        self._record(transport.admin, 230)
+        # The account itself (its id), so that removing it closes this shell.
+        d = self.runtime.accounts.store.get(transport.admin)
+        d.addCallback(lambda account: setattr(transport, "account", account))
+        d.addErrback(lambda f: self.log.warn("manhole: cannot look up {user}: {error}",
+                                             user=transport.admin, error=f.getErrorMessage()))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.stats.commands += 1
@@ -319,6 +325,7 @@ class _SafeTelnetTransport(TelnetTransport):
         super().__init__(*args, **kwargs)
         self.lost = defer.Deferred()
         self.admin = None          # the account name, once logged in
+        self.account = None        # ... and the account (for its id)
         self._admitted = False
 
     @property
@@ -349,6 +356,12 @@ class _SafeTelnetTransport(TelnetTransport):
             super().connectionLost(reason)
         if not self.lost.called:
             self.lost.callback(None)
+
+    def accountRemoved(self):
+        """The admin's account was removed: the shell ends."""
+        if self.transport.connected:
+            self.transport.write(b"\r\n421 account removed\r\n")
+            self.transport.loseConnection()
 
     def beginShutdown(self):
         """The server is stopping: say so and close (a shell has no command

@@ -483,12 +483,14 @@ class PersonnelService:
         return self.store.get(check_ssn(ssn)).addCallback(view)
 
     @_deferred
-    def add(self, fields: dict):
-        """ADD: C{fields} holds C{ssn}, C{name}, C{surname}[, C{job}, C{salary}]."""
+    def add(self, fields: dict, journal=None):
+        """ADD: C{fields} holds C{ssn}, C{name}, C{surname}[, C{job}, C{salary}].
+        C{journal} (here and in every write): the command's history row,
+        written in the write's transaction."""
         fields = dict(fields)
         ssn = check_ssn(fields.pop("ssn", None))
         values = check_fields(fields, adding=True)
-        d = self.store.add(ssn, values, self.now_ms())
+        d = self.store.add(ssn, values, self.now_ms(), journal=journal)
 
         def added(person):
             self.log.info("person {ssn} added", ssn=ssn)
@@ -496,18 +498,18 @@ class PersonnelService:
         return d.addCallback(added)
 
     @_deferred
-    def update(self, ssn: str, fields: dict):
+    def update(self, ssn: str, fields: dict, journal=None):
         ssn = check_ssn(ssn)
         values = check_fields(dict(fields), adding=False)
-        d = self.store.update(ssn, values, self.now_ms())
+        d = self.store.update(ssn, values, self.now_ms(), journal=journal)
         return d.addCallback(lambda p: p.to_wire())
 
     @_deferred
-    def delete(self, ssn: str):
+    def delete(self, ssn: str, journal=None):
         """Delete from the server's own roster; sync clients keep their copy
         until a REMOVE is queued for them."""
         ssn = check_ssn(ssn)
-        return self.store.delete(ssn).addCallback(lambda _: None)
+        return self.store.delete(ssn, journal=journal).addCallback(lambda _: None)
 
     @_deferred
     def count(self):
@@ -551,18 +553,18 @@ class PersonnelService:
     # -- queueing -----------------------------------------------------------
 
     @_deferred
-    def send(self, persons: str, clients: str):
+    def send(self, persons: str, clients: str, journal=None):
         """SEND: queue SAVE of one person or C{*} to one client or C{*}.
         @return: a Deferred firing with the number of messages queued."""
-        return self._enqueue(check_target_ssn(persons), check_client(clients), SAVE)
+        return self._enqueue(check_target_ssn(persons), check_client(clients), SAVE, journal)
 
     @_deferred
-    def remove(self, persons: str, clients: str):
+    def remove(self, persons: str, clients: str, journal=None):
         """REMOVE: queue DELETE of one person (or DELETE_ALL for C{*})."""
-        return self._enqueue(check_target_ssn(persons), check_client(clients), DELETE)
+        return self._enqueue(check_target_ssn(persons), check_client(clients), DELETE, journal)
 
-    def _enqueue(self, persons, clients, action):
-        d = self.store.enqueue(persons, clients, action, self.now_ms())
+    def _enqueue(self, persons, clients, action, journal=None):
+        d = self.store.enqueue(persons, clients, action, self.now_ms(), journal=journal)
 
         def queued(result):
             self.log.info("queued {count} {action} messages ({persons} to {clients})",
@@ -583,7 +585,7 @@ class PersonnelService:
     # -- sync streams -------------------------------------------------------
 
     @_deferred
-    def openSync(self, client: str, sink, after=0):
+    def openSync(self, client: str, sink, after=0, account_id: int | None = None):
         """
         SYNC: make C{sink} the sync stream of C{client} (the logged-in
         account's name).
@@ -594,7 +596,7 @@ class PersonnelService:
             closed before this Deferred fired).
         """
         after = parse_int(after, "after")
-        d = self.store.register_client(client, self.now_ms())
+        d = self.store.register_client(client, self.now_ms(), account_id)
 
         def registered(info):
             if after > info.highest_seq:
@@ -623,9 +625,9 @@ class PersonnelService:
             del self._streams[feed.client]
 
     @_deferred
-    def ack(self, client: str, seq):
+    def ack(self, client: str, seq, journal=None):
         """ACK: cumulative. @return: a Deferred of the acknowledged seq."""
-        return self.store.ack(client, parse_int(seq, "seq"))
+        return self.store.ack(client, parse_int(seq, "seq"), journal=journal)
 
     def stopStreams(self):
         """Stop every live stream (service shutdown)."""

@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, LogPublisher, Logger
 
-from netshare.accounts import AccountService
+from netshare.accounts import AccountService, AccountWatch
 from netshare.history import HistoryRecorder
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
@@ -47,6 +47,7 @@ class Runtime:
     pool: Any = None
     kdf: Any = None
     accounts: Any = None
+    accountWatch: Any = None
     history: Any = None
     #: Where one event per command goes (the JSON log file); None: the
     #: global log publisher.  Kept off the console: at thousands of commands
@@ -54,6 +55,11 @@ class Runtime:
     commandLog: Any = None
     factories: dict = field(default_factory=dict)
     apps: dict = field(default_factory=dict)
+
+    def connections(self):
+        """Every open connection of every listener."""
+        for factory in self.factories.values():
+            yield from factory.connections
 
     def stats(self) -> dict:
         out = {name: f.stats.snapshot() for name, f in self.factories.items()}
@@ -126,6 +132,10 @@ class NetshareService(MultiService):
         rt.accounts = AccountService(AccountStore(rt.pool), rt.kdf, cfg.scrypt_n, cfg.scrypt_r,
                                      cfg.scrypt_p, registration_open=cfg.registration == "open")
         rt.history = HistoryRecorder(HistoryStore(rt.pool), rt.reactor, cfg.history_flush)
+        rt.accountWatch = AccountWatch(rt.accounts.store, rt.reactor, cfg.account_check,
+                                       rt.connections)
+        rt.accounts.removal_listeners.append(
+            lambda removed: rt.accountWatch.closeAccount(removed.account.id))
         for name in SERVICES:
             endpoint = getattr(cfg, name)
             if endpoint is None:
@@ -135,6 +145,10 @@ class NetshareService(MultiService):
             rt.factories[name] = factory
             if factory.app is not None:
                 rt.apps[name] = factory.app
+                forget = getattr(getattr(factory.app, "service", None), "forget_blobs", None)
+                if forget is not None:   # a removed account's files: unlink their blobs
+                    rt.accounts.removal_listeners.append(
+                        lambda removed, forget=forget: forget(removed.blob_ids))
             listener = Listener(endpoint, factory, rt.reactor)
             listener.setName(name)
             listener.setServiceParent(self)
@@ -251,6 +265,8 @@ class NetshareService(MultiService):
         rt.commandLog = Logger(namespace=COMMAND_NAMESPACE, observer=LogPublisher(*targets))
         rt.pool.start()
         rt.kdf.start()
+        rt.history.startRetention(self.config.history_retention)
+        rt.accountWatch.start()
         for name, app in rt.apps.items():
             start = getattr(app, "start", None)
             if start is not None:
@@ -278,6 +294,7 @@ class NetshareService(MultiService):
                     yield defer.maybeDeferred(stop)
                 except Exception:
                     self.log.failure("stopping {service}", service=name)
+        rt.accountWatch.stop()
         yield rt.history.stop()
         yield rt.pool.stop()
         rt.kdf.stop()

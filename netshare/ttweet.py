@@ -3,17 +3,17 @@ ttweet: hashtag publish/subscribe with timelines (PROTOCOL.md section 3).
 
 This module decides; it never parses wire lines, never touches SQL and never
 touches a socket.  The protocol (C{netshare.protocols.ttweet}) hands the
-L{Hub} opaque session objects with C{username}, C{registered} and
-C{sendPush(data: bytes)}; the hub hands a L{netshare.storage.tweets.TweetStore}
-batches to persist.
+L{Hub} opaque session objects with C{username}, C{account_id} (None for a
+guest) and C{sendPush(data: bytes)}; the hub hands a
+L{netshare.storage.tweets.TweetStore} batches to persist.
 
 Fan-out is the hot path (PERF.md section 4: at least half the delivery rate of
 a minimal Twisted fan-out).  So, per tweet: the push line is serialised
 once; the recipients are the union of the tag index's sets (each recipient
 once, the sender only if subscribed); each recipient costs one
 C{sendPush(data)} with the I{same} bytes object plus one timeline entry (a
-reference to the shared tweet dict for a guest, the recipient's name in the
-tweet's batch entry for a registered user).  Nothing on that path waits for
+reference to the shared tweet dict for a guest, the recipient's account id
+in the tweet's batch entry for a registered user).  Nothing on that path waits for
 the database or for a slow reader: C{sendPush} only queues, and the protocol
 drops a connection whose queue passes its output limit.
 
@@ -196,32 +196,34 @@ class FloodLimiter:
 class _Member:
     """The hub's state for one logged-in session."""
 
-    __slots__ = ("session", "name", "registered", "send", "tags", "timeline", "online")
+    __slots__ = ("session", "name", "account_id", "send", "tags", "timeline", "online")
 
     def __init__(self, session, timeline_limit: int):
         self.session = session
         self.name: str = session.username
-        self.registered = bool(session.registered)
+        self.account_id = session.account_id     # None for a guest
         self.send = session.sendPush
         self.tags: set[str] = set()
         # A guest's timeline lives (bounded) in memory for its session; a
         # registered user's goes to the database through the batch writer.
-        self.timeline = None if self.registered else deque(maxlen=timeline_limit)
+        self.timeline = None if self.account_id is not None else deque(maxlen=timeline_limit)
         self.online = True
 
 
 class _Pending:
     """One published tweet waiting to be stored (with its timeline entries)."""
 
-    __slots__ = ("tweet", "ts_ms", "recipients", "deferred", "since", "rows")
+    __slots__ = ("tweet", "ts_ms", "recipients", "deferred", "since", "rows", "journal")
 
-    def __init__(self, tweet: dict, ts_ms: int, recipients: list[str], deferred, since: float):
+    def __init__(self, tweet: dict, ts_ms: int, recipients: list[int], deferred, since: float,
+                 journal=None):
         self.tweet = tweet
         self.ts_ms = ts_ms
-        self.recipients = recipients     # registered recipients' names
+        self.recipients = recipients     # registered recipients' account ids
         self.deferred = deferred         # None once fired or failed
         self.since = since
-        self.rows = 1 + len(recipients)
+        self.journal = journal           # the TWEET's history row, stored with the tweet
+        self.rows = 1 + len(recipients) + (journal is not None)
 
 
 class Hub:
@@ -413,10 +415,12 @@ class Hub:
 
     # --- publishing ----------------------------------------------------
 
-    def publish(self, session, message: str, hashtags: str | None = "") -> Deferred:
+    def publish(self, session, message: str, hashtags: str | None = "",
+                journal=None) -> Deferred:
         """
         Validate, rate-limit, fan out at once, and queue for storage.
 
+        @param journal: the TWEET's history row, stored in the tweet's batch.
         @return: a Deferred firing with the tweet object once it is durable
             (or failing with L{DatabaseUnavailable} after C{fail_after}).
         """
@@ -444,14 +448,14 @@ class Hub:
         self.published += 1
 
         d = Deferred()
-        self._enqueue(_Pending(tweet, ts_ms, recipients, d, now))
+        self._enqueue(_Pending(tweet, ts_ms, recipients, d, now, journal))
         return d
 
-    def _fan_out(self, tweet: dict, tags: tuple[str, ...], data: bytes) -> list[str]:
+    def _fan_out(self, tweet: dict, tags: tuple[str, ...], data: bytes) -> list[int]:
         """
         Push C{data} once to every member subscribed to one of C{tags} or to
-        C{#ALL}; return the registered recipients' names (their timeline
-        entries, for the batch writer).
+        C{#ALL}; return the registered recipients' account ids (their
+        timeline entries, for the batch writer).
 
         The recipient collection is snapshotted (a tuple or a fresh union
         set) because a push may make the protocol drop a slow connection,
@@ -462,9 +466,9 @@ class Hub:
         everyone = index.get(ALL)
         if everyone:
             groups.append(everyone)
-        names: list[str] = []
+        ids: list[int] = []
         if not groups:
-            return names
+            return ids
         targets = tuple(groups[0]) if len(groups) == 1 else set().union(*groups)
         sent = 0
         for member in targets:
@@ -477,11 +481,11 @@ class Hub:
             sent += 1
             timeline = member.timeline
             if timeline is None:
-                names.append(member.name)
+                ids.append(member.account_id)
             else:
                 timeline.append(tweet)
         self.deliveries += sent
-        return names
+        return ids
 
     # --- reading -------------------------------------------------------
 
@@ -494,9 +498,9 @@ class Hub:
         member = self._member(session)
         if member.timeline is not None:
             return succeed(list(member.timeline))
-        name = member.name
-        unflushed = [p.tweet for p in self._pending() if name in p.recipients]
-        d = self.store.timeline(name, self.timeline_limit)
+        account_id = member.account_id
+        unflushed = [p.tweet for p in self._pending() if account_id in p.recipients]
+        d = self.store.timeline(account_id, self.timeline_limit)
         return d.addCallback(self._merge, unflushed)
 
     def tweets_by(self, user: str) -> Deferred:
@@ -587,13 +591,16 @@ class Hub:
         self._inflight = batch
         tweet_rows = []
         entries = []
+        journals = []
         for p in batch:
             t = p.tweet
             tweet_rows.append({"id": t["id"], "user": t["user"], "message": t["message"],
                                "hashtags": t["hashtags"], "ts_ms": p.ts_ms})
             if p.recipients:
                 entries.append((t["id"], p.recipients))
-        d = maybeDeferred(self.store.save_batch, tweet_rows, entries)
+            if p.journal is not None:
+                journals.append((t["id"], p.journal))
+        d = maybeDeferred(self.store.save_batch, tweet_rows, entries, journals)
         d.addCallbacks(self._flush_done, self._flush_failed,
                        callbackArgs=(batch, rows), errbackArgs=(batch, rows))
         d.addErrback(lambda f: self.log.failure("ttweet batch writer bug", f))

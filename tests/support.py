@@ -13,8 +13,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVICES = ("personnel", "files", "ttweet")
-# Cheap password hashing for tests that log in a lot (a documented setting).
-FAST_ENV = {"NETSHARE_SCRYPT_N": "1024", "NETSHARE_FILE_SCRYPT_N": "1024"}
+# Cheap password hashing for tests that log in a lot (a documented setting),
+# and REGISTER open for tests that make their accounts with it (the server's
+# default is closed: tests/test_config.py checks it).
+FAST_ENV = {"NETSHARE_SCRYPT_N": "1024", "NETSHARE_FILE_SCRYPT_N": "1024",
+            "NETSHARE_REGISTRATION": "open"}
 
 
 def free_port():

@@ -117,6 +117,13 @@ def test_size_units(text, expected):
     assert C.size(text) == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45), ("3600", 3600),
+    ("0", 0), (" 1.5h ", 5400), ("2w", 14 * 86400)])
+def test_duration_units(text, expected):
+    assert C.duration(text) == expected
+
+
 # -- bad values -----------------------------------------------------------------
 
 def _bad_values(setting):
@@ -130,6 +137,7 @@ def _bad_values(setting):
         C.positive_number: ["0", "-1", "abc", "inf", ""],
         C.non_negative_seconds: ["-0.5", "nan", "inf", "soon"],
         C.percent: ["100", "-1", "half"],
+        C.duration: ["-1d", "ten days", "5y", "1.d", ""],
         C.power_of_two: ["1000", "1", "0", "x"],
         C.boolean: ["maybe", "2", ""],
         C.endpoint: ["tcp:notaport", "bogus:7000", "tcp:"],

@@ -19,6 +19,8 @@ from netshare import files as F
 from netshare.errors import (BadArguments, BadCredentials, Conflict, InsufficientStorage,
                              IntegrityFailure, LimitExceeded, NameNotAllowed, NotFound,
                              PermissionDenied, RateLimited)
+from netshare.accounts import Caller
+from netshare.storage.accounts import Account
 from netshare.storage.files import FileStore
 
 TIMEOUT = 20
@@ -39,6 +41,38 @@ def wait(d, timeout=TIMEOUT):
 def turn():
     """Let the reactor run once (thread callbacks are delivered)."""
     return task.deferLater(_reactor(), 0, lambda: None)
+
+
+@defer.inlineCallbacks
+def settle(clock, deferreds, until=None, timeout=TIMEOUT):
+    """Run until every Deferred has fired (or C{until()} is true): the
+    reactor delivers database results, and the service's L{task.Clock} is
+    moved on to each wait as soon as nothing else can happen."""
+    until = until or (lambda: all(d.called for d in deferreds))
+    for _ in range(int(timeout / 0.01)):
+        if until():
+            return
+        yield task.deferLater(_reactor(), 0.01, lambda: None)
+        calls = clock.getDelayedCalls()
+        if calls and not until():
+            clock.advance(max(0, min(c.getTime() for c in calls) - clock.seconds()))
+    raise AssertionError("not settled within %s s" % (timeout,))
+
+
+@defer.inlineCallbacks
+def advance_once_waiting(clock, seconds=None, timeout=TIMEOUT):
+    """As soon as something waits on the service's L{task.Clock} (a throttled
+    attempt, after its database round trip), advance it by C{seconds}, or
+    (None) just to when the first wait is over.  @return: the advance."""
+    for _ in range(int(timeout / 0.01)):
+        calls = clock.getDelayedCalls()
+        if calls:
+            if seconds is None:
+                seconds = min(c.getTime() for c in calls) - clock.seconds()
+            clock.advance(seconds)
+            return seconds
+        yield task.deferLater(_reactor(), 0.01, lambda: None)
+    raise AssertionError("nothing waited on the clock within %s s" % (timeout,))
 
 
 class FakeKDF:
@@ -834,13 +868,23 @@ def test_lockout_memory_is_bounded():
 
 # ---------------------------------------------------------------- the service
 
+#: The accounts of these tests (ids by name; root is the admin).
+ACCOUNT_IDS = {"alice": 1, "bob": 2, "carol": 3, "root": 4}
+
+
+def who(name, address="127.0.0.1"):
+    """The L{Caller} of one of the test accounts."""
+    role = "admin" if name == "root" else "user"
+    return Caller(Account(ACCOUNT_IDS[name], name, role, "", 0), address)
+
+
 class Harness:
     def __init__(self, service, store, kdf, clock):
         self.service, self.blobs, self.kdf, self.clock = service, store, kdf, clock
 
     def put(self, user, name, data, **kw):
         """UPLOAD through the service: returns Deferred[FileRecord]."""
-        d = self.service.begin_upload(user, name, len(data), **kw)
+        d = self.service.begin_upload(who(user), name, len(data), **kw)
 
         def send(up):
             up.sink.write(data)
@@ -849,7 +893,7 @@ class Harness:
         return wait(d.addCallback(send))
 
     def get(self, user, name, **kw):
-        d = self.service.open_download(user, name, **kw)
+        d = self.service.open_download(who(user), name, **kw)
 
         def transfer(prepared):
             c = Collector()
@@ -878,24 +922,25 @@ def test_service_upload_info_list_download(svc):
                              "owner": "alice", "visibility": "public", "protected": False,
                              "created": "2023-11-14T22:13:20.000Z"}
     yield svc.put("bob", "secret", b"shh", visibility="hidden")
-    info = yield wait(svc.service.info("REPORT.TXT"))
+    info = (yield wait(svc.service.info(who("carol"), "REPORT.TXT"))).record
     assert info.name == "Report.txt"
-    hidden = yield wait(svc.service.info("secret"))       # an unlisted link works
+    hidden = (yield wait(svc.service.info(who("carol"), "secret"))).record   # an unlisted link
     assert hidden.visibility == "hidden"
-    public = yield wait(svc.service.list("carol", False))
-    assert [r.name for r in public] == ["Report.txt"]
-    mine = yield wait(svc.service.list("bob", False, "mine"))
+    public = yield wait(svc.service.list(who("carol")))
+    assert [v.record.name for v in public] == ["Report.txt"]
+    mine = yield wait(svc.service.list(who("bob"), "mine"))
     assert mine == []
-    with pytest.raises(PermissionDenied):
-        yield wait(svc.service.list("bob", False, "hidden"))
-    hidden_list = yield wait(svc.service.list("root", True, "hidden"))
-    assert [r.name for r in hidden_list] == ["secret"]
+    own_hidden = yield wait(svc.service.list(who("bob"), "hidden"))
+    assert [v.record.name for v in own_hidden] == ["secret"]
+    assert (yield wait(svc.service.list(who("carol"), "hidden"))) == []
+    hidden_list = yield wait(svc.service.list(who("root"), "hidden"))
+    assert [v.record.name for v in hidden_list] == ["secret"]
     prepared, data = yield svc.get("carol", "secret", offset=1)
     assert data == b"hh" and prepared.remaining == 0 and prepared.sha256 == hidden.sha256
     with pytest.raises(NotFound):
-        yield wait(svc.service.info("nope"))
+        yield wait(svc.service.info(who("carol"), "nope"))
     with pytest.raises(NameNotAllowed):
-        yield wait(svc.service.info("../x"))
+        yield wait(svc.service.info(who("carol"), "../x"))
 
 
 @pytest_twisted.inlineCallbacks
@@ -911,12 +956,13 @@ def test_service_refusals_before_350(svc):
         (dict(user="alice", name="p", size=1, password=""), BadArguments),
     ]
     for kw, error in cases:
+        kw["caller"] = who(kw.pop("user"))
         with pytest.raises(error):
             yield wait(svc.service.begin_upload(**kw))
     yield svc.put("alice", "b", b"x" * (1024 * 1024))
     yield svc.put("alice", "c", b"x" * (1024 * 1024 - 1))
     with pytest.raises(LimitExceeded) as e:                   # quota: 2 MiB
-        yield wait(svc.service.begin_upload("alice", "d", 2))
+        yield wait(svc.service.begin_upload(who("alice"), "d", 2))
     assert "quota" in e.value.text
     assert svc.blobs.all_blob_ids() and os.listdir(svc.blobs.tmp_dir) == []
 
@@ -925,13 +971,13 @@ def test_service_refusals_before_350(svc):
 def test_service_space_guard(svc):
     svc.service.min_free_percent = 99.99
     with pytest.raises(InsufficientStorage):
-        yield wait(svc.service.begin_upload("alice", "x", 1))
+        yield wait(svc.service.begin_upload(who("alice"), "x", 1))
 
 
 @pytest_twisted.inlineCallbacks
 def test_service_two_uploads_of_one_name_one_wins(svc):
-    a = yield wait(svc.service.begin_upload("alice", "same", 3))
-    b = yield wait(svc.service.begin_upload("bob", "SAME", 3))
+    a = yield wait(svc.service.begin_upload(who("alice"), "same", 3))
+    b = yield wait(svc.service.begin_upload(who("bob"), "SAME", 3))
     a.sink.write(b"aaa")
     b.sink.write(b"bbb")
     results = yield wait(defer.DeferredList([a.complete(), b.complete()], consumeErrors=True))
@@ -947,7 +993,7 @@ def test_service_replace_while_downloading(svc):
     old = os.urandom(700 * 1024)
     new = os.urandom(300 * 1024)
     yield svc.put("alice", "f", old)
-    prepared = yield wait(svc.service.open_download("bob", "f"))
+    prepared = yield wait(svc.service.open_download(who("bob"), "f"))
     rec = yield svc.put("alice", "F", new, replace=True)
     assert rec.size == len(new) and rec.name == "F"
     c = Collector()
@@ -972,15 +1018,15 @@ def test_service_replace_keeps_visibility_unless_given(svc):
 def test_service_delete(svc):
     yield svc.put("alice", "d", b"data")
     with pytest.raises(PermissionDenied) as e:
-        yield wait(svc.service.delete("bob", False, "d"))
+        yield wait(svc.service.delete(who("bob"), "d"))
     assert e.value.code == 531
-    rec = yield wait(svc.service.delete("root", True, "D"))
+    rec = yield wait(svc.service.delete(who("root"), "D"))
     assert rec.owner == "alice"
     assert svc.blobs.all_blob_ids() == set()
     with pytest.raises(NotFound):
-        yield wait(svc.service.delete("alice", False, "d"))
+        yield wait(svc.service.delete(who("alice"), "d"))
     with pytest.raises(NotFound):
-        yield wait(svc.service.open_download("alice", "d"))
+        yield wait(svc.service.open_download(who("alice"), "d"))
 
 
 @pytest_twisted.inlineCallbacks
@@ -992,17 +1038,23 @@ def test_service_protected_file_and_lockout(svc):
     with open(svc.blobs.path_of(rec.blob_id), "rb") as f:
         assert b"TOP-SECRET" not in f.read()
     with pytest.raises(BadCredentials):
-        yield wait(svc.service.open_download("bob", "vault"))          # no password
+        yield wait(svc.service.open_download(who("bob"), "vault"))          # no password
     _, data = yield svc.get("bob", "vault", password="open sesame", offset=5)
     assert data == plain[5:]
     for _ in range(5):
         with pytest.raises(BadCredentials):
-            yield wait(svc.service.open_download("bob", "vault", password="guess"))
+            yield wait(svc.service.open_download(who("bob"), "vault", password="guess"))
     calls = svc.kdf.calls
     with pytest.raises(RateLimited):                                   # even the right one
-        yield wait(svc.service.open_download("bob", "vault", password="open sesame"))
+        yield wait(svc.service.open_download(who("bob"), "vault", password="open sesame"))
     assert svc.kdf.calls == calls                                      # no KDF spent
-    _, data = yield svc.get("alice", "vault", password="open sesame")  # others unaffected
+    # The owner is not held up (the file has seen 5 wrong passwords from all
+    # accounts together: anyone else's try would wait first, see below).
+    _, data = yield svc.get("alice", "vault", password="open sesame")
+    assert data == plain
+    d = svc.get("carol", "vault", password="open sesame")
+    assert (yield advance_once_waiting(svc.clock)) == 2
+    _, data = yield d
     assert data == plain
     svc.clock.advance(901)
     _, data = yield svc.get("bob", "vault", password="open sesame")
@@ -1014,20 +1066,20 @@ def test_service_bad_offset(svc):
     yield svc.put("alice", "o", b"12345")
     for offset in (6, -1):
         with pytest.raises(BadArguments):
-            yield wait(svc.service.open_download("alice", "o", offset=offset))
+            yield wait(svc.service.open_download(who("alice"), "o", offset=offset))
 
 
 @pytest_twisted.inlineCallbacks
 def test_service_checksum_mismatch_and_abort_leave_nothing(svc):
-    up = yield wait(svc.service.begin_upload("alice", "m", 3, sha256="0" * 64))
+    up = yield wait(svc.service.begin_upload(who("alice"), "m", 3, sha256="0" * 64))
     up.sink.write(b"abc")
     with pytest.raises(IntegrityFailure):
         yield wait(up.complete())
-    up = yield wait(svc.service.begin_upload("alice", "m", 3))
+    up = yield wait(svc.service.begin_upload(who("alice"), "m", 3))
     up.sink.write(b"a")
     yield wait(up.abort())
     with pytest.raises(NotFound):
-        yield wait(svc.service.info("m"))
+        yield wait(svc.service.info(who("carol"), "m"))
     assert listing(svc.blobs) == []
 
 
@@ -1041,3 +1093,135 @@ def test_service_startup_sweeps(svc):
     counts = yield wait(svc.service.startup())
     assert counts == {"temporaries": 1, "orphans": 1}
     assert svc.blobs.all_blob_ids() == {rec.blob_id}
+
+
+# ---------------------------------------------------------------- guessing is slow
+
+@pytest_twisted.inlineCallbacks
+def test_guessing_hidden_names_costs_seconds_per_try(svc):
+    """After 5 names not found, every further lookup of that account, or from
+    that address, waits first (1 s, doubling: hits too, so the answer time
+    tells nothing), whatever connection or other account it comes from."""
+    yield svc.put("alice", "Backup.ZIP", b"the crown jewels", visibility="hidden")
+    carol = who("carol", address="10.0.0.3")
+    for i in range(5):                                  # mistakes are free
+        with pytest.raises(NotFound):
+            yield wait(svc.service.info(carol, "guess%d" % i))
+    assert svc.clock.getDelayedCalls() == []
+    d = svc.service.info(carol, "guess5")
+    assert (yield advance_once_waiting(svc.clock)) == 1
+    with pytest.raises(NotFound):
+        yield wait(d)
+    d = svc.service.info(carol, "backup.zip")           # the right name: slowed too
+    assert (yield advance_once_waiting(svc.clock)) >= 1
+    assert (yield wait(d)).record.name == "Backup.ZIP"
+    # Another account from the same address, the same account from another.
+    for caller in (who("bob", address="10.0.0.3"), who("carol", address="10.9.9.9")):
+        d = svc.service.info(caller, "guess-again")
+        assert not d.called
+        assert (yield advance_once_waiting(svc.clock)) >= 1
+        with pytest.raises(NotFound):
+            yield wait(d)
+    # Someone else entirely is not slowed; an admin never is (LIST hidden
+    # shows an admin every hidden file anyway).
+    with pytest.raises(NotFound):
+        yield wait(svc.service.info(who("bob", address="10.0.0.2"), "nothing"))
+    for i in range(10):
+        with pytest.raises(NotFound):
+            yield wait(svc.service.info(who("root", address="10.0.0.3"), "x%d" % i))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_burst_of_lookups_is_queued_then_refused_with_429(svc):
+    """Parallel lookups count at once and take one slot after another; past
+    a minute of queue the answer is 429 at once."""
+    eve = who("carol", address="10.6.6.6")
+    pending = [svc.service.info(eve, "n%d" % i) for i in range(12)]
+    results = []
+    for d in pending:
+        d.addBoth(results.append)
+    yield settle(svc.clock, pending)
+    codes = [r.value.code for r in results]
+    assert codes.count(429) >= 1 and codes.count(550) >= 5
+    assert svc.service.misses.delayed >= 1
+
+
+class ManualKDF(FakeKDF):
+    """A KDF whose derivations finish when the test says (they queue, as in
+    the real pool)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending = []
+
+    def derive(self, password, salt, n, r, p, length=32):
+        d = defer.Deferred()
+        self.pending.append((FakeKDF.derive(self, password, salt, n, r, p, length), d))
+        return d
+
+    def finish_all(self):
+        pending, self.pending = self.pending, []
+        for result, d in pending:
+            result.chainDeferred(d)
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_file_passwords_from_many_accounts_are_limited_together(svc):
+    """Four self-registered accounts, four guesses each: after 5 wrong
+    passwords for the file (from anyone), every try waits (2 s, doubling),
+    then 429; each account's own lockout still applies."""
+    yield svc.put("alice", "vault", b"secret", password="right one")
+    answers = []
+    for name in ("bob", "carol", "root", "bob"):
+        for i in range(4):
+            d = svc.service.open_download(who(name, address="10.1.1.%d" % i), "vault",
+                                          password="guess-%s-%d" % (name, i))
+            d.addBoth(answers.append)
+            yield turn()
+            while not d.called:
+                if svc.clock.getDelayedCalls():
+                    yield advance_once_waiting(svc.clock)
+                else:
+                    yield turn()
+    codes = [a.value.code for a in answers]
+    assert codes[:5] == [535] * 5
+    assert 429 in codes                       # the file's queue ran past its bound
+    assert svc.service.file_guesses.delayed >= 5
+    assert codes.count(535) < 16
+
+
+@pytest_twisted.inlineCallbacks
+def test_parallel_wrong_passwords_of_one_account_cannot_exceed_its_lockout(svc):
+    yield svc.put("alice", "vault", b"secret", password="right one")
+    svc.service.kdf = kdf = ManualKDF()
+    attempts = [svc.service.open_download(who("bob"), "vault", password="guess%d" % i)
+                for i in range(8)]
+    yield settle(svc.clock, attempts,
+                 until=lambda: len(kdf.pending) + sum(d.called for d in attempts) == 8)
+    kdf.finish_all()
+    results = []
+    for d in attempts:
+        d.addBoth(results.append)
+    yield settle(svc.clock, attempts)
+    codes = sorted(r.value.code for r in results)
+    assert codes == [429, 429, 429, 535, 535, 535, 535, 535]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_protected_files_checksum_needs_its_password(svc):
+    """INFO/CHECKSUM's sha256 of a protected file: its owner, an admin, or a
+    caller with the right password; anyone else gets null (a wrong password
+    is 535 and counts like a wrong DOWNLOAD)."""
+    rec = yield svc.put("alice", "vault", b"guess my content", password="right one")
+    for name in ("alice", "root"):
+        assert (yield wait(svc.service.info(who(name), "vault"))).sha256 == rec.sha256
+    view = yield wait(svc.service.info(who("bob"), "vault"))
+    assert view.sha256 is None and view.to_wire()["sha256"] is None
+    assert view.to_wire()["protected"] is True
+    listed = yield wait(svc.service.list(who("bob")))
+    assert [v.to_wire()["sha256"] for v in listed] == [None]
+    assert (yield wait(svc.service.info(who("bob"), "vault", "right one"))).sha256 == rec.sha256
+    with pytest.raises(BadCredentials):
+        yield wait(svc.service.info(who("bob"), "vault", "wrong"))
+    plain = yield svc.put("alice", "open", b"anyone may check")
+    assert (yield wait(svc.service.info(who("bob"), "open"))).sha256 == plain.sha256

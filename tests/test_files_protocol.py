@@ -124,8 +124,10 @@ def test_every_command_and_its_reply(db_runtime):
     assert [i["name"] for i in r.items] == ["Report.txt"]
     r = yield root.command("LIST hidden")
     assert [i["name"] for i in r.items] == ["secret plan"]
-    r = yield bob.command("LIST hidden")
-    assert r.code == 531
+    r = yield alice.command("LIST hidden")             # an owner sees their own
+    assert [i["name"] for i in r.items] == ["secret plan"]
+    r = yield bob.command("LIST hidden")               # ... and nobody else's
+    assert (r.code, r.items) == (210, [])
 
     r = yield bob.command("INFO report.TXT")          # case-insensitive lookup
     assert r.code == 200 and r.obj == obj
@@ -294,7 +296,8 @@ def test_download_refusals(runtime):
 @pytest_twisted.inlineCallbacks
 def test_hidden_files_are_unlisted_links(runtime):
     """Hidden: never in LIST or LIST mine; anyone logged in with the exact
-    name may INFO, CHECKSUM and DOWNLOAD; only an admin's LIST hidden."""
+    name may INFO, CHECKSUM and DOWNLOAD; LIST hidden shows it to its owner
+    and admins only."""
     srv, _ = yield serve(runtime)
     alice = yield client(srv, "alice")
     bob = yield client(srv, "bob")
@@ -305,7 +308,8 @@ def test_hidden_files_are_unlisted_links(runtime):
     assert (yield bob.command("INFO link")).obj["visibility"] == "hidden"
     assert (yield bob.command("CHECKSUM link")).text == "sha256 " + sha(b"unlisted")
     assert (yield get(bob, "link"))[1] == b"unlisted"
-    assert (yield bob.command("LIST hidden")).code == 531
+    assert (yield bob.command("LIST hidden")).items == []
+    assert [f["name"] for f in (yield alice.command("LIST hidden")).items] == ["link"]
 
 
 @pytest_twisted.inlineCallbacks

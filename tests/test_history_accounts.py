@@ -110,8 +110,8 @@ def test_history_own_entries_codes_and_no_password(db_runtime):
     entries = history(lines)
     assert all(set(e) == {"id", "ts", "user", "service", "command", "code"} for e in entries)
     assert all(e["user"] == "alice" and e["service"] == "base" for e in entries)
-    ids = [e["id"] for e in entries]
-    assert ids == sorted(ids, reverse=True)  # newest first
+    times = [e["ts"] for e in entries]
+    assert times == sorted(times, reverse=True)  # newest first (by time: see below)
     got = [(e["command"].split()[0], e["code"]) for e in entries]
     assert got == [("<unknown>", 500), ("HISTORY", 501), ("<unknown>", 500), ("REGISTER", 201),
                    ("LOGIN", 501), ("LOGIN", 500), ("PING", 200), ("LOGIN", 230)]
@@ -171,26 +171,38 @@ def test_history_ownership_delete_and_clear(db_runtime):
         (line,) = yield bob.cmd("HISTORY " + bad)
         assert line.startswith("501 "), (bad, line)
     assert len(history((yield bob.cmd("HISTORY limit=2")))) == 2
-    # The owner may delete their own entry.
+    # The owner may delete their own entry: it leaves their view only.
     assert (yield alice.cmd("HISTORY DELETE %d" % mine[1]["id"])) == ["200 deleted"]
-    # An admin may read, delete and clear anyone's.
+    assert mine[1]["id"] not in [e["id"] for e in history((yield alice.cmd("HISTORY")))]
+    assert (yield alice.cmd("HISTORY DELETE %d" % mine[1]["id"])) == [
+        "550 no history entry %d" % mine[1]["id"]]
+    # An admin may read, delete and clear anyone's, and still sees what was
+    # deleted or cleared (nobody erases their own audit trail).
     admin = yield _admin(rt, srv)
     theirs = history((yield admin.cmd("HISTORY user=alice")))
-    # Alice's own HISTORY DELETE and HISTORY first, then what is left of hers.
-    assert [e["command"].split()[0] for e in theirs[:2]] == ["HISTORY", "HISTORY"]
-    assert [e["id"] for e in theirs[2:]] == [target, mine[2]["id"], mine[3]["id"]]
+    # Alice's HISTORY DELETE (twice) and HISTORY first, then all of hers.
+    assert [e["command"].split()[0] for e in theirs[:4]] == ["HISTORY"] * 4
+    assert [e["id"] for e in theirs[4:]] == [e["id"] for e in mine]
     assert (yield admin.cmd("HISTORY DELETE %d" % target)) == ["200 deleted"]
+    assert target not in [e["id"] for e in history((yield alice.cmd("HISTORY")))]
+    assert target in [e["id"] for e in history((yield admin.cmd("HISTORY user=alice")))]
     everyone = history((yield admin.cmd("HISTORY user=* limit=1000")))
     assert {"alice", "bob", "boss"} <= {e["user"] for e in everyone}
-    n_alice = len(history((yield admin.cmd("HISTORY user=alice"))))
-    assert (yield admin.cmd("HISTORY CLEAR user=alice")) == ["200 %d deleted" % n_alice]
-    assert history((yield admin.cmd("HISTORY user=alice"))) == []
+    visible = len(history((yield alice.cmd("HISTORY"))))
+    (line,) = yield admin.cmd("HISTORY CLEAR user=alice")
+    assert line == "200 %d deleted" % (visible + 1)      # + her HISTORY just now
+    assert history((yield alice.cmd("HISTORY")))[1:] == []   # only that HISTORY itself
+    kept = history((yield admin.cmd("HISTORY user=alice limit=1000")))
+    assert {e["id"] for e in mine} <= {e["id"] for e in kept}
     # A clear is itself recorded, as exactly one new entry.
+    before = len(history((yield admin.cmd("HISTORY user=bob limit=1000"))))
     (line,) = yield bob.cmd("HISTORY CLEAR")
     n = int(line.split()[1])
     assert line == "200 %d deleted" % n and n >= 10
     after = history((yield bob.cmd("HISTORY")))
     assert [(e["command"], e["code"]) for e in after] == [("HISTORY CLEAR", 200)]
+    # Bob's entries are all still there for the admin, plus his CLEAR and HISTORY.
+    assert len(history((yield admin.cmd("HISTORY user=bob limit=1000")))) == before + 2
 
 
 @pytest_twisted.inlineCallbacks

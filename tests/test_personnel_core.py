@@ -405,10 +405,14 @@ class SyncPool:
     def __init__(self, engine):
         self.engine = engine
 
-    def run(self, fn, *args, **kwargs):
+    def run(self, fn, *args, journal=None, **kwargs):
         try:
             with self.engine.begin() as conn:
-                return defer.succeed(fn(conn, *args, **kwargs))
+                result = fn(conn, *args, **kwargs)
+                if journal:
+                    from netshare.storage.schema import history
+                    conn.execute(history.insert(), [journal])
+                return defer.succeed(result)
         except Exception:
             return defer.fail()
 

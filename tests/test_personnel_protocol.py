@@ -519,9 +519,9 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
         yield until(lambda: srv.app.isOnline("alice"))
         original = srv.app.ack
 
-        def spy(name, seq):
+        def spy(name, seq, **kwargs):
             acks.append(seq)
-            return original(name, seq)
+            return original(name, seq, **kwargs)
         srv.app.ack = spy
         assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 1000"
         yield until(lambda: local.last_seq() == 1000 and acks and acks[-1] == 1000)

@@ -314,7 +314,7 @@ def test_10mb_without_newline_is_closed_at_the_cap(runtime):
     assert srv.factory.stats.bytes_in < 256 * 1024  # stopped reading at the cap
     assert server._buffer == b""
     yield runtime.history.flush()
-    entries = yield runtime.history.store.list_anonymous(10)
+    entries = yield runtime.history.store.list(10, anonymous=True)
     assert [(e.command, e.code) for e in entries] == [("<line too long>", 500)]
     p = yield srv.raw()
     assert (yield p.cmd("PING")) == ["200 pong"]
@@ -741,7 +741,7 @@ def test_download_cut_by_the_client_stops_the_producer_quietly(runtime):
     assert sender.deferred is None and sender.file.pos < 64 * 2**20  # stopped early
     assert [e for e in events if e.get("log_failure") is not None] == []
     yield runtime.history.flush()
-    entries = yield runtime.history.store.list_anonymous(5)
+    entries = yield runtime.history.store.list(5, anonymous=True)
     assert [(e.command, e.code) for e in entries] == [("GET 67108864", 451)]
 
 

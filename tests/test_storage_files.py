@@ -24,10 +24,14 @@ def run(engine, fn, *args, **kw):
         return fn(conn, *args, **kw)
 
 
+#: Owners by account id (the table decides ownership by id, shows the name).
+IDS = {"alice": 1, "bob": 2, "nobody": 99, **{"user%d" % i: 10 + i for i in range(4)}}
+
+
 def row(name, owner="alice", size=10, blob=None, visibility="public", enc_meta=None, quota=None,
         created_ms=1_700_000_000_123):
     name = normalize_name(name)
-    return dict(name=name, name_key=name_key(name), owner=owner, size=size,
+    return dict(name=name, name_key=name_key(name), owner=owner, owner_id=IDS[owner], size=size,
                 sha256="%064x" % size, visibility=visibility,
                 blob_id=blob or ("%032x" % abs(hash((name, owner, size))))[:32],
                 enc_meta=enc_meta, created_ms=created_ms, quota=quota)
@@ -149,12 +153,12 @@ def test_quota_checked_in_the_transaction(db_engine):
 
 
 def test_usage(db_engine):
-    assert run(db_engine, S.thd_usage, "alice") == 0
+    assert run(db_engine, S.thd_usage, IDS["alice"]) == 0
     run(db_engine, S.thd_insert, **row("big", size=5 * 2**40))
     run(db_engine, S.thd_insert, **row("small", size=3))
     run(db_engine, S.thd_insert, **row("bobs", owner="bob", size=7))
-    assert run(db_engine, S.thd_usage, "alice") == 5 * 2**40 + 3
-    assert run(db_engine, S.thd_usage, "bob") == 7
+    assert run(db_engine, S.thd_usage, IDS["alice"]) == 5 * 2**40 + 3
+    assert run(db_engine, S.thd_usage, IDS["bob"]) == 7
 
 
 def test_listings(db_engine):
@@ -164,10 +168,11 @@ def test_listings(db_engine):
     run(db_engine, S.thd_insert, **row("h1", owner="alice", visibility="hidden"))
     run(db_engine, S.thd_insert, **row("H0", owner="bob", visibility="hidden"))
     assert [r.name for r in run(db_engine, S.thd_list_public)] == ["A", "b", "c"]
-    assert [r.name for r in run(db_engine, S.thd_list_public, "alice")] == ["b", "c"]
+    assert [r.name for r in run(db_engine, S.thd_list_public, IDS["alice"])] == ["b", "c"]
     assert [r.name for r in run(db_engine, S.thd_list_public, None, 2)] == ["A", "b"]
     assert [r.name for r in run(db_engine, S.thd_list_hidden)] == ["H0", "h1"]
-    assert run(db_engine, S.thd_list_public, "nobody") == []
+    assert [r.name for r in run(db_engine, S.thd_list_hidden, IDS["alice"])] == ["h1"]
+    assert run(db_engine, S.thd_list_public, IDS["nobody"]) == []
 
 
 def test_delete(db_engine):
@@ -176,10 +181,10 @@ def test_delete(db_engine):
         run(db_engine, S.thd_delete, "nothing")
     assert e.value.code == 550
     with pytest.raises(PermissionDenied) as e:
-        run(db_engine, S.thd_delete, "d", "bob")
+        run(db_engine, S.thd_delete, "d", IDS["bob"])
     assert e.value.code == 531
     assert run(db_engine, S.thd_get, "d") is not None
-    rec = run(db_engine, S.thd_delete, "d", "alice")
+    rec = run(db_engine, S.thd_delete, "d", IDS["alice"])
     assert rec.blob_id == "d" * 32 and run(db_engine, S.thd_get, "d") is None
     run(db_engine, S.thd_insert, **row("e", owner="alice"))
     assert run(db_engine, S.thd_delete, "e", None).name == "e"       # admin
@@ -193,7 +198,7 @@ def test_all_blob_ids(db_engine):
 
 
 def test_migration_matches_the_table(db_engine):
-    """The 0002 migration creates exactly what the Table object declares."""
+    """The migrations create exactly what the Table object declares."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -213,7 +218,7 @@ def test_migration_matches_the_table(db_engine):
     assert columns["enc_meta"]["nullable"] and not columns["name_key"]["nullable"]
     assert any(u["column_names"] == ["name_key"] for u in uniques) or \
         any(i["column_names"] == ["name_key"] and i["unique"] for i in indexes)
-    assert any(i["column_names"] == ["owner"] for i in indexes)
+    assert any(i["column_names"] == ["owner_id"] for i in indexes)
 
 
 @pytest_twisted.inlineCallbacks
@@ -223,17 +228,17 @@ def test_facade_through_the_pool(db_pool):
     rec = yield store.insert(**row("f", size=4)).addTimeout(10, reactor)
     got = yield store.get("f").addTimeout(10, reactor)
     assert got == rec
-    usage = yield store.usage("alice").addTimeout(10, reactor)
+    usage = yield store.usage(IDS["alice"]).addTimeout(10, reactor)
     assert usage == 4
     new, old = yield store.replace(**row("f", size=5, blob="e" * 32)).addTimeout(10, reactor)
     assert old == rec.blob_id and new.size == 5
     ids = yield store.all_blob_ids().addTimeout(10, reactor)
     assert ids == {"e" * 32}
-    listed = yield store.list_public(owner="alice").addTimeout(10, reactor)
+    listed = yield store.list_public(owner_id=IDS["alice"]).addTimeout(10, reactor)
     assert listed == [new]
     hidden = yield store.list_hidden().addTimeout(10, reactor)
     assert hidden == []
-    gone = yield store.delete("f", owner="alice").addTimeout(10, reactor)
+    gone = yield store.delete("f", owner_id=IDS["alice"]).addTimeout(10, reactor)
     assert gone == new
     with pytest.raises(Conflict):
         yield store.insert(**row("g")).addTimeout(10, reactor)

@@ -164,7 +164,7 @@ def test_stop_waits_for_inflight_calls(db_pool):
 def test_many_concurrent_calls(db_pool):
     ds = [db_pool.run(A.thd_create, "user%d" % i, "user", "h") for i in range(20)]
     yield timed(defer.gatherResults(ds, consumeErrors=True))
-    assert (yield timed(db_pool.run(A.thd_count))) == 20
+    assert (yield timed(db_pool.run(_count_accounts))) == 20
     stats = db_pool.stats()
     assert stats["active"] == 0 and stats["queued"] == 0 and stats["calls"] == 21
 
@@ -206,7 +206,7 @@ def test_accounts_conflict_keeps_the_transaction_usable(db_pool):
         except Conflict:
             pass
         A.thd_create(conn, "grace", "user", "h")
-        return A.thd_count(conn)
+        return _count_accounts(conn)
     assert (yield timed(db_pool.run(fn))) == 2
 
 
@@ -220,49 +220,64 @@ def test_accounts_text_is_stored_literally(db_pool):
         got = yield timed(db_pool.run(A.thd_get, name))
         assert got is not None and got.name == name and got.password_hash == "hash'--"
     assert (yield timed(db_pool.run(A.thd_get, "100%_"))) is None  # no LIKE anywhere
-    assert (yield timed(db_pool.run(A.thd_count))) == len(names)
+    assert (yield timed(db_pool.run(_count_accounts))) == len(names)
     assert sorted(a.name for a in (yield timed(db_pool.run(A.thd_list)))) == sorted(names)
     tables = yield timed(db_pool.run(lambda conn: sorted(sa.inspect(conn).get_table_names())))
     assert "accounts" in tables and "history" in tables
 
 
+def _count_accounts(conn):
+    return len(A.thd_list(conn))
+
+
 # -- the history store ------------------------------------------------------------
 
-def _row(i, user, command="PING", code=200, service="files"):
-    return {"ts_ms": 1_700_000_000_000 + i, "service": service, "user": user,
-            "peer": "127.0.0.1:%d" % (40000 + i), "command": command, "code": code}
+def _row(i, user, command="PING", code=200, service="files", account_id=None):
+    return H.journal_row((1_700_000_000_000 + i) * 1000, 1_700_000_000_000 + i, service, user,
+                         "127.0.0.1:%d" % (40000 + i), command, code, account_id)
 
 
 @pytest_twisted.inlineCallbacks
 def test_history_store(db_pool):
     store = H.HistoryStore(db_pool)
-    rows = [_row(0, "ann"), _row(1, None, "LOGIN ann ***", 535), _row(2, "bob"),
-            _row(3, "ann", "HISTORY", 210, "ttweet"), _row(4, None)]
-    assert (yield timed(store.insert_many(rows))) == 5
+    ann, bob = 11, 12
+    rows = [_row(0, "ann", account_id=ann), _row(1, None, "LOGIN ann ***", 535),
+            _row(2, "bob", account_id=bob), _row(3, "ann", "HISTORY", 210, "ttweet", ann),
+            _row(4, None)]
+    # Written out of order (a write's own entry goes before the batch): the
+    # views still come back in the order the entries were made.
+    assert (yield timed(store.insert_many(rows[2:]))) == 3
+    assert (yield timed(store.insert_many(rows[:2]))) == 2
     assert (yield timed(store.insert_many([]))) == 0
-    everything = yield timed(store.list(None, 100))
+    everything = yield timed(store.list(100))
     assert [e.command for e in everything] == [r["command"] for r in reversed(rows)]
-    ids = [e.id for e in everything]
-    assert ids == sorted(ids, reverse=True)  # newest first
-    ann = yield timed(store.list("ann", 100))
-    assert [(e.command, e.code, e.service) for e in ann] == [("HISTORY", 210, "ttweet"),
+    own = yield timed(store.list(100, own=ann))
+    assert [(e.command, e.code, e.service) for e in own] == [("HISTORY", 210, "ttweet"),
                                                             ("PING", 200, "files")]
-    assert len((yield timed(store.list("ann", 1)))) == 1
-    anon = yield timed(store.list_anonymous(100))
+    assert [e.command for e in (yield timed(store.list(100, user="ann")))] == [
+        "HISTORY", "PING"]
+    assert len((yield timed(store.list(1, own=ann)))) == 1
+    anon = yield timed(store.list(100, anonymous=True))
     assert [e.user for e in anon] == [None, None]
     wire = anon[-1].to_wire()
     assert wire == {"id": anon[-1].id, "ts": "2023-11-14T22:13:20.001Z", "user": "-",
                     "service": "files", "command": "LOGIN ann ***", "code": 535}
-    assert (yield timed(store.get_owner(ann[0].id))) == (True, "ann")
-    assert (yield timed(store.get_owner(anon[0].id))) == (True, None)
-    assert (yield timed(store.get_owner(max(ids) + 1000))) == (False, None)
-    assert (yield timed(store.delete(ann[0].id))) == 1
-    assert (yield timed(store.delete(ann[0].id))) == 0
-    assert (yield timed(store.clear_anonymous())) == 2
-    assert (yield timed(store.clear("ann"))) == 1
-    assert [e.user for e in (yield timed(store.list(None, 100)))] == ["bob"]
-    assert (yield timed(store.clear(None))) == 1
-    assert (yield timed(store.list(None, 100))) == []
+    entry, owner, hidden = yield timed(store.get(own[0].id))
+    assert (entry, owner, hidden) == (own[0], ann, False)
+    assert (yield timed(store.get(max(e.id for e in everything) + 1000))) is None
+    # Hiding takes entries out of their owner's view, never out of the table.
+    assert (yield timed(store.hide(own[0].id))) == 1
+    assert [e.command for e in (yield timed(store.list(100, own=ann)))] == ["PING"]
+    assert (yield timed(store.get(own[0].id)))[2] is True
+    assert (yield timed(store.hide_all(own=ann))) == 1
+    assert (yield timed(store.hide_all(own=ann))) == 0
+    assert (yield timed(store.list(100, own=ann))) == []
+    assert len((yield timed(store.list(100, user="ann")))) == 2      # an admin's view
+    assert len((yield timed(store.list(100)))) == 5
+    # Only the retention period deletes.
+    assert (yield timed(store.purge(1_700_000_000_000 + 3))) == 3
+    assert [e.command for e in (yield timed(store.list(100)))] == [rows[4]["command"],
+                                                                  rows[3]["command"]]
 
 
 @pytest_twisted.inlineCallbacks
@@ -270,11 +285,11 @@ def test_history_text_is_stored_literally(db_pool):
     commands = ['TWEET "héllo wörld ✓ 🐍" #a', NASTY, "LIST 100%_", "GET 'a\"b'", "x" * 5000]
     yield timed(db_pool.run(H.thd_insert_many, [_row(i, NASTY[:32], c)
                                                 for i, c in enumerate(commands)]))
-    got = yield timed(db_pool.run(H.thd_list, NASTY[:32], 100))
+    got = yield timed(db_pool.run(H.thd_list, 100, user=NASTY[:32]))
     assert [e.command for e in reversed(got)] == commands
     assert all(e.user == NASTY[:32] for e in got)
-    assert (yield timed(db_pool.run(H.thd_list, "'", 100))) == []
-    assert (yield timed(db_pool.run(H.thd_clear, NASTY[:32]))) == len(commands)
+    assert (yield timed(db_pool.run(H.thd_list, 100, user="'"))) == []
+    assert (yield timed(db_pool.run(H.thd_hide_all, user=NASTY[:32]))) == len(commands)
 
 
 # -- the outage test: a TCP proxy between netshare and the database ------------------

@@ -12,6 +12,11 @@ from netshare.storage import tweets as T
 from netshare.storage.schema import accounts
 
 
+#: Timelines belong to accounts by id: a stable id per name used here.
+ID = {name: i for i, name in enumerate(["alice", "bob", "carol", "dave", "reader", "r", "reg"],
+                                       start=1)}
+
+
 def tweet(i, user="alice", message=None, hashtags="", ts_ms=None):
     return {"id": i, "user": user, "message": message if message is not None else "m%d" % i,
             "hashtags": hashtags, "ts_ms": ts_ms if ts_ms is not None else 1_700_000_000_000 + i}
@@ -26,56 +31,57 @@ def test_empty_database(db_engine):
     assert run(db_engine, T.thd_max_tweet_id) == 0
     assert run(db_engine, T.thd_last_message) is None
     assert run(db_engine, T.thd_tweets_by, "alice", 10) == []
-    assert run(db_engine, T.thd_timeline, "alice", 10) == []
+    assert run(db_engine, T.thd_timeline, ID["alice"], 10) == []
     assert run(db_engine, T.thd_user_known, "alice") is False
 
 
 def test_save_batch_and_read_back(db_engine):
     rows = [tweet(1, "alice", hashtags="#cs#3251"), tweet(2, "bob"), tweet(3, "alice")]
-    entries = [(1, ["carol", "dave"]), (2, ["carol"]), (3, ["dave", "carol"])]
+    entries = [(1, [ID["carol"], ID["dave"]]), (2, [ID["carol"]]),
+               (3, [ID["dave"], ID["carol"]])]
     assert run(db_engine, T.thd_save_batch, rows, entries) == 3
     assert run(db_engine, T.thd_max_tweet_id) == 3
     assert run(db_engine, T.thd_last_message) == "m3"
     by_alice = run(db_engine, T.thd_tweets_by, "alice", 10)
     assert by_alice == [T.TweetRow(1, "alice", "m1", "#cs#3251", 1_700_000_000_001),
                         T.TweetRow(3, "alice", "m3", "", 1_700_000_000_003)]
-    assert [r.id for r in run(db_engine, T.thd_timeline, "carol", 10)] == [1, 2, 3]
-    assert [r.id for r in run(db_engine, T.thd_timeline, "dave", 10)] == [1, 3]
-    assert run(db_engine, T.thd_timeline, "alice", 10) == []
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["carol"], 10)] == [1, 2, 3]
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["dave"], 10)] == [1, 3]
+    assert run(db_engine, T.thd_timeline, ID["alice"], 10) == []
 
 
 def test_limits_keep_most_recent_oldest_first(db_engine):
     rows = [tweet(i) for i in range(1, 21)]
-    run(db_engine, T.thd_save_batch, rows, [(i, ["reader"]) for i in range(1, 21)])
+    run(db_engine, T.thd_save_batch, rows, [(i, [ID["reader"]]) for i in range(1, 21)])
     assert [r.id for r in run(db_engine, T.thd_tweets_by, "alice", 5)] == [16, 17, 18, 19, 20]
-    assert [r.id for r in run(db_engine, T.thd_timeline, "reader", 3)] == [18, 19, 20]
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["reader"], 3)] == [18, 19, 20]
     assert run(db_engine, T.thd_tweets_by, "alice", -5) == []            # clamped, no error
-    assert len(run(db_engine, T.thd_timeline, "reader", 10**12)) == 20
+    assert len(run(db_engine, T.thd_timeline, ID["reader"], 10**12)) == 20
 
 
 def test_timeline_order_follows_batches(db_engine):
-    run(db_engine, T.thd_save_batch, [tweet(1), tweet(2)], [(1, ["r"]), (2, ["r"])])
-    run(db_engine, T.thd_save_batch, [tweet(3)], [(3, ["r"])])
-    assert [r.id for r in run(db_engine, T.thd_timeline, "r", 10)] == [1, 2, 3]
+    run(db_engine, T.thd_save_batch, [tweet(1), tweet(2)], [(1, [ID["r"]]), (2, [ID["r"]])])
+    run(db_engine, T.thd_save_batch, [tweet(3)], [(3, [ID["r"]])])
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["r"], 10)] == [1, 2, 3]
 
 
 def test_replayed_batch_is_skipped_not_duplicated(db_engine):
     rows = [tweet(1), tweet(2)]
-    entries = [(1, ["r"]), (2, ["r"])]
+    entries = [(1, [ID["r"]]), (2, [ID["r"]])]
     assert run(db_engine, T.thd_save_batch, rows, entries) == 2
     # the same batch again (commit succeeded, answer lost), plus one new tweet
-    assert run(db_engine, T.thd_save_batch, rows + [tweet(3)], entries + [(3, ["r"])]) == 1
+    assert run(db_engine, T.thd_save_batch, rows + [tweet(3)], entries + [(3, [ID["r"]])]) == 1
     assert [r.id for r in run(db_engine, T.thd_tweets_by, "alice", 10)] == [1, 2, 3]
-    assert [r.id for r in run(db_engine, T.thd_timeline, "r", 10)] == [1, 2, 3]
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["r"], 10)] == [1, 2, 3]
 
 
 def test_large_batch_spans_in_chunks(db_engine):
     n = 1200                                   # > the IN (...) chunk size
     rows = [tweet(i, "u%d" % (i % 7)) for i in range(1, n + 1)]
-    assert run(db_engine, T.thd_save_batch, rows, [(i, ["r"]) for i in range(1, n + 1)]) == n
+    assert run(db_engine, T.thd_save_batch, rows, [(i, [ID["r"]]) for i in range(1, n + 1)]) == n
     assert run(db_engine, T.thd_save_batch, rows, []) == 0
     assert run(db_engine, T.thd_max_tweet_id) == n
-    assert len(run(db_engine, T.thd_timeline, "r", 5000)) == n
+    assert len(run(db_engine, T.thd_timeline, ID["r"], 5000)) == n
 
 
 def test_values_are_stored_literally(db_engine):
@@ -93,10 +99,10 @@ def test_values_are_stored_literally(db_engine):
 
 def test_names_are_exact_case_sensitive(db_engine):
     run(db_engine, T.thd_save_batch, [tweet(1, "Alice"), tweet(2, "alice")],
-        [(1, ["Bob"]), (2, ["bob"])])
+        [(1, [ID["bob"]]), (2, [ID["carol"]])])
     assert [r.id for r in run(db_engine, T.thd_tweets_by, "Alice", 10)] == [1]
     assert [r.id for r in run(db_engine, T.thd_tweets_by, "alice", 10)] == [2]
-    assert [r.id for r in run(db_engine, T.thd_timeline, "bob", 10)] == [2]
+    assert [r.id for r in run(db_engine, T.thd_timeline, ID["carol"], 10)] == [2]
 
 
 def test_user_known_by_account_or_tweets(db_engine):
@@ -126,12 +132,13 @@ def test_migration_creates_the_tables_of_the_metadata(db_engine):
 @pytest_twisted.inlineCallbacks
 def test_tweet_store_facade_through_pool(db_pool):
     store = T.TweetStore(db_pool)
-    n = yield store.save_batch([tweet(1, "alice"), tweet(2, "bob")], [(1, ["bob"]), (2, ["bob"])])
+    n = yield store.save_batch([tweet(1, "alice"), tweet(2, "bob")],
+                               [(1, [ID["bob"]]), (2, [ID["bob"]])])
     assert n == 2
     assert (yield store.max_tweet_id()) == 2
     assert (yield store.last_message()) == "m2"
     assert [r.id for r in (yield store.tweets_by("alice", 10))] == [1]
-    assert [r.id for r in (yield store.timeline("bob", 10))] == [1, 2]
+    assert [r.id for r in (yield store.timeline(ID["bob"], 10))] == [1, 2]
     assert (yield store.user_known("bob")) is True
     assert (yield store.user_known("nobody")) is False
 
@@ -139,7 +146,7 @@ def test_tweet_store_facade_through_pool(db_pool):
 class _Session:
     def __init__(self, name, registered):
         self.username = name
-        self.registered = registered
+        self.account_id = ID[name] if registered else None
         self.pushes = []
 
     def sendPush(self, data):

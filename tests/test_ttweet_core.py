@@ -22,10 +22,15 @@ from netshare.ttweet import FloodLimiter, Hub
 
 # --- fakes -------------------------------------------------------------------
 
+#: Registered users' account ids, one per name (the hub keys timelines by id).
+ACCOUNT_IDS = {}
+
+
 class FakeSession:
     def __init__(self, name, registered=False):
         self.username = name
-        self.registered = registered
+        self.account_id = ACCOUNT_IDS.setdefault(name, len(ACCOUNT_IDS) + 1) \
+            if registered else None
         self.pushes = []
 
     def sendPush(self, data):
@@ -57,7 +62,7 @@ class FakeStore:
         self._last = last
         self.accounts = set()
 
-    def save_batch(self, tweet_rows, entries):
+    def save_batch(self, tweet_rows, entries, journals=()):
         self.batches.append((list(tweet_rows), list(entries)))
         if self.manual:
             d = Deferred()
@@ -630,7 +635,7 @@ def test_registered_timeline_from_store_plus_unflushed():
     hub.publish(p, "b", "#t")                # queued behind it
     assert [t["message"] for t in result_of(hub.timeline(r))] == ["a", "b"]
     d, rows, entries = store.calls[0]
-    assert entries == [(1, ["reg"])]
+    assert entries == [(1, [r.account_id])]
     store.apply(rows, entries)               # stored, but not yet acknowledged
     assert [t["message"] for t in result_of(hub.timeline(r))] == ["a", "b"]
     d.callback(2)
@@ -638,7 +643,7 @@ def test_registered_timeline_from_store_plus_unflushed():
     d, rows, entries = store.calls[1]
     store.apply(rows, entries)
     d.callback(1)
-    assert store.timelines == [("reg", 1), ("reg", 3)]
+    assert store.timelines == [(r.account_id, 1), (r.account_id, 3)]
     # a later session of the same registered user sees it (e.g. after restart)
     hub.logout(r)
     r2 = FakeSession("reg", registered=True)

@@ -66,18 +66,18 @@ class GatedStore:
     def __getattr__(self, name):
         return getattr(self.store, name)
 
-    def save_batch(self, rows, entries):
+    def save_batch(self, rows, entries, journals=()):
         if self.open:
-            return self.store.save_batch(rows, entries)
+            return self.store.save_batch(rows, entries, journals)
         d = defer.Deferred()
-        self.waiting.append((d, rows, entries))
+        self.waiting.append((d, rows, entries, journals))
         return d
 
     def release(self):
         self.open = True
         waiting, self.waiting = self.waiting, []
-        for d, rows, entries in waiting:
-            self.store.save_batch(rows, entries).chainDeferred(d)
+        for d, rows, entries, journals in waiting:
+            self.store.save_batch(rows, entries, journals).chainDeferred(d)
 
 
 @defer.inlineCallbacks
@@ -595,7 +595,7 @@ class ManualStore:
     def last_message(self):
         return defer.succeed(None)
 
-    def save_batch(self, rows, entries):
+    def save_batch(self, rows, entries, journals=()):
         d = defer.Deferred()
         self.calls.append((d, [r["message"] for r in rows]))
         return d
@@ -605,7 +605,7 @@ class ManualStore:
 
 
 class Poster:
-    username, registered = "poster", False
+    username, account_id = "poster", None
 
     def sendPush(self, data):
         pass

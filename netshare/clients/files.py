@@ -272,13 +272,17 @@ async def cmd_download(reactor, args):
 
 async def _download(proto, args, retry=True):
     info = common.checked(await proto.command(quote("INFO", args.name))).obj
+    secret = file_password() if info.get("protected") else None
+    if info.get("sha256") is None and secret is not None:
+        # A protected file of someone else's: its checksum needs its password.
+        info = common.checked(await proto.command(
+            quote("INFO", args.name, "password=" + secret))).obj
     expected, size = info["sha256"], int(info["size"])
     dest = args.output if args.output is not None else info["name"]
     if os.path.isdir(dest):
         dest = os.path.join(dest, info["name"])
     part = partial_path(dest, expected)
     _remove_stale_partials(dest, part)
-    secret = file_password() if info.get("protected") else None
 
     offset = 0
     if os.path.exists(part):

@@ -48,7 +48,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from netshare import __version__
-from netshare.accounts import UNKNOWN_USER
+from netshare.accounts import UNKNOWN_USER, Caller
 from netshare.errors import (BadArguments, BadSequence, ClosingConnection, Conflict,
                              LoginRequired, NetshareError, SyntaxError_, TemporaryError)
 from netshare.wire import dumps, now_ms
@@ -272,6 +272,9 @@ class _Command:
     ts_ms: int
     bytes: int = 0
     code: int = 0
+    #: The code this command's history row was written with, in its write's
+    #: own transaction (L{CommandProtocol.journal}); None: not written yet.
+    journaled: int | None = None
 
 
 # --- the protocol ---------------------------------------------------------
@@ -297,6 +300,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
 
     def __init__(self):
         self.account = None
+        self.host = "-"
         self.peer = "-"
         self._current = None
         self._loginFailures = 0
@@ -331,13 +335,23 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
     def user(self):
         return self.account.name if self.account else None
 
+    @property
+    def caller(self) -> Caller:
+        """The account and address of this connection, for the services."""
+        return Caller(self.account, self.host)
+
+    def accountRemoved(self):
+        """The logged-in account was removed: this connection ends."""
+        self._closeWith("421 account removed")
+
     # -- connection lifecycle
 
     def connectionMade(self):
         self.MAX_LENGTH = self.config.max_line + 1  # + the optional CR
         self.factory.stats.connections_total += 1
         peer = self.transport.getPeer()
-        self.peer = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
+        self.host = getattr(peer, "host", "?")
+        self.peer = "%s:%s" % (self.host, getattr(peer, "port", "?"))
         refusal = self.factory.admit(self)
         if refusal:
             self._refused = True
@@ -556,7 +570,8 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         if not self._idleExempt and self._sendingRaw is None:
             self.resetTimeout()  # idle time counts from the last answer
         if cmd is not None:
-            self._record(cmd.verb, cmd.recorded, cmd.code, cmd.started, cmd.ts_ms, cmd.bytes)
+            self._record(cmd.verb, cmd.recorded, cmd.code, cmd.started, cmd.ts_ms, cmd.bytes,
+                         written=cmd.journaled is not None and cmd.journaled == cmd.code)
             self.factory.stats.commands += 1
         if self._shuttingDown and not self._closing:
             self._closeWith("421 shutting down")
@@ -755,10 +770,14 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
 
     # -- history and logs
 
-    def _record(self, verb, recorded, code, started=None, ts_ms=None, nbytes=0):
+    def _record(self, verb, recorded, code, started=None, ts_ms=None, nbytes=0, written=False):
+        """The history entry (unless C{written} with the command's write
+        already) and the per-command log event."""
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
-        self.runtime.history.record(ts_ms or now_ms(), self.service, self.user, self.peer,
-                                    recorded, code)
+        if not written:
+            self.runtime.history.record(ts_ms or now_ms(), self.service, self.user, self.peer,
+                                        recorded, code,
+                                        self.account.id if self.account is not None else None)
         (self.runtime.commandLog or self.log).info(
             "{verb} -> {code}", service=self.service, user=self.user or "-", peer=self.peer,
             verb=verb, code=code, duration_ms=round(duration, 3), bytes=nbytes)
@@ -788,6 +807,23 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         if len(args) != 2:
             raise BadArguments("usage: LOGIN <user> <password>")
         return self.authenticate(args[0], args[1])
+
+    def journal(self, code: int) -> dict | None:
+        """
+        The history row of the command in progress, for its write to insert
+        in the same transaction (C{DBPool.run(journal=...)}), with the code
+        the command is answered on success.  An acknowledged write and the
+        record of it then survive a crash together; if the write fails (its
+        transaction is rolled back) the command is recorded as usual, with
+        the code it got.
+        """
+        cmd = self._current
+        if cmd is None:
+            return None
+        cmd.journaled = code
+        return self.runtime.history.row(cmd.ts_ms, self.service, self.user, self.peer,
+                                        cmd.recorded, code,
+                                        self.account.id if self.account is not None else None)
 
     def recordAs(self, command: str):
         """Record the command in progress as C{command} (escaped) instead of
@@ -833,8 +869,12 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
     def cmd_REGISTER(self, args):
         if len(args) != 2:
             raise BadArguments("usage: REGISTER <user> <password>")
+        # Should the account be created, the name is an account's: record it
+        # with the write (and undo that below if the write fails).
+        self.recordAs("REGISTER %s ***" % (args[0],))
         try:
-            account = yield self.runtime.accounts.register(args[0], args[1])
+            account = yield self.runtime.accounts.register(args[0], args[1],
+                                                           journal=self.journal(201))
         except Conflict:
             self.recordAs("REGISTER %s ***" % (args[0],))   # an existing account's name
             raise
@@ -849,10 +889,11 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         if args and args[0].upper() == "DELETE":
             pos, _ = split_options(args[1:], positional=(1, 1))
             entry = parse_int(pos[0], "id", lo=1, hi=2**63 - 1)
-            return history.delete(self.account, entry).addCallback(lambda _: Reply(200, "deleted"))
+            d = history.delete(self.account, entry, journal=self.journal(200))
+            return d.addCallback(lambda _: Reply(200, "deleted"))
         if args and args[0].upper() == "CLEAR":
             _, opts = split_options(args[1:], allowed=("user",), positional=(0, 0))
-            d = history.clear(self.account, opts.get("user"))
+            d = history.clear(self.account, opts.get("user"), journal=self.journal(200))
             return d.addCallback(lambda n: Reply(200, "%d deleted" % (n,)))
         _, opts = split_options(args, allowed=("limit", "user"), positional=(0, 0))
         limit = parse_int(opts.get("limit", str(self.config.history_default)), "limit", 1,
@@ -1024,7 +1065,7 @@ class CommandFactory(Factory):
 
     def admit(self, proto):
         """Count a new connection; return a refusal reason or None."""
-        return self.connections.admit(proto, getattr(proto.transport.getPeer(), "host", "?"))
+        return self.connections.admit(proto, proto.host)
 
     def release(self, proto):
         self.connections.release(proto)

@@ -22,13 +22,15 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare.errors import BadArguments, TemporaryError
+from netshare.errors import BadArguments, BadCredentials, TemporaryError
 from netshare.files import BlobStore, FilesService, PasswordLockout, parse_size
+from netshare.throttle import Penalties
 from netshare.protocols.base import (CommandFactory, CommandProtocol, Listing, ObjectReply,
                                      ReceiveRaw, Reply, SendRaw, split_options)
 from netshare.wire import dumps
 
 UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace")
+INFO_OPTIONS = ("password",)
 DOWNLOAD_OPTIONS = ("password", "offset")
 RAW_READ = 256 * 1024
 
@@ -54,12 +56,23 @@ class FilesApp:
         if lockout is None:
             lockout = PasswordLockout(runtime.reactor, cfg.file_lockout_failures,
                                       cfg.file_lockout_seconds, cfg.file_lockout_seconds)
+        misses = Penalties(runtime.reactor, free=cfg.misses_free,
+                           base=min(1.0, cfg.misses_max_delay),
+                           max_delay=cfg.misses_max_delay, max_wait=2 * cfg.misses_max_delay,
+                           decay=cfg.misses_forget, what="names not found")
+        file_guesses = Penalties(runtime.reactor, free=cfg.file_guesses_free,
+                                 base=min(2.0, cfg.file_guesses_max_delay),
+                                 max_delay=cfg.file_guesses_max_delay,
+                                 max_wait=2 * cfg.file_guesses_max_delay,
+                                 decay=3 * cfg.misses_forget,
+                                 what="wrong passwords for this file")
         from netshare.storage.files import FileStore
         self.service = FilesService(
             FileStore(runtime.pool), self.blobs, runtime.kdf, lockout,
             max_file_size=cfg.max_file_size, user_quota=cfg.user_quota,
             min_free_percent=cfg.min_free_percent,
-            kdf_params=(cfg.file_scrypt_n, 8, 1), clock=runtime.reactor)
+            kdf_params=(cfg.file_scrypt_n, 8, 1), clock=runtime.reactor,
+            misses=misses, file_guesses=file_guesses)
         self._starting = None
 
     def start(self):
@@ -114,9 +127,11 @@ def _name_and_options(args, allowed, fixed, usage):
 class FilesProtocol(CommandProtocol):
     service = "files"
     HELP = dict(CommandProtocol.HELP, **{
-        "LIST": "LIST [mine|hidden]: public files, your own public files, or (admin) hidden files",
-        "INFO": "INFO <name>",
-        "CHECKSUM": "CHECKSUM <name>: 200 sha256 <hex>",
+        "LIST": "LIST [mine|hidden]: public files, your own public files, or hidden files "
+                "(your own; an admin's: all)",
+        "INFO": "INFO <name> [password=P]: a protected file's sha256 needs its password "
+                "unless it is yours",
+        "CHECKSUM": "CHECKSUM <name> [password=P]: 200 sha256 <hex>",
         "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] [sha256=HEX] "
                   "[replace=yes]: 350, then exactly <size> raw bytes, then 226 stored {file}",
         "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
@@ -136,18 +151,24 @@ class FilesProtocol(CommandProtocol):
         if len(args) > 1:
             raise BadArguments("usage: LIST [mine|hidden]")
         which = args[0].lower() if args else None
-        d = self.files.list(self.user, self.account.is_admin, which)
-        return d.addCallback(lambda recs: Listing([r.to_wire() for r in recs]))
+        d = self.files.list(self.caller, which)
+        return d.addCallback(lambda views: Listing([v.to_wire() for v in views]))
 
     def cmd_INFO(self, args):
-        if len(args) != 1:
-            raise BadArguments("usage: INFO <name>")
-        return self.files.info(args[0]).addCallback(lambda rec: ObjectReply(rec.to_wire()))
+        (name,), opts = _name_and_options(args, INFO_OPTIONS, 1, self.HELP["INFO"])
+        d = self.files.info(self.caller, name, opts.get("password"))
+        return d.addCallback(lambda view: ObjectReply(view.to_wire()))
 
     def cmd_CHECKSUM(self, args):
-        if len(args) != 1:
-            raise BadArguments("usage: CHECKSUM <name>")
-        return self.files.info(args[0]).addCallback(lambda rec: Reply(200, "sha256 " + rec.sha256))
+        (name,), opts = _name_and_options(args, INFO_OPTIONS, 1, self.HELP["CHECKSUM"])
+        d = self.files.info(self.caller, name, opts.get("password"))
+        return d.addCallback(self._checksum)
+
+    @staticmethod
+    def _checksum(view):
+        if view.sha256 is None:
+            raise BadCredentials("file is protected: give password=P to see its checksum")
+        return Reply(200, "sha256 " + view.sha256)
 
     @defer.inlineCallbacks
     def cmd_UPLOAD(self, args):
@@ -156,7 +177,7 @@ class FilesProtocol(CommandProtocol):
         replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
         visibility = opts.get("visibility")
         yield self.app.whenReady()
-        up = yield self.files.begin_upload(self.user, name, size, visibility,
+        up = yield self.files.begin_upload(self.caller, name, size, visibility,
                                            opts.get("password"), opts.get("sha256"), replace)
         if self.transport is None or not self.transport.connected:
             up.abort()
@@ -166,7 +187,7 @@ class FilesProtocol(CommandProtocol):
 
         def finish():
             restore()
-            return up.complete().addCallback(
+            return up.complete(journal=self.journal(226)).addCallback(
                 lambda rec: Reply(226, "stored " + dumps(rec.to_wire())))
 
         def abort():
@@ -196,7 +217,8 @@ class FilesProtocol(CommandProtocol):
     def cmd_DOWNLOAD(self, args):
         (name,), opts = _name_and_options(args, DOWNLOAD_OPTIONS, 1, self.HELP["DOWNLOAD"])
         offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
-        prepared = yield self.files.open_download(self.user, name, opts.get("password"), offset)
+        prepared = yield self.files.open_download(self.caller, name, opts.get("password"),
+                                                  offset)
         if self.transport is None or not self.transport.connected:
             prepared.reader.close()
             raise TemporaryError("connection lost before the download started")
@@ -206,7 +228,7 @@ class FilesProtocol(CommandProtocol):
     def cmd_DELETE(self, args):
         if len(args) != 1:
             raise BadArguments("usage: DELETE <name>")
-        d = self.files.delete(self.user, self.account.is_admin, args[0])
+        d = self.files.delete(self.caller, args[0], journal=self.journal(200))
         return d.addCallback(lambda rec: Reply(200, "deleted"))
 
 

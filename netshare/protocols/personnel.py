@@ -81,17 +81,19 @@ class PersonnelProtocol(CommandProtocol):
         _, opts = split_options(args, allowed=("ssn",) + PERSON_FIELDS, positional=(0, 0))
         if "ssn" not in opts:
             raise BadArguments("usage: ADD ssn=.. name=.. surname=.. [job=..] [salary=..]")
-        return self.app.add(opts).addCallback(lambda person: ObjectReply(person, code=201))
+        return self.app.add(opts, journal=self.journal(201)).addCallback(
+            lambda person: ObjectReply(person, code=201))
 
     def cmd_UPDATE(self, args):
         self._admin("UPDATE")
         pos, opts = split_options(args, allowed=PERSON_FIELDS, positional=(1, 1))
-        return self.app.update(pos[0], opts).addCallback(ObjectReply)
+        return self.app.update(pos[0], opts, journal=self.journal(200)).addCallback(ObjectReply)
 
     def cmd_DELETE(self, args):
         self._admin("DELETE")
         pos, _ = split_options(args, positional=(1, 1))
-        return self.app.delete(pos[0]).addCallback(lambda _: Reply(200, "deleted"))
+        return self.app.delete(pos[0], journal=self.journal(200)).addCallback(
+            lambda _: Reply(200, "deleted"))
 
     # -- operator commands (admin)
 
@@ -108,12 +110,13 @@ class PersonnelProtocol(CommandProtocol):
     def cmd_SEND(self, args):
         self._admin("SEND")
         pos, _ = split_options(args, positional=(2, 2))
-        return self.app.send(pos[0], pos[1]).addCallback(self._queued)
+        return self.app.send(pos[0], pos[1], journal=self.journal(200)).addCallback(self._queued)
 
     def cmd_REMOVE(self, args):
         self._admin("REMOVE")
         pos, _ = split_options(args, positional=(2, 2))
-        return self.app.remove(pos[0], pos[1]).addCallback(self._queued)
+        return self.app.remove(pos[0], pos[1], journal=self.journal(200)).addCallback(
+            self._queued)
 
     @staticmethod
     def _queued(count):
@@ -127,7 +130,7 @@ class PersonnelProtocol(CommandProtocol):
             raise BadSequence("this connection is already a sync stream")
         after = parse_int(opts.get("after", "0"), "after")
         self._syncing = True
-        d = self.app.openSync(self.user, self, after)
+        d = self.app.openSync(self.user, self, after, account_id=self.account.id)
 
         def opened(feed):
             if self._gone:
@@ -159,7 +162,8 @@ class PersonnelProtocol(CommandProtocol):
         if seq > self.feed.lastSent:
             raise BadArguments("seq %d has not been sent on this stream (last sent %d)"
                                % (seq, self.feed.lastSent))
-        return self.app.ack(self.user, seq).addCallback(lambda _: Reply(200, "ok"))
+        return self.app.ack(self.user, seq, journal=self.journal(200)).addCallback(
+            lambda _: Reply(200, "ok"))
 
     # -- the sink interface of SyncFeed (writable comes from the base)
 

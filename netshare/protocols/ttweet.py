@@ -4,7 +4,7 @@ The ttweet protocol (PROTOCOL.md section 3) on the base line protocol.
 The wire side only: parse the words, call the L{netshare.ttweet.Hub}, turn
 its answers into replies.  The hub decides everything else (validation,
 subscriptions, fan-out, flood limit, timelines, the batch writer).  The
-protocol object is the hub's session: it has C{username}, C{registered} and
+protocol object is the hub's session: it has C{username}, C{account_id} and
 the base's C{sendPush}.
 
 Login.  C{LOGIN <user> [password]}: a name that holds an account needs its
@@ -153,7 +153,6 @@ class TtweetProtocol(CommandProtocol):
         super().__init__()
         #: The hub's session identity: set at login (guest or account).
         self.username = None
-        self.registered = False
         self._held = deque()          # _Slot (pending or filled) or ready line lists
         self._heldWaiters = []        # Deferreds fired when _held empties
         self._heldPaused = False      # reading stopped because _held is too long
@@ -197,7 +196,7 @@ class TtweetProtocol(CommandProtocol):
             raise BadCredentials("%s is registered: password required" % (account.name,))
         if self.username is not None or self._gone:
             raise BadSequence("already logged in")
-        self._enterHub(name, registered=False)
+        self._enterHub(name)
         self.recordAs("LOGIN %s" % (name,))
         self.log.info("guest {user} logged in", service=self.service, user=name, peer=self.peer)
         return Reply(230, "logged in as %s (guest)" % (name,))
@@ -207,17 +206,22 @@ class TtweetProtocol(CommandProtocol):
         try:
             if self._gone:            # closed while the password was checked
                 raise BadSequence("connection closed")
-            self._enterHub(self.account.name, registered=True)
+            self._enterHub(self.account.name)
         except NetshareError:
             self.account = None
             raise
 
-    def _enterHub(self, name, registered):
-        self.username, self.registered = name, registered
+    @property
+    def account_id(self):
+        """The hub's session identity: the account's id, None for a guest."""
+        return self.account.id if self.account is not None else None
+
+    def _enterHub(self, name):
+        self.username = name
         try:
             self.hub.login(self)      # 555 username illegal when online already
         except NetshareError:
-            self.username, self.registered = None, False
+            self.username = None
             raise
 
     def cmd_WHOAMI(self, args):
@@ -272,7 +276,8 @@ class TtweetProtocol(CommandProtocol):
             raise BadArguments("message format illegal")
         if len(args) > 2:
             raise BadArguments('usage: TWEET "<message>" [<hashtags>]')
-        d = self.hub.publish(self, args[0], args[1] if len(args) == 2 else "")
+        d = self.hub.publish(self, args[0], args[1] if len(args) == 2 else "",
+                             journal=self.journal(200))
         return self._reserve(d)
 
     def cmd_SUBSCRIBE(self, args):

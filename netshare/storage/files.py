@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from netshare.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
-from netshare.storage.schema import ID, TABLE_KW, metadata
+from netshare.storage.schema import ID, NEVER_REUSED, TABLE_KW, metadata
 from netshare.wire import iso_ms
 
 files = sa.Table(
@@ -32,7 +32,10 @@ files = sa.Table(
     sa.Column("id", ID, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("name_key", sa.String(255), nullable=False),
-    sa.Column("owner", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(32), nullable=False),         # the name shown
+    # The owning account: ownership is decided by id, never by name.  NULL
+    # only for files migrated from before ids whose owner had no account.
+    sa.Column("owner_id", sa.BigInteger, nullable=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("visibility", sa.String(8), nullable=False),
@@ -41,7 +44,9 @@ files = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("name_key", name="uq_files_name_key"),
     sa.Index("ix_files_owner", "owner"),
+    sa.Index("ix_files_owner_id", "owner_id"),
     **TABLE_KW,
+    **NEVER_REUSED,
 )
 
 
@@ -52,7 +57,8 @@ class FileRecord:
     id: int
     name: str
     name_key: str
-    owner: str
+    owner: str           # the owner's name, as shown
+    owner_id: int | None  # the owning account: what ownership is decided by
     size: int
     sha256: str
     visibility: str
@@ -68,9 +74,11 @@ class FileRecord:
     def hidden(self) -> bool:
         return self.visibility == "hidden"
 
-    def to_wire(self) -> dict:
-        """The PROTOCOL.md file object (no blob id, no encryption details)."""
-        return {"name": self.name, "size": self.size, "sha256": self.sha256,
+    def to_wire(self, reveal_sha256: bool = True) -> dict:
+        """The PROTOCOL.md file object (no blob id, no encryption details);
+        C{sha256} null unless C{reveal_sha256} (see the files service)."""
+        return {"name": self.name, "size": self.size,
+                "sha256": self.sha256 if reveal_sha256 else None,
                 "owner": self.owner, "visibility": self.visibility,
                 "protected": self.protected, "created": iso_ms(self.created_ms)}
 
@@ -81,8 +89,9 @@ def _dump_meta(meta: dict | None) -> str | None:
 
 def _record(r) -> FileRecord:
     meta = json.loads(r.enc_meta) if r.enc_meta is not None else None
-    return FileRecord(int(r.id), r.name, r.name_key, r.owner, int(r.size), r.sha256,
-                      r.visibility, r.blob_id, meta, int(r.created_ms))
+    return FileRecord(int(r.id), r.name, r.name_key, r.owner,
+                      int(r.owner_id) if r.owner_id is not None else None, int(r.size),
+                      r.sha256, r.visibility, r.blob_id, meta, int(r.created_ms))
 
 
 def thd_get(conn, name_key: str) -> FileRecord | None:
@@ -90,65 +99,71 @@ def thd_get(conn, name_key: str) -> FileRecord | None:
     return _record(r) if r is not None else None
 
 
-def thd_list_public(conn, owner: str | None = None, limit: int | None = None) -> list[FileRecord]:
+def thd_list_public(conn, owner_id: int | None = None,
+                    limit: int | None = None) -> list[FileRecord]:
     """Public files (of one owner, or everyone's), by name key."""
     q = sa.select(files).where(files.c.visibility == "public")
-    if owner is not None:
-        q = q.where(files.c.owner == owner)
+    if owner_id is not None:
+        q = q.where(files.c.owner_id == owner_id)
     q = q.order_by(files.c.name_key)
     if limit is not None:
         q = q.limit(limit)
     return [_record(r) for r in conn.execute(q)]
 
 
-def thd_list_hidden(conn, limit: int | None = None) -> list[FileRecord]:
-    q = sa.select(files).where(files.c.visibility == "hidden").order_by(files.c.name_key)
+def thd_list_hidden(conn, owner_id: int | None = None,
+                    limit: int | None = None) -> list[FileRecord]:
+    """Hidden files (of one owner, or everyone's: admins), by name key."""
+    q = sa.select(files).where(files.c.visibility == "hidden")
+    if owner_id is not None:
+        q = q.where(files.c.owner_id == owner_id)
+    q = q.order_by(files.c.name_key)
     if limit is not None:
         q = q.limit(limit)
     return [_record(r) for r in conn.execute(q)]
 
 
-def thd_usage(conn, owner: str) -> int:
-    """Bytes stored by C{owner} (the quota measure: plaintext sizes)."""
+def thd_usage(conn, owner_id: int) -> int:
+    """Bytes stored by the account C{owner_id} (the quota measure: plaintext sizes)."""
     total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
-                         .where(files.c.owner == owner)).scalar_one()
+                         .where(files.c.owner_id == owner_id)).scalar_one()
     return int(total)
 
 
-def _check_quota(conn, owner: str, size: int, quota: int | None, freed: int = 0) -> None:
+def _check_quota(conn, owner_id: int, size: int, quota: int | None, freed: int = 0) -> None:
     """Re-check the quota inside the writing transaction (the check before
     C{350} can be raced by a parallel upload of the same user)."""
     if quota is None:
         return
-    used = thd_usage(conn, owner) - freed
+    used = thd_usage(conn, owner_id) - freed
     if used + size > quota:
         raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, quota))
 
 
-def thd_insert(conn, *, name: str, name_key: str, owner: str, size: int, sha256: str,
-               visibility: str, blob_id: str, enc_meta: dict | None, created_ms: int,
-               quota: int | None = None) -> FileRecord:
+def thd_insert(conn, *, name: str, name_key: str, owner: str, owner_id: int, size: int,
+               sha256: str, visibility: str, blob_id: str, enc_meta: dict | None,
+               created_ms: int, quota: int | None = None) -> FileRecord:
     """
     Add a new file.  @raise Conflict: (555) the name key exists, including
     when a parallel upload of the same name committed first.
     @raise LimitExceeded: (552) over C{quota}.
     """
-    _check_quota(conn, owner, size, quota)
-    values = dict(name=name, name_key=name_key, owner=owner, size=size, sha256=sha256,
-                  visibility=visibility, blob_id=blob_id, enc_meta=_dump_meta(enc_meta),
-                  created_ms=created_ms)
+    _check_quota(conn, owner_id, size, quota)
+    values = dict(name=name, name_key=name_key, owner=owner, owner_id=owner_id, size=size,
+                  sha256=sha256, visibility=visibility, blob_id=blob_id,
+                  enc_meta=_dump_meta(enc_meta), created_ms=created_ms)
     try:
         with conn.begin_nested():
             result = conn.execute(files.insert().values(**values))
     except sa_exc.IntegrityError:
         raise Conflict("file exists") from None
-    return FileRecord(int(result.inserted_primary_key[0]), name, name_key, owner, size, sha256,
-                      visibility, blob_id, enc_meta, created_ms)
+    return FileRecord(int(result.inserted_primary_key[0]), name, name_key, owner, owner_id,
+                      size, sha256, visibility, blob_id, enc_meta, created_ms)
 
 
-def thd_replace(conn, *, name: str, name_key: str, owner: str, size: int, sha256: str,
-                visibility: str | None, blob_id: str, enc_meta: dict | None, created_ms: int,
-                quota: int | None = None) -> tuple[FileRecord, str | None]:
+def thd_replace(conn, *, name: str, name_key: str, owner: str, owner_id: int, size: int,
+                sha256: str, visibility: str | None, blob_id: str, enc_meta: dict | None,
+                created_ms: int, quota: int | None = None) -> tuple[FileRecord, str | None]:
     """
     Point an existing file of C{owner} at new content, in one transaction
     (the row is locked, so a parallel replace or delete waits), or insert it
@@ -163,26 +178,26 @@ def thd_replace(conn, *, name: str, name_key: str, owner: str, size: int, sha256
     old = conn.execute(sa.select(files).where(files.c.name_key == name_key)
                        .with_for_update()).first()
     if old is None:
-        rec = thd_insert(conn, name=name, name_key=name_key, owner=owner, size=size,
-                         sha256=sha256, visibility=visibility or "public", blob_id=blob_id,
-                         enc_meta=enc_meta, created_ms=created_ms, quota=quota)
+        rec = thd_insert(conn, name=name, name_key=name_key, owner=owner, owner_id=owner_id,
+                         size=size, sha256=sha256, visibility=visibility or "public",
+                         blob_id=blob_id, enc_meta=enc_meta, created_ms=created_ms, quota=quota)
         return rec, None
-    if old.owner != owner:
+    if old.owner_id != owner_id:
         raise Conflict("file exists and belongs to someone else")
-    _check_quota(conn, owner, size, quota, freed=int(old.size))
+    _check_quota(conn, owner_id, size, quota, freed=int(old.size))
     visibility = visibility or old.visibility
     conn.execute(files.update().where(files.c.id == old.id).values(
         name=name, size=size, sha256=sha256, visibility=visibility, blob_id=blob_id,
         enc_meta=_dump_meta(enc_meta), created_ms=created_ms))
-    rec = FileRecord(int(old.id), name, name_key, owner, size, sha256, visibility, blob_id,
-                     enc_meta, created_ms)
+    rec = FileRecord(int(old.id), name, name_key, owner, owner_id, size, sha256, visibility,
+                     blob_id, enc_meta, created_ms)
     return rec, old.blob_id
 
 
-def thd_delete(conn, name_key: str, owner: str | None = None) -> FileRecord:
+def thd_delete(conn, name_key: str, owner_id: int | None = None) -> FileRecord:
     """
-    Remove a file's row.  With C{owner}, only that owner's file (the caller
-    passes None for an admin).
+    Remove a file's row.  With C{owner_id}, only that account's file (the
+    caller passes None for an admin).
 
     @return: the deleted record (its C{blob_id} is for the caller to unlink).
     @raise NotFound: (550).  @raise PermissionDenied: (531) not the owner.
@@ -191,7 +206,7 @@ def thd_delete(conn, name_key: str, owner: str | None = None) -> FileRecord:
                      .with_for_update()).first()
     if r is None:
         raise NotFound("no such file")
-    if owner is not None and r.owner != owner:
+    if owner_id is not None and r.owner_id != owner_id:
         raise PermissionDenied("only the owner or an admin may delete this file")
     conn.execute(files.delete().where(files.c.id == r.id))
     return _record(r)
@@ -212,26 +227,26 @@ class FileStore:
         """Deferred[FileRecord | None]."""
         return self.pool.run(thd_get, name_key)
 
-    def list_public(self, owner: str | None = None, limit: int | None = None):
-        return self.pool.run(thd_list_public, owner, limit)
+    def list_public(self, owner_id: int | None = None, limit: int | None = None):
+        return self.pool.run(thd_list_public, owner_id, limit)
 
-    def list_hidden(self, limit: int | None = None):
-        return self.pool.run(thd_list_hidden, limit)
+    def list_hidden(self, owner_id: int | None = None, limit: int | None = None):
+        return self.pool.run(thd_list_hidden, owner_id, limit)
 
-    def usage(self, owner: str):
-        return self.pool.run(thd_usage, owner)
+    def usage(self, owner_id: int):
+        return self.pool.run(thd_usage, owner_id)
 
-    def insert(self, **row):
+    def insert(self, journal=None, **row):
         """Deferred[FileRecord]; see L{thd_insert} for the keywords."""
-        return self.pool.run(thd_insert, **row)
+        return self.pool.run(thd_insert, journal=journal, **row)
 
-    def replace(self, **row):
+    def replace(self, journal=None, **row):
         """Deferred[(FileRecord, old blob id | None)]; see L{thd_replace}."""
-        return self.pool.run(thd_replace, **row)
+        return self.pool.run(thd_replace, journal=journal, **row)
 
-    def delete(self, name_key: str, owner: str | None = None):
+    def delete(self, name_key: str, owner_id: int | None = None, journal=None):
         """Deferred[FileRecord] of the deleted row."""
-        return self.pool.run(thd_delete, name_key, owner)
+        return self.pool.run(thd_delete, name_key, owner_id, journal=journal)
 
     def all_blob_ids(self):
         return self.pool.run(thd_all_blob_ids)

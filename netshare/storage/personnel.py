@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from netshare import wire
-from netshare.errors import BadArguments, Conflict, NotFound
+from netshare.errors import BadArguments, ClosingConnection, Conflict, NotFound
 from netshare.storage.schema import TABLE_KW, accounts, metadata
 
 #: Default and maximum number of rows of a listing (LIST, MESSAGES).
@@ -361,8 +361,18 @@ def _only_person_fields(fields: dict) -> dict:
 # Sync clients
 
 
-def thd_register_client(conn, name: str, now_ms: int) -> ClientInfo:
-    """Record that C{name} opened a SYNC stream (creating it if new)."""
+def thd_register_client(conn, name: str, now_ms: int, account_id: int | None = None) -> ClientInfo:
+    """
+    Record that C{name} opened a SYNC stream (creating it if new).
+
+    @param account_id: the id of the account opening it: refused
+        (L{ClosingConnection}) unless that account still exists, so a
+        connection of a removed account can never attach to the queue of a
+        later account with the same name.
+    """
+    if account_id is not None and conn.execute(
+            sa.select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
+        raise ClosingConnection("account removed")
     _insert_ignore(conn, sync_clients, {"name": name, "first_seen_ms": now_ms,
                                         "last_seen_ms": now_ms, "acked_seq": 0, "next_seq": 1})
     conn.execute(sa.update(sync_clients).where(sync_clients.c.name == name)
@@ -629,14 +639,14 @@ class PersonnelStore:
     def get(self, ssn):
         return self.pool.run(thd_get_person, ssn)
 
-    def add(self, ssn, fields, now_ms):
-        return self.pool.run(thd_add_person, ssn, fields, now_ms)
+    def add(self, ssn, fields, now_ms, journal=None):
+        return self.pool.run(thd_add_person, ssn, fields, now_ms, journal=journal)
 
-    def update(self, ssn, fields, now_ms):
-        return self.pool.run(thd_update_person, ssn, fields, now_ms)
+    def update(self, ssn, fields, now_ms, journal=None):
+        return self.pool.run(thd_update_person, ssn, fields, now_ms, journal=journal)
 
-    def delete(self, ssn):
-        return self.pool.run(thd_delete_person, ssn)
+    def delete(self, ssn, journal=None):
+        return self.pool.run(thd_delete_person, ssn, journal=journal)
 
     def clients(self):
         return self.pool.run(thd_list_clients)
@@ -644,17 +654,17 @@ class PersonnelStore:
     def messages(self, client=None, limit=None):
         return self.pool.run(thd_list_messages, client, limit)
 
-    def enqueue(self, persons, clients, action, now_ms):
-        return self.pool.run(thd_enqueue, persons, clients, action, now_ms)
+    def enqueue(self, persons, clients, action, now_ms, journal=None):
+        return self.pool.run(thd_enqueue, persons, clients, action, now_ms, journal=journal)
 
-    def register_client(self, name, now_ms):
-        return self.pool.run(thd_register_client, name, now_ms)
+    def register_client(self, name, now_ms, account_id=None):
+        return self.pool.run(thd_register_client, name, now_ms, account_id)
 
     def pending_page(self, client, after_seq, limit):
         return self.pool.run(thd_pending_page, client, after_seq, limit)
 
-    def ack(self, client, seq):
-        return self.pool.run(thd_ack, client, seq)
+    def ack(self, client, seq, journal=None):
+        return self.pool.run(thd_ack, client, seq, journal=journal)
 
     def prune_acked(self, before_ms):
         return self.pool.run(thd_prune_acked, before_ms)

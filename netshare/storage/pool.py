@@ -9,6 +9,10 @@ backoff; when the database stays unreachable the caller gets
 L{DatabaseUnavailable} (a C{451} reply) within a few seconds instead of a
 hang, and the next call tries again, so service resumes by itself when the
 database comes back.
+
+A write can carry its request-history entry (C{journal=}): the entry is
+inserted in the write's own transaction, so an acknowledged write and the
+record of it survive a crash together or not at all.
 """
 
 import time
@@ -23,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from netshare.errors import DatabaseUnavailable, NetshareError
+from netshare.storage.schema import history
 
 # Total time a call may spend retrying a transient error before giving up.
 DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
@@ -74,16 +79,19 @@ class DBPool:
             self._pool.start()
             self.running = True
 
-    def run(self, fn, *args, **kwargs):
+    def run(self, fn, *args, journal=None, **kwargs):
         """
         Run C{fn(conn, *args, **kwargs)} in a worker, in one transaction.
 
+        @param journal: a request-history row (or a list of them) to insert
+            in the same transaction, after C{fn} succeeded.
         @return: a Deferred firing with fn's result (plain data), or failing
             with the L{NetshareError} fn raised, or L{DatabaseUnavailable}.
         """
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
-        d = deferToThreadPool(self._reactor, self._pool, self._thd_call, fn, args, kwargs)
+        d = deferToThreadPool(self._reactor, self._pool, self._thd_call, fn, args, kwargs,
+                              journal)
         self._inflight.add(d)
 
         def done(result):
@@ -104,13 +112,16 @@ class DBPool:
         self.log.error("database call exceeded {timeout}s: answering 451", timeout=timeout)
         return Failure(DatabaseUnavailable("database not answering; try later"))
 
-    def _thd_call(self, fn, args, kwargs):
+    def _thd_call(self, fn, args, kwargs, journal=None):
         delays = iter(self.retry_delays)
         while True:
             self.active += 1
             try:
                 with self.engine.begin() as conn:
                     result = fn(conn, *args, **kwargs)
+                    if journal:
+                        conn.execute(history.insert(),
+                                     journal if isinstance(journal, list) else [journal])
                 assert not isinstance(result, (Result, CursorResult, Row)), (
                     "%r returned a %s: build plain data inside the thread" % (fn, type(result)))
                 return result

@@ -10,6 +10,12 @@ Conventions every table follows:
    SQLite and PostgreSQL (the default MySQL collation would make "é" equal
    "e" and "A" equal "a").
  - L{ID}: a 64-bit integer key that still autoincrements on SQLite.
+ - L{NEVER_REUSED}: on tables whose ids other rows refer to (accounts,
+   files, history), SQLite's C{AUTOINCREMENT}, so a deleted row's id is
+   never handed out again (a plain SQLite rowid key reuses the highest one:
+   an account registered right after the newest one was removed would get
+   its id, and with it everything that refers to it).  PostgreSQL sequences
+   and MariaDB's AUTO_INCREMENT never reuse an id anyway.
  - timestamps are BigInteger epoch milliseconds in C{*_ms} columns.
 """
 
@@ -27,6 +33,8 @@ TABLE_KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="u
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+NEVER_REUSED = dict(sqlite_autoincrement=True)
+
 accounts = sa.Table(
     "accounts",
     metadata,
@@ -37,6 +45,7 @@ accounts = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     **TABLE_KW,
+    **NEVER_REUSED,
 )
 
 history = sa.Table(
@@ -45,10 +54,25 @@ history = sa.Table(
     sa.Column("id", ID, primary_key=True, autoincrement=True),
     sa.Column("ts_ms", sa.BigInteger, nullable=False),
     sa.Column("service", sa.String(16), nullable=False),
+    # The name shown (the account's, or a ttweet guest's); NULL before login.
     sa.Column("user", sa.String(32), nullable=True),
     sa.Column("peer", sa.String(64), nullable=False),
     sa.Column("command", sa.Text, nullable=False),
     sa.Column("code", sa.Integer, nullable=False),
-    sa.Index("ix_history_user_id", "user", "id"),
+    # The account that sent it: a user's own view is by id, so an account
+    # registered later under a removed account's name sees none of it.
+    sa.Column("account_id", sa.BigInteger, nullable=True),
+    # Cleared from the user's own view (HISTORY CLEAR / DELETE); an admin
+    # still sees it until the retention period purges it.
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The order entries were made in: microseconds since the epoch, strictly
+    # increasing within a server.  Views are newest first by it, not by id:
+    # an acknowledged write's entry is inserted with the write (ahead of
+    # entries still waiting in the batch recorder), so ids are not in order.
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_history_user_seq", "user", "seq"),
+    sa.Index("ix_history_account_id_seq", "account_id", "seq"),
+    sa.Index("ix_history_seq", "seq"),
     **TABLE_KW,
+    **NEVER_REUSED,
 )

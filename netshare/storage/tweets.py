@@ -26,7 +26,7 @@ from typing import Sequence
 
 import sqlalchemy as sa
 
-from netshare.storage.schema import ID, TABLE_KW, accounts, metadata
+from netshare.storage.schema import ID, TABLE_KW, accounts, history, metadata
 
 # Column sizes, shared with the validation in netshare.ttweet.
 USER_LEN = 32
@@ -53,9 +53,11 @@ timelines = sa.Table(
     "timelines",
     metadata,
     sa.Column("id", ID, primary_key=True, autoincrement=True),
-    sa.Column("user", sa.String(USER_LEN), nullable=False),
+    # The registered recipient, by account id (never by name: a removed
+    # account's name registered again starts with an empty timeline).
+    sa.Column("account_id", sa.BigInteger, nullable=False),
     sa.Column("tweet_id", sa.BigInteger, nullable=False),
-    sa.Index("ix_timelines_user_id", "user", "id"),
+    sa.Index("ix_timelines_account_id_id", "account_id", "id"),
     **TABLE_KW,
 )
 
@@ -89,14 +91,18 @@ def _rows(result) -> list[TweetRow]:
 
 
 def thd_save_batch(conn, tweet_rows: Sequence[dict],
-                   timeline_entries: Sequence[tuple[int, Sequence[str]]]) -> int:
+                   timeline_entries: Sequence[tuple[int, Sequence[int]]],
+                   journals: Sequence[tuple[int, dict]] = ()) -> int:
     """
     Store one batch in the caller's transaction.
 
     @param tweet_rows: dicts with C{id, user, message, hashtags, ts_ms}.
-    @param timeline_entries: C{(tweet_id, [registered recipient, ...])}
+    @param timeline_entries: C{(tweet_id, [recipient account id, ...])}
         pairs, in tweet order.  Grouped per tweet so the reactor thread
         never builds one object per delivery; the rows are expanded here.
+    @param journals: C{(tweet_id, history row)} of the TWEET commands: each
+        stored with its tweet, so an acknowledged tweet and its history entry
+        survive a crash together.
     @return: the number of tweets newly stored (already-stored ones from a
         replayed batch are skipped, with their timeline rows).
     """
@@ -109,11 +115,14 @@ def thd_save_batch(conn, tweet_rows: Sequence[dict],
         conn.execute(tweets.insert(), [
             {"id": t["id"], "user": t["user"], "message": t["message"],
              "hashtags": t["hashtags"], "ts_ms": t["ts_ms"]} for t in new])
-    entries = [{"user": user, "tweet_id": tid}
-               for tid, users in timeline_entries if tid not in present
-               for user in users]
+    entries = [{"account_id": account_id, "tweet_id": tid}
+               for tid, account_ids in timeline_entries if tid not in present
+               for account_id in account_ids]
     if entries:
         conn.execute(timelines.insert(), entries)
+    rows = [row for tid, row in journals if tid not in present]
+    if rows:
+        conn.execute(history.insert(), rows)
     return len(new)
 
 
@@ -136,11 +145,11 @@ def thd_last_message(conn) -> str | None:
     return conn.execute(sa.select(tweets.c.message).order_by(tweets.c.id.desc()).limit(1)).scalar()
 
 
-def thd_timeline(conn, user: str, limit: int) -> list[TweetRow]:
-    """The C{limit} most recent tweets delivered to C{user}, oldest first."""
+def thd_timeline(conn, account_id: int, limit: int) -> list[TweetRow]:
+    """The C{limit} most recent tweets delivered to the account, oldest first."""
     q = (sa.select(*_TWEET_COLS)
          .select_from(timelines.join(tweets, tweets.c.id == timelines.c.tweet_id))
-         .where(timelines.c.user == user)
+         .where(timelines.c.account_id == account_id)
          .order_by(timelines.c.id.desc()).limit(_limit(limit)))
     rows = _rows(conn.execute(q))
     rows.reverse()
@@ -168,8 +177,8 @@ class TweetStore:
     def __init__(self, pool):
         self.pool = pool
 
-    def save_batch(self, tweet_rows, timeline_entries):
-        return self.pool.run(thd_save_batch, tweet_rows, timeline_entries)
+    def save_batch(self, tweet_rows, timeline_entries, journals=()):
+        return self.pool.run(thd_save_batch, tweet_rows, timeline_entries, journals)
 
     def max_tweet_id(self):
         return self.pool.run(thd_max_tweet_id)
@@ -180,8 +189,8 @@ class TweetStore:
     def last_message(self):
         return self.pool.run(thd_last_message)
 
-    def timeline(self, user, limit):
-        return self.pool.run(thd_timeline, user, limit)
+    def timeline(self, account_id, limit):
+        return self.pool.run(thd_timeline, account_id, limit)
 
     def user_known(self, user):
         return self.pool.run(thd_user_known, user)
