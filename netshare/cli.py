@@ -127,6 +127,9 @@ def cmd_init(args, cfg, out):
                     out.write("admin password (shown once): %s\n" % password)
         if args.demo:
             changed.extend(_demo(engine, cfg))
+            if cfg.registration != "open":
+                changed.append("registration stays closed: start the server with "
+                               "--registration open to let anyone REGISTER")
     finally:
         engine.dispose()
     if changed:

@@ -263,3 +263,55 @@ def test_a_user_cannot_erase_their_audit_trail(server):
     assert seen.count("PING") == 20 and "HISTORY CLEAR" in seen
     for c in (eve, admin):
         c.close()
+
+
+# --------------------------------------------------------------- kill -9
+
+def test_acknowledged_writes_and_their_history_entries_survive_kill_9(tmp_path):
+    """Uploads (226), personnel ADDs (201) and a registered user's tweets
+    (200), killed with SIGKILL right after the last acknowledgement, three
+    times: after each restart every acknowledged write is there and so is
+    its history entry (they commit in one transaction)."""
+    srv = ServerProcess(tmp_path / "data")
+    try:
+        srv.start()
+        register(srv.ports["files"], "alice")
+        srv.proc.kill()
+        srv.proc.wait(10)
+        for cycle in range(3):
+            srv.start()
+            files = connect(srv.ports["files"], "alice")
+            people = connect(srv.ports["personnel"], "admin")
+            tweets = connect(srv.ports["ttweet"], "alice")
+            acked = []
+            for i in range(5):
+                name = "c%d-f%d" % (cycle, i)
+                assert upload(files, name, b"x" * (i + 1)).startswith("226 ")
+                acked.append(("files", "UPLOAD %s %d" % (name, i + 1)))
+                ssn = "c%d-p%d" % (cycle, i)
+                assert people.cmd("ADD ssn=%s name=N surname=S" % ssn)[0].startswith("201 ")
+                acked.append(("personnel", "ADD ssn=%s name=N surname=S" % ssn))
+                msg = "c%d t%d" % (cycle, i)
+                assert tweets.cmd(quote("TWEET", msg)) == ["200 ok"]
+                acked.append(("ttweet", "TWEET " + shlex.quote(msg)))
+            srv.proc.kill()                      # SIGKILL: no flush, no goodbye
+            srv.proc.wait(10)
+            for c in (files, people, tweets):
+                c.close()
+            srv.start()
+            admin = connect(srv.ports["personnel"], "admin")
+            entries = items(admin.cmd("HISTORY user=* limit=1000"))
+            recorded = {(e["service"], e["command"]) for e in entries}
+            missing = [a for a in acked if a not in recorded]
+            assert not missing, missing
+            lister = connect(srv.ports["files"], "alice")
+            listed = {f["name"] for f in items(lister.cmd("LIST"))}
+            lister.close()
+            assert {"c%d-f%d" % (cycle, i) for i in range(5)} <= listed
+            assert {"c%d-p%d" % (cycle, i) for i in range(5)} <= {
+                p["ssn"] for p in items(admin.cmd("LIST c%d- limit=100" % cycle))}
+            admin.close()
+            srv.proc.kill()
+            srv.proc.wait(10)
+    finally:
+        srv.kill()
