@@ -125,11 +125,11 @@ def cmd_init(args, cfg, out):
                 changed.append("created account admin (admin)")
                 if not args.admin_password:
                     out.write("admin password (shown once): %s\n" % password)
-        if args.demo:
-            changed.extend(_demo(engine, cfg))
-            if cfg.registration != "open":
-                changed.append("registration stays closed: start the server with "
-                               "--registration open to let anyone REGISTER")
+        demo = _demo(engine, cfg) if args.demo else []
+        if demo and cfg.registration != "open":
+            demo.append("registration stays closed: start the server with "
+                        "--registration open to let anyone REGISTER")
+        changed.extend(demo)
     finally:
         engine.dispose()
     if changed:
