@@ -55,7 +55,9 @@ def build_parser():
     db = sub.add_parser("db", parents=[common], help="database schema")
     dsub = db.add_subparsers(dest="action", required=True)
     dsub.add_parser("upgrade", parents=[common], help="migrate the schema to this version")
-    dsub.add_parser("check", parents=[common], help="is the schema current? (exit 1 if not)")
+    dsub.add_parser("check", parents=[common],
+                    help="is the schema current, and does every file have its content "
+                         "and every content a file? (exit 1 if not)")
     return parser
 
 
@@ -233,9 +235,38 @@ def cmd_db(args, cfg, out):
         state = migrate.status(engine)
         out.write("schema %s (database %s, this netshare %s)\n"
                   % (state, migrate.current(engine) or "none", migrate.head()))
-        return 0 if state == "current" else 1
+        if state != "current":
+            return 1
+        return 0 if _check_files(cfg, engine, out) else 1
     finally:
         engine.dispose()
+
+
+def _check_files(cfg, engine, out) -> bool:
+    """
+    Files whose content is missing from disk (rows without blobs) and
+    content no file refers to (blobs without rows).  A running server
+    removes the second kind at its next start; the first kind needs an
+    operator (restore the blob from a backup, or delete the file).
+    @return: whether everything is consistent.
+    """
+    from netshare.files import BlobStore
+    from netshare.storage.files import thd_all_blob_ids, thd_names_of_blobs
+    root = os.path.join(cfg.data, "files")
+    with engine.connect() as conn:
+        rows = thd_all_blob_ids(conn)
+        on_disk = BlobStore(root).all_blob_ids() if os.path.isdir(root) else set()
+        missing = sorted(rows - on_disk)
+        names = thd_names_of_blobs(conn, missing) if missing else []
+    orphans = sorted(on_disk - rows)
+    out.write("files: %d rows, %d blobs on disk\n" % (len(rows), len(on_disk)))
+    for name in names:
+        out.write("row without content: %s\n" % (name,))
+    for blob_id in orphans:
+        out.write("content without a row: %s\n" % (blob_id,))
+    if not (missing or orphans):
+        out.write("files: consistent\n")
+    return not (missing or orphans)
 
 
 def main(argv=None, out=None):

@@ -54,6 +54,22 @@ class DatabaseUnavailable(TemporaryError):
     default_text = "database unavailable; try later"
 
 
+class OutcomeUnknown(TemporaryError):
+    """
+    451: a write's COMMIT was sent, and the database did not say whether it
+    committed before the call's deadline.  C{settled()} returns a Deferred
+    of the write's result, or of its failure, once that is known (whoever
+    owns something outside the database, such as a file's content, waits
+    for it before cleaning up).
+    """
+
+    default_text = "outcome unknown: the database did not confirm; check before retrying"
+
+    def __init__(self, text=None, code=None, settled=None):
+        super().__init__(text, code)
+        self.settled = settled
+
+
 class InsufficientStorage(NetshareError):
     code = 452
     default_text = "insufficient storage"

@@ -157,6 +157,7 @@ from netshare.errors import (
     LimitExceeded,
     NameNotAllowed,
     NotFound,
+    OutcomeUnknown,
     RateLimited,
 )
 from netshare.throttle import Penalties
@@ -1775,7 +1776,13 @@ class FilesService:
         swept = self.blobs.sweep()
         known = await self.files.all_blob_ids()
         orphans = await self.blobs.remove_orphans(known)
-        return {"temporaries": swept, "orphans": orphans}
+        missing = known - self.blobs.all_blob_ids()
+        if missing:
+            names = await self.files.names_of_blobs(sorted(missing))
+            self.log.error("{n} files have no content on disk (a DOWNLOAD answers 554; "
+                           "`netshare db check` lists them): {names}", n=len(missing),
+                           names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+        return {"temporaries": swept, "orphans": orphans, "missing": len(missing)}
 
     def forget_blobs(self, blob_ids) -> defer.Deferred:
         """Unlink blobs whose rows are gone for good (a removed account's
@@ -1911,6 +1918,13 @@ class FilesService:
             else:
                 row["visibility"] = up.visibility or "public"
                 record, old_blob = await self.files.insert(**row, journal=journal), None
+        except OutcomeUnknown as e:
+            # A committed row may point at the new content: keep it (held,
+            # so no orphan sweep takes it) until the database knows.
+            e.settled().addCallbacks(self._settledUpload, self._failedUpload,
+                                     callbackArgs=(stored.blob_id, up.replace),
+                                     errbackArgs=(stored.blob_id,))
+            raise
         except BaseException:
             await self.blobs.delete(stored.blob_id)
             raise
@@ -1920,6 +1934,18 @@ class FilesService:
         self.log.info("stored {name} ({size} bytes) for {owner}", name=up.name,
                       size=stored.size, owner=up.owner.name)
         return record
+
+    def _settledUpload(self, result, blob_id, replaced):
+        self.log.info("an upload whose outcome was unknown had committed")
+        self.blobs.release(blob_id)
+        old_blob = result[1] if replaced else None
+        if old_blob is not None:
+            self.blobs.delete(old_blob)
+
+    def _failedUpload(self, failure, blob_id):
+        self.log.info("an upload whose outcome was unknown had not committed: "
+                      "removing its content")
+        self.blobs.delete(blob_id)
 
     def open_download(self, caller, name: str, password: str | None = None,
                       offset: int = 0) -> defer.Deferred:
@@ -1933,7 +1959,8 @@ class FilesService:
     async def _open_download(self, caller, name, password, offset):
         if not isinstance(offset, int) or offset < 0:
             raise BadArguments("bad offset")
-        for attempt in (1, 2):
+        tried = None
+        while True:
             rec = await self._find(caller, name)
             if offset > rec.size:
                 raise BadArguments("bad offset: must be from 0 to %d" % rec.size)
@@ -1943,10 +1970,15 @@ class FilesService:
             try:
                 reader = self.blobs.open_download(rec.blob_id, offset, key, rec.size)
             except NotFound:
+                if tried == rec.blob_id:
+                    # The row still names it: the content is gone from disk.
+                    self.log.error("{name}: its content {blob} is missing from disk "
+                                   "(netshare db check lists every such file)",
+                                   name=rec.name, blob=rec.blob_id)
+                    raise IntegrityFailure("stored file is missing; the operator is told")
                 # The row we read was replaced or deleted before we opened its
                 # blob: look again once (a replace leaves a new row).
-                if attempt == 2:
-                    raise
+                tried = rec.blob_id
                 continue
             return PreparedDownload(rec, reader)
 
@@ -2000,8 +2032,14 @@ class FilesService:
 
     async def _delete(self, caller, name, journal=None):
         key = name_key(normalize_name(name))
-        rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
-                                      journal=journal)
+        try:
+            rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
+                                          journal=journal)
+        except OutcomeUnknown as e:
+            # The content goes only once its row is known to be gone.
+            e.settled().addCallbacks(lambda gone: self.blobs.delete(gone.blob_id),
+                                     lambda f: None)
+            raise
         await self.blobs.delete(rec.blob_id)
         self.log.info("{user} deleted {name}", user=caller.name, name=rec.name)
         return rec

@@ -258,7 +258,8 @@ def test_db_check_and_upgrade(scratch_url, tmp_path, environ, capsys):
     assert run("db", "upgrade", *db)[:2] == (0, "schema empty -> %s\n" % HEAD)
     assert run("db", "upgrade", *db)[:2] == (0, "schema already current (%s)\n" % HEAD)
     assert run("db", "check", *db)[:2] == (
-        0, "schema current (database %s, this netshare %s)\n" % (HEAD, HEAD))
+        0, "schema current (database %s, this netshare %s)\n"
+           "files: 0 rows, 0 blobs on disk\nfiles: consistent\n" % (HEAD, HEAD))
     set_revision(scratch_url, data, "9999_future")
     assert run("db", "check", *db)[:2] == (
         1, "schema newer (database 9999_future, this netshare %s)\n" % HEAD)
@@ -289,6 +290,36 @@ def test_db_upgrade_migrates_an_older_schema(scratch_url, tmp_path, environ):
     assert run("db", "upgrade", *db)[:2] == (0, "schema %s -> %s\n" % (first, HEAD))
     assert run("db", "check", *db)[0] == 0
     assert account(scratch_url, data, "kept").name == "kept"  # data survives the migration
+
+
+def test_db_check_reports_files_without_content_and_content_without_files(scratch_url,
+                                                                          tmp_path):
+    """A row whose blob is gone from disk and a blob no row names: both
+    listed, exit status 1."""
+    from netshare.files import BlobStore
+    from netshare.storage.files import thd_insert
+    data = tmp_path / "var"
+    data.mkdir()
+    db = ["--data", str(data), "--db", scratch_url]
+    assert run("db", "upgrade", *db)[0] == 0
+    blobs = BlobStore(str(data / "files"))
+    stray = "ab" * 16
+    os.makedirs(os.path.dirname(blobs.path_of(stray)), exist_ok=True)
+    with open(blobs.path_of(stray), "wb") as f:
+        f.write(b"nobody's")
+    engine = engine_for(scratch_url, data)
+    try:
+        with engine.begin() as conn:
+            thd_insert(conn, name="lost.txt", name_key="lost.txt", owner="alice", owner_id=1,
+                       size=3, sha256="0" * 64, visibility="public", blob_id="cd" * 16,
+                       enc_meta=None, created_ms=1)
+    finally:
+        engine.dispose()
+    code, out, _ = run("db", "check", *db)
+    assert code == 1
+    assert out.splitlines()[1:] == ["files: 1 rows, 1 blobs on disk",
+                                    "row without content: lost.txt",
+                                    "content without a row: " + stray]
 
 
 def test_db_check_exit_status(tmp_path):

@@ -1091,7 +1091,7 @@ def test_service_startup_sweeps(svc):
     with open(os.path.join(svc.blobs.tmp_dir, "1" * 32 + ".part"), "wb") as f:
         f.write(b"cut")
     counts = yield wait(svc.service.startup())
-    assert counts == {"temporaries": 1, "orphans": 1}
+    assert counts == {"temporaries": 1, "orphans": 1, "missing": 0}
     assert svc.blobs.all_blob_ids() == {rec.blob_id}
 
 

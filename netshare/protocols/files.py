@@ -81,7 +81,8 @@ class FilesApp:
 
         def done(counts):
             self.log.info("files ready: removed {temporaries} stale temporaries and "
-                          "{orphans} orphaned blobs", **counts)
+                          "{orphans} orphaned blobs; {missing} files without content",
+                          **counts)
 
         def failed(f):
             # Not fatal: orphans only waste space; the next start-up retries.

@@ -150,7 +150,9 @@ def thd_existing_ids(conn, ids) -> set[int]:
 
 
 class AccountStore:
-    """Async facade: every method returns a Deferred."""
+    """Async facade: every method returns a Deferred.  Creating and
+    removing run as writes (L{DBPool.write}): run twice, they would answer
+    "exists" or "no such account" for what they did themselves."""
 
     def __init__(self, pool):
         self.pool = pool
@@ -159,7 +161,7 @@ class AccountStore:
         return self.pool.run(thd_get, name)
 
     def create(self, name, role, password_hash, journal=None):
-        return self.pool.run(thd_create, name, role, password_hash, journal=journal)
+        return self.pool.write(thd_create, name, role, password_hash, journal=journal)
 
     def set_password(self, name, password_hash):
         return self.pool.run(thd_set_password, name, password_hash)
@@ -168,7 +170,7 @@ class AccountStore:
         return self.pool.run(thd_set_role, name, role)
 
     def remove(self, name, transfer_to=None):
-        return self.pool.run(thd_remove, name, transfer_to)
+        return self.pool.write(thd_remove, name, transfer_to)
 
     def list(self):
         return self.pool.run(thd_list)

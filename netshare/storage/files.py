@@ -212,6 +212,16 @@ def thd_delete(conn, name_key: str, owner_id: int | None = None) -> FileRecord:
     return _record(r)
 
 
+def thd_names_of_blobs(conn, blob_ids) -> list[str]:
+    """The names of the files whose content is one of C{blob_ids}."""
+    names = []
+    ids = list(blob_ids)
+    for i in range(0, len(ids), 500):
+        names += [r.name for r in conn.execute(
+            sa.select(files.c.name).where(files.c.blob_id.in_(ids[i:i + 500])))]
+    return sorted(names)
+
+
 def thd_all_blob_ids(conn) -> set[str]:
     """Every blob id a row points at (start-up removes the other blobs)."""
     return {r.blob_id for r in conn.execute(sa.select(files.c.blob_id))}
@@ -236,17 +246,23 @@ class FileStore:
     def usage(self, owner_id: int):
         return self.pool.run(thd_usage, owner_id)
 
+    # Writes (DBPool.write): run twice after a lost COMMIT answer they would
+    # answer "file exists" / "no such file" for what they did themselves.
+
     def insert(self, journal=None, **row):
         """Deferred[FileRecord]; see L{thd_insert} for the keywords."""
-        return self.pool.run(thd_insert, journal=journal, **row)
+        return self.pool.write(thd_insert, journal=journal, **row)
 
     def replace(self, journal=None, **row):
         """Deferred[(FileRecord, old blob id | None)]; see L{thd_replace}."""
-        return self.pool.run(thd_replace, journal=journal, **row)
+        return self.pool.write(thd_replace, journal=journal, **row)
 
     def delete(self, name_key: str, owner_id: int | None = None, journal=None):
         """Deferred[FileRecord] of the deleted row."""
-        return self.pool.run(thd_delete, name_key, owner_id, journal=journal)
+        return self.pool.write(thd_delete, name_key, owner_id, journal=journal)
 
     def all_blob_ids(self):
         return self.pool.run(thd_all_blob_ids)
+
+    def names_of_blobs(self, blob_ids):
+        return self.pool.run(thd_names_of_blobs, blob_ids)

@@ -90,7 +90,9 @@ def thd_hide_all(conn, own: int | None = None, user: str | None = ALL,
                  anonymous: bool = False) -> int:
     """Take the entries of a view out of their owners' views (admins still
     see them).  @return: how many were visible to their owners before."""
-    where = _where(own, user, anonymous) + [history.c.hidden == sa.false()]
+    where = _where(own, user, anonymous)
+    if own is None:                   # an own view leaves hidden ones out already
+        where.append(history.c.hidden == sa.false())
     return conn.execute(history.update().where(*where).values(hidden=True)).rowcount
 
 
@@ -110,7 +112,8 @@ class HistoryStore:
         self.pool = pool
 
     def insert_many(self, rows):
-        return self.pool.run(thd_insert_many, rows)
+        # A write: a batch run twice would be recorded twice.
+        return self.pool.write(thd_insert_many, rows)
 
     def list(self, limit, own=None, user=ALL, anonymous=False):
         return self.pool.run(thd_list, limit, own, user, anonymous)

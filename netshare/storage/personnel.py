@@ -639,14 +639,17 @@ class PersonnelStore:
     def get(self, ssn):
         return self.pool.run(thd_get_person, ssn)
 
+    # Writes (DBPool.write): run twice after a lost COMMIT answer, an ADD
+    # would answer "exists", a DELETE "no such person", a SEND queue twice.
+
     def add(self, ssn, fields, now_ms, journal=None):
-        return self.pool.run(thd_add_person, ssn, fields, now_ms, journal=journal)
+        return self.pool.write(thd_add_person, ssn, fields, now_ms, journal=journal)
 
     def update(self, ssn, fields, now_ms, journal=None):
-        return self.pool.run(thd_update_person, ssn, fields, now_ms, journal=journal)
+        return self.pool.write(thd_update_person, ssn, fields, now_ms, journal=journal)
 
     def delete(self, ssn, journal=None):
-        return self.pool.run(thd_delete_person, ssn, journal=journal)
+        return self.pool.write(thd_delete_person, ssn, journal=journal)
 
     def clients(self):
         return self.pool.run(thd_list_clients)
@@ -655,7 +658,7 @@ class PersonnelStore:
         return self.pool.run(thd_list_messages, client, limit)
 
     def enqueue(self, persons, clients, action, now_ms, journal=None):
-        return self.pool.run(thd_enqueue, persons, clients, action, now_ms, journal=journal)
+        return self.pool.write(thd_enqueue, persons, clients, action, now_ms, journal=journal)
 
     def register_client(self, name, now_ms, account_id=None):
         return self.pool.run(thd_register_client, name, now_ms, account_id)
@@ -664,7 +667,7 @@ class PersonnelStore:
         return self.pool.run(thd_pending_page, client, after_seq, limit)
 
     def ack(self, client, seq, journal=None):
-        return self.pool.run(thd_ack, client, seq, journal=journal)
+        return self.pool.write(thd_ack, client, seq, journal=journal)
 
     def prune_acked(self, before_ms):
         return self.pool.run(thd_prune_acked, before_ms)

@@ -1,5 +1,5 @@
 """
-The one way netshare talks to its database: L{DBPool.run}.
+The one way netshare talks to its database: L{DBPool.run} and L{DBPool.write}.
 
 Every database call runs in a dedicated L{ThreadPool} (never the reactor's
 shared pool, never the reactor thread), inside one transaction, and hands
@@ -10,27 +10,65 @@ L{DatabaseUnavailable} (a C{451} reply) within a few seconds instead of a
 hang, and the next call tries again, so service resumes by itself when the
 database comes back.
 
+Writes and the COMMIT whose answer is lost
+==========================================
+
+Retrying a transaction is right when it failed before its C{COMMIT} was
+sent, and wrong after: when the connection drops between the server
+receiving C{COMMIT} and us reading its answer, the transaction may well have
+committed, and running it again is not the same operation (a second INSERT
+meets the first one's row; a second SEND queues everything twice).  So a
+write (L{DBPool.write}, and every call with a C{journal=} row) carries an
+identity: a random id the transaction itself stores in C{write_marks}.  When
+the C{COMMIT} fails in a way that leaves its outcome unknown, the write is
+I{in doubt}, and it is resolved, not re-run:
+
+ - on a fresh connection the pool tries to insert the same id into
+   C{write_marks}.  A duplicate-key error means the write committed: the
+   caller gets its result.  If the insert goes in, the write did not commit
+   (had its transaction still been in flight, the insert would have waited
+   for it on the key's lock, a bounded wait): the probe is rolled back and
+   the write is run once more, under a new id;
+ - a call whose deadline (C{call_timeout}) passes while it is still
+   running is abandoned: the worker rolls it back instead of committing, so
+   C{451 database not answering} is the truth;
+ - a call whose deadline passes while its C{COMMIT} is in flight or being
+   resolved gets as long again to settle; if it still has not, the caller
+   gets L{OutcomeUnknown} (C{451 outcome unknown; ...}), whose C{settled()}
+   gives a Deferred of the write's result (or its failure) once the worker
+   knows.  Callers that own something outside the database (a blob) keep
+   it until then.
+
+The ids are pruned after an hour (a write is resolved within seconds).
+
 A write can carry its request-history entry (C{journal=}): the entry is
 inserted in the write's own transaction, so an acknowledged write and the
 record of it survive a crash together or not at all.
 """
 
+import secrets
+import threading
 import time
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import CursorResult, Result, Row
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from netshare.errors import DatabaseUnavailable, NetshareError
-from netshare.storage.schema import history
+from netshare.errors import DatabaseUnavailable, NetshareError, OutcomeUnknown
+from netshare.storage.schema import history, write_marks
 
 # Total time a call may spend retrying a transient error before giving up.
 DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
+#: How long a write's id is kept (its doubt is resolved within seconds).
+MARK_TTL = 3600.0
+#: Seconds a probe may wait for the lock of an in-flight transaction.
+PROBE_LOCK_WAIT = 5
 
 
 def is_transient(error: BaseException) -> bool:
@@ -41,6 +79,64 @@ def is_transient(error: BaseException) -> bool:
                               sa_exc.TimeoutError))
 
 
+# The phases of a call, as the worker moves it along.
+QUEUED, RUNNING, COMMITTING, RESOLVING, DONE = "queued", "running", "committing", \
+    "resolving", "done"
+
+
+class _Abandoned(Exception):
+    """The caller was answered at the deadline: roll back, do not commit."""
+
+
+class _Call:
+    """
+    One call's state, shared by the reactor (its deadline) and the worker
+    (its phase).  C{lock} is held only for a phase change or a decision on
+    it, never across database work.
+    """
+
+    def __init__(self, write: bool):
+        self.write = write
+        self.lock = threading.Lock()
+        self.phase = QUEUED
+        self.abandoned = False
+        self.wid = None
+
+    def enter(self, phase):
+        """Move to C{phase}; @raise _Abandoned: the caller was answered."""
+        with self.lock:
+            if self.abandoned:
+                raise _Abandoned()
+            self.phase = phase
+
+
+class _Outcome:
+    """The final result of a call, for any number of late listeners."""
+
+    def __init__(self):
+        self._result = _PENDING
+        self._waiting = []
+
+    def listen(self) -> defer.Deferred:
+        """A Deferred firing with the call's result, or failing with its
+        failure, once the worker is done (at once if it is)."""
+        if self._result is _PENDING:
+            d = defer.Deferred()
+            self._waiting.append(d)
+            return d
+        return defer.fail(self._result) if isinstance(self._result, Failure) \
+            else defer.succeed(self._result)
+
+    def fire(self, result):
+        self._result = result
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+
+_PENDING = object()
+
+
 class DBPool:
     """
     A dedicated thread pool running database transactions.
@@ -48,6 +144,7 @@ class DBPool:
     @ivar active: calls currently running in a worker.
     @ivar queued: calls waiting for a worker.
     @ivar calls: calls completed since start (for statistics).
+    @ivar in_doubt: writes whose COMMIT answer was lost (then resolved).
     """
 
     log = Logger()
@@ -63,7 +160,10 @@ class DBPool:
         self.retry_delays = tuple(retry_delays)
         self.call_timeout = call_timeout
         self.timeouts = 0
+        self.in_doubt = 0
+        self.outcome_unknown = 0
         self._inflight = set()
+        self._pruner = None
         self.active = 0
         self.calls = 0
         self.failures = 0
@@ -78,69 +178,228 @@ class DBPool:
         if not self.running:
             self._pool.start()
             self.running = True
+            self._pruner = LoopingCall(self._pruneMarks)
+            self._pruner.clock = self._reactor
+            self._pruner.start(MARK_TTL / 4, now=False).addErrback(
+                lambda f: self.log.failure("pruning write ids stopped", f))
+
+    # -- the two entry points
 
     def run(self, fn, *args, journal=None, **kwargs):
         """
-        Run C{fn(conn, *args, **kwargs)} in a worker, in one transaction.
+        Run C{fn(conn, *args, **kwargs)} in a worker, in one transaction:
+        reads, and writes that are safe to run twice (replay-safe by their
+        own keys).  With C{journal} it is a write (L{write}).
 
-        @param journal: a request-history row (or a list of them) to insert
-            in the same transaction, after C{fn} succeeded.
         @return: a Deferred firing with fn's result (plain data), or failing
             with the L{NetshareError} fn raised, or L{DatabaseUnavailable}.
         """
+        if journal is not None:
+            return self.write(fn, *args, journal=journal, **kwargs)
+        return self._submit(_Call(write=False), fn, args, kwargs, None)
+
+    def write(self, fn, *args, journal=None, **kwargs):
+        """
+        Run a write that must happen at most once: as L{run}, but the
+        transaction stores an id of its own, so a COMMIT whose answer is lost
+        is resolved instead of re-run (see the module docstring).
+
+        @param journal: a request-history row (or a list of them) to insert
+            in the same transaction, after C{fn} succeeded.
+        @return: as L{run}; or failing with L{OutcomeUnknown} when the
+            deadline passed while the outcome was still unknown.
+        """
+        return self._submit(_Call(write=True), fn, args, kwargs, journal)
+
+    def _submit(self, call, fn, args, kwargs, journal):
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
-        d = deferToThreadPool(self._reactor, self._pool, self._thd_call, fn, args, kwargs,
-                              journal)
-        self._inflight.add(d)
+        inner = deferToThreadPool(self._reactor, self._pool, self._thd_call, call, fn, args,
+                                  kwargs, journal)
+        self._inflight.add(inner)
+        outer = defer.Deferred()
+        settled = _Outcome()            # the worker's final word, for OutcomeUnknown
+        timers = []
 
-        def done(result):
-            self._inflight.discard(d)
+        def finished(result):
+            self._inflight.discard(inner)
             self.calls += 1
-            return result
+            for t in timers:
+                if t.active():
+                    t.cancel()
+            if not outer.called:
+                outer.callback(result) if not isinstance(result, Failure) else \
+                    outer.errback(result)
+            else:
+                late = not isinstance(result, Failure)
+                if late or call.phase != QUEUED:
+                    self.log.info("a database call answered late ({outcome}) after its "
+                                  "caller was told {told}", outcome="ok" if late else
+                                  result.getErrorMessage(), told="451")
+            settled.fire(result)
 
-        d.addBoth(done)
+        inner.addBoth(finished)
         if self.call_timeout:
-            # A connection whose peer silently vanished can block a driver
-            # call for minutes.  The caller gets 451 at the deadline; the
-            # worker finishes (or fails) on its own and its result is dropped.
-            d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._timedOut)
-        return d
+            timers.append(self._reactor.callLater(self.call_timeout, self._deadline, call,
+                                                  outer, settled, timers))
+        return outer
 
-    def _timedOut(self, result, timeout):
+    def _deadline(self, call, outer, settled, timers):
+        """The call's deadline: abandon it if it has not reached its COMMIT;
+        give a COMMIT in flight as long again to settle."""
+        if outer.called:
+            return
+        with call.lock:
+            committing = call.phase in (COMMITTING, RESOLVING)
+            if not committing:
+                call.abandoned = True
         self.timeouts += 1
-        self.log.error("database call exceeded {timeout}s: answering 451", timeout=timeout)
-        return Failure(DatabaseUnavailable("database not answering; try later"))
+        if not committing:
+            self.log.error("database call exceeded {timeout}s: answering 451",
+                           timeout=self.call_timeout)
+            outer.errback(Failure(DatabaseUnavailable("database not answering; try later")))
+            return
+        timers.append(self._reactor.callLater(self.call_timeout, self._unknown, outer, settled))
 
-    def _thd_call(self, fn, args, kwargs, journal=None):
+    def _unknown(self, outer, settled):
+        if outer.called:
+            return
+        self.outcome_unknown += 1
+        self.log.error("a write's COMMIT is still unconfirmed after {timeout}s: answering "
+                       "451 outcome unknown", timeout=2 * self.call_timeout)
+        outer.errback(Failure(OutcomeUnknown(settled=settled.listen)))
+
+    # -- in the worker
+
+    def _thd_call(self, call, fn, args, kwargs, journal):
+        self.active += 1
+        try:
+            call.enter(RUNNING)
+            if call.write:
+                return self._thd_write(call, fn, args, kwargs, journal)
+            return self._thd_read(fn, args, kwargs)
+        except _Abandoned:
+            raise DatabaseUnavailable("database not answering; try later") from None
+        finally:
+            call.phase = DONE
+            self.active -= 1
+
+    def _retrying(self, error, delays, fn):
+        """After a transient failure: sleep and return True to try again, or
+        raise L{DatabaseUnavailable}."""
+        delay = next(delays, None)
+        if delay is None or self.stopping:
+            self.failures += 1
+            self.log.error("database unavailable after retries: {error}",
+                           error=_short(error), function=getattr(fn, "__name__", repr(fn)))
+            raise DatabaseUnavailable() from error
+        self.log.warn("transient database error, retrying in {delay}s: {error}",
+                      delay=delay, error=_short(error))
+        time.sleep(delay)
+        return True
+
+    def _thd_read(self, fn, args, kwargs):
         delays = iter(self.retry_delays)
         while True:
-            self.active += 1
             try:
                 with self.engine.begin() as conn:
                     result = fn(conn, *args, **kwargs)
-                    if journal:
-                        conn.execute(history.insert(),
-                                     journal if isinstance(journal, list) else [journal])
-                assert not isinstance(result, (Result, CursorResult, Row)), (
-                    "%r returned a %s: build plain data inside the thread" % (fn, type(result)))
+                _check_plain(fn, result)
                 return result
             except NetshareError:
                 raise
             except Exception as e:
                 if not is_transient(e):
                     raise
-                delay = next(delays, None)
-                if delay is None or self.stopping:
-                    self.failures += 1
-                    self.log.error("database unavailable after retries: {error}",
-                                   error=_short(e), function=getattr(fn, "__name__", repr(fn)))
-                    raise DatabaseUnavailable() from e
-                self.log.warn("transient database error, retrying in {delay}s: {error}",
-                              delay=delay, error=_short(e))
-                time.sleep(delay)
+                self._retrying(e, delays, fn)
+
+    def _thd_write(self, call, fn, args, kwargs, journal):
+        delays = iter(self.retry_delays)
+        reruns = 0
+        while True:
+            call.wid = secrets.token_hex(16)
+            conn = self.engine.connect()
+            try:
+                trans = conn.begin()
+                try:
+                    result = fn(conn, *args, **kwargs)
+                    _check_plain(fn, result)
+                    if journal:
+                        conn.execute(history.insert(),
+                                     journal if isinstance(journal, list) else [journal])
+                    conn.execute(write_marks.insert(), [{"id": call.wid,
+                                                          "created_ms": _now_ms()}])
+                    call.enter(COMMITTING)
+                except BaseException as e:
+                    _quietly(trans.rollback)
+                    if isinstance(e, (NetshareError, _Abandoned)) or not is_transient(e):
+                        raise
+                    self._retrying(e, delays, fn)       # before COMMIT: safe to run again
+                    continue
+                try:
+                    trans.commit()
+                    return result
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    first_error = e
             finally:
-                self.active -= 1
+                _quietly(conn.close)
+            # The COMMIT was sent and its answer lost: in doubt.
+            self.in_doubt += 1
+            call.phase = RESOLVING
+            self.log.warn("a write's COMMIT answer was lost ({error}): checking whether "
+                          "it committed", error=_short(first_error))
+            if self._thd_committed(call.wid, fn):
+                self.log.info("the write had committed: answering with its result")
+                return result
+            if reruns:
+                raise DatabaseUnavailable() from first_error
+            reruns += 1
+            self.log.info("the write had not committed: running it once more")
+            call.enter(RUNNING)
+
+    def _thd_committed(self, wid, fn) -> bool:
+        """
+        Did the transaction that stored C{wid} commit?  Probe by inserting
+        the same id: a duplicate means yes; success means no (and the probe
+        is rolled back).  A transaction still in flight holds the key's lock,
+        so the probe waits for its outcome (bounded); on failure it tries
+        again until the retries are spent.
+        @raise DatabaseUnavailable: the outcome could not be learnt.
+        """
+        delays = iter(self.retry_delays + self.retry_delays)
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    trans = conn.begin()
+                    restore = _bound_lock_wait(conn)
+                    try:
+                        conn.execute(write_marks.insert(), [{"id": wid,
+                                                              "created_ms": _now_ms()}])
+                        committed = False
+                    except sa_exc.IntegrityError:
+                        committed = True
+                    finally:
+                        _quietly(trans.rollback)
+                        _quietly(restore)
+                    return committed
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                self._retrying(e, delays, fn)
+
+    # -- housekeeping
+
+    def _pruneMarks(self):
+        before = _now_ms() - int(MARK_TTL * 1000)
+
+        def prune(conn):
+            return conn.execute(write_marks.delete().where(
+                write_marks.c.created_ms < before)).rowcount
+
+        return self.run(prune).addErrback(lambda f: self.log.warn(
+            "pruning old write ids failed: {error}", error=f.getErrorMessage()))
 
     @defer.inlineCallbacks
     def stop(self):
@@ -149,6 +408,8 @@ class DBPool:
         if not self.running:
             return
         self.stopping = True
+        if self._pruner is not None and self._pruner.running:
+            self._pruner.stop()
         if self._inflight:
             yield defer.DeferredList(list(self._inflight), consumeErrors=True)
         yield deferToThreadPool(self._reactor, self._pool, self.engine.dispose)
@@ -157,7 +418,36 @@ class DBPool:
 
     def stats(self) -> dict:
         return {"threads": self.threads, "active": self.active, "queued": self.queued,
-                "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts}
+                "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts,
+                "in_doubt": self.in_doubt, "outcome_unknown": self.outcome_unknown}
+
+
+def _check_plain(fn, result):
+    assert not isinstance(result, (Result, CursorResult, Row)), (
+        "%r returned a %s: build plain data inside the thread" % (fn, type(result)))
+
+
+def _bound_lock_wait(conn):
+    """Make the probe's wait for an in-flight transaction's lock bounded.
+    @return: what puts the connection's own setting back (it is pooled)."""
+    name = conn.dialect.name
+    if name == "postgresql":       # LOCAL: ends with the probe's transaction
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '%ds'" % PROBE_LOCK_WAIT)
+    elif name in ("mysql", "mariadb"):
+        conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = %d" % PROBE_LOCK_WAIT)
+        return lambda: conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+    return lambda: None
+
+
+def _quietly(fn):
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _short(error: BaseException) -> str:

@@ -76,3 +76,15 @@ history = sa.Table(
     **TABLE_KW,
     **NEVER_REUSED,
 )
+
+#: One row per write transaction, by a random id the transaction stores
+#: itself: how a write whose COMMIT answer was lost is found to have
+#: committed or not (L{netshare.storage.pool}).  Pruned after an hour.
+write_marks = sa.Table(
+    "write_marks",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_write_marks_created_ms", "created_ms"),
+    **TABLE_KW,
+)
