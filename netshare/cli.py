@@ -35,7 +35,12 @@ def build_parser():
                                      description="netshare operator commands")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", parents=[common], help="create data dir, schema, TLS, admin")
-    init.add_argument("--admin-password", help="admin password (default: random, printed once)")
+    # Kept for scripts and tests, hidden from --help: `ps` shows it to every
+    # local user (and using it says so).
+    init.add_argument("--admin-password", help=argparse.SUPPRESS)
+    init.add_argument("--ask-admin-password", action="store_true",
+                      help="ask for the admin password (default: NETSHARE_PASSWORD if set, "
+                           "else a random one, printed once)")
     init.add_argument("--demo", action="store_true", help="add sample personnel and users")
     user = sub.add_parser("user", parents=[common], help="manage accounts")
     usub = user.add_subparsers(dest="action", required=True)
@@ -84,14 +89,33 @@ def _read_password(prompt="Password: "):
     return first
 
 
+def _admin_password(args):
+    """The first admin's password: --admin-password (hidden), then
+    --ask-admin-password (a prompt, twice), then NETSHARE_PASSWORD; None
+    means make a random one."""
+    if args.admin_password is not None:
+        return args.admin_password
+    if args.ask_admin_password:
+        first = getpass.getpass("Password for admin: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("netshare: passwords do not match")
+        return first
+    return os.environ.get("NETSHARE_PASSWORD")
+
+
 def cmd_init(args, cfg, out):
     from netshare.accounts import check_password, hash_password_sync
     from netshare.storage import migrate
     from netshare.storage.accounts import thd_create, thd_get
     from netshare.tls import make_self_signed, make_ssh_host_key
 
+    given = _admin_password(args)
+    if given is not None:
+        check_password(given)  # before anything is created
     if args.admin_password is not None:
-        check_password(args.admin_password)  # before anything is created
+        sys.stderr.write("netshare: warning: --admin-password shows the password to anyone who "
+                         "can list processes; prefer NETSHARE_PASSWORD or "
+                         "--ask-admin-password\n")
     changed = []
     if not os.path.isdir(cfg.data):
         os.makedirs(cfg.data, mode=0o700)
@@ -120,12 +144,12 @@ def cmd_init(args, cfg, out):
         with engine.begin() as conn:
             admin = thd_get(conn, "admin")
             if admin is None:
-                password = args.admin_password or secrets.token_urlsafe(12)
+                password = given or secrets.token_urlsafe(12)
                 check_password(password)
                 thd_create(conn, "admin", "admin",
                            hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
                 changed.append("created account admin (admin)")
-                if not args.admin_password:
+                if given is None:
                     out.write("admin password (shown once): %s\n" % password)
         demo = _demo(engine, cfg) if args.demo else []
         if demo and cfg.registration != "open":

@@ -156,6 +156,19 @@ def test_init_with_admin_password(scratch_url, tmp_path, environ):
     assert snapshot(data, scratch_url) == before
 
 
+def test_init_takes_the_admin_password_from_the_environment_not_the_command_line(tmp_path):
+    data = str(tmp_path / "var")
+    r = run_cli("init", "--data", data, NETSHARE_PASSWORD="from the environment")
+    assert r.returncode == 0, r.stderr
+    assert "shown once" not in r.stdout and "from the environment" not in r.stdout + r.stderr
+    admin = account("sqlite:///netshare.db", data, "admin")
+    assert password_ok(admin, "from the environment")
+    helptext = run_cli("init", "--help").stdout
+    assert "--admin-password " not in helptext and "--ask-admin-password" in helptext
+    r = run_cli("init", "--data", str(tmp_path / "other"), "--admin-password", "visible-pw")
+    assert r.returncode == 0 and "prefer NETSHARE_PASSWORD" in r.stderr
+
+
 def test_init_refuses_a_bad_admin_password(tmp_path):
     data = str(tmp_path / "var")
     r = run_cli("init", "--data", data, "--admin-password", "x" * 129)
@@ -342,8 +355,7 @@ def test_db_upgrade_refuses_a_newer_schema_clearly(tmp_path):
     assert run_cli("db", "upgrade", "--data", str(data)).returncode == 0
     set_revision("sqlite:///netshare.db", data, "9999_future")
     for args in (["db", "upgrade"], ["init"]):
-        r = run_cli(*args, "--data", str(data), "--admin-password", "pw") if args == ["init"] \
-            else run_cli(*args, "--data", str(data))
+        r = run_cli(*args, "--data", str(data), NETSHARE_PASSWORD="pw")
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.splitlines()) == 1, (args, r.stderr)

@@ -24,6 +24,7 @@ from twisted.internet import defer, reactor, task, threads
 from netshare.errors import Conflict, DatabaseUnavailable, NotFound
 from netshare.storage import accounts as A
 from netshare.storage import history as H
+from netshare.storage import migrate
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool, is_transient
 from netshare.storage.schema import accounts as accounts_table
@@ -500,3 +501,54 @@ def test_outage_through_the_protocol(proxied, tmp_path):
         server.kill()
     # (the exit status after SIGTERM is tested in test_e2e_service.py)
     assert "netshare stopped" in server.output()
+
+
+# -- a full disk ------------------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
+    """SQLite's SQLITE_FULL (here from a page limit, as a full file system
+    gives it) is C{452 insufficient storage} on the first attempt: no
+    retries that stall the caller, and reads keep working."""
+    from sqlalchemy import event
+    from netshare.errors import InsufficientStorage
+    engine = create_engine("sqlite:///" + str(tmp_path / "full.db"))
+    migrate.upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def small(dbapi_conn, record):
+        dbapi_conn.execute("PRAGMA max_page_count = 64")
+
+    engine.dispose()
+    pool = DBPool(engine, retry_delays=(0.5, 0.5, 0.5))
+    pool.start()
+    try:
+        rows = [_row(i, "ann", "x" * 2000) for i in range(200)]
+        with pytest.raises(InsufficientStorage) as e:
+            yield timed(pool.write(H.thd_insert_many, rows))
+        assert e.value.code == 452
+        assert pool.failures == 0                  # not counted as an outage, not retried
+        assert (yield timed(pool.run(H.thd_list, 10))) == []   # reads still answer
+    finally:
+        yield pool.stop()
+        engine.dispose()
+
+
+def test_the_sqlite_files_are_private(tmp_path):
+    """netshare.db and its -wal/-shm files: readable by their owner only."""
+    import stat
+    path = tmp_path / "netshare.db"
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    engine = create_engine("sqlite:///" + str(path))
+    try:
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (a int)")
+        with engine.connect() as conn:          # while open, the WAL files exist
+            conn.exec_driver_sql("SELECT * FROM t").all()
+            for suffix in ("", "-wal", "-shm"):
+                mode = stat.S_IMODE(os.stat(str(path) + suffix).st_mode)
+                assert mode == 0o600, (suffix, oct(mode))
+    finally:
+        engine.dispose()

@@ -87,6 +87,7 @@ def _sqlite_engine(u, synchronous: str, busy_timeout_ms: int):
         directory = os.path.dirname(os.path.abspath(u.database))
         if not os.path.isdir(directory):
             raise EngineError("SQLite directory %s does not exist" % (directory,))
+        private_file(u.database)
         engine = sa.create_engine(u, pool_size=1, max_overflow=2,
                                   connect_args={"check_same_thread": False,
                                                 "timeout": busy_timeout_ms / 1000.0})
@@ -109,6 +110,22 @@ def _sqlite_engine(u, synchronous: str, busy_timeout_ms: int):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def private_file(path: str):
+    """
+    Make the SQLite file readable by its owner only (0600), creating it so
+    if it does not exist.  SQLite gives its C{-wal} and C{-shm} files the
+    mode of the database file, so they follow; existing ones are fixed too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def describe(engine) -> str:

@@ -60,7 +60,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from netshare.errors import DatabaseUnavailable, NetshareError, OutcomeUnknown
+from netshare.errors import (DatabaseUnavailable, InsufficientStorage, NetshareError,
+                             OutcomeUnknown)
 from netshare.storage.schema import history, write_marks
 
 # Total time a call may spend retrying a transient error before giving up.
@@ -73,10 +74,39 @@ PROBE_LOCK_WAIT = 5
 
 def is_transient(error: BaseException) -> bool:
     """Is this a failure worth retrying (the same transaction may succeed)?"""
+    if is_disk_full(error):
+        return False
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
     return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError,
                               sa_exc.TimeoutError))
+
+
+#: How each database says its disk is full: SQLite's SQLITE_FULL, the SQLSTATE
+#: of PostgreSQL's disk_full, MariaDB's "disk full" and "table is full".
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+_MYSQL_DISK_FULL = (1021, 1114)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """The database cannot write for lack of space: a C{452}, at once (a
+    retry only stalls the caller, and it is not an outage)."""
+    orig = getattr(error, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    if getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_DISK_FULL
+
+
+def _storage_error(error):
+    """Re-raise a disk-full database error as the 452 it is; else do nothing."""
+    if is_disk_full(error):
+        raise InsufficientStorage("insufficient storage: the database disk is full") from error
 
 
 # The phases of a call, as the worker moves it along.
@@ -309,6 +339,7 @@ class DBPool:
             except NetshareError:
                 raise
             except Exception as e:
+                _storage_error(e)
                 if not is_transient(e):
                     raise
                 self._retrying(e, delays, fn)
@@ -332,6 +363,8 @@ class DBPool:
                     call.enter(COMMITTING)
                 except BaseException as e:
                     _quietly(trans.rollback)
+                    if isinstance(e, Exception):
+                        _storage_error(e)
                     if isinstance(e, (NetshareError, _Abandoned)) or not is_transient(e):
                         raise
                     self._retrying(e, delays, fn)       # before COMMIT: safe to run again
@@ -340,6 +373,7 @@ class DBPool:
                     trans.commit()
                     return result
                 except Exception as e:
+                    _storage_error(e)       # a full disk fails the COMMIT: rolled back
                     if not is_transient(e):
                         raise
                     first_error = e
