@@ -163,6 +163,7 @@ def start_netshare(workdir, db, max_conns, batch_interval):
             "--ttweet", "tcp:%d:interface=%s" % (port, LOOPBACK),
             "--personnel", "none", "--files", "none", "--manhole", "none",
             "--flood-burst", "1000000000", "--flood-rate", "1000000000",
+            "--flood-address-burst", "1000000000", "--flood-address-rate", "1000000000",
             "--max-connections", str(max_conns), "--max-per-ip", str(max_conns)]
     if db:
         args += ["--db", db]

@@ -13,16 +13,19 @@ time as a wrong password and the reply is the same C{535}.
 
 import base64
 import hmac
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from netshare.errors import BadArguments, BadCredentials, NameNotAllowed, PermissionDenied
+from netshare.errors import (BadArguments, BadCredentials, NameNotAllowed, PermissionDenied,
+                             RateLimited)
 from netshare.kdf import scrypt
+from netshare.throttle import LoginPolicy
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 
@@ -96,9 +99,15 @@ def hash_password_sync(password: str, n: int, r: int, p: int) -> str:
 class AccountService:
     log = Logger()
 
-    def __init__(self, store, kdf, n=2**17, r=8, p=1, registration_open=True):
+    def __init__(self, store, kdf, n=2**17, r=8, p=1, registration_open=True, policy=None,
+                 lockout_exempt=("127.0.0.0/8", "::1/128"), clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.store = store
         self.kdf = kdf
+        self.clock = clock
+        self.policy = policy if policy is not None else LoginPolicy()
+        self.lockout_exempt = [ipaddress.ip_network(n, strict=False) for n in lockout_exempt]
         self.params = (n, r, p)
         self.registration_open = registration_open
         self._dummy = format_hash(n, r, p, b"\0" * 16, b"\0" * 32)
@@ -115,25 +124,86 @@ class AccountService:
         return format_hash(n, r, p, salt, key)
 
     @defer.inlineCallbacks
-    def verify(self, password: str, stored: str):
+    def verify(self, password: str, stored: str, source=None):
         parsed = parse_hash(stored) or parse_hash(self._dummy)
         n, r, p, salt, key = parsed
-        got = yield self.kdf.derive(password.encode("utf-8"), salt, n, r, p, len(key))
+        got = yield self.kdf.derive(password.encode("utf-8"), salt, n, r, p, len(key),
+                                    source=source)
         return hmac.compare_digest(got, key) and parse_hash(stored) is not None
 
+    def _lockable(self, source) -> bool:
+        """Is C{source} outside the exempt networks (by default loopback:
+        the operator's own console)?  See L{authenticate}."""
+        if source is None:
+            return False
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return True
+        return not any(address in net for net in self.lockout_exempt)
+
     @defer.inlineCallbacks
-    def authenticate(self, name: str, password: str):
-        """@return: Deferred[Account]; fails with L{BadCredentials}."""
+    def authenticate(self, name: str, password: str, source=None):
+        """
+        Check a password, at the pace failed logins allow: failures count per
+        account and per client address (C{source}) across connections and
+        restarts (L{netshare.storage.accounts.thd_login_attempt}), so once an
+        account or an address has failed a few times every further attempt
+        waits its turn, and an account attacked from outside is locked.
+
+        @return: Deferred[Account]; fails with L{BadCredentials} (535) or
+            L{RateLimited} (429, saying how long to wait).
+        """
         account = None
         if USERNAME_RE.fullmatch(name or "") and len(password) <= MAX_PASSWORD:
             account = yield self.store.get(name)
+        known = account.name if account is not None else None
+        # Sources in the exempt networks (the operator's console, by default
+        # loopback) are counted apart: a flood from elsewhere neither slows
+        # nor locks them, one from there is still bounded per account, and
+        # local clients, which all share one address, are not held up for
+        # each other's failures.
+        remote = self._lockable(source)
+        keys = []
+        if remote:
+            keys.append(("address:%s" % (source,), False))
+        if account is not None:
+            keys.append(("account:%d%s" % (account.id, "" if remote else ":local"), remote))
+        if keys:
+            try:
+                wait = yield self.store.login_attempt(keys, self._now_ms(), self.policy)
+            except RateLimited as e:
+                self.log.warn("login for {user} from {source} refused: {why}",
+                              user=known or UNKNOWN_USER, source=source, why=e.text)
+                e.account = known
+                raise
+            if wait:
+                yield task.deferLater(self.clock, wait, lambda: None)
         ok = yield self.verify(password[:MAX_PASSWORD],
-                               account.password_hash if account else self._dummy)
+                               account.password_hash if account else self._dummy, source)
         if account is None or not ok:
-            known = account.name if account is not None else None
-            self.log.info("failed login for {user}", user=known or UNKNOWN_USER)
+            self.log.info("failed login for {user} from {source}", user=known or UNKNOWN_USER,
+                          source=source)
             raise BadCredentials("bad credentials", account=known)
+        if keys:
+            yield self.store.login_succeeded([k for k, _ in keys], self._now_ms(), self.policy)
         return account
+
+    def _now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def penalties(self):
+        """Keys that cost something now (see L{thd_login_penalties})."""
+        return self.store.login_penalties(self._now_ms(), self.policy)
+
+    def lift(self, who: str):
+        """Lift the login penalties of an account (by name) or an address."""
+        d = self.store.lift_penalty(who)
+
+        def lifted(n):
+            self.log.info("login penalties of {who} lifted ({n})", who=who, n=n)
+            return n
+        return d.addCallback(lifted)
 
     @defer.inlineCallbacks
     def register(self, name: str, password: str, journal=None):

@@ -15,6 +15,7 @@ import sys
 
 from netshare import config as configmod
 from netshare.errors import NetshareError
+from netshare.throttle import LoginPolicy
 
 
 def _connection_parent(default=None):
@@ -57,6 +58,11 @@ def build_parser():
     rm.add_argument("--transfer-files-to", metavar="ACCOUNT",
                     help="give the account's files to ACCOUNT instead of deleting them")
     usub.add_parser("list", parents=[common], help="list accounts")
+    usub.add_parser("penalties", parents=[common],
+                    help="accounts and addresses whose logins are slowed down or locked")
+    ul = usub.add_parser("unlock", parents=[common],
+                         help="lift the login penalties of an account or a client address")
+    ul.add_argument("who", help="an account name or an IP address")
     db = sub.add_parser("db", parents=[common], help="database schema")
     dsub = db.add_subparsers(dest="action", required=True)
     dsub.add_parser("upgrade", parents=[common], help="migrate the schema to this version")
@@ -107,7 +113,7 @@ def cmd_init(args, cfg, out):
     from netshare.accounts import check_password, hash_password_sync
     from netshare.storage import migrate
     from netshare.storage.accounts import thd_create, thd_get
-    from netshare.tls import make_self_signed, make_ssh_host_key
+    from netshare.tls import make_certificates, make_ssh_host_key
 
     given = _admin_password(args)
     if given is not None:
@@ -127,11 +133,12 @@ def cmd_init(args, cfg, out):
         path = os.path.join(cfg.data, sub)
         if not os.path.isdir(path):
             os.makedirs(path, mode=0o700)
-    cert = os.path.join(cfg.data, "tls", "cert.pem")
-    key = os.path.join(cfg.data, "tls", "key.pem")
-    if not (os.path.exists(cert) and os.path.exists(key)):
-        make_self_signed(cert, key)
-        changed.append("created TLS certificate %s (self-signed for localhost)" % cert)
+    tls_dir = os.path.join(cfg.data, "tls")
+    if not all(os.path.exists(os.path.join(tls_dir, f)) for f in ("ca.pem", "cert.pem",
+                                                                  "key.pem")):
+        ca, cert, _ = make_certificates(tls_dir)
+        changed.append("created TLS certificate %s for localhost, signed by the local CA %s "
+                       "(clients: --cafile %s)" % (cert, ca, ca))
     hostkey = os.path.join(cfg.data, "ssh_host_key")
     if not os.path.exists(hostkey):
         make_ssh_host_key(hostkey)
@@ -205,6 +212,14 @@ def cmd_user(args, cfg, out):
                 for a in st.thd_list(conn):
                     out.write("%-32s %s\n" % (a.name, a.role))
                 return 0
+            if args.action == "penalties":
+                return _penalties(st.thd_login_penalties(conn, _now_ms(),
+                                                         LoginPolicy.from_config(cfg)), out)
+            if args.action == "unlock":
+                n = st.thd_lift_penalty(conn, args.who)
+                out.write("lifted the login penalties of %s (%d)\n" % (args.who, n) if n
+                          else "%s had no login penalties\n" % (args.who,))
+                return 0
             if args.action == "remove":
                 removed = st.thd_remove(conn, args.name, args.transfer_files_to)
         if args.action == "remove":
@@ -231,6 +246,26 @@ def cmd_user(args, cfg, out):
         raise SystemExit("netshare: %s" % e.text)
     finally:
         engine.dispose()
+
+
+def _penalties(rows, out):
+    """The penalties table: who, how many recent failures, the wait per
+    attempt, and how long a lock still lasts."""
+    if not rows:
+        out.write("no login penalties\n")
+        return 0
+    out.write("%-40s %9s %9s %s\n" % ("who", "failures", "delay", "locked"))
+    for r in rows:
+        locked = "locked for %d s" % r["locked_for"] if r["locked_for"] else "-"
+        kind = "account" if r["key"].startswith("account:") else "address"
+        out.write("%-40s %9.1f %8.0fs %s\n" % ("%s %s" % (kind, r["who"]), r["failures"],
+                                              r["delay"], locked))
+    return 0
+
+
+def _now_ms():
+    import time
+    return int(time.time() * 1000)
 
 
 def _unlink_blobs(cfg, blob_ids):

@@ -161,6 +161,20 @@ def optional_endpoint(text: str) -> str | None:
     return endpoint(text)
 
 
+def networks(text: str) -> tuple:
+    """Comma-separated networks (C{127.0.0.0/8,::1/128}); empty for none."""
+    import ipaddress
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if part:
+            try:
+                out.append(str(ipaddress.ip_network(part, strict=False)))
+            except ValueError:
+                raise ValueError("expected networks such as 127.0.0.0/8,::1/128") from None
+    return tuple(out)
+
+
 def text(value: str) -> str:
     return str(value)
 
@@ -215,6 +229,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_line", "netshare", "max_line", positive_int, "4096", "maximum command line, bytes"),
     S("idle_timeout", "netshare", "idle_timeout", seconds, "300",
       "close a connection after this long without a complete command"),
+    S("tls_handshake_timeout", "netshare", "tls_handshake_timeout", seconds, "10",
+      "close a TLS connection whose handshake has not finished after this long"),
+    S("login_timeout", "netshare", "login_timeout", seconds, "30",
+      "close a connection that has not logged in after this long (421 login timeout; "
+      "commands and blank lines do not extend it)"),
+    S("listen_backlog", "netshare", "listen_backlog", positive_int, "1024",
+      "connections the kernel queues for each listener before they are accepted (a "
+      "reconnect burst after a restart; capped by net.core.somaxconn)"),
     S("max_connections", "netshare", "max_connections", positive_int, "1000",
       "connections per service"),
     S("max_per_ip", "netshare", "max_per_ip", positive_int, "100",
@@ -223,6 +245,22 @@ SETTINGS: tuple[Setting, ...] = (
       "failed LOGINs before the connection is closed"),
     S("login_failure_delay", "netshare", "login_failure_delay", non_negative_seconds, "1",
       "pause before answering a failed LOGIN"),
+    S("login_free", "netshare", "login_free", non_negative_int, "5",
+      "failed logins per account and per client address (across connections and restarts) "
+      "before every further attempt waits (1 s, doubling, at most --login-max-delay; then 429)"),
+    S("login_max_delay", "netshare", "login_max_delay", seconds, "180",
+      "the longest wait per login attempt of a penalised account or address (180 s: at most "
+      "20 guesses an hour)"),
+    S("login_forget", "netshare", "login_forget", seconds, "180",
+      "one failed login is forgotten per this many seconds"),
+    S("account_lockout", "netshare", "account_lockout", positive_int, "20",
+      "failed logins that lock an account for --account-lockout-seconds (for sources outside "
+      "--lockout-exempt)"),
+    S("account_lockout_seconds", "netshare", "account_lockout_seconds", seconds, "900",
+      "how long a locked account stays locked (netshare user unlock lifts it)"),
+    S("lockout_exempt", "netshare", "lockout_exempt", networks, "127.0.0.0/8,::1/128",
+      "the operator's own networks: their failed logins are counted apart (never slowed or "
+      "locked by failures from elsewhere, never locking an account); empty: none"),
     S("max_output", "netshare", "max_output", size, "1MiB",
       "output queued for one slow reader before it is dropped"),
     S("history_default", "netshare", "history_default", positive_int, "50",
@@ -232,6 +270,16 @@ SETTINGS: tuple[Setting, ...] = (
       "request history is written in batches at most this often"),
     S("history_retention", "netshare", "history_retention", duration, "90d",
       "request history entries older than this are deleted (hidden or not; 0: never)"),
+    S("history_max_entries", "netshare", "history_max_entries", non_negative_int, "5000000",
+      "the request history keeps at most this many entries, the oldest go first (0: no cap)"),
+    S("prelogin_burst", "netshare", "prelogin_burst", positive_int, "10",
+      "commands sent before login recorded at once per connection (beyond: counted only)"),
+    S("prelogin_rate", "netshare", "prelogin_rate", positive_number, "1",
+      "commands sent before login recorded per second per connection"),
+    S("prelogin_address_burst", "netshare", "prelogin_address_burst",
+      positive_int, "50", "commands sent before login recorded at once per client address"),
+    S("prelogin_address_rate", "netshare", "prelogin_address_rate",
+      positive_number, "5", "commands sent before login recorded per second per address"),
     S("account_check", "netshare", "account_check", duration, "10s",
       "how often connections of accounts removed from outside (netshare user remove) "
       "are looked for and closed (0: never)"),
@@ -244,6 +292,9 @@ SETTINGS: tuple[Setting, ...] = (
       "password hashing threads (each scrypt run at N=2**17 takes about 128 MiB)"),
     S("kdf_queue", "netshare", "kdf_queue", non_negative_int, "64",
       "password hashes allowed to wait; beyond that LOGIN answers 429"),
+    S("kdf_per_source", "netshare", "kdf_per_source", positive_int, "8",
+      "password hashes one client address may have waiting or running (beyond: 429), so one "
+      "address cannot take the others' turns"),
     # listeners
     S("personnel", "personnel", "endpoint", endpoint, "tcp:7001:interface=127.0.0.1",
       "personnel listener endpoint, or none"),
@@ -286,7 +337,12 @@ SETTINGS: tuple[Setting, ...] = (
       "one recorded miss (or wrong file password) is forgotten per this many seconds"),
     # ttweet
     S("flood_burst", "ttweet", "flood_burst", positive_int, "50", "tweets allowed in a burst"),
-    S("flood_rate", "ttweet", "flood_rate", positive_number, "20", "sustained tweets per second"),
+    S("flood_rate", "ttweet", "flood_rate", positive_number, "20",
+      "sustained tweets per second, per user name and per connection"),
+    S("flood_address_burst", "ttweet", "flood_address_burst", positive_int, "100",
+      "tweets allowed in a burst from one client address (all its connections and names)"),
+    S("flood_address_rate", "ttweet", "flood_address_rate", positive_number, "40",
+      "sustained tweets per second from one client address"),
     S("timeline_limit", "ttweet", "timeline_limit", positive_int, "1000",
       "most recent tweets kept in a TIMELINE or GETTWEETS listing"),
     S("ttweet_batch_interval", "ttweet", "batch_interval", seconds, "0.05",

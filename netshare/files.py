@@ -339,7 +339,7 @@ def _split_derived(derived: bytes) -> tuple[bytes, str]:
 
 
 def prepare_encryption(password: str, kdf, n: int = FILE_SCRYPT[0], r: int = FILE_SCRYPT[1],
-                       p: int = FILE_SCRYPT[2], chunk_size: int = ENC_CHUNK):
+                       p: int = FILE_SCRYPT[2], chunk_size: int = ENC_CHUNK, source=None):
     """
     Derive a fresh key for a new protected upload (fresh salt and nonce
     prefix), in the KDF pool.
@@ -355,7 +355,7 @@ def prepare_encryption(password: str, kdf, n: int = FILE_SCRYPT[0], r: int = FIL
         raise ValueError("bad chunk size")
     salt = secrets.token_bytes(16)
     prefix = secrets.token_bytes(8)
-    d = kdf.derive(_password_bytes(password), salt, n, r, p, 64)
+    d = kdf.derive(_password_bytes(password), salt, n, r, p, 64, source=source)
 
     def made(derived):
         key, verifier = _split_derived(derived)
@@ -379,7 +379,7 @@ def _meta_params(meta: Any) -> tuple[bytes, int, int, int, str]:
     return salt, n, r, p, verifier
 
 
-def unlock(enc_meta: dict, password: str, kdf):
+def unlock(enc_meta: dict, password: str, kdf, source=None):
     """
     Check a file password against a protected file's stored verifier.
 
@@ -396,7 +396,7 @@ def unlock(enc_meta: dict, password: str, kdf):
         secret = _password_bytes(password)
     except UnicodeEncodeError:
         return defer.fail(BadCredentials("wrong file password"))
-    d = kdf.derive(secret, salt, n, r, p, 64)
+    d = kdf.derive(secret, salt, n, r, p, 64, source=source)
 
     def check(derived):
         key, candidate = _split_derived(derived)
@@ -1901,7 +1901,8 @@ class FilesService:
         encryption = None
         if password is not None:
             n, r, p = self.kdf_params
-            encryption = await prepare_encryption(password, self.kdf, n, r, p)
+            encryption = await prepare_encryption(password, self.kdf, n, r, p,
+                                                  source=caller.address)
         sink = self.blobs.open_upload(size, expected, encryption)
         return PendingUpload(self, sink, name, key, caller.account, size, visibility,
                              bool(replace))
@@ -2002,7 +2003,7 @@ class FilesService:
         try:
             if wait:
                 await task.deferLater(self.clock, wait, lambda: None)
-            key = await unlock(rec.enc_meta, password, self.kdf)
+            key = await unlock(rec.enc_meta, password, self.kdf, source=caller.address)
         except BadCredentials:
             self.lockout.end(caller.id, rec.name_key)
             if self.lockout.failure(caller.id, rec.name_key):

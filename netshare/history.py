@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from netshare.accounts import USERNAME_RE
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
 from netshare.storage.history import ALL, journal_row
+from netshare.throttle import TokenBuckets
 
 MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
 
@@ -34,7 +35,8 @@ class HistoryRecorder:
 
     log = Logger()
 
-    def __init__(self, store, clock=None, interval=0.2, batch=1000, max_buffered=MAX_BUFFERED):
+    def __init__(self, store, clock=None, interval=0.2, batch=1000, max_buffered=MAX_BUFFERED,
+                 prelogin=(10, 1.0), prelogin_address=(50, 5.0), max_entries=0):
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = store
@@ -52,9 +54,15 @@ class HistoryRecorder:
         self._writing = False
         self._stopped = False    # no more timers (a flush() still writes)
         self._retention = 0.0    # seconds; 0 keeps entries forever
+        self.max_entries = max_entries     # 0: no cap
         self._lastSeq = 0        # the last row's seq (see row())
         self._purger = None
+        # Commands sent before login are recorded at a bounded rate, per
+        # connection and per address (see admitPrelogin).
+        self._prelogin = TokenBuckets(clock, *prelogin)
+        self._preloginAddress = TokenBuckets(clock, *prelogin_address)
         self.dropped = 0
+        self.unrecorded = 0      # pre-login commands over the rate, counted only
 
     def row(self, ts_ms, service, user, peer, command, code, account_id=None) -> dict:
         """
@@ -68,6 +76,39 @@ class HistoryRecorder:
         seq = max(int(self.clock.seconds() * 1_000_000), self._lastSeq + 1)
         self._lastSeq = seq
         return journal_row(seq, ts_ms, service, user, peer, command, code, account_id)
+
+    def admitPrelogin(self, connection, address) -> bool:
+        """
+        May one more command sent before login on C{connection} (any
+        hashable key) from C{address} be recorded?  Up to a burst, then a
+        steady rate, per connection and per address: a client that never
+        logs in cannot make the history grow faster than that, however many
+        connections it opens.  A refusal is counted (L{unrecorded}); the
+        caller records how many at the end (L{recordUnrecorded}).
+        """
+        key = ("connection", connection)
+        if self._prelogin.has(key) and self._preloginAddress.has(address):
+            self._prelogin.allow(key)
+            self._preloginAddress.allow(address)
+            return True
+        self.unrecorded += 1
+        return False
+
+    def recordUnrecorded(self, connection, n, ts_ms, service, peer):
+        """One entry saying how many commands of a connection were over the
+        pre-login rate (so the trail shows they happened), and forget the
+        connection's bucket."""
+        self._prelogin.forget(("connection", connection))
+        if n:
+            self.record(ts_ms, service, None, peer,
+                        "<%d commands before login not recorded: over the rate>" % (n,), 429)
+            self.log.info("{n} commands from {peer} before login were over the rate and not "
+                          "recorded one by one", n=n, peer=peer)
+
+    def stats(self) -> dict:
+        """For the operator: what waits, what was dropped, what was counted only."""
+        return {"pending": len(self._pending) + len(self._inflight), "dropped": self.dropped,
+                "unrecorded_prelogin": self.unrecorded}
 
     def record(self, ts_ms, service, user, peer, command, code, account_id=None):
         """
@@ -203,9 +244,9 @@ class HistoryRecorder:
     # -- retention
 
     def startRetention(self, retention: float, interval: float = 3600.0):
-        """Purge entries older than C{retention} seconds now and every
-        C{interval} seconds (0: keep them forever)."""
-        if not retention:
+        """Purge entries older than C{retention} seconds (0: keep them) and
+        beyond L{max_entries} (0: no cap), now and every C{interval} seconds."""
+        if not retention and not self.max_entries:
             return
         from twisted.internet.task import LoopingCall
         self._retention = retention
@@ -226,17 +267,20 @@ class HistoryRecorder:
         before = int((self.clock.seconds() - self._retention) * 1000)
         total = 0
         try:
-            while True:
+            while self._retention:
                 n = yield self.store.purge(before)
                 total += n
                 if n < 10_000:
                     break
+            if self.max_entries:
+                total += yield self.store.purge_beyond(self.max_entries)
         except Exception as e:
             self.log.warn("history retention: purge failed, retrying later: {error}",
                           error=str(e).splitlines()[0][:200] if str(e) else repr(e))
         if total:
-            self.log.info("history retention: {n} entries older than {days} days purged",
-                          n=total, days=round(self._retention / 86400, 2))
+            self.log.info("history retention: {n} entries purged (older than {days} days, or "
+                          "beyond {cap} entries)", n=total, days=round(self._retention / 86400, 2),
+                          cap=self.max_entries or "no")
         return total
 
     # -- views

@@ -15,6 +15,8 @@ needs of every listener:
    set C{backlog=} itself.  Twisted's default of 50 loses most of a
    reconnect burst (every client of a restarted server connecting at once).
  - C{port}: the listening port (tests listen on port 0 and read it back).
+ - C{ssl:} endpoints are served with netshare's own TLS options
+   (L{netshare.tls.server_endpoint}: TLS 1.2+ with AEAD suites only).
 """
 
 from twisted.application.service import Service
@@ -49,7 +51,12 @@ class Listener(Service):
     def __init__(self, description, factory, reactor, *, check=None, backlog=None):
         self.description = description
         self.factory = factory
-        self.endpoint = serverFromString(reactor, with_backlog(description, backlog))
+        if description.split(":", 1)[0].strip().lower() == "ssl":
+            # Served with netshare's TLS options (AEAD suites only).
+            from netshare.tls import server_endpoint
+            self.endpoint = server_endpoint(reactor, description, backlog)
+        else:
+            self.endpoint = serverFromString(reactor, with_backlog(description, backlog))
         self.check = check
         self.port = None
 

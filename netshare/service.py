@@ -29,6 +29,7 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, LogPublisher, Logger
 
 from netshare.accounts import AccountService, AccountWatch
+from netshare.throttle import LoginPolicy
 from netshare.history import HistoryRecorder
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
@@ -64,7 +65,9 @@ class Runtime:
     def stats(self) -> dict:
         out = {name: f.stats.snapshot() for name, f in self.factories.items()}
         out["database"] = self.pool.stats() if self.pool else {}
-        out["kdf"] = {"pending": self.kdf.pending} if self.kdf else {}
+        out["history"] = self.history.stats() if self.history else {}
+        out["kdf"] = ({"pending": self.kdf.pending, "sources": self.kdf.sources,
+                       "refused": self.kdf.refused} if self.kdf else {})
         return out
 
 
@@ -118,7 +121,7 @@ class NetshareService(MultiService):
                                % (cfg.data, cfg.data))
         try:
             rt.engine = create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous,
-                                      pool_size=cfg.db_threads)
+                                      pool_size=cfg.db_threads, call_timeout=cfg.db_timeout)
             migrate.check(rt.engine)
         except (EngineError, migrate.SchemaError) as e:
             raise StartupError("setting --db: %s" % (e,)) from None
@@ -128,10 +131,19 @@ class NetshareService(MultiService):
                                % (describe(rt.engine) if rt.engine else cfg.db,
                                   str(e).splitlines()[0])) from None
         rt.pool = DBPool(rt.engine, reactor=rt.reactor, call_timeout=cfg.db_timeout)
-        rt.kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, reactor=rt.reactor)
+        rt.kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, maxPerSource=cfg.kdf_per_source,
+                         reactor=rt.reactor)
+        policy = LoginPolicy.from_config(cfg)
         rt.accounts = AccountService(AccountStore(rt.pool), rt.kdf, cfg.scrypt_n, cfg.scrypt_r,
-                                     cfg.scrypt_p, registration_open=cfg.registration == "open")
-        rt.history = HistoryRecorder(HistoryStore(rt.pool), rt.reactor, cfg.history_flush)
+                                     cfg.scrypt_p, registration_open=cfg.registration == "open",
+                                     policy=policy, lockout_exempt=cfg.lockout_exempt,
+                                     clock=rt.reactor)
+        rt.history = HistoryRecorder(
+            HistoryStore(rt.pool), rt.reactor, cfg.history_flush,
+            prelogin=(cfg.prelogin_burst, cfg.prelogin_rate),
+            prelogin_address=(cfg.prelogin_address_burst,
+                              cfg.prelogin_address_rate),
+            max_entries=cfg.history_max_entries)
         rt.accountWatch = AccountWatch(rt.accounts.store, rt.reactor, cfg.account_check,
                                        rt.connections)
         rt.accounts.removal_listeners.append(
@@ -149,7 +161,7 @@ class NetshareService(MultiService):
                 if forget is not None:   # a removed account's files: unlink their blobs
                     rt.accounts.removal_listeners.append(
                         lambda removed, forget=forget: forget(removed.blob_ids))
-            listener = Listener(endpoint, factory, rt.reactor)
+            listener = Listener(endpoint, factory, rt.reactor, backlog=cfg.listen_backlog)
             listener.setName(name)
             listener.setServiceParent(self)
             self._listeners[name] = listener

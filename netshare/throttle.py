@@ -146,3 +146,110 @@ class Penalties:
             if d:
                 out.append((key, round(score.failures, 2), d))
         return out
+
+
+class TokenBuckets:
+    """
+    A token bucket per key: C{burst} at once, then C{rate} per second.
+
+    L{allow} takes one token from every key it is given, or from none: an
+    attempt is allowed only if each of its keys (a user name, a connection,
+    an address) still has a token.
+
+    Memory stays bounded: keys live in LRU order and the least recently used
+    are forgotten beyond C{max_keys}.  Forgetting a key only hands it a full
+    bucket again, and a bucket refills within C{burst / rate} seconds, so
+    the LRU end is almost always a full (equivalent to absent) bucket
+    anyway.  C{burst <= 0} or C{rate <= 0} disables the limit.
+    """
+
+    def __init__(self, clock, burst: float, rate: float, max_keys: int = 10_000):
+        self.clock = clock
+        self.burst = float(burst)
+        self.rate = float(rate)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.burst > 0 and self.rate > 0
+
+    def _bucket(self, key, now):
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [self.burst, now]
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+            return bucket
+        self._buckets.move_to_end(key)
+        elapsed = now - bucket[1]
+        if elapsed > 0:      # a clock stepping back refills nothing
+            bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
+            bucket[1] = now
+        return bucket
+
+    def has(self, *keys) -> bool:
+        """Would L{allow} say yes (nothing is taken)?"""
+        if not self.enabled:
+            return True
+        now = self.clock.seconds()
+        return all(self._bucket(key, now)[0] >= 1.0 for key in keys)
+
+    def allow(self, *keys) -> bool:
+        """Take one token from each of C{keys}; False (taking none) when any
+        of them is empty."""
+        if not self.enabled:
+            return True
+        now = self.clock.seconds()
+        buckets = [self._bucket(key, now) for key in keys]
+        if any(b[0] < 1.0 for b in buckets):
+            return False
+        for b in buckets:
+            b[0] -= 1.0
+        return True
+
+    def forget(self, key):
+        self._buckets.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """
+    How failed logins are paid for (every number a setting): C{free}
+    failures per key cost nothing; then each attempt under that key waits
+    C{base} seconds, doubling per further failure, at most C{max_delay}, one
+    attempt after another; one failure is forgotten per C{forget} seconds; an
+    attempt that would wait more than C{max_wait} is refused (429).  An
+    account with C{lockout} failures is locked for C{lockout_seconds} for
+    sources outside the exempt networks (429, saying how long).
+    """
+
+    free: int = 5
+    base: float = 1.0
+    max_delay: float = 180.0
+    max_wait: float = 360.0
+    forget: float = 180.0
+    lockout: int = 20
+    lockout_seconds: float = 900.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "LoginPolicy":
+        """The policy the settings describe (the server and the CLI alike)."""
+        return cls(free=cfg.login_free, base=min(1.0, cfg.login_max_delay),
+                   max_delay=cfg.login_max_delay, max_wait=2 * cfg.login_max_delay,
+                   forget=cfg.login_forget, lockout=cfg.account_lockout,
+                   lockout_seconds=cfg.account_lockout_seconds)
+
+    def decayed(self, failures, updated_ms, now_ms) -> float:
+        if self.forget and now_ms > updated_ms:
+            failures -= (now_ms - updated_ms) / 1000.0 / self.forget
+        return max(0.0, failures)
+
+    def delay(self, failures) -> float:
+        beyond = math.floor(failures) - self.free
+        if beyond < 0:
+            return 0.0
+        return min(self.max_delay, self.base * 2 ** min(beyond, 30))

@@ -44,6 +44,7 @@ Decisions where PROTOCOL.md is silent (documented here and in the report):
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections import OrderedDict, deque
@@ -53,6 +54,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from netshare import wire
+from netshare.throttle import TokenBuckets
 from netshare.errors import (BadArguments, Conflict, DatabaseUnavailable, LimitExceeded,
                              LoginRequired, NameNotAllowed, NotFound, RateLimited,
                              TemporaryError)
@@ -144,51 +146,10 @@ def check_subscription_tag(tag: str) -> str:
 
 # --- flood limit ---------------------------------------------------------
 
-class FloodLimiter:
-    """
-    A token bucket per key: C{burst} tweets at once, then C{rate} per second.
-
-    Memory stays bounded: keys live in LRU order and the least recently used
-    are forgotten beyond C{max_keys}.  Forgetting a key only hands that user
-    a full bucket again, and at the default rate a bucket is full after
-    2.5 s, so the LRU end is almost always a full (equivalent to absent)
-    bucket anyway.  C{burst <= 0} or C{rate <= 0} disables the limit.
-    """
-
-    def __init__(self, clock, burst: float, rate: float, max_keys: int = 10_000):
-        self.clock = clock
-        self.burst = float(burst)
-        self.rate = float(rate)
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self.burst > 0 and self.rate > 0
-
-    def allow(self, key: str) -> bool:
-        """Take one token for C{key}; False when its bucket is empty."""
-        if not self.enabled:
-            return True
-        now = self.clock.seconds()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = [self.burst, now]
-            if len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-            elapsed = now - bucket[1]
-            if elapsed > 0:      # a clock stepping back refills nothing
-                bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
-                bucket[1] = now
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
-            return True
-        return False
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+#: The flood limit: a token bucket per user name, per connection and per
+#: client address (see L{netshare.throttle.TokenBuckets}); renaming, or
+#: reconnecting as a new guest, buys no extra tweets.
+FloodLimiter = TokenBuckets
 
 
 # --- the hub ---------------------------------------------------------------
@@ -196,11 +157,17 @@ class FloodLimiter:
 class _Member:
     """The hub's state for one logged-in session."""
 
-    __slots__ = ("session", "name", "account_id", "send", "tags", "timeline", "online")
+    __slots__ = ("session", "name", "account_id", "address", "send", "tags", "timeline",
+                 "online", "serial")
+
+    #: Numbers sessions for their flood bucket (an id() would be reused).
+    _serials = itertools.count(1)
 
     def __init__(self, session, timeline_limit: int):
         self.session = session
+        self.serial = next(self._serials)
         self.name: str = session.username
+        self.address = getattr(session, "host", None)   # the client's address, if known
         self.account_id = session.account_id     # None for a guest
         self.send = session.sendPush
         self.tags: set[str] = set()
@@ -259,6 +226,7 @@ class Hub:
     log = Logger()
 
     def __init__(self, store, clock=None, flood_burst: float = 50, flood_rate: float = 20.0,
+                 flood_address_burst: float = 100, flood_address_rate: float = 40.0,
                  timeline_limit: int = 1000, batch_interval: float = 0.05,
                  batch_rows: int = 2000, batch_max_rows: int = 20_000,
                  max_pending_rows: int = 100_000, fail_after: float = 5.0,
@@ -268,7 +236,11 @@ class Hub:
             from twisted.internet import reactor as clock
         self.store = store
         self.clock = clock
+        # Per user name and per connection; and per client address, a bigger
+        # bucket (several people may share an address), so that new guest
+        # names on new connections buy no extra tweets.
         self.flood = FloodLimiter(clock, flood_burst, flood_rate)
+        self.address_flood = FloodLimiter(clock, flood_address_burst, flood_address_rate)
         self.timeline_limit = max(1, int(timeline_limit))
         self.batch_interval = batch_interval
         self.batch_rows = batch_rows
@@ -432,9 +404,13 @@ class Hub:
             raise TemporaryError("ttweet is not accepting tweets now; try later")
         if self._pending_rows >= self.max_pending_rows:
             raise DatabaseUnavailable("tweets cannot be stored now; try later")
-        if not self.flood.allow(member.name):
+        keys = (member.name, ("session", member.serial))
+        address = (member.address,) if member.address is not None else ()
+        if not (self.flood.has(*keys) and self.address_flood.has(*address)):
             self.rate_limited += 1
             raise RateLimited("too many tweets; try later")
+        self.flood.allow(*keys)
+        self.address_flood.allow(*address)
 
         tweet_id = self._next_id
         self._next_id += 1

@@ -49,6 +49,8 @@ class CommitProxy:
         self.fired = 0
         self._threads = []
         self._socks = set()
+        self._pumps = set()          # (client, server) of every open connection
+        self._silenced = set()
         self._stop = threading.Event()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -65,6 +67,13 @@ class CommitProxy:
     def disarm(self):
         with self._lock:
             self._trigger = None
+
+    def silence(self):
+        """From now on, connections open so far neither pass anything on nor
+        close (a middlebox that silently stopped forwarding them); new ones
+        work."""
+        with self._lock:
+            self._silenced.update(self._pumps)
 
     def _spawn(self, fn, *args):
         t = threading.Thread(target=fn, args=args, daemon=True, name="commit-proxy")
@@ -83,12 +92,18 @@ class CommitProxy:
                 continue
             with self._lock:
                 self._socks.update((client, upstream))
+                self._pumps.add((client, upstream))
             self._spawn(self._pump, client, upstream)
 
     def _pump(self, client, server):
         seen = b""                   # this connection's statements since its last COMMIT
         try:
             while not self._stop.is_set():
+                with self._lock:
+                    silenced = (client, server) in self._silenced
+                if silenced:
+                    time.sleep(0.1)          # hold both sockets, read nothing, send nothing
+                    continue
                 ready, _, _ = select.select([client, server], [], [], 0.2)
                 for s in ready:
                     data = s.recv(1 << 16)
@@ -117,6 +132,9 @@ class CommitProxy:
         except (OSError, ValueError):
             return
         finally:
+            with self._lock:
+                self._pumps.discard((client, server))
+                self._silenced.discard((client, server))
             for s in (client, server):
                 with self._lock:
                     self._socks.discard(s)

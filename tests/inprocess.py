@@ -267,10 +267,10 @@ def listen(rt, protocol_class=CommandProtocol, app=None, tls=False, endpoint=Non
     if endpoint is None:
         endpoint = "tcp:0:interface=127.0.0.1"
         if tls:
-            cert, key = tls_material(rt)
+            ca, cert, key = tls_material(rt)
             endpoint = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
                 _escape(key), _escape(cert))
-            cafile = cert
+            cafile = ca
     build = factory.buildProtocol
 
     def tracked(addr):
@@ -290,7 +290,12 @@ def listen(rt, protocol_class=CommandProtocol, app=None, tls=False, endpoint=Non
         start = getattr(app, "start", None)
         if start is not None:  # started before accepting, as the service does
             yield _bounded(defer.maybeDeferred(start))
-    port = yield _bounded(serverFromString(rt.reactor, endpoint).listen(factory))
+    if endpoint.startswith("ssl:"):       # served as the server serves it
+        from netshare.tls import server_endpoint
+        ep = server_endpoint(rt.reactor, endpoint)
+    else:
+        ep = serverFromString(rt.reactor, endpoint)
+    port = yield _bounded(ep.listen(factory))
     lst = Listener(rt, factory, port, tls=tls, cafile=cafile)
     rt.harness.listeners.append(lst)
     rt.factories[key_name] = factory
@@ -311,13 +316,13 @@ def with_timeouts(proto, timeout=TIMEOUT):
 
 
 def tls_material(rt):
-    """The runtime's self-signed certificate (made once, as `netshare init` does)."""
-    from netshare.tls import make_self_signed
-    cert = os.path.join(rt.config.data, "tls", "cert.pem")
-    key = os.path.join(rt.config.data, "tls", "key.pem")
-    if not os.path.exists(cert):
-        make_self_signed(cert, key)
-    return cert, key
+    """The runtime's local CA and server certificate (made once, as `netshare
+    init` does): (ca, cert, key) paths."""
+    from netshare.tls import make_certificates
+    tls_dir = os.path.join(rt.config.data, "tls")
+    if not os.path.exists(os.path.join(tls_dir, "cert.pem")):
+        return make_certificates(tls_dir)
+    return tuple(os.path.join(tls_dir, f) for f in ("ca.pem", "cert.pem", "key.pem"))
 
 
 def _escape(path):

@@ -137,6 +137,7 @@ def _bad_values(setting):
         C.positive_number: ["0", "-1", "abc", "inf", ""],
         C.non_negative_seconds: ["-0.5", "nan", "inf", "soon"],
         C.percent: ["100", "-1", "half"],
+        C.networks: ["10.0.0.0/33", "nonsense", "1.2.3"],
         C.duration: ["-1d", "ten days", "5y", "1.d", ""],
         C.power_of_two: ["1000", "1", "0", "x"],
         C.boolean: ["maybe", "2", ""],

@@ -677,7 +677,8 @@ def test_client_over_tls(tmp_path, workdir):
         payload = os.urandom(3 * MiB)
         with open(src, "wb") as f:
             f.write(payload)
-        tls = ["--tls", "--cafile", cert, "--hostname", "localhost"]
+        tls = ["--tls", "--cafile", os.path.join(srv.data, "tls", "ca.pem"), "--hostname",
+               "localhost"]
         r = files_cli(srv, *tls, "--user", "admin", "upload", src, cwd=workdir, user="admin")
         assert r.returncode == 0, r
         r = files_cli(srv, *tls, "download", "tls.bin", "-o", os.path.join(workdir, "back"),

@@ -359,7 +359,7 @@ def test_tls(tmp_path):
     srv.start()
     try:
         port = str(srv.ports["ttweet"])
-        tls = ("--tls", "--cafile", str(cert))
+        tls = ("--tls", "--cafile", str(data / "tls" / "ca.pem"))
         assert run_client(*tls, "-d", "127.0.0.1", port)[:2] == (0, ["Empty Message"])
         assert run_client(*tls, "--user", "tlsuser", "-u", "127.0.0.1", port,
                           "over tls")[:2] == (0, [])

@@ -81,7 +81,7 @@ class FakeKDF:
     def __init__(self):
         self.calls = 0
 
-    def derive(self, password, salt, n, r, p, length=32):
+    def derive(self, password, salt, n, r, p, length=32, source=None):
         self.calls += 1
         return defer.succeed(hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=length,
                                             maxmem=64 * 1024 * 1024))
@@ -1154,7 +1154,7 @@ class ManualKDF(FakeKDF):
         super().__init__()
         self.pending = []
 
-    def derive(self, password, salt, n, r, p, length=32):
+    def derive(self, password, salt, n, r, p, length=32, source=None):
         d = defer.Deferred()
         self.pending.append((FakeKDF.derive(self, password, salt, n, r, p, length), d))
         return d

@@ -337,3 +337,48 @@ def test_a_commit_answered_after_the_grace_is_outcome_unknown_and_a_retry_is_tru
 def deferLater(seconds):
     from twisted.internet import reactor, task
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+# -- connections that stop answering -------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS or ["none"])
+@pytest_twisted.inlineCallbacks
+def test_connections_that_stop_answering_are_replaced_without_outside_help(make_runtime,
+                                                                           kind):
+    """A middlebox silences every connection the pool holds (nothing passes,
+    nothing closes) while new connections work: a call on a silenced
+    connection is answered 451 at its 1 s deadline and that connection is cut
+    (its worker thread is free again), and within a few calls the pool works
+    on fresh connections, with no restart and no help from outside."""
+    s = Setup(make_runtime, kind, db_timeout=1.0, db_threads=3)
+    try:
+        rt = s.rt
+        yield add_account(rt, "alice", PW["alice"])
+        srv = yield listen(rt, CommandProtocol)
+        clients = []
+        for _ in range(3):
+            clients.append((yield logged_in(srv, "alice")))
+        # Every pooled connection in use at once, so all of them exist.
+        yield defer.gatherResults([c.cmd("HISTORY limit=1") for c in clients])
+        s.proxy.silence()
+        answers = []
+        for _ in range(12):
+            r = yield clients[0].cmd("HISTORY limit=1", timeout=30)
+            answers.append(r[-1][:3])
+            if answers[-1] == "210":
+                break
+        assert answers[-1] == "210", answers
+        assert set(answers[:-1]) <= {"451"}
+        assert rt.pool.timeouts >= answers.count("451")
+        # No worker stays stuck on a silenced connection (background writes,
+        # such as the history batch, may be running a moment longer).
+        for _ in range(250):
+            if rt.pool.active == 0:
+                break
+            yield deferLater(0.02)
+        assert rt.pool.active == 0
+        for c in clients[1:]:                            # everyone is served again
+            assert (yield c.cmd("PING")) == ["200 pong"]
+            assert (yield c.cmd("HISTORY limit=1"))[-1].startswith("210 ")
+    finally:
+        yield s.close()

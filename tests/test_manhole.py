@@ -5,7 +5,9 @@ refusals for users / wrong passwords / unknown names, loopback-only by
 default, and the SSH variant with authorized keys.
 """
 
+import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -179,6 +181,16 @@ def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
         ok = run_ssh(port, "admin", str(tmp_path / "good"), ["stats()"], "'database'")
         assert ok["code"] == 0, ok
         assert "'connections'" in ok["output"]
+        # SSH sessions are recorded too: the admin's account id, the client's address.
+        recorded = run_ssh(port, "admin", str(tmp_path / "good"), [
+            "x = 6 * 7",
+            "runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
+            ".addCallback(lambda a: runtime.history.store.list(5, own=a.id))"
+            ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
+            "for e in rows])"], "'x = 6 * 7', 200)")
+        assert recorded["code"] == 0, recorded
+        assert re.search(r"\('manhole', 'admin', '127\.0\.0\.1:\d+', 'x = 6 \* 7', 200\)",
+                         recorded["output"]), recorded
         refused = run_ssh(port, "admin", str(tmp_path / "bad"), ["stats()"], "'database'")
         assert refused["auth"] is None and refused["code"] == 3, refused
         # a listed key, but for a name that is not an admin account
@@ -304,3 +316,259 @@ def test_the_manhole_has_the_connection_caps_of_every_listener(tmp_path):
             c.close()
         srv.terminate()
         srv.kill()
+
+
+# -- every manhole command in the request history, passwords redacted ----------------
+
+def _called_back(client, pattern=rb"called back: (\[[^\n]*\])\r*\n"):
+    """Wait for a Deferred's result printed by the shell; return it parsed."""
+    import ast
+    start = client._pos
+    client.expect(pattern)
+    return ast.literal_eval(re.compile(pattern).search(client.text, start).group(1).decode())
+
+
+def _my_manhole_entries(shell):
+    """(service, user, peer, command, code) of the logged-in admin's own
+    entries, found by account id (newest first; this query's own entry may
+    be among them or not, depending on when the batch was written)."""
+    shell.send("runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
+               ".addCallback(lambda a: runtime.history.store.list(50, own=a.id))"
+               ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
+               "for e in rows])")
+    return _called_back(shell)
+
+
+def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redacted(server):
+    c = TelnetClient(server.ports["manhole"])
+    try:
+        c.login("admin", server.admin_password)
+        c.expect(rb">>> ")
+        peer = "127.0.0.1:%d" % c.sock.getsockname()[1]
+        c.send('account_add("eve", "Sekret-Eve-9")')
+        c.expect(rb"called back: \{[^}]*'eve'")
+        c.send("x = 1 + 1")
+        c.send("x")
+        c.expect(rb"\n2\r*\n")
+        c.send("1 +* 2")
+        c.expect(rb"SyntaxError")
+        c.send("1 / 0")
+        c.expect(rb"ZeroDivisionError")
+        c.send("")          # blank lines are not recorded
+        c.send("   ")
+        # A statement over two lines is one entry, recorded once complete.
+        c.send("account_passwd('eve',")
+        c.expect(rb"\.\.\. ")
+        c.send("    password='Sekret-Eve-10')")
+        c.expect(rb"called back: 'ok'")
+        rows = _my_manhole_entries(c)
+        mine = [r for r in rows if r[2] == peer and not r[3].startswith("runtime.history")]
+        assert [(r[3], r[4]) for r in reversed(mine)] == [
+            ("account_add(\"eve\", '***')", 200),
+            ("x = 1 + 1", 200),
+            ("x", 200),
+            ("1 +* 2", 500),
+            ("1 / 0", 451),
+            ("account_passwd('eve',\\x0a    password=***)", 200),
+        ]
+        assert all(r[:2] == ("manhole", "admin") for r in mine)
+        # The admin's name view (the history() helper) shows them too.
+        c.send("history('admin', 50)")
+        wire = _called_back(c)
+        commands = {(e["service"], e["user"], e["command"], e["code"]) for e in wire}
+        assert ("manhole", "admin", "account_add(\"eve\", '***')", 200) in commands
+        assert ("manhole", "admin", "1 +* 2", 500) in commands
+        c.send("history('*', 500)")
+        everything = _called_back(c)
+        assert "Sekret-Eve" not in repr(everything)
+    finally:
+        c.close()
+    # One command event per statement in the JSON log (flushed every 0.5 s),
+    # and the password nowhere in the logs.
+    log_path = os.path.join(server.data, "logs", "netshare.jsonl")
+    deadline = time.monotonic() + 10
+    while True:
+        with open(log_path, encoding="utf-8") as f:
+            events = [json.loads(line) for line in f if '"manhole"' in line]
+        codes = [e["code"] for e in events if e.get("event") == "command"
+                 and e.get("service") == "manhole" and e.get("user") == "admin"
+                 and e.get("peer") == peer]
+        if len(codes) >= 6:
+            break
+        assert time.monotonic() < deadline, "no command events in the log: %r" % (events[-5:],)
+        time.sleep(0.1)
+    assert sorted(set(codes)) == [200, 451, 500]
+    with open(log_path, encoding="utf-8") as f:
+        assert "Sekret-Eve" not in f.read()
+    assert "Sekret-Eve" not in server.output()
+
+
+def test_redaction_of_helper_passwords():
+    from netshare.manhole import UNTOKENIZABLE, redact_command as redact
+    # positional passwords: every string literal after the first argument
+    assert redact('account_add("eve", "pw1")') == "account_add(\"eve\", '***')"
+    assert redact("account_add('eve', 'pw1', admin=True)") == \
+        "account_add('eve', '***', admin=True)"
+    assert redact("account_passwd('eve', 'pw' + 'x')") == "account_passwd('eve', '***' + '***')"
+    assert redact("account_add(\"eve\", f'pw{1}')") == "account_add(\"eve\", '***')"
+    # keyword passwords, anywhere, whatever the value
+    assert redact('account_add(name="eve", password="pw1")') == \
+        'account_add(name="eve", password=***)'
+    assert redact('account_add(password="pw1", name="eve")') == \
+        "account_add(password=***, name='***')"
+    assert redact('f(password=g(1, "pw1"), other="kept")') == 'f(password=***, other="kept")'
+    assert redact('password = "pw1"; y = "kept"') == 'password = ***; y = "kept"'
+    # nested calls, inside and around the helpers
+    assert redact('print(account_add("eve", str("pw1")))') == \
+        "print(account_add(\"eve\", str('***')))"
+    assert redact('account_add(pick("a", "b"), "pw1")') == "account_add(pick(\"a\", \"b\"), '***')"
+    assert redact('[account_passwd("a", "pw1"), account_add("b", "pw2")]') == \
+        "[account_passwd(\"a\", '***'), account_add(\"b\", '***')]"
+    assert redact('account_add(*["eve", "pw1"])') == "account_add(*['***', '***'])"
+    assert redact("account_add('eve',\n    'pw1')") == "account_add('eve',\n    '***')"
+    # other helpers and code are untouched
+    for line in ('history("admin", 5)', "send('555-01-0001', 'alice')",
+                 'x = {"password": 1}', "password == 'x'", 'account_remove("eve")',
+                 "s = 'a\\x00b'  # comment", "if True:\n    y = 'z'\n"):
+        assert redact(line) == line
+    # what tokenize cannot split might hold anything
+    for line in ('account_add("eve", "pw1"', 'account_add("eve", "pw1', "x $ y",
+                 "'''open", "  x = 1\n y = 2"):
+        assert redact(line) == UNTOKENIZABLE
+
+
+def test_the_helpers_taking_passwords_are_helpers():
+    from netshare.admin import HELPERS, SECRET_HELPERS
+    assert SECRET_HELPERS <= set(HELPERS)
+
+
+def test_recorded_command_text_is_escaped_and_bounded():
+    from netshare.manhole import MAX_COMMAND, command_text
+    assert command_text("x = '\x1b[31m'") == "x = '\\x1b[31m'"
+    long = command_text("x = " + "1" * 5000)
+    assert len(long) < MAX_COMMAND + 40 and long.startswith("x = 111")
+    assert long.endswith("... [cut: 5004 characters]")
+
+
+def test_the_interpreter_reports_each_statement_and_its_outcome():
+    """The outcome code comes from the interpreter's own hooks."""
+    from netshare.manhole import RecordingInterpreter
+
+    class Output:
+        def addOutput(self, data, isAsync=None):
+            pass
+    done = []
+    interp = RecordingInterpreter(Output(), {}, lambda source, code: done.append((source, code)))
+    for line in (b"x = 1", b"x", b"1 +* 2", b"1 / 0", b"undefined_name", b"if x:", b"    y = 2",
+                 b"", b"y"):
+        interp.push(line)
+    assert done == [("x = 1", 200), ("x", 200), ("1 +* 2", 500), ("1 / 0", 451),
+                    ("undefined_name", 451), ("if x:\n    y = 2\n", 200), ("y", 200)]
+
+
+def test_files_helper_totals_per_owner():
+    from types import SimpleNamespace as NS
+    from twisted.internet import defer
+    from netshare.admin import Helpers
+    public = [NS(owner="bob", size=10), NS(owner="alice", size=5)]
+    hidden = [NS(owner="bob", size=7)]
+    store = NS(list_public=lambda: defer.succeed(public), list_hidden=lambda: defer.succeed(hidden))
+    runtime = NS(apps={"files": NS(service=NS(files=store))})
+    result = []
+    Helpers(runtime, "admin").files().addCallback(result.append)
+    assert result == [{"alice": {"files": 1, "bytes": 5}, "bob": {"files": 2, "bytes": 17}}]
+    with pytest.raises(RuntimeError, match="not running"):
+        Helpers(NS(apps={}), "admin").files()
+
+
+def test_every_helper_answers_through_a_real_session(tmp_path):
+    """Each helper in HELPERS, called in a shell on a server with every
+    listener on: none answers with a traceback, a failure or "not running"."""
+    from netshare.admin import HELPERS
+    from tests.support import LineConn
+    srv = ServerProcess(tmp_path / "data", manhole=True)
+    srv.start()
+    shell = None
+    try:
+        admin = LineConn(srv.ports["personnel"])
+        files = LineConn(srv.ports["files"])
+        try:
+            admin.readline()
+            assert admin.cmd("LOGIN admin %s" % srv.admin_password)[0].startswith("230")
+            assert admin.cmd("ADD ssn=555-02-0001 name=Ada surname=Lovelace")[0].startswith("201")
+            files.readline()
+            assert files.cmd("LOGIN admin %s" % srv.admin_password)[0].startswith("230")
+            assert files.cmd("UPLOAD notes.txt 5")[0].startswith("350")
+            files.send(b"hello")
+            assert files.readline().startswith("226")
+        finally:
+            admin.close()
+            files.close()
+        calls = [
+            ("help", "help()"), ("stats", "stats()"), ("connections", "connections()"),
+            ("show", "show()"), ("personnel", "personnel()"), ("clients", "clients()"),
+            ("messages", "messages()"), ("accounts", "accounts()"),
+            ("account_add", "account_add('helperx', 'helper-pw-1')"),
+            ("account_passwd", "account_passwd('helperx', 'helper-pw-2')"),
+            ("send", "send('555-02-0001', 'helperx')"),
+            ("send_to_all", "send_to_all('555-02-0001')"),
+            ("send_all", "send_all('helperx')"),
+            ("remove", "remove('555-02-0001', 'helperx')"),
+            ("remove_from_all", "remove_from_all('555-02-0001')"),
+            ("remove_all", "remove_all('helperx')"),
+            ("history", "history('*', 5)"), ("history_clear", "history_clear('helperx')"),
+            ("account_remove", "account_remove('helperx')"),
+            ("files", "files()"), ("ttweet", "ttweet()"),
+        ]
+        assert sorted(name for name, _ in calls) == sorted(HELPERS)
+        shell = TelnetClient(srv.ports["manhole"])
+        shell.login("admin", srv.admin_password)
+        shell.expect(rb">>> ")
+        answers = {}
+        for name, call in calls:
+            # Every answer, a value or a Deferred's result or failure, comes
+            # back as one ('END' + '-name', ...) tuple (the marker is built at
+            # run time, so the echo of the typed line cannot match it).
+            shell.send("__import__('twisted.internet.defer').internet.defer.maybeDeferred("
+                       "lambda: %s).addBoth(lambda r: ('END' + '-%s', r))" % (call, name))
+            start = shell._pos
+            shell.expect(("\\('END-%s', " % name).encode())
+            shell.expect(rb"\n>>> ")
+            answers[name] = shell.text[start:shell._pos].decode("utf-8", "replace")
+        for name, text in answers.items():
+            assert "Traceback" not in text and "Failure" not in text, (name, text)
+            assert "is not running" not in text, (name, text)
+        assert "{'notes.txt'" not in answers["files"]
+        assert "'admin': {'files': 1, 'bytes': 5}" in answers["files"], answers["files"]
+        assert "'removed': 'helperx'" in answers["account_remove"]
+        assert "'online': []" in answers["ttweet"]     # the names online, not a count
+    finally:
+        if shell is not None:
+            shell.close()
+        srv.terminate()
+        srv.kill()
+
+
+def test_removing_an_admin_closes_its_shell(server):
+    """The account a shell serves is known from login on (the realm reads
+    it): removing it in another shell closes this one at once."""
+    ops = TelnetClient(server.ports["manhole"])
+    other = None
+    try:
+        ops.login("admin", server.admin_password)
+        ops.expect(rb">>> ")
+        ops.send("account_add('opsdel', 'Opsdel-pw-4', admin=True)")
+        ops.expect(rb"called back: \{[^}]*'opsdel'")
+        other = TelnetClient(server.ports["manhole"])
+        other.login("opsdel", "Opsdel-pw-4")
+        other.expect(rb">>> ")
+        other.send("whoami")
+        other.expect(rb"'opsdel'")
+        ops.send("account_remove('opsdel')")
+        ops.expect(rb"called back: \{'removed': 'opsdel'")
+        other.expect(rb"421 account removed")
+        assert other.closed(5)
+    finally:
+        ops.close()
+        if other is not None:
+            other.close()

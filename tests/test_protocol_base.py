@@ -439,9 +439,9 @@ def test_unknown_user_costs_the_same_as_a_wrong_password(make_runtime):
     derive = rt.kdf.derive
     calls = []
 
-    def spy(password, salt, n, r, p, length=32):
+    def spy(password, salt, n, r, p, length=32, source=None):
         calls.append((n, r, p, length))
-        return derive(password, salt, n, r, p, length)
+        return derive(password, salt, n, r, p, length, source=source)
 
     rt.kdf.derive = spy
     replies = []

@@ -741,7 +741,7 @@ def test_a9_silent_connections_are_dropped_at_the_idle_timeout(server):
         assert closed, (service, got)
         assert IDLE - 0.3 <= elapsed <= IDLE + 3, (service, elapsed)
         last = got.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].strip()
-        assert last == (b"login timeout" if service == "manhole" else b"421 idle timeout"), (
+        assert last == (b"421 login timeout" if service == "manhole" else b"421 idle timeout"), (
             service, got)
 
 

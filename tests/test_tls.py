@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 
 from netshare.client import connect, login, quote
 from netshare.protocols.base import CommandProtocol
-from netshare.tls import make_self_signed
+from netshare.tls import make_certificates
 from tests.inprocess import (add_account, listen, make_runtime, reactor,  # noqa: F401
                              runtime, wait_for, with_timeouts)
 
@@ -50,10 +50,9 @@ def test_wrong_hostname_fails_before_any_command(runtime):
 @pytest_twisted.inlineCallbacks
 def test_untrusted_certificate_fails_before_any_command(runtime, tmp_path):
     srv = yield listen(runtime, CommandProtocol, tls=True)
-    other_cert, other_key = str(tmp_path / "other.pem"), str(tmp_path / "other.key")
-    make_self_signed(other_cert, other_key)  # same names, another key: not trusted
+    other_ca, _, _ = make_certificates(str(tmp_path))   # same names, another CA: not trusted
     with pytest.raises(Exception):
-        yield srv.connect(cafile=other_cert)
+        yield srv.connect(cafile=other_ca)
     yield wait_for(lambda: srv.protocols and all(p.lost.called for p in srv.protocols))
     assert srv.factory.stats.bytes_in == 0 and srv.factory.stats.commands == 0
 
@@ -137,10 +136,9 @@ def tls_server(tmp_path):
     sp.extra_args += ["--files", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"
                       % (sp.ports["files"], key, cert)]
     sp.start()
-    yield sp, cert
+    yield sp, str(data / "tls" / "ca.pem")
     try:
-        # twistd re-raises the SIGTERM after its orderly stop: -15 is clean.
-        assert sp.terminate() in (0, -15)
+        assert sp.terminate() == 0
         assert "netshare stopped" in sp.output()
     finally:
         sp.kill()
@@ -148,9 +146,9 @@ def tls_server(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_real_server_tls_listener_with_the_init_certificate(tls_server):
-    sp, cert = tls_server
+    sp, cafile = tls_server
     port = sp.ports["files"]
-    c = yield connect("127.0.0.1", port, tls=True, cafile=cert, hostname="localhost",
+    c = yield connect("127.0.0.1", port, tls=True, cafile=cafile, hostname="localhost",
                       reactor=reactor())
     with_timeouts(c)
     try:
@@ -162,7 +160,7 @@ def test_real_server_tls_listener_with_the_init_certificate(tls_server):
     finally:
         yield c.close().addTimeout(10, reactor())
     with pytest.raises(Exception):
-        yield connect("127.0.0.1", port, tls=True, cafile=cert, hostname="other.example",
+        yield connect("127.0.0.1", port, tls=True, cafile=cafile, hostname="other.example",
                       reactor=reactor())
     # Plain text against it: no greeting.
     with pytest.raises(defer.TimeoutError):
@@ -177,3 +175,84 @@ def test_real_server_tls_listener_with_the_init_certificate(tls_server):
     assert "Sekret" not in text
     events = [json.loads(line) for line in text.splitlines()]
     assert any(e.get("verb") == "LOGIN" and e.get("code") == 230 for e in events)
+
+
+# --- hardening: suites, versions, the handshake deadline, the certificates ---------------
+
+def _handshake(port, **context):
+    """A stdlib TLS client handshake: the negotiated (version, cipher), or
+    the SSLError."""
+    import socket
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for key, value in context.items():
+        if key == "ciphers":
+            ctx.set_ciphers(value)
+        else:
+            setattr(ctx, key, value)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw) as s:
+                return s.version(), s.cipher()[0]
+        except ssl.SSLError as e:
+            return e
+
+
+def test_only_aead_suites_over_tls_1_2_or_1_3(tls_server):
+    """CBC suites with SHA-1 (or any CBC) are refused over TLS 1.2; AEAD
+    suites and TLS 1.3 work; TLS 1.1 is refused."""
+    import ssl
+    port = tls_server[0].ports["files"]
+    for cbc in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-SHA"):
+        got = _handshake(port, ciphers=cbc, maximum_version=ssl.TLSVersion.TLSv1_2)
+        assert isinstance(got, ssl.SSLError), (cbc, got)
+    assert _handshake(port, maximum_version=ssl.TLSVersion.TLSv1_2,
+                      ciphers="ECDHE-ECDSA-AES128-GCM-SHA256") == (
+        "TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    version, cipher = _handshake(port, minimum_version=ssl.TLSVersion.TLSv1_3)
+    assert version == "TLSv1.3" and ("GCM" in cipher or "CHACHA20" in cipher)
+    old = _handshake(port, minimum_version=ssl.TLSVersion.TLSv1,
+                     maximum_version=ssl.TLSVersion.TLSv1_1, ciphers="DEFAULT:@SECLEVEL=0")
+    assert isinstance(old, ssl.SSLError), old
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_handshake_that_never_finishes_is_cut_at_its_deadline(make_runtime):
+    """A client that connects to a TLS port and sends nothing (or half a
+    handshake) is cut after --tls-handshake-timeout, well before the idle
+    timeout; one that completes it is unaffected."""
+    rt = make_runtime(tls_handshake_timeout=0.5, idle_timeout=60)
+    srv = yield listen(rt, CommandProtocol, tls=True)
+    raw = yield srv.raw(greet=False)
+    raw.send(b"\x16\x03\x01\x00")               # the start of a ClientHello, no more
+    started = reactor().seconds()
+    yield raw.wait_closed(timeout=10)
+    assert reactor().seconds() - started >= 0.4
+    c = yield srv.connect()
+    yield task.deferLater(reactor(), 1.0, lambda: None)
+    assert (yield c.command("PING")).line == "200 pong"
+    yield c.close().addTimeout(10, reactor())
+
+
+def test_init_makes_a_local_ca_and_a_server_certificate_that_is_not_a_ca(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    ca_path, cert_path, key_path = make_certificates(str(tmp_path))
+    with open(ca_path, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    leaf = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert leaf.ca is False
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is False
+    assert ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage).value
+    assert cert.issuer == ca.subject and cert.subject != ca.subject
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                           __import__("cryptography.hazmat.primitives.asymmetric.ec",
+                                      fromlist=["ECDSA"]).ECDSA(cert.signature_hash_algorithm))
+    for path in (key_path, os.path.join(str(tmp_path), "ca-key.pem")):
+        assert os.stat(path).st_mode & 0o777 == 0o600

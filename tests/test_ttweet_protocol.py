@@ -26,7 +26,8 @@ from tests.inprocess import (add_account, db_kinds, listen, make_runtime,  # noq
 pytestmark = pytest.mark.timeout(120)
 
 #: Quick failures and batches; a flood limit out of the way unless a test sets one.
-FAST = dict(login_failure_delay=0.05, flood_burst=100000, flood_rate=100000.0)
+FAST = dict(login_failure_delay=0.05, flood_burst=100000, flood_rate=100000.0,
+            flood_address_burst=100000, flood_address_rate=100000.0)
 
 
 @defer.inlineCallbacks

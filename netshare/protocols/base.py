@@ -40,7 +40,7 @@ from typing import Any
 from zope.interface import implementer
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -194,6 +194,19 @@ def parse_int(text, name, lo=0, hi=None):
     return v
 
 
+#: How much of a command sent before login is recorded (after its verb).
+PRELOGIN_RECORDED = 48
+
+
+def bounded(recorded: str) -> str:
+    """A command sent before login as it is recorded: its verb and a short
+    prefix of the rest (the line may be 4 KiB of anything)."""
+    verb, _, rest = recorded.partition(" ")
+    if len(rest) <= PRELOGIN_RECORDED:
+        return recorded
+    return "%s %s..." % (verb, rest[:PRELOGIN_RECORDED])
+
+
 def redact(verb, words):
     """The command as recorded in history and logs: no password anywhere.
 
@@ -279,6 +292,7 @@ class _Command:
 
 # --- the protocol ---------------------------------------------------------
 
+@implementer(IHandshakeListener)
 class CommandProtocol(LineReceiver, TimeoutMixin):
     """See the module docstring."""
 
@@ -319,6 +333,10 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         self._abortCall = None
         self._monitorRegistered = False
         self._refused = False
+        self._loginTimer = None    # the login deadline (cancelled by loginDone)
+        self._handshakeTimer = None  # a TLS handshake's deadline
+        self._loginLate = False    # the deadline passed during a command
+        self._unrecorded = 0       # pre-login commands over the history rate
         self.lost = defer.Deferred()
 
     # -- configuration shortcuts
@@ -369,8 +387,57 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
                 pass
         self._registerMonitor()
         self.setTimeout(self.config.idle_timeout)
+        self._loginTimer = self.factory.reactor.callLater(self.config.login_timeout,
+                                                          self._loginExpired)
+        if ISSLTransport.providedBy(self.transport):
+            self._handshakeTimer = self.factory.reactor.callLater(
+                self.config.tls_handshake_timeout, self._handshakeExpired)
         self._write(["220 netshare %s %s ready" % (self.service, __version__)])
         self.connectionReady()
+
+    def handshakeCompleted(self):
+        """(IHandshakeListener) The TLS handshake is done: its deadline is off."""
+        if self._handshakeTimer is not None and self._handshakeTimer.active():
+            self._handshakeTimer.cancel()
+        self._handshakeTimer = None
+
+    def _handshakeExpired(self):
+        """A TLS handshake not done in C{--tls-handshake-timeout}: cut (nothing
+        can be said to a peer that never finished the handshake)."""
+        self._handshakeTimer = None
+        self.log.info("TLS handshake with {peer} not done in time: closing",
+                      service=self.service, peer=self.peer)
+        self._closing = True
+        self.transport.abortConnection()
+
+    # -- the login deadline
+
+    def isLoggedIn(self) -> bool:
+        """Whether this connection has logged in (ttweet: as a guest too)."""
+        return self.account is not None
+
+    def loginDone(self):
+        """Logged in: the login deadline no longer applies."""
+        if self._loginTimer is not None and self._loginTimer.active():
+            self._loginTimer.cancel()
+        self._loginTimer = None
+
+    def _loginExpired(self):
+        """
+        Not logged in after C{--login-timeout}: close, whatever was sent
+        meanwhile (blank lines and refused commands keep a connection from
+        being idle, not from having to log in), so connections that never
+        log in cannot hold every slot.  A command in progress (a LOGIN
+        waiting for its password check) is answered first.
+        """
+        self._loginTimer = None
+        if self.isLoggedIn() or self._closing:
+            return
+        if self._current is not None:
+            self._loginLate = True
+            return
+        self.log.info("login timeout {peer}", service=self.service, peer=self.peer)
+        self._closeWith("421 login timeout")
 
     def connectionReady(self):
         """Hook for subclasses: the greeting has been sent."""
@@ -381,6 +448,11 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
+        self.loginDone()
+        self.handshakeCompleted()
+        if not self._refused:
+            self.runtime.history.recordUnrecorded(id(self), self._unrecorded, now_ms(),
+                                                  self.service, self.peer)
         if self._abortCall is not None and self._abortCall.active():
             self._abortCall.cancel()
         self._abortCall = None
@@ -575,6 +647,10 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
             self.factory.stats.commands += 1
         if self._shuttingDown and not self._closing:
             self._closeWith("421 shutting down")
+            return
+        if self._loginLate and not self.isLoggedIn() and not self._closing:
+            self.log.info("login timeout {peer}", service=self.service, peer=self.peer)
+            self._closeWith("421 login timeout")
             return
         if self._output.full:
             self._waitingForDrain = True  # read no more commands until drained
@@ -774,10 +850,17 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         """The history entry (unless C{written} with the command's write
         already) and the per-command log event."""
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
-        if not written:
+        if written:
+            pass
+        elif self.account is not None:
             self.runtime.history.record(ts_ms or now_ms(), self.service, self.user, self.peer,
-                                        recorded, code,
-                                        self.account.id if self.account is not None else None)
+                                        recorded, code, self.account.id)
+        elif self.runtime.history.admitPrelogin(id(self), self.host):
+            # Before login: a bounded form, at a bounded rate (see admitPrelogin).
+            self.runtime.history.record(ts_ms or now_ms(), self.service, None, self.peer,
+                                        bounded(recorded), code)
+        else:
+            self._unrecorded += 1
         (self.runtime.commandLog or self.log).info(
             "{verb} -> {code}", service=self.service, user=self.user or "-", peer=self.peer,
             verb=verb, code=code, duration_ms=round(duration, 3), bytes=nbytes)
@@ -840,15 +923,16 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         if self.account is not None:
             raise BadSequence("already logged in as %s" % (self.account.name,))
         try:
-            account = yield self.runtime.accounts.authenticate(name, password)
+            account = yield self.runtime.accounts.authenticate(name, password, source=self.host)
         except NetshareError as e:
+            self.recordAs("LOGIN %s ***" % (getattr(e, "account", None) or UNKNOWN_USER,))
             if e.code != 535:
                 raise
-            self.recordAs("LOGIN %s ***" % (getattr(e, "account", None) or UNKNOWN_USER,))
             yield self.loginFailed()
             raise
         self.recordAs("LOGIN %s ***" % (account.name,))
         self.account = account
+        self.loginDone()
         self.loggedIn()
         return Reply(230, "logged in as %s (%s)" % (account.name, account.role))
 

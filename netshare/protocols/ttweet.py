@@ -216,6 +216,9 @@ class TtweetProtocol(CommandProtocol):
         """The hub's session identity: the account's id, None for a guest."""
         return self.account.id if self.account is not None else None
 
+    def isLoggedIn(self) -> bool:
+        return self.username is not None
+
     def _enterHub(self, name):
         self.username = name
         try:
@@ -223,6 +226,7 @@ class TtweetProtocol(CommandProtocol):
         except NetshareError:
             self.username = None
             raise
+        self.loginDone()
 
     def cmd_WHOAMI(self, args):
         if self.account is None and self.username is not None:
@@ -422,6 +426,8 @@ def makeHub(runtime):
     cfg = runtime.config
     return ttweet.Hub(TweetStore(runtime.pool), clock=runtime.reactor,
                       flood_burst=cfg.flood_burst, flood_rate=cfg.flood_rate,
+                      flood_address_burst=cfg.flood_address_burst,
+                      flood_address_rate=cfg.flood_address_rate,
                       timeline_limit=cfg.timeline_limit,
                       batch_interval=cfg.ttweet_batch_interval)
 

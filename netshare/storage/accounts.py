@@ -20,13 +20,16 @@ transaction, what happens to what the account owned:
  - its tweets: kept (they were public and sit in other users' timelines).
 """
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from netshare.errors import BadArguments, Conflict, NotFound
-from netshare.storage.schema import accounts
+from netshare.errors import BadArguments, Conflict, NotFound, RateLimited
+from netshare.storage.schema import accounts, login_penalties
+from netshare.throttle import LoginPolicy
 from netshare.wire import iso_ms, now_ms
 
 
@@ -57,6 +60,9 @@ class RemovedAccount:
     files_transferred: int = 0
     timeline_deleted: int = 0
     sync_messages_deleted: int = 0
+
+
+USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 def _row(r) -> Account:
@@ -149,6 +155,110 @@ def thd_existing_ids(conn, ids) -> set[int]:
     return found
 
 
+# ---------------------------------------------------------------------------
+# Failed logins: growing delays per account and per address, in the database
+
+
+def _penalty_row(conn, key, now_ms):
+    """The row of C{key}, locked for this transaction, created if absent."""
+    q = sa.select(login_penalties).where(login_penalties.c.key == key).with_for_update()
+    row = conn.execute(q).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(login_penalties.insert().values(
+                    key=key, failures=0.0, updated_ms=now_ms, next_slot_ms=0,
+                    locked_until_ms=0))
+        except sa_exc.IntegrityError:      # another attempt created it just now
+            pass
+        row = conn.execute(q).first()
+    return row
+
+
+def thd_login_attempt(conn, keys, now_ms: int, policy: LoginPolicy) -> float:
+    """
+    Start one login attempt under C{keys} (C{(key, lockable)} pairs): count
+    it as a failure until L{thd_login_succeeded} takes that back (so a burst
+    of parallel attempts is counted before any is checked), and take its
+    slot.  @return: seconds to wait before checking the password.
+    @raise RateLimited: (429) a locked account (for a lockable key), or a
+    wait beyond C{policy.max_wait}; the attempt is not counted.
+    """
+    rows = [(key, lockable, _penalty_row(conn, key, now_ms)) for key, lockable in keys]
+    start, cost = now_ms, 0.0
+    for key, lockable, row in rows:
+        if lockable and row.locked_until_ms > now_ms:
+            raise RateLimited("account locked after too many failed logins; try again in %d s"
+                              % math.ceil((row.locked_until_ms - now_ms) / 1000.0))
+        d = policy.delay(policy.decayed(row.failures, row.updated_ms, now_ms))
+        if d:
+            start = max(start, row.next_slot_ms)
+            cost = max(cost, d)
+    wait = (start - now_ms) / 1000.0 + cost
+    if wait > policy.max_wait:
+        raise RateLimited("too many failed logins; try again in %d s"
+                          % max(1, math.ceil(wait - policy.max_wait)))
+    for key, lockable, row in rows:
+        prior = policy.decayed(row.failures, row.updated_ms, now_ms)
+        failures = prior + 1
+        values = dict(failures=failures, updated_ms=now_ms)
+        if cost:
+            values["next_slot_ms"] = start + int(cost * 1000)
+        # Whole failures: a few seconds of forgetting must not let one more in.
+        if lockable and round(prior) + 1 >= policy.lockout:
+            values["locked_until_ms"] = now_ms + int(policy.lockout_seconds * 1000)
+        conn.execute(login_penalties.update().where(login_penalties.c.key == key)
+                     .values(**values))
+    return wait
+
+
+def thd_login_succeeded(conn, keys, now_ms: int, policy: LoginPolicy) -> None:
+    """The attempt started by L{thd_login_attempt} had the right password."""
+    for key in keys:
+        row = conn.execute(sa.select(login_penalties).where(login_penalties.c.key == key)
+                           .with_for_update()).first()
+        if row is not None:
+            failures = max(0.0, policy.decayed(row.failures, row.updated_ms, now_ms) - 1)
+            conn.execute(login_penalties.update().where(login_penalties.c.key == key)
+                         .values(failures=failures, updated_ms=now_ms))
+
+
+def thd_login_penalties(conn, now_ms: int, policy: LoginPolicy) -> list[dict]:
+    """Every key that costs something now: C{{"key","who","failures","delay","locked_for"}},
+    account keys shown with the account's name."""
+    names = {}
+    for r in conn.execute(sa.select(accounts.c.id, accounts.c.name)):
+        names["account:%d" % r.id] = r.name
+        names["account:%d:local" % r.id] = r.name + " (from exempt networks)"
+    out = []
+    for r in conn.execute(sa.select(login_penalties).order_by(login_penalties.c.key)):
+        failures = policy.decayed(r.failures, r.updated_ms, now_ms)
+        locked = max(0, r.locked_until_ms - now_ms) / 1000.0
+        if policy.delay(failures) or locked:
+            out.append({"key": r.key, "who": names.get(r.key, r.key.partition(":")[2]),
+                        "failures": round(failures, 2), "delay": policy.delay(failures),
+                        "locked_for": round(locked)})
+    return out
+
+
+def thd_lift_penalty(conn, who: str) -> int:
+    """Lift the penalties of an account (by name) or an address.
+    @return: how many keys were lifted."""
+    keys = ["address:" + who]
+    account = thd_get(conn, who) if USERNAME.fullmatch(who) else None
+    if account is not None:
+        keys += ["account:%d" % account.id, "account:%d:local" % account.id]
+    return conn.execute(login_penalties.delete().where(login_penalties.c.key.in_(keys))).rowcount
+
+
+def thd_purge_penalties(conn, now_ms: int, policy: LoginPolicy) -> int:
+    """Forget keys whose failures have all been forgotten (bounded table)."""
+    stale = now_ms - int((policy.forget or 0) * 1000 * (policy.lockout + 1))
+    return conn.execute(login_penalties.delete().where(
+        login_penalties.c.updated_ms < stale,
+        login_penalties.c.locked_until_ms < now_ms)).rowcount
+
+
 class AccountStore:
     """Async facade: every method returns a Deferred.  Creating and
     removing run as writes (L{DBPool.write}): run twice, they would answer
@@ -177,3 +287,20 @@ class AccountStore:
 
     def existing_ids(self, ids):
         return self.pool.run(thd_existing_ids, ids)
+
+    # Writes: an attempt counted twice would cost a failure it never made.
+
+    def login_attempt(self, keys, now_ms, policy):
+        return self.pool.write(thd_login_attempt, keys, now_ms, policy)
+
+    def login_succeeded(self, keys, now_ms, policy):
+        return self.pool.write(thd_login_succeeded, keys, now_ms, policy)
+
+    def login_penalties(self, now_ms, policy):
+        return self.pool.run(thd_login_penalties, now_ms, policy)
+
+    def lift_penalty(self, who):
+        return self.pool.write(thd_lift_penalty, who)
+
+    def purge_penalties(self, now_ms, policy):
+        return self.pool.run(thd_purge_penalties, now_ms, policy)

@@ -9,10 +9,12 @@ a lock upgrade deadlock, and C{synchronous=FULL} by default because an
 acknowledged write must survive a power loss (WAL+NORMAL may roll the last
 commits back).
 
-PostgreSQL and MariaDB get a small connection pool with C{pool_pre_ping}
-(a server restart costs one failed ping, not a failed request) and
-C{pool_recycle} (MySQL drops idle connections after 8 h), plus short connect
-timeouts so an unreachable server surfaces as an error in seconds.
+PostgreSQL and MariaDB get a small connection pool with C{pool_recycle}
+(MySQL drops idle connections after 8 h), short connect timeouts so an
+unreachable server surfaces as an error in seconds, and driver-level bounds
+(TCP keepalive, unacknowledged-data and read timeouts) so a connection that
+stops answering fails on its own; a server restart costs the first call one
+retry on a fresh connection (see L{netshare.storage.pool}).
 """
 
 import os
@@ -39,7 +41,8 @@ def resolve_url(url: str, data_dir: str | None = None) -> str:
 
 
 def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: str = "FULL",
-                  busy_timeout_ms: int = 5000, pool_size: int = 5, connect_timeout: int = 3):
+                  busy_timeout_ms: int = 5000, pool_size: int = 5, connect_timeout: int = 3,
+                  call_timeout: float | None = None):
     """
     Build the engine for C{url}.
 
@@ -56,15 +59,26 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
         engine = _sqlite_engine(u, sqlite_synchronous.upper(), busy_timeout_ms)
         engine.optimal_thread_pool_size = 1
     elif backend in ("postgresql", "mysql", "mariadb"):
-        kw = dict(pool_pre_ping=True, pool_recycle=1800, pool_size=pool_size, max_overflow=0,
+        # No pre-ping: a stale connection (the server restarted) fails on its
+        # first statement, before any COMMIT, which the pool retries on a
+        # fresh one (SQLAlchemy then discards the whole stale pool); and a
+        # ping of a connection that stopped answering would block outside
+        # the reach of the pool's deadline.
+        kw = dict(pool_recycle=1800, pool_size=pool_size, max_overflow=0,
                   pool_timeout=connect_timeout + 2)
+        # A connection that stops answering fails on its own within a call's
+        # deadline and grace (the pool also cuts its socket at the deadline):
+        # TCP keepalive for an idle peer that vanished, and a bound on how
+        # long data may go unacknowledged (PostgreSQL) or a read may wait
+        # (MariaDB).
+        patience = int(2 * call_timeout + 5) if call_timeout else 30
         if backend == "postgresql":
             kw["connect_args"] = {"connect_timeout": connect_timeout, "keepalives": 1,
                                   "keepalives_idle": 10, "keepalives_interval": 5,
-                                  "keepalives_count": 3, "tcp_user_timeout": 20000}
+                                  "keepalives_count": 3, "tcp_user_timeout": patience * 1000}
         else:
-            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": 30,
-                                  "write_timeout": 30, "charset": "utf8mb4"}
+            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": patience,
+                                  "write_timeout": patience, "charset": "utf8mb4"}
         try:
             engine = sa.create_engine(u, **kw)
         except Exception as e:

@@ -107,6 +107,22 @@ def thd_purge(conn, before_ms: int, batch: int = 10_000) -> int:
     return conn.execute(history.delete().where(history.c.id.in_(ids))).rowcount
 
 
+def thd_purge_beyond(conn, keep: int) -> int:
+    """Delete every entry but the newest C{keep} (the size cap).  The cut is
+    found on the C{seq} index; rows go in batches.  @return: rows deleted."""
+    edge = conn.execute(sa.select(history.c.seq).order_by(history.c.seq.desc())
+                        .offset(keep).limit(1)).scalar()
+    if edge is None:
+        return 0
+    deleted = 0
+    while True:
+        ids = [r.id for r in conn.execute(sa.select(history.c.id).where(history.c.seq <= edge)
+                                          .limit(10_000))]
+        if not ids:
+            return deleted
+        deleted += conn.execute(history.delete().where(history.c.id.in_(ids))).rowcount
+
+
 class HistoryStore:
     def __init__(self, pool):
         self.pool = pool
@@ -129,3 +145,6 @@ class HistoryStore:
 
     def purge(self, before_ms):
         return self.pool.run(thd_purge, before_ms)
+
+    def purge_beyond(self, keep):
+        return self.pool.run(thd_purge_beyond, keep)

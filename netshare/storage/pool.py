@@ -47,6 +47,7 @@ record of it survive a crash together or not at all.
 """
 
 import secrets
+import socket
 import threading
 import time
 
@@ -131,6 +132,34 @@ class _Call:
         self.phase = QUEUED
         self.abandoned = False
         self.wid = None
+        self.conn = None          # the SQLAlchemy connection the worker is using
+
+    def cut(self):
+        """
+        Shut down the socket of the connection this call is blocked on (from
+        the reactor thread, at its deadline): a connection that stopped
+        answering must not hold a worker thread beyond the deadline.  The
+        driver's read then fails at once, the connection is discarded, and
+        the next call gets a fresh one.  SQLite has no socket: nothing to do.
+        """
+        conn = self.conn
+        try:
+            fd = _socket_fd(conn.connection.dbapi_connection) if conn is not None else None
+        except Exception:
+            fd = None
+        if fd is None:
+            return False
+        try:
+            dup = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            return False
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            dup.close()
+        return True
 
     def enter(self, phase):
         """Move to C{phase}; @raise _Abandoned: the caller was answered."""
@@ -285,15 +314,19 @@ class DBPool:
                 call.abandoned = True
         self.timeouts += 1
         if not committing:
-            self.log.error("database call exceeded {timeout}s: answering 451",
-                           timeout=self.call_timeout)
+            cut = call.phase == RUNNING and call.cut()
+            self.log.error("database call exceeded {timeout}s: answering 451{cut}",
+                           timeout=self.call_timeout,
+                           cut="; its connection was cut" if cut else "")
             outer.errback(Failure(DatabaseUnavailable("database not answering; try later")))
             return
-        timers.append(self._reactor.callLater(self.call_timeout, self._unknown, outer, settled))
+        timers.append(self._reactor.callLater(self.call_timeout, self._unknown, call, outer,
+                                              settled))
 
-    def _unknown(self, outer, settled):
+    def _unknown(self, call, outer, settled):
         if outer.called:
             return
+        call.cut()      # a COMMIT still unanswered: its answer will not come
         self.outcome_unknown += 1
         self.log.error("a write's COMMIT is still unconfirmed after {timeout}s: answering "
                        "451 outcome unknown", timeout=2 * self.call_timeout)
@@ -307,7 +340,7 @@ class DBPool:
             call.enter(RUNNING)
             if call.write:
                 return self._thd_write(call, fn, args, kwargs, journal)
-            return self._thd_read(fn, args, kwargs)
+            return self._thd_read(call, fn, args, kwargs)
         except _Abandoned:
             raise DatabaseUnavailable("database not answering; try later") from None
         finally:
@@ -328,11 +361,12 @@ class DBPool:
         time.sleep(delay)
         return True
 
-    def _thd_read(self, fn, args, kwargs):
+    def _thd_read(self, call, fn, args, kwargs):
         delays = iter(self.retry_delays)
         while True:
             try:
                 with self.engine.begin() as conn:
+                    call.conn = conn
                     result = fn(conn, *args, **kwargs)
                 _check_plain(fn, result)
                 return result
@@ -342,14 +376,18 @@ class DBPool:
                 _storage_error(e)
                 if not is_transient(e):
                     raise
+                if call.abandoned:          # answered at the deadline: do not start over
+                    raise _Abandoned() from e
                 self._retrying(e, delays, fn)
+            finally:
+                call.conn = None
 
     def _thd_write(self, call, fn, args, kwargs, journal):
         delays = iter(self.retry_delays)
         reruns = 0
         while True:
             call.wid = secrets.token_hex(16)
-            conn = self.engine.connect()
+            conn = call.conn = self.engine.connect()
             try:
                 trans = conn.begin()
                 try:
@@ -367,6 +405,8 @@ class DBPool:
                         _storage_error(e)
                     if isinstance(e, (NetshareError, _Abandoned)) or not is_transient(e):
                         raise
+                    if call.abandoned:      # answered at the deadline: do not start over
+                        raise _Abandoned() from e
                     self._retrying(e, delays, fn)       # before COMMIT: safe to run again
                     continue
                 try:
@@ -378,6 +418,7 @@ class DBPool:
                         raise
                     first_error = e
             finally:
+                call.conn = None
                 _quietly(conn.close)
             # The COMMIT was sent and its answer lost: in doubt.
             self.in_doubt += 1
@@ -454,6 +495,18 @@ class DBPool:
         return {"threads": self.threads, "active": self.active, "queued": self.queued,
                 "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts,
                 "in_doubt": self.in_doubt, "outcome_unknown": self.outcome_unknown}
+
+
+def _socket_fd(dbapi_connection):
+    """The file descriptor of a DB-API connection's socket, or None: psycopg
+    and PyMySQL expose it; SQLite has none."""
+    fileno = getattr(dbapi_connection, "fileno", None)     # psycopg 3
+    if callable(fileno):
+        return fileno()
+    sock = getattr(dbapi_connection, "_sock", None)        # PyMySQL
+    if sock is not None:
+        return sock.fileno()
+    return None
 
 
 def _check_plain(fn, result):

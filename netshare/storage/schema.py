@@ -88,3 +88,21 @@ write_marks = sa.Table(
     sa.Index("ix_write_marks_created_ms", "created_ms"),
     **TABLE_KW,
 )
+
+#: Failed logins per key (C{account:<id>}, C{address:<ip>}): growing delays
+#: and account lockouts that hold across connections, restarts and server
+#: processes, and that an operator can list and lift with the CLI
+#: (L{netshare.storage.accounts.thd_login_attempt}).
+login_penalties = sa.Table(
+    "login_penalties",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),
+    # Failures, forgotten one per --login-forget seconds (a float: decayed).
+    sa.Column("failures", sa.Float, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # The earliest time the next attempt under this key may be checked.
+    sa.Column("next_slot_ms", sa.BigInteger, nullable=False),
+    # An account locked out for remote sources until then (0: not locked).
+    sa.Column("locked_until_ms", sa.BigInteger, nullable=False),
+    **TABLE_KW,
+)
