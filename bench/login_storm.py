@@ -49,7 +49,7 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 
-from netshare.client import ClientProtocol, connect, quote  # noqa: E402
+from netshare.clients.protocol import ClientProtocol, connect, quote  # noqa: E402
 
 ADMIN_PASSWORD = "bench-admin-pw"
 LEGIT_USER, LEGIT_PASSWORD = "alice", "bench-alice-pw"
@@ -136,7 +136,7 @@ class InProcessServer:
     @defer.inlineCallbacks
     def start(self):
         from tests.inprocess import listen
-        from netshare.protocols.base import CommandProtocol
+        from netshare.protocols.line import CommandProtocol
         yield self._add
         self.listener = yield listen(self.rt, CommandProtocol)
         self.port = self.listener.number
@@ -153,7 +153,7 @@ class InProcessServer:
 
 @defer.inlineCallbacks
 def connect_from(reactor, host, port, local, timeout=30):
-    """Like L{netshare.client.connect}, from the local address C{local}: the
+    """Like L{netshare.clients.protocol.connect}, from the local address C{local}: the
     server tells clients apart by address (any 127.x.y.z is loopback)."""
     ep = TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=(local, 0))
     proto = yield ep.connect(Factory.forProtocol(ClientProtocol))

@@ -34,7 +34,7 @@ Reference, measured in the same run between repetitions (paired):
                         transaction (WAL, synchronous=FULL as the sync client
                         uses), the floor of PERF.md section 5
   core-executemany      SQLAlchemy Core insert(t), same rows, one transaction
-  localstore-apply      netshare.syncdb.LocalStore.apply_batch of P SAVE
+  localstore-apply      netshare.clients.syncdb.LocalStore.apply_batch of P SAVE
                         messages in batches of 500 (the client's own write
                         path without the network), x C sequentially
 
@@ -326,7 +326,7 @@ def reference(kind, rows, directory, clients):
             engine.dispose()
             return len(rows), dt
         if kind == "localstore-apply":
-            from netshare.syncdb import LocalStore
+            from netshare.clients.syncdb import LocalStore
             per_client = len(rows) // clients
             msgs = [(i + 1, "SAVE", json.dumps(r)) for i, r in enumerate(rows[:per_client])]
             total, dt = 0, 0.0

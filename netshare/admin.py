@@ -155,7 +155,7 @@ class Helpers:
         app = self.runtime.apps.get("files")
         if app is None:
             raise RuntimeError("the files service is not running (--files none?)")
-        store = app.service.files
+        store = app.files
         d = defer.gatherResults([store.list_public(), store.list_hidden()],
                                 consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
@@ -178,7 +178,7 @@ HELPERS = ("help", "stats", "connections", "show", "personnel", "clients", "mess
 
 #: The helpers taking a password (after their first argument): the shell
 #: records calls to them with every string literal there masked
-#: (L{netshare.manhole.redact_command}).
+#: (L{netshare.protocols.manhole.redact_command}).
 SECRET_HELPERS = frozenset({"account_add", "account_passwd"})
 
 

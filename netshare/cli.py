@@ -110,7 +110,7 @@ def _admin_password(args):
 
 
 def cmd_init(args, cfg, out):
-    from netshare.accounts import check_password, hash_password_sync
+    from netshare.services.accounts import check_password, hash_password_sync
     from netshare.storage import migrate
     from netshare.storage.accounts import thd_create, thd_get
     from netshare.tls import make_certificates, make_ssh_host_key
@@ -175,7 +175,7 @@ def cmd_init(args, cfg, out):
 
 def _demo(engine, cfg):
     """Sample users and personnel (only what is not there yet)."""
-    from netshare.accounts import hash_password_sync
+    from netshare.services.accounts import hash_password_sync
     from netshare.storage.accounts import thd_create, thd_get
     done = []
     with engine.begin() as conn:
@@ -200,7 +200,7 @@ def _demo(engine, cfg):
 
 
 def cmd_user(args, cfg, out):
-    from netshare.accounts import check_password, check_username, hash_password_sync
+    from netshare.services.accounts import check_password, check_username, hash_password_sync
     from netshare.errors import NetshareError
     from netshare.storage import accounts as st
     from netshare.storage import migrate
@@ -273,7 +273,7 @@ def _unlink_blobs(cfg, blob_ids):
     directory or file is fine: a server's start-up also collects orphans)."""
     if not blob_ids:
         return
-    from netshare.files import BlobStore
+    from netshare.services.files.blobs import BlobStore
     root = os.path.join(cfg.data, "files")
     if not os.path.isdir(root):
         return
@@ -309,7 +309,7 @@ def _check_files(cfg, engine, out) -> bool:
     operator (restore the blob from a backup, or delete the file).
     @return: whether everything is consistent.
     """
-    from netshare.files import BlobStore
+    from netshare.services.files.blobs import BlobStore
     from netshare.storage.files import thd_all_blob_ids, thd_names_of_blobs
     root = os.path.join(cfg.data, "files")
     with engine.connect() as conn:

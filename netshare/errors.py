@@ -2,7 +2,7 @@
 The one error family that becomes a reply line.
 
 Service objects and protocols raise a L{NetshareError} subclass; the base
-protocol (L{netshare.protocols.base}) turns it into C{"<code> <text>"} in
+protocol (L{netshare.protocols.line}) turns it into C{"<code> <text>"} in
 exactly one place.  Anything that is not a NetshareError is a bug: it is
 logged once with its traceback and answered C{451 internal error}.
 

@@ -6,7 +6,7 @@ duration_ms, bytes ...) instead of pre-formatted text.  L{JsonLogFile} writes
 one JSON object per line to C{<data>/logs/netshare.jsonl}, rotated by size;
 L{consoleObserver} gives the console either the usual text or the same JSON.
 Nothing secret is ever put in a field: commands are recorded redacted
-(L{netshare.protocols.base.redact}).
+(L{netshare.protocols.line.redact}).
 """
 
 import io

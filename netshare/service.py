@@ -15,7 +15,6 @@ once, so child order could not make the database outlive its users.
 """
 
 import gc
-import importlib
 import os
 import signal
 import sys
@@ -28,15 +27,83 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, LogPublisher, Logger
 
-from netshare.accounts import AccountService, AccountWatch
-from netshare.throttle import LoginPolicy
-from netshare.history import HistoryRecorder
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
 from netshare.logs import COMMAND_NAMESPACE, JsonLogFile, consoleObserver
+from netshare.protocols.files import FilesProtocol
+from netshare.protocols.line import CommandFactory
+from netshare.protocols.personnel import PersonnelProtocol
+from netshare.protocols.ttweet import TtweetProtocol
+from netshare.services.accounts import AccountService, AccountWatch
+from netshare.services.files.blobs import BlobStore
+from netshare.services.files.lockout import PasswordLockout
+from netshare.services.files.service import FilesService
+from netshare.services.history import HistoryRecorder
+from netshare.services.personnel import PersonnelService
+from netshare.services.ttweet import Hub
+from netshare.storage.files import FileStore
+from netshare.storage.personnel import PersonnelStore
+from netshare.storage.tweets import TweetStore
+from netshare.throttle import LoginPolicy, Penalties
 
-#: service name -> module in netshare.protocols providing makeFactory(runtime)
-SERVICES = ("personnel", "files", "ttweet")
+# --- the services, built explicitly (the composition root) ------------------
+
+
+def build_files(runtime, blobs=None, lockout=None) -> FilesService:
+    """The files service of a runtime: its blob store under C{<data>/files}
+    (stale temporaries swept now, synchronously: nothing uploads before the
+    reactor runs), the guessing limits and the metadata store."""
+    cfg, clock = runtime.config, runtime.reactor
+    if blobs is None:
+        blobs = BlobStore(os.path.join(cfg.data, "files"), reactor=clock)
+    blobs.sweep()
+    if lockout is None:
+        lockout = PasswordLockout(clock, cfg.file_lockout_failures, cfg.file_lockout_seconds,
+                                  cfg.file_lockout_seconds)
+    misses = Penalties(clock, free=cfg.misses_free, base=min(1.0, cfg.misses_max_delay),
+                       max_delay=cfg.misses_max_delay, max_wait=2 * cfg.misses_max_delay,
+                       decay=cfg.misses_forget, what="names not found")
+    file_guesses = Penalties(clock, free=cfg.file_guesses_free,
+                             base=min(2.0, cfg.file_guesses_max_delay),
+                             max_delay=cfg.file_guesses_max_delay,
+                             max_wait=2 * cfg.file_guesses_max_delay,
+                             decay=3 * cfg.misses_forget, what="wrong passwords for this file")
+    return FilesService(FileStore(runtime.pool), blobs, runtime.kdf, lockout,
+                        max_file_size=cfg.max_file_size, user_quota=cfg.user_quota,
+                        min_free_percent=cfg.min_free_percent,
+                        kdf_params=(cfg.file_scrypt_n, 8, 1), clock=clock, misses=misses,
+                        file_guesses=file_guesses)
+
+
+def build_personnel(runtime) -> PersonnelService:
+    cfg = runtime.config
+    return PersonnelService(PersonnelStore(runtime.pool), runtime.reactor,
+                            page_size=cfg.sync_page, list_default=cfg.personnel_list_default,
+                            list_max=cfg.personnel_list_max)
+
+
+def build_hub(runtime) -> Hub:
+    """The ttweet hub of a runtime (not started: the root service starts it)."""
+    cfg = runtime.config
+    return Hub(TweetStore(runtime.pool), clock=runtime.reactor,
+               flood_burst=cfg.flood_burst, flood_rate=cfg.flood_rate,
+               flood_address_burst=cfg.flood_address_burst,
+               flood_address_rate=cfg.flood_address_rate,
+               timeline_limit=cfg.timeline_limit, batch_interval=cfg.ttweet_batch_interval)
+
+
+#: service name -> (its line protocol, what builds its service object)
+SERVICES = {
+    "personnel": (PersonnelProtocol, build_personnel),
+    "files": (FilesProtocol, build_files),
+    "ttweet": (TtweetProtocol, build_hub),
+}
+
+
+def make_factory(runtime, name: str) -> CommandFactory:
+    """The listener factory of one service, with its service object built."""
+    protocol, build = SERVICES[name]
+    return CommandFactory(runtime, protocol, app=build(runtime))
 
 
 @dataclass
@@ -152,15 +219,12 @@ class NetshareService(MultiService):
             endpoint = getattr(cfg, name)
             if endpoint is None:
                 continue
-            module = importlib.import_module("netshare.protocols." + name)
-            factory = module.makeFactory(rt)
+            factory = make_factory(rt, name)
             rt.factories[name] = factory
-            if factory.app is not None:
-                rt.apps[name] = factory.app
-                forget = getattr(getattr(factory.app, "service", None), "forget_blobs", None)
-                if forget is not None:   # a removed account's files: unlink their blobs
-                    rt.accounts.removal_listeners.append(
-                        lambda removed, forget=forget: forget(removed.blob_ids))
+            rt.apps[name] = factory.app
+            if isinstance(factory.app, FilesService):  # a removed account's files go too
+                rt.accounts.removal_listeners.append(
+                    lambda removed, files=factory.app: files.forget_blobs(removed.blob_ids))
             listener = Listener(endpoint, factory, rt.reactor, backlog=cfg.listen_backlog)
             listener.setName(name)
             listener.setServiceParent(self)
@@ -170,7 +234,7 @@ class NetshareService(MultiService):
         return self
 
     def _addManhole(self):
-        from netshare import manhole
+        from netshare.protocols import manhole
         try:
             listeners = manhole.makeListeners(self.runtime)
         except manhole.ManholeConfigError as e:

@@ -7,15 +7,20 @@ NETSHARE_TEST_MYSQL hold URLs.  When a URL is set but the server is
 unreachable the tests *error*: CI sets both and must never silently skip.
 """
 
+import contextlib
 import os
+import uuid
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from netshare.storage import migrate
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool
+# Fixtures of the in-process helpers, shared by every test module.
+from tests.inprocess import db_runtime, make_runtime, runtime  # noqa: F401
 
 
 def _db_params():
@@ -101,3 +106,56 @@ def db_pool(db_engine):
     pool.start()
     yield pool
     pytest_twisted.blockon(pool.stop())
+
+
+# --- private scratch databases ---------------------------------------------------
+#
+# For tests that must not share the C{test} database with concurrently running
+# test sessions (the end-to-end server, the CLI, the outage test).
+
+ENV = {"postgres": "NETSHARE_TEST_POSTGRES", "mysql": "NETSHARE_TEST_MYSQL"}
+
+
+def admin_engine(url):
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
+                            connect_args={"connect_timeout": 5})
+
+
+@contextlib.contextmanager
+def scratch_database(url):
+    """
+    Create an empty database next to the one C{url} names, yield its URL,
+    drop it afterwards.  For SQLite URLs, yields C{url} unchanged.
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        yield url
+        return
+    name = "netshare_t_%s" % uuid.uuid4().hex[:12]
+    admin = admin_engine(url)
+    try:
+        with admin.connect() as conn:
+            if backend == "postgresql":
+                conn.exec_driver_sql('CREATE DATABASE "%s"' % name)
+            else:
+                conn.exec_driver_sql("CREATE DATABASE `%s` CHARACTER SET utf8mb4 "
+                                     "COLLATE utf8mb4_bin" % name)
+        yield u.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            if backend == "postgresql":
+                conn.exec_driver_sql('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+            else:
+                conn.exec_driver_sql("DROP DATABASE IF EXISTS `%s`" % name)
+        admin.dispose()
+
+
+@pytest.fixture(params=DB_PARAMS)
+def scratch_url(request, tmp_path):
+    """A private empty database on each configured backend (SQLite always)."""
+    if request.param == "sqlite":
+        yield "sqlite:///" + str(tmp_path / "scratch.db")
+        return
+    with scratch_database(os.environ[ENV[request.param]]) as url:
+        yield url

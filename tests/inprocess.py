@@ -12,7 +12,7 @@ Use::
         rt = make_runtime(idle_timeout=0.5)            # config overrides
         yield add_account(rt, "alice", "pw-alice")
         srv = yield listen(rt, MyProtocol, app=my_app)  # or tls=True
-        client = yield srv.connect()                   # netshare.client.ClientProtocol
+        client = yield srv.connect()                   # netshare.clients.protocol.ClientProtocol
         raw = yield srv.raw()                          # RawClient: exact bytes
         ...                                            # the fixture cleans up
 
@@ -44,8 +44,8 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import serverFromString
 
 from netshare import config as configmod
-from netshare.client import connect as client_connect
-from netshare.protocols.base import CommandFactory, CommandProtocol
+from netshare.clients.protocol import connect as client_connect
+from netshare.protocols.line import CommandFactory, CommandProtocol
 
 #: Cheap hashing and quick batching for tests (documented settings), and
 #: REGISTER open (the server's default is closed; a test sets it to check).
@@ -229,7 +229,7 @@ class Listener:
 
     @defer.inlineCallbacks
     def connect(self, hostname=None, cafile=None, tls=None, timeout=TIMEOUT):
-        """A L{netshare.client.ClientProtocol}, greeted (TLS verified against
+        """A L{netshare.clients.protocol.ClientProtocol}, greeted (TLS verified against
         the listener's certificate unless C{cafile} says otherwise)."""
         tls = self.tls if tls is None else tls
         proto = yield client_connect(self.host, self.number, tls=tls,

@@ -9,7 +9,6 @@ pty and a shell, like `ssh -tt`, using Twisted conch.
 
 import re
 import socket
-import struct
 import time
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240

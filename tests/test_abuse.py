@@ -16,7 +16,6 @@ Timing assertions are lower bounds or rate bounds computed from the
 elapsed time (a slower machine can only make them truer).
 """
 
-import json
 import shlex
 import socket
 import threading

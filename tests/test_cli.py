@@ -16,13 +16,12 @@ import pytest
 import sqlalchemy as sa
 
 from netshare import cli
-from netshare.accounts import parse_hash
+from netshare.services.accounts import parse_hash
 from netshare.kdf import scrypt
 from netshare.storage import accounts as A
 from netshare.storage import migrate
 from netshare.storage.engine import create_engine
 from tests.support import run_cli
-from tests.test_ci_databases import scratch_url  # noqa: F401  (fixture)
 
 HEAD = migrate.head()
 
@@ -309,7 +308,7 @@ def test_db_check_reports_files_without_content_and_content_without_files(scratc
                                                                           tmp_path):
     """A row whose blob is gone from disk and a blob no row names: both
     listed, exit status 1."""
-    from netshare.files import BlobStore
+    from netshare.services.files.blobs import BlobStore
     from netshare.storage.files import thd_insert
     data = tmp_path / "var"
     data.mkdir()

@@ -1,5 +1,5 @@
 """
-The client library (netshare.client) against a real listener: one Deferred
+The client library (netshare.clients.protocol) against a real listener: one Deferred
 per command, pipelining, parsed listings and objects, uploads from a file
 with a producer, downloads into a file, pushes, and failure handling.
 """
@@ -13,9 +13,8 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import capturedLogs
 
-from netshare.client import CommandFailed, ProtocolError, Response, login, quote
-from tests.inprocess import (add_account, listen, make_runtime, runtime,  # noqa: F401 (fixtures)
-                             reactor, wait_for)
+from netshare.clients.protocol import CommandFailed, ProtocolError, Response, login, quote
+from tests.inprocess import add_account, listen, reactor, wait_for
 from tests.test_protocol_base import LabApp, LabProtocol, pattern
 
 pytestmark = pytest.mark.timeout(60, method="thread")

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from netshare.storage.engine import create_engine
-from netshare.syncdb import FIELDS, LocalStore
+from netshare.clients.syncdb import FIELDS, LocalStore
 from tests.conftest import DB_PARAMS, _reset
 from tests.support import ROOT, LineConn, ServerProcess, env
 

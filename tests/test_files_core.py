@@ -1,5 +1,5 @@
 """
-The files service core (netshare.files): name rules, the blob store (upload
+The files service core (netshare.services.files): name rules, the blob store (upload
 sink with backpressure, durability, abort, sweep; download producer), the
 chunked AES-GCM format, the password lockout, and the FilesService over a
 real FileStore/DBPool.
@@ -15,16 +15,18 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from netshare import files as F
+from netshare.services.files import blobs, crypto, lockout, names, upload as upload_side
+from netshare.services.files.download import DownloadStopped
+from netshare.services.files.service import FilesService
 from netshare.errors import (BadArguments, BadCredentials, Conflict, InsufficientStorage,
                              IntegrityFailure, LimitExceeded, NameNotAllowed, NotFound,
                              PermissionDenied, RateLimited)
-from netshare.accounts import Caller
+from netshare.services.accounts import Caller
 from netshare.storage.accounts import Account
 from netshare.storage.files import FileStore
 
 TIMEOUT = 20
-CHUNK = F.ENC_CHUNK
+CHUNK = crypto.ENC_CHUNK
 FAST_KDF = (2**10, 8, 1)
 
 
@@ -224,7 +226,7 @@ class Collector:
 
 @pytest.fixture
 def store(tmp_path):
-    s = F.BlobStore(str(tmp_path / "files"))
+    s = blobs.BlobStore(str(tmp_path / "files"))
     yield s
     s.stop()
 
@@ -232,8 +234,8 @@ def store(tmp_path):
 def listing(store):
     """Every file under the store (relative paths)."""
     out = []
-    for base, _, names in os.walk(store.root):
-        out += [os.path.relpath(os.path.join(base, n), store.root) for n in names]
+    for base, _, found in os.walk(store.root):
+        out += [os.path.relpath(os.path.join(base, n), store.root) for n in found]
     return sorted(out)
 
 
@@ -275,7 +277,7 @@ BAD_NAMES = [
 @pytest.mark.parametrize("name,why", BAD_NAMES)
 def test_bad_names_are_553(name, why):
     with pytest.raises(NameNotAllowed) as e:
-        F.normalize_name(name)
+        names.normalize_name(name)
     assert e.value.code == 553
     assert why in e.value.text
 
@@ -285,46 +287,46 @@ def test_bad_names_are_553(name, why):
     "%2e%2e%2f", "...", "a b", "\U0001F469\u200d\U0001F4BB", "store_evil", "\u65e5\u672c",
 ])
 def test_good_names(name):
-    assert F.normalize_name(name) == name
+    assert names.normalize_name(name) == name
 
 
 def test_255_bytes_counted_after_nfc():
     nfd = "e\u0301" * 127 + "a"          # 382 bytes as NFD, 255 as NFC
     assert len(nfd.encode()) > 255
-    assert F.normalize_name(nfd) == "\u00e9" * 127 + "a"
+    assert names.normalize_name(nfd) == "\u00e9" * 127 + "a"
 
 
 def test_nfc_and_nfd_spellings_share_a_key():
     nfc, nfd = "caf\u00e9", "cafe\u0301"
     assert nfc != nfd
-    assert F.normalize_name(nfd) == nfc
-    assert F.name_key(nfc) == F.name_key(nfd) == F.name_key(F.normalize_name(nfd))
+    assert names.normalize_name(nfd) == nfc
+    assert names.name_key(nfc) == names.name_key(nfd) == names.name_key(names.normalize_name(nfd))
 
 
 def test_keys_are_case_insensitive():
-    assert F.name_key("Report.TXT") == F.name_key("report.txt") == "report.txt"
-    assert F.name_key("CAF\u00c9") == F.name_key("cafe\u0301")
-    assert F.name_key("Stra\u00dfe") == F.name_key("STRASSE")
-    assert F.name_key("a.txt") != F.name_key("b.txt")
+    assert names.name_key("Report.TXT") == names.name_key("report.txt") == "report.txt"
+    assert names.name_key("CAF\u00c9") == names.name_key("cafe\u0301")
+    assert names.name_key("Stra\u00dfe") == names.name_key("STRASSE")
+    assert names.name_key("a.txt") != names.name_key("b.txt")
 
 
 def test_key_of_longest_name_fits_the_column():
     name = "\u00df" * 127              # 254 bytes; folds to 254 characters "ss"...
-    assert len(F.name_key(F.normalize_name(name))) <= 255
+    assert len(names.name_key(names.normalize_name(name))) <= 255
 
 
 @pytest.mark.parametrize("text", ["-1", "1e3", "+5", " 5", "5 ", "", "0x10", "\u0663",
                                   "1" * 21, "1.0"])
 def test_parse_size_refuses(text):
     with pytest.raises(BadArguments) as e:
-        F.parse_size(text)
+        names.parse_size(text)
     assert e.value.code == 501
 
 
 def test_parse_size_accepts():
-    assert F.parse_size("0") == 0
-    assert F.parse_size("0123") == 123
-    assert F.parse_size(str(2**63)) == 2**63     # refused later by the size limit (552)
+    assert names.parse_size("0") == 0
+    assert names.parse_size("0123") == 123
+    assert names.parse_size(str(2**63)) == 2**63     # refused later by the size limit (552)
 
 
 # ---------------------------------------------------------------- upload
@@ -353,7 +355,7 @@ def test_empty_upload(store):
 @pytest_twisted.inlineCallbacks
 def test_backpressure_pauses_and_resumes_the_producer(tmp_path):
     pool = ManualPool()
-    store = F.BlobStore(str(tmp_path / "s"), threadpool=pool, high_water=64 * 1024)
+    store = blobs.BlobStore(str(tmp_path / "s"), threadpool=pool, high_water=64 * 1024)
     data = os.urandom(160 * 1024)
     sink = store.open_upload(len(data))
     producer = RecordingProducer()
@@ -381,7 +383,7 @@ def test_backpressure_pauses_and_resumes_the_producer(tmp_path):
 def test_finish_resumes_a_paused_producer(tmp_path):
     """The last write may pause the socket; the sink must not leave it so."""
     pool = ManualPool()
-    store = F.BlobStore(str(tmp_path / "s"), threadpool=pool, high_water=1024)
+    store = blobs.BlobStore(str(tmp_path / "s"), threadpool=pool, high_water=1024)
     sink = store.open_upload(4096)
     producer = RecordingProducer()
     sink.registerProducer(producer, True)
@@ -398,7 +400,7 @@ def test_pull_producer_feeds_the_sink(tmp_path):
     """A pull producer (FileSender) is asked for more while the queue has room."""
     import io
     from twisted.protocols.basic import FileSender
-    store = F.BlobStore(str(tmp_path / "s"), high_water=64 * 1024)
+    store = blobs.BlobStore(str(tmp_path / "s"), high_water=64 * 1024)
     try:
         data = os.urandom(1024 * 1024 + 7)
         sink = store.open_upload(len(data))
@@ -415,7 +417,7 @@ def test_streaming_upload_memory_stays_flat(tmp_path):
     """A 48 MiB upload through a producer that honours pause: the queue never
     exceeds the high-water mark by more than one chunk, Python allocations
     stay far below the file size, and the content is right."""
-    store = F.BlobStore(str(tmp_path / "s"), high_water=1024 * 1024)
+    store = blobs.BlobStore(str(tmp_path / "s"), high_water=1024 * 1024)
     try:
         total = 48 * 1024 * 1024
         sink = store.open_upload(total)
@@ -486,7 +488,7 @@ def test_disk_full_is_452_and_leaves_nothing(store, monkeypatch):
     def full(fd, data):
         raise OSError(errno_mod.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(F, "_write_all", full)
+    monkeypatch.setattr(upload_side, "write_all", full)
     sink = store.open_upload(3000)
     producer = RecordingProducer()
     sink.registerProducer(producer, True)
@@ -504,7 +506,7 @@ def test_disk_full_is_452_and_leaves_nothing(store, monkeypatch):
 
 def test_sweep_removes_stale_temporaries_only(tmp_path):
     pool = ManualPool()
-    store = F.BlobStore(str(tmp_path / "s"), threadpool=pool)
+    store = blobs.BlobStore(str(tmp_path / "s"), threadpool=pool)
     for name in ("0" * 32 + ".part", "junk"):
         with open(os.path.join(store.tmp_dir, name), "wb") as f:
             f.write(b"stale")
@@ -552,7 +554,7 @@ def test_check_space(store):
 
 def test_check_space_counts_uploads_in_progress(tmp_path):
     pool = ManualPool()
-    store = F.BlobStore(str(tmp_path / "s"), threadpool=pool)
+    store = blobs.BlobStore(str(tmp_path / "s"), threadpool=pool)
     st = os.statvfs(store.root)
     free = st.f_bavail * st.f_frsize
     half = free // 2 + 1
@@ -626,7 +628,7 @@ def test_stop_producing_closes_and_fails(store):
     d = reader.beginFileTransfer(c)
     reader.stopProducing()
     c.close()
-    with pytest.raises(F.DownloadStopped):
+    with pytest.raises(DownloadStopped):
         yield d
     reader.resumeProducing()          # harmless after stop
     assert c.chunks == []
@@ -640,7 +642,7 @@ def kdf():
 
 
 def encrypt_params(password, kdf, chunk_size=CHUNK):
-    return wait(F.prepare_encryption(password, kdf, *FAST_KDF, chunk_size=chunk_size))
+    return wait(crypto.prepare_encryption(password, kdf, *FAST_KDF, chunk_size=chunk_size))
 
 
 @pytest_twisted.inlineCallbacks
@@ -656,8 +658,8 @@ def test_encrypted_round_trip_at_every_boundary(store, kdf):
     with open(store.path_of(stored.blob_id), "rb") as f:
         disk = f.read()
     assert b"SECRET-PLAINTEXT" not in disk
-    assert len(disk) == F.encrypted_size(len(plain)) == F.HEADER_SIZE + len(plain) + 4 * 16
-    key = yield wait(F.unlock(meta, "pa55 wo\u0308rd", kdf))     # NFD spelling, same key
+    assert len(disk) == crypto.encrypted_size(len(plain)) == crypto.HEADER_SIZE + len(plain) + 4 * 16
+    key = yield wait(crypto.unlock(meta, "pa55 wo\u0308rd", kdf))     # NFD spelling, same key
     assert key == params.key
     size = len(plain)
     for offset in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, size - 1, size):
@@ -673,7 +675,7 @@ def test_encrypted_sizes(store, kdf, size):
     plain = os.urandom(size)
     params = yield encrypt_params("pw", kdf)
     stored = yield upload(store, plain, None, params)
-    assert os.path.getsize(store.path_of(stored.blob_id)) == F.encrypted_size(size)
+    assert os.path.getsize(store.path_of(stored.blob_id)) == crypto.encrypted_size(size)
     for offset in sorted({0, size // 2, size}):
         _, c, d = download(store, stored.blob_id, offset, params.key, size)
         yield d
@@ -682,7 +684,7 @@ def test_encrypted_sizes(store, kdf, size):
 
 @pytest_twisted.inlineCallbacks
 def test_small_chunk_size_and_multi_chunk_reads(tmp_path, kdf):
-    store = F.BlobStore(str(tmp_path / "s"), read_size=3000)
+    store = blobs.BlobStore(str(tmp_path / "s"), read_size=3000)
     try:
         plain = os.urandom(10_000)
         params = yield encrypt_params("pw", kdf, chunk_size=1000)
@@ -700,7 +702,7 @@ def test_wrong_password_is_535(kdf):
     params = yield encrypt_params("right", kdf)
     for wrong in ("wrong", "Right", "right ", "", "x" * 129):
         with pytest.raises(BadCredentials) as e:
-            yield wait(F.unlock(params.meta(), wrong, kdf))
+            yield wait(crypto.unlock(params.meta(), wrong, kdf))
         assert e.value.code == 535
 
 
@@ -709,7 +711,7 @@ def test_damaged_meta_is_integrity_failure(kdf):
     params = yield encrypt_params("right", kdf)
     meta = dict(params.meta(), salt="zz")
     with pytest.raises(IntegrityFailure):
-        yield wait(F.unlock(meta, "right", kdf))
+        yield wait(crypto.unlock(meta, "right", kdf))
 
 
 @pytest.fixture
@@ -730,12 +732,12 @@ def patch_file(path, offset, data):
 @pytest_twisted.inlineCallbacks
 def test_tampered_chunk_is_detected(store, sealed):
     path, blob_id, key, plain = sealed
-    at = F.HEADER_SIZE + (CHUNK + 16) + 100             # inside chunk 1
+    at = crypto.HEADER_SIZE + (CHUNK + 16) + 100             # inside chunk 1
     with open(path, "rb") as f:
         f.seek(at)
         byte = f.read(1)
     patch_file(path, at, bytes([byte[0] ^ 1]))
-    reader = F.BlobStore(store.root, read_size=CHUNK).open_download(blob_id, 0, key)
+    reader = blobs.BlobStore(store.root, read_size=CHUNK).open_download(blob_id, 0, key)
     c = Collector()
     with pytest.raises(IntegrityFailure) as e:
         yield wait(reader.beginFileTransfer(c))
@@ -749,7 +751,7 @@ def test_swapped_chunks_are_detected(store, sealed):
     path, blob_id, key, _ = sealed
     with open(path, "rb") as f:
         disk = f.read()
-    h, n = F.HEADER_SIZE, CHUNK + 16
+    h, n = crypto.HEADER_SIZE, CHUNK + 16
     swapped = disk[:h] + disk[h + n:h + 2 * n] + disk[h:h + n] + disk[h + 2 * n:]
     with open(path, "wb") as f:
         f.write(swapped)
@@ -785,20 +787,20 @@ def test_last_chunk_flag_is_authenticated():
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     key, prefix = bytes(range(32)), b"p" * 8
-    header = F._Header(16, 20, b"s" * 16, prefix)
-    enc = F._ChunkEncryptor(key, header)
+    header = crypto.BlobHeader(16, 20, b"s" * 16, prefix)
+    enc = crypto.ChunkEncryptor(key, header)
     first = enc.feed(b"a" * 20)
     last = enc.finish()
     assert len(first) == 1
     aead, hb = AESGCM(key), header.pack()
-    assert F._open_chunk(aead, header, hb, 0, first[0]) == b"a" * 16
-    assert F._open_chunk(aead, header, hb, 1, last) == b"a" * 4
+    assert crypto.open_chunk(aead, header, hb, 0, first[0]) == b"a" * 16
+    assert crypto.open_chunk(aead, header, hb, 1, last) == b"a" * 4
     with pytest.raises(InvalidTag):
-        aead.decrypt(F._nonce(prefix, 1), last, F._aad(hb, 1, False))
+        aead.decrypt(crypto._nonce(prefix, 1), last, crypto._aad(hb, 1, False))
     with pytest.raises(InvalidTag):
-        aead.decrypt(F._nonce(prefix, 0), first[0], F._aad(hb, 0, True))
+        aead.decrypt(crypto._nonce(prefix, 0), first[0], crypto._aad(hb, 0, True))
     with pytest.raises(IntegrityFailure):
-        F._open_chunk(aead, header, hb, 0, last)            # wrong position
+        crypto.open_chunk(aead, header, hb, 0, last)            # wrong position
 
 
 def test_wrong_key_cannot_open_chunk(store, sealed):
@@ -813,7 +815,7 @@ def test_wrong_key_cannot_open_chunk(store, sealed):
 
 def test_lockout_after_five_failures():
     clock = task.Clock()
-    lock = F.PasswordLockout(clock)
+    lock = lockout.PasswordLockout(clock)
     for _ in range(4):
         lock.check("alice", "f")
         assert lock.failure("alice", "f") is False
@@ -835,7 +837,7 @@ def test_lockout_after_five_failures():
 
 def test_lockout_window_slides():
     clock = task.Clock()
-    lock = F.PasswordLockout(clock)
+    lock = lockout.PasswordLockout(clock)
     for _ in range(4):
         lock.failure("alice", "f")
         clock.advance(10)
@@ -846,7 +848,7 @@ def test_lockout_window_slides():
 
 def test_success_clears_strikes():
     clock = task.Clock()
-    lock = F.PasswordLockout(clock)
+    lock = lockout.PasswordLockout(clock)
     for _ in range(4):
         lock.failure("alice", "f")
     lock.success("alice", "f")
@@ -856,7 +858,7 @@ def test_success_clears_strikes():
 
 def test_lockout_memory_is_bounded():
     clock = task.Clock()
-    lock = F.PasswordLockout(clock, max_entries=50)
+    lock = lockout.PasswordLockout(clock, max_entries=50)
     for i in range(1000):
         lock.failure("user%d" % i, "f")
         clock.advance(1)
@@ -908,7 +910,7 @@ class Harness:
 def svc(db_pool, store, kdf):
     clock = task.Clock()
     clock.advance(1_700_000_000)
-    service = F.FilesService(FileStore(db_pool), store, kdf, max_file_size=1024 * 1024,
+    service = FilesService(FileStore(db_pool), store, kdf, max_file_size=1024 * 1024,
                              user_quota=2 * 1024 * 1024, min_free_percent=0,
                              kdf_params=FAST_KDF, clock=clock)
     return Harness(service, store, kdf, clock)

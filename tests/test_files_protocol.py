@@ -1,6 +1,6 @@
 """
 The files protocol (PROTOCOL.md section 2) over real TCP, in process: the
-real runtime (accounts, history, database pool), the real L{FilesApp} with
+real runtime (accounts, history, database pool), the real files service (L{build_files}) with
 its blob store under the data dir, a L{FilesProtocol} listener on a free
 port, netshare's client library and a raw byte client.
 
@@ -21,12 +21,14 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from netshare import files as F
-from netshare.client import quote
-from netshare.files import BlobStore, PasswordLockout
-from netshare.protocols.files import RAW_READ, FilesApp, FilesProtocol
-from tests.inprocess import (add_account, db_runtime, listen, make_runtime,  # noqa: F401
-                             reactor, runtime, wait_for)
+from netshare.clients.protocol import quote
+from netshare.services.files.blobs import BlobStore
+from netshare.services.files.lockout import PasswordLockout
+from netshare.protocols.files import RAW_READ, FilesProtocol
+from netshare.service import build_files
+from netshare.services.files import crypto, disk, upload
+from netshare.services.files.download import BlobReader
+from tests.inprocess import add_account, listen, reactor, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +46,7 @@ def serve(rt, **app_kw):
     yield add_account(rt, "alice", PW["alice"])
     yield add_account(rt, "bob", PW["bob"])
     yield add_account(rt, "root", PW["root"], role="admin")
-    app = FilesApp(rt, **app_kw)
+    app = build_files(rt, **app_kw)
     srv = yield listen(rt, FilesProtocol, app=app)
     return srv, app
 
@@ -410,7 +412,7 @@ def test_disk_full_during_the_body_is_452(runtime, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(F, "_write_all", full)
+    monkeypatch.setattr(upload, "write_all", full)
     assert (yield c.cmd("UPLOAD big 200000"))[0] == "350 send 200000 bytes"
     c.send(b"z" * 200000)
     assert (yield c.readline()) == "452 insufficient storage"
@@ -524,7 +526,7 @@ def test_start_up_removes_stale_temporaries_and_orphans(runtime):
         f.write(b"no row names me")
     with open(os.path.join(stale.tmp_dir, "cd" * 16 + ".part"), "wb") as f:
         f.write(b"cut by a crash")
-    app = FilesApp(runtime)                     # sweeps temporaries synchronously
+    app = build_files(runtime)                     # sweeps temporaries synchronously
     assert temporaries(app) == []
     yield app.start().addTimeout(10, reactor())  # removes orphans
     assert blob_files(app) == []
@@ -548,16 +550,16 @@ def test_history_records_transfers_without_passwords(runtime):
 def test_download_of_an_uncached_file_waits_off_the_reactor(runtime, monkeypatch):
     """A file the page cache does not hold is read in by a worker first
     (the reactor thread only reads cached pieces); the bytes are right."""
-    if F._RWF_NOWAIT is None:
+    if disk.RWF_NOWAIT is None:
         pytest.skip("no preadv(RWF_NOWAIT) on this platform")
     waits = []
-    real = F.BlobReader._await_pages
+    real = BlobReader._await_pages
 
     def counting(self, pos):
         waits.append(pos)
         return real(self, pos)
 
-    monkeypatch.setattr(F.BlobReader, "_await_pages", counting)
+    monkeypatch.setattr(BlobReader, "_await_pages", counting)
     srv, app = yield serve(runtime)
     c = yield client(srv, "alice")
     data = os.urandom(4 * 1024 * 1024)
@@ -583,10 +585,10 @@ def test_damage_found_mid_transfer_closes_the_connection(runtime):
     never a 226."""
     srv, app = yield serve(runtime)
     c = yield client(srv, "alice")
-    data = os.urandom(8 * F.ENC_CHUNK)
+    data = os.urandom(8 * crypto.ENC_CHUNK)
     yield put(c, "tampered", data, "password=pw")
     blob = os.path.join(app.blobs.root, [p for p in blob_files(app) if p.startswith("blobs")][0])
-    at = F.HEADER_SIZE + 6 * (F.ENC_CHUNK + F.TAG_SIZE) + 10
+    at = crypto.HEADER_SIZE + 6 * (crypto.ENC_CHUNK + crypto.TAG_SIZE) + 10
     with open(blob, "r+b") as f:
         f.seek(at)
         byte = f.read(1)
@@ -600,7 +602,7 @@ def test_damage_found_mid_transfer_closes_the_connection(runtime):
     if got:     # what was flushed before the abort: the 150 line and a prefix
         line, _, body = got.partition(b"\r\n")
         assert line.decode() == "150 %d bytes sha256=%s" % (len(data), sha(data))
-        assert len(body) <= 6 * F.ENC_CHUNK and body == data[:len(body)]
+        assert len(body) <= 6 * crypto.ENC_CHUNK and body == data[:len(body)]
     other = yield client(srv, "alice")
     history = yield other.command("HISTORY limit=3")
     assert {"command": "DOWNLOAD tampered password=***", "code": 451} in \

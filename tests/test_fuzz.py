@@ -1,8 +1,8 @@
 """
-Property tests of every real service protocol (RELIABILITY.md section 2-A):
+Property tests of every real service protocol against bad input:
 arbitrary command lines, before and after LOGIN, against in-process
-listeners of the real protocol classes built by each service's
-C{makeFactory(runtime)}.
+listeners built by the real composition root,
+L{netshare.service.make_factory}.
 
 For every example (a fresh connection, optionally logged in as a user or an
 admin, then up to a few lines sent one at a time) the properties are:
@@ -39,11 +39,8 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from twisted.internet import defer
 from twisted.logger import LogLevel, globalLogPublisher
 
-from netshare.protocols import files as files_proto
-from netshare.protocols import personnel as personnel_proto
-from netshare.protocols import ttweet as ttweet_proto
-from tests.inprocess import (add_account, db_kinds, listen, make_runtime,  # noqa: F401
-                             reactor)
+from netshare.service import make_factory
+from tests.inprocess import add_account, db_kinds, listen, reactor
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -51,9 +48,8 @@ MAX_LINE = 4096
 WAIT = 10
 PASSWORDS = {"alice": "pw-alice", "root": "pw-root"}
 
-#: Each service's factory builder (the one the real service uses).
-SERVICES = {"personnel": personnel_proto.makeFactory, "files": files_proto.makeFactory,
-            "ttweet": ttweet_proto.makeFactory}
+#: The services under test, built by the real composition root.
+SERVICES = ("personnel", "files", "ttweet")
 #: Every code PROTOCOL.md section 1 defines for a reply (6xx are pushes).
 REPLY_CODES = {150, 200, 201, 210, 214, 220, 221, 226, 230, 350, 421, 429, 451, 452, 500,
                501, 503, 530, 531, 535, 550, 552, 553, 554, 555}
@@ -372,13 +368,13 @@ class FailureLog:
 @pytest.fixture
 def served(make_runtime, service, db):
     """A listener of the real protocol class of C{service}, built by its
-    C{makeFactory(runtime)}, with accounts alice (user) and root (admin)."""
+    C{netshare.service.make_factory}, with accounts alice (user) and root (admin)."""
     rt = make_runtime(db=None if db == "sqlite" else db, login_failure_delay=0.01,
                       idle_timeout=60, max_file_size=65536, user_quota=2**20,
                       flood_burst=1000)
     pytest_twisted.blockon(add_account(rt, "alice", PASSWORDS["alice"]))
     pytest_twisted.blockon(add_account(rt, "root", PASSWORDS["root"], role="admin"))
-    factory = SERVICES[service](rt)
+    factory = make_factory(rt, service)
     return pytest_twisted.blockon(listen(rt, factory.protocol, app=factory.app))
 
 

@@ -17,9 +17,8 @@ from twisted.internet import defer, task
 
 from netshare.errors import DatabaseUnavailable, RateLimited
 from netshare.kdf import KDFPool
-from netshare.protocols.base import CommandProtocol
-from tests.inprocess import (add_account, db_runtime, listen, make_runtime,  # noqa: F401
-                             reactor, runtime, stop_runtime, wait_for)
+from netshare.protocols.line import CommandProtocol
+from tests.inprocess import add_account, listen, reactor, stop_runtime, wait_for
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -434,7 +433,7 @@ def _rec(h, n, start=0):
 
 def test_history_flush_waits_only_for_what_was_recorded_before_it():
     from twisted.internet.task import Clock
-    from netshare.history import HistoryRecorder
+    from netshare.services.history import HistoryRecorder
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=1000)
     _rec(h, 5)
@@ -455,7 +454,7 @@ def test_history_flush_waits_only_for_what_was_recorded_before_it():
 
 def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
     from twisted.internet.task import Clock
-    from netshare.history import HistoryRecorder
+    from netshare.services.history import HistoryRecorder
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=4, max_buffered=10)
     _rec(h, 6)
@@ -497,7 +496,7 @@ def test_history_drops_only_a_row_the_database_refuses():
     """A row the database refuses (not an outage) is dropped alone; the rest
     of its batch is written, and the history keeps working."""
     from twisted.internet import defer, task
-    from netshare.history import HistoryRecorder
+    from netshare.services.history import HistoryRecorder
 
     class Store:
         def __init__(self):

@@ -29,14 +29,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from twisted.internet import defer
 
-from netshare.protocols.base import CommandProtocol
-from netshare.protocols.files import FilesApp, FilesProtocol
+from netshare.protocols.line import CommandProtocol
+from netshare.protocols.files import FilesProtocol
 from netshare.protocols.personnel import PersonnelProtocol
-from netshare.protocols.personnel import makeFactory as personnel_factory
-from netshare.protocols.ttweet import TtweetProtocol, makeHub
+from netshare.protocols.ttweet import TtweetProtocol
+from netshare.service import build_files, build_hub, make_factory
 from tests.dbproxy import CommitProxy
-from tests.inprocess import (PrivateDatabase, add_account, listen, make_runtime,  # noqa: F401
-                             stop_runtime)
+from tests.inprocess import PrivateDatabase, add_account, listen, stop_runtime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,7 +122,7 @@ def download(c, name):
 def files_server(setup):
     rt = setup.rt
     yield add_account(rt, "alice", PW["alice"])
-    app = FilesApp(rt)
+    app = build_files(rt)
     srv = yield listen(rt, FilesProtocol, app=app)
     return srv, app
 
@@ -209,7 +208,7 @@ def personnel_server(setup):
     rt = setup.rt
     yield add_account(rt, "root", PW["root"], role="admin")
     yield add_account(rt, "alice", PW["alice"])
-    factory = personnel_factory(rt)
+    factory = make_factory(rt, "personnel")
     srv = yield listen(rt, PersonnelProtocol, app=factory.app)
     root = yield logged_in(srv, "root")
     return srv, root
@@ -261,7 +260,7 @@ def test_personnel_send_and_ack(setup, mode):
 def test_tweet(setup, mode):
     rt = setup.rt
     yield add_account(rt, "alice", PW["alice"])
-    hub = makeHub(rt)
+    hub = build_hub(rt)
     srv = yield listen(rt, TtweetProtocol, app=hub)
     alice = yield logged_in(srv, "alice")
     assert (yield alice.cmd("SUBSCRIBE #t")) == ["200 operation success"]

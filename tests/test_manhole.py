@@ -259,7 +259,7 @@ def test_the_address_actually_bound_is_checked():
     """Whatever the endpoint text says, the check sees the bound address."""
     from twisted.internet import protocol, reactor
     from netshare.listener import Listener, RefusedAddress
-    from netshare.manhole import check_bound_address
+    from netshare.protocols.manhole import check_bound_address
     wide = Listener("tcp:0:interface=0.0.0.0", protocol.ServerFactory(), reactor,
                     check=check_bound_address)
     with pytest.raises(RefusedAddress, match="bound 0.0.0.0"):
@@ -277,7 +277,7 @@ def test_a_peer_off_loopback_is_refused_without_the_opt_in():
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
     from netshare.config import defaults
-    from netshare.manhole import ManholeFactory
+    from netshare.protocols.manhole import ManholeFactory
     runtime = SimpleNamespace(config=defaults(), reactor=MemoryReactorClock())
     factory = ManholeFactory(runtime, the_portal=None)
     assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is None
@@ -404,7 +404,7 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
 
 
 def test_redaction_of_helper_passwords():
-    from netshare.manhole import UNTOKENIZABLE, redact_command as redact
+    from netshare.protocols.manhole import UNTOKENIZABLE, redact_command as redact
     # positional passwords: every string literal after the first argument
     assert redact('account_add("eve", "pw1")') == "account_add(\"eve\", '***')"
     assert redact("account_add('eve', 'pw1', admin=True)") == \
@@ -443,7 +443,7 @@ def test_the_helpers_taking_passwords_are_helpers():
 
 
 def test_recorded_command_text_is_escaped_and_bounded():
-    from netshare.manhole import MAX_COMMAND, command_text
+    from netshare.protocols.manhole import MAX_COMMAND, command_text
     assert command_text("x = '\x1b[31m'") == "x = '\\x1b[31m'"
     long = command_text("x = " + "1" * 5000)
     assert len(long) < MAX_COMMAND + 40 and long.startswith("x = 111")
@@ -452,7 +452,7 @@ def test_recorded_command_text_is_escaped_and_bounded():
 
 def test_the_interpreter_reports_each_statement_and_its_outcome():
     """The outcome code comes from the interpreter's own hooks."""
-    from netshare.manhole import RecordingInterpreter
+    from netshare.protocols.manhole import RecordingInterpreter
 
     class Output:
         def addOutput(self, data, isAsync=None):
@@ -473,7 +473,7 @@ def test_files_helper_totals_per_owner():
     public = [NS(owner="bob", size=10), NS(owner="alice", size=5)]
     hidden = [NS(owner="bob", size=7)]
     store = NS(list_public=lambda: defer.succeed(public), list_hidden=lambda: defer.succeed(hidden))
-    runtime = NS(apps={"files": NS(service=NS(files=store))})
+    runtime = NS(apps={"files": NS(files=store)})
     result = []
     Helpers(runtime, "admin").files().addCallback(result.append)
     assert result == [{"alice": {"files": 1, "bytes": 5}, "bob": {"files": 2, "bytes": 17}}]

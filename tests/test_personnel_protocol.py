@@ -17,23 +17,23 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from netshare import config as configmod
-from netshare.accounts import AccountService
+from netshare.services.accounts import AccountService
 from twisted.internet.testing import StringTransport
 
-from netshare.client import ClientProtocol, connect, login, quote
+from netshare.clients.protocol import ClientProtocol, connect, login, quote
 from netshare.clients.personnel import (BadPush, SyncClient, SyncProtocol, _Session,
                                         parse_pushes, use_sync_protocol)
-from netshare.history import HistoryRecorder
+from netshare.services.history import HistoryRecorder
 from netshare.kdf import KDFPool
-from netshare.personnel import SyncFeed
-from netshare.protocols.personnel import makeFactory
+from netshare.services.personnel import SyncFeed
+from netshare.service import make_factory
 from netshare.service import Runtime
 from netshare.storage.accounts import AccountStore
 from netshare.storage.engine import create_engine
 from netshare.storage.history import HistoryStore
 from netshare.storage.pool import DBPool
 from netshare.storage.schema import metadata
-from netshare.syncdb import LocalStore
+from netshare.clients.syncdb import LocalStore
 
 TIMEOUT = 20
 NASTY = ["'; DROP TABLE personnel;--", "100%", "under_score", "back\\slash", '"quoted"',
@@ -57,7 +57,7 @@ class Server:
         self.runtime = Runtime(config=self.config, reactor=reactor, pool=pool, kdf=self.kdf)
         self.runtime.accounts = AccountService(AccountStore(pool), self.kdf, 1024, 8, 1)
         self.runtime.history = HistoryRecorder(HistoryStore(pool), reactor, 0.05)
-        self.factory = makeFactory(self.runtime)
+        self.factory = make_factory(self.runtime, "personnel")
         self.app = self.factory.app
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.clients = []
@@ -669,7 +669,7 @@ class _AckProto:
 
 
 def test_sync_client_keeps_one_ack_in_flight():
-    from netshare.client import Response
+    from netshare.clients.protocol import Response
     client = SyncClient(task.Clock(), None, None, "alice", "pw")
     proto = _AckProto()
     session = client._session = _Session(proto)

@@ -21,10 +21,9 @@ from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.logger import capturedLogs
 
 from netshare import config as configmod
-from netshare.protocols.base import (CommandProtocol, Listing, ObjectReply, ReceiveRaw, Reply,
+from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply, ReceiveRaw, Reply,
                                      SendRaw, parse_int)
-from tests.inprocess import (add_account, listen, make_runtime, runtime,  # noqa: F401 (fixtures)
-                             reactor, wait_for)
+from tests.inprocess import add_account, listen, reactor, wait_for
 
 pytestmark = pytest.mark.timeout(60, method="thread")
 
@@ -786,7 +785,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 def test_tokenize_is_shlex_split(text):
     """The fast path must split exactly as shlex.split does (PROTOCOL.md)."""
     import shlex
-    from netshare.protocols.base import tokenize
+    from netshare.protocols.line import tokenize
     try:
         expected = shlex.split(text, posix=True)
     except ValueError:

@@ -439,7 +439,7 @@ def test_a4_control_characters_in_fields_are_refused_and_forge_nothing(server, s
         r = c.cmd("HISTORY limit=50")
     assert_listing(r)
     commands = [json.loads(line[4:])["command"] for line in r[:-1]]
-    from netshare.protocols.base import escape_controls
+    from netshare.protocols.line import escape_controls
     for value in values:
         # recorded with its unsafe characters escaped, never raw
         assert any(escape_controls(value) in cmd for cmd in commands), (value, commands)

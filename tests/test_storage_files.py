@@ -12,7 +12,7 @@ import pytest_twisted
 import sqlalchemy as sa
 
 from netshare.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
-from netshare.files import name_key, normalize_name
+from netshare.services.files.names import name_key, normalize_name
 from netshare.storage import files as S
 
 META = {"v": 1, "alg": "AES-256-GCM", "kdf": "scrypt", "n": 32768, "r": 8, "p": 1,

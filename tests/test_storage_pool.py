@@ -29,7 +29,7 @@ from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool, is_transient
 from netshare.storage.schema import accounts as accounts_table
 from tests.support import LineConn, ServerProcess, run_cli
-from tests.test_ci_databases import ENV, scratch_database
+from tests.conftest import ENV, scratch_database
 
 NASTY = "'; DROP TABLE accounts;--"
 
@@ -213,7 +213,7 @@ def test_accounts_conflict_keeps_the_transaction_usable(db_pool):
 
 @pytest_twisted.inlineCallbacks
 def test_accounts_text_is_stored_literally(db_pool):
-    # The store binds every value; name rules live in netshare.accounts.
+    # The store binds every value; name rules live in netshare.services.accounts.
     names = [NASTY, "Zoë", "O'Brien", "100%_x", "a\\b"]
     for name in names:
         yield timed(db_pool.run(A.thd_create, name, "user", "hash'--"))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netshare.syncdb import LocalStore
+from netshare.clients.syncdb import LocalStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +87,7 @@ def test_large_batches_match_one_statement_per_message(store, tmp_path):
     inside a statement and across statements, DELETE and DELETE_ALL in
     between included."""
     import random
-    from netshare import syncdb
+    from netshare.clients import syncdb
     rng = random.Random(7)
     batch, seq = [], 0
     for run in range(12):
@@ -160,7 +160,7 @@ def test_survives_reopen(tmp_path):
 
 _CRASH_CHILD = r"""
 import json, sys
-from netshare.syncdb import LocalStore
+from netshare.clients.syncdb import LocalStore
 store = LocalStore(sys.argv[1])
 seq = store.last_seq()
 print("ready", flush=True)

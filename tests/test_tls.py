@@ -12,11 +12,10 @@ import pytest_twisted
 
 from twisted.internet import defer, task
 
-from netshare.client import connect, login, quote
-from netshare.protocols.base import CommandProtocol
+from netshare.clients.protocol import connect, login, quote
+from netshare.protocols.line import CommandProtocol
 from netshare.tls import make_certificates
-from tests.inprocess import (add_account, listen, make_runtime, reactor,  # noqa: F401
-                             runtime, wait_for, with_timeouts)
+from tests.inprocess import add_account, listen, reactor, wait_for, with_timeouts
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 

@@ -1,5 +1,5 @@
 """
-The ttweet core (netshare.ttweet): validation texts of PROTOCOL.md section 3,
+The ttweet core (netshare.services.ttweet): validation texts of PROTOCOL.md section 3,
 subscriptions, fan-out, flood limit, timelines and the batch writer.
 
 No sockets and no database: sessions are fakes with C{sendPush}, the store is
@@ -12,12 +12,12 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from netshare import ttweet
+from netshare.services import ttweet
 from netshare.errors import (BadArguments, Conflict, DatabaseUnavailable, LimitExceeded,
                              LoginRequired, NameNotAllowed, NotFound, RateLimited,
                              TemporaryError)
 from netshare.storage.tweets import TweetRow
-from netshare.ttweet import FloodLimiter, Hub
+from netshare.services.ttweet import FloodLimiter, Hub
 
 
 # --- fakes -------------------------------------------------------------------

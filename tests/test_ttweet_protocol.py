@@ -17,11 +17,12 @@ import pytest_twisted
 
 from twisted.internet import defer, task
 
-from netshare.client import quote
-from netshare.protocols.ttweet import MAX_HELD, TtweetProtocol, makeHub
+from netshare.clients.protocol import quote
+from netshare.protocols.ttweet import MAX_HELD, TtweetProtocol
+from netshare.service import build_hub
 from netshare.storage.tweets import TweetStore
-from tests.inprocess import (add_account, db_kinds, listen, make_runtime,  # noqa: F401
-                             reactor, start_runtime, stop_runtime, wait_for)
+from tests.inprocess import (add_account, db_kinds, listen, reactor, start_runtime, stop_runtime,
+                             wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +34,7 @@ FAST = dict(login_failure_delay=0.05, flood_burst=100000, flood_rate=100000.0,
 @defer.inlineCallbacks
 def serve(rt):
     """A started hub (as the root service would start it) and its listener."""
-    hub = makeHub(rt)
+    hub = build_hub(rt)
     yield hub.start()
     srv = yield listen(rt, TtweetProtocol, app=hub)
     return srv, hub
@@ -83,7 +84,7 @@ class GatedStore:
 
 @defer.inlineCallbacks
 def serve_gated(rt):
-    hub = makeHub(rt)
+    hub = build_hub(rt)
     hub.store = GatedStore(hub.store)
     stop = hub.stop
 
@@ -452,7 +453,7 @@ def test_stalled_subscriber_dropped_others_keep_receiving(make_runtime):
     publisher is never refused and its tweets keep flowing while (and after)
     the stalled one is dropped."""
     rt = make_runtime(max_output=16 * 1024, max_per_ip=200, **FAST)
-    hub = makeHub(rt)
+    hub = build_hub(rt)
     yield hub.start()
     srv = yield listen(rt, SmallBufferProtocol, app=hub)
     healthy = []
@@ -620,7 +621,7 @@ def test_hub_stop_and_batches_with_reentrant_callbacks():
     two batches in flight at once.  Now: at most one batch in flight, and
     stop() fires only when everything is written."""
     from twisted.internet.task import Clock
-    from netshare.ttweet import Hub
+    from netshare.services.ttweet import Hub
     clock, store = Clock(), ManualStore()
     hub = Hub(store, clock=clock, batch_rows=2, batch_interval=0.05)
     hub.start()

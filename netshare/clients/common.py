@@ -57,7 +57,7 @@ from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredic
                             globalLogBeginner, jsonFileLogObserver, textFileLogObserver)
 from twisted.protocols.basic import LineReceiver
 
-from netshare.client import CommandFailed, connect, login, password_from_env_or_prompt
+from netshare.clients.protocol import CommandFailed, connect, login, password_from_env_or_prompt
 
 #: Exit statuses of every client program.
 EXIT_OK = 0
@@ -148,7 +148,7 @@ def password(args, prompt: str | None = None) -> str:
 
 async def open_session(reactor, args, secret: str | None = None):
     """Connect, wait for the greeting and LOGIN as C{args.user}.
-    @return: a logged-in L{netshare.client.ClientProtocol}."""
+    @return: a logged-in L{netshare.clients.protocol.ClientProtocol}."""
     if not args.user:
         raise UsageError("--user is required (or set NETSHARE_USER)")
     if secret is None:
@@ -398,7 +398,7 @@ class ProgressBar:
     C{[#####-----]  45%  12.3 MB/s} on stderr, redrawn at most every 0.2 s,
     only when stderr is a terminal (or C{force}).  Call it with each chunk's
     byte count (it is a valid C{progress} callable for
-    L{netshare.client.ClientProtocol.upload}/C{download}); L{finish} at the end.
+    L{netshare.clients.protocol.ClientProtocol.upload}/C{download}); L{finish} at the end.
     """
 
     def __init__(self, total: int, label: str = "", stream=None, force: bool = False,

@@ -47,7 +47,7 @@ import os
 import stat
 import sys
 
-from netshare.client import CommandFailed, connect, quote
+from netshare.clients.protocol import CommandFailed, connect, quote
 from netshare.clients import common
 
 DEFAULT_PORT = 7002
@@ -332,7 +332,7 @@ async def _download(proto, args, retry=True):
         raise LocalFailure("checksum mismatch for %s: expected %s, got %s (partial file removed)"
                            % (args.name, expected, got))
     os.replace(part, dest)
-    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    fsync_dir(os.path.dirname(os.path.abspath(dest)))
     common.emit(args, {"name": info["name"], "path": dest, "size": size, "sha256": got,
                        "resumed_from": offset},
                 text="downloaded %s to %s (%d bytes%s, sha256 verified)"
@@ -357,7 +357,7 @@ def _remove_stale_partials(dest, keep):
                 pass
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

@@ -24,7 +24,7 @@ L{netshare.clients.common} (0 ok, 1 refused by the server, 2 usage,
 3 connection problem).
 
 B{The sync client} (L{SyncClient}) keeps a local SQLite copy of what the
-server sends this account (L{netshare.syncdb.LocalStore}):
+server sends this account (L{netshare.clients.syncdb.LocalStore}):
 
  - it connects, logs in and sends C{SYNC after=<last applied seq>};
  - pushes arriving together (one read from the socket, or within
@@ -69,7 +69,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from netshare.client import ClientProtocol, CommandFailed, connect, login, quote
+from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, login, quote
 from netshare.clients import common
 
 DEFAULT_PORT = 7001
@@ -155,7 +155,7 @@ def use_sync_protocol(proto):
     Give a connected L{ClientProtocol} the linear-time splitter of
     L{SyncProtocol}.  The subclass adds no state and overrides one method,
     so the connection keeps everything it has (queue, greeting, buffer);
-    C{netshare.client.connect} stays the only code that opens (and
+    C{netshare.clients.protocol.connect} stays the only code that opens (and
     verifies TLS for) connections.
     """
     if type(proto) is ClientProtocol:
@@ -188,14 +188,14 @@ class SyncClient:
     """
     See the module docstring.
 
-    @param store: a L{netshare.syncdb.LocalStore} (blocking; called only in
+    @param store: a L{netshare.clients.syncdb.LocalStore} (blocking; called only in
         this client's own worker thread).
     @param connector: C{() -> Deferred[ClientProtocol]} (greeting received).
     @ivar applied: messages applied since start.
     @ivar batches: local transactions committed since start.
     """
 
-    log = Logger(namespace="netshare.personnel.sync")
+    log = Logger(namespace="netshare.services.personnel.sync")
 
     def __init__(self, reactor, store, connector, user: str, password: str, *,
                  retry_min: float = 1.0, retry_max: float = 30.0, batch_max: int = 500,
@@ -476,7 +476,7 @@ def _reason(e) -> str:
 
 
 async def cmd_sync(reactor, args):
-    from netshare.syncdb import LocalStore
+    from netshare.clients.syncdb import LocalStore
     if not args.user:
         raise common.UsageError("--user is required (or set NETSHARE_USER)")
     secret = common.password(args)
@@ -495,7 +495,7 @@ async def cmd_sync(reactor, args):
                         retry_min=args.retry_min, retry_max=args.retry_max,
                         batch_max=args.batch_max, batch_delay=args.batch_delay,
                         log_each=args.log_level == "debug")
-    log = Logger(namespace="netshare.personnel.sync")
+    log = Logger(namespace="netshare.services.personnel.sync")
     log.info("sync client {user} on {db}", user=args.user, db=args.db)
 
     done = []

@@ -47,7 +47,7 @@ from twisted.internet import defer, error as net_error, stdio, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineOnlyReceiver
 
-from netshare.client import connect, password_from_env_or_prompt, quote
+from netshare.clients.protocol import connect, password_from_env_or_prompt, quote
 
 MAX_MESSAGE = 150
 USER_RE = re.compile(r"[A-Za-z0-9]{1,32}")

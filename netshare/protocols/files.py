@@ -1,31 +1,22 @@
 """
-The files protocol (PROTOCOL.md section 2) on the base line protocol.
+The files protocol (PROTOCOL.md section 2) on the line protocol.
 
 This module only parses commands and formats replies; every decision (name
 rules, ownership, quota, disk space, passwords, lockout, atomic replace) is
-made by L{netshare.files.FilesService}, and every byte of content goes
-through its L{netshare.files.UploadSink} (raw upload body, with
-backpressure) or L{netshare.files.BlobReader} (raw download body).
+made by the L{netshare.services.files.service.FilesService} (the factory's
+C{app}), and every byte of content goes through its upload sink (raw upload
+body, with backpressure) or blob reader (raw download body).
 
 A file name is always the first word after the verb, so a name that looks
 like an option (C{"sha256=x"}) is still a name; options follow it.
-
-Start-up: the blob store's stale temporaries are swept synchronously when
-the factory is built (before the reactor runs), then L{FilesApp.start}
-removes orphaned blobs (content without a database row) once the database
-pool is up.  Uploads wait for that to finish, so the orphan scan can never
-race an upload that is just recording its row.
 """
 
-import os
-
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from netshare.errors import BadArguments, BadCredentials, TemporaryError
-from netshare.files import BlobStore, FilesService, PasswordLockout, parse_size
-from netshare.throttle import Penalties
-from netshare.protocols.base import (CommandFactory, CommandProtocol, Listing, ObjectReply,
+from netshare.services.files.names import parse_size
+from netshare.services.files.service import FilesService
+from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply,
                                      ReceiveRaw, Reply, SendRaw, split_options)
 from netshare.wire import dumps
 
@@ -33,78 +24,6 @@ UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace")
 INFO_OPTIONS = ("password",)
 DOWNLOAD_OPTIONS = ("password", "offset")
 RAW_READ = 256 * 1024
-
-
-class FilesApp:
-    """
-    The files service object of one server: the blob store and the
-    L{FilesService}, with the start/stop hooks the root service calls.
-
-    @ivar service: the L{FilesService} every command goes through.
-    @ivar blobs: the L{BlobStore} under C{<data>/files}.
-    """
-
-    log = Logger()
-
-    def __init__(self, runtime, blobs=None, lockout=None):
-        cfg = runtime.config
-        self.blobs = blobs if blobs is not None else BlobStore(
-            os.path.join(cfg.data, "files"), reactor=runtime.reactor)
-        # Synchronous and before the reactor runs (makeFactory is called by
-        # makeService): nothing can be uploading yet.
-        self.blobs.sweep()
-        if lockout is None:
-            lockout = PasswordLockout(runtime.reactor, cfg.file_lockout_failures,
-                                      cfg.file_lockout_seconds, cfg.file_lockout_seconds)
-        misses = Penalties(runtime.reactor, free=cfg.misses_free,
-                           base=min(1.0, cfg.misses_max_delay),
-                           max_delay=cfg.misses_max_delay, max_wait=2 * cfg.misses_max_delay,
-                           decay=cfg.misses_forget, what="names not found")
-        file_guesses = Penalties(runtime.reactor, free=cfg.file_guesses_free,
-                                 base=min(2.0, cfg.file_guesses_max_delay),
-                                 max_delay=cfg.file_guesses_max_delay,
-                                 max_wait=2 * cfg.file_guesses_max_delay,
-                                 decay=3 * cfg.misses_forget,
-                                 what="wrong passwords for this file")
-        from netshare.storage.files import FileStore
-        self.service = FilesService(
-            FileStore(runtime.pool), self.blobs, runtime.kdf, lockout,
-            max_file_size=cfg.max_file_size, user_quota=cfg.user_quota,
-            min_free_percent=cfg.min_free_percent,
-            kdf_params=(cfg.file_scrypt_n, 8, 1), clock=runtime.reactor,
-            misses=misses, file_guesses=file_guesses)
-        self._starting = None
-
-    def start(self):
-        """Remove orphaned blobs (needs the database pool running)."""
-        self._starting = d = defer.Deferred()
-
-        def done(counts):
-            self.log.info("files ready: removed {temporaries} stale temporaries and "
-                          "{orphans} orphaned blobs; {missing} files without content",
-                          **counts)
-
-        def failed(f):
-            # Not fatal: orphans only waste space; the next start-up retries.
-            self.log.failure("files start-up housekeeping failed", f)
-
-        def finished(_):
-            self._starting = None
-            d.callback(None)
-
-        self.service.startup().addCallbacks(done, failed).addBoth(finished)
-        return self.whenReady()
-
-    def whenReady(self):
-        """A Deferred that fires once start-up housekeeping is over."""
-        if self._starting is None:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._starting.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
-
-    def stop(self):
-        self.blobs.stop()
 
 
 def _yes_no(value, name):
@@ -141,12 +60,8 @@ class FilesProtocol(CommandProtocol):
     })
 
     @property
-    def app(self) -> FilesApp:
-        return self.factory.app
-
-    @property
     def files(self) -> FilesService:
-        return self.factory.app.service
+        return self.factory.app
 
     def cmd_LIST(self, args):
         if len(args) > 1:
@@ -177,7 +92,7 @@ class FilesProtocol(CommandProtocol):
         size = parse_size(size_text)
         replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
         visibility = opts.get("visibility")
-        yield self.app.whenReady()
+        yield self.files.whenReady()
         up = yield self.files.begin_upload(self.caller, name, size, visibility,
                                            opts.get("password"), opts.get("sha256"), replace)
         if self.transport is None or not self.transport.connected:
@@ -231,7 +146,3 @@ class FilesProtocol(CommandProtocol):
             raise BadArguments("usage: DELETE <name>")
         d = self.files.delete(self.caller, args[0], journal=self.journal(200))
         return d.addCallback(lambda rec: Reply(200, "deleted"))
-
-
-def makeFactory(runtime, app=None):
-    return CommandFactory(runtime, FilesProtocol, app=app if app is not None else FilesApp(runtime))

@@ -2,7 +2,7 @@
 The personnel protocol (PROTOCOL.md section 4) on the base line protocol.
 
 This module only parses arguments and shapes replies; every decision is
-L{netshare.personnel.PersonnelService}'s.  Admin-only verbs are checked
+L{netshare.services.personnel.PersonnelService}'s.  Admin-only verbs are checked
 before their arguments, so a C{user} account gets C{531} for ADD, UPDATE,
 DELETE, CLIENTS, MESSAGES, SEND and REMOVE whatever it typed after them.
 
@@ -10,7 +10,7 @@ A connection becomes a sync stream with C{SYNC [after=N]}:
 
  - C{200 syncing}, then the client's pending messages as C{610/611/612}
    pushes in seq order, a page at a time (written in blocks of many pushes,
-   see L{netshare.personnel.SyncFeed}), then live ones as they are queued;
+   see L{netshare.services.personnel.SyncFeed}), then live ones as they are queued;
  - the connection is the feed's sink: the feed stops reading the outbox while
    the transport's buffer is full and resumes from L{PersonnelProtocol.onDrain};
  - the stream is exempt from the idle timeout (it only waits for pushes);
@@ -24,10 +24,10 @@ A connection becomes a sync stream with C{SYNC [after=N]}:
 """
 
 from netshare.errors import BadArguments, BadSequence
-from netshare.personnel import PersonnelService
-from netshare.protocols.base import (CommandFactory, CommandProtocol, Listing, ObjectReply, Reply,
+from netshare.services.personnel import PersonnelService
+from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply, Reply,
                                      parse_int, split_options)
-from netshare.storage.personnel import PERSON_FIELDS, PersonnelStore
+from netshare.services.personnel import PERSON_FIELDS
 
 HELP = {
     "LIST": "LIST [<text>] [limit=N] [offset=N]: people whose name, surname, ssn or job "
@@ -194,13 +194,3 @@ class PersonnelProtocol(CommandProtocol):
         feed, self.feed = self.feed, None
         if feed is not None:
             feed.stop()
-
-
-def makeFactory(runtime):
-    cfg = runtime.config
-    service = PersonnelService(PersonnelStore(runtime.pool), runtime.reactor,
-                               page_size=cfg.sync_page,
-                               list_default=cfg.personnel_list_default,
-                               list_max=cfg.personnel_list_max)
-    return CommandFactory(runtime, PersonnelProtocol, app=service)
-

@@ -1,7 +1,7 @@
 """
 The ttweet protocol (PROTOCOL.md section 3) on the base line protocol.
 
-The wire side only: parse the words, call the L{netshare.ttweet.Hub}, turn
+The wire side only: parse the words, call the L{netshare.services.ttweet.Hub}, turn
 its answers into replies.  The hub decides everything else (validation,
 subscriptions, fan-out, flood limit, timelines, the batch writer).  The
 protocol object is the hub's session: it has C{username}, C{account_id} and
@@ -51,11 +51,10 @@ from collections import deque
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare import ttweet
+from netshare.services import ttweet
 from netshare.errors import BadArguments, BadCredentials, BadSequence, Conflict, NetshareError
-from netshare.accounts import UNKNOWN_USER
-from netshare.protocols.base import CommandFactory, CommandProtocol, Listing, Reply
-from netshare.storage.tweets import TweetStore
+from netshare.services.accounts import UNKNOWN_USER
+from netshare.protocols.line import CommandProtocol, Listing, Reply
 
 #: The verbs a logged-in guest may use (besides the base's PUBLIC ones).
 TTWEET_VERBS = frozenset({"TWEET", "SUBSCRIBE", "UNSUBSCRIBE", "TIMELINE", "GETUSERS",
@@ -419,19 +418,3 @@ class TtweetProtocol(CommandProtocol):
         if self._pushBuf and not self._closing:
             self._sendPushes()
         CommandProtocol._closeWith(self, line)
-
-
-def makeHub(runtime):
-    """The hub of a runtime, configured from its settings (not started)."""
-    cfg = runtime.config
-    return ttweet.Hub(TweetStore(runtime.pool), clock=runtime.reactor,
-                      flood_burst=cfg.flood_burst, flood_rate=cfg.flood_rate,
-                      flood_address_burst=cfg.flood_address_burst,
-                      flood_address_rate=cfg.flood_address_rate,
-                      timeline_limit=cfg.timeline_limit,
-                      batch_interval=cfg.ttweet_batch_interval)
-
-
-def makeFactory(runtime):
-    """The ttweet listener's factory; the root service starts and stops its hub."""
-    return CommandFactory(runtime, TtweetProtocol, app=makeHub(runtime))

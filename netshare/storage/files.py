@@ -2,9 +2,9 @@
 The C{files} table: one row per visible file (PROTOCOL.md section 2).
 
 A row exists only for content that is complete, verified and durable on
-disk (L{netshare.files} writes the blob first); the row points at the blob
+disk (L{netshare.services.files.blobs} writes the blob first); the row points at the blob
 by its opaque id.  C{name} is the NFC spelling the owner gave; C{name_key}
-(NFC + case folding, computed by L{netshare.files.name_key}) carries the
+(NFC + case folding, computed by L{netshare.services.files.names.name_key}) carries the
 unique constraint, so two uploads of "Report.txt" and "REPORT.TXT" cannot
 both win, on any of the three databases (the MySQL table uses a binary
 collation: uniqueness is decided by our key, not by MySQL's idea of case).

@@ -75,7 +75,7 @@ def thd_get(conn, entry_id: int) -> HistoryEntry | None:
 
 def journal_row(seq, ts_ms, service, user, peer, command, code, account_id=None) -> dict:
     """A history row as L{thd_insert_many} and C{DBPool.run(journal=...)}
-    take it (C{seq}: see L{netshare.history.HistoryRecorder.row})."""
+    take it (C{seq}: see L{netshare.services.history.HistoryRecorder.row})."""
     return {"seq": seq, "ts_ms": ts_ms, "service": service, "user": user,
             "account_id": account_id, "peer": peer[:64], "command": command, "code": code}
 

@@ -1,7 +1,7 @@
 """
 ttweet storage: the tweets themselves and the timelines of registered users.
 
-The hub (L{netshare.ttweet.Hub}) never writes one tweet at a time: it hands
+The hub (L{netshare.services.ttweet.Hub}) never writes one tweet at a time: it hands
 L{thd_save_batch} everything that accumulated in the last ~50 ms, so the
 database is off the fan-out path and a write costs one transaction per batch
 (PERF.md section 5: batched Core executemany is ~400x faster than a
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from netshare.storage.schema import ID, TABLE_KW, accounts, history, metadata
 
-# Column sizes, shared with the validation in netshare.ttweet.
+# Column sizes, shared with the validation in netshare.services.ttweet.
 USER_LEN = 32
 HASHTAGS_LEN = 80          # 5 units of at most 15 characters = 75
 # Upper bound of any listing limit, whatever a caller passes.

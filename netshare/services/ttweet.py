@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed

@@ -47,11 +47,11 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
-from netshare.accounts import UNKNOWN_USER
+from netshare.services.accounts import UNKNOWN_USER
 from netshare.admin import SECRET_HELPERS, namespace
 from netshare.errors import BadCredentials
 from netshare.listener import Listener, RefusedAddress
-from netshare.protocols.base import ConnectionLimits, ServiceStats, escape_controls
+from netshare.protocols.line import ConnectionLimits, ServiceStats, escape_controls
 from netshare.wire import now_ms
 
 SERVICE = "manhole"
@@ -376,7 +376,7 @@ class RecordedManhole(ColoredManhole):
     code is the statement's own: a Deferred it returned that fails later is
     shown in the shell but does not change the entry.
 
-    @param history: the L{netshare.history.HistoryRecorder}.
+    @param history: the L{netshare.services.history.HistoryRecorder}.
     @param log: the Logger of per-command events (C{runtime.commandLog}).
     """
 

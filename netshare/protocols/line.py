@@ -34,7 +34,7 @@ the server hold unbounded memory or make anyone else wait.
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from zope.interface import implementer
@@ -48,7 +48,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from netshare import __version__
-from netshare.accounts import UNKNOWN_USER, Caller
+from netshare.services.accounts import UNKNOWN_USER, Caller
 from netshare.errors import (BadArguments, BadSequence, ClosingConnection, Conflict,
                              LoginRequired, NetshareError, SyntaxError_, TemporaryError)
 from netshare.wire import dumps, now_ms

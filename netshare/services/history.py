@@ -20,7 +20,7 @@ audit trail.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare.accounts import USERNAME_RE
+from netshare.services.accounts import USERNAME_RE
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
 from netshare.storage.history import ALL, journal_row
 from netshare.throttle import TokenBuckets

@@ -1,0 +1,496 @@
+"""
+The files service: it decides every LIST/INFO/CHECKSUM/UPLOAD/DOWNLOAD/DELETE
+(PROTOCOL.md section 2).  No SQL here (the metadata rows live behind an
+injected L{netshare.storage.files.FileStore}) and no wire format (the
+protocol in C{netshare.protocols.files} parses commands and formats
+replies).  Content goes through the L{netshare.services.files.blobs.BlobStore}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from netshare.errors import (
+    BadArguments,
+    BadCredentials,
+    Conflict,
+    IntegrityFailure,
+    LimitExceeded,
+    NotFound,
+    OutcomeUnknown,
+)
+from netshare.services.files.blobs import BlobStore
+from netshare.services.files.crypto import encrypted_size, prepare_encryption, unlock
+from netshare.services.files.download import BlobReader
+from netshare.services.files.lockout import PasswordLockout
+from netshare.services.files.names import (
+    check_file_password,
+    check_sha256,
+    name_key,
+    normalize_name,
+)
+from netshare.services.files.upload import UploadSink
+from netshare.throttle import Penalties
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+FILE_SCRYPT = (2**15, 8, 1)     # default (N, r, p) for file passwords
+VISIBILITIES = ("public", "hidden")
+
+
+@dataclass
+class PendingUpload:
+    """
+    An accepted UPLOAD, between C{350} and C{226}.
+
+    The protocol sends C{350 send <size> bytes}, registers its producer on
+    C{sink}, writes the body into it, then calls L{complete} (after exactly
+    C{size} bytes) or L{abort} (connection lost).
+    """
+
+    service: "FilesService"
+    sink: UploadSink
+    name: str
+    key: str
+    owner: Any           # the uploader's Account
+    size: int
+    visibility: str | None
+    replace: bool
+
+    def complete(self, journal=None) -> defer.Deferred:
+        """@return: Deferred[FileRecord] once durable and recorded (226).
+        C{journal}: the UPLOAD's history row, written with the file's row."""
+        return defer.ensureDeferred(self.service._complete(self, journal))
+
+    def abort(self) -> defer.Deferred:
+        return self.sink.abort()
+
+
+@dataclass
+class PreparedDownload:
+    """
+    An accepted DOWNLOAD: send C{150 <remaining> bytes sha256=<sha256>},
+    then C{reader.beginFileTransfer(transport)}, then C{226 transfer
+    complete}.  If the transfer will not start, call C{reader.close()}.
+    """
+
+    record: Any
+    reader: BlobReader
+
+    @property
+    def remaining(self) -> int:
+        return self.reader.remaining
+
+    @property
+    def sha256(self) -> str:
+        return self.record.sha256
+
+
+@dataclass(frozen=True)
+class FileView:
+    """A file as one caller may see it: C{sha256} is None for a protected
+    file unless the caller owns it, is an admin or gave its password."""
+
+    record: Any
+    reveal_sha256: bool
+
+    @property
+    def sha256(self) -> str | None:
+        return self.record.sha256 if self.reveal_sha256 else None
+
+    def to_wire(self) -> dict:
+        return self.record.to_wire(reveal_sha256=self.reveal_sha256)
+
+
+class _NoPenalties:
+    """The L{Penalties} interface, limiting nothing (a file's owner)."""
+
+    free = 0
+
+    def attempt(self, *keys):
+        return 0.0
+
+    def succeeded(self, *keys):
+        pass
+
+    def failures(self, key):
+        return 0.0
+
+
+_NO_PENALTIES = _NoPenalties()
+
+
+class FilesService:
+    """
+    Decides every files command; the protocol only parses and replies.
+
+    Every method takes the L{netshare.services.accounts.Caller} asking (its account
+    decides ownership by id, its address keys the guessing limits).
+
+    @param files: the metadata store (L{netshare.storage.files.FileStore}
+        or anything with its methods).
+    @param blobs: the L{BlobStore}.
+    @param kdf: a C{KDFPool} (C{derive(password, salt, n, r, p, length)}).
+    @param user_quota: bytes per user, 0 for unlimited.
+    @param misses: the L{Penalties} of names not found (C{550} on INFO,
+        CHECKSUM and DOWNLOAD), per account and per address: guessing the
+        name of a hidden file costs seconds per try after a few misses.
+    @param file_guesses: the L{Penalties} of wrong passwords per protected
+        file from every account together (on top of the per-account
+        L{PasswordLockout}), so extra accounts do not buy extra guesses.
+    """
+
+    log = Logger()
+
+    def __init__(self, files, blobs: BlobStore, kdf, lockout: PasswordLockout | None = None,
+                 max_file_size: int = 64 * GiB, user_quota: int = 100 * GiB,
+                 min_free_percent: float = 5.0, kdf_params: tuple = FILE_SCRYPT, clock=None,
+                 misses: Penalties | None = None, file_guesses: Penalties | None = None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.files = files
+        self.blobs = blobs
+        self.kdf = kdf
+        self.clock = clock
+        self.lockout = lockout if lockout is not None else PasswordLockout(clock)
+        self.misses = misses if misses is not None else Penalties(
+            clock, what="names not found")
+        self.file_guesses = file_guesses if file_guesses is not None else Penalties(
+            clock, base=2.0, max_delay=180.0, max_wait=360.0, decay=180.0,
+            what="wrong passwords for this file")
+        self.max_file_size = max_file_size
+        self.user_quota = user_quota
+        self.min_free_percent = min_free_percent
+        self.kdf_params = tuple(kdf_params)
+        self._starting: defer.Deferred | None = None
+
+    def _now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    @property
+    def _quota(self) -> int | None:
+        return self.user_quota or None
+
+    # -- lifecycle (the root service calls start and stop)
+
+    def start(self) -> defer.Deferred:
+        """
+        Start-up housekeeping once the database pool runs: remove stale
+        temporaries and orphaned blobs (content no row names), and report
+        rows whose content is missing.  Uploads wait for it (L{whenReady}),
+        so the orphan scan can never race an upload recording its row.
+        Never fails: orphans only waste space, the next start retries.
+        """
+        self._starting = d = defer.Deferred()
+
+        def done(counts):
+            self.log.info("files ready: removed {temporaries} stale temporaries and "
+                          "{orphans} orphaned blobs; {missing} files without content",
+                          **counts)
+
+        def failed(f):
+            self.log.failure("files start-up housekeeping failed", f)
+
+        def finished(_):
+            self._starting = None
+            d.callback(None)
+
+        self.startup().addCallbacks(done, failed).addBoth(finished)
+        return self.whenReady()
+
+    def whenReady(self) -> defer.Deferred:
+        """A Deferred that fires once start-up housekeeping is over."""
+        if self._starting is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._starting.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def stop(self) -> None:
+        self.blobs.stop()
+
+    def startup(self) -> defer.Deferred:
+        """
+        Start-up housekeeping, before the listener accepts uploads: remove
+        stale temporaries and orphaned blobs.
+        @return: Deferred[dict] with the counts C{temporaries}, C{orphans}.
+        """
+        return defer.ensureDeferred(self._startup())
+
+    async def _startup(self) -> dict:
+        swept = self.blobs.sweep()
+        known = await self.files.all_blob_ids()
+        orphans = await self.blobs.remove_orphans(known)
+        missing = known - self.blobs.all_blob_ids()
+        if missing:
+            names = await self.files.names_of_blobs(sorted(missing))
+            self.log.error("{n} files have no content on disk (a DOWNLOAD answers 554; "
+                           "`netshare db check` lists them): {names}", n=len(missing),
+                           names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+        return {"temporaries": swept, "orphans": orphans, "missing": len(missing)}
+
+    def forget_blobs(self, blob_ids) -> defer.Deferred:
+        """Unlink blobs whose rows are gone for good (a removed account's
+        files, deleted in the committed removal)."""
+        return defer.DeferredList([self.blobs.delete(b) for b in blob_ids])
+
+    # -- looking a name up, at the pace the guessing limits allow
+
+    def _miss_keys(self, caller):
+        return (("account", caller.id), ("address", caller.address))
+
+    async def _find(self, caller, name: str):
+        """
+        The record of C{name} for INFO, CHECKSUM and DOWNLOAD.  A caller that
+        missed too often waits first (every lookup, found or not, so the
+        answer time tells nothing) or gets C{429}; a miss counts.  Admins
+        are not slowed: they may list every hidden file anyway.
+        """
+        key = name_key(normalize_name(name))
+        if caller.is_admin:
+            rec = await self.files.get(key)
+        else:
+            keys = self._miss_keys(caller)
+            wait = self.misses.attempt(*keys)       # a miss until found
+            if wait:
+                await task.deferLater(self.clock, wait, lambda: None)
+            try:
+                rec = await self.files.get(key)
+            except BaseException:
+                self.misses.succeeded(*keys)        # not a miss: the database failed
+                raise
+            if rec is not None:
+                self.misses.succeeded(*keys)
+            elif max(self.misses.failures(k) for k in keys) == self.misses.free + 1:
+                self.log.warn("{user} from {address}: {n} names not found; every further "
+                              "lookup is slowed down", user=caller.name,
+                              address=caller.address, n=self.misses.free + 1)
+        if rec is None:
+            raise NotFound("no such file")
+        return rec
+
+    def _reveals(self, caller, rec) -> bool:
+        return not rec.protected or caller.is_admin or rec.owner_id == caller.id
+
+    # -- commands
+
+    def info(self, caller, name: str, password: str | None = None) -> defer.Deferred:
+        """INFO and CHECKSUM: any logged-in user, hidden files included.  A
+        protected file's sha256 is shown only to its owner, an admin or a
+        caller giving the right C{password} (a wrong one is C{535} and counts
+        like a wrong DOWNLOAD password).  @return: Deferred[L{FileView}];
+        550, 553, 535, 429."""
+        return defer.ensureDeferred(self._info(caller, name, password))
+
+    async def _info(self, caller, name, password):
+        rec = await self._find(caller, name)
+        reveal = self._reveals(caller, rec)
+        if rec.protected and password is not None and not reveal:
+            await self._unlock(caller, rec, password)
+            reveal = True
+        return FileView(rec, reveal)
+
+    def list(self, caller, which: str | None = None) -> defer.Deferred:
+        """LIST (public), LIST mine (own public), LIST hidden (an admin's:
+        every hidden file; anyone else's: their own).
+        @return: Deferred[list of L{FileView}]."""
+        if which is None:
+            d = self.files.list_public()
+        elif which == "mine":
+            d = self.files.list_public(owner_id=caller.id)
+        elif which == "hidden":
+            d = self.files.list_hidden(owner_id=None if caller.is_admin else caller.id)
+        else:
+            return defer.fail(BadArguments("LIST takes nothing, mine or hidden"))
+        return d.addCallback(lambda recs: [FileView(r, self._reveals(caller, r)) for r in recs])
+
+    def begin_upload(self, caller, name: str, size: int, visibility: str | None = None,
+                     password: str | None = None, sha256: str | None = None,
+                     replace: bool = False) -> defer.Deferred:
+        """
+        Everything that must be checked before C{350}: 553 bad name, 501 bad
+        arguments, 552 size limit or quota, 555 exists (or someone else's),
+        452 disk space, then the key derivation for a protected file (429
+        when the KDF pool is saturated).  C{visibility=None} means public
+        for a new file and unchanged for a replaced one.
+        @return: Deferred[L{PendingUpload}].
+        """
+        return defer.ensureDeferred(
+            self._begin_upload(caller, name, size, visibility, password, sha256, replace))
+
+    async def _begin_upload(self, caller, name, size, visibility, password, sha256, replace):
+        name = normalize_name(name)
+        key = name_key(name)
+        if not isinstance(size, int) or size < 0:
+            raise BadArguments("size must be a whole number of bytes")
+        if visibility is not None and visibility not in VISIBILITIES:
+            raise BadArguments("visibility must be public or hidden")
+        expected = check_sha256(sha256)
+        check_file_password(password)
+        if size > self.max_file_size:
+            raise LimitExceeded("file too large: the limit is %d bytes" % self.max_file_size)
+        existing = await self.files.get(key)
+        if existing is not None:
+            if existing.owner_id != caller.id:
+                raise Conflict("file exists and belongs to someone else")
+            if not replace:
+                raise Conflict("file exists (use replace=yes)")
+        if self._quota is not None:
+            used = await self.files.usage(caller.id)
+            if existing is not None:
+                used -= existing.size
+            if used + size > self._quota:
+                raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, self._quota))
+        on_disk = encrypted_size(size) if password is not None else size
+        self.blobs.check_space(on_disk, self.min_free_percent)
+        encryption = None
+        if password is not None:
+            n, r, p = self.kdf_params
+            encryption = await prepare_encryption(password, self.kdf, n, r, p,
+                                                  source=caller.address)
+        sink = self.blobs.open_upload(size, expected, encryption)
+        return PendingUpload(self, sink, name, key, caller.account, size, visibility,
+                             bool(replace))
+
+    async def _complete(self, up: PendingUpload, journal=None):
+        stored = await up.sink.finish()
+        row = dict(name=up.name, name_key=up.key, owner=up.owner.name, owner_id=up.owner.id,
+                   size=stored.size, sha256=stored.sha256, visibility=up.visibility,
+                   blob_id=stored.blob_id, enc_meta=stored.enc_meta, created_ms=self._now_ms(),
+                   quota=self._quota)
+        try:
+            if up.replace:
+                record, old_blob = await self.files.replace(**row, journal=journal)
+            else:
+                row["visibility"] = up.visibility or "public"
+                record, old_blob = await self.files.insert(**row, journal=journal), None
+        except OutcomeUnknown as e:
+            # A committed row may point at the new content: keep it (held,
+            # so no orphan sweep takes it) until the database knows.
+            e.settled().addCallbacks(self._settledUpload, self._failedUpload,
+                                     callbackArgs=(stored.blob_id, up.replace),
+                                     errbackArgs=(stored.blob_id,))
+            raise
+        except BaseException:
+            await self.blobs.delete(stored.blob_id)
+            raise
+        self.blobs.release(stored.blob_id)
+        if old_blob is not None:
+            await self.blobs.delete(old_blob)
+        self.log.info("stored {name} ({size} bytes) for {owner}", name=up.name,
+                      size=stored.size, owner=up.owner.name)
+        return record
+
+    def _settledUpload(self, result, blob_id, replaced):
+        self.log.info("an upload whose outcome was unknown had committed")
+        self.blobs.release(blob_id)
+        old_blob = result[1] if replaced else None
+        if old_blob is not None:
+            self.blobs.delete(old_blob)
+
+    def _failedUpload(self, failure, blob_id):
+        self.log.info("an upload whose outcome was unknown had not committed: "
+                      "removing its content")
+        self.blobs.delete(blob_id)
+
+    def open_download(self, caller, name: str, password: str | None = None,
+                      offset: int = 0) -> defer.Deferred:
+        """
+        Everything before C{150}: 553/550 name, 501 bad offset, 429 locked
+        out, 535 missing or wrong file password (checked before any byte).
+        @return: Deferred[L{PreparedDownload}].
+        """
+        return defer.ensureDeferred(self._open_download(caller, name, password, offset))
+
+    async def _open_download(self, caller, name, password, offset):
+        if not isinstance(offset, int) or offset < 0:
+            raise BadArguments("bad offset")
+        tried = None
+        while True:
+            rec = await self._find(caller, name)
+            if offset > rec.size:
+                raise BadArguments("bad offset: must be from 0 to %d" % rec.size)
+            key = None
+            if rec.enc_meta is not None:
+                key = await self._unlock(caller, rec, password)
+            try:
+                reader = self.blobs.open_download(rec.blob_id, offset, key, rec.size)
+            except NotFound:
+                if tried == rec.blob_id:
+                    # The row still names it: the content is gone from disk.
+                    self.log.error("{name}: its content {blob} is missing from disk "
+                                   "(netshare db check lists every such file)",
+                                   name=rec.name, blob=rec.blob_id)
+                    raise IntegrityFailure("stored file is missing; the operator is told")
+                # The row we read was replaced or deleted before we opened its
+                # blob: look again once (a replace leaves a new row).
+                tried = rec.blob_id
+                continue
+            return PreparedDownload(rec, reader)
+
+    async def _unlock(self, caller, rec, password: str | None) -> bytes:
+        """
+        A protected file's key.  Wrong passwords are limited twice: per
+        (account, file) by the L{PasswordLockout} (429 for 15 minutes after
+        5), and per file across all accounts by L{file_guesses} (every try
+        waits once the file has seen a few wrong passwords, then 429), so
+        self-registered extra accounts do not buy extra guesses.
+        """
+        self.lockout.check(caller.id, rec.name_key)
+        if password is None:
+            raise BadCredentials("file is protected: password required")
+        # The owner is no sybil: only their own lockout applies to them, so
+        # guessers cannot keep the owner from their file.
+        file_key = ("file", rec.id)
+        guesses = self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES
+        wait = guesses.attempt(file_key)               # a wrong password until proved right
+        self.lockout.begin(caller.id, rec.name_key)
+        try:
+            if wait:
+                await task.deferLater(self.clock, wait, lambda: None)
+            key = await unlock(rec.enc_meta, password, self.kdf, source=caller.address)
+        except BadCredentials:
+            self.lockout.end(caller.id, rec.name_key)
+            if self.lockout.failure(caller.id, rec.name_key):
+                self.log.warn("{user} locked out of {name} after wrong passwords",
+                              user=caller.name, name=rec.name)
+            failures = guesses.failures(file_key)
+            if failures >= guesses.free:
+                self.log.warn("{name}: {n} recent wrong passwords from all accounts; every "
+                              "further try waits (last from {user} at {address})",
+                              name=rec.name, n=int(failures), user=caller.name,
+                              address=caller.address)
+            raise
+        except BaseException:
+            self.lockout.end(caller.id, rec.name_key)
+            guesses.succeeded(file_key)                 # not a wrong password
+            raise
+        self.lockout.end(caller.id, rec.name_key)
+        guesses.succeeded(file_key)
+        self.lockout.success(caller.id, rec.name_key)
+        return key
+
+    def delete(self, caller, name: str, journal=None) -> defer.Deferred:
+        """DELETE: owner or admin (531), 550.  The row goes first (with the
+        command's history row, C{journal}), then the blob.
+        @return: Deferred[FileRecord] of the deleted file."""
+        return defer.ensureDeferred(self._delete(caller, name, journal))
+
+    async def _delete(self, caller, name, journal=None):
+        key = name_key(normalize_name(name))
+        try:
+            rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
+                                          journal=journal)
+        except OutcomeUnknown as e:
+            # The content goes only once its row is known to be gone.
+            e.settled().addCallbacks(lambda gone: self.blobs.delete(gone.blob_id),
+                                     lambda f: None)
+            raise
+        await self.blobs.delete(rec.blob_id)
+        self.log.info("{user} deleted {name}", user=caller.name, name=rec.name)
+        return rec

@@ -1,0 +1,435 @@
+"""
+The upload side of the blob store.
+
+L{BlobStore.open_upload} returns an L{UploadSink}, a Twisted C{IConsumer}.
+The protocol registers its raw-input side (a push producer that pauses the
+socket) and C{write()}s each received chunk.  The sink only queues the chunk
+and hands the queue to one job at a time in a small dedicated thread pool,
+which hashes it (SHA-256 of the plaintext), encrypts it when the file is
+protected, and writes it to the temporary file (everything queued at once,
+one C{writev} of up to 1 MiB).  Large uploads are written behind
+(L{WriteBehind}): handed to the disk in 8 MiB pieces as they arrive, and
+dropped from the page cache once written, so an upload keeps at most about
+64 MiB of dirty pages and the final fsync has little left to do.  When more than
+C{high_water} bytes (4 MiB) are queued the sink pauses the producer, and it
+resumes it once the queue is down to half of that: memory per upload stays
+flat whatever the size, and the reactor thread never touches the disk.
+C{finish()} (after exactly the declared size) checks the size and optional
+SHA-256, then fsyncs the file, renames it into C{blobs/}, and fsyncs that
+directory, all in the worker; only then may the caller insert the database
+row and answer C{226}.  A mismatch removes the temporary file
+(C{554 checksum mismatch}).  C{abort()} (connection dropped) removes it
+too.  A crash leaves at worst a stale C{tmp/*.part} (removed by
+L{BlobStore.sweep} at start-up) or a finished blob without a row (kill -9
+between rename and insert; removed by L{BlobStore.remove_orphans} at
+start-up).  Nothing partial is ever visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from netshare.errors import (
+    InsufficientStorage,
+    IntegrityFailure,
+)
+from netshare.services.files.crypto import (
+    HEADER_SIZE,
+    EncryptionParams,
+    ChunkEncryptor,
+    BlobHeader,
+)
+from netshare.services.files.disk import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    ensure_real_dir,
+    fsync_dir,
+    reraise_storage,
+    write_all,
+    WriteBehind,
+)
+
+if TYPE_CHECKING:
+    from netshare.services.files.blobs import BlobStore
+
+KiB = 1024
+MiB = 1024 * KiB
+HIGH_WATER = 4 * MiB            # upload bytes queued before the socket is paused
+WRITE_BATCH = 1 * MiB           # upload bytes the worker takes per writev
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A finished, durable blob: C{sha256} and C{size} are of the plaintext."""
+
+    blob_id: str
+    size: int
+    sha256: str
+    enc_meta: dict | None
+
+
+class BlobWriter:
+    """
+    The worker-thread half of an upload.  Only one worker job touches it at
+    a time (L{UploadSink} guarantees that), so it needs no lock.
+    """
+
+    def __init__(self, tmp_path: str, shard_dir: str, final_path: str, blob_id: str, size: int,
+                 encryption: EncryptionParams | None, fsync: bool, write_behind: bool = True):
+        self.tmp_path = tmp_path
+        self.write_behind = write_behind
+        self.shard_dir = shard_dir
+        self.final_path = final_path
+        self.blob_id = blob_id
+        self.size = size
+        self.fsync = fsync
+        self.encryption = encryption
+        self.hasher = hashlib.sha256()
+        self.count = 0
+        self.on_disk = 0            # bytes written to the file (ciphertext if encrypted)
+        self.behind: WriteBehind | None = None
+        self.fd: int | None = None
+        self.encryptor = None
+        if encryption is not None:
+            header = BlobHeader(encryption.chunk_size, size, encryption.salt, encryption.nonce_prefix)
+            self.encryptor = ChunkEncryptor(encryption.key, header)
+
+    def _open(self) -> int:
+        if self.fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC
+            self.fd = os.open(self.tmp_path, flags, 0o600)
+            if self.encryptor is not None:
+                write_all(self.fd, self.encryptor.header_bytes)
+                self.on_disk = HEADER_SIZE
+            if self.write_behind:
+                self.behind = WriteBehind(self.fd, self.on_disk)
+        return self.fd
+
+    def write(self, chunk: bytes) -> None:
+        self.write_many([chunk])
+
+    def write_many(self, chunks: list) -> None:
+        """Hash, (encrypt,) and append C{chunks} with one C{writev}."""
+        try:
+            fd = self._open()
+            for chunk in chunks:
+                self.hasher.update(chunk)
+                self.count += len(chunk)
+            if self.encryptor is None:
+                out = chunks
+            else:
+                out = []
+                for chunk in chunks:
+                    out.extend(self.encryptor.feed(chunk))
+            write_all(fd, out)
+            self.on_disk += sum(len(c) for c in out)
+            if self.behind is not None:
+                self.behind.advance(self.on_disk)
+        except OSError as e:
+            self.discard()
+            reraise_storage(e)
+
+    def finalize(self, expected_sha256: str | None, parent_dir: str) -> StoredBlob:
+        """Verify, make durable, and move into place; on any failure the
+        temporary file is removed."""
+        try:
+            fd = self._open()
+            if self.encryptor is not None:
+                write_all(fd, self.encryptor.finish())
+            digest = self.hasher.hexdigest()
+            if self.count != self.size:
+                raise IntegrityFailure("size mismatch: received %d of %d bytes"
+                                       % (self.count, self.size))
+            if expected_sha256 is not None and not hmac.compare_digest(digest, expected_sha256):
+                raise IntegrityFailure("checksum mismatch")
+            if self.fsync:
+                os.fsync(fd)
+            if self.behind is not None:
+                self.behind.finish()
+            os.close(fd)
+            self.fd = None
+            if ensure_real_dir(self.shard_dir) and self.fsync:
+                fsync_dir(parent_dir)
+            os.rename(self.tmp_path, self.final_path)
+            if self.fsync:
+                fsync_dir(self.shard_dir)
+        except OSError as e:
+            self.discard()
+            reraise_storage(e)
+        except BaseException:
+            self.discard()
+            raise
+        meta = self.encryption.meta() if self.encryption is not None else None
+        return StoredBlob(self.blob_id, self.size, digest, meta)
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+
+@implementer(IConsumer)
+class UploadSink:
+    """
+    Receives an upload body on the reactor thread and writes it from a
+    worker thread; see the module docstring.
+
+    Use: C{registerProducer(transportSide, True)}, C{write()} each chunk,
+    then C{finish()} after exactly C{size} bytes, or C{abort()} when the
+    connection drops.  Writes after a worker failure (disk full) are
+    discarded, so the protocol can still consume the rest of the body and
+    get the error from C{finish()}.
+
+    @ivar received: bytes accepted so far.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: "BlobStore", writer: BlobWriter, expected_sha256: str | None,
+                 reactor, pool: ThreadPool, high_water: int):
+        self.blob_id = writer.blob_id
+        self.size = writer.size
+        self.received = 0
+        self._store = store
+        self._writer = writer
+        self._expected = expected_sha256
+        self._reactor = reactor
+        self._pool = pool
+        self._high = high_water
+        self._low = high_water // 2
+        self._lock = threading.Lock()
+        # guarded by _lock:
+        self._queue: deque[bytes] = deque()
+        self._queued = 0            # bytes queued or being written
+        self._running = False       # a worker job owns the writer
+        self._state = "open"        # open -> finishing | aborting -> done
+        self._paused = False
+        self._resume_pending = False
+        # worker-owned until settled:
+        self._error: Failure | None = None
+        # reactor-only:
+        self._overflow = False
+        self._producer = None
+        self._streaming = True
+        self._pull_call = None
+        self._outcome: Any = None
+        self._settled = False
+        self._waiters: list[defer.Deferred] = []
+
+    # IConsumer
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._producer = producer
+        self._streaming = bool(streaming)
+        if not streaming:
+            self._want_more()
+
+    def unregisterProducer(self) -> None:
+        """Forget the producer, resuming it first if the sink had paused it:
+        the sink never leaves a socket paused behind it (the same happens in
+        L{finish} and L{abort})."""
+        producer, self._producer = self._producer, None
+        if self._pull_call is not None and self._pull_call.active():
+            self._pull_call.cancel()
+        self._pull_call = None
+        with self._lock:
+            was_paused, self._paused = self._paused, False
+        if producer is not None and self._streaming and was_paused:
+            producer.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        if self._state != "open" or not data:
+            return
+        room = self.size - self.received
+        if len(data) > room:
+            self._overflow = True
+            data = data[:room]
+        self.received += len(data)
+        if not data or self._error is not None:
+            return
+        chunk = bytes(data)
+        with self._lock:
+            self._queue.append(chunk)
+            self._queued += len(chunk)
+            start = not self._running
+            self._running = True
+            pause = not self._paused and self._queued > self._high
+            if pause:
+                self._paused = True
+        if start:
+            self._pool.callInThread(self._work)
+        if pause:
+            if self._producer is not None and self._streaming:
+                self._producer.pauseProducing()
+        elif not self._streaming:
+            self._want_more()
+
+    # flow control (reactor thread)
+
+    def _want_more(self) -> None:
+        if self._producer is None or self._state != "open":
+            return
+        if self._streaming:
+            self._producer.resumeProducing()
+        elif self._pull_call is None or not self._pull_call.active():
+            self._pull_call = self._reactor.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        self._pull_call = None
+        if self._producer is not None and not self._paused and self._state == "open":
+            self._producer.resumeProducing()
+
+    def _resume(self) -> None:
+        with self._lock:
+            self._resume_pending = False
+            if not self._paused or self._queued > self._low:
+                return
+            self._paused = False
+        self._want_more()
+
+    # the worker
+
+    def _work(self) -> None:
+        """Drain the queue; when finishing/aborting and drained, settle."""
+        while True:
+            with self._lock:
+                if self._queue:
+                    # Take what is queued (up to WRITE_BATCH bytes): one
+                    # writev for many socket reads.
+                    chunks, taken = [], 0
+                    while self._queue and taken < WRITE_BATCH:
+                        chunk = self._queue.popleft()
+                        chunks.append(chunk)
+                        taken += len(chunk)
+                    final = None
+                else:
+                    final = self._state
+                    if final == "open":
+                        self._running = False
+                        return
+            if final is not None:
+                break
+            if self._error is None:
+                try:
+                    self._writer.write_many(chunks)
+                except Exception:
+                    self._error = Failure()
+            with self._lock:
+                self._queued -= taken
+                wake = self._paused and not self._resume_pending and self._queued <= self._low
+                if wake:
+                    self._resume_pending = True
+            if wake:
+                self._reactor.callFromThread(self._resume)
+        if final == "aborting" or self._error is not None:
+            self._writer.discard()
+            outcome: Any = self._error
+        else:
+            try:
+                outcome = self._writer.finalize(self._expected, self._store.blobs_dir)
+            except Exception:
+                outcome = Failure()
+        self._reactor.callFromThread(self._settle, outcome)
+
+    def _enter(self, state: str) -> None:
+        with self._lock:
+            self._state = state
+            start = not self._running
+            self._running = True
+        if start:
+            self._pool.callInThread(self._work)
+
+    def _settle(self, outcome) -> None:
+        with self._lock:
+            self._state = "done"
+            self._running = False
+        if isinstance(outcome, Failure):
+            outcome.cleanFailure()
+            if not outcome.check(IntegrityFailure, InsufficientStorage):
+                self.log.failure("upload {blob} failed", outcome, blob=self.blob_id)
+        self._settled = True
+        self._outcome = outcome
+        if isinstance(outcome, StoredBlob):
+            self._store._finished(self.blob_id)
+        else:
+            self._store._forget(self.blob_id)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _when_settled(self) -> defer.Deferred:
+        d = defer.Deferred()
+        if self._settled:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    # the caller's side
+
+    @property
+    def queued(self) -> int:
+        """Bytes received and not yet on disk (bounded by about C{high_water})."""
+        return self._queued
+
+    @property
+    def paused(self) -> bool:
+        """Whether the sink has asked its producer to pause."""
+        return self._paused
+
+    def finish(self) -> defer.Deferred:
+        """
+        Complete the upload after exactly C{size} bytes.
+
+        @return: Deferred[L{StoredBlob}], fired once the blob is durable in
+            C{blobs/}; fails with L{IntegrityFailure} (554) on a size or
+            checksum mismatch, L{InsufficientStorage} (452) on a full disk.
+        """
+        if self._state != "open":
+            return defer.fail(RuntimeError("finish() after finish() or abort()"))
+        self.unregisterProducer()
+        if self.received != self.size or self._overflow:
+            got, size = self.received, self.size
+            self._enter("aborting")
+
+            def mismatch(_):
+                raise IntegrityFailure("size mismatch: received %d of %d bytes" % (got, size))
+
+            return self._when_settled().addCallback(mismatch)
+        self._enter("finishing")
+
+        return self._when_settled().addCallback(lambda _: self._outcome)
+
+    def abort(self) -> defer.Deferred:
+        """
+        The connection dropped: remove the temporary file.
+
+        After C{finish()} this changes nothing (the last byte is in; the
+        upload completes).  @return: Deferred[None] fired when settled.
+        """
+        self.unregisterProducer()
+        if self._state == "open":
+            self.log.info("upload {blob} aborted after {received} of {size} bytes",
+                          blob=self.blob_id, received=self.received, size=self.size)
+            self._enter("aborting")
+        return self._when_settled()
