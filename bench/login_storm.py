@@ -120,8 +120,9 @@ class InProcessServer:
         if args.kdf_impl == "cryptography":
             # The implementation this project used first: it holds the GIL
             # for the whole derivation (see netshare/kdf.py).
-            import netshare.kdf as kdfmod
             from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+            import netshare.kdf as kdfmod
 
             def gil_scrypt(password, salt, n, r, p, length=32):
                 return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
@@ -135,8 +136,8 @@ class InProcessServer:
 
     @defer.inlineCallbacks
     def start(self):
-        from tests.inprocess import listen
         from netshare.protocols.line import CommandProtocol
+        from tests.inprocess import listen
         yield self._add
         self.listener = yield listen(self.rt, CommandProtocol)
         self.port = self.listener.number

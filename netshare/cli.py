@@ -200,8 +200,8 @@ def _demo(engine, cfg):
 
 
 def cmd_user(args, cfg, out):
-    from netshare.services.accounts import check_password, check_username, hash_password_sync
     from netshare.errors import NetshareError
+    from netshare.services.accounts import check_password, check_username, hash_password_sync
     from netshare.storage import accounts as st
     from netshare.storage import migrate
     engine = _engine(cfg)

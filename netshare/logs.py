@@ -13,12 +13,17 @@ import io
 import os
 import sys
 
-from zope.interface import implementer
-
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
-                            LogLevelFilterPredicate, globalLogPublisher,
-                            jsonFileLogObserver, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 from netshare.wire import dumps
 

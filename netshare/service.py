@@ -25,13 +25,13 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.logger import ILogObserver, LogPublisher, Logger
+from twisted.logger import ILogObserver, Logger, LogPublisher
 
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
 from netshare.logs import COMMAND_NAMESPACE, JsonLogFile, consoleObserver
+from netshare.protocols.factory import CommandFactory
 from netshare.protocols.files import FilesProtocol
-from netshare.protocols.line import CommandFactory
 from netshare.protocols.personnel import PersonnelProtocol
 from netshare.protocols.ttweet import TtweetProtocol
 from netshare.services.accounts import AccountService, AccountWatch
@@ -176,10 +176,10 @@ class NetshareService(MultiService):
     def prepare(self):
         """Open the database, check the schema, build the factories.
         @raise StartupError: with the operator-facing line."""
+        from netshare.storage import migrate
         from netshare.storage.accounts import AccountStore
         from netshare.storage.engine import EngineError, create_engine
         from netshare.storage.history import HistoryStore
-        from netshare.storage import migrate
         from netshare.storage.pool import DBPool
 
         cfg, rt = self.config, self.runtime

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from netshare.storage import migrate
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool
+
 # Fixtures of the in-process helpers, shared by every test module.
 from tests.inprocess import db_runtime, make_runtime, runtime  # noqa: F401
 

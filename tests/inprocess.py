@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import serverFromString
 
 from netshare import config as configmod
 from netshare.clients.protocol import connect as client_connect
-from netshare.protocols.line import CommandFactory, CommandProtocol
+from netshare.protocols.factory import CommandFactory
+from netshare.protocols.line import CommandProtocol
 
 #: Cheap hashing and quick batching for tests (documented settings), and
 #: REGISTER open (the server's default is closed; a test sets it to check).

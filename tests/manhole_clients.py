@@ -124,6 +124,7 @@ def run_ssh(port, user, keyfile, lines, until, timeout=30):
     import json
     import subprocess
     import sys
+
     from tests.support import ROOT, env
     out = subprocess.run([sys.executable, "-c", SSH_SCRIPT, str(port), user, keyfile,
                           json.dumps(lines), until], cwd=ROOT, env=env(), capture_output=True,

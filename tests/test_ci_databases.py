@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import DB_PARAMS, ENV, admin_engine, scratch_database
 
+
 @pytest.mark.parametrize("kind", sorted(ENV))
 def test_configured_database_is_reachable(kind):
     url = os.environ.get(ENV[kind])

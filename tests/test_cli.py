@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from netshare import cli
-from netshare.services.accounts import parse_hash
 from netshare.kdf import scrypt
+from netshare.services.accounts import parse_hash
 from netshare.storage import accounts as A
 from netshare.storage import migrate
 from netshare.storage.engine import create_engine

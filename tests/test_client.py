@@ -9,7 +9,6 @@ import os
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer
 from twisted.logger import capturedLogs
 

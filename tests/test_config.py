@@ -13,7 +13,8 @@ import pytest
 
 from netshare import config as C
 from netshare.tap import Options
-from tests.support import ROOT, env as support_env, twistd_command
+from tests.support import ROOT, twistd_command
+from tests.support import env as support_env
 
 
 def write_ini(path, text):

@@ -266,6 +266,7 @@ def test_client_commands(server, workdir):
 
 def test_progress_bar_shows_rate_and_eta_on_a_terminal():
     import io
+
     from netshare.clients.files import TransferProgress
 
     class Terminal(io.StringIO):

@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from netshare.storage.engine import create_engine
 from netshare.clients.syncdb import FIELDS, LocalStore
+from netshare.storage.engine import create_engine
 from tests.conftest import DB_PARAMS, _reset
 from tests.support import ROOT, LineConn, ServerProcess, env
 
@@ -260,6 +260,7 @@ def fresh(stack, people=5):
     server's database in one transaction (fast; ADD itself is tested
     elsewhere)."""
     import sqlalchemy as sa
+
     from netshare.storage.personnel import personnel, thd_demo_people
     admin = stack.conn()
     for proc in stack.clients.values():

@@ -22,8 +22,16 @@ import sqlalchemy as sa
 from netshare import __version__
 from netshare.storage import migrate
 from tests.manhole_clients import TelnetClient
-from tests.support import (ROOT, SERVICES, LineConn, ServerProcess, env, free_port, run_cli,
-                           twistd_command)
+from tests.support import (
+    ROOT,
+    SERVICES,
+    LineConn,
+    ServerProcess,
+    env,
+    free_port,
+    run_cli,
+    twistd_command,
+)
 
 HEAD = migrate.head()
 

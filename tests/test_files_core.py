@@ -15,13 +15,23 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from netshare.services.files import blobs, crypto, lockout, names, upload as upload_side
+from netshare.errors import (
+    BadArguments,
+    BadCredentials,
+    Conflict,
+    InsufficientStorage,
+    IntegrityFailure,
+    LimitExceeded,
+    NameNotAllowed,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
+from netshare.services.accounts import Caller
+from netshare.services.files import blobs, crypto, lockout, names
+from netshare.services.files import upload as upload_side
 from netshare.services.files.download import DownloadStopped
 from netshare.services.files.service import FilesService
-from netshare.errors import (BadArguments, BadCredentials, Conflict, InsufficientStorage,
-                             IntegrityFailure, LimitExceeded, NameNotAllowed, NotFound,
-                             PermissionDenied, RateLimited)
-from netshare.services.accounts import Caller
 from netshare.storage.accounts import Account
 from netshare.storage.files import FileStore
 
@@ -399,6 +409,7 @@ def test_finish_resumes_a_paused_producer(tmp_path):
 def test_pull_producer_feeds_the_sink(tmp_path):
     """A pull producer (FileSender) is asked for more while the queue has room."""
     import io
+
     from twisted.protocols.basic import FileSender
     store = blobs.BlobStore(str(tmp_path / "s"), high_water=64 * 1024)
     try:

@@ -17,17 +17,16 @@ import os
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from netshare.clients.protocol import quote
-from netshare.services.files.blobs import BlobStore
-from netshare.services.files.lockout import PasswordLockout
 from netshare.protocols.files import RAW_READ, FilesProtocol
 from netshare.service import build_files
 from netshare.services.files import crypto, disk, upload
+from netshare.services.files.blobs import BlobStore
 from netshare.services.files.download import BlobReader
+from netshare.services.files.lockout import PasswordLockout
 from tests.inprocess import add_account, listen, reactor, wait_for
 
 pytestmark = pytest.mark.timeout(120)

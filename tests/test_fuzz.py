@@ -34,8 +34,8 @@ import shlex
 
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
-
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.logger import LogLevel, globalLogPublisher
 

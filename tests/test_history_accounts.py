@@ -12,7 +12,6 @@ import time
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer, task
 
 from netshare.errors import DatabaseUnavailable, RateLimited
@@ -131,6 +130,7 @@ def test_history_own_entries_codes_and_no_password(db_runtime):
 
 def _all_history_rows(conn):
     import sqlalchemy as sa
+
     from netshare.storage.schema import history as table
     return [" ".join(str(v) for v in r) for r in conn.execute(sa.select(table))]
 
@@ -291,8 +291,9 @@ def test_history_batched_off_the_reactor_and_not_lost_on_a_clean_stop(db_runtime
     assert writes and not any(on_main for on_main, _ in writes)
     assert sum(n for _, n in writes) == 151 and len(writes) <= 2  # LOGIN + 150, batched
     # Read back through a fresh engine: all 150 are there.
-    from netshare.storage.engine import create_engine
     import sqlalchemy as sa
+
+    from netshare.storage.engine import create_engine
     engine = create_engine(rt.harness.db_url, rt.config.data)
     try:
         with engine.connect() as conn:
@@ -433,6 +434,7 @@ def _rec(h, n, start=0):
 
 def test_history_flush_waits_only_for_what_was_recorded_before_it():
     from twisted.internet.task import Clock
+
     from netshare.services.history import HistoryRecorder
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=1000)
@@ -454,6 +456,7 @@ def test_history_flush_waits_only_for_what_was_recorded_before_it():
 
 def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
     from twisted.internet.task import Clock
+
     from netshare.services.history import HistoryRecorder
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=4, max_buffered=10)
@@ -485,6 +488,7 @@ def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
 
 def test_kdf_is_standard_scrypt_so_existing_hashes_still_verify():
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
     from netshare.kdf import scrypt
     for n, r, p, length in ((1024, 8, 1, 32), (2**14, 8, 1, 64), (2**17, 8, 1, 32)):
         salt = os.urandom(16)
@@ -496,6 +500,7 @@ def test_history_drops_only_a_row_the_database_refuses():
     """A row the database refuses (not an outage) is dropped alone; the rest
     of its batch is written, and the history keeps working."""
     from twisted.internet import defer, task
+
     from netshare.services.history import HistoryRecorder
 
     class Store:

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from twisted.internet import defer
 
-from netshare.protocols.line import CommandProtocol
 from netshare.protocols.files import FilesProtocol
+from netshare.protocols.line import CommandProtocol
 from netshare.protocols.personnel import PersonnelProtocol
 from netshare.protocols.ttweet import TtweetProtocol
 from netshare.service import build_files, build_hub, make_factory

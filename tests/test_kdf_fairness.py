@@ -14,7 +14,6 @@ import hashlib
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure

@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 
 from tests.manhole_clients import TelnetClient, run_ssh
-from tests.support import ServerProcess, run_cli, twistd_command, ROOT, env, free_port
+from tests.support import ROOT, ServerProcess, env, free_port, run_cli, twistd_command
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,7 @@ def test_shell_send_reaches_a_connected_sync_client(server):
     """Issue 7, must-show 1: log in over telnet, call stats(), queue a
     personnel send to a connected sync client, see the client receive it."""
     import json
+
     from tests.support import LineConn
     port = server.ports["personnel"]
     admin = LineConn(port)
@@ -258,6 +259,7 @@ def test_an_endpoint_naming_a_second_interface_is_refused(tmp_path):
 def test_the_address_actually_bound_is_checked():
     """Whatever the endpoint text says, the check sees the bound address."""
     from twisted.internet import protocol, reactor
+
     from netshare.listener import Listener, RefusedAddress
     from netshare.protocols.manhole import check_bound_address
     wide = Listener("tcp:0:interface=0.0.0.0", protocol.ServerFactory(), reactor,
@@ -274,8 +276,10 @@ def test_the_address_actually_bound_is_checked():
 
 def test_a_peer_off_loopback_is_refused_without_the_opt_in():
     from types import SimpleNamespace
+
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
+
     from netshare.config import defaults
     from netshare.protocols.manhole import ManholeFactory
     runtime = SimpleNamespace(config=defaults(), reactor=MemoryReactorClock())
@@ -404,7 +408,8 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
 
 
 def test_redaction_of_helper_passwords():
-    from netshare.protocols.manhole import UNTOKENIZABLE, redact_command as redact
+    from netshare.protocols.manhole import UNTOKENIZABLE
+    from netshare.protocols.manhole import redact_command as redact
     # positional passwords: every string literal after the first argument
     assert redact('account_add("eve", "pw1")') == "account_add(\"eve\", '***')"
     assert redact("account_add('eve', 'pw1', admin=True)") == \
@@ -468,7 +473,9 @@ def test_the_interpreter_reports_each_statement_and_its_outcome():
 
 def test_files_helper_totals_per_owner():
     from types import SimpleNamespace as NS
+
     from twisted.internet import defer
+
     from netshare.admin import Helpers
     public = [NS(owner="bob", size=10), NS(owner="alice", size=5)]
     hidden = [NS(owner="bob", size=7)]

@@ -10,8 +10,15 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
-from netshare.services.personnel import (PersonnelService, SyncFeed, check_field, check_fields,
-                                check_ssn, parse_int, push_line)
+from netshare.services.personnel import (
+    PersonnelService,
+    SyncFeed,
+    check_field,
+    check_fields,
+    check_ssn,
+    parse_int,
+    push_line,
+)
 from netshare.storage import personnel as P
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool

@@ -15,25 +15,29 @@ import random
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-
-from netshare import config as configmod
-from netshare.services.accounts import AccountService
 from twisted.internet.testing import StringTransport
 
+from netshare import config as configmod
+from netshare.clients.personnel import (
+    BadPush,
+    SyncClient,
+    SyncProtocol,
+    _Session,
+    parse_pushes,
+    use_sync_protocol,
+)
 from netshare.clients.protocol import ClientProtocol, connect, login, quote
-from netshare.clients.personnel import (BadPush, SyncClient, SyncProtocol, _Session,
-                                        parse_pushes, use_sync_protocol)
-from netshare.services.history import HistoryRecorder
+from netshare.clients.syncdb import LocalStore
 from netshare.kdf import KDFPool
+from netshare.service import Runtime, make_factory
+from netshare.services.accounts import AccountService
+from netshare.services.history import HistoryRecorder
 from netshare.services.personnel import SyncFeed
-from netshare.service import make_factory
-from netshare.service import Runtime
 from netshare.storage.accounts import AccountStore
 from netshare.storage.engine import create_engine
 from netshare.storage.history import HistoryStore
 from netshare.storage.pool import DBPool
 from netshare.storage.schema import metadata
-from netshare.clients.syncdb import LocalStore
 
 TIMEOUT = 20
 NASTY = ["'; DROP TABLE personnel;--", "100%", "under_score", "back\\slash", '"quoted"',
@@ -623,7 +627,7 @@ def test_use_sync_protocol_keeps_the_connection_state():
 
 
 def test_sync_client_logs_each_change_in_one_event_per_batch():
-    from twisted.logger import LogLevel, Logger, formatEvent
+    from twisted.logger import Logger, LogLevel, formatEvent
     changes = [(7, "SAVE", {"ssn": "p1", "name": "Ann", "surname": "Lee"}),
                (8, "DELETE", {"ssn": "p2"}), (9, "DELETE_ALL", {})]
     for log_each, debug in ((False, 0), (True, 3)):

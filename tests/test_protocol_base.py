@@ -14,15 +14,21 @@ import socket
 
 import pytest
 import pytest_twisted
-from zope.interface import implementer
-
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.logger import capturedLogs
+from zope.interface import implementer
 
 from netshare import config as configmod
-from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply, ReceiveRaw, Reply,
-                                     SendRaw, parse_int)
+from netshare.protocols.line import (
+    CommandProtocol,
+    Listing,
+    ObjectReply,
+    ReceiveRaw,
+    Reply,
+    SendRaw,
+    parse_int,
+)
 from tests.inprocess import add_account, listen, reactor, wait_for
 
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -776,7 +782,8 @@ def test_orderly_stop_answers_pending_commands_then_says_421(make_runtime):
     yield stopping.addTimeout(10, reactor())
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 
 @settings(max_examples=500, deadline=None)
@@ -785,6 +792,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 def test_tokenize_is_shlex_split(text):
     """The fast path must split exactly as shlex.split does (PROTOCOL.md)."""
     import shlex
+
     from netshare.protocols.line import tokenize
     try:
         expected = shlex.split(text, posix=True)

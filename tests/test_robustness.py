@@ -439,10 +439,10 @@ def test_a4_control_characters_in_fields_are_refused_and_forge_nothing(server, s
         r = c.cmd("HISTORY limit=50")
     assert_listing(r)
     commands = [json.loads(line[4:])["command"] for line in r[:-1]]
-    from netshare.protocols.line import escape_controls
+    from netshare.text import escape_unsafe
     for value in values:
         # recorded with its unsafe characters escaped, never raw
-        assert any(escape_controls(value) in cmd for cmd in commands), (value, commands)
+        assert any(escape_unsafe(value) in cmd for cmd in commands), (value, commands)
         assert not any(ch in cmd for cmd in commands for ch in "\x00\r\x1b\u2028\u202e")
     # Every line of the JSON log parses; no line of any log starts forged.
     lines = json_log_lines(server)
@@ -892,7 +892,7 @@ def test_a4_nul_reaching_the_database_is_refused_or_stored_on_every_database(own
         r = c.cmd("HISTORY limit=3")
     assert_listing(r)
     commands = [json.loads(line[4:])["command"] for line in r[:-1]]
-    assert commands[:2] == ["PING", "HELP 'a\\x00b'"], commands  # escaped (base.escape_controls)
+    assert commands[:2] == ["PING", "HELP 'a\\x00b'"], commands  # escaped (netshare.text.escape_unsafe)
     assert tracebacks(output_bytes(srv)[start:]) == 0
 
 

@@ -18,7 +18,6 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-
 from twisted.internet import defer, reactor, task, threads
 
 from netshare.errors import Conflict, DatabaseUnavailable, NotFound
@@ -28,8 +27,8 @@ from netshare.storage import migrate
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool, is_transient
 from netshare.storage.schema import accounts as accounts_table
-from tests.support import LineConn, ServerProcess, run_cli
 from tests.conftest import ENV, scratch_database
+from tests.support import LineConn, ServerProcess, run_cli
 
 NASTY = "'; DROP TABLE accounts;--"
 
@@ -511,6 +510,7 @@ def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
     gives it) is C{452 insufficient storage} on the first attempt: no
     retries that stall the caller, and reads keep working."""
     from sqlalchemy import event
+
     from netshare.errors import InsufficientStorage
     engine = create_engine("sqlite:///" + str(tmp_path / "full.db"))
     migrate.upgrade(engine)

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from netshare.storage import tweets as T
 from netshare.storage.schema import accounts
 
-
 #: Timelines belong to accounts by id: a stable id per name used here.
 ID = {name: i for i, name in enumerate(["alice", "bob", "carol", "dave", "reader", "r", "reg"],
                                        start=1)}

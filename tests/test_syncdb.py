@@ -87,6 +87,7 @@ def test_large_batches_match_one_statement_per_message(store, tmp_path):
     inside a statement and across statements, DELETE and DELETE_ALL in
     between included."""
     import random
+
     from netshare.clients import syncdb
     rng = random.Random(7)
     batch, seq = [], 0

@@ -9,7 +9,6 @@ import os
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer, task
 
 from netshare.clients.protocol import connect, login, quote
@@ -71,6 +70,7 @@ def test_plain_text_on_the_tls_port_gets_nothing_usable(runtime):
 def test_raw_transfers_pushes_and_close_over_tls(runtime, tmp_path):
     """The raw paths register producers on the transport: over TLS too."""
     import hashlib
+
     from tests.test_protocol_base import LabApp, LabProtocol, pattern
     srv = yield listen(runtime, LabProtocol, app=LabApp(), tls=True)
     c = yield srv.connect()

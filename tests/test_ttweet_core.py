@@ -12,13 +12,20 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
+from netshare.errors import (
+    BadArguments,
+    Conflict,
+    DatabaseUnavailable,
+    LimitExceeded,
+    LoginRequired,
+    NameNotAllowed,
+    NotFound,
+    RateLimited,
+    TemporaryError,
+)
 from netshare.services import ttweet
-from netshare.errors import (BadArguments, Conflict, DatabaseUnavailable, LimitExceeded,
-                             LoginRequired, NameNotAllowed, NotFound, RateLimited,
-                             TemporaryError)
-from netshare.storage.tweets import TweetRow
 from netshare.services.ttweet import FloodLimiter, Hub
-
+from netshare.storage.tweets import TweetRow
 
 # --- fakes -------------------------------------------------------------------
 

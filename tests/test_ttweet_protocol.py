@@ -14,15 +14,21 @@ import socket
 
 import pytest
 import pytest_twisted
-
 from twisted.internet import defer, task
 
 from netshare.clients.protocol import quote
 from netshare.protocols.ttweet import MAX_HELD, TtweetProtocol
 from netshare.service import build_hub
 from netshare.storage.tweets import TweetStore
-from tests.inprocess import (add_account, db_kinds, listen, reactor, start_runtime, stop_runtime,
-                             wait_for)
+from tests.inprocess import (
+    add_account,
+    db_kinds,
+    listen,
+    reactor,
+    start_runtime,
+    stop_runtime,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -621,6 +627,7 @@ def test_hub_stop_and_batches_with_reentrant_callbacks():
     two batches in flight at once.  Now: at most one batch in flight, and
     stop() fires only when everything is written."""
     from twisted.internet.task import Clock
+
     from netshare.services.ttweet import Hub
     clock, store = Clock(), ManualStore()
     hub = Hub(store, clock=clock, batch_rows=2, batch_interval=0.05)

@@ -49,13 +49,19 @@ import sys
 import time
 import unicodedata
 
-from zope.interface import implementer
-
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
+from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner, jsonFileLogObserver, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from netshare.clients.protocol import CommandFailed, connect, login, password_from_env_or_prompt
 

@@ -47,8 +47,8 @@ import os
 import stat
 import sys
 
-from netshare.clients.protocol import CommandFailed, connect, quote
 from netshare.clients import common
+from netshare.clients.protocol import CommandFailed, connect, quote
 
 DEFAULT_PORT = 7002
 READ_SIZE = 1024 * 1024

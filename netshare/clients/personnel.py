@@ -69,8 +69,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, login, quote
 from netshare.clients import common
+from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, login, quote
 
 DEFAULT_PORT = 7001
 

@@ -41,16 +41,17 @@ import os
 import re
 import sys
 
-from zope.interface import implementer
-
-from twisted.internet import defer, error as net_error, stdio, task
+from twisted.internet import defer, stdio, task
+from twisted.internet import error as net_error
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
 from netshare.clients.protocol import connect, password_from_env_or_prompt, quote
+from netshare.text import is_username
 
 MAX_MESSAGE = 150
-USER_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 ARGS_INTERACTIVE = "error: args should contain <ServerIP>   <ServerPort>   <Username>"
@@ -131,14 +132,14 @@ def parse_args(argv):
     a.host = check_host(argv[0])
     a.port = check_port(argv[1])
     if a.mode == "interactive":
-        if not USER_RE.fullmatch(argv[2]):
+        if not is_username(argv[2]):
             raise Refused(USER_FORMAT)
         a.name = argv[2]
     elif a.mode == "upload":
         a.message = argv[2]
         check_message(a.message)
         a.user = a.user if a.user is not None else default_user()
-        if not USER_RE.fullmatch(a.user):
+        if not is_username(a.user):
             raise Refused(USER_FORMAT)
     return a
 

@@ -14,10 +14,17 @@ like an option (C{"sha256=x"}) is still a name; options follow it.
 from twisted.internet import defer
 
 from netshare.errors import BadArguments, BadCredentials, TemporaryError
+from netshare.protocols.line import (
+    CommandProtocol,
+    Listing,
+    ObjectReply,
+    ReceiveRaw,
+    Reply,
+    SendRaw,
+    split_options,
+)
 from netshare.services.files.names import parse_size
 from netshare.services.files.service import FilesService
-from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply,
-                                     ReceiveRaw, Reply, SendRaw, split_options)
 from netshare.wire import dumps
 
 UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace")

@@ -37,38 +37,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from zope.interface import implementer
-
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netshare import __version__
+from netshare.errors import (
+    BadArguments,
+    BadSequence,
+    ClosingConnection,
+    Conflict,
+    LoginRequired,
+    NetshareError,
+    SyntaxError_,
+    TemporaryError,
+)
 from netshare.services.accounts import UNKNOWN_USER, Caller
-from netshare.errors import (BadArguments, BadSequence, ClosingConnection, Conflict,
-                             LoginRequired, NetshareError, SyntaxError_, TemporaryError)
+from netshare.text import escape_unsafe
 from netshare.wire import dumps, now_ms
 
 CRLF = b"\r\n"
 SECRET_OPTIONS = ("password",)
 _QUOTING = re.compile(r"[\"'\\]")
-#: Characters never stored or logged as they are: C0/C1 controls, line and
-#: paragraph separators, bidi controls, lone surrogates.  They would forge
-#: or hide lines on a terminal, and PostgreSQL text cannot hold NUL.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                     "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def escape_controls(text: str) -> str:
-    """Replace every unsafe character by a visible escape (C{\\x00}, C{\\u202e})."""
-    if _UNSAFE.search(text) is None:
-        return text
-    return _UNSAFE.sub(lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x")
-                       % ord(m.group()), text)
 _WORD = re.compile(r"[^ \t\r\n]+")
 
 
@@ -224,7 +218,7 @@ def redact(verb, words):
             out.append(key + "=***")
         else:
             out.append(shlex.quote(w))
-    return escape_controls(" ".join([verb] + out))
+    return escape_unsafe(" ".join([verb] + out))
 
 
 # --- the output side ------------------------------------------------------
@@ -913,7 +907,7 @@ class CommandProtocol(LineReceiver, TimeoutMixin):
         what the parser made of it: for handlers that learn only while they
         run what may be written down (the user name of a LOGIN)."""
         if self._current is not None:
-            self._current.recorded = escape_controls(command)
+            self._current.recorded = escape_unsafe(command)
 
     @defer.inlineCallbacks
     def authenticate(self, name, password):
@@ -1028,133 +1022,3 @@ class _CountingConsumer:
         if self.proto._current is not None:
             self.proto._current.bytes += len(data)
         self.transport.write(data)
-
-
-@dataclass
-class ServiceStats:
-    """Live counters of one listener (shown by the admin shell)."""
-    connections: int = 0
-    connections_total: int = 0
-    refused: int = 0
-    commands: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    pushes: int = 0
-    slow_drops: int = 0
-    login_failures: int = 0
-
-    def snapshot(self) -> dict:
-        return dict(self.__dict__)
-
-
-class ConnectionLimits:
-    """
-    The open connections of one listener, capped in total and per client
-    address (PROTOCOL.md section 1), and closed in order at shutdown.
-
-    A connection is anything with C{beginShutdown() -> Deferred} (fires when
-    it is closed) and a C{transport}; the line protocols and the manhole's
-    telnet transport both are.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor, max_total: int, max_per_host: int, stats=None):
-        self.reactor = reactor
-        self.max_total = max_total
-        self.max_per_host = max_per_host
-        self.stats = stats
-        self._hosts = {}          # connection -> the address it was counted under
-        self._perHost = {}
-
-    def __len__(self):
-        return len(self._hosts)
-
-    def __iter__(self):
-        return iter(list(self._hosts))
-
-    def __contains__(self, conn):
-        return conn in self._hosts
-
-    def admit(self, conn, host) -> str | None:
-        """Count a new connection; return a refusal reason or None."""
-        if len(self._hosts) >= self.max_total or \
-                self._perHost.get(host, 0) >= self.max_per_host:
-            if self.stats is not None:
-                self.stats.refused += 1
-            return "too many connections"
-        self._hosts[conn] = host
-        self._perHost[host] = self._perHost.get(host, 0) + 1
-        if self.stats is not None:
-            self.stats.connections = len(self._hosts)
-        return None
-
-    def release(self, conn):
-        host = self._hosts.pop(conn, _MISSING)
-        if host is _MISSING:
-            return
-        left = self._perHost.get(host, 1) - 1
-        if left:
-            self._perHost[host] = left
-        else:
-            self._perHost.pop(host, None)
-        if self.stats is not None:
-            self.stats.connections = len(self._hosts)
-
-    def shutdown(self, timeout, service="-"):
-        """Tell every connection we are stopping; abort stragglers after
-        C{timeout} seconds.  @return: a Deferred that fires when all are gone."""
-        waits = [c.beginShutdown() for c in self]
-        if not waits:
-            return defer.succeed(None)
-        d = defer.DeferredList(waits, consumeErrors=True)
-        timer = self.reactor.callLater(timeout, self._abortAll, service)
-        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
-        return d
-
-    def _abortAll(self, service):
-        for c in self:
-            self.log.warn("aborting {peer} at shutdown", peer=getattr(c, "peer", "?"),
-                          service=service)
-            c.transport.abortConnection()
-
-
-_MISSING = object()
-
-
-class CommandFactory(Factory):
-    """
-    Builds one service's protocols and enforces the connection caps.
-
-    @ivar runtime: the shared L{netshare.service.Runtime}.
-    @ivar app: the service object (files store, ttweet hub, ...), if any.
-    @ivar connections: the L{ConnectionLimits} of this listener.
-    """
-
-    protocol = CommandProtocol
-    log = Logger()
-    noisy = False
-
-    def __init__(self, runtime, protocol=None, app=None):
-        self.runtime = runtime
-        self.reactor = runtime.reactor
-        if protocol is not None:
-            self.protocol = protocol
-        self.app = app
-        self.service = self.protocol.service
-        self.stats = ServiceStats()
-        cfg = runtime.config
-        self.connections = ConnectionLimits(self.reactor, cfg.max_connections, cfg.max_per_ip,
-                                            self.stats)
-
-    def admit(self, proto):
-        """Count a new connection; return a refusal reason or None."""
-        return self.connections.admit(proto, proto.host)
-
-    def release(self, proto):
-        self.connections.release(proto)
-
-    def shutdown(self, timeout):
-        """Tell every connection we are stopping; abort stragglers after
-        C{timeout} seconds.  @return: a Deferred that fires when all are gone."""
-        return self.connections.shutdown(timeout, self.service)

@@ -33,25 +33,36 @@ import ipaddress
 import time
 import tokenize
 
-from zope.interface import implementer
-
-from twisted.conch import interfaces as conch_interfaces, manhole_ssh
+from twisted.conch import interfaces as conch_interfaces
+from twisted.conch import manhole_ssh
 from twisted.conch.checkers import SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.manhole import ColoredManhole, ManholeInterpreter
 from twisted.conch.ssh import keys
-from twisted.conch.telnet import (ECHO, LINEMODE, NAWS, SGA, AuthenticatingTelnetProtocol,
-                                  ITelnetProtocol, TelnetBootstrapProtocol, TelnetTransport)
-from twisted.cred import credentials, error as cred_error, portal
+from twisted.conch.telnet import (
+    ECHO,
+    LINEMODE,
+    NAWS,
+    SGA,
+    AuthenticatingTelnetProtocol,
+    ITelnetProtocol,
+    TelnetBootstrapProtocol,
+    TelnetTransport,
+)
+from twisted.cred import credentials, portal
+from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from netshare.services.accounts import UNKNOWN_USER
 from netshare.admin import SECRET_HELPERS, namespace
 from netshare.errors import BadCredentials
 from netshare.listener import Listener, RefusedAddress
-from netshare.protocols.line import ConnectionLimits, ServiceStats, escape_controls
+from netshare.protocols.factory import ConnectionLimits
+from netshare.services.accounts import UNKNOWN_USER
+from netshare.stats import ServiceStats
+from netshare.text import escape_unsafe
 from netshare.wire import now_ms
 
 SERVICE = "manhole"
@@ -316,7 +327,7 @@ def _apply(source, edits):
 def command_text(source: str) -> str:
     """What the history holds for a statement: redacted, control characters
     escaped, cut to L{MAX_COMMAND} characters with a marker."""
-    text = escape_controls(redact_command(source))
+    text = escape_unsafe(redact_command(source))
     if len(text) > MAX_COMMAND:
         text = "%s... [cut: %d characters]" % (text[:MAX_COMMAND], len(text))
     return text

@@ -24,10 +24,15 @@ A connection becomes a sync stream with C{SYNC [after=N]}:
 """
 
 from netshare.errors import BadArguments, BadSequence
-from netshare.services.personnel import PersonnelService
-from netshare.protocols.line import (CommandProtocol, Listing, ObjectReply, Reply,
-                                     parse_int, split_options)
-from netshare.services.personnel import PERSON_FIELDS
+from netshare.protocols.line import (
+    CommandProtocol,
+    Listing,
+    ObjectReply,
+    Reply,
+    parse_int,
+    split_options,
+)
+from netshare.services.personnel import PERSON_FIELDS, PersonnelService
 
 HELP = {
     "LIST": "LIST [<text>] [limit=N] [offset=N]: people whose name, surname, ssn or job "

@@ -51,10 +51,10 @@ from collections import deque
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare.services import ttweet
 from netshare.errors import BadArguments, BadCredentials, BadSequence, Conflict, NetshareError
-from netshare.services.accounts import UNKNOWN_USER
 from netshare.protocols.line import CommandProtocol, Listing, Reply
+from netshare.services import ttweet
+from netshare.services.accounts import UNKNOWN_USER
 
 #: The verbs a logged-in guest may use (besides the base's PUBLIC ones).
 TTWEET_VERBS = frozenset({"TWEET", "SUBSCRIBE", "UNSUBSCRIBE", "TIMELINE", "GETUSERS",

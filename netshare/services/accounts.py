@@ -15,19 +15,22 @@ import base64
 import hmac
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from netshare.errors import (BadArguments, BadCredentials, NameNotAllowed, PermissionDenied,
-                             RateLimited)
+from netshare.errors import (
+    BadArguments,
+    BadCredentials,
+    NameNotAllowed,
+    PermissionDenied,
+    RateLimited,
+)
 from netshare.kdf import scrypt
+from netshare.text import USERNAME_RULE, is_username
 from netshare.throttle import LoginPolicy
-
-USERNAME_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,8 @@ UNKNOWN_USER = "<unknown user>"
 
 
 def check_username(name: str):
-    if not USERNAME_RE.fullmatch(name or ""):
-        raise NameNotAllowed("username must be 1-32 ASCII letters or digits")
+    if not is_username(name):
+        raise NameNotAllowed("username must be " + USERNAME_RULE)
 
 
 def check_password(password: str):
@@ -155,7 +158,7 @@ class AccountService:
             L{RateLimited} (429, saying how long to wait).
         """
         account = None
-        if USERNAME_RE.fullmatch(name or "") and len(password) <= MAX_PASSWORD:
+        if is_username(name) and len(password) <= MAX_PASSWORD:
             account = yield self.store.get(name)
         known = account.name if account is not None else None
         # Sources in the exempt networks (the operator's console, by default

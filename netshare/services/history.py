@@ -20,9 +20,9 @@ audit trail.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netshare.services.accounts import USERNAME_RE
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
 from netshare.storage.history import ALL, journal_row
+from netshare.text import is_username
 from netshare.throttle import TokenBuckets
 
 MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
@@ -300,7 +300,7 @@ class HistoryRecorder:
             return {"user": ALL}
         if user == "-":
             return {"anonymous": True}
-        if not USERNAME_RE.fullmatch(user):
+        if not is_username(user):
             raise BadArguments("user= must be an account name, - or *")
         return {"user": user}
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from decimal import Decimal
 
 from twisted.internet import defer
@@ -48,8 +47,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netshare.errors import BadArguments, PermissionDenied
-from netshare.storage.personnel import (DEFAULT_LIST_LIMIT, DELETE, DELETE_ALL, MAX_LIST_LIMIT,
-                                        PERSON_FIELDS, SAVE)
+from netshare.storage.personnel import (
+    DEFAULT_LIST_LIMIT,
+    DELETE,
+    DELETE_ALL,
+    MAX_LIST_LIMIT,
+    PERSON_FIELDS,
+    SAVE,
+)
+from netshare.text import first_unsafe, is_username
 
 #: Messages read from the outbox per query by one sync stream.
 DEFAULT_PAGE_SIZE = 500
@@ -73,9 +79,6 @@ FIELD_LIMITS = {"name": 255, "surname": 255, "job": 255, "salary": 32}
 REQUIRED_ON_ADD = ("name", "surname")
 
 _SSN = re.compile(r"[A-Za-z0-9-]{1,32}\Z")
-_CLIENT = re.compile(r"[A-Za-z0-9]{1,32}\Z")
-_FORBIDDEN = frozenset("\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                       "\u2066\u2067\u2068\u2069")
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +95,7 @@ def check_client(name) -> str:
     """A SEND/REMOVE target: C{*} or an account name."""
     if name == "*":
         return name
-    if not isinstance(name, str) or not _CLIENT.match(name):
+    if not is_username(name):
         raise BadArguments("invalid client name: 1-32 letters or digits, or *")
     return name
 
@@ -112,9 +115,8 @@ def check_field(name: str, value) -> str:
         raise BadArguments("%s must be text" % (name,))
     if len(value) > FIELD_LIMITS[name]:
         raise BadArguments("%s too long (at most %d characters)" % (name, FIELD_LIMITS[name]))
-    for ch in value:
-        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cs"):
-            raise BadArguments("%s contains a control character" % (name,))
+    if first_unsafe(value) is not None:
+        raise BadArguments("%s contains a control character" % (name,))
     if name in REQUIRED_ON_ADD and not value.strip():
         raise BadArguments("%s may not be empty" % (name,))
     return value
@@ -159,9 +161,8 @@ def check_search_text(text: str) -> str:
     character could match nothing, and PostgreSQL text cannot hold NUL)."""
     if len(text) > max(FIELD_LIMITS.values()):
         raise BadArguments("search text too long")
-    for ch in text:
-        if ch in _FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cs"):
-            raise BadArguments("search text contains a control character")
+    if first_unsafe(text) is not None:
+        raise BadArguments("search text contains a control character")
     return text
 
 

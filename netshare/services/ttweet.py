@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import unicodedata
 from collections import deque
 from typing import Any, Iterable
 
@@ -54,10 +53,19 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from netshare import wire
+from netshare.errors import (
+    BadArguments,
+    Conflict,
+    DatabaseUnavailable,
+    LimitExceeded,
+    LoginRequired,
+    NameNotAllowed,
+    NotFound,
+    RateLimited,
+    TemporaryError,
+)
+from netshare.text import first_unsafe, is_username
 from netshare.throttle import TokenBuckets
-from netshare.errors import (BadArguments, Conflict, DatabaseUnavailable, LimitExceeded,
-                             LoginRequired, NameNotAllowed, NotFound, RateLimited,
-                             TemporaryError)
 
 ALL = "#ALL"
 MAX_MESSAGE = 150
@@ -65,12 +73,8 @@ MAX_TAGS = 5
 MAX_SUBSCRIPTIONS = 3
 MAX_TAG_STRING = MAX_TAGS * 15            # "#" + 14 per unit
 
-_USER_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 _UNIT_RE = re.compile(r"[A-Za-z0-9]{1,14}")
 _TAG_RE = re.compile(r"#[A-Za-z0-9]{1,14}")
-
-# Control characters, lone surrogates, line and paragraph separators.
-_BAD_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
 
 _USER_FORMAT = "username has wrong format"
 _MESSAGE_LENGTH = "message length illegal"
@@ -82,8 +86,8 @@ _SUB_FAILED = "operation failed: sub %s failed, already exists or exceeds 3 limi
 # --- validation ----------------------------------------------------------
 
 def check_username(name: str) -> str:
-    """1-32 ASCII letters or digits (C{str.isalnum} would admit any script)."""
-    if not isinstance(name, str) or _USER_RE.fullmatch(name) is None:
+    """A user name (L{netshare.text.USERNAME}), else 553."""
+    if not is_username(name):
         raise NameNotAllowed(_USER_FORMAT)
     return name
 
@@ -101,18 +105,11 @@ def check_message(text: str) -> str:
         raise LimitExceeded(_MESSAGE_LENGTH)
     if text.isspace():
         raise BadArguments(_MESSAGE_FORMAT)
-    if not text.isprintable():
-        # isprintable() is False for spaces other than " " too, so look closer.
-        for ch in text:
-            if unicodedata.category(ch) in _BAD_CATEGORIES or ch in _BIDI_CONTROLS:
-                raise BadArguments(_MESSAGE_FORMAT)
+    if not text.isprintable() and first_unsafe(text) is not None:
+        # (isprintable() is False for spaces other than " " too: it is only
+        # the cheap test that nothing needs a closer look.)
+        raise BadArguments(_MESSAGE_FORMAT)
     return text
-
-
-#: Bidirectional controls would let a tweet reverse how LAST, TIMELINE and
-#: pushes display (refused in file names and personnel fields too).
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                           "\u2066\u2067\u2068\u2069")
 
 
 def parse_hashtags(s: str | None) -> tuple[str, ...]:

@@ -21,7 +21,6 @@ transaction, what happens to what the account owned:
 """
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -29,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 
 from netshare.errors import BadArguments, Conflict, NotFound, RateLimited
 from netshare.storage.schema import accounts, login_penalties
+from netshare.text import is_username
 from netshare.throttle import LoginPolicy
 from netshare.wire import iso_ms, now_ms
 
@@ -60,9 +60,6 @@ class RemovedAccount:
     files_transferred: int = 0
     timeline_deleted: int = 0
     sync_messages_deleted: int = 0
-
-
-USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 def _row(r) -> Account:
@@ -245,7 +242,7 @@ def thd_lift_penalty(conn, who: str) -> int:
     """Lift the penalties of an account (by name) or an address.
     @return: how many keys were lifted."""
     keys = ["address:" + who]
-    account = thd_get(conn, who) if USERNAME.fullmatch(who) else None
+    account = thd_get(conn, who) if is_username(who) else None
     if account is not None:
         keys += ["account:%d" % account.id, "account:%d:local" % account.id]
     return conn.execute(login_penalties.delete().where(login_penalties.c.key.in_(keys))).rowcount

@@ -53,7 +53,6 @@ import time
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import CursorResult, Result, Row
-
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -61,8 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from netshare.errors import (DatabaseUnavailable, InsufficientStorage, NetshareError,
-                             OutcomeUnknown)
+from netshare.errors import DatabaseUnavailable, InsufficientStorage, NetshareError, OutcomeUnknown
 from netshare.storage.schema import history, write_marks
 
 # Total time a call may spend retrying a transient error before giving up.

@@ -30,14 +30,14 @@ from netshare.errors import (
 )
 from netshare.services.files.crypto import (
     HEADER_SIZE,
-    EncryptionParams,
     BlobHeader,
+    EncryptionParams,
     encrypted_size,
 )
 from netshare.services.files.disk import O_CLOEXEC, O_NOFOLLOW, ensure_real_dir
 from netshare.services.files.download import BlobReader
 from netshare.services.files.names import check_sha256
-from netshare.services.files.upload import UploadSink, BlobWriter
+from netshare.services.files.upload import BlobWriter, UploadSink
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -61,7 +61,7 @@ from netshare.errors import (
     IntegrityFailure,
     LimitExceeded,
 )
-from netshare.services.files.names import password_bytes, check_file_password
+from netshare.services.files.names import check_file_password, password_bytes
 
 KiB = 1024
 ENC_CHUNK = 64 * KiB            # plaintext bytes per encrypted chunk

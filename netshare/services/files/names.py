@@ -18,28 +18,14 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from netshare.errors import (
-    BadArguments,
-    NameNotAllowed,
-)
+from netshare.errors import BadArguments, NameNotAllowed
+from netshare.text import first_unsafe
 
 MAX_NAME_BYTES = 255
 MAX_PASSWORD_CHARS = 128        # like account passwords (PROTOCOL.md section 1)
 VISIBILITIES = ("public", "hidden")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
-
-
-# Bidirectional formatting characters (category Cf): they reorder how a name
-# is displayed ("txt.exe" shown as "exe.txt" with U+202E), so a listing could
-# lie about a name.  Other format characters stay allowed: ZERO WIDTH JOINER
-# builds emoji sequences and tag characters build subdivision flags.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-# Cc: C0/C1 controls (NUL, CR, LF, ESC, DEL, ...); Cs: lone surrogates (not
-# UTF-8); Zl/Zp: U+2028/U+2029, which some readers treat as line breaks.
-_FORBIDDEN_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
 
 
 def normalize_name(name: str) -> str:
@@ -49,11 +35,11 @@ def normalize_name(name: str) -> str:
     Rules (PROTOCOL.md section 2): 1-255 bytes of UTF-8 after NFC; no C{/},
     C{\\}, NUL or other control character; not C{.} or C{..}; no leading or
     trailing space.  Our reading of the last two rules, documented here:
-     - "control character" means Unicode categories Cc (C0 and C1 controls),
-       Cs (lone surrogates, which are not UTF-8), Zl/Zp (Unicode line and
-       paragraph separators) and the bidirectional formatting characters
-       (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), which can make a
-       listing display a different name than the one stored.
+     - "control character" means what L{netshare.text.UNSAFE} refuses
+       everywhere: C0/C1 controls, lone surrogates (not UTF-8), the Unicode
+       line and paragraph separators and the bidirectional formatting
+       characters, which can make a listing display a different name than
+       the one stored.
      - "space" means any Unicode white space (C{str.isspace}), so a trailing
        NO-BREAK SPACE is refused like a trailing U+0020.
     A trailing dot, C{CON}, C{%2e%2e%2f} and the like are allowed: a name is
@@ -66,14 +52,13 @@ def normalize_name(name: str) -> str:
     nfc = unicodedata.normalize("NFC", name)
     if not nfc:
         raise NameNotAllowed("name is empty")
-    for ch in nfc:
-        if ch in "/\\":
-            raise NameNotAllowed("name may not contain / or \\")
-        category = unicodedata.category(ch)
-        if category == "Cs":
+    if "/" in nfc or "\\" in nfc:
+        raise NameNotAllowed("name may not contain / or \\")
+    bad = first_unsafe(nfc)
+    if bad is not None:
+        if "\ud800" <= bad <= "\udfff":
             raise NameNotAllowed("name is not valid UTF-8")
-        if category in _FORBIDDEN_CATEGORIES or ch in _BIDI_CONTROLS:
-            raise NameNotAllowed("name may not contain control characters (U+%04X)" % ord(ch))
+        raise NameNotAllowed("name may not contain control characters (U+%04X)" % ord(bad))
     if len(nfc.encode("utf-8")) > MAX_NAME_BYTES:
         raise NameNotAllowed("name is longer than %d bytes of UTF-8" % MAX_NAME_BYTES)
     if nfc in (".", ".."):

@@ -48,18 +48,18 @@ from netshare.errors import (
 )
 from netshare.services.files.crypto import (
     HEADER_SIZE,
-    EncryptionParams,
-    ChunkEncryptor,
     BlobHeader,
+    ChunkEncryptor,
+    EncryptionParams,
 )
 from netshare.services.files.disk import (
     O_CLOEXEC,
     O_NOFOLLOW,
+    WriteBehind,
     ensure_real_dir,
     fsync_dir,
     reraise_storage,
     write_all,
-    WriteBehind,
 )
 
 if TYPE_CHECKING:
