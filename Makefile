@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= var
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean bench
+.PHONY: run test check install clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ run: $(STAMP)
 	@echo "make run: registration is open (anyone may REGISTER); the default is --registration closed"
 	exec $(VENV)/bin/twistd --pidfile= -n netshare --data $(DATA) --registration open
 
-test: $(STAMP)
+# Lint, format check and type check first (seconds), then the suite.
+test: $(STAMP) check
 	$(PY) -m pytest
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check netshare tests bench twisted
+	$(VENV)/bin/ruff format --check netshare tests bench twisted
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	@echo "see bench/README.md"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-netshare file transfer benchmark (PERF.md sections 1-2, issue 4).
+netshare file transfer benchmark (the speed goals of issue 4).
 
 Measures, side by side in the same run (round-robin, paired per repetition):
 
@@ -19,14 +19,15 @@ Measures, side by side in the same run (round-robin, paired per repetition):
   tw-down-256k-cold  the same from a second source file dropped from the page
                   cache first (POSIX_FADV_DONTNEED), i.e. read from disk
 
-The reference servers are adapted from /work/shared/bench-anchors/file_transfer.py
-(the same clients: os.sendfile up, recv_into a 1 MiB buffer down).  Every
+The reference servers are the minimal Twisted servers the goals were set
+against, copied into this script (the same clients: os.sendfile up,
+recv_into a 1 MiB buffer down).  Every
 client is a plain Python socket, so the numbers compare servers.
 
 It prints MB/s (10^6 bytes/s) median [min..max], netshare as a paired ratio to
 each reference, and the netshare server's VmRSS (read from /proc/<pid>/status
 every 20 ms): idle after start-up and login, and the peak during the netshare
-transfers.  Goals (PERF.md): upload >= 60 % of tw-up-disk, download >= 70 % of
+transfers.  Goals (issue 4): upload >= 60 % of tw-up-disk, download >= 70 % of
 tw-down-256k (both from the page cache: netshare-down-warm), RSS growth
 < 100 MiB.  The cold pair (netshare-down / tw-down-256k-cold) is shown beside.
 
@@ -448,16 +449,18 @@ def run(args):
         shutil.rmtree(work, ignore_errors=True)
 
     print("\n### netshare file transfer: %d MiB per transfer, %d reps, scratch in %s\n"
-          % (args.size_mib, len(results.get("netshare-up", [])), args.dir or tempfile.gettempdir()))
+          % (args.size_mib, len(results.get("netshare-up", [])),
+             args.dir or tempfile.gettempdir()))
     rows = [[n, fmt(xs)] for n, xs in results.items()]
     print(table(rows, ["variant", "MB/s median [min..max]"]))
 
     def paired(a, b):
         xs, ys = results.get(a, []), results.get(b, [])
-        return [100.0 * x / y for x, y in zip(xs, ys)]
+        return [100.0 * x / y for x, y in zip(xs, ys, strict=True)]
 
     ratios = [("netshare-up", "tw-up-disk", 60), ("netshare-down-warm", "tw-down-256k", 70),
-              ("netshare-down", "tw-down-256k-cold", None), ("netshare-down", "tw-down-256k", None)]
+              ("netshare-down", "tw-down-256k-cold", None),
+              ("netshare-down", "tw-down-256k", None)]
     if "tw-up-disk-fsync" in results:
         ratios.insert(1, ("netshare-up", "tw-up-disk-fsync", None))
     rows, verdicts = [], []

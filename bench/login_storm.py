@@ -193,7 +193,8 @@ class Storm:
                 while self.running:
                     self.attempts += 1
                     t0 = time.perf_counter()
-                    resp = yield c.command(quote("LOGIN", user, "wrong-%d-%d" % (i, self.attempts)))
+                    wrong = "wrong-%d-%d" % (i, self.attempts)
+                    resp = yield c.command(quote("LOGIN", user, wrong))
                     self.latency.append(time.perf_counter() - t0)
                     self.codes[resp.code] = self.codes.get(resp.code, 0) + 1
                     if resp.code in (421, 230):

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """
 ttweet fan-out: one publisher, N subscribers on one hashtag, netshare beside
-the minimal Twisted fan-out of PERF.md section 4, in the same run.
+a minimal Twisted fan-out, in the same run (the goal: >= 50 % of its
+delivered/s and an all-N p99 within 2x, see bench/README.md).
 
 Servers (started here as subprocesses, stopped by PID at the end):
-  reference  the minimal Twisted LineReceiver fan-out of
-             /work/shared/bench-anchors/pubsub_fanout.py (copied below):
+  reference  a minimal Twisted LineReceiver fan-out (defined below):
              "SUB <tag>" registers, "PUB <tag> <payload>" writes
              "MSG <tag> <payload>" to every subscriber and ":<n>" back.
   netshare   the real `twistd -n netshare` (ttweet listener only) on a fresh
@@ -33,7 +33,7 @@ here.  Their latency is reported separately ("ack p50/p99").
 Also reported: each server's CPU time (user + system, all threads, from
 /proc) per delivery, which a busy machine disturbs less than the rates.
 
-Caveat (as PERF.md): on 2 cores the Python harness shares the CPU with the
+Caveat: on 2 cores the Python harness shares the CPU with the
 server, so absolute numbers are a floor; quote the paired ratio.
 
 Usage:  python bench/ttweet_fanout.py [--subs 1,100,1000] [--reps 3] [--seconds 2]
@@ -120,9 +120,9 @@ def wait_port(port, proc, timeout=30):
         try:
             with socket.create_connection((LOOPBACK, port), timeout=1):
                 return
-        except OSError:
+        except OSError as e:
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not listen on %d" % port)
+                raise RuntimeError("server did not listen on %d" % port) from e
             time.sleep(0.05)
 
 
@@ -443,7 +443,7 @@ def main():
         if len(names) == 2:
             a, b = res[("throughput", n, "netshare")], res[("throughput", n, "reference")]
             row.append(fmt_summary([x["delivered_per_s"] / y["delivered_per_s"] * 100
-                                    for x, y in zip(a, b)]) + " %")
+                                    for x, y in zip(a, b, strict=True)]) + " %")
         rows.append(row)
     header = ["subscribers", "burst"] + names + (["netshare/reference (paired)"]
                                                  if len(names) == 2 else [])
@@ -465,7 +465,7 @@ def main():
         for name in names:
             rs = res[("latency", n, name)]
 
-            def med(k):
+            def med(k, rs=rs):
                 return "%.0f" % statistics.median([r[k] for r in rs])
             rows.append([n, name, med("p50_us"), med("p99_us"), med("all_p50_us"),
                          med("all_p99_us"), med("ack_p50_us"), med("ack_p99_us")])
@@ -477,7 +477,7 @@ def main():
         for n in ns:
             a, b = res[("latency", n, "netshare")], res[("latency", n, "reference")]
             rows.append([n, fmt_summary([x["all_p99_us"] / y["all_p99_us"] * 100
-                                         for x, y in zip(a, b)]) + " %"])
+                                         for x, y in zip(a, b, strict=True)]) + " %"])
         print(table(rows, ["subscribers", "all-N p99 netshare/reference"]))
 
 

@@ -7,32 +7,70 @@ personnel SEND/REMOVE path, the account service, the history recorder), never
 a copy of their logic.  Helpers that touch the database return Deferreds; the
 shell prints their result when it arrives, and the reactor never waits.
 
+No sockets and no SQL here: the manhole's protocol modules
+(L{netshare.protocols.manhole}) serve these helpers, as the other protocols
+serve their services.
+
 Type C{help()} in the shell for the list.
 """
 
 import pydoc
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
+from netshare.config import Config
+from netshare.deferreds import deferred
+from netshare.services.accounts import AccountService
+from netshare.services.history import HistoryRecorder
 from netshare.storage.accounts import Account
+
+
+class AdminRuntime(Protocol):
+    """
+    What the helpers and the manhole use of the running server (the
+    composition root's C{netshare.service.Runtime}).
+    """
+
+    config: Config
+    reactor: Any
+    accounts: AccountService
+    history: HistoryRecorder
+    #: Where one event per command goes; None: the global log publisher.
+    commandLog: Logger | None
+    #: The listener factories by service name (each has C{connections}).
+    factories: dict[str, Any]
+    #: The service objects by service name (personnel, files, ttweet).
+    apps: dict[str, Any]
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class Helpers:
     """The operator's toolbox, bound to one running server and one admin."""
 
-    def __init__(self, runtime, user):
+    def __init__(self, runtime: AdminRuntime, user: str):
         self.runtime = runtime
         self.user = user
         # History helpers take an explicit view (a name, "-" or "*"): the
         # admin's view, which needs no account id.
         self._caller = Account(0, user, "admin", "", 0)
 
+    def _service(self, name: str, hint: str) -> Any:
+        """The service object C{name}, or RuntimeError when it does not run."""
+        app = self.runtime.apps.get(name)
+        if app is None:
+            raise RuntimeError("the %s service is not running (%s)" % (name, hint))
+        return app
+
     # -- overview
 
-    def help(self, obj=None):
+    def help(self, obj: object = None) -> str:
         """help() lists the helpers; help(x) shows x's documentation."""
         if obj is not None:
-            return _Text(pydoc.render_doc(obj, renderer=pydoc.plaintext))
+            return _Text(pydoc.plain(pydoc.render_doc(obj)))
         lines = ["netshare admin shell: every helper returns data or a Deferred (printed "
                  "when it fires).", ""]
         for name in HELPERS:
@@ -41,7 +79,7 @@ class Helpers:
         lines += ["", "Also: runtime (everything shared), config, services (service objects)."]
         return _Text("\n".join(lines))
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Live counters per service (connections, commands, bytes in/out) and the
         database pool queue."""
         out = self.runtime.stats()
@@ -51,7 +89,7 @@ class Helpers:
                 out.setdefault(name, {})["service"] = app_stats()
         return out
 
-    def connections(self, service=None):
+    def connections(self, service: str | None = None) -> list[tuple[str, str, str]]:
         """Open connections: [(service, user, peer)]; optionally of one service."""
         out = []
         for name, factory in self.runtime.factories.items():
@@ -62,110 +100,108 @@ class Helpers:
 
     # -- personnel (the same code paths as SEND / REMOVE on the personnel port)
 
-    def _personnel(self):
-        svc = self.runtime.apps.get("personnel")
-        if svc is None:
-            raise RuntimeError("the personnel service is not running (--personnel none?)")
-        return svc
+    def _personnel(self) -> Any:
+        return self._service("personnel", "--personnel none?")
 
-    def show(self):
+    def show(self) -> Deferred[Any]:
         """Menu 0: personnel, sync clients and recent messages, in one overview."""
         return self._personnel().overview()
 
-    def personnel(self, text=None, limit=50):
+    def personnel(self, text: str | None = None, limit: int = 50) -> Deferred[Any]:
         """List personnel (optionally matching text)."""
         return self._personnel().list(text, limit, 0)
 
-    def clients(self):
+    def clients(self) -> Deferred[Any]:
         """Sync clients with online flag, pending and acknowledged counts."""
         return self._personnel().clients()
 
-    def messages(self, client=None, limit=50):
+    def messages(self, client: str | None = None, limit: int = 50) -> Deferred[Any]:
         """Outbox messages, newest first (optionally of one client)."""
         return self._personnel().messages(client, limit)
 
-    def send(self, ssn, client):
+    def send(self, ssn: str, client: str) -> Deferred[Any]:
         """Menu 1: queue SAVE of one person (ssn) to one client."""
         return self._personnel().send(ssn, client)
 
-    def send_to_all(self, ssn):
+    def send_to_all(self, ssn: str) -> Deferred[Any]:
         """Menu 2: queue SAVE of one person to every known client."""
         return self._personnel().send(ssn, "*")
 
-    def send_all(self, client="*"):
+    def send_all(self, client: str = "*") -> Deferred[Any]:
         """Menu 3: queue SAVE of every person to all clients (or one client)."""
         return self._personnel().send("*", client)
 
-    def remove(self, ssn, client):
+    def remove(self, ssn: str, client: str) -> Deferred[Any]:
         """Menu 4: queue DELETE of one person from one client."""
         return self._personnel().remove(ssn, client)
 
-    def remove_from_all(self, ssn):
+    def remove_from_all(self, ssn: str) -> Deferred[Any]:
         """Menu 5: queue DELETE of one person from every known client."""
         return self._personnel().remove(ssn, "*")
 
-    def remove_all(self, client="*"):
+    def remove_all(self, client: str = "*") -> Deferred[Any]:
         """Menu 6: queue DELETE_ALL to all clients (or one client)."""
         return self._personnel().remove("*", client)
 
     # -- accounts
 
-    def accounts(self):
+    @deferred
+    async def accounts(self) -> list[dict[str, object]]:
         """Every account: [{"user","role","created"}]."""
-        return self.runtime.accounts.list().addCallback(lambda rows: [a.to_wire() for a in rows])
+        return [a.to_wire() for a in await self.runtime.accounts.list()]
 
-    def account_add(self, name, password, admin=False):
+    @deferred
+    async def account_add(self, name: str, password: str,
+                          admin: bool = False) -> dict[str, object]:
         """Create an account (role admin with admin=True)."""
-        d = self.runtime.accounts.add(name, password, "admin" if admin else "user")
-        return d.addCallback(lambda a: a.to_wire())
+        account = await self.runtime.accounts.add(name, password, "admin" if admin else "user")
+        return account.to_wire()
 
-    def account_passwd(self, name, password):
+    @deferred
+    async def account_passwd(self, name: str, password: str) -> str:
         """Set an account's password."""
-        return self.runtime.accounts.passwd(name, password).addCallback(lambda _: "ok")
+        await self.runtime.accounts.passwd(name, password)
+        return "ok"
 
-    def account_remove(self, name, transfer_files_to=None):
+    @deferred
+    async def account_remove(self, name: str,
+                             transfer_files_to: str | None = None) -> dict[str, object]:
         """Remove an account: its files are deleted (or given to the account
         transfer_files_to), its timeline and pending sync records dropped,
         its history kept for admins; its connections are closed."""
-        d = self.runtime.accounts.remove(name, transfer_files_to)
-        return d.addCallback(lambda r: {
-            "removed": r.account.name, "files_deleted": r.files_deleted,
-            "files_transferred": r.files_transferred, "timeline_deleted": r.timeline_deleted,
-            "sync_messages_deleted": r.sync_messages_deleted})
+        r = await self.runtime.accounts.remove(name, transfer_files_to)
+        return {"removed": r.account.name, "files_deleted": r.files_deleted,
+                "files_transferred": r.files_transferred, "timeline_deleted": r.timeline_deleted,
+                "sync_messages_deleted": r.sync_messages_deleted}
 
     # -- history
 
-    def history(self, user="*", limit=50):
+    @deferred
+    async def history(self, user: str = "*", limit: int = 50) -> list[dict[str, object]]:
         """Request history, newest first: everyone (user="*"), one user, or "-"
         for commands sent before login."""
-        d = self.runtime.history.query(self._caller, user, limit)
-        return d.addCallback(lambda rows: [e.to_wire() for e in rows])
+        return [e.to_wire() for e in await self.runtime.history.query(self._caller, user, limit)]
 
-    def history_clear(self, user):
+    def history_clear(self, user: str) -> Deferred[int]:
         """Delete the history of one user ("*": everyone). Returns the count."""
         return self.runtime.history.clear(self._caller, user)
 
     # -- files and ttweet
 
-    def files(self):
+    @deferred
+    async def files(self) -> dict[str, dict[str, int]]:
         """Files overview: count and bytes stored per owner."""
         # The file store has no per-owner totals (only usage() of one owner,
         # in bytes): this reads every file's row, public and hidden, and adds
         # up here.  Fine for an operator's occasional look; not for a hot path.
-        app = self.runtime.apps.get("files")
-        if app is None:
-            raise RuntimeError("the files service is not running (--files none?)")
-        store = app.files
-        d = defer.gatherResults([store.list_public(), store.list_hidden()],
-                                consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
-        return d.addCallback(lambda lists: files_per_owner(lists[0] + lists[1]))
+        store = self._service("files", "--files none?").files
+        public = await store.list_public()
+        hidden = await store.list_hidden()
+        return files_per_owner(public + hidden)
 
-    def ttweet(self):
+    def ttweet(self) -> dict[str, Any]:
         """ttweet overview: users online, subscriptions per tag, counters."""
-        hub = self.runtime.apps.get("ttweet")
-        if hub is None:
-            raise RuntimeError("the ttweet service is not running")
+        hub = self._service("ttweet", "--ttweet none?")
         # The names last: stats() has an "online" count, which would hide them.
         return {**hub.stats(), "online": hub.online_users()}
 
@@ -178,14 +214,14 @@ HELPERS = ("help", "stats", "connections", "show", "personnel", "clients", "mess
 
 #: The helpers taking a password (after their first argument): the shell
 #: records calls to them with every string literal there masked
-#: (L{netshare.protocols.manhole.redact_command}).
+#: (L{netshare.protocols.manhole_shell.redact_command}).
 SECRET_HELPERS = frozenset({"account_add", "account_passwd"})
 
 
-def files_per_owner(records) -> dict:
+def files_per_owner(records: Iterable[Any]) -> dict[str, dict[str, int]]:
     """{owner: {"files": count, "bytes": total size}} of file records
     (anything with C{owner} and C{size}), owners in name order."""
-    out = {}
+    out: dict[str, dict[str, int]] = {}
     for rec in records:
         entry = out.setdefault(rec.owner, {"files": 0, "bytes": 0})
         entry["files"] += 1
@@ -196,14 +232,14 @@ def files_per_owner(records) -> dict:
 class _Text(str):
     """Shown as itself (not as a quoted repr) by the shell."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return str(self)
 
 
-def namespace(runtime, user):
+def namespace(runtime: AdminRuntime, user: str) -> dict[str, object]:
     """A fresh namespace for one shell session."""
     helpers = Helpers(runtime, user)
-    ns = {name: getattr(helpers, name) for name in HELPERS}
+    ns: dict[str, object] = {name: getattr(helpers, name) for name in HELPERS}
     ns.update(runtime=runtime, config=runtime.config, services=dict(runtime.apps),
               whoami=user, __name__="netshare-admin")
     return ns

@@ -12,13 +12,26 @@ import getpass
 import os
 import secrets
 import sys
+from typing import TextIO
+
+import sqlalchemy as sa
 
 from netshare import config as configmod
+from netshare.config import Config
 from netshare.errors import NetshareError
+from netshare.services.accounts import check_password, check_username, hash_password_sync
+from netshare.services.files.blobs import BlobStore
+from netshare.storage import accounts as account_store
+from netshare.storage import migrate
+from netshare.storage.engine import EngineError, create_engine
+from netshare.storage.files import thd_all_blob_ids, thd_names_of_blobs
+from netshare.storage.roster import thd_demo_people
 from netshare.throttle import LoginPolicy
+from netshare.tls import make_certificates, make_ssh_host_key
+from netshare.wire import now_ms
 
 
-def _connection_parent(default=None):
+def _connection_parent(default: str | None = None) -> argparse.ArgumentParser:
     # Sub-commands repeat these options (so `netshare init --data D` works)
     # with SUPPRESS defaults, so they never overwrite `netshare --data D init`.
     p = argparse.ArgumentParser(add_help=False, argument_default=default)
@@ -29,7 +42,7 @@ def _connection_parent(default=None):
     return p
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     top = _connection_parent()
     common = _connection_parent(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="netshare", parents=[top],
@@ -72,17 +85,16 @@ def build_parser():
     return parser
 
 
-def _config(args):
+def _config(args: argparse.Namespace) -> Config:
     cli = {"data": args.data, "db": args.db}
     return configmod.build(cli, config_file=args.config)
 
 
-def _engine(cfg):
-    from netshare.storage.engine import create_engine
+def _engine(cfg: Config) -> sa.Engine:
     return create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous)
 
 
-def _read_password(prompt="Password: "):
+def _read_password(prompt: str = "Password: ") -> str:
     env = os.environ.get("NETSHARE_PASSWORD")
     if env is not None:
         return env
@@ -95,7 +107,7 @@ def _read_password(prompt="Password: "):
     return first
 
 
-def _admin_password(args):
+def _admin_password(args: argparse.Namespace) -> str | None:
     """The first admin's password: --admin-password (hidden), then
     --ask-admin-password (a prompt, twice), then NETSHARE_PASSWORD; None
     means make a random one."""
@@ -109,12 +121,7 @@ def _admin_password(args):
     return os.environ.get("NETSHARE_PASSWORD")
 
 
-def cmd_init(args, cfg, out):
-    from netshare.services.accounts import check_password, hash_password_sync
-    from netshare.storage import migrate
-    from netshare.storage.accounts import thd_create, thd_get
-    from netshare.tls import make_certificates, make_ssh_host_key
-
+def cmd_init(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     given = _admin_password(args)
     if given is not None:
         check_password(given)  # before anything is created
@@ -149,11 +156,11 @@ def cmd_init(args, cfg, out):
         if before != after:
             changed.append("database schema %s -> %s" % (before or "empty", after))
         with engine.begin() as conn:
-            admin = thd_get(conn, "admin")
+            admin = account_store.thd_get(conn, "admin")
             if admin is None:
                 password = given or secrets.token_urlsafe(12)
                 check_password(password)
-                thd_create(conn, "admin", "admin",
+                account_store.thd_create(conn, "admin", "admin",
                            hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
                 changed.append("created account admin (admin)")
                 if given is None:
@@ -173,55 +180,45 @@ def cmd_init(args, cfg, out):
     return 0
 
 
-def _demo(engine, cfg):
+def _demo(engine: sa.Engine, cfg: Config) -> list[str]:
     """Sample users and personnel (only what is not there yet)."""
-    from netshare.services.accounts import hash_password_sync
-    from netshare.storage.accounts import thd_create, thd_get
     done = []
     with engine.begin() as conn:
         for name in ("alice", "bob", "client1", "client2"):
-            if thd_get(conn, name) is None:
-                thd_create(conn, name, "user",
+            if account_store.thd_get(conn, name) is None:
+                account_store.thd_create(conn, name, "user",
                            hash_password_sync(name + "-demo", cfg.scrypt_n, cfg.scrypt_r,
                                               cfg.scrypt_p))
                 done.append("created demo account %s (password %s-demo)" % (name, name))
-    try:
-        from netshare.storage import personnel as pstore
-    except ImportError:
-        return done
     people = [("123-45-6789", "Ada", "Lovelace", "engineer", "120000"),
               ("987-65-4321", "Grace", "Hopper", "admiral", "150000"),
               ("555-12-3456", "Alan", "Turing", "researcher", "110000")]
     with engine.begin() as conn:
-        added = pstore.thd_demo_people(conn, people) if hasattr(pstore, "thd_demo_people") else 0
+        added = thd_demo_people(conn, people)
     if added:
         done.append("added %d demo personnel" % added)
     return done
 
 
-def cmd_user(args, cfg, out):
-    from netshare.errors import NetshareError
-    from netshare.services.accounts import check_password, check_username, hash_password_sync
-    from netshare.storage import accounts as st
-    from netshare.storage import migrate
+def cmd_user(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     engine = _engine(cfg)
     try:
         migrate.check(engine)
         with engine.begin() as conn:
             if args.action == "list":
-                for a in st.thd_list(conn):
+                for a in account_store.thd_list(conn):
                     out.write("%-32s %s\n" % (a.name, a.role))
                 return 0
             if args.action == "penalties":
-                return _penalties(st.thd_login_penalties(conn, _now_ms(),
-                                                         LoginPolicy.from_config(cfg)), out)
+                policy = LoginPolicy.from_config(cfg)
+                return _penalties(account_store.thd_login_penalties(conn, now_ms(), policy), out)
             if args.action == "unlock":
-                n = st.thd_lift_penalty(conn, args.who)
+                n = account_store.thd_lift_penalty(conn, args.who)
                 out.write("lifted the login penalties of %s (%d)\n" % (args.who, n) if n
                           else "%s had no login penalties\n" % (args.who,))
                 return 0
             if args.action == "remove":
-                removed = st.thd_remove(conn, args.name, args.transfer_files_to)
+                removed = account_store.thd_remove(conn, args.name, args.transfer_files_to)
         if args.action == "remove":
             _unlink_blobs(cfg, removed.blob_ids)   # only once the removal has committed
             files = ("%d given to %s" % (removed.files_transferred, args.transfer_files_to)
@@ -236,19 +233,20 @@ def cmd_user(args, cfg, out):
         hashed = hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
         with engine.begin() as conn:
             if args.action == "add":
-                st.thd_create(conn, args.name, "admin" if args.admin else "user", hashed)
-                out.write("created %s (%s)\n" % (args.name, "admin" if args.admin else "user"))
+                role = "admin" if args.admin else "user"
+                account_store.thd_create(conn, args.name, role, hashed)
+                out.write("created %s (%s)\n" % (args.name, role))
             else:
-                st.thd_set_password(conn, args.name, hashed)
+                account_store.thd_set_password(conn, args.name, hashed)
                 out.write("password of %s changed\n" % args.name)
         return 0
     except NetshareError as e:
-        raise SystemExit("netshare: %s" % e.text)
+        raise SystemExit("netshare: %s" % e.text) from None
     finally:
         engine.dispose()
 
 
-def _penalties(rows, out):
+def _penalties(rows: list[dict], out: TextIO) -> int:
     """The penalties table: who, how many recent failures, the wait per
     attempt, and how long a lock still lasts."""
     if not rows:
@@ -263,17 +261,11 @@ def _penalties(rows, out):
     return 0
 
 
-def _now_ms():
-    import time
-    return int(time.time() * 1000)
-
-
-def _unlink_blobs(cfg, blob_ids):
+def _unlink_blobs(cfg: Config, blob_ids: list[str]) -> None:
     """Remove the content of files whose rows are gone (a missing blob
     directory or file is fine: a server's start-up also collects orphans)."""
     if not blob_ids:
         return
-    from netshare.services.files.blobs import BlobStore
     root = os.path.join(cfg.data, "files")
     if not os.path.isdir(root):
         return
@@ -282,8 +274,7 @@ def _unlink_blobs(cfg, blob_ids):
         blobs.unlink_now(blob_id)
 
 
-def cmd_db(args, cfg, out):
-    from netshare.storage import migrate
+def cmd_db(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     engine = _engine(cfg)
     try:
         if args.action == "upgrade":
@@ -301,7 +292,7 @@ def cmd_db(args, cfg, out):
         engine.dispose()
 
 
-def _check_files(cfg, engine, out) -> bool:
+def _check_files(cfg: Config, engine: sa.Engine, out: TextIO) -> bool:
     """
     Files whose content is missing from disk (rows without blobs) and
     content no file refers to (blobs without rows).  A running server
@@ -309,8 +300,6 @@ def _check_files(cfg, engine, out) -> bool:
     operator (restore the blob from a backup, or delete the file).
     @return: whether everything is consistent.
     """
-    from netshare.services.files.blobs import BlobStore
-    from netshare.storage.files import thd_all_blob_ids, thd_names_of_blobs
     root = os.path.join(cfg.data, "files")
     with engine.connect() as conn:
         rows = thd_all_blob_ids(conn)
@@ -328,7 +317,7 @@ def _check_files(cfg, engine, out) -> bool:
     return not (missing or orphans)
 
 
-def main(argv=None, out=None):
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
@@ -344,12 +333,10 @@ def main(argv=None, out=None):
     except NetshareError as e:
         sys.stderr.write("netshare: %s\n" % e.text)
         return 1
+    except (EngineError, migrate.SchemaError) as e:
+        sys.stderr.write("netshare: %s\n" % e)
+        return 1
     except Exception as e:
-        from netshare.storage.engine import EngineError
-        from netshare.storage.migrate import SchemaError
-        if isinstance(e, (EngineError, SchemaError)):
-            sys.stderr.write("netshare: %s\n" % e)
-            return 1
         if e.__class__.__module__.startswith("sqlalchemy"):
             sys.stderr.write("netshare: database error: %s\n" % str(e).splitlines()[0])
             return 1

@@ -1,10 +1,13 @@
 """
 Every netshare setting, in one place.
 
-Each L{Setting} is declared once below; from that one table come the
-command-line options of C{twistd netshare} (and their C{--help}), the
-C{NETSHARE_*} environment variables, the keys of the config file, the
-defaults and the validation.  Precedence, highest first::
+Each setting is one typed field of L{Config}, declared once below with
+L{setting}: its config-file section (and key, when it is not the field's
+name), its parser, its default (as text, parsed like any other source) and
+its help.  From those declarations come the command-line options of
+C{twistd netshare} (and their C{--help}), the C{NETSHARE_*} environment
+variables, the keys of the config file, the defaults and the validation
+(L{SETTINGS}, derived from the fields).  Precedence, highest first::
 
     command-line option > NETSHARE_<NAME> environment variable
         > config file (--config netshare.ini) > default
@@ -14,15 +17,20 @@ general settings, C{[personnel]}, C{[files]}, C{[ttweet]} and C{[manhole]}
 for each service's own (C{endpoint = tcp:7002:interface=127.0.0.1}, ...).
 
 The result is a frozen L{Config}: services receive it and never look at the
-environment or files themselves.
+environment or files themselves.  The type checker sees each field's type,
+and checks it against what the setting's parser returns (L{setting} is a
+field specifier of L{settings_class}, PEP 681).
 """
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, dataclass_transform
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -148,6 +156,8 @@ def endpoint(text: str) -> str | None:
     t = str(text).strip()
     if t.lower() in ("none", "off", ""):
         return None
+    # Imported here: the endpoint parsers pull in TLS and more (some 0.4 s), which
+    # importing this module (twistd's plugin listing, the tap's Options) need not pay.
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
     try:
@@ -157,13 +167,8 @@ def endpoint(text: str) -> str | None:
     return t
 
 
-def optional_endpoint(text: str) -> str | None:
-    return endpoint(text)
-
-
-def networks(text: str) -> tuple:
+def networks(text: str) -> tuple[str, ...]:
     """Comma-separated networks (C{127.0.0.0/8,::1/128}); empty for none."""
-    import ipaddress
     out = []
     for part in str(text).split(","):
         part = part.strip()
@@ -184,8 +189,14 @@ def optional_path(value: str) -> str | None:
     return v or None
 
 
-@dataclass(frozen=True)
+SETTING = "netshare.setting"   # the key of a Config field's metadata
+
+
+@dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting as the option parser, the environment and the config file
+    see it (derived from its L{Config} field)."""
+
     name: str          # Config attribute and --option (underscores become dashes)
     section: str       # config-file section
     key: str           # config-file key inside that section
@@ -202,170 +213,202 @@ class Setting:
         return "NETSHARE_" + self.name.upper()
 
 
-S = Setting
-SETTINGS: tuple[Setting, ...] = (
+def setting(section: str, parse: Callable[[str], T], default_text: str, help: str, *,
+            key: str | None = None) -> T:
+    """
+    Declare one L{Config} field: read from C{[section] key} of the config
+    file (C{key} defaults to the field's name), checked and converted by
+    C{parse}, with C{default_text} when no source gives a value.  Typed as
+    returning what C{parse} returns, so the type checker holds the field's
+    annotation to its parser.
+    """
+    spec = {"section": section, "key": key, "parse": parse, "default": default_text,
+            "help": help}
+    return dataclasses.field(metadata={SETTING: spec})
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(setting,))
+def settings_class(cls: type[T]) -> type[T]:
+    """A frozen dataclass whose L{setting} fields the type checker understands."""
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+@settings_class
+class Config:
+    """Frozen, validated settings: build with L{build} (or L{defaults})."""
+
     # general
-    S("data", "netshare", "data", text, "var", "data directory (database, files, TLS, logs)"),
-    S("db", "netshare", "db", text, "sqlite:///netshare.db",
-      "database URL (sqlite:///relative/to/data, postgresql+psycopg://..., mysql+pymysql://...)"),
-    S("db_threads", "netshare", "db_threads", positive_int, "5",
-      "database worker threads for PostgreSQL/MariaDB (SQLite always uses 1)"),
-    S("db_timeout", "netshare", "db_timeout", seconds, "15",
-      "a database call still running after this long answers 451 (a silently dead "
-      "connection must not hang clients)"),
-    S("sqlite_synchronous", "netshare", "sqlite_synchronous", choice("full", "normal", "extra"),
-      "full", "SQLite synchronous pragma (full: an acknowledged write survives power loss)"),
-    S("registration", "netshare", "registration", choice("open", "closed"), "closed",
-      "whether REGISTER creates accounts (closed: an operator creates them, with "
-      "`netshare user add` or the manhole)"),
-    S("log_format", "netshare", "log_format", choice("text", "json"), "text",
-      "console log format"),
-    S("log_max_bytes", "netshare", "log_max_bytes", size, "10MiB",
-      "rotate the JSON log file (data/logs/netshare.jsonl) at this size"),
-    S("log_keep", "netshare", "log_keep", positive_int, "5", "rotated JSON log files to keep"),
-    S("shutdown_timeout", "netshare", "shutdown_timeout", seconds, "8",
-      "on SIGTERM, how long to wait for pending work before closing connections"),
-    # limits of PROTOCOL.md section 1
-    S("max_line", "netshare", "max_line", positive_int, "4096", "maximum command line, bytes"),
-    S("idle_timeout", "netshare", "idle_timeout", seconds, "300",
-      "close a connection after this long without a complete command"),
-    S("tls_handshake_timeout", "netshare", "tls_handshake_timeout", seconds, "10",
-      "close a TLS connection whose handshake has not finished after this long"),
-    S("login_timeout", "netshare", "login_timeout", seconds, "30",
-      "close a connection that has not logged in after this long (421 login timeout; "
-      "commands and blank lines do not extend it)"),
-    S("listen_backlog", "netshare", "listen_backlog", positive_int, "1024",
-      "connections the kernel queues for each listener before they are accepted (a "
-      "reconnect burst after a restart; capped by net.core.somaxconn)"),
-    S("max_connections", "netshare", "max_connections", positive_int, "1000",
-      "connections per service"),
-    S("max_per_ip", "netshare", "max_per_ip", positive_int, "100",
-      "connections per client IP per service"),
-    S("max_login_failures", "netshare", "max_login_failures", positive_int, "3",
-      "failed LOGINs before the connection is closed"),
-    S("login_failure_delay", "netshare", "login_failure_delay", non_negative_seconds, "1",
-      "pause before answering a failed LOGIN"),
-    S("login_free", "netshare", "login_free", non_negative_int, "5",
-      "failed logins per account and per client address (across connections and restarts) "
-      "before every further attempt waits (1 s, doubling, at most --login-max-delay; then 429)"),
-    S("login_max_delay", "netshare", "login_max_delay", seconds, "180",
-      "the longest wait per login attempt of a penalised account or address (180 s: at most "
-      "20 guesses an hour)"),
-    S("login_forget", "netshare", "login_forget", seconds, "180",
-      "one failed login is forgotten per this many seconds"),
-    S("account_lockout", "netshare", "account_lockout", positive_int, "20",
-      "failed logins that lock an account for --account-lockout-seconds (for sources outside "
-      "--lockout-exempt)"),
-    S("account_lockout_seconds", "netshare", "account_lockout_seconds", seconds, "900",
-      "how long a locked account stays locked (netshare user unlock lifts it)"),
-    S("lockout_exempt", "netshare", "lockout_exempt", networks, "127.0.0.0/8,::1/128",
-      "the operator's own networks: their failed logins are counted apart (never slowed or "
-      "locked by failures from elsewhere, never locking an account); empty: none"),
-    S("max_output", "netshare", "max_output", size, "1MiB",
-      "output queued for one slow reader before it is dropped"),
-    S("history_default", "netshare", "history_default", positive_int, "50",
-      "HISTORY entries shown without limit="),
-    S("history_max", "netshare", "history_max", positive_int, "1000", "largest HISTORY limit="),
-    S("history_flush", "netshare", "history_flush", seconds, "0.2",
-      "request history is written in batches at most this often"),
-    S("history_retention", "netshare", "history_retention", duration, "90d",
-      "request history entries older than this are deleted (hidden or not; 0: never)"),
-    S("history_max_entries", "netshare", "history_max_entries", non_negative_int, "5000000",
-      "the request history keeps at most this many entries, the oldest go first (0: no cap)"),
-    S("prelogin_burst", "netshare", "prelogin_burst", positive_int, "10",
-      "commands sent before login recorded at once per connection (beyond: counted only)"),
-    S("prelogin_rate", "netshare", "prelogin_rate", positive_number, "1",
-      "commands sent before login recorded per second per connection"),
-    S("prelogin_address_burst", "netshare", "prelogin_address_burst",
-      positive_int, "50", "commands sent before login recorded at once per client address"),
-    S("prelogin_address_rate", "netshare", "prelogin_address_rate",
-      positive_number, "5", "commands sent before login recorded per second per address"),
-    S("account_check", "netshare", "account_check", duration, "10s",
-      "how often connections of accounts removed from outside (netshare user remove) "
-      "are looked for and closed (0: never)"),
+    data: str = setting("netshare", text, "var", "data directory (database, files, TLS, logs)")
+    db: str = setting("netshare", text, "sqlite:///netshare.db",
+        "database URL (sqlite:///relative/to/data, postgresql+psycopg://..., "
+        "mysql+pymysql://...)")
+    db_threads: int = setting("netshare", positive_int, "5",
+        "database worker threads for PostgreSQL/MariaDB (SQLite always uses 1)")
+    db_timeout: float = setting("netshare", seconds, "15",
+        "a database call still running after this long answers 451 (a silently dead "
+        "connection must not hang clients)")
+    sqlite_synchronous: str = setting("netshare", choice("full", "normal", "extra"), "full",
+        "SQLite synchronous pragma (full: an acknowledged write survives power loss)")
+    registration: str = setting("netshare", choice("open", "closed"), "closed",
+        "whether REGISTER creates accounts (closed: an operator creates them, with `netshare "
+        "user add` or the manhole)")
+    log_format: str = setting("netshare", choice("text", "json"), "text", "console log format")
+    log_max_bytes: int = setting("netshare", size, "10MiB",
+        "rotate the JSON log file (data/logs/netshare.jsonl) at this size")
+    log_keep: int = setting("netshare", positive_int, "5", "rotated JSON log files to keep")
+    shutdown_timeout: float = setting("netshare", seconds, "8",
+        "on SIGTERM, how long to wait for pending work before closing connections")
+
+    # limits (docs/protocol.md section 1.5)
+    max_line: int = setting("netshare", positive_int, "4096", "maximum command line, bytes")
+    idle_timeout: float = setting("netshare", seconds, "300",
+        "close a connection after this long without a complete command")
+    tls_handshake_timeout: float = setting("netshare", seconds, "10",
+        "close a TLS connection whose handshake has not finished after this long")
+    login_timeout: float = setting("netshare", seconds, "30",
+        "close a connection that has not logged in after this long (421 login timeout; "
+        "commands and blank lines do not extend it)")
+    listen_backlog: int = setting("netshare", positive_int, "1024",
+        "connections the kernel queues for each listener before they are accepted (a "
+        "reconnect burst after a restart; capped by net.core.somaxconn)")
+    max_connections: int = setting("netshare", positive_int, "1000", "connections per service")
+    max_per_ip: int = setting("netshare", positive_int, "100",
+        "connections per client IP per service")
+    max_login_failures: int = setting("netshare", positive_int, "3",
+        "failed LOGINs before the connection is closed")
+    login_failure_delay: float = setting("netshare", non_negative_seconds, "1",
+        "pause before answering a failed LOGIN")
+    login_free: int = setting("netshare", non_negative_int, "5",
+        "failed logins per account and per client address (across connections and restarts) "
+        "before every further attempt waits (1 s, doubling, at most --login-max-delay; then "
+        "429)")
+    login_max_delay: float = setting("netshare", seconds, "180",
+        "the longest wait per login attempt of a penalised account or address (180 s: at most "
+        "20 guesses an hour)")
+    login_forget: float = setting("netshare", seconds, "180",
+        "one failed login is forgotten per this many seconds")
+    account_lockout: int = setting("netshare", positive_int, "20",
+        "failed logins that lock an account for --account-lockout-seconds (for sources "
+        "outside --lockout-exempt)")
+    account_lockout_seconds: float = setting("netshare", seconds, "900",
+        "how long a locked account stays locked (netshare user unlock lifts it)")
+    lockout_exempt: tuple[str, ...] = setting("netshare", networks, "127.0.0.0/8,::1/128",
+        "the operator's own networks: their failed logins are counted apart (never slowed or "
+        "locked by failures from elsewhere, never locking an account); empty: none")
+    max_output: int = setting("netshare", size, "1MiB",
+        "output queued for one slow reader before it is dropped")
+    history_default: int = setting("netshare", positive_int, "50",
+        "HISTORY entries shown without limit=")
+    history_max: int = setting("netshare", positive_int, "1000", "largest HISTORY limit=")
+    history_flush: float = setting("netshare", seconds, "0.2",
+        "request history is written in batches at most this often")
+    history_retention: float = setting("netshare", duration, "90d",
+        "request history entries older than this are deleted (hidden or not; 0: never)")
+    history_max_entries: int = setting("netshare", non_negative_int, "5000000",
+        "the request history keeps at most this many entries, the oldest go first (0: no cap)")
+    prelogin_burst: int = setting("netshare", positive_int, "10",
+        "commands sent before login recorded at once per connection (beyond: counted only)")
+    prelogin_rate: float = setting("netshare", positive_number, "1",
+        "commands sent before login recorded per second per connection")
+    prelogin_address_burst: int = setting("netshare", positive_int, "50",
+        "commands sent before login recorded at once per client address")
+    prelogin_address_rate: float = setting("netshare", positive_number, "5",
+        "commands sent before login recorded per second per address")
+    account_check: float = setting("netshare", duration, "10s",
+        "how often connections of accounts removed from outside (netshare user remove) are "
+        "looked for and closed (0: never)")
+
     # password hashing
-    S("scrypt_n", "netshare", "scrypt_n", power_of_two, "131072",
-      "scrypt cost N for account passwords (OWASP: 2**17)"),
-    S("scrypt_r", "netshare", "scrypt_r", positive_int, "8", "scrypt block size r"),
-    S("scrypt_p", "netshare", "scrypt_p", positive_int, "1", "scrypt parallelism p"),
-    S("kdf_threads", "netshare", "kdf_threads", positive_int, "2",
-      "password hashing threads (each scrypt run at N=2**17 takes about 128 MiB)"),
-    S("kdf_queue", "netshare", "kdf_queue", non_negative_int, "64",
-      "password hashes allowed to wait; beyond that LOGIN answers 429"),
-    S("kdf_per_source", "netshare", "kdf_per_source", positive_int, "8",
-      "password hashes one client address may have waiting or running (beyond: 429), so one "
-      "address cannot take the others' turns"),
+    scrypt_n: int = setting("netshare", power_of_two, "131072",
+        "scrypt cost N for account passwords (OWASP: 2**17)")
+    scrypt_r: int = setting("netshare", positive_int, "8", "scrypt block size r")
+    scrypt_p: int = setting("netshare", positive_int, "1", "scrypt parallelism p")
+    kdf_threads: int = setting("netshare", positive_int, "2",
+        "password hashing threads (each scrypt run at N=2**17 takes about 128 MiB)")
+    kdf_queue: int = setting("netshare", non_negative_int, "64",
+        "password hashes allowed to wait; beyond that LOGIN answers 429")
+    kdf_per_source: int = setting("netshare", positive_int, "8",
+        "password hashes one client address may have waiting or running (beyond: 429), so one "
+        "address cannot take the others' turns")
+
     # listeners
-    S("personnel", "personnel", "endpoint", endpoint, "tcp:7001:interface=127.0.0.1",
-      "personnel listener endpoint, or none"),
-    S("files", "files", "endpoint", endpoint, "tcp:7002:interface=127.0.0.1",
-      "files listener endpoint, or none"),
-    S("ttweet", "ttweet", "endpoint", endpoint, "tcp:7003:interface=127.0.0.1",
-      "ttweet listener endpoint, or none"),
-    S("manhole", "manhole", "endpoint", endpoint, "tcp:7004:interface=127.0.0.1",
-      "manhole (admin shell, telnet-style) endpoint, or none"),
-    S("manhole_ssh", "manhole", "ssh_endpoint", optional_endpoint, "none",
-      "manhole over SSH endpoint (needs --manhole-keys), or none"),
-    S("manhole_keys", "manhole", "authorized_keys", optional_path, "",
-      "authorized_keys file for the SSH manhole"),
-    S("manhole_allow_remote", "manhole", "allow_remote", boolean, "no",
-      "allow the manhole on a non-loopback interface"),
+    personnel: str | None = setting("personnel", endpoint, "tcp:7001:interface=127.0.0.1",
+        "personnel listener endpoint, or none", key="endpoint")
+    files: str | None = setting("files", endpoint, "tcp:7002:interface=127.0.0.1",
+        "files listener endpoint, or none", key="endpoint")
+    ttweet: str | None = setting("ttweet", endpoint, "tcp:7003:interface=127.0.0.1",
+        "ttweet listener endpoint, or none", key="endpoint")
+    manhole: str | None = setting("manhole", endpoint, "tcp:7004:interface=127.0.0.1",
+        "manhole (admin shell, telnet-style) endpoint, or none", key="endpoint")
+    manhole_ssh: str | None = setting("manhole", endpoint, "none",
+        "manhole over SSH endpoint (needs --manhole-keys), or none", key="ssh_endpoint")
+    manhole_keys: str | None = setting("manhole", optional_path, "",
+        "authorized_keys file for the SSH manhole", key="authorized_keys")
+    manhole_allow_remote: bool = setting("manhole", boolean, "no",
+        "allow the manhole on a non-loopback interface", key="allow_remote")
+
     # files
-    S("max_file_size", "files", "max_file_size", size, "64GiB", "largest upload"),
-    S("user_quota", "files", "user_quota", size, "100GiB",
-      "bytes stored per user (0: unlimited)"),
-    S("min_free_percent", "files", "min_free_percent", percent, "5",
-      "refuse uploads (452) that would leave less free disk than this"),
-    S("file_scrypt_n", "files", "scrypt_n", power_of_two, "32768",
-      "scrypt cost N for file passwords (paid on every protected download)"),
-    S("file_lockout_failures", "files", "lockout_failures", positive_int, "5",
-      "wrong file passwords before a user is locked out of that file"),
-    S("file_lockout_seconds", "files", "lockout_seconds", seconds, "900",
-      "window and duration of a file-password lockout"),
-    S("file_guesses_free", "files", "file_guesses_free", positive_int, "5",
-      "wrong passwords for one protected file from all accounts together before every "
-      "further try waits (2 s, doubling, at most --file-guesses-max-delay; then 429)"),
-    S("file_guesses_max_delay", "files", "file_guesses_max_delay", seconds, "180",
-      "the longest wait per try at a protected file's password (180 s: 20 tries an hour "
-      "for one file, whatever the number of accounts; its owner is not held up)"),
-    S("misses_free", "files", "misses_free", non_negative_int, "5",
-      "names not found (550 on INFO/CHECKSUM/DOWNLOAD) an account or address may try before "
-      "every further lookup waits (1 s, doubling, at most --misses-max-delay; then 429)"),
-    S("misses_max_delay", "files", "misses_max_delay", seconds, "30",
-      "the longest wait per lookup after repeated misses"),
-    S("misses_forget", "files", "misses_forget", seconds, "60",
-      "one recorded miss (or wrong file password) is forgotten per this many seconds"),
+    max_file_size: int = setting("files", size, "64GiB", "largest upload")
+    user_quota: int = setting("files", size, "100GiB", "bytes stored per user (0: unlimited)")
+    min_free_percent: float = setting("files", percent, "5",
+        "refuse uploads (452) that would leave less free disk than this")
+    file_scrypt_n: int = setting("files", power_of_two, "32768",
+        "scrypt cost N for file passwords (paid on every protected download)", key="scrypt_n")
+    file_lockout_failures: int = setting("files", positive_int, "5",
+        "wrong file passwords before a user is locked out of that file", key="lockout_failures")
+    file_lockout_seconds: float = setting("files", seconds, "900",
+        "window and duration of a file-password lockout", key="lockout_seconds")
+    file_guesses_free: int = setting("files", positive_int, "5",
+        "wrong passwords for one protected file from all accounts together before every "
+        "further try waits (2 s, doubling, at most --file-guesses-max-delay; then 429)")
+    file_guesses_max_delay: float = setting("files", seconds, "180",
+        "the longest wait per try at a protected file's password (180 s: 20 tries an hour for "
+        "one file, whatever the number of accounts; its owner is not held up)")
+    misses_free: int = setting("files", non_negative_int, "5",
+        "names not found (550 on INFO/CHECKSUM/DOWNLOAD) an account or address may try before "
+        "every further lookup waits (1 s, doubling, at most --misses-max-delay; then 429)")
+    misses_max_delay: float = setting("files", seconds, "30",
+        "the longest wait per lookup after repeated misses")
+    misses_forget: float = setting("files", seconds, "60",
+        "one recorded miss (or wrong file password) is forgotten per this many seconds")
+
     # ttweet
-    S("flood_burst", "ttweet", "flood_burst", positive_int, "50", "tweets allowed in a burst"),
-    S("flood_rate", "ttweet", "flood_rate", positive_number, "20",
-      "sustained tweets per second, per user name and per connection"),
-    S("flood_address_burst", "ttweet", "flood_address_burst", positive_int, "100",
-      "tweets allowed in a burst from one client address (all its connections and names)"),
-    S("flood_address_rate", "ttweet", "flood_address_rate", positive_number, "40",
-      "sustained tweets per second from one client address"),
-    S("timeline_limit", "ttweet", "timeline_limit", positive_int, "1000",
-      "most recent tweets kept in a TIMELINE or GETTWEETS listing"),
-    S("ttweet_batch_interval", "ttweet", "batch_interval", seconds, "0.05",
-      "tweets are stored in batches at most this often (a tweet's 200 waits for its batch)"),
+    flood_burst: int = setting("ttweet", positive_int, "50", "tweets allowed in a burst")
+    flood_rate: float = setting("ttweet", positive_number, "20",
+        "sustained tweets per second, per user name and per connection")
+    flood_address_burst: int = setting("ttweet", positive_int, "100",
+        "tweets allowed in a burst from one client address (all its connections and names)")
+    flood_address_rate: float = setting("ttweet", positive_number, "40",
+        "sustained tweets per second from one client address")
+    timeline_limit: int = setting("ttweet", positive_int, "1000",
+        "most recent tweets kept in a TIMELINE or GETTWEETS listing")
+    ttweet_batch_interval: float = setting("ttweet", seconds, "0.05",
+        "tweets are stored in batches at most this often (a tweet's 200 waits for its batch)",
+        key="batch_interval")
+
     # personnel
-    S("sync_page", "personnel", "sync_page", positive_int, "500",
-      "messages read from the outbox per page on a SYNC stream"),
-    S("personnel_list_default", "personnel", "list_default", positive_int, "50",
-      "people in a LIST without limit="),
-    S("personnel_list_max", "personnel", "list_max", positive_int, "1000",
-      "largest LIST / MESSAGES limit="),
-)
-del S
+    sync_page: int = setting("personnel", positive_int, "500",
+        "messages read from the outbox per page on a SYNC stream")
+    personnel_list_default: int = setting("personnel", positive_int, "50",
+        "people in a LIST without limit=", key="list_default")
+    personnel_list_max: int = setting("personnel", positive_int, "1000",
+        "largest LIST / MESSAGES limit=", key="list_max")
+
+
+    # not a setting: the config file the values were read from, if any
+    config_file: str | None = None
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some values changed (values, not text: not parsed)."""
+        return dataclasses.replace(self, **changes)
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(name=f.name, section=spec["section"], key=spec["key"] or f.name,
+            parse=spec["parse"], default=spec["default"], help=spec["help"])
+    for f in dataclasses.fields(Config) if (spec := f.metadata.get(SETTING)) is not None)
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
-
-Config = dataclasses.make_dataclass(
-    "Config",
-    [(s.name, Any) for s in SETTINGS] + [("config_file", Any, None)],
-    frozen=True,
-    namespace={"__doc__": "Frozen, validated settings. See L{SETTINGS}.",
-               "replace": lambda self, **kw: dataclasses.replace(self, **kw)},
-)
 
 
 def read_ini(path: str) -> dict[str, str]:
@@ -389,25 +432,26 @@ def read_ini(path: str) -> dict[str, str]:
     return values
 
 
-def build(cli: dict[str, str | None] | None = None, environ=None,
-          config_file: str | None = None) -> "Config":
+def build(cli: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None,
+          config_file: str | None = None) -> Config:
     """
     Merge the sources and validate every setting.
 
     @param cli: {setting name: raw text} for options given on the command
         line (absent or None when not given).
+    @param environ: the environment (default: C{os.environ}).
     @raise ConfigError: naming the first bad setting and where it came from.
     """
-    cli = {k: v for k, v in (cli or {}).items() if v is not None}
-    environ = os.environ if environ is None else environ
-    config_file = config_file or environ.get("NETSHARE_CONFIG") or None
+    given = {k: v for k, v in (cli or {}).items() if v is not None}
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    config_file = config_file or env.get("NETSHARE_CONFIG") or None
     ini = read_ini(config_file) if config_file else {}
-    values = {}
+    values: dict[str, Any] = {}
     for s in SETTINGS:
-        if s.name in cli:
-            raw, where = cli[s.name], "--" + s.option
-        elif s.env in environ:
-            raw, where = environ[s.env], s.env
+        if s.name in given:
+            raw, where = given[s.name], "--" + s.option
+        elif s.env in env:
+            raw, where = env[s.env], s.env
         elif s.name in ini:
             raw, where = ini[s.name], "[%s] %s in %s" % (s.section, s.key, config_file)
         else:
@@ -416,19 +460,20 @@ def build(cli: dict[str, str | None] | None = None, environ=None,
             values[s.name] = s.parse(raw)
         except ValueError as e:
             raise ConfigError("setting %s: %s (got %r)" % (where, e, raw)) from None
-    _cross_check(values)
-    return Config(config_file=config_file, **values)
+    config = Config(config_file=config_file, **values)
+    _cross_check(config)
+    return config
 
 
-def _cross_check(v: dict):
-    if v["manhole_ssh"] and not v["manhole_keys"]:
+def _cross_check(config: Config) -> None:
+    if config.manhole_ssh and not config.manhole_keys:
         raise ConfigError("setting --manhole-ssh: needs --manhole-keys (an authorized_keys file)")
-    if v["manhole_keys"] and not os.path.isfile(v["manhole_keys"]):
-        raise ConfigError("setting --manhole-keys: no such file %r" % (v["manhole_keys"],))
-    if v["history_default"] > v["history_max"]:
+    if config.manhole_keys and not os.path.isfile(config.manhole_keys):
+        raise ConfigError("setting --manhole-keys: no such file %r" % (config.manhole_keys,))
+    if config.history_default > config.history_max:
         raise ConfigError("setting --history-default: larger than --history-max")
 
 
-def defaults(**overrides) -> "Config":
+def defaults(**overrides: Any) -> Config:
     """A Config of the defaults (for tests and tools), with overrides as values."""
     return build(environ={}).replace(**overrides)

@@ -6,7 +6,7 @@ protocol (L{netshare.protocols.line}) turns it into C{"<code> <text>"} in
 exactly one place.  Anything that is not a NetshareError is a bug: it is
 logged once with its traceback and answered C{451 internal error}.
 
-Codes and their meaning are the ones of PROTOCOL.md section 1.
+Codes and their meaning are the ones of docs/protocol.md section 1.6.
 """
 
 

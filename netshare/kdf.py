@@ -35,8 +35,10 @@ total.
 
 import hashlib
 from collections import deque
+from collections.abc import Callable, Hashable
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,10 +61,12 @@ class _Job:
 
     __slots__ = ("source", "args", "deferred", "running")
 
-    def __init__(self, source, args):
+    def __init__(self, source: Hashable, args: tuple[bytes, bytes, int, int, int, int],
+                 cancel: Callable[["_Job"], None]):
         self.source = source
         self.args = args
-        self.deferred = None
+        # Cancelling it (the caller gave up) calls cancel(job).
+        self.deferred: Deferred[bytes] = Deferred(lambda _: cancel(self))
         self.running = False
 
 
@@ -95,12 +99,16 @@ class KDFPool:
         self._pool = self._newThreadPool()
         self.started = False
         self._stopped = False
-        self._queues = {}         # source -> deque of waiting _Jobs; only non-empty ones
-        self._turns = deque()     # the sources of _queues in line, the longest waiting first
-        self._perSource = {}      # source -> pending (waiting + running); only non-zero ones
+        # source -> deque of waiting _Jobs; only non-empty ones
+        self._queues: dict[Hashable, deque[_Job]] = {}
+        # the sources of _queues in line, the longest waiting first
+        self._turns: deque[Hashable] = deque()
+        # source -> pending (waiting + running); only non-zero ones
+        self._perSource: dict[Hashable, int] = {}
         self._pending = 0
         self._running = 0
-        self._refusing = set()    # sources (or _TOTAL) refused and not yet given room again
+        # sources (or _TOTAL) refused and not yet given room again
+        self._refusing: set[Hashable] = set()
         self.refused = 0
 
     def _newThreadPool(self):
@@ -150,7 +158,7 @@ class KDFPool:
             pool.stop()
 
     def derive(self, password: bytes, salt: bytes, n: int, r: int, p: int, length: int = 32,
-               source=None):
+               source: Hashable = None) -> "Deferred[bytes]":
         """
         @param source: who asks, a hashable key: the client's address; None
             for an internal caller.  Derivations are shared fairly between
@@ -170,8 +178,7 @@ class KDFPool:
             return self._refuse(source, "kdf: {source} has {mine} derivations pending: "
                                 "refusing it until one ends", source=source, mine=mine)
         self.start()
-        job = _Job(source, (password, salt, n, r, p, length))
-        job.deferred = defer.Deferred(lambda d: self._cancel(job))
+        job = _Job(source, (password, salt, n, r, p, length), self._cancel)
         self._perSource[source] = mine + 1
         self._pending += 1
         queue = self._queues.get(source)
@@ -183,7 +190,7 @@ class KDFPool:
         self._dispatch()
         return job.deferred
 
-    def _refuse(self, key, message, **fields):
+    def _refuse(self, key: Hashable, message: str, **fields: object) -> "Deferred[bytes]":
         """C{429} at once.  Logged once until the bound has room again, not
         once per refusal: a storm would otherwise flood the log."""
         self.refused += 1

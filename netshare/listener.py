@@ -19,8 +19,13 @@ needs of every listener:
    (L{netshare.tls.server_endpoint}: TLS 1.2+ with AEAD suites only).
 """
 
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 _BACKLOG_KINDS = ("tcp", "tcp6", "ssl")
@@ -42,13 +47,43 @@ def with_backlog(description: str, backlog: int | None) -> str:
     return "%s:backlog=%d" % (description, backlog)
 
 
+def is_loopback_host(host: str) -> bool:
+    """C{localhost} or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """
+    True when a C{tcp:}/C{ssl:} endpoint names only loopback interfaces
+    (C{unix:} counts too).  A first, friendly check of the text: what a
+    C{check} sees is the address actually bound, and that is what to
+    enforce (see the module docstring).
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return False
+    interfaces = [part.partition("=")[2].replace("\\", "")
+                  for part in description.split(":")[2:] if part.partition("=")[0] == "interface"]
+    return bool(interfaces) and all(is_loopback_host(i) for i in interfaces)
+
+
 class Listener(Service):
     """
     @ivar description: the endpoint string as configured.
     @ivar port: the L{IListeningPort} once listening, else None.
     """
 
-    def __init__(self, description, factory, reactor, *, check=None, backlog=None):
+    port: IListeningPort | None
+
+    def __init__(self, description: str, factory: Any, reactor: Any, *,
+                 check: Callable[[Any], None] | None = None, backlog: int | None = None):
         self.description = description
         self.factory = factory
         if description.split(":", 1)[0].strip().lower() == "ssl":
@@ -60,9 +95,9 @@ class Listener(Service):
         self.check = check
         self.port = None
 
-    def privilegedStartService(self):
+    def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        results = []
+        results: list[IListeningPort | Failure] = []
         self.endpoint.listen(self.factory).addBoth(results.append)
         if not results:
             # Every endpoint netshare accepts (tcp, ssl, unix, systemd)
@@ -79,12 +114,12 @@ class Listener(Service):
                 self.port = None
                 raise
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         if self.port is None:
             self.privilegedStartService()
 
-    def stopService(self):
+    def stopService(self) -> Any:
         super().stopService()
         port, self.port = self.port, None
         if port is not None:

@@ -12,6 +12,7 @@ Nothing secret is ever put in a field: commands are recorded redacted
 import io
 import os
 import sys
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -46,7 +47,9 @@ class JsonLogFile:
         self.path = os.path.join(directory, name)
         self._file = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=keep,
                              defaultMode=0o600)
-        self._observer = jsonFileLogObserver(_TextOut(self._file), recordSeparator="")
+        # jsonFileLogObserver only calls write() (typeshed's IO is wider than it needs).
+        self._observer = jsonFileLogObserver(cast(IO[Any], _TextOut(self._file)),
+                                             recordSeparator="")
         self._publisher = publisher
         self._clock = clock
         self._flusher = None
@@ -93,7 +96,10 @@ class _TextOut(io.TextIOBase):
 
 def consoleObserver(fmt="text", out=None, level=LogLevel.info):
     out = out or sys.stdout
-    obs = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
+    if fmt == "json":
+        obs = jsonFileLogObserver(out, recordSeparator="")
+    else:
+        obs = textFileLogObserver(out)
     return FilteringLogObserver(obs, [LogLevelFilterPredicate(defaultLogLevel=level)])
 
 

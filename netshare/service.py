@@ -19,19 +19,25 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.python.failure import Failure
 
+from netshare.config import Config
+from netshare.deferreds import deferred
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
 from netshare.logs import COMMAND_NAMESPACE, JsonLogFile, consoleObserver
 from netshare.protocols.factory import CommandFactory
 from netshare.protocols.files import FilesProtocol
+from netshare.protocols.line import CommandProtocol
 from netshare.protocols.personnel import PersonnelProtocol
 from netshare.protocols.ttweet import TtweetProtocol
 from netshare.services.accounts import AccountService, AccountWatch
@@ -39,10 +45,15 @@ from netshare.services.files.blobs import BlobStore
 from netshare.services.files.lockout import PasswordLockout
 from netshare.services.files.service import FilesService
 from netshare.services.history import HistoryRecorder
-from netshare.services.personnel import PersonnelService
-from netshare.services.ttweet import Hub
+from netshare.services.personnel.service import PersonnelService
+from netshare.services.ttweet.hub import Hub
+from netshare.storage import migrate
+from netshare.storage.accounts import AccountStore
+from netshare.storage.engine import EngineError, create_engine, describe
 from netshare.storage.files import FileStore
+from netshare.storage.history import HistoryStore
 from netshare.storage.personnel import PersonnelStore
+from netshare.storage.pool import DBPool
 from netshare.storage.tweets import TweetStore
 from netshare.throttle import LoginPolicy, Penalties
 
@@ -93,11 +104,18 @@ def build_hub(runtime) -> Hub:
 
 
 #: service name -> (its line protocol, what builds its service object)
-SERVICES = {
+SERVICES: dict[str, tuple[type[CommandProtocol], Callable[[Any], object]]] = {
     "personnel": (PersonnelProtocol, build_personnel),
     "files": (FilesProtocol, build_files),
     "ttweet": (TtweetProtocol, build_hub),
 }
+
+
+def _forgetBlobsOf(files: FilesService) -> Callable[[Any], None]:
+    """A removal listener: a removed account's file contents go too."""
+    def forget(removed: Any) -> None:
+        files.forget_blobs(removed.blob_ids)
+    return forget
 
 
 def make_factory(runtime, name: str) -> CommandFactory:
@@ -109,32 +127,33 @@ def make_factory(runtime, name: str) -> CommandFactory:
 @dataclass
 class Runtime:
     """Everything the protocols and service objects share."""
-    config: Any
-    reactor: Any
-    engine: Any = None
-    pool: Any = None
-    kdf: Any = None
-    accounts: Any = None
-    accountWatch: Any = None
-    history: Any = None
+    config: Config
+    reactor: Any          # an IReactorTime + IReactorTCP: the real one, or a test's
+    pool: DBPool
+    kdf: KDFPool
+    accounts: AccountService
+    history: HistoryRecorder
+    engine: Engine | None = None
+    accountWatch: AccountWatch | None = None
     #: Where one event per command goes (the JSON log file); None: the
     #: global log publisher.  Kept off the console: at thousands of commands
     #: per second a console line each would cost more than the command.
-    commandLog: Any = None
-    factories: dict = field(default_factory=dict)
-    apps: dict = field(default_factory=dict)
+    commandLog: Logger | None = None
+    factories: dict[str, CommandFactory] = field(default_factory=dict)
+    #: service name -> its service object (FilesService, Hub, PersonnelService)
+    apps: dict[str, Any] = field(default_factory=dict)
 
-    def connections(self):
+    def connections(self) -> Iterator[Any]:
         """Every open connection of every listener."""
         for factory in self.factories.values():
             yield from factory.connections
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, dict]:
         out = {name: f.stats.snapshot() for name, f in self.factories.items()}
-        out["database"] = self.pool.stats() if self.pool else {}
-        out["history"] = self.history.stats() if self.history else {}
-        out["kdf"] = ({"pending": self.kdf.pending, "sources": self.kdf.sources,
-                       "refused": self.kdf.refused} if self.kdf else {})
+        out["database"] = self.pool.stats()
+        out["history"] = self.history.stats()
+        out["kdf"] = {"pending": self.kdf.pending, "sources": self.kdf.sources,
+                      "refused": self.kdf.refused}
         return out
 
 
@@ -159,62 +178,58 @@ def fatal(message: str):
 
 class NetshareService(MultiService):
     log = Logger()
+    #: Built by L{prepare}.
+    runtime: Runtime
 
-    def __init__(self, config, reactor=None):
+    def __init__(self, config: Config, reactor: Any = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
-        self.runtime = Runtime(config=config, reactor=reactor)
-        self.jsonLog = None
-        self._jsonConsole = None
-        self._listeners = {}
+        self.reactor = reactor
+        self.jsonLog: JsonLogFile | None = None
+        self._jsonConsole: Any = None
+        self._listeners: dict[str, Any] = {}
         self._stopRequested = False
 
     # -- building (synchronous, before the reactor runs)
 
-    def prepare(self):
-        """Open the database, check the schema, build the factories.
-        @raise StartupError: with the operator-facing line."""
-        from netshare.storage import migrate
-        from netshare.storage.accounts import AccountStore
-        from netshare.storage.engine import EngineError, create_engine
-        from netshare.storage.history import HistoryStore
-        from netshare.storage.pool import DBPool
-
-        cfg, rt = self.config, self.runtime
+    def prepare(self) -> "NetshareService":
+        """Open the database, check the schema, build the runtime and the
+        factories.  @raise StartupError: with the operator-facing line."""
+        cfg, clock = self.config, self.reactor
         if not os.path.isdir(cfg.data):
             raise StartupError("data directory %s does not exist: run `netshare init --data %s`"
                                % (cfg.data, cfg.data))
+        engine = None
         try:
-            rt.engine = create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous,
-                                      pool_size=cfg.db_threads, call_timeout=cfg.db_timeout)
-            migrate.check(rt.engine)
+            engine = create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous,
+                                   pool_size=cfg.db_threads, call_timeout=cfg.db_timeout)
+            migrate.check(engine)
         except (EngineError, migrate.SchemaError) as e:
             raise StartupError("setting --db: %s" % (e,)) from None
         except Exception as e:
-            from netshare.storage.engine import describe
             raise StartupError("cannot use database %s: %s"
-                               % (describe(rt.engine) if rt.engine else cfg.db,
+                               % (describe(engine) if engine else cfg.db,
                                   str(e).splitlines()[0])) from None
-        rt.pool = DBPool(rt.engine, reactor=rt.reactor, call_timeout=cfg.db_timeout)
-        rt.kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, maxPerSource=cfg.kdf_per_source,
-                         reactor=rt.reactor)
-        policy = LoginPolicy.from_config(cfg)
-        rt.accounts = AccountService(AccountStore(rt.pool), rt.kdf, cfg.scrypt_n, cfg.scrypt_r,
-                                     cfg.scrypt_p, registration_open=cfg.registration == "open",
-                                     policy=policy, lockout_exempt=cfg.lockout_exempt,
-                                     clock=rt.reactor)
-        rt.history = HistoryRecorder(
-            HistoryStore(rt.pool), rt.reactor, cfg.history_flush,
+        pool = DBPool(engine, reactor=clock, call_timeout=cfg.db_timeout)
+        kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, maxPerSource=cfg.kdf_per_source,
+                      reactor=clock)
+        accounts = AccountService(AccountStore(pool), kdf, cfg.scrypt_n, cfg.scrypt_r,
+                                  cfg.scrypt_p, registration_open=cfg.registration == "open",
+                                  policy=LoginPolicy.from_config(cfg),
+                                  lockout_exempt=cfg.lockout_exempt, clock=clock)
+        history = HistoryRecorder(
+            HistoryStore(pool), clock, cfg.history_flush,
             prelogin=(cfg.prelogin_burst, cfg.prelogin_rate),
-            prelogin_address=(cfg.prelogin_address_burst,
-                              cfg.prelogin_address_rate),
+            prelogin_address=(cfg.prelogin_address_burst, cfg.prelogin_address_rate),
             max_entries=cfg.history_max_entries)
-        rt.accountWatch = AccountWatch(rt.accounts.store, rt.reactor, cfg.account_check,
-                                       rt.connections)
+        rt = self.runtime = Runtime(config=cfg, reactor=clock, pool=pool, kdf=kdf,
+                                    accounts=accounts, history=history, engine=engine)
+        watch = rt.accountWatch = AccountWatch(accounts.store, clock, cfg.account_check,
+                                               rt.connections)
         rt.accounts.removal_listeners.append(
-            lambda removed: rt.accountWatch.closeAccount(removed.account.id))
+            lambda removed: watch.closeAccount(removed.account.id))
         for name in SERVICES:
             endpoint = getattr(cfg, name)
             if endpoint is None:
@@ -223,8 +238,7 @@ class NetshareService(MultiService):
             rt.factories[name] = factory
             rt.apps[name] = factory.app
             if isinstance(factory.app, FilesService):  # a removed account's files go too
-                rt.accounts.removal_listeners.append(
-                    lambda removed, files=factory.app: files.forget_blobs(removed.blob_ids))
+                rt.accounts.removal_listeners.append(_forgetBlobsOf(factory.app))
             listener = Listener(endpoint, factory, rt.reactor, backlog=cfg.listen_backlog)
             listener.setName(name)
             listener.setServiceParent(self)
@@ -342,37 +356,43 @@ class NetshareService(MultiService):
         rt.pool.start()
         rt.kdf.start()
         rt.history.startRetention(self.config.history_retention)
-        rt.accountWatch.start()
+        if rt.accountWatch is not None:
+            rt.accountWatch.start()
         for name, app in rt.apps.items():
             start = getattr(app, "start", None)
             if start is not None:
                 d = defer.maybeDeferred(start)
-                d.addErrback(lambda f, n=name: self.log.failure("starting {service}", f, service=n))
+                d.addErrback(self._startFailed, name)
+
+    def _startFailed(self, failure: Failure, name: str) -> None:
+        self.log.failure("starting {service}", failure, service=name)
 
     # -- stopping
 
-    @defer.inlineCallbacks
-    def stopService(self):
+    @deferred
+    async def stopService(self) -> None:
         rt = self.runtime
         self.log.info("netshare stopping")
-        yield super().stopService()  # listeners stop accepting
+        await super().stopService()  # listeners stop accepting
         # Every listener's connections are told at once; one that fails to
         # close in order must not stop the others (or the flush below).
         closing = [defer.maybeDeferred(f.shutdown, self.config.shutdown_timeout)
                    for f in rt.factories.values()]
-        for name, result in zip(rt.factories, (yield defer.DeferredList(closing))):
-            if not result[0]:
-                self.log.failure("closing the {service} connections", result[1], service=name)
+        results = await defer.DeferredList(closing, consumeErrors=True)
+        for name, (ok, failure) in zip(rt.factories, results, strict=True):
+            if not ok:
+                self.log.failure("closing the {service} connections", failure, service=name)
         for name, app in rt.apps.items():
             stop = getattr(app, "stop", None)
             if stop is not None:
                 try:
-                    yield defer.maybeDeferred(stop)
+                    await defer.maybeDeferred(stop)
                 except Exception:
                     self.log.failure("stopping {service}", service=name)
-        rt.accountWatch.stop()
-        yield rt.history.stop()
-        yield rt.pool.stop()
+        if rt.accountWatch is not None:
+            rt.accountWatch.stop()
+        await rt.history.stop()
+        await rt.pool.stop()
         rt.kdf.stop()
         self.log.info("netshare stopped")
         if self.jsonLog is not None:

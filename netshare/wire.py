@@ -24,7 +24,7 @@ def iso_ms(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)
 
 
-def dumps(obj) -> str:
+def dumps(obj: object) -> str:
     """Compact JSON for one reply line.
 
     Line separators U+2028/U+2029 are escaped as well, so that a line-based
@@ -32,7 +32,3 @@ def dumps(obj) -> str:
     """
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def loads(text: str):
-    return json.loads(text)

@@ -129,7 +129,7 @@ def run_ssh(port, user, keyfile, lines, until, timeout=30):
     out = subprocess.run([sys.executable, "-c", SSH_SCRIPT, str(port), user, keyfile,
                           json.dumps(lines), until], cwd=ROOT, env=env(), capture_output=True,
                          text=True, timeout=timeout)
-    last = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    last = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not last:
         raise RuntimeError("ssh client failed: %s %s" % (out.stdout, out.stderr[-2000:]))
     return json.loads(last[-1])

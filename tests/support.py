@@ -102,7 +102,7 @@ class ServerProcess:
                     if time.monotonic() > deadline:
                         self.kill()
                         raise RuntimeError("server did not listen on %d:\n%s"
-                                           % (port, self.output()))
+                                           % (port, self.output())) from None
                     time.sleep(0.05)
         return self
 

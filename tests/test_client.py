@@ -2,17 +2,34 @@
 The client library (netshare.clients.protocol) against a real listener: one Deferred
 per command, pipelining, parsed listings and objects, uploads from a file
 with a producer, downloads into a file, pushes, and failure handling.
+
+Also here: the client's line framing (netshare.clients.lines), fed the same
+bytes in random pieces as Twisted's LineReceiver, must deliver exactly what
+LineReceiver delivers, pausing and raw mode included.
 """
 
 import hashlib
+import io
+import json
 import os
+import random
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.protocols.basic import LineReceiver
 
-from netshare.clients.protocol import CommandFailed, ProtocolError, Response, login, quote
+from netshare.clients.lines import LinearLineReceiver
+from netshare.clients.protocol import (
+    ClientProtocol,
+    CommandFailed,
+    ProtocolError,
+    Response,
+    login,
+    quote,
+)
 from tests.inprocess import add_account, listen, reactor, wait_for
 from tests.test_protocol_base import LabApp, LabProtocol, pattern
 
@@ -194,3 +211,184 @@ def test_greeting_refusal_and_timeout_fail_cleanly(make_runtime):
         yield wait_for(lambda: all(p.lost.called for p in tls.protocols))
     errors = [e for e in events if e.get("log_failure") is not None or e.get("isError")]
     assert errors == []
+
+
+# -- the line framing, against Twisted's LineReceiver ---------------------------------
+
+
+class LineReceiverClient(LineReceiver, ClientProtocol):
+    """The reference: L{ClientProtocol} framed by Twisted's LineReceiver (with
+    LF as the delimiter, a CR before it removed), as the client was before."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = ClientProtocol.MAX_LENGTH
+
+    def lineReceived(self, line):
+        ClientProtocol.lineReceived(self, line[:-1] if line.endswith(b"\r") else line)
+
+    rawDataReceived = ClientProtocol.rawDataReceived
+
+
+NASTY = ["'; DROP TABLE personnel;--", "100%", "back\\slash", '"quoted"', "Zo\u00eb \U0001F600"]
+RAW = b"raw\r\n610 1 SAVE {}\r\n\n\r" * 700 + b"tail"
+
+
+def _stream():
+    """
+    What a server may send a client: every kind of line, and the raw bytes
+    of a download.  @return: (the bytes; the kind of command each reply
+    answers, in order; the lines, without their ends).
+    """
+    lines = [b"220 netshare personnel 1 ready"]
+    kinds = []
+    for i in range(1, 301):
+        name = NASTY[i % len(NASTY)]
+        lines.append(("610 %d SAVE %s" % (i, json.dumps({"ssn": "p%d" % i, "name": name},
+                                                        ensure_ascii=False))).encode())
+        if i % 37 == 0:
+            lines += [b'210-{"a":1}', b'210-{"a":"\xc3\xa9"}', b"210 2 items"]
+            kinds.append("line")
+        if i % 53 == 0:
+            lines += [b"200 ok", b"611 %d DELETE {}" % (1000 + i), b"612 %d DELETE_ALL {}" % i]
+            kinds.append("line")
+        if i == 150:
+            lines += [b"150 %d bytes sha256=x" % len(RAW), RAW + b"226 done"]
+            kinds.append("download")
+    lines += [b"6105 no space", b"61", b"", b"hello", b"610 \xff\xfe bad utf-8",
+              b"610\xc3\xa9 not a push", b"600-continued", b"610 ends with CR\r",
+              b"421 shutting down"]
+    # CRLF mostly, a bare LF sometimes.
+    data = b"".join(line + (b"\n" if i % 11 == 0 else b"\r\n") for i, line in enumerate(lines))
+    return data, kinds, lines
+
+
+def _feed(cls, seed):
+    """Deliver the stream in random pieces (splitting CRLF and UTF-8
+    sequences), pausing in the middle of a read now and then as the sync
+    client does; @return: everything the protocol produced."""
+    data, kinds, _ = _stream()
+    rng = random.Random(seed)
+    proto = cls()
+    proto.makeConnection(StringTransport())
+    pushes, replies, sink = [], [], io.BytesIO()
+
+    def onPush(code, text):
+        pushes.append((code, text))
+        if rng.random() < 0.02:
+            proto.pauseProducing()
+
+    proto.onPush = onPush
+    for kind in kinds:
+        d = proto.download("D", sink) if kind == "download" else proto.command("X")
+        d.addCallback(lambda r: replies.append((r.code, r.text, r.lines, r.bytes)))
+    i = 0
+    while i < len(data):
+        n = rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
+        proto.dataReceived(data[i:i + n])
+        i += n
+        if proto.paused and rng.random() < 0.5:
+            proto.resumeProducing()
+    while proto.paused:
+        proto.resumeProducing()
+    return (pushes, replies, sink.getvalue(), proto.pushes, proto.clearLineBuffer(),
+            rng.random())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_client_frames_lines_exactly_like_line_receiver(seed):
+    linear, reference = _feed(ClientProtocol, seed), _feed(LineReceiverClient, seed)
+    assert linear == reference
+    pushes, replies, raw = linear[0], linear[1], linear[2]
+    assert raw == RAW and len(replies) == len(_stream()[1])
+    # Every 6xx line (after the greeting) is a push, parsed as its decoded text.
+    texts = [line.decode("utf-8", "replace") for line in _stream()[2][1:]]
+    assert pushes == [(int(t[:3]), t[4:]) for t in texts
+                      if t[:3].isdigit() and 600 <= int(t[:3]) < 700]
+    assert (610, '1 SAVE {"ssn": "p1", "name": "100%"}') in pushes
+    assert (610, "ends with CR\r") in pushes
+
+
+class _Recording:
+    MAX_LENGTH = 50
+
+    def lineLengthExceeded(self, line):
+        self.got.append(b"! " + line)
+        return super().lineLengthExceeded(line)
+
+
+class SmallLinear(_Recording, LinearLineReceiver):
+    def __init__(self):
+        super().__init__()
+        self.got = []
+
+    def lineReceived(self, line):
+        self.got.append(line)
+
+
+class SmallReference(_Recording, LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self):
+        self.got = []
+
+    def lineReceived(self, line):
+        self.got.append(line[:-1] if line.endswith(b"\r") else line)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_line_length_limit_like_line_receiver(seed):
+    """Lines around the limit (a CR counts), an unfinished line growing past
+    it, and what arrives after the connection starts closing."""
+    rng = random.Random(seed)
+    pieces = []
+    for _ in range(rng.randint(1, 12)):
+        body = b"x" * rng.choice([0, 1, 48, 49, 50, 51, 52, 120])
+        pieces.append(body + rng.choice([b"\n", b"\r\n", b"\r\r\n"]))
+    if rng.random() < 0.5:
+        pieces.append(b"y" * rng.choice([10, 50, 51, 200]))       # unfinished
+    data = b"".join(pieces)
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 8))))
+    chunks = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)], strict=True)]
+    results = []
+    for cls in (SmallLinear, SmallReference):
+        proto = cls()
+        proto.makeConnection(StringTransport())
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        results.append((proto.got, proto.transport.disconnecting, proto.clearLineBuffer()))
+    assert results[0] == results[1]
+
+
+def test_data_received_while_a_line_is_delivered_is_queued_in_order():
+    class Reentrant(LinearLineReceiver):
+        def __init__(self):
+            super().__init__()
+            self.got = []
+
+        def lineReceived(self, line):
+            self.got.append(line)
+            if line == b"a":
+                self.dataReceived(b"c\nd")
+
+    proto = Reentrant()
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"a\nb\n")
+    proto.dataReceived(b"\n")
+    assert proto.got == [b"a", b"b", b"c", b"d"]
+
+
+def test_pausing_stops_reading_the_transport_and_keeps_the_lines():
+    proto = ClientProtocol()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    got = []
+    proto.onPush = lambda code, text: (got.append(text), proto.pauseProducing())
+    proto.dataReceived(b"220 hi\r\n600 a\r\n600 b\r\n600 c")
+    assert got == ["a"] and transport.producerState == "paused"
+    proto.resumeProducing()
+    assert got == ["a", "b"] and transport.producerState == "paused"
+    proto.dataReceived(b"\r\n")                 # arrives while paused: waits
+    assert got == ["a", "b"]
+    proto.resumeProducing()
+    proto.resumeProducing()
+    assert got == ["a", "b", "c"] and transport.producerState == "producing"

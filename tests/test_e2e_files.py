@@ -3,7 +3,7 @@ The files service end to end (issue 4): the real `twistd -n netshare`
 process, the `netshare-files` client program and raw sockets.
 
  - every client command, its output and its exit status;
- - every refusal code of PROTOCOL.md section 2 on the wire;
+ - every refusal code of docs/protocol.md section 2 on the wire;
  - the names that must be refused, one test each, and nothing written
    outside the data directory; NFC/NFD spellings of one name collide;
  - kill -9 of the server mid-upload (a new file and a replace): after the

@@ -134,7 +134,7 @@ class SyncProc:
     def snapshot(self):
         rows = self._query(lambda db: db.execute(
             "SELECT %s FROM personnel ORDER BY ssn" % ", ".join(FIELDS)).fetchall())
-        return {r[0]: dict(zip(FIELDS, r)) for r in rows}
+        return {r[0]: dict(zip(FIELDS, r, strict=True)) for r in rows}
 
     def last_seq(self):
         try:
@@ -261,7 +261,7 @@ def fresh(stack, people=5):
     elsewhere)."""
     import sqlalchemy as sa
 
-    from netshare.storage.personnel import personnel, thd_demo_people
+    from netshare.storage.roster import personnel, thd_demo_people
     admin = stack.conn()
     for proc in stack.clients.values():
         if not proc.running():

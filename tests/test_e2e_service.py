@@ -72,7 +72,8 @@ def run_twistd(*args, timeout=30, **envextra):
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode("utf-8", "replace") if isinstance(e.stdout, bytes) \
             else (e.stdout or "")
-        raise AssertionError("twistd did not exit within %d s; output:\n%s" % (timeout, out))
+        raise AssertionError(
+            "twistd did not exit within %d s; output:\n%s" % (timeout, out)) from None
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     return r.returncode, lines
 

@@ -6,7 +6,7 @@ password prompt, a pseudo-terminal.
 Proves: every interactive command and every message of the assignment
 (issue 5's list), the one-shot C{-u}/C{-d} modes, exit statuses (errors
 before login exit 1, after login the session goes on), pushes printed while
-the client waits for input, every refusal code of PROTOCOL.md section 3 as
+the client waits for input, every refusal code of docs/protocol.md section 3 as
 the client shows it (552, 501, 553, 555, 550, 535, 429; 530 on the raw
 wire), TLS, and that tweets and a registered user's timeline survive a
 restart of the daemon on every configured database.

@@ -1,5 +1,5 @@
 """
-The files protocol (PROTOCOL.md section 2) over real TCP, in process: the
+The files protocol (docs/protocol.md section 2) over real TCP, in process: the
 real runtime (accounts, history, database pool), the real files service (L{build_files}) with
 its blob store under the data dir, a L{FilesProtocol} listener on a free
 port, netshare's client library and a raw byte client.
@@ -94,7 +94,7 @@ def temporaries(app):
 @pytest_twisted.inlineCallbacks
 def test_every_command_and_its_reply(db_runtime):
     """LIST / LIST mine / LIST hidden / INFO / CHECKSUM / UPLOAD (new, hidden,
-    replace) / DOWNLOAD (whole, offset) / DELETE give the PROTOCOL.md replies
+    replace) / DOWNLOAD (whole, offset) / DELETE give the docs/protocol.md replies
     and file objects, on every database."""
     srv, app = yield serve(db_runtime)
     alice = yield client(srv, "alice")
@@ -400,7 +400,7 @@ def test_quota_is_checked_again_when_the_row_is_written(make_runtime):
         b.send(b"2" * 600)
         line = yield b.readline()
         assert line.startswith("552 quota exceeded"), (kind, line)
-        yield wait_for(lambda: len(blob_files(app)) == 1, what="refused blob removed")
+        yield wait_for(lambda app=app: len(blob_files(app)) == 1, what="refused blob removed")
 
 
 @pytest_twisted.inlineCallbacks

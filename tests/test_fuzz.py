@@ -50,7 +50,7 @@ PASSWORDS = {"alice": "pw-alice", "root": "pw-root"}
 
 #: The services under test, built by the real composition root.
 SERVICES = ("personnel", "files", "ttweet")
-#: Every code PROTOCOL.md section 1 defines for a reply (6xx are pushes).
+#: Every code docs/protocol.md section 1 defines for a reply (6xx are pushes).
 REPLY_CODES = {150, 200, 201, 210, 214, 220, 221, 226, 230, 350, 421, 429, 451, 452, 500,
                501, 503, 530, 531, 535, 550, 552, 553, 554, 555}
 PUSH_CODES = {"personnel": {"610", "611", "612"}, "files": set(), "ttweet": {"600"}}
@@ -148,7 +148,7 @@ def template_line(template):
 
     def fill(values):
         out = template
-        for hole, value in zip(holes, values):
+        for hole, value in zip(holes, values, strict=True):
             out = out.replace("{%s}" % hole, value, 1)
         return out
 
@@ -193,7 +193,7 @@ def examples(service):
 # --- the model of one reply ------------------------------------------------------
 
 def expects_reply(line: bytes) -> bool:
-    """Whether the server must answer this line (PROTOCOL.md section 1: a
+    """Whether the server must answer this line (docs/protocol.md section 1: a
     blank line is not a command; anything else gets a reply or a close)."""
     body = line[:-1] if line.endswith(b"\n") else line
     body = body[:-1] if body.endswith(b"\r") else body
@@ -305,7 +305,8 @@ def run_example(srv, service, user, lines):
             try:
                 reply = yield read_reply(c, service, pushes)
             except ConnectionError:
-                raise Violation("closed without a closing reply after %r" % (transcript,))
+                raise Violation(
+                    "closed without a closing reply after %r" % (transcript,)) from None
             transcript.append(reply)
             if reply[0].startswith("350 "):
                 n = int(reply[0].split()[2])
@@ -334,7 +335,7 @@ def run_example(srv, service, user, lines):
         # stream is closed) before the next example starts.
         mine = srv.protocols[before:]
         yield defer.DeferredList([p.lost for p in mine]).addTimeout(WAIT, reactor())
-    # Every command is recorded in the request history (PROTOCOL.md section
+    # Every command is recorded in the request history (docs/protocol.md section
     # 1): whatever was sent, the recorder can write it.
     try:
         yield srv.runtime.history.flush().addTimeout(WAIT, reactor())

@@ -311,7 +311,7 @@ def test_history_query_is_answered_under_a_continuous_stream_of_records(runtime)
     c = yield logged_in(srv, "alice", "Sekret-Alice-1")
 
     def burst():
-        for i in range(200):
+        for _ in range(200):
             rt.history.record(int(time.time() * 1000), "load", "loadgen", "-", "PING", 200)
 
     loop = task.LoopingCall(burst)

@@ -212,10 +212,10 @@ def test_refusals_are_counted_and_logged_once_until_there_is_room():
     kdf.log = Logger(observer=events.append)
     for i in range(2):
         kdf.derive(pw("A", i), SALT, N, R, P, source="10.0.0.1")
-    for i in range(50):
+    for _ in range(50):
         assert_429_at_once(kdf.derive(b"x", SALT, N, R, P, source="10.0.0.1"))
     kdf.derive(b"B0", SALT, N, R, P, source="10.0.0.2")    # the total is full now
-    for i in range(50):
+    for _ in range(50):
         assert_429_at_once(kdf.derive(b"y", SALT, N, R, P, source="10.0.0.3"))
     assert kdf.refused == 100
     warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]

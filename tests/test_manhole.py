@@ -1,5 +1,5 @@
 """
-The manhole (PROTOCOL.md section 5, issue 7) through the real server process:
+The manhole (docs/protocol.md section 5) through the real server process:
 telnet-style login for admins only, a working shell with live statistics,
 refusals for users / wrong passwords / unknown names, loopback-only by
 default, and the SSH variant with authorized keys.
@@ -202,8 +202,8 @@ def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
 
 
 def test_shell_send_reaches_a_connected_sync_client(server):
-    """Issue 7, must-show 1: log in over telnet, call stats(), queue a
-    personnel send to a connected sync client, see the client receive it."""
+    """Log in over telnet, call stats(), queue a personnel send to a
+    connected sync client, see the client receive it."""
     import json
 
     from tests.support import LineConn
@@ -281,7 +281,7 @@ def test_a_peer_off_loopback_is_refused_without_the_opt_in():
     from twisted.internet.testing import MemoryReactorClock
 
     from netshare.config import defaults
-    from netshare.protocols.manhole import ManholeFactory
+    from netshare.protocols.manhole_telnet import ManholeFactory
     runtime = SimpleNamespace(config=defaults(), reactor=MemoryReactorClock())
     factory = ManholeFactory(runtime, the_portal=None)
     assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is None
@@ -408,8 +408,8 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
 
 
 def test_redaction_of_helper_passwords():
-    from netshare.protocols.manhole import UNTOKENIZABLE
-    from netshare.protocols.manhole import redact_command as redact
+    from netshare.protocols.manhole_shell import UNTOKENIZABLE
+    from netshare.protocols.manhole_shell import redact_command as redact
     # positional passwords: every string literal after the first argument
     assert redact('account_add("eve", "pw1")') == "account_add(\"eve\", '***')"
     assert redact("account_add('eve', 'pw1', admin=True)") == \
@@ -448,7 +448,7 @@ def test_the_helpers_taking_passwords_are_helpers():
 
 
 def test_recorded_command_text_is_escaped_and_bounded():
-    from netshare.protocols.manhole import MAX_COMMAND, command_text
+    from netshare.protocols.manhole_shell import MAX_COMMAND, command_text
     assert command_text("x = '\x1b[31m'") == "x = '\\x1b[31m'"
     long = command_text("x = " + "1" * 5000)
     assert len(long) < MAX_COMMAND + 40 and long.startswith("x = 111")
@@ -457,7 +457,7 @@ def test_recorded_command_text_is_escaped_and_bounded():
 
 def test_the_interpreter_reports_each_statement_and_its_outcome():
     """The outcome code comes from the interpreter's own hooks."""
-    from netshare.protocols.manhole import RecordingInterpreter
+    from netshare.protocols.manhole_shell import RecordingInterpreter
 
     class Output:
         def addOutput(self, data, isAsync=None):
@@ -479,23 +479,41 @@ def test_files_helper_totals_per_owner():
     from netshare.admin import Helpers
     public = [NS(owner="bob", size=10), NS(owner="alice", size=5)]
     hidden = [NS(owner="bob", size=7)]
-    store = NS(list_public=lambda: defer.succeed(public), list_hidden=lambda: defer.succeed(hidden))
+    store = NS(list_public=lambda: defer.succeed(public),
+               list_hidden=lambda: defer.succeed(hidden))
     runtime = NS(apps={"files": NS(files=store)})
     result = []
-    Helpers(runtime, "admin").files().addCallback(result.append)
+    Helpers(runtime, "admin").files().addBoth(result.append)
     assert result == [{"alice": {"files": 1, "bytes": 5}, "bob": {"files": 2, "bytes": 17}}]
-    with pytest.raises(RuntimeError, match="not running"):
-        Helpers(NS(apps={}), "admin").files()
+    failed = []
+    Helpers(NS(apps={}), "admin").files().addErrback(failed.append)
+    assert failed[0].check(RuntimeError) and "not running" in failed[0].getErrorMessage()
+
+
+def _answer(shell, name, call):
+    """Run one helper call in the shell; return the repr of its answer (a
+    value, or the result or failure of the Deferred it returned)."""
+    # The marker is built at run time, so the echo of the typed line cannot
+    # match it; the answer is printed as the repr of a tuple, then a prompt.
+    shell.send("__import__('twisted.internet.defer').internet.defer.maybeDeferred("
+               "lambda: %s).addBoth(lambda r: ('END' + '-%s', r))" % (call, name))
+    marker = ("('END-%s', " % name).encode()
+    shell.expect(re.escape(marker))
+    start = shell.text.rindex(marker) + len(marker)
+    shell.expect(rb"\n>>> ")
+    return shell.text[start:shell._pos].decode("utf-8", "replace").replace("\r", "")
 
 
 def test_every_helper_answers_through_a_real_session(tmp_path):
-    """Each helper in HELPERS, called in a shell on a server with every
-    listener on: none answers with a traceback, a failure or "not running"."""
+    """Each helper in HELPERS (the list help() shows), called in a shell on a
+    server with every listener on, gives the answer it documents: none
+    answers with a traceback, a failure or "not running", and each answer
+    shows the data the test put there."""
     from netshare.admin import HELPERS
     from tests.support import LineConn
     srv = ServerProcess(tmp_path / "data", manhole=True)
     srv.start()
-    shell = None
+    shell = tweeter = None
     try:
         admin = LineConn(srv.ports["personnel"])
         files = LineConn(srv.ports["files"])
@@ -511,47 +529,66 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
         finally:
             admin.close()
             files.close()
-        calls = [
-            ("help", "help()"), ("stats", "stats()"), ("connections", "connections()"),
-            ("show", "show()"), ("personnel", "personnel()"), ("clients", "clients()"),
-            ("messages", "messages()"), ("accounts", "accounts()"),
-            ("account_add", "account_add('helperx', 'helper-pw-1')"),
-            ("account_passwd", "account_passwd('helperx', 'helper-pw-2')"),
-            ("send", "send('555-02-0001', 'helperx')"),
-            ("send_to_all", "send_to_all('555-02-0001')"),
-            ("send_all", "send_all('helperx')"),
-            ("remove", "remove('555-02-0001', 'helperx')"),
-            ("remove_from_all", "remove_from_all('555-02-0001')"),
-            ("remove_all", "remove_all('helperx')"),
-            ("history", "history('*', 5)"), ("history_clear", "history_clear('helperx')"),
-            ("account_remove", "account_remove('helperx')"),
-            ("files", "files()"), ("ttweet", "ttweet()"),
-        ]
-        assert sorted(name for name, _ in calls) == sorted(HELPERS)
+        tweeter = LineConn(srv.ports["ttweet"])     # online while the shell looks
+        tweeter.readline()
+        assert tweeter.cmd("LOGIN admin %s" % srv.admin_password)[0].startswith("230")
         shell = TelnetClient(srv.ports["manhole"])
         shell.login("admin", srv.admin_password)
         shell.expect(rb">>> ")
         answers = {}
-        for name, call in calls:
-            # Every answer, a value or a Deferred's result or failure, comes
-            # back as one ('END' + '-name', ...) tuple (the marker is built at
-            # run time, so the echo of the typed line cannot match it).
-            shell.send("__import__('twisted.internet.defer').internet.defer.maybeDeferred("
-                       "lambda: %s).addBoth(lambda r: ('END' + '-%s', r))" % (call, name))
-            start = shell._pos
-            shell.expect(("\\('END-%s', " % name).encode())
-            shell.expect(rb"\n>>> ")
-            answers[name] = shell.text[start:shell._pos].decode("utf-8", "replace")
+
+        def ask(name, call):
+            answers[name] = _answer(shell, name, call)
+            return answers[name]
+
+        help_text = ask("help", "help()")
+        assert all("\n  %-16s " % name in help_text for name in HELPERS), help_text
+        assert "'manhole': {'connections': 1," in ask("stats", "stats()")
+        assert "'database': {" in answers["stats"]
+        assert re.search(r"\('manhole', 'admin', '127\.0\.0\.1:\d+'\)",
+                         ask("connections", "connections()")), answers["connections"]
+        assert "('ttweet', 'admin', " in answers["connections"]
+        assert "{'user': 'admin', 'role': 'admin'," in ask("accounts", "accounts()")
+        assert "{'user': 'helperx', 'role': 'user'," in ask(
+            "account_add", "account_add('helperx', 'helper-pw-1')")
+        assert ask("account_passwd", "account_passwd('helperx', 'helper-pw-2')") == "'ok')\n>>> "
+        # The new password works (and helperx now has history of its own).
+        helperx = LineConn(srv.ports["personnel"])
+        try:
+            helperx.readline()
+            assert helperx.cmd("LOGIN helperx helper-pw-2")[0].startswith("230")
+        finally:
+            helperx.close()
+        assert "'persons': [{'ssn': '555-02-0001', 'name': 'Ada'," in ask("show", "show()")
+        assert "[{'ssn': '555-02-0001', 'name': 'Ada', 'surname': 'Lovelace'," in ask(
+            "personnel", "personnel()")
+        # Each queues one message per person and client: one person, one client.
+        for name, call in (("send", "send('555-02-0001', 'helperx')"),
+                           ("send_to_all", "send_to_all('555-02-0001')"),
+                           ("send_all", "send_all('helperx')"),
+                           ("remove", "remove('555-02-0001', 'helperx')"),
+                           ("remove_from_all", "remove_from_all('555-02-0001')"),
+                           ("remove_all", "remove_all('helperx')")):
+            assert ask(name, call).startswith("1)"), (name, answers[name])
+        assert "'helperx'" in ask("clients", "clients()")
+        messages = ask("messages", "messages('helperx')")
+        for action in ("'SAVE'", "'DELETE'", "'DELETE_ALL'"):
+            assert action in messages, messages
+        assert "'service': 'manhole'" in ask("history", "history('*', 50)")
+        assert "'user': 'helperx'" in answers["history"]
+        assert re.match(r"[1-9]\d*\)", ask("history_clear", "history_clear('helperx')")), \
+            answers["history_clear"]
+        assert "{'removed': 'helperx', " in ask("account_remove", "account_remove('helperx')")
+        assert ask("files", "files()").startswith("{'admin': {'files': 1, 'bytes': 5}})")
+        assert "'online': ['admin']" in ask("ttweet", "ttweet()")  # the names, not a count
+        assert sorted(answers) == sorted(HELPERS)
         for name, text in answers.items():
             assert "Traceback" not in text and "Failure" not in text, (name, text)
             assert "is not running" not in text, (name, text)
-        assert "{'notes.txt'" not in answers["files"]
-        assert "'admin': {'files': 1, 'bytes': 5}" in answers["files"], answers["files"]
-        assert "'removed': 'helperx'" in answers["account_remove"]
-        assert "'online': []" in answers["ttweet"]     # the names online, not a count
     finally:
-        if shell is not None:
-            shell.close()
+        for conn in (shell, tweeter):
+            if conn is not None:
+                conn.close()
         srv.terminate()
         srv.kill()
 

@@ -10,15 +10,9 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
-from netshare.services.personnel import (
-    PersonnelService,
-    SyncFeed,
-    check_field,
-    check_fields,
-    check_ssn,
-    parse_int,
-    push_line,
-)
+from netshare.services.personnel.rules import check_field, check_fields, check_ssn, parse_int
+from netshare.services.personnel.service import PersonnelService
+from netshare.services.personnel.syncfeed import SyncFeed
 from netshare.storage import personnel as P
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool
@@ -75,7 +69,8 @@ def test_field_rules():
 
 
 def test_fields_for_add_and_update():
-    assert check_fields({"name": "A", "surname": "B"}, adding=True) == {"name": "A", "surname": "B"}
+    fields = {"name": "A", "surname": "B"}
+    assert check_fields(fields, adding=True) == fields
     with pytest.raises(BadArguments, match="missing field surname"):
         check_fields({"name": "A"}, adding=True)
     with pytest.raises(BadArguments, match="ssn cannot be changed"):
@@ -90,15 +85,6 @@ def test_parse_int():
     for bad in ["x", "", "1.5", "-1", "9" * 30, None, True]:
         with pytest.raises(BadArguments):
             parse_int(bad, "limit")
-
-
-def test_push_lines():
-    def msg(action, payload):
-        return P.Message("c", 7, action, None, payload, 0)
-    assert push_line(msg("SAVE", '{"ssn":"1"}')) == '610 7 SAVE {"ssn":"1"}'
-    assert push_line(msg("DELETE", '{"ssn":"1"}')) == '611 7 DELETE {"ssn":"1"}'
-    assert push_line(msg("DELETE_ALL", "{}")) == "612 7 DELETE_ALL {}"
-    assert push_line(msg("BOGUS", "{}")) is None
 
 
 def test_authorize():
@@ -183,6 +169,21 @@ def make_feed(store, sink, after=0, page_size=3, clock=None, chunk_bytes=1):
     # every message (the block tests below use real block sizes).
     return SyncFeed(store, "alice", sink, after, page_size=page_size,
                     clock=clock or task.Clock(), retry_delay=5, chunk_bytes=chunk_bytes)
+
+
+def test_push_lines_are_the_stored_payloads_and_unknown_actions_are_skipped():
+    store, sink = FakeStore(), FakeSink()
+    store.outbox["alice"] = [
+        P.Message("alice", 1, "SAVE", "1", '{"ssn":"1"}', 0),
+        P.Message("alice", 2, "DELETE", "1", '{"ssn":"1"}', 0),
+        P.Message("alice", 3, "BOGUS", None, "{}", 0),
+        P.Message("alice", 4, "DELETE_ALL", None, "{}", 0),
+    ]
+    feed = make_feed(store, sink, chunk_bytes=1024)
+    feed.start()
+    assert sink.lines == ['610 1 SAVE {"ssn":"1"}', '611 2 DELETE {"ssn":"1"}',
+                          "612 4 DELETE_ALL {}"]
+    assert sink.writes == [2, 1] and feed.lastSent == 4 and feed.sent == 3
 
 
 def test_feed_pushes_pages_in_order_then_waits():

@@ -1,5 +1,5 @@
 """
-The personnel wire protocol (PROTOCOL.md section 4) in-process: the real
+The personnel wire protocol (docs/protocol.md section 4) in-process: the real
 factory, accounts, history and database pool behind a loopback TCP port,
 spoken to with the real client library.  The tests that touch the database
 run on SQLite, PostgreSQL and MariaDB (the C{db_pool} fixture).
@@ -18,21 +18,14 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 
 from netshare import config as configmod
-from netshare.clients.personnel import (
-    BadPush,
-    SyncClient,
-    SyncProtocol,
-    _Session,
-    parse_pushes,
-    use_sync_protocol,
-)
+from netshare.clients.personnel_sync import BadPush, SyncClient, SyncSession, parse_pushes
 from netshare.clients.protocol import ClientProtocol, connect, login, quote
 from netshare.clients.syncdb import LocalStore
 from netshare.kdf import KDFPool
 from netshare.service import Runtime, make_factory
 from netshare.services.accounts import AccountService
 from netshare.services.history import HistoryRecorder
-from netshare.services.personnel import SyncFeed
+from netshare.services.personnel.syncfeed import SyncFeed
 from netshare.storage.accounts import AccountStore
 from netshare.storage.engine import create_engine
 from netshare.storage.history import HistoryStore
@@ -58,9 +51,9 @@ class Server:
         self.config = configmod.defaults(data=str(tmp_path), **settings)
         self.kdf = KDFPool(1, 16, reactor=reactor)
         self.kdf.start()
-        self.runtime = Runtime(config=self.config, reactor=reactor, pool=pool, kdf=self.kdf)
-        self.runtime.accounts = AccountService(AccountStore(pool), self.kdf, 1024, 8, 1)
-        self.runtime.history = HistoryRecorder(HistoryStore(pool), reactor, 0.05)
+        self.runtime = Runtime(config=self.config, reactor=reactor, pool=pool, kdf=self.kdf,
+                               accounts=AccountService(AccountStore(pool), self.kdf, 1024, 8, 1),
+                               history=HistoryRecorder(HistoryStore(pool), reactor, 0.05))
         self.factory = make_factory(self.runtime, "personnel")
         self.app = self.factory.app
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
@@ -577,12 +570,13 @@ def _stream():
     return b"".join(line + (b"\n" if i % 11 == 0 else b"\r\n") for i, line in enumerate(out))
 
 
-def _feed(cls, data, seed):
-    """Deliver C{data} in random pieces (splitting CRLF and UTF-8 sequences),
-    pausing in the middle of a read now and then as the sync client does;
+def _feed(data, seed, whole=False):
+    """Deliver C{data} to a L{ClientProtocol} in random pieces (splitting
+    CRLF and UTF-8 sequences), or in one piece, pausing in the middle of a
+    read now and then as the sync client does;
     @return: everything the protocol produced."""
     rng = random.Random(seed)
-    proto = cls()
+    proto = ClientProtocol()
     proto.makeConnection(StringTransport())
     pushes, replies = [], []
 
@@ -596,34 +590,27 @@ def _feed(cls, data, seed):
         proto.command("X").addCallback(lambda r: replies.append((r.code, r.text, r.lines)))
     i = 0
     while i < len(data):
-        n = rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
+        n = len(data) if whole else rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
         proto.dataReceived(data[i:i + n])
         i += n
         if proto.paused and rng.random() < 0.5:
             proto.resumeProducing()
     while proto.paused:
         proto.resumeProducing()
-    return pushes, replies, proto.pushes, proto._buffer, rng.random()
+    return pushes, replies, proto.pushes
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_sync_protocol_splits_lines_exactly_like_the_client_protocol(seed):
+def test_a_sync_stream_is_framed_the_same_in_any_pieces(seed):
+    """The sync client reads through the ordinary client protocol (no
+    special framing): however the stream is cut and paused, the same pushes
+    and replies come out."""
     data = _stream()
-    plain, fast = _feed(ClientProtocol, data, seed), _feed(SyncProtocol, data, seed)
-    assert fast == plain
-    pushes, replies = fast[0], fast[1]
+    pieces, whole = _feed(data, seed), _feed(data, seed, whole=True)
+    assert pieces == whole
+    pushes, replies = pieces[0], pieces[1]
     assert len(pushes) >= 300 and len(replies) >= 8
     assert (610, '1 SAVE {"ssn": "p1", "name": "100%"}') in pushes
-
-
-def test_use_sync_protocol_keeps_the_connection_state():
-    proto = ClientProtocol()
-    proto.makeConnection(StringTransport())
-    proto.dataReceived(b"220 hi\r\n610 1 SAVE {}\r\n610 2 SA")
-    assert use_sync_protocol(proto) is proto and type(proto) is SyncProtocol
-    proto.dataReceived(b"VE {}\r\n")
-    assert proto.pushes == [(610, "1 SAVE {}"), (610, "2 SAVE {}")]
-    assert use_sync_protocol(proto) is proto and type(proto) is SyncProtocol
 
 
 def test_sync_client_logs_each_change_in_one_event_per_batch():
@@ -676,7 +663,7 @@ def test_sync_client_keeps_one_ack_in_flight():
     from netshare.clients.protocol import Response
     client = SyncClient(task.Clock(), None, None, "alice", "pw")
     proto = _AckProto()
-    session = client._session = _Session(proto)
+    session = client._session = SyncSession(proto)
     client._ack(session, 100)
     client._ack(session, 200)
     client._ack(session, 300)
@@ -696,7 +683,7 @@ def test_sync_client_keeps_one_ack_in_flight():
 
 @pytest_twisted.inlineCallbacks
 def test_sync_client_stops_on_a_wrong_password(sqlite_pool, tmp_path):
-    from netshare.clients.personnel import SyncFailed
+    from netshare.clients.personnel_sync import SyncFailed
     srv = yield sqlite_server(sqlite_pool, tmp_path)
     local = LocalStore(str(tmp_path / "x.db"))
     port = srv.port.getHost().port

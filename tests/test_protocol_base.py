@@ -1,5 +1,5 @@
 """
-PROTOCOL.md section 1 against a real listener over TCP: framing, every limit,
+docs/protocol.md section 1 against a real listener over TCP: framing, every limit,
 codes, ordering, replies, raw mode, pushes, errors.
 
 L{LabProtocol} is a test-only service protocol with an upload-like (PUT) and
@@ -14,21 +14,17 @@ import socket
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.logger import capturedLogs
 from zope.interface import implementer
 
 from netshare import config as configmod
-from netshare.protocols.line import (
-    CommandProtocol,
-    Listing,
-    ObjectReply,
-    ReceiveRaw,
-    Reply,
-    SendRaw,
-    parse_int,
-)
+from netshare.protocols.line import CommandProtocol
+from netshare.protocols.replies import Listing, ObjectReply, ReceiveRaw, Reply, SendRaw
+from netshare.protocols.words import parse_int
 from tests.inprocess import add_account, listen, reactor, wait_for
 
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -655,7 +651,7 @@ def test_pushes_never_inside_a_listing_or_raw_data(runtime):
     srv.factory.app.senders[0].release()
     yield wait_for(lambda: b"226 transfer complete" in a.buffer, what="download done")
     a.send(b"PUT 6\r\nabc")
-    yield wait_for(lambda: server_a._rawRemaining == 3, what="upload half done")
+    yield wait_for(lambda: server_a.rawRemaining == 3, what="upload half done")
     server_a.sendPush("600 p4")
     a.send(b"def")
     yield wait_for(lambda: b"226 stored 6" in a.buffer and b"600 p4" in a.buffer,
@@ -725,7 +721,7 @@ def test_reader_that_never_reads_is_dropped_and_others_keep_being_served(make_ru
         assert silent.lost.called, "the silent client was never dropped"
         assert srv.factory.stats.slow_drops == 1
         # What the server held for it was bounded by the limit.
-        assert silent._queuedWhileFull <= limit + len(push)
+        assert silent.output.queuedWhileFull <= limit + len(push)
         assert not reader.closed.called and not other.closed.called
         assert reader.received > 0
         assert rtts and max(rtts) < 2.0  # generous: others were served throughout
@@ -782,18 +778,15 @@ def test_orderly_stop_answers_pending_commands_then_says_421(make_runtime):
     yield stopping.addTimeout(10, reactor())
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
-
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab =#\t\r\n\xa0\u2028\u00e9\x0b\x0c\x1f-'\"\\")),
                max_size=20))
 def test_tokenize_is_shlex_split(text):
-    """The fast path must split exactly as shlex.split does (PROTOCOL.md)."""
+    """The fast path must split exactly as shlex.split does (docs/protocol.md)."""
     import shlex
 
-    from netshare.protocols.line import tokenize
+    from netshare.protocols.words import tokenize
     try:
         expected = shlex.split(text, posix=True)
     except ValueError:

@@ -1,5 +1,5 @@
 """
-Robustness of every port of the real server (RELIABILITY.md section 2-A),
+Robustness of every port of the real server against bad input,
 against one C{twistd -n netshare} process (SQLite, cheap scrypt, a 2 s idle
 timeout) shared by the module; a few tests that need another database or
 that knowingly trigger a bug get a server of their own.
@@ -117,7 +117,7 @@ def tracebacks(text: bytes, allow_manhole_negotiation=False):
     """Log records of the server's console output that hold a traceback."""
     starts = [m.start() for m in RECORD_START.finditer(text)] + [len(text)]
     count = text[:starts[0]].count(b"Traceback")
-    for a, b in zip(starts, starts[1:]):
+    for a, b in zip(starts, starts[1:], strict=False):
         record = text[a:b]
         if b"Traceback" in record or b"Unhandled Error" in record:
             if allow_manhole_negotiation and MANHOLE_NEGOTIATION.match(record):

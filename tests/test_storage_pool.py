@@ -161,6 +161,34 @@ def test_stop_waits_for_inflight_calls(db_pool):
 
 
 @pytest_twisted.inlineCallbacks
+def test_write_returns_plain_data_and_rolls_back_on_error(db_pool):
+    assert (yield timed(db_pool.write(A.thd_create, "heidi", "user", "h"))).name == "heidi"
+
+    def create_then_refuse(conn):
+        A.thd_create(conn, "ivan", "user", "h")
+        raise Conflict("refused")
+    with pytest.raises(Conflict):
+        yield timed(db_pool.write(create_then_refuse))
+    assert (yield timed(db_pool.run(count_accounts))) == 1
+    assert db_pool.stats()["in_doubt"] == 0
+
+
+def test_worker_threads_follow_the_engine():
+    """One thread for SQLite (one writer); the connection pool's size for a
+    server (no thread waits for a connection)."""
+    from netshare.storage.engine import worker_threads
+    engine = create_engine("sqlite://")
+    try:
+        assert worker_threads(engine) == 1
+        assert DBPool(engine).threads == 1
+        assert DBPool(engine, threads=3).threads == 3
+    finally:
+        engine.dispose()
+    server = create_engine("postgresql+psycopg://u@127.0.0.1:1/x", pool_size=4)
+    assert worker_threads(server) == 4         # no connection is made
+
+
+@pytest_twisted.inlineCallbacks
 def test_many_concurrent_calls(db_pool):
     ds = [db_pool.run(A.thd_create, "user%d" % i, "user", "h") for i in range(20)]
     yield timed(defer.gatherResults(ds, consumeErrors=True))
@@ -185,10 +213,9 @@ def test_accounts_store(db_pool):
         yield timed(store.create("ALICE", "user", "h"))
     yield timed(store.create("bob", "user", "h1"))
     yield timed(store.set_password("BOB", "h2"))
-    yield timed(store.set_role("bob", "admin"))
     bob = yield timed(store.get("bob"))
-    assert (bob.password_hash, bob.role) == ("h2", "admin")
-    for bad in (store.set_password("zed", "h"), store.set_role("zed", "user"), store.remove("zed")):
+    assert (bob.password_hash, bob.role) == ("h2", "user")
+    for bad in (store.set_password("zed", "h"), store.remove("zed")):
         with pytest.raises(NotFound):
             yield timed(bad)
     names = [a.name for a in (yield timed(store.list()))]
@@ -278,6 +305,20 @@ def test_history_store(db_pool):
     assert (yield timed(store.purge(1_700_000_000_000 + 3))) == 3
     assert [e.command for e in (yield timed(store.list(100)))] == [rows[4]["command"],
                                                                   rows[3]["command"]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_journaled_write_stores_its_entry_with_it(db_pool):
+    """The history entry of a write goes in the write's own transaction:
+    there when the write committed, not there when it failed."""
+    store = A.AccountStore(db_pool)
+    yield timed(store.create("judy", "user", "h", journal=_row(0, "admin", "ADD judy", 201)))
+    with pytest.raises(Conflict):
+        yield timed(store.create("JUDY", "user", "h", journal=_row(1, "admin", "ADD JUDY", 201)))
+    entries = yield timed(db_pool.run(H.thd_list, 10))
+    assert [(e.command, e.code) for e in entries] == [("ADD judy", 201)]
+    assert H.journaled(A.thd_create, None) is A.thd_create
+    assert H.journaled(A.thd_create, _row(2, "admin")).__name__ == "thd_create"
 
 
 @pytest_twisted.inlineCallbacks

@@ -158,7 +158,7 @@ def test_hub_state_survives_restart(db_pool):
     restart; a guest's timeline does not outlive its session."""
     from twisted.internet import reactor
 
-    from netshare.services.ttweet import Hub
+    from netshare.services.ttweet.hub import Hub
 
     hub = Hub(T.TweetStore(db_pool))
     yield hub.start().addTimeout(5, reactor)

@@ -91,7 +91,7 @@ def test_large_batches_match_one_statement_per_message(store, tmp_path):
     from netshare.clients import syncdb
     rng = random.Random(7)
     batch, seq = [], 0
-    for run in range(12):
+    for _run in range(12):
         kind = rng.choice(["SAVE", "SAVE", "SAVE", "DELETE", "DELETE_ALL"])
         for _ in range(rng.choice([1, 5, syncdb.UPSERT_ROWS - 1, syncdb.UPSERT_ROWS,
                                    syncdb.UPSERT_ROWS * 2 + 3])):
@@ -203,7 +203,7 @@ def test_kill_9_mid_batch_loses_nothing_applies_nothing_twice(tmp_path):
 
 
 def test_apply_rate_100k(store):
-    """PERF.md section 5 asks for >= 100k rows/s; printed, not asserted
+    """The sync client aims at >= 100k rows/s (bench/README.md); printed, not asserted
     (the machine is shared and noisy)."""
     n = 100_000
     batch = [save(i + 1, "p%06d" % i, name="Name %d" % i, job="clerk", salary=str(i))

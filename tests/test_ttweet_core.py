@@ -1,5 +1,5 @@
 """
-The ttweet core (netshare.services.ttweet): validation texts of PROTOCOL.md section 3,
+The ttweet core (netshare.services.ttweet): validation texts of docs/protocol.md section 3,
 subscriptions, fan-out, flood limit, timelines and the batch writer.
 
 No sockets and no database: sessions are fakes with C{sendPush}, the store is
@@ -23,9 +23,10 @@ from netshare.errors import (
     RateLimited,
     TemporaryError,
 )
-from netshare.services import ttweet
-from netshare.services.ttweet import FloodLimiter, Hub
+from netshare.services.ttweet import rules
+from netshare.services.ttweet.hub import Hub
 from netshare.storage.tweets import TweetRow
+from netshare.throttle import TokenBuckets
 
 # --- fakes -------------------------------------------------------------------
 
@@ -150,54 +151,54 @@ def online(hub, *names, registered=False):
 
 @pytest.mark.parametrize("name", ["a", "A1", "x" * 32, "abcXYZ0189"])
 def test_username_ok(name):
-    assert ttweet.check_username(name) == name
+    assert rules.check_username(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 33, "a b", "a_b", "a-b", "é", "a\n", "ａ", "١٢"])
 def test_username_wrong_format(name):
     with pytest.raises(NameNotAllowed) as e:
-        ttweet.check_username(name)
+        rules.check_username(name)
     assert e.value.replyLine() == "553 username has wrong format"
 
 
 def test_message_150_code_points_ok_151_not():
-    assert ttweet.check_message("a" * 150)
+    assert rules.check_message("a" * 150)
     with pytest.raises(LimitExceeded) as e:
-        ttweet.check_message("a" * 151)
+        rules.check_message("a" * 151)
     assert e.value.replyLine() == "552 message length illegal"
 
 
 def test_message_150_emoji_counts_code_points_not_bytes():
     msg = "\U0001F600" * 150
     assert len(msg.encode("utf-8")) == 600
-    assert ttweet.check_message(msg) == msg
+    assert rules.check_message(msg) == msg
     with pytest.raises(LimitExceeded):
-        ttweet.check_message(msg + "\U0001F600")
+        rules.check_message(msg + "\U0001F600")
 
 
 def test_message_combining_marks_are_code_points():
     # "e" + COMBINING ACUTE: one visible character, two code points.
-    assert ttweet.check_message("e\u0301" * 75)
+    assert rules.check_message("e\u0301" * 75)
     with pytest.raises(LimitExceeded):
-        ttweet.check_message("e\u0301" * 75 + "x")
+        rules.check_message("e\u0301" * 75 + "x")
 
 
 @pytest.mark.parametrize("msg", ["", " ", "   \t ", "\u3000", " " * 150])
 def test_message_empty_or_blank_is_format_error(msg):
     with pytest.raises(BadArguments) as e:
-        ttweet.check_message(msg)
+        rules.check_message(msg)
     assert e.value.replyLine() == "501 message format illegal"
 
 
 @pytest.mark.parametrize("msg", ["a\rb", "a\x00", "\x1b[31mred", "a\u2028b", "a\ud800"])
 def test_message_control_characters_are_format_error(msg):
     with pytest.raises(BadArguments) as e:
-        ttweet.check_message(msg)
+        rules.check_message(msg)
     assert e.value.text == "message format illegal"
 
 
 def test_message_allows_ordinary_unicode():
-    assert ttweet.check_message("héllo 世界 \u200d zwj") == "héllo 世界 \u200d zwj"
+    assert rules.check_message("héllo 世界 \u200d zwj") == "héllo 世界 \u200d zwj"
 
 
 @pytest.mark.parametrize("s,tags", [
@@ -210,7 +211,7 @@ def test_message_allows_ordinary_unicode():
     ("#all#All", ("#all", "#All")),
 ])
 def test_hashtags_ok(s, tags):
-    assert ttweet.parse_hashtags(s) == tags
+    assert rules.parse_hashtags(s) == tags
 
 
 @pytest.mark.parametrize("s", [
@@ -219,19 +220,19 @@ def test_hashtags_ok(s, tags):
 ])
 def test_hashtags_illegal(s):
     with pytest.raises(NameNotAllowed) as e:
-        ttweet.parse_hashtags(s)
+        rules.parse_hashtags(s)
     assert e.value.replyLine() == "553 hashtag illegal format"
 
 
 @pytest.mark.parametrize("tag", ["#ALL", "#cs", "#" + "9" * 14])
 def test_subscription_tag_ok(tag):
-    assert ttweet.check_subscription_tag(tag) == tag
+    assert rules.check_subscription_tag(tag) == tag
 
 
 @pytest.mark.parametrize("tag", ["", "#", "cs", "#a#b", "#" + "x" * 15, "##", "#é"])
 def test_subscription_tag_illegal(tag):
     with pytest.raises(NameNotAllowed) as e:
-        ttweet.check_subscription_tag(tag)
+        rules.check_subscription_tag(tag)
     assert e.value.text == "hashtag illegal format"
 
 
@@ -283,7 +284,8 @@ def test_subscribe_twice_fails_with_exact_text():
     hub.subscribe(s, "#cs")
     with pytest.raises(LimitExceeded) as e:
         hub.subscribe(s, "#cs")
-    assert e.value.text == "operation failed: sub #cs failed, already exists or exceeds 3 limitation"
+    assert e.value.text == ("operation failed: sub #cs failed, already exists or exceeds 3 "
+                            "limitation")
     with pytest.raises(NameNotAllowed):
         hub.subscribe(s, "#a#b")
     assert hub.subscriptions(s) == ["#cs"]
@@ -380,12 +382,15 @@ def test_sender_gets_own_tweet_only_when_subscribed():
 
 def test_failing_push_does_not_stop_others():
     hub, _, _ = make_hub()
-    a, b, c = online(hub, "a", "b", "c")
 
-    def boom(data):
-        raise RuntimeError("socket gone")
+    class Broken(FakeSession):
+        def sendPush(self, data):
+            raise RuntimeError("socket gone")
 
-    hub._members[b].send = boom
+    (a,) = online(hub, "a")
+    b = Broken("b")
+    hub.login(b)
+    (c,) = online(hub, "c")
     for s in (a, b, c):
         hub.subscribe(s, "#t")
     hub.publish(a, "x", "#t")
@@ -436,7 +441,7 @@ def test_invalid_tweets_publish_nothing():
 
 def test_flood_limiter_burst_then_rate():
     clock = Clock()
-    f = FloodLimiter(clock, burst=50, rate=20.0)
+    f = TokenBuckets(clock, burst=50, rate=20.0)
     assert all(f.allow("u") for _ in range(50))
     assert not f.allow("u")
     assert f.allow("other")                 # per key
@@ -449,14 +454,14 @@ def test_flood_limiter_burst_then_rate():
 
 def test_flood_limiter_memory_is_bounded():
     clock = Clock()
-    f = FloodLimiter(clock, burst=2, rate=1.0, max_keys=100)
+    f = TokenBuckets(clock, burst=2, rate=1.0, max_keys=100)
     for i in range(1000):
         f.allow("user%d" % i)
     assert len(f) == 100
 
 
 def test_flood_limiter_disabled():
-    f = FloodLimiter(Clock(), burst=0, rate=20)
+    f = TokenBuckets(Clock(), burst=0, rate=20)
     assert all(f.allow("u") for _ in range(1000))
 
 

@@ -1,5 +1,5 @@
 """
-The ttweet protocol (PROTOCOL.md section 3) over real TCP, in process: the
+The ttweet protocol (docs/protocol.md section 3) over real TCP, in process: the
 real runtime (accounts, history, database pool), the real hub and store, a
 L{TtweetProtocol} listener on a free port, netshare's own client library and
 a raw byte client.
@@ -17,7 +17,8 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from netshare.clients.protocol import quote
-from netshare.protocols.ttweet import MAX_HELD, TtweetProtocol
+from netshare.protocols.replies import MAX_HELD
+from netshare.protocols.ttweet import TtweetProtocol
 from netshare.service import build_hub
 from netshare.storage.tweets import TweetStore
 from tests.inprocess import (
@@ -386,7 +387,7 @@ def test_held_replies_are_bounded(make_runtime):
     yield wait_for(lambda: hub.published >= MAX_HELD, what="held queue full")
     other = yield guest(srv, "other")
     yield other.command("PING")          # the reactor went round: still stopped
-    assert hub.published == MAX_HELD and srv.protocols[0]._heldPaused
+    assert hub.published == MAX_HELD and srv.protocols[0]._held.paused
     hub.store.release()
     replies = yield read_lines(raw, n)
     assert replies == ["200 ok"] * n
@@ -628,7 +629,7 @@ def test_hub_stop_and_batches_with_reentrant_callbacks():
     stop() fires only when everything is written."""
     from twisted.internet.task import Clock
 
-    from netshare.services.ttweet import Hub
+    from netshare.services.ttweet.hub import Hub
     clock, store = Clock(), ManualStore()
     hub = Hub(store, clock=clock, batch_rows=2, batch_interval=0.05)
     hub.start()

@@ -48,10 +48,13 @@ import os
 import sys
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -61,9 +64,17 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netshare.clients.protocol import CommandFailed, connect, login, password_from_env_or_prompt
+from netshare.clients.protocol import (
+    ClientProtocol,
+    CommandFailed,
+    Response,
+    connect,
+    login,
+    password_from_env_or_prompt,
+)
 
 #: Exit statuses of every client program.
 EXIT_OK = 0
@@ -80,7 +91,7 @@ class UsageError(Exception):
 # -- command line ---------------------------------------------------------------
 
 
-def add_connection_options(parser: argparse.ArgumentParser, default_port: int):
+def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -> None:
     """
     C{--host --port --user --tls --cafile --hostname --timeout}, with
     defaults from C{NETSHARE_HOST}, C{NETSHARE_PORT} and C{NETSHARE_USER}.
@@ -101,10 +112,9 @@ def add_connection_options(parser: argparse.ArgumentParser, default_port: int):
     g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
     g.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for the connection and greeting [default: %(default)s]")
-    return g
 
 
-def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False):
+def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
     """C{--json}.  Give C{suppress=True} on sub-parsers so that a C{--json}
     before the command is not reset by the sub-parser's default."""
     parser.add_argument("--json", action="store_true",
@@ -112,8 +122,9 @@ def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False):
                         help="print JSON instead of tables")
 
 
-
-def command_parser(prog: str, description: str, default_port: int):
+def command_parser(
+        prog: str, description: str, default_port: int,
+) -> tuple[argparse.ArgumentParser, Callable[[str, str], argparse.ArgumentParser]]:
     """
     The command line every sub-command client shares: connection and output
     options before the command (as in every netshare client), then one
@@ -127,14 +138,15 @@ def command_parser(prog: str, description: str, default_port: int):
     add_output_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help):
+    def command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         add_output_options(p, suppress=True)
         return p
 
     return parser, command
 
-def _port(text) -> int:
+
+def _port(text: str | int) -> int:
     try:
         port = int(text)
     except (TypeError, ValueError):
@@ -144,7 +156,7 @@ def _port(text) -> int:
     return port
 
 
-def password(args, prompt: str | None = None) -> str:
+def password(args: argparse.Namespace, prompt: str | None = None) -> str:
     """The password of C{args.user}: C{NETSHARE_PASSWORD} or a prompt."""
     return password_from_env_or_prompt(prompt or "Password for %s: " % (args.user,))
 
@@ -152,7 +164,8 @@ def password(args, prompt: str | None = None) -> str:
 # -- sessions -------------------------------------------------------------------
 
 
-async def open_session(reactor, args, secret: str | None = None):
+async def open_session(reactor: Any, args: argparse.Namespace,
+                       secret: str | None = None) -> ClientProtocol:
     """Connect, wait for the greeting and LOGIN as C{args.user}.
     @return: a logged-in L{netshare.clients.protocol.ClientProtocol}."""
     if not args.user:
@@ -164,24 +177,23 @@ async def open_session(reactor, args, secret: str | None = None):
     try:
         await login(proto, args.user, secret)
     except BaseException:
-        proto.transport.abortConnection()
+        proto.abort()
         raise
     return proto
 
 
-async def close(proto):
+async def close(proto: ClientProtocol) -> None:
     """QUIT politely and wait (briefly) for the server to close."""
-    if proto.transport is None or not proto.transport.connected:
+    if not proto.isOpen:
         return
     try:
         await proto.command("QUIT")
     except Exception:
         pass
-    proto.transport.loseConnection()
-    await proto.closed
+    await proto.close()
 
 
-def checked(response):
+def checked(response: Response) -> Response:
     """@return: C{response} if it is a success; raise L{CommandFailed} otherwise."""
     if not response.ok:
         raise CommandFailed(response)
@@ -191,8 +203,7 @@ def checked(response):
 # -- running a program -----------------------------------------------------------
 
 
-
-async def one_command(reactor, args, line):
+async def one_command(reactor: Any, args: argparse.Namespace, line: str) -> Response:
     """Log in, run one command, QUIT. @return: the (successful) response;
     a refusal raises as L{checked} does."""
     proto = await open_session(reactor, args)
@@ -201,7 +212,9 @@ async def one_command(reactor, args, line):
     finally:
         await close(proto)
 
-def run(args, main, prog: str | None = None):
+
+def run(args: argparse.Namespace, main: Callable[[Any], Awaitable[int | None] | int | None],
+        prog: str | None = None) -> None:
     """
     Run C{main(reactor)} (a coroutine function or one returning a Deferred)
     under L{twisted.internet.task.react} and exit with its status: the int
@@ -211,7 +224,7 @@ def run(args, main, prog: str | None = None):
     from twisted.internet import task
     prog = prog or os.path.basename(sys.argv[0]) or "netshare"
 
-    async def wrapped(reactor):
+    async def wrapped(reactor: Any) -> None:
         try:
             code = await defer.maybeDeferred(main, reactor)
         except CommandFailed as e:
@@ -235,17 +248,17 @@ def run(args, main, prog: str | None = None):
     task.react(lambda reactor: defer.ensureDeferred(wrapped(reactor)))
 
 
-def _err(prog, text):
+def _err(prog: str, text: str) -> None:
     sys.stderr.write("%s: %s\n" % (prog, text))
     sys.stderr.flush()
 
 
-def _reason(e) -> str:
+def _reason(e: BaseException) -> str:
     text = str(e).strip()
     return text or type(e).__name__
 
 
-def start_logging(level: str = "info", fmt: str = "text", stream=None):
+def start_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:
     """
     Send C{twisted.logger} events at C{level} or above to C{stream}
     (stderr by default) as text lines or JSON (one event per line, with all
@@ -264,7 +277,7 @@ def start_logging(level: str = "info", fmt: str = "text", stream=None):
 # -- output ----------------------------------------------------------------------
 
 
-def printable(value) -> str:
+def printable(value: object) -> str:
     """A cell value with control and format characters escaped, so a field
     can never move the cursor or reorder a terminal line."""
     if value is None:
@@ -277,7 +290,8 @@ def printable(value) -> str:
     return "".join(c if unicodedata.category(c)[0] != "C" else "\\u%04x" % ord(c) for c in text)
 
 
-def format_table(rows: list[dict], columns: list[str], headers: dict | None = None,
+def format_table(rows: list[dict[str, Any]], columns: list[str],
+                 headers: dict[str, str] | None = None,
                  max_width: int | None = None) -> str:
     """
     A plain-text table: a header line, a rule, one line per row.  Cells
@@ -290,20 +304,22 @@ def format_table(rows: list[dict], columns: list[str], headers: dict | None = No
                  for line in cells]
     titles = [headers.get(c, c) for c in columns]
     widths = [max([len(t)] + [len(line[i]) for line in cells]) for i, t in enumerate(titles)]
-    out = ["  ".join(t.ljust(w) for t, w in zip(titles, widths)).rstrip(),
+    out = ["  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip(),
            "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in cells]
     return "\n".join(out) + "\n"
 
 
-def format_object(obj: dict, columns: list[str] | None = None) -> str:
+def format_object(obj: dict[str, Any], columns: list[str] | None = None) -> str:
     """One object as C{key: value} lines."""
     keys = columns or list(obj)
     width = max((len(k) for k in keys), default=0)
     return "".join("%s: %s\n" % (k.ljust(width), printable(obj.get(k))) for k in keys)
 
 
-def emit(args, data, columns: list[str] | None = None, out=None, text: str | None = None):
+def emit(args: argparse.Namespace, data: Any, columns: list[str] | None = None,
+         out: IO[str] | None = None, text: str | None = None) -> None:
     """
     Print a result: JSON with C{args.json}; otherwise C{text} if given, a
     table for a list, C{key: value} lines for a dict.
@@ -325,7 +341,7 @@ def emit(args, data, columns: list[str] | None = None, out=None, text: str | Non
     out.flush()
 
 
-def _cell_width(out):
+def _cell_width(out: IO[str]) -> int | None:
     # Long cells are cut only on a terminal; piped output stays whole.
     return 48 if hasattr(out, "isatty") and out.isatty() else None
 
@@ -348,13 +364,13 @@ class LineInput(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self):
-        self._lines = []
-        self._waiting = None
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._waiting: defer.Deferred[str | None] | None = None
         self.eof = False
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
 
-    def lineReceived(self, line):
+    def lineReceived(self, line: bytes) -> None:
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
@@ -362,7 +378,7 @@ class LineInput(LineReceiver):
         else:
             self._lines.append(text)
 
-    def ask(self, prompt: str = "") -> defer.Deferred:
+    def ask(self, prompt: str = "") -> defer.Deferred[str | None]:
         """Show C{prompt}; fire with the next line (without its end), or
         C{None} at the end of input."""
         if prompt:
@@ -374,25 +390,25 @@ class LineInput(LineReceiver):
         self._waiting = defer.Deferred()
         return self._waiting
 
-    def write(self, text: str):
+    def write(self, text: str) -> None:
         if self.transport is not None:
             self.transport.write(text.encode("utf-8"))
 
-    def readConnectionLost(self):
+    def readConnectionLost(self) -> None:
         self.eof = True
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.callback(None)
 
-    def writeConnectionLost(self):
+    def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.readConnectionLost()
         if not self.done.called:
             self.done.callback(None)
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[None]:
         """Flush the output and close; fires when closed."""
         if self.transport is not None:
             self.transport.loseConnection()
@@ -407,8 +423,9 @@ class ProgressBar:
     L{netshare.clients.protocol.ClientProtocol.upload}/C{download}); L{finish} at the end.
     """
 
-    def __init__(self, total: int, label: str = "", stream=None, force: bool = False,
-                 clock=time.monotonic, width: int = 30):
+    def __init__(self, total: int, label: str = "", stream: IO[str] | None = None,
+                 force: bool = False, clock: Callable[[], float] = time.monotonic,
+                 width: int = 30) -> None:
         self.total = max(0, int(total))
         self.label = label
         self.stream = stream or sys.stderr
@@ -419,7 +436,7 @@ class ProgressBar:
         self.started = clock()
         self._drawn = 0.0
 
-    def __call__(self, nbytes: int):
+    def __call__(self, nbytes: int) -> None:
         self.done += nbytes
         now = self.clock()
         if self.enabled and (now - self._drawn >= 0.2 or self.done >= self.total):
@@ -436,11 +453,11 @@ class ProgressBar:
                                               "#" * filled, "-" * (self.width - filled),
                                               int(frac * 100), rate)
 
-    def _draw(self, now):
+    def _draw(self, now: float) -> None:
         self.stream.write("\r" + self.render(now))
         self.stream.flush()
 
-    def finish(self):
+    def finish(self) -> None:
         if self.enabled:
             self._draw(self.clock())
             self.stream.write("\n")

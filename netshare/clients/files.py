@@ -1,5 +1,5 @@
 """
-C{netshare-files}: the files client program (PROTOCOL.md section 2).
+C{netshare-files}: the files client program (docs/protocol.md section 2).
 
 ::
 
@@ -46,9 +46,10 @@ import hashlib
 import os
 import stat
 import sys
+from typing import IO, Any
 
 from netshare.clients import common
-from netshare.clients.protocol import CommandFailed, connect, quote
+from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, quote
 
 DEFAULT_PORT = 7002
 READ_SIZE = 1024 * 1024
@@ -61,7 +62,7 @@ PROG = "netshare-files"
 class LocalFailure(Exception):
     """Something went wrong on this side (exit status C{code}, message on stderr)."""
 
-    def __init__(self, message, code=common.EXIT_REFUSED):
+    def __init__(self, message: str, code: int = common.EXIT_REFUSED) -> None:
         super().__init__(message)
         self.code = code
 
@@ -72,7 +73,7 @@ class LocalFailure(Exception):
 class TransferProgress(common.ProgressBar):
     """The shared progress bar plus the time left (ETA)."""
 
-    def render(self, now=None):
+    def render(self, now: float | None = None) -> str:
         now = self.clock() if now is None else now
         text = super().render(now)
         elapsed = now - self.started
@@ -83,21 +84,21 @@ class TransferProgress(common.ProgressBar):
             return text + "  ETA %s" % (_duration(eta),)
         return text + "  ETA --:--"
 
-    def abort(self):
+    def abort(self) -> None:
         """End the bar's line after a failure (the error message follows)."""
         if self.enabled and self.done:
             self.stream.write("\n")
             self.stream.flush()
 
 
-def _duration(seconds):
+def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return "%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s)
 
 
-def file_password(confirm=False):
+def file_password(confirm: bool = False) -> str:
     """C{NETSHARE_FILE_PASSWORD}, else a prompt (twice to confirm a new one)."""
     env = os.environ.get("NETSHARE_FILE_PASSWORD")
     if env is not None:
@@ -111,7 +112,7 @@ def file_password(confirm=False):
     return first
 
 
-def sha256_of(path, limit=None):
+def sha256_of(path: str, limit: int | None = None) -> Any:
     """SHA-256 of a local file (of its first C{limit} bytes); returns the hasher."""
     h = hashlib.sha256()
     left = limit
@@ -126,7 +127,7 @@ def sha256_of(path, limit=None):
     return h
 
 
-def partial_path(dest, sha256):
+def partial_path(dest: str, sha256: str) -> str:
     """Where a download of content C{sha256} to C{dest} is assembled."""
     folder, base = os.path.split(os.path.abspath(dest))
     name = ".%s.%s.part" % (base, sha256[:16])
@@ -139,12 +140,12 @@ def partial_path(dest, sha256):
 class HashingWriter:
     """The download sink: appends to the partial file and hashes as it goes."""
 
-    def __init__(self, f, hasher):
+    def __init__(self, f: IO[bytes], hasher: Any) -> None:
         self.f = f
         self.hasher = hasher
         self.written = 0
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         self.f.write(data)
         self.hasher.update(data)
         self.written += len(data)
@@ -156,28 +157,28 @@ _one = common.one_command
 # -- commands ---------------------------------------------------------------------
 
 
-async def cmd_list(reactor, args):
+async def cmd_list(reactor: Any, args: argparse.Namespace) -> None:
     words = ["LIST"] + (["mine"] if args.mine else ["hidden"] if args.hidden else [])
     resp = await _one(reactor, args, quote(*words))
     common.emit(args, resp.items, FILE_COLUMNS)
 
 
-async def cmd_info(reactor, args):
+async def cmd_info(reactor: Any, args: argparse.Namespace) -> None:
     resp = await _one(reactor, args, quote("INFO", args.name))
     common.emit(args, resp.obj, INFO_COLUMNS)
 
 
-async def cmd_delete(reactor, args):
+async def cmd_delete(reactor: Any, args: argparse.Namespace) -> None:
     await _one(reactor, args, quote("DELETE", args.name))
     common.emit(args, {"deleted": args.name}, text="deleted %s" % (args.name,))
 
 
-async def cmd_checksum(reactor, args):
+async def cmd_checksum(reactor: Any, args: argparse.Namespace) -> int | None:
     resp = await _one(reactor, args, quote("CHECKSUM", args.name))
     remote = resp.text.split()[-1]
     if args.path is None:
         common.emit(args, {"name": args.name, "sha256": remote}, text=remote)
-        return
+        return None
     local = sha256_of(_regular_file(args.path)).hexdigest()
     same = local == remote
     common.emit(args, {"name": args.name, "sha256": remote, "local": local, "match": same},
@@ -185,9 +186,10 @@ async def cmd_checksum(reactor, args):
                                                     remote, args.path, local))
     if not same:
         return common.EXIT_REFUSED
+    return None
 
 
-async def cmd_register(reactor, args):
+async def cmd_register(reactor: Any, args: argparse.Namespace) -> None:
     if not args.user:
         raise common.UsageError("--user is required (or set NETSHARE_USER)")
     secret = os.environ.get("NETSHARE_PASSWORD")
@@ -204,7 +206,7 @@ async def cmd_register(reactor, args):
     common.emit(args, {"registered": args.user}, text=resp.text)
 
 
-async def cmd_history(reactor, args):
+async def cmd_history(reactor: Any, args: argparse.Namespace) -> None:
     words = ["HISTORY"]
     if args.limit is not None:
         words.append("limit=%d" % args.limit)
@@ -214,7 +216,7 @@ async def cmd_history(reactor, args):
     common.emit(args, resp.items, HISTORY_COLUMNS)
 
 
-def _regular_file(path):
+def _regular_file(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as e:
@@ -224,7 +226,7 @@ def _regular_file(path):
     return path
 
 
-async def cmd_upload(reactor, args):
+async def cmd_upload(reactor: Any, args: argparse.Namespace) -> None:
     if not args.user:
         raise common.UsageError("--user is required (or set NETSHARE_USER)")
     path = _regular_file(args.path)
@@ -262,7 +264,7 @@ async def cmd_upload(reactor, args):
                    stored.get("sha256", digest)))
 
 
-async def cmd_download(reactor, args):
+async def cmd_download(reactor: Any, args: argparse.Namespace) -> None:
     proto = await common.open_session(reactor, args)
     try:
         return await _download(proto, args)
@@ -270,7 +272,8 @@ async def cmd_download(reactor, args):
         await common.close(proto)
 
 
-async def _download(proto, args, retry=True):
+async def _download(proto: ClientProtocol, args: argparse.Namespace,
+                    retry: bool = True) -> None:
     info = common.checked(await proto.command(quote("INFO", args.name))).obj
     secret = file_password() if info.get("protected") else None
     if info.get("sha256") is None and secret is not None:
@@ -339,7 +342,7 @@ async def _download(proto, args, retry=True):
                 % (info["name"], dest, size, ", resumed at %d" % offset if offset else ""))
 
 
-def _remove_stale_partials(dest, keep):
+def _remove_stale_partials(dest: str, keep: str) -> None:
     """Partial files of the same destination for other content are useless."""
     folder, base = os.path.split(os.path.abspath(dest))
     prefix = "." + base + "."
@@ -357,7 +360,7 @@ def _remove_stale_partials(dest, keep):
                 pass
 
 
-def fsync_dir(path):
+def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -380,7 +383,7 @@ COMMANDS = {
 # -- command line -----------------------------------------------------------------
 
 
-def _count(text):
+def _count(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -390,7 +393,7 @@ def _count(text):
     return v
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser, command = common.command_parser(
         PROG,
         "netshare files client. The account password comes from NETSHARE_PASSWORD "
@@ -432,11 +435,11 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command]
 
-    async def guarded(reactor):
+    async def guarded(reactor: Any) -> int | None:
         try:
             return await handler(reactor, args)
         except LocalFailure as e:

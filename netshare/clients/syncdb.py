@@ -26,6 +26,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
+from typing import Any
+
+#: A message to apply: (seq, action, payload: the JSON text or a decoded dict).
+Message = tuple[int, str, "str | bytes | dict[str, Any]"]
+
+#: A message applied: (seq, action, the payload decoded).
+Change = tuple[int, str, dict[str, Any]]
 
 _raw_decode = json.JSONDecoder().raw_decode
 
@@ -72,7 +80,7 @@ class LocalStore:
     @param path: the SQLite file (created if missing), or C{":memory:"}.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is
@@ -97,13 +105,13 @@ class LocalStore:
         with self._lock:
             return self._db.execute("SELECT last_seq FROM sync_state WHERE id = 1").fetchone()[0]
 
-    def apply_batch(self, messages) -> int:
+    def apply_batch(self, messages: Sequence[Message]) -> int:
         """
         Like L{apply_messages}, returning only how many were applied.
         """
         return len(self.apply_messages(messages))
 
-    def apply_messages(self, messages) -> list:
+    def apply_messages(self, messages: Sequence[Message]) -> list[Change]:
         """
         Apply C{messages}, a sequence of C{(seq, action, payload)} in seq
         order, in one transaction; C{payload} is the pushed JSON (text or an
@@ -134,12 +142,14 @@ class LocalStore:
             return applied
 
     @staticmethod
-    def _apply(db, messages, last: int) -> tuple[list, int]:
-        applied = []
+    def _apply(db: sqlite3.Connection, messages: Sequence[Message],
+               last: int) -> tuple[list[Change], int]:
+        applied: list[Change] = []
         append = applied.append
-        run_kind, run_rows = None, []
+        run_kind: str | None = None
+        run_rows: list[Any] = []      # statement parameters of one run of a kind
 
-        def flush():
+        def flush() -> None:
             if run_kind == "SAVE":
                 _upsert(db, run_rows)
             elif run_kind == "DELETE":
@@ -165,22 +175,22 @@ class LocalStore:
         flush()
         return applied, last
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """Every person, sorted by ssn (for tests and checksums)."""
         with self._lock:
             cur = self._db.execute("SELECT %s FROM personnel ORDER BY ssn" % ", ".join(FIELDS))
-            return [dict(zip(FIELDS, row)) for row in cur]
+            return [dict(zip(FIELDS, row, strict=True)) for row in cur]
 
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM personnel").fetchone()[0]
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def _decode(seq: int, text):
+def _decode(seq: int, text: str | bytes) -> Any:
     """One payload's JSON.  C{raw_decode} skips C{json.loads}'
     whitespace handling (half the cost for a small object); anything it does
     not take whole (surrounding whitespace, garbage) goes through C{loads},
@@ -199,7 +209,7 @@ def _decode(seq: int, text):
         raise ValueError("message %d: payload is not JSON" % (seq,)) from None
 
 
-def _upsert(db, rows):
+def _upsert(db: sqlite3.Connection, rows: list[Any]) -> None:
     """Upsert C{rows} (6-tuples) in order: full groups of L{UPSERT_ROWS}
     with the multi-row statement, the rest one row per step."""
     full = len(rows) - len(rows) % UPSERT_ROWS
@@ -211,7 +221,7 @@ def _upsert(db, rows):
         db.executemany(_UPSERT, rows[full:])
 
 
-def _row_for(action: str, payload):
+def _row_for(action: str, payload: Any) -> tuple[Any, ...] | None:
     """The statement parameters of one message (validated before anything
     of the batch is committed)."""
     if isinstance(payload, (str, bytes)):
@@ -234,5 +244,5 @@ def _row_for(action: str, payload):
     raise ValueError("unknown action %r" % (action,))
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return "" if value is None else str(value)

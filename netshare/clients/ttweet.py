@@ -1,5 +1,5 @@
 """
-netshare-ttweet: the ttweet client (PROTOCOL.md section 3).
+netshare-ttweet: the ttweet client (docs/protocol.md section 3).
 
 Usage::
 
@@ -34,20 +34,33 @@ or else asked for on the terminal after the server says it is needed
 against C{--cafile} (or the system trust store) and its name or address.
 """
 
+from __future__ import annotations
+
 import getpass
 import ipaddress
 import json
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet import defer, stdio, task
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netshare.clients.protocol import connect, password_from_env_or_prompt, quote
+from netshare.clients.lines import LinearLineReceiver
+from netshare.clients.protocol import (
+    ClientProtocol,
+    Response,
+    connect,
+    password_from_env_or_prompt,
+    quote,
+)
+from netshare.deferreds import deferred
 from netshare.text import is_username
 
 MAX_MESSAGE = 150
@@ -68,19 +81,21 @@ HASHTAG_FORMAT = "hashtag illegal format, connection refused."
 SUCCESS = "operation success"
 NO_USER = "no user %s in the system"
 BYE = "bye bye"
-USAGE = """\
-usage: netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>
-       netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort> "<message>"
-       netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>
-commands: tweet "<message>" <Hashtag> | subscribe <Hashtag> | unsubscribe <Hashtag>
-          | timeline | getusers | gettweets <Username> | exit
-password of a registered name: NETSHARE_PASSWORD, else asked on the terminal"""
+USAGE = "\n".join([
+    "usage: netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>",
+    "       netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort>"
+    ' "<message>"',
+    "       netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>",
+    'commands: tweet "<message>" <Hashtag> | subscribe <Hashtag> | unsubscribe <Hashtag>',
+    "          | timeline | getusers | gettweets <Username> | exit",
+    "password of a registered name: NETSHARE_PASSWORD, else asked on the terminal",
+])
 
 
 class Refused(Exception):
     """Stop before login: print C{message} (and C{detail} on stderr), exit 1."""
 
-    def __init__(self, message, detail=None):
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
@@ -89,17 +104,19 @@ class Refused(Exception):
 # --- arguments -------------------------------------------------------------
 
 class Arguments:
+    """The command line, checked."""
+
     mode = "interactive"
     tls = False
-    cafile = None
-    user = None
-    host = None
-    port = None
-    name = None
-    message = None
+    cafile: str | None = None
+    user: str | None = None
+    host: str = ""
+    port: int = 0
+    name: str = ""
+    message: str = ""
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> Arguments:
     """
     @return: an L{Arguments}
     @raise Refused: with the assignment's message for what is wrong.
@@ -144,7 +161,7 @@ def parse_args(argv):
     return a
 
 
-def check_host(text):
+def check_host(text: str) -> str:
     """An IPv4/IPv6 address, or a host name (needed to verify a TLS certificate)."""
     try:
         return str(ipaddress.ip_address(text))
@@ -157,13 +174,13 @@ def check_host(text):
     raise Refused(IP_INVALID)
 
 
-def check_port(text):
+def check_port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise Refused(PORT_INVALID)
     return int(text)
 
 
-def check_message(message):
+def check_message(message: str) -> None:
     """The checks the client can make before sending (the server makes them all)."""
     if len(message) > MAX_MESSAGE:
         raise Refused(MESSAGE_LENGTH)
@@ -171,7 +188,7 @@ def check_message(message):
         raise Refused(MESSAGE_FORMAT)
 
 
-def default_user():
+def default_user() -> str:
     try:
         name = getpass.getuser()
     except Exception:
@@ -180,7 +197,7 @@ def default_user():
     return name or "anonymous"
 
 
-def format_tweet(tweet):
+def format_tweet(tweet: dict[str, Any]) -> str:
     """C{<sender>: "<message>" <hashtags>} (no trailing space without hashtags)."""
     line = '%s: "%s"' % (tweet.get("user"), tweet.get("message"))
     if tweet.get("hashtags"):
@@ -190,11 +207,10 @@ def format_tweet(tweet):
 
 # --- connecting and logging in -------------------------------------------
 
-@defer.inlineCallbacks
-def open_session(reactor, args):
+async def open_session(reactor: Any, args: Arguments) -> ClientProtocol:
     """Connect; map connection failures to the assignment's messages."""
     try:
-        proto = yield connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
+        proto = await connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
                               reactor=reactor)
     except net_error.DNSLookupError:
         raise Refused(IP_INVALID) from None
@@ -206,13 +222,12 @@ def open_session(reactor, args):
     return proto
 
 
-def _reason(e):
+def _reason(e: BaseException) -> str:
     text = str(e).strip() or e.__class__.__name__
     return text.splitlines()[0][:200]
 
 
-@defer.inlineCallbacks
-def log_in(proto, name):
+async def log_in(proto: ClientProtocol, name: str) -> Response:
     """
     LOGIN as C{name}: with NETSHARE_PASSWORD if set; else first without a
     password (a guest), and with one asked on the terminal only if the
@@ -220,12 +235,12 @@ def log_in(proto, name):
     """
     password = os.environ.get("NETSHARE_PASSWORD")
     if password is not None:
-        resp = yield proto.command(quote("LOGIN", name, password))
+        resp = await proto.command(quote("LOGIN", name, password))
     else:
-        resp = yield proto.command(quote("LOGIN", name))
+        resp = await proto.command(quote("LOGIN", name))
         if resp.code == 535:
             password = password_from_env_or_prompt("Password for %s: " % (name,))
-            resp = yield proto.command(quote("LOGIN", name, password))
+            resp = await proto.command(quote("LOGIN", name, password))
     if resp.code == 230:
         return resp
     if resp.code == 553:
@@ -237,44 +252,41 @@ def log_in(proto, name):
 
 # --- one-shot modes --------------------------------------------------------
 
-@defer.inlineCallbacks
-def run_upload(reactor, args, out):
-    proto = yield open_session(reactor, args)
+async def run_upload(reactor: Any, args: Arguments, out: Callable[[str], None]) -> None:
+    proto = await open_session(reactor, args)
     try:
-        yield log_in(proto, args.user)
-        resp = yield proto.command(quote("TWEET", args.message))
+        await log_in(proto, args.user or "")
+        resp = await proto.command(quote("TWEET", args.message))
     finally:
-        yield _quit(proto)
+        await _quit(proto)
     if resp.code != 200:
         raise Refused(_tweet_error(resp))
 
 
-@defer.inlineCallbacks
-def run_download(reactor, args, out):
-    proto = yield open_session(reactor, args)
+async def run_download(reactor: Any, args: Arguments, out: Callable[[str], None]) -> None:
+    proto = await open_session(reactor, args)
     try:
-        resp = yield proto.command("LAST")
+        resp = await proto.command("LAST")
     finally:
-        yield _quit(proto)
+        await _quit(proto)
     if resp.code != 200:
         raise Refused("error: %s" % (resp.text,))
     out(resp.text)
 
 
-@defer.inlineCallbacks
-def _quit(proto):
-    if proto.transport is None or not proto.transport.connected:
+async def _quit(proto: ClientProtocol) -> None:
+    if not proto.isOpen:
         return
     try:
-        yield proto.command("QUIT")
+        await proto.command("QUIT")
     except Exception:
         pass
-    if proto.transport.connected:
-        proto.transport.loseConnection()
-    yield proto.closed
+    if proto.isOpen:
+        proto.close()
+    await proto.closed
 
 
-def _tweet_error(resp):
+def _tweet_error(resp: Response) -> str:
     if resp.code == 552:
         return MESSAGE_LENGTH
     if resp.code == 501:
@@ -287,19 +299,22 @@ def _tweet_error(resp):
 # --- interactive mode ------------------------------------------------------
 
 @implementer(IHalfCloseableProtocol)
-class Console(LineOnlyReceiver):
+class Console(LinearLineReceiver):
     """
     The user's side: one line in, one command; its output printed in typed
     order (each command waits for the one before it), pushes at once.
     """
 
-    delimiter = b"\n"
     MAX_LENGTH = 64 * 1024
 
-    def __init__(self, conn, done):
+    def __init__(self, conn: ClientProtocol, done: defer.Deferred[int]) -> None:
+        super().__init__()
         self.conn = conn
         self.done = done            # fires with the exit status
-        self._chain = defer.succeed(None)
+        # The commands typed, in order: each is chained behind the one
+        # before it (a queue of Deferreds, whatever the typing speed), so
+        # their output never interleaves.
+        self._chain: defer.Deferred[None] = defer.succeed(None)
         self._exiting = False
         self._status = 0
         conn.onPush = self.pushed
@@ -307,11 +322,11 @@ class Console(LineOnlyReceiver):
 
     # output
 
-    def say(self, text):
+    def say(self, text: str) -> None:
         if self.transport is not None:
             self.transport.write(text.encode("utf-8", "replace") + b"\n")
 
-    def pushed(self, code, text):
+    def pushed(self, code: int, text: str) -> None:
         if code == 600:
             try:
                 self.say(format_tweet(json.loads(text)))
@@ -320,39 +335,38 @@ class Console(LineOnlyReceiver):
 
     # input
 
-    def lineReceived(self, line):
+    def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
         if self._exiting or not text.strip():
             return
         self._chain.addCallback(lambda _: self.run(text))
         self._chain.addErrback(self._failed)
 
-    def lineLengthExceeded(self, line):
-        # Far beyond any command: refuse it locally (the rest of the line,
-        # still arriving, is dropped with it).
-        self._buffer = b""
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Far beyond any command: refuse it locally (what was received of
+        # it, and after it, is dropped with it).
         self._chain.addCallback(lambda _: self.say(MESSAGE_LENGTH))
 
-    def _failed(self, failure):
+    def _failed(self, failure: Failure) -> None:
         if not self._exiting:
             self.say("error: %s" % (failure.getErrorMessage(),))
 
-    def readConnectionLost(self):
+    def readConnectionLost(self) -> None:
         # End of input: like exit, after the commands already typed.
         self._chain.addCallback(lambda _: self.run("exit"))
         self._chain.addErrback(self._failed)
 
-    def writeConnectionLost(self):
+    def writeConnectionLost(self) -> None:
         self._finish(self._status)
 
-    def connectionLost(self, reason=None):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._finish(self._status)
 
-    def _finish(self, status):
+    def _finish(self, status: int) -> None:
         if not self.done.called:
             self.done.callback(status)
 
-    def _serverClosed(self, _):
+    def _serverClosed(self, _: object) -> None:
         if not self._exiting:
             self._exiting = True
             self._status = 1
@@ -361,7 +375,7 @@ class Console(LineOnlyReceiver):
                      % ((" (%s)" % reason) if reason else ""))
             self._closeConsole()
 
-    def _closeConsole(self):
+    def _closeConsole(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()   # flushes what is written, then closes
         else:
@@ -369,137 +383,135 @@ class Console(LineOnlyReceiver):
 
     # commands
 
-    def run(self, text):
+    @deferred
+    async def run(self, text: str) -> None:
+        """Run one typed line (a no-op once exiting)."""
         if self._exiting:
-            return None
+            return
         word, _, rest = text.strip().partition(" ")
         handler = getattr(self, "do_" + word.lower(), None)
         if handler is None:
             self.say("error: unknown command %s (commands: tweet, subscribe, unsubscribe, "
                      "timeline, getusers, gettweets, exit)" % (word[:40],))
-            return None
-        return handler(rest.strip())
+            return
+        await handler(rest.strip())
 
-    def _send(self, line):
+    def _send(self, line: str) -> defer.Deferred[Response]:
         return self.conn.command(line)
 
-    def do_tweet(self, rest):
+    async def do_tweet(self, rest: str) -> None:
         first, last = rest.find('"'), rest.rfind('"')
         if not rest.startswith('"') or first == last:
             self.say(MESSAGE_FORMAT)
-            return None
+            return
         message, hashtag = rest[first + 1:last], rest[last + 1:].strip()
         if len(message) > MAX_MESSAGE:
             self.say(MESSAGE_LENGTH)
-            return None
+            return
         if not message:
             self.say(MESSAGE_FORMAT)
-            return None
+            return
         if not hashtag or " " in hashtag:
             self.say(HASHTAG_FORMAT)
-            return None
+            return
+        resp = await self._send(quote("TWEET", message, hashtag))
+        if resp.code != 200:
+            self.say(_tweet_error(resp))
 
-        def answered(resp):
-            if resp.code != 200:
-                self.say(_tweet_error(resp))
-        return self._send(quote("TWEET", message, hashtag)).addCallback(answered)
-
-    def _subscription(self, verb, rest):
+    async def _subscription(self, verb: str, rest: str) -> None:
         if not rest or " " in rest:
             self.say(HASHTAG_FORMAT)
-            return None
+            return
+        resp = await self._send(quote(verb, rest))
+        if resp.code == 200:
+            self.say(SUCCESS)
+        elif resp.code == 553:
+            self.say(HASHTAG_FORMAT)
+        else:
+            self.say(resp.text if resp.code == 552 else "error: %s" % (resp.text,))
 
-        def answered(resp):
-            if resp.code == 200:
-                self.say(SUCCESS)
-            elif resp.code == 553:
-                self.say(HASHTAG_FORMAT)
-            else:
-                self.say(resp.text if resp.code == 552 else "error: %s" % (resp.text,))
-        return self._send(quote(verb, rest)).addCallback(answered)
+    async def do_subscribe(self, rest: str) -> None:
+        await self._subscription("SUBSCRIBE", rest)
 
-    def do_subscribe(self, rest):
-        return self._subscription("SUBSCRIBE", rest)
+    async def do_unsubscribe(self, rest: str) -> None:
+        await self._subscription("UNSUBSCRIBE", rest)
 
-    def do_unsubscribe(self, rest):
-        return self._subscription("UNSUBSCRIBE", rest)
+    async def _listing(self, line: str, show: Callable[[dict[str, Any]], str],
+                       missing: str | None = None) -> None:
+        resp = await self._send(line)
+        if resp.code == 210:
+            for item in resp.items or []:
+                self.say(show(item))
+        elif missing is not None and resp.code in (550, 553):
+            self.say(missing)
+        else:
+            self.say("error: %s" % (resp.text,))
 
-    def _listing(self, line, show, missing=None):
-        def answered(resp):
-            if resp.code == 210:
-                for item in resp.items:
-                    self.say(show(item))
-            elif missing is not None and resp.code in (550, 553):
-                self.say(missing)
-            else:
-                self.say("error: %s" % (resp.text,))
-        return self._send(line).addCallback(answered)
-
-    def do_timeline(self, rest):
+    async def do_timeline(self, rest: str) -> None:
         if rest:
             self.say("error: usage: timeline")
-            return None
-        return self._listing("TIMELINE", format_tweet)
+            return
+        await self._listing("TIMELINE", format_tweet)
 
-    def do_getusers(self, rest):
+    async def do_getusers(self, rest: str) -> None:
         if rest:
             self.say("error: usage: getusers")
-            return None
-        return self._listing("GETUSERS", lambda item: str(item.get("user")))
+            return
+        await self._listing("GETUSERS", lambda item: str(item.get("user")))
 
-    def do_gettweets(self, rest):
+    async def do_gettweets(self, rest: str) -> None:
         if not rest or " " in rest:
             self.say("error: usage: gettweets <Username>")
-            return None
-        return self._listing(quote("GETTWEETS", rest), format_tweet, NO_USER % (rest,))
+            return
+        await self._listing(quote("GETTWEETS", rest), format_tweet, NO_USER % (rest,))
 
-    @defer.inlineCallbacks
-    def do_exit(self, rest):
+    async def do_exit(self, rest: str) -> None:
         self._exiting = True
-        yield _quit(self.conn)
+        await _quit(self.conn)
         self.say(BYE)
         self._closeConsole()
 
 
-@defer.inlineCallbacks
-def run_interactive(reactor, args, out):
-    proto = yield open_session(reactor, args)
+async def run_interactive(reactor: Any, args: Arguments, out: Callable[[str], None]) -> None:
+    proto = await open_session(reactor, args)
     try:
-        yield log_in(proto, args.name)
+        await log_in(proto, args.name)
     except BaseException:
-        yield _quit(proto)
+        await _quit(proto)
         raise
     out(USER_LEGAL)
-    done = defer.Deferred()
+    done: defer.Deferred[int] = defer.Deferred()
     stdio.StandardIO(Console(proto, done), reactor=reactor)
-    status = yield done
-    if proto.transport is not None and proto.transport.connected:
-        proto.transport.abortConnection()
+    status = await done
+    if proto.isOpen:
+        proto.abort()
     if status:
         raise SystemExit(status)
 
 
 # --- entry point -----------------------------------------------------------
 
-def _print(text):
+def _print(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
-@defer.inlineCallbacks
-def _main(reactor, args):
-    runner = {"interactive": run_interactive, "upload": run_upload,
-              "download": run_download}[args.mode]
+Runner = Callable[[Any, Arguments, Callable[[str], None]], Awaitable[None]]
+
+
+async def _main(reactor: Any, args: Arguments) -> None:
+    runners: dict[str, Runner] = {"interactive": run_interactive, "upload": run_upload,
+                                  "download": run_download}
     try:
-        yield runner(reactor, args, _print)
+        await runners[args.mode](reactor, args, _print)
     except Refused as e:
         _print(e.message)
         if e.detail:
             sys.stderr.write("netshare-ttweet: %s\n" % (e.detail,))
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int | None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)

@@ -8,6 +8,9 @@ ttweet hub, the personnel service) its protocols call, counts connections
 in L{ConnectionLimits} and stops them in order at shutdown.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -19,7 +22,7 @@ from netshare.stats import ServiceStats
 class ConnectionLimits:
     """
     The open connections of one listener, capped in total and per client
-    address (PROTOCOL.md section 1), and closed in order at shutdown.
+    address (docs/protocol.md section 1), and closed in order at shutdown.
 
     A connection is anything with C{beginShutdown() -> Deferred} (fires when
     it is closed) and a C{transport}; the line protocols and the manhole's
@@ -33,8 +36,8 @@ class ConnectionLimits:
         self.max_total = max_total
         self.max_per_host = max_per_host
         self.stats = stats
-        self._hosts = {}          # connection -> the address it was counted under
-        self._perHost = {}
+        self._hosts: dict[Any, str] = {}   # connection -> the address it was counted under
+        self._perHost: dict[str, int] = {}
 
     def __len__(self):
         return len(self._hosts)
@@ -59,9 +62,9 @@ class ConnectionLimits:
         return None
 
     def release(self, conn):
-        host = self._hosts.pop(conn, _MISSING)
-        if host is _MISSING:
+        if conn not in self._hosts:
             return
+        host = self._hosts.pop(conn)
         left = self._perHost.get(host, 1) - 1
         if left:
             self._perHost[host] = left
@@ -88,8 +91,6 @@ class ConnectionLimits:
             c.transport.abortConnection()
 
 
-_MISSING = object()
-
 
 class CommandFactory(Factory):
     """
@@ -115,6 +116,29 @@ class CommandFactory(Factory):
         cfg = runtime.config
         self.connections = ConnectionLimits(self.reactor, cfg.max_connections, cfg.max_per_ip,
                                             self.stats)
+        self._endOfTurn: list[Callable[[], None]] = []
+        self._endOfTurnCall: Any = None
+
+    def endOfTurn(self, write: Callable[[], None]) -> None:
+        """
+        Call C{write} at the end of this reactor turn (C{callLater(0)}:
+        before the reactor next waits, so nothing is delayed by more than
+        the turn that made it), with every other one asked for this turn.
+        For pushes gathered per connection and written once per turn
+        (L{LineConnection.batchPushes}).
+        """
+        self._endOfTurn.append(write)
+        if self._endOfTurnCall is None:
+            self._endOfTurnCall = self.reactor.callLater(0, self._runEndOfTurn)
+
+    def _runEndOfTurn(self) -> None:
+        self._endOfTurnCall = None
+        writes, self._endOfTurn = self._endOfTurn, []
+        for write in writes:
+            try:
+                write()
+            except Exception:
+                self.log.failure("writing at the end of a turn", service=self.service)
 
     def admit(self, proto):
         """Count a new connection; return a refusal reason or None."""

@@ -1,5 +1,5 @@
 """
-The files protocol (PROTOCOL.md section 2) on the line protocol.
+The files protocol (docs/protocol.md section 2) on the line protocol.
 
 This module only parses commands and formats replies; every decision (name
 rules, ownership, quota, disk space, passwords, lockout, atomic replace) is
@@ -11,18 +11,13 @@ A file name is always the first word after the verb, so a name that looks
 like an option (C{"sha256=x"}) is still a name; options follow it.
 """
 
-from twisted.internet import defer
+from typing import Any
 
+from netshare.deferreds import deferred
 from netshare.errors import BadArguments, BadCredentials, TemporaryError
-from netshare.protocols.line import (
-    CommandProtocol,
-    Listing,
-    ObjectReply,
-    ReceiveRaw,
-    Reply,
-    SendRaw,
-    split_options,
-)
+from netshare.protocols.line import CommandProtocol
+from netshare.protocols.replies import Listing, ObjectReply, ReceiveRaw, Reply, SendRaw
+from netshare.protocols.words import split_options
 from netshare.services.files.names import parse_size
 from netshare.services.files.service import FilesService
 from netshare.wire import dumps
@@ -64,6 +59,8 @@ class FilesProtocol(CommandProtocol):
         "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
                     "n raw bytes, 226",
         "DELETE": "DELETE <name>: owner or admin",
+        "QUOTA": "QUOTA: 200 {files, bytes, quota, max_file_size}: what you store "
+                 "(hidden and protected files too) and your limits",
     })
 
     @property
@@ -93,14 +90,14 @@ class FilesProtocol(CommandProtocol):
             raise BadCredentials("file is protected: give password=P to see its checksum")
         return Reply(200, "sha256 " + view.sha256)
 
-    @defer.inlineCallbacks
-    def cmd_UPLOAD(self, args):
+    @deferred
+    async def cmd_UPLOAD(self, args: list[str]) -> ReceiveRaw:
         (name, size_text), opts = _name_and_options(args, UPLOAD_OPTIONS, 2, self.HELP["UPLOAD"])
         size = parse_size(size_text)
         replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
         visibility = opts.get("visibility")
-        yield self.files.whenReady()
-        up = yield self.files.begin_upload(self.caller, name, size, visibility,
+        await self.files.whenReady()
+        up = await self.files.begin_upload(self.caller, name, size, visibility,
                                            opts.get("password"), opts.get("sha256"), replace)
         if self.transport is None or not self.transport.connected:
             up.abort()
@@ -125,7 +122,7 @@ class FilesProtocol(CommandProtocol):
         time instead of Twisted's 64 KiB: a quarter of the reactor turns and
         queue operations per byte.  @return: a callable restoring the old size.
         """
-        transport = getattr(self.transport, "transport", self.transport)  # under TLS
+        transport: Any = getattr(self.transport, "transport", self.transport)  # under TLS
         old = getattr(transport, "bufferSize", None)
         if not isinstance(old, int) or old >= RAW_READ:
             return lambda: None
@@ -136,11 +133,11 @@ class FilesProtocol(CommandProtocol):
 
         return restore
 
-    @defer.inlineCallbacks
-    def cmd_DOWNLOAD(self, args):
+    @deferred
+    async def cmd_DOWNLOAD(self, args: list[str]) -> SendRaw:
         (name,), opts = _name_and_options(args, DOWNLOAD_OPTIONS, 1, self.HELP["DOWNLOAD"])
         offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
-        prepared = yield self.files.open_download(self.caller, name, opts.get("password"),
+        prepared = await self.files.open_download(self.caller, name, opts.get("password"),
                                                   offset)
         if self.transport is None or not self.transport.connected:
             prepared.reader.close()
@@ -153,3 +150,10 @@ class FilesProtocol(CommandProtocol):
             raise BadArguments("usage: DELETE <name>")
         d = self.files.delete(self.caller, args[0], journal=self.journal(200))
         return d.addCallback(lambda rec: Reply(200, "deleted"))
+
+    @deferred
+    async def cmd_QUOTA(self, args: list[str]) -> ObjectReply:
+        if args:
+            raise BadArguments("usage: QUOTA")
+        view = await self.files.quota(self.caller)
+        return ObjectReply(view.to_wire())

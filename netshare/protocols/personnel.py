@@ -1,5 +1,5 @@
 """
-The personnel protocol (PROTOCOL.md section 4) on the base line protocol.
+The personnel protocol (docs/protocol.md section 4) on the base line protocol.
 
 This module only parses arguments and shapes replies; every decision is
 L{netshare.services.personnel.PersonnelService}'s.  Admin-only verbs are checked
@@ -24,15 +24,12 @@ A connection becomes a sync stream with C{SYNC [after=N]}:
 """
 
 from netshare.errors import BadArguments, BadSequence
-from netshare.protocols.line import (
-    CommandProtocol,
-    Listing,
-    ObjectReply,
-    Reply,
-    parse_int,
-    split_options,
-)
-from netshare.services.personnel import PERSON_FIELDS, PersonnelService
+from netshare.protocols.line import CommandProtocol
+from netshare.protocols.replies import Listing, ObjectReply, Reply
+from netshare.protocols.words import parse_int, split_options
+from netshare.services.personnel.rules import PERSON_FIELDS
+from netshare.services.personnel.service import PersonnelService
+from netshare.services.personnel.syncfeed import SyncFeed
 
 HELP = {
     "LIST": "LIST [<text>] [limit=N] [offset=N]: people whose name, surname, ssn or job "
@@ -56,7 +53,7 @@ class PersonnelProtocol(CommandProtocol):
 
     def __init__(self):
         super().__init__()
-        self.feed = None         # the SyncFeed once SYNC succeeded
+        self.feed: SyncFeed | None = None   # once SYNC succeeded
         self._syncing = False    # SYNC asked for (pending or open) on this connection
         self._gone = False       # connectionClosed ran
 
@@ -135,7 +132,7 @@ class PersonnelProtocol(CommandProtocol):
             raise BadSequence("this connection is already a sync stream")
         after = parse_int(opts.get("after", "0"), "after")
         self._syncing = True
-        d = self.app.openSync(self.user, self, after, account_id=self.account.id)
+        d = self.app.openSync(self.accountName, self, after, account_id=self.account.id)
 
         def opened(feed):
             if self._gone:
@@ -155,7 +152,7 @@ class PersonnelProtocol(CommandProtocol):
 
         return d.addCallbacks(opened, failed)
 
-    def _startFeed(self, feed):
+    def _startFeed(self, feed: SyncFeed) -> None:
         if self.feed is feed and not feed.stopped:
             feed.start()
 
@@ -167,7 +164,7 @@ class PersonnelProtocol(CommandProtocol):
         if seq > self.feed.lastSent:
             raise BadArguments("seq %d has not been sent on this stream (last sent %d)"
                                % (seq, self.feed.lastSent))
-        return self.app.ack(self.user, seq, journal=self.journal(200)).addCallback(
+        return self.app.ack(self.accountName, seq, journal=self.journal(200)).addCallback(
             lambda _: Reply(200, "ok"))
 
     # -- the sink interface of SyncFeed (writable comes from the base)
@@ -176,19 +173,17 @@ class PersonnelProtocol(CommandProtocol):
         """C{count} push lines (CRLF-terminated) in one write: the base's
         C{sendPush} with its backpressure and slow-reader limit, counted as
         C{count} pushes."""
-        if count > 1 and not self._closing:
-            self.factory.stats.pushes += count - 1
-        self.sendPush(data)
+        self.sendPush(data, count)
 
     def streamReplaced(self):
         self.feed = None
         self.log.info("sync stream of {user} replaced; closing {peer}", service=self.service,
                       user=self.user, peer=self.peer)
-        self._closeWith("421 stream replaced by a new SYNC")
+        self.closeWith("421 stream replaced by a new SYNC")
 
     def streamFailed(self):
         self.feed = None
-        self._closeWith("421 sync stream failed; reconnect")
+        self.closeWith("421 sync stream failed; reconnect")
 
     def onDrain(self):
         if self.feed is not None:

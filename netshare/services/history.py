@@ -7,7 +7,7 @@ so recording never slows a reply.  Queries and deletions first flush, so a
 caller always sees its own latest commands.  A failed write keeps the
 entries and is retried; a clean stop flushes everything.
 
-Ownership rules (PROTOCOL.md section 1, made precise): without C{user=},
+Ownership rules (docs/protocol.md section 1.8, made precise): without C{user=},
 everyone (admins included) sees and clears their own entries, by account
 id; an admin may name any user with C{user=NAME} (every account that had
 that name), the entries of unauthenticated commands with C{user=-}, and
@@ -17,15 +17,60 @@ period (C{--history-retention}) purges them, so nobody erases their own
 audit trail.
 """
 
-from twisted.internet import defer
-from twisted.logger import Logger
+from __future__ import annotations
 
+import builtins
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netshare.deferreds import deferred
 from netshare.errors import BadArguments, DatabaseUnavailable, NotFound, PermissionDenied
-from netshare.storage.history import ALL, journal_row
+from netshare.services.clock import default_clock
+from netshare.storage.history import ALL, HistoryEntry, JournalRow, journal_row
 from netshare.text import is_username
 from netshare.throttle import TokenBuckets
 
 MAX_BUFFERED = 200_000  # beyond this (database down for long) the oldest go
+
+
+class HistoryCaller(Protocol):
+    """Who asks for a history view: an account, or a
+    L{netshare.services.accounts.Caller} (the operator shell's)."""
+
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+
+class HistoryStore(Protocol):
+    """The store calls the recorder makes (L{netshare.storage.history.HistoryStore})."""
+
+    def insert_many(self, rows: builtins.list[JournalRow], /) -> Deferred[int]: ...
+
+    def list(self, limit: int, /, *, own: int | None = ..., user: str | None = ...,
+             anonymous: bool = ...) -> Deferred[builtins.list[HistoryEntry]]: ...
+
+    def get(self, entry_id: int, /) -> Deferred[tuple[HistoryEntry, int | None, bool] | None]: ...
+
+    def hide(self, entry_id: int, /, *, journal: JournalRow | None) -> Deferred[int]: ...
+
+    def hide_all(self, *, own: int | None = ..., user: str | None = ..., anonymous: bool = ...,
+                 journal: JournalRow | None) -> Deferred[int]: ...
+
+    def purge(self, before_ms: int, /) -> Deferred[int]: ...
+
+    def purge_beyond(self, keep: int, /) -> Deferred[int]: ...
 
 
 class HistoryRecorder:
@@ -35,10 +80,11 @@ class HistoryRecorder:
 
     log = Logger()
 
-    def __init__(self, store, clock=None, interval=0.2, batch=1000, max_buffered=MAX_BUFFERED,
-                 prelogin=(10, 1.0), prelogin_address=(50, 5.0), max_entries=0):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, store: HistoryStore, clock: IReactorTime | None = None,
+                 interval: float = 0.2, batch: int = 1000, max_buffered: int = MAX_BUFFERED,
+                 prelogin: tuple[float, float] = (10, 1.0),
+                 prelogin_address: tuple[float, float] = (50, 5.0), max_entries: int = 0):
+        clock = default_clock(clock)
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -46,38 +92,39 @@ class HistoryRecorder:
         self.max_buffered = max_buffered
         # (sequence number, row), oldest first; every entry in flight is
         # older than every pending one.
-        self._pending = []       # recorded, not being written yet
-        self._inflight = []      # the batch being written now
-        self._waiters = []       # (sequence number to pass, Deferred)
-        self._recorded = 0       # entries ever recorded (the next sequence number)
-        self._timer = None
+        self._pending: list[tuple[int, JournalRow]] = []  # recorded, not being written yet
+        self._inflight: list[tuple[int, JournalRow]] = []  # the batch being written now
+        self._waiters: list[tuple[int, Deferred[None]]] = []  # (sequence number to pass, ...)
+        self._recorded = 0  # entries ever recorded (the next sequence number)
+        self._timer: IDelayedCall | None = None
         self._writing = False
-        self._stopped = False    # no more timers (a flush() still writes)
-        self._retention = 0.0    # seconds; 0 keeps entries forever
-        self.max_entries = max_entries     # 0: no cap
-        self._lastSeq = 0        # the last row's seq (see row())
-        self._purger = None
+        self._stopped = False  # no more timers (a flush() still writes)
+        self._retention = 0.0  # seconds; 0 keeps entries forever
+        self.max_entries = max_entries  # 0: no cap
+        self._lastSeq = 0  # the last row's seq (see row())
+        self._purger: task.LoopingCall | None = None
         # Commands sent before login are recorded at a bounded rate, per
         # connection and per address (see admitPrelogin).
         self._prelogin = TokenBuckets(clock, *prelogin)
         self._preloginAddress = TokenBuckets(clock, *prelogin_address)
         self.dropped = 0
-        self.unrecorded = 0      # pre-login commands over the rate, counted only
+        self.unrecorded = 0  # pre-login commands over the rate, counted only
 
-    def row(self, ts_ms, service, user, peer, command, code, account_id=None) -> dict:
+    def row(self, ts_ms: int, service: str, user: str | None, peer: str, command: str,
+            code: int, account_id: int | None = None) -> JournalRow:
         """
         A history row, numbered in the order entries are made: its C{seq}
         is the wall clock in microseconds, but always above the last one
         handed out, so two entries of one millisecond (or of a clock set
         back) still come out in the order they were made.  Rows for the
         batch (L{record}) and rows written with a write
-        (C{DBPool.run(journal=...)}) share the numbering.
+        (L{netshare.storage.history.journaled}) share the numbering.
         """
         seq = max(int(self.clock.seconds() * 1_000_000), self._lastSeq + 1)
         self._lastSeq = seq
         return journal_row(seq, ts_ms, service, user, peer, command, code, account_id)
 
-    def admitPrelogin(self, connection, address) -> bool:
+    def admitPrelogin(self, connection: Hashable, address: str) -> bool:
         """
         May one more command sent before login on C{connection} (any
         hashable key) from C{address} be recorded?  Up to a burst, then a
@@ -94,7 +141,8 @@ class HistoryRecorder:
         self.unrecorded += 1
         return False
 
-    def recordUnrecorded(self, connection, n, ts_ms, service, peer):
+    def recordUnrecorded(self, connection: Hashable, n: int, ts_ms: int, service: str,
+                         peer: str) -> None:
         """One entry saying how many commands of a connection were over the
         pre-login rate (so the trail shows they happened), and forget the
         connection's bucket."""
@@ -105,12 +153,13 @@ class HistoryRecorder:
             self.log.info("{n} commands from {peer} before login were over the rate and not "
                           "recorded one by one", n=n, peer=peer)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         """For the operator: what waits, what was dropped, what was counted only."""
         return {"pending": len(self._pending) + len(self._inflight), "dropped": self.dropped,
                 "unrecorded_prelogin": self.unrecorded}
 
-    def record(self, ts_ms, service, user, peer, command, code, account_id=None):
+    def record(self, ts_ms: int, service: str, user: str | None, peer: str, command: str,
+               code: int, account_id: int | None = None) -> None:
         """
         @param user: the name shown (an account's, a ttweet guest's), or None
             before login.
@@ -133,11 +182,12 @@ class HistoryRecorder:
         if self._timer is None and not self._writing and not self._stopped:
             self._timer = self.clock.callLater(self.interval, self._tick)
 
-    def _tick(self):
+    def _tick(self) -> None:
         self._timer = None
+        # Only an errback: a failed write was logged and will be retried.
         self.flush().addErrback(lambda f: None)
 
-    def _unsettled(self):
+    def _unsettled(self) -> int:
         """The sequence number of the oldest entry not yet written (or dropped)."""
         if self._inflight:
             return self._inflight[0][0]
@@ -145,14 +195,14 @@ class HistoryRecorder:
             return self._pending[0][0]
         return self._recorded
 
-    def flush(self):
+    def flush(self) -> Deferred[None]:
         """
         @return: a Deferred that fires once everything recorded before this
             call is written (later records do not delay it, however fast they
             come), or fails if a write failed (entries are kept and retried
             later).
         """
-        d = defer.Deferred()
+        d: Deferred[None] = Deferred()
         if self._unsettled() >= self._recorded:
             d.callback(None)
             return d
@@ -161,7 +211,7 @@ class HistoryRecorder:
             self._writeNext()
         return d
 
-    def _wakeWaiters(self):
+    def _wakeWaiters(self) -> None:
         done = self._unsettled()
         ready = [w for w in self._waiters if w[0] <= done]
         if ready:
@@ -169,62 +219,72 @@ class HistoryRecorder:
             for _, d in ready:
                 d.callback(None)
 
-    def _writeNext(self):
+    def _writeNext(self) -> None:
         if not self._pending:
             return
         self._writing = True
         batch = self._inflight = self._pending[:self.batch]
         del self._pending[:len(batch)]
+        self._write(batch)
 
-        def written(_):
-            self._inflight = []
-            self._writing = False
-            self._wakeWaiters()
-            if self._waiters or len(self._pending) >= self.batch:
-                self._writeNext()  # someone waits, or a full batch is ready
-            elif self._pending and self._timer is None and not self._stopped:
-                self._timer = self.clock.callLater(self.interval, self._tick)
-
-        def failed(f):
-            if not f.check(DatabaseUnavailable) and len(batch) > 0:
+    @deferred
+    async def _write(self, batch: list[tuple[int, JournalRow]]) -> None:
+        """Write C{batch} (which is L{_inflight}), then decide what next."""
+        try:
+            try:
+                await self.store.insert_many([row for _, row in batch])
+            except DatabaseUnavailable:
+                raise
+            except Exception:
                 # Not an outage: the database refused some row.  Write the
                 # batch row by row and drop only what it refuses, so one bad
                 # entry can never block the history for good.
-                return self._salvage(batch).addCallbacks(written, failed)
-            self._inflight = []
-            self._writing = False
-            self._pending[:0] = batch  # back in front, in order, to be retried
-            self.log.warn("history write failed ({n} entries kept, retrying): {error}",
-                          n=len(self._pending), error=f.getErrorMessage())
-            if self._timer is None and not self._stopped:
-                self._timer = self.clock.callLater(max(1.0, self.interval), self._tick)
-            waiters, self._waiters = self._waiters, []
-            for _, w in waiters:
-                w.errback(f)
+                await self._salvage(batch)
+        except Exception:
+            self._writeFailed(Failure(), batch)
+        else:
+            self._written()
 
-        self.store.insert_many([row for _, row in batch]).addCallbacks(written, failed)
+    def _written(self) -> None:
+        self._inflight = []
+        self._writing = False
+        self._wakeWaiters()
+        if self._waiters or len(self._pending) >= self.batch:
+            self._writeNext()  # someone waits, or a full batch is ready
+        elif self._pending and self._timer is None and not self._stopped:
+            self._timer = self.clock.callLater(self.interval, self._tick)
 
-    @defer.inlineCallbacks
-    def _salvage(self, batch):
+    def _writeFailed(self, failure: Failure, batch: list[tuple[int, JournalRow]]) -> None:
+        self._inflight = []
+        self._writing = False
+        self._pending[:0] = batch  # back in front, in order, to be retried
+        self.log.warn("history write failed ({n} entries kept, retrying): {error}",
+                      n=len(self._pending), error=failure.getErrorMessage())
+        if self._timer is None and not self._stopped:
+            self._timer = self.clock.callLater(max(1.0, self.interval), self._tick)
+        waiters, self._waiters = self._waiters, []
+        for _, w in waiters:
+            w.errback(failure)
+
+    async def _salvage(self, batch: list[tuple[int, JournalRow]]) -> None:
         """Insert C{batch} one row at a time, dropping rows the database
-        refuses; an outage part-way puts the unwritten rest back in front."""
-        dropped = 0
+        refuses; an outage part-way leaves the unwritten rest in C{batch}
+        (to be put back in front) and raises."""
         for i, (_, row) in enumerate(batch):
             try:
-                yield self.store.insert_many([row])
+                await self.store.insert_many([row])
             except DatabaseUnavailable:
                 del batch[:i]
                 raise
             except Exception as e:
-                dropped += 1
                 self.dropped += 1
                 self.log.error("history: the database refused an entry ({service}, code "
                                "{code}): dropped: {error}", service=row.get("service"),
                                code=row.get("code"), error=str(e).splitlines()[0][:200])
         del batch[:]
 
-    @defer.inlineCallbacks
-    def stop(self, attempts=3):
+    @deferred
+    async def stop(self, attempts: int = 3) -> None:
         """Write everything before the database goes away (a clean stop loses nothing)."""
         self._stopped = True
         self.stopRetention()
@@ -233,47 +293,46 @@ class HistoryRecorder:
         self._timer = None
         for _ in range(attempts):
             try:
-                yield self.flush()
+                await self.flush()
                 return
             except Exception:
-                pass
+                pass  # logged by the write; try again
         if self._pending or self._inflight:
             self.log.error("history: {n} entries could not be written at shutdown",
                            n=len(self._pending) + len(self._inflight))
 
     # -- retention
 
-    def startRetention(self, retention: float, interval: float = 3600.0):
+    def startRetention(self, retention: float, interval: float = 3600.0) -> None:
         """Purge entries older than C{retention} seconds (0: keep them) and
         beyond L{max_entries} (0: no cap), now and every C{interval} seconds."""
         if not retention and not self.max_entries:
             return
-        from twisted.internet.task import LoopingCall
         self._retention = retention
-        self._purger = LoopingCall(self.purgeExpired)
+        self._purger = task.LoopingCall(self.purgeExpired)
         self._purger.clock = self.clock
         self._purger.start(interval, now=True).addErrback(
             lambda f: self.log.failure("history retention stopped", f))
 
-    def stopRetention(self):
+    def stopRetention(self) -> None:
         purger, self._purger = self._purger, None
         if purger is not None and purger.running:
             purger.stop()
 
-    @defer.inlineCallbacks
-    def purgeExpired(self):
+    @deferred
+    async def purgeExpired(self) -> int:
         """Delete the entries older than the retention period.
         @return: Deferred[int] rows deleted."""
         before = int((self.clock.seconds() - self._retention) * 1000)
         total = 0
         try:
             while self._retention:
-                n = yield self.store.purge(before)
+                n = await self.store.purge(before)
                 total += n
                 if n < 10_000:
                     break
             if self.max_entries:
-                total += yield self.store.purge_beyond(self.max_entries)
+                total += await self.store.purge_beyond(self.max_entries)
         except Exception as e:
             self.log.warn("history retention: purge failed, retrying later: {error}",
                           error=str(e).splitlines()[0][:200] if str(e) else repr(e))
@@ -285,7 +344,7 @@ class HistoryRecorder:
 
     # -- views
 
-    def _view(self, caller, user):
+    def _view(self, caller: HistoryCaller, user: str | None) -> dict[str, Any]:
         """
         Which entries a query/clear addresses, as keyword arguments of the
         store: the caller's own view (C{own=<account id>}, hidden entries
@@ -304,20 +363,21 @@ class HistoryRecorder:
             raise BadArguments("user= must be an account name, - or *")
         return {"user": user}
 
-    @defer.inlineCallbacks
-    def query(self, caller, user, limit):
+    @deferred
+    async def query(self, caller: HistoryCaller, user: str | None,
+                    limit: int) -> list[HistoryEntry]:
         view = self._view(caller, user)
-        yield self.flush()
-        entries = yield self.store.list(limit, **view)
-        return entries
+        await self.flush()
+        return await self.store.list(limit, **view)
 
-    @defer.inlineCallbacks
-    def delete(self, caller, entry_id, journal=None):
+    @deferred
+    async def delete(self, caller: HistoryCaller, entry_id: int,
+                     journal: JournalRow | None = None) -> None:
         """Take one entry out of its owner's view (an admin may do so for
         anyone's): 550 if there is none the caller could see.
         C{journal}: this command's own history row, written with the change."""
-        yield self.flush()
-        found = yield self.store.get(entry_id)
+        await self.flush()
+        found = await self.store.get(entry_id)
         if found is None:
             raise NotFound("no history entry %d" % (entry_id,))
         _, owner, hidden = found
@@ -326,14 +386,14 @@ class HistoryRecorder:
                 raise PermissionDenied("not your history entry")
             if hidden:
                 raise NotFound("no history entry %d" % (entry_id,))
-        yield self.store.hide(entry_id, journal=journal)
+        await self.store.hide(entry_id, journal=journal)
 
-    @defer.inlineCallbacks
-    def clear(self, caller, user, journal=None):
+    @deferred
+    async def clear(self, caller: HistoryCaller, user: str | None,
+                    journal: JournalRow | None = None) -> int:
         """Take a view's entries out of their owners' views; the clear's own
         entry (C{journal}) is written in the same transaction, after them.
         @return: Deferred[int] how many were taken out."""
         view = self._view(caller, user)
-        yield self.flush()
-        n = yield self.store.hide_all(**view, journal=journal)
-        return n
+        await self.flush()
+        return await self.store.hide_all(**view, journal=journal)

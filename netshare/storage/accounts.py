@@ -20,14 +20,24 @@ transaction, what happens to what the account owned:
  - its tweets: kept (they were public and sit in other users' timelines).
 """
 
+import builtins
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from twisted.internet.defer import Deferred
 
 from netshare.errors import BadArguments, Conflict, NotFound, RateLimited
-from netshare.storage.schema import accounts, login_penalties
+from netshare.storage.files import files
+from netshare.storage.history import JournalRow, journaled
+from netshare.storage.outbox import outbox, sync_clients
+from netshare.storage.pool import DBPool
+from netshare.storage.schema import AnyRow, accounts, inserted_id, login_penalties
+from netshare.storage.tweets import timelines
 from netshare.text import is_username
 from netshare.throttle import LoginPolicy
 from netshare.wire import iso_ms, now_ms
@@ -45,7 +55,7 @@ class Account:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, object]:
         return {"user": self.name, "role": self.role, "created": iso_ms(self.created_ms)}
 
 
@@ -55,23 +65,23 @@ class RemovedAccount:
     (to unlink after the commit) and how many rows of each kind went."""
 
     account: Account
-    blob_ids: list = field(default_factory=list)
+    blob_ids: list[str] = field(default_factory=list)
     files_deleted: int = 0
     files_transferred: int = 0
     timeline_deleted: int = 0
     sync_messages_deleted: int = 0
 
 
-def _row(r) -> Account:
+def _row(r: AnyRow) -> Account:
     return Account(int(r.id), r.name, r.role, r.password_hash, r.created_ms)
 
 
-def thd_get(conn, name: str) -> Account | None:
+def thd_get(conn: Connection, name: str) -> Account | None:
     r = conn.execute(sa.select(accounts).where(accounts.c.name_key == name.lower())).first()
     return _row(r) if r else None
 
 
-def thd_create(conn, name: str, role: str, password_hash: str) -> Account:
+def thd_create(conn: Connection, name: str, role: str, password_hash: str) -> Account:
     created = now_ms()
     try:
         with conn.begin_nested():
@@ -80,24 +90,17 @@ def thd_create(conn, name: str, role: str, password_hash: str) -> Account:
                 created_ms=created))
     except sa_exc.IntegrityError:
         raise Conflict("account %s exists" % (name,)) from None
-    return Account(int(result.inserted_primary_key[0]), name, role, password_hash, created)
+    return Account(inserted_id(result), name, role, password_hash, created)
 
 
-def thd_set_password(conn, name: str, password_hash: str):
+def thd_set_password(conn: Connection, name: str, password_hash: str) -> None:
     n = conn.execute(accounts.update().where(accounts.c.name_key == name.lower())
                      .values(password_hash=password_hash)).rowcount
     if not n:
         raise NotFound("no account %s" % (name,))
 
 
-def thd_set_role(conn, name: str, role: str):
-    n = conn.execute(accounts.update().where(accounts.c.name_key == name.lower())
-                     .values(role=role)).rowcount
-    if not n:
-        raise NotFound("no account %s" % (name,))
-
-
-def thd_remove(conn, name: str, transfer_to: str | None = None) -> RemovedAccount:
+def thd_remove(conn: Connection, name: str, transfer_to: str | None = None) -> RemovedAccount:
     """
     Remove an account and decide what becomes of what it owned (see the
     module docstring), in the caller's transaction.
@@ -106,12 +109,6 @@ def thd_remove(conn, name: str, transfer_to: str | None = None) -> RemovedAccoun
         instead of deleting them.
     @raise NotFound: (550) no such account (or no C{transfer_to} account).
     """
-    # Imported here: these modules define their tables on the shared
-    # metadata and import this one's.
-    from netshare.storage.files import files
-    from netshare.storage.personnel import outbox, sync_clients
-    from netshare.storage.tweets import timelines
-
     account = thd_get(conn, name)
     if account is None:
         raise NotFound("no account %s" % (name,))
@@ -123,32 +120,34 @@ def thd_remove(conn, name: str, transfer_to: str | None = None) -> RemovedAccoun
         if heir.id == account.id:
             raise BadArguments("cannot give the files of %s to itself" % (name,))
     owned = files.c.owner_id == account.id
-    blob_ids, deleted, transferred = [], 0, 0
+    blob_ids: list[str] = []
+    deleted = transferred = 0
     if heir is not None:
         transferred = conn.execute(files.update().where(owned).values(
             owner_id=heir.id, owner=heir.name)).rowcount
     else:
         blob_ids = [r.blob_id for r in conn.execute(sa.select(files.c.blob_id).where(owned))]
         deleted = conn.execute(files.delete().where(owned)).rowcount
-    timeline = conn.execute(timelines.delete().where(timelines.c.account_id == account.id)).rowcount
+    timeline = conn.execute(timelines.delete()
+                            .where(timelines.c.account_id == account.id)).rowcount
     messages = conn.execute(outbox.delete().where(outbox.c.client == account.name)).rowcount
     conn.execute(sync_clients.delete().where(sync_clients.c.name == account.name))
     conn.execute(accounts.delete().where(accounts.c.id == account.id))
     return RemovedAccount(account, blob_ids, deleted, transferred, timeline, messages)
 
 
-def thd_list(conn) -> list[Account]:
+def thd_list(conn: Connection) -> list[Account]:
     return [_row(r) for r in conn.execute(sa.select(accounts).order_by(accounts.c.name))]
 
 
-def thd_existing_ids(conn, ids) -> set[int]:
+def thd_existing_ids(conn: Connection, ids: Iterable[int]) -> set[int]:
     """Which of C{ids} still belong to an account (the server closes the
     connections of accounts removed from outside, e.g. by the CLI)."""
-    ids = list(ids)
-    found = set()
-    for i in range(0, len(ids), 500):
+    wanted = list(ids)
+    found: set[int] = set()
+    for i in range(0, len(wanted), 500):
         found.update(int(r.id) for r in conn.execute(
-            sa.select(accounts.c.id).where(accounts.c.id.in_(ids[i:i + 500]))))
+            sa.select(accounts.c.id).where(accounts.c.id.in_(wanted[i:i + 500]))))
     return found
 
 
@@ -156,7 +155,7 @@ def thd_existing_ids(conn, ids) -> set[int]:
 # Failed logins: growing delays per account and per address, in the database
 
 
-def _penalty_row(conn, key, now_ms):
+def _penalty_row(conn: Connection, key: str, now_ms: int) -> AnyRow:
     """The row of C{key}, locked for this transaction, created if absent."""
     q = sa.select(login_penalties).where(login_penalties.c.key == key).with_for_update()
     row = conn.execute(q).first()
@@ -168,11 +167,12 @@ def _penalty_row(conn, key, now_ms):
                     locked_until_ms=0))
         except sa_exc.IntegrityError:      # another attempt created it just now
             pass
-        row = conn.execute(q).first()
+        row = conn.execute(q).one()
     return row
 
 
-def thd_login_attempt(conn, keys, now_ms: int, policy: LoginPolicy) -> float:
+def thd_login_attempt(conn: Connection, keys: Sequence[tuple[str, bool]], now_ms: int,
+                      policy: LoginPolicy) -> float:
     """
     Start one login attempt under C{keys} (C{(key, lockable)} pairs): count
     it as a failure until L{thd_login_succeeded} takes that back (so a burst
@@ -183,7 +183,7 @@ def thd_login_attempt(conn, keys, now_ms: int, policy: LoginPolicy) -> float:
     """
     rows = [(key, lockable, _penalty_row(conn, key, now_ms)) for key, lockable in keys]
     start, cost = now_ms, 0.0
-    for key, lockable, row in rows:
+    for _key, lockable, row in rows:
         if lockable and row.locked_until_ms > now_ms:
             raise RateLimited("account locked after too many failed logins; try again in %d s"
                               % math.ceil((row.locked_until_ms - now_ms) / 1000.0))
@@ -198,7 +198,7 @@ def thd_login_attempt(conn, keys, now_ms: int, policy: LoginPolicy) -> float:
     for key, lockable, row in rows:
         prior = policy.decayed(row.failures, row.updated_ms, now_ms)
         failures = prior + 1
-        values = dict(failures=failures, updated_ms=now_ms)
+        values: dict[str, float | int] = dict(failures=failures, updated_ms=now_ms)
         if cost:
             values["next_slot_ms"] = start + int(cost * 1000)
         # Whole failures: a few seconds of forgetting must not let one more in.
@@ -209,7 +209,8 @@ def thd_login_attempt(conn, keys, now_ms: int, policy: LoginPolicy) -> float:
     return wait
 
 
-def thd_login_succeeded(conn, keys, now_ms: int, policy: LoginPolicy) -> None:
+def thd_login_succeeded(conn: Connection, keys: Sequence[str], now_ms: int,
+                        policy: LoginPolicy) -> None:
     """The attempt started by L{thd_login_attempt} had the right password."""
     for key in keys:
         row = conn.execute(sa.select(login_penalties).where(login_penalties.c.key == key)
@@ -220,10 +221,11 @@ def thd_login_succeeded(conn, keys, now_ms: int, policy: LoginPolicy) -> None:
                          .values(failures=failures, updated_ms=now_ms))
 
 
-def thd_login_penalties(conn, now_ms: int, policy: LoginPolicy) -> list[dict]:
+def thd_login_penalties(conn: Connection, now_ms: int,
+                        policy: LoginPolicy) -> list[dict[str, Any]]:
     """Every key that costs something now: C{{"key","who","failures","delay","locked_for"}},
     account keys shown with the account's name."""
-    names = {}
+    names: dict[str, str] = {}
     for r in conn.execute(sa.select(accounts.c.id, accounts.c.name)):
         names["account:%d" % r.id] = r.name
         names["account:%d:local" % r.id] = r.name + " (from exempt networks)"
@@ -238,7 +240,7 @@ def thd_login_penalties(conn, now_ms: int, policy: LoginPolicy) -> list[dict]:
     return out
 
 
-def thd_lift_penalty(conn, who: str) -> int:
+def thd_lift_penalty(conn: Connection, who: str) -> int:
     """Lift the penalties of an account (by name) or an address.
     @return: how many keys were lifted."""
     keys = ["address:" + who]
@@ -248,7 +250,7 @@ def thd_lift_penalty(conn, who: str) -> int:
     return conn.execute(login_penalties.delete().where(login_penalties.c.key.in_(keys))).rowcount
 
 
-def thd_purge_penalties(conn, now_ms: int, policy: LoginPolicy) -> int:
+def thd_purge_penalties(conn: Connection, now_ms: int, policy: LoginPolicy) -> int:
     """Forget keys whose failures have all been forgotten (bounded table)."""
     stale = now_ms - int((policy.forget or 0) * 1000 * (policy.lockout + 1))
     return conn.execute(login_penalties.delete().where(
@@ -257,47 +259,51 @@ def thd_purge_penalties(conn, now_ms: int, policy: LoginPolicy) -> int:
 
 
 class AccountStore:
-    """Async facade: every method returns a Deferred.  Creating and
-    removing run as writes (L{DBPool.write}): run twice, they would answer
-    "exists" or "no such account" for what they did themselves."""
+    """The accounts seen from the reactor thread: every method runs one
+    C{thd_*} function in the L{DBPool} and returns a Deferred of plain data."""
 
-    def __init__(self, pool):
+    def __init__(self, pool: DBPool):
         self.pool = pool
 
-    def get(self, name):
+    def get(self, name: str) -> Deferred[Account | None]:
         return self.pool.run(thd_get, name)
 
-    def create(self, name, role, password_hash, journal=None):
-        return self.pool.write(thd_create, name, role, password_hash, journal=journal)
+    # Writes (DBPool.write): run twice after a lost COMMIT answer, creating
+    # and removing would answer "exists" or "no such account" for what they
+    # did themselves.
 
-    def set_password(self, name, password_hash):
+    def create(self, name: str, role: str, password_hash: str,
+               journal: JournalRow | None = None) -> Deferred[Account]:
+        return self.pool.write(journaled(thd_create, journal), name, role, password_hash)
+
+    def set_password(self, name: str, password_hash: str) -> Deferred[None]:
         return self.pool.run(thd_set_password, name, password_hash)
 
-    def set_role(self, name, role):
-        return self.pool.run(thd_set_role, name, role)
-
-    def remove(self, name, transfer_to=None):
+    def remove(self, name: str, transfer_to: str | None = None) -> Deferred[RemovedAccount]:
         return self.pool.write(thd_remove, name, transfer_to)
 
-    def list(self):
+    def list(self) -> Deferred[list[Account]]:
         return self.pool.run(thd_list)
 
-    def existing_ids(self, ids):
+    def existing_ids(self, ids: Iterable[int]) -> Deferred[set[int]]:
         return self.pool.run(thd_existing_ids, ids)
 
     # Writes: an attempt counted twice would cost a failure it never made.
 
-    def login_attempt(self, keys, now_ms, policy):
+    def login_attempt(self, keys: Sequence[tuple[str, bool]], now_ms: int,
+                      policy: LoginPolicy) -> Deferred[float]:
         return self.pool.write(thd_login_attempt, keys, now_ms, policy)
 
-    def login_succeeded(self, keys, now_ms, policy):
+    def login_succeeded(self, keys: Sequence[str], now_ms: int,
+                        policy: LoginPolicy) -> Deferred[None]:
         return self.pool.write(thd_login_succeeded, keys, now_ms, policy)
 
-    def login_penalties(self, now_ms, policy):
+    def login_penalties(self, now_ms: int,
+                        policy: LoginPolicy) -> Deferred[builtins.list[dict[str, Any]]]:
         return self.pool.run(thd_login_penalties, now_ms, policy)
 
-    def lift_penalty(self, who):
+    def lift_penalty(self, who: str) -> Deferred[int]:
         return self.pool.write(thd_lift_penalty, who)
 
-    def purge_penalties(self, now_ms, policy):
+    def purge_penalties(self, now_ms: int, policy: LoginPolicy) -> Deferred[int]:
         return self.pool.run(thd_purge_penalties, now_ms, policy)

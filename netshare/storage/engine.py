@@ -18,11 +18,12 @@ retry on a fresh connection (see L{netshare.storage.pool}).
 """
 
 import os
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import QueuePool, StaticPool
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -42,13 +43,10 @@ def resolve_url(url: str, data_dir: str | None = None) -> str:
 
 def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: str = "FULL",
                   busy_timeout_ms: int = 5000, pool_size: int = 5, connect_timeout: int = 3,
-                  call_timeout: float | None = None):
+                  call_timeout: float | None = None) -> Engine:
     """
-    Build the engine for C{url}.
-
-    @return: an Engine with an extra attribute C{optimal_thread_pool_size}:
-        how many worker threads the L{netshare.storage.pool.DBPool} should use
-        (1 for SQLite, the pool size otherwise).
+    Build the engine for C{url} (L{worker_threads} says how many threads
+    should use it).
     """
     try:
         u = make_url(resolve_url(url, data_dir))
@@ -57,15 +55,14 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
     backend = u.get_backend_name()
     if backend == "sqlite":
         engine = _sqlite_engine(u, sqlite_synchronous.upper(), busy_timeout_ms)
-        engine.optimal_thread_pool_size = 1
     elif backend in ("postgresql", "mysql", "mariadb"):
         # No pre-ping: a stale connection (the server restarted) fails on its
         # first statement, before any COMMIT, which the pool retries on a
         # fresh one (SQLAlchemy then discards the whole stale pool); and a
         # ping of a connection that stopped answering would block outside
         # the reach of the pool's deadline.
-        kw = dict(pool_recycle=1800, pool_size=pool_size, max_overflow=0,
-                  pool_timeout=connect_timeout + 2)
+        kw: dict[str, Any] = dict(pool_recycle=1800, pool_size=pool_size, max_overflow=0,
+                                  pool_timeout=connect_timeout + 2)
         # A connection that stops answering fails on its own within a call's
         # deadline and grace (the pool also cuts its socket at the deadline):
         # TCP keepalive for an idle peer that vanished, and a bound on how
@@ -82,32 +79,46 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
         try:
             engine = sa.create_engine(u, **kw)
         except Exception as e:
-            raise EngineError("cannot use database URL %s: %s" % (u.render_as_string(), e)) from None
-        engine.optimal_thread_pool_size = pool_size
+            raise EngineError("cannot use database URL %s: %s"
+                              % (u.render_as_string(), e)) from None
     else:
         raise EngineError("unsupported database %r (use sqlite, postgresql or mysql)" % (backend,))
     return engine
 
 
-def _sqlite_engine(u, synchronous: str, busy_timeout_ms: int):
+def worker_threads(engine: Engine) -> int:
+    """
+    How many worker threads the L{netshare.storage.pool.DBPool} should give
+    C{engine}: 1 for SQLite (one writer at a time; an in-memory database is
+    one shared connection), the connection pool's size otherwise (no
+    overflow: a thread never waits for a connection).
+    """
+    if engine.dialect.name == "sqlite":
+        return 1
+    pool = engine.pool
+    return pool.size() if isinstance(pool, QueuePool) else 1
+
+
+def _sqlite_engine(u: URL, synchronous: str, busy_timeout_ms: int) -> Engine:
     if synchronous not in SQLITE_SYNCHRONOUS:
         raise EngineError("sqlite synchronous must be one of %s" % ", ".join(SQLITE_SYNCHRONOUS))
-    memory = not u.database or u.database == ":memory:"
-    if memory:
+    path = u.database if u.database != ":memory:" else None
+    memory = not path
+    if not path:
         # One shared connection, or every checkout would see a new empty db.
         engine = sa.create_engine(u, poolclass=StaticPool,
                                   connect_args={"check_same_thread": False})
     else:
-        directory = os.path.dirname(os.path.abspath(u.database))
+        directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise EngineError("SQLite directory %s does not exist" % (directory,))
-        private_file(u.database)
+        private_file(path)
         engine = sa.create_engine(u, pool_size=1, max_overflow=2,
                                   connect_args={"check_same_thread": False,
                                                 "timeout": busy_timeout_ms / 1000.0})
 
     @event.listens_for(engine, "connect")
-    def on_connect(dbapi_conn, record):
+    def on_connect(dbapi_conn: Any, record: object) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions
         # begin (the sqlite3 module would defer BEGIN until the first write).
         dbapi_conn.isolation_level = None
@@ -120,13 +131,13 @@ def _sqlite_engine(u, synchronous: str, busy_timeout_ms: int):
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def on_begin(conn):
+    def on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
-def private_file(path: str):
+def private_file(path: str) -> None:
     """
     Make the SQLite file readable by its owner only (0600), creating it so
     if it does not exist.  SQLite gives its C{-wal} and C{-shm} files the
@@ -142,6 +153,6 @@ def private_file(path: str):
             pass
 
 
-def describe(engine) -> str:
+def describe(engine: Engine) -> str:
     """The URL without its password, for logs and messages."""
     return engine.url.render_as_string(hide_password=True)

@@ -11,29 +11,43 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
 
 
 class SchemaError(Exception):
     """The database schema cannot be used by this version of netshare."""
 
 
-def _config(connection=None) -> AlembicConfig:
+def _config(connection: Connection | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", "netshare.storage:migrations")
     cfg.attributes["connection"] = connection
     return cfg
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
 def head() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    """The newest revision this netshare knows."""
+    rev = _scripts().get_current_head()
+    if rev is None:
+        raise SchemaError("netshare has no migrations")     # a broken installation
+    return rev
 
 
-def current(engine) -> str | None:
+def revisions() -> list[str]:
+    """Every revision this netshare knows, oldest first."""
+    return [s.revision for s in _scripts().walk_revisions()][::-1]
+
+
+def current(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine, target: str = "head") -> tuple[str | None, str]:
+def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | None]:
     """Migrate to C{target}; return (revision before, revision after)."""
     before = current(engine)
     if status(engine) == "newer":
@@ -44,19 +58,17 @@ def upgrade(engine, target: str = "head") -> tuple[str | None, str]:
     return before, current(engine)
 
 
-def status(engine) -> str:
+def status(engine: Engine) -> str:
     """One of C{"missing"}, C{"old"}, C{"current"}, C{"newer"}."""
     rev = current(engine)
     if rev is None:
         return "missing"
-    script = ScriptDirectory.from_config(_config())
-    if rev == script.get_current_head():
+    if rev == head():
         return "current"
-    known = {s.revision for s in script.walk_revisions()}
-    return "old" if rev in known else "newer"
+    return "old" if rev in revisions() else "newer"
 
 
-def check(engine):
+def check(engine: Engine) -> None:
     """Raise L{SchemaError} with an operator-facing message unless current."""
     state = status(engine)
     if state == "missing":

@@ -18,7 +18,7 @@ sent, and wrong after: when the connection drops between the server
 receiving C{COMMIT} and us reading its answer, the transaction may well have
 committed, and running it again is not the same operation (a second INSERT
 meets the first one's row; a second SEND queues everything twice).  So a
-write (L{DBPool.write}, and every call with a C{journal=} row) carries an
+write (L{DBPool.write}) carries an
 identity: a random id the transaction itself stores in C{write_marks}.  When
 the C{COMMIT} fails in a way that leaves its outcome unknown, the write is
 I{in doubt}, and it is resolved, not re-run:
@@ -41,29 +41,44 @@ I{in doubt}, and it is resolved, not re-run:
 
 The ids are pruned after an hour (a write is resolved within seconds).
 
-A write can carry its request-history entry (C{journal=}): the entry is
-inserted in the write's own transaction, so an acknowledged write and the
-record of it survive a crash together or not at all.
-"""
+A write can carry its request-history entry: the stores wrap their function
+with L{netshare.storage.history.journaled}, which inserts the entry in the
+write's own transaction, so an acknowledged write and the record of it
+survive a crash together or not at all.
 
+Typing: L{DBPool.run} and L{DBPool.write} take C{fn} and the arguments of
+C{fn} after its connection (a C{ParamSpec}), so C{pool.run(fn, *args)} is
+checked against C{fn(conn, *args)} and gives a C{Deferred} of what C{fn}
+returns.  They take no options of their own for that reason: what varies
+between calls is the method (C{run} or C{write}) or the function.
+"""
 import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import CursorResult, Result, Row
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result, Row
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from netshare.deferreds import deferred
 from netshare.errors import DatabaseUnavailable, InsufficientStorage, NetshareError, OutcomeUnknown
-from netshare.storage.schema import history, write_marks
+from netshare.storage.engine import worker_threads
+from netshare.storage.schema import write_marks
 
-# Total time a call may spend retrying a transient error before giving up.
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Total time a call may spend retrying a transient error before giving up.
 DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 #: How long a write's id is kept (its doubt is resolved within seconds).
 MARK_TTL = 3600.0
@@ -98,11 +113,11 @@ def is_disk_full(error: BaseException) -> bool:
         return True
     if getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
         return True
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = getattr(orig, "args", ())
     return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_DISK_FULL
 
 
-def _storage_error(error):
+def _storage_error(error: Exception) -> None:
     """Re-raise a disk-full database error as the 452 it is; else do nothing."""
     if is_disk_full(error):
         raise InsufficientStorage("insufficient storage: the database disk is full") from error
@@ -129,10 +144,11 @@ class _Call:
         self.lock = threading.Lock()
         self.phase = QUEUED
         self.abandoned = False
-        self.wid = None
-        self.conn = None          # the SQLAlchemy connection the worker is using
+        self.wid: str | None = None
+        #: The SQLAlchemy connection the worker is using.
+        self.conn: Connection | None = None
 
-    def cut(self):
+    def cut(self) -> bool:
         """
         Shut down the socket of the connection this call is blocked on (from
         the reactor thread, at its deadline): a connection that stopped
@@ -159,7 +175,7 @@ class _Call:
             dup.close()
         return True
 
-    def enter(self, phase):
+    def enter(self, phase: str) -> None:
         """Move to C{phase}; @raise _Abandoned: the caller was answered."""
         with self.lock:
             if self.abandoned:
@@ -167,31 +183,31 @@ class _Call:
             self.phase = phase
 
 
-class _Outcome:
+class _Outcome(Generic[T]):
     """The final result of a call, for any number of late listeners."""
 
-    def __init__(self):
-        self._result = _PENDING
-        self._waiting = []
+    def __init__(self) -> None:
+        self._outcome: tuple[T | Failure] | None = None     # (result,) once fired
+        self._waiting: list[Deferred[T]] = []
 
-    def listen(self) -> defer.Deferred:
+    def listen(self) -> Deferred[T]:
         """A Deferred firing with the call's result, or failing with its
         failure, once the worker is done (at once if it is)."""
-        if self._result is _PENDING:
-            d = defer.Deferred()
+        if self._outcome is None:
+            d: Deferred[T] = Deferred()
             self._waiting.append(d)
             return d
-        return defer.fail(self._result) if isinstance(self._result, Failure) \
-            else defer.succeed(self._result)
+        (result,) = self._outcome
+        return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
 
-    def fire(self, result):
-        self._result = result
+    def fire(self, result: T | Failure) -> None:
+        self._outcome = (result,)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
-            d.errback(result) if isinstance(result, Failure) else d.callback(result)
-
-
-_PENDING = object()
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
 
 class DBPool:
@@ -206,21 +222,32 @@ class DBPool:
 
     log = Logger()
 
-    def __init__(self, engine, threads: int | None = None, reactor=None,
-                 retry_delays=DEFAULT_RETRY_DELAYS, call_timeout: float | None = None):
+    def __init__(self, engine: Engine, threads: int | None = None,
+                 reactor: IReactorTime | None = None,
+                 retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+                 call_timeout: float | None = None):
+        """
+        @param threads: worker threads; by default what the engine wants
+            (L{netshare.storage.engine.worker_threads}).
+        @param reactor: an C{IReactorTime} that also provides
+            C{IReactorFromThreads}; the global reactor by default.
+        @param call_timeout: a call's deadline in seconds (none by default).
+        """
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor as global_reactor
+            reactor = IReactorTime(global_reactor)
         self.engine = engine
         self._reactor = reactor
-        self.threads = threads or getattr(engine, "optimal_thread_pool_size", 1)
+        self._fromThreads = IReactorFromThreads(reactor)
+        self.threads = threads or worker_threads(engine)
         self._pool = ThreadPool(minthreads=1, maxthreads=self.threads, name="netshare-db")
         self.retry_delays = tuple(retry_delays)
         self.call_timeout = call_timeout
         self.timeouts = 0
         self.in_doubt = 0
         self.outcome_unknown = 0
-        self._inflight = set()
-        self._pruner = None
+        self._inflight: set[Deferred[Any]] = set()
+        self._pruner: LoopingCall | None = None
         self.active = 0
         self.calls = 0
         self.failures = 0
@@ -231,7 +258,7 @@ class DBPool:
     def queued(self) -> int:
         return max(0, len(self._inflight) - self.active)
 
-    def start(self):
+    def start(self) -> None:
         if not self.running:
             self._pool.start()
             self.running = True
@@ -240,68 +267,69 @@ class DBPool:
             self._pruner.start(MARK_TTL / 4, now=False).addErrback(
                 lambda f: self.log.failure("pruning write ids stopped", f))
 
-    # -- the two entry points
+    # -- the two entry points (the hot path: no coroutine per call)
 
-    def run(self, fn, *args, journal=None, **kwargs):
+    def run(self, fn: Callable[Concatenate[Connection, P], T], /,
+            *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         """
         Run C{fn(conn, *args, **kwargs)} in a worker, in one transaction:
         reads, and writes that are safe to run twice (replay-safe by their
-        own keys).  With C{journal} it is a write (L{write}).
+        own keys).
 
         @return: a Deferred firing with fn's result (plain data), or failing
             with the L{NetshareError} fn raised, or L{DatabaseUnavailable}.
         """
-        if journal is not None:
-            return self.write(fn, *args, journal=journal, **kwargs)
-        return self._submit(_Call(write=False), fn, args, kwargs, None)
+        return self._submit(_Call(write=False), fn, args, kwargs)
 
-    def write(self, fn, *args, journal=None, **kwargs):
+    def write(self, fn: Callable[Concatenate[Connection, P], T], /,
+              *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         """
         Run a write that must happen at most once: as L{run}, but the
         transaction stores an id of its own, so a COMMIT whose answer is lost
         is resolved instead of re-run (see the module docstring).
 
-        @param journal: a request-history row (or a list of them) to insert
-            in the same transaction, after C{fn} succeeded.
         @return: as L{run}; or failing with L{OutcomeUnknown} when the
             deadline passed while the outcome was still unknown.
         """
-        return self._submit(_Call(write=True), fn, args, kwargs, journal)
+        return self._submit(_Call(write=True), fn, args, kwargs)
 
-    def _submit(self, call, fn, args, kwargs, journal):
+    def _submit(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Deferred[T]:
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
-        inner = deferToThreadPool(self._reactor, self._pool, self._thd_call, call, fn, args,
-                                  kwargs, journal)
+        inner = deferToThreadPool(self._fromThreads, self._pool, self._thd_call, call, fn, args,
+                                  kwargs)
         self._inflight.add(inner)
-        outer = defer.Deferred()
-        settled = _Outcome()            # the worker's final word, for OutcomeUnknown
-        timers = []
+        outer: Deferred[T] = Deferred()
+        settled: _Outcome[T] = _Outcome()       # the worker's final word, for OutcomeUnknown
+        timers: list[IDelayedCall] = []
 
-        def finished(result):
+        def finished(result: T | Failure) -> None:
             self._inflight.discard(inner)
             self.calls += 1
             for t in timers:
                 if t.active():
                     t.cancel()
             if not outer.called:
-                outer.callback(result) if not isinstance(result, Failure) else \
+                if isinstance(result, Failure):
                     outer.errback(result)
-            else:
-                late = not isinstance(result, Failure)
-                if late or call.phase != QUEUED:
-                    self.log.info("a database call answered late ({outcome}) after its "
-                                  "caller was told {told}", outcome="ok" if late else
-                                  result.getErrorMessage(), told="451")
+                else:
+                    outer.callback(result)
+            elif not isinstance(result, Failure) or call.phase != QUEUED:
+                outcome = result.getErrorMessage() if isinstance(result, Failure) else "ok"
+                self.log.info("a database call answered late ({outcome}) after its "
+                              "caller was told {told}", outcome=outcome, told="451")
             settled.fire(result)
 
+        # A callback, not a coroutine: this is every database call's path.
         inner.addBoth(finished)
         if self.call_timeout:
             timers.append(self._reactor.callLater(self.call_timeout, self._deadline, call,
                                                   outer, settled, timers))
         return outer
 
-    def _deadline(self, call, outer, settled, timers):
+    def _deadline(self, call: _Call, outer: Deferred[T], settled: _Outcome[T],
+                  timers: list[IDelayedCall]) -> None:
         """The call's deadline: abandon it if it has not reached its COMMIT;
         give a COMMIT in flight as long again to settle."""
         if outer.called:
@@ -318,26 +346,28 @@ class DBPool:
                            cut="; its connection was cut" if cut else "")
             outer.errback(Failure(DatabaseUnavailable("database not answering; try later")))
             return
+        assert self.call_timeout is not None        # a deadline was set
         timers.append(self._reactor.callLater(self.call_timeout, self._unknown, call, outer,
                                               settled))
 
-    def _unknown(self, call, outer, settled):
+    def _unknown(self, call: _Call, outer: Deferred[T], settled: _Outcome[T]) -> None:
         if outer.called:
             return
         call.cut()      # a COMMIT still unanswered: its answer will not come
         self.outcome_unknown += 1
         self.log.error("a write's COMMIT is still unconfirmed after {timeout}s: answering "
-                       "451 outcome unknown", timeout=2 * self.call_timeout)
+                       "451 outcome unknown", timeout=2 * (self.call_timeout or 0))
         outer.errback(Failure(OutcomeUnknown(settled=settled.listen)))
 
     # -- in the worker
 
-    def _thd_call(self, call, fn, args, kwargs, journal):
+    def _thd_call(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> T:
         self.active += 1
         try:
             call.enter(RUNNING)
             if call.write:
-                return self._thd_write(call, fn, args, kwargs, journal)
+                return self._thd_write(call, fn, args, kwargs)
             return self._thd_read(call, fn, args, kwargs)
         except _Abandoned:
             raise DatabaseUnavailable("database not answering; try later") from None
@@ -345,8 +375,8 @@ class DBPool:
             call.phase = DONE
             self.active -= 1
 
-    def _retrying(self, error, delays, fn):
-        """After a transient failure: sleep and return True to try again, or
+    def _retrying(self, error: Exception, delays: Iterator[float], fn: Callable[..., Any]) -> None:
+        """After a transient failure: sleep (then the caller tries again), or
         raise L{DatabaseUnavailable}."""
         delay = next(delays, None)
         if delay is None or self.stopping:
@@ -357,9 +387,9 @@ class DBPool:
         self.log.warn("transient database error, retrying in {delay}s: {error}",
                       delay=delay, error=_short(error))
         time.sleep(delay)
-        return True
 
-    def _thd_read(self, call, fn, args, kwargs):
+    def _thd_read(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> T:
         delays = iter(self.retry_delays)
         while True:
             try:
@@ -380,27 +410,25 @@ class DBPool:
             finally:
                 call.conn = None
 
-    def _thd_write(self, call, fn, args, kwargs, journal):
+    def _thd_write(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> T:
         delays = iter(self.retry_delays)
         reruns = 0
         while True:
-            call.wid = secrets.token_hex(16)
+            wid = call.wid = secrets.token_hex(16)
             conn = call.conn = self.engine.connect()
             try:
                 trans = conn.begin()
                 try:
                     result = fn(conn, *args, **kwargs)
                     _check_plain(fn, result)
-                    if journal:
-                        conn.execute(history.insert(),
-                                     journal if isinstance(journal, list) else [journal])
-                    conn.execute(write_marks.insert(), [{"id": call.wid,
-                                                          "created_ms": _now_ms()}])
+                    conn.execute(write_marks.insert(), [{"id": wid, "created_ms": _now_ms()}])
                     call.enter(COMMITTING)
                 except BaseException as e:
                     _quietly(trans.rollback)
-                    if isinstance(e, Exception):
-                        _storage_error(e)
+                    if not isinstance(e, Exception):
+                        raise
+                    _storage_error(e)
                     if isinstance(e, (NetshareError, _Abandoned)) or not is_transient(e):
                         raise
                     if call.abandoned:      # answered at the deadline: do not start over
@@ -423,7 +451,7 @@ class DBPool:
             call.phase = RESOLVING
             self.log.warn("a write's COMMIT answer was lost ({error}): checking whether "
                           "it committed", error=_short(first_error))
-            if self._thd_committed(call.wid, fn):
+            if self._thd_committed(wid, fn):
                 self.log.info("the write had committed: answering with its result")
                 return result
             if reruns:
@@ -432,7 +460,7 @@ class DBPool:
             self.log.info("the write had not committed: running it once more")
             call.enter(RUNNING)
 
-    def _thd_committed(self, wid, fn) -> bool:
+    def _thd_committed(self, wid: str, fn: Callable[..., Any]) -> bool:
         """
         Did the transaction that stored C{wid} commit?  Probe by inserting
         the same id: a duplicate means yes; success means no (and the probe
@@ -464,18 +492,15 @@ class DBPool:
 
     # -- housekeeping
 
-    def _pruneMarks(self):
-        before = _now_ms() - int(MARK_TTL * 1000)
+    @deferred
+    async def _pruneMarks(self) -> None:
+        try:
+            await self.run(_thd_prune_marks, _now_ms() - int(MARK_TTL * 1000))
+        except Exception as e:
+            self.log.warn("pruning old write ids failed: {error}", error=str(e))
 
-        def prune(conn):
-            return conn.execute(write_marks.delete().where(
-                write_marks.c.created_ms < before)).rowcount
-
-        return self.run(prune).addErrback(lambda f: self.log.warn(
-            "pruning old write ids failed: {error}", error=f.getErrorMessage()))
-
-    @defer.inlineCallbacks
-    def stop(self):
+    @deferred
+    async def stop(self) -> None:
         """Refuse new calls, let in-flight calls finish, dispose the engine
         in a worker, then stop the threads."""
         if not self.running:
@@ -484,35 +509,41 @@ class DBPool:
         if self._pruner is not None and self._pruner.running:
             self._pruner.stop()
         if self._inflight:
-            yield defer.DeferredList(list(self._inflight), consumeErrors=True)
-        yield deferToThreadPool(self._reactor, self._pool, self.engine.dispose)
+            await defer.DeferredList(list(self._inflight), consumeErrors=True)
+        await deferToThreadPool(self._fromThreads, self._pool, self.engine.dispose)
         self._pool.stop()
         self.running = False
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         return {"threads": self.threads, "active": self.active, "queued": self.queued,
                 "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts,
                 "in_doubt": self.in_doubt, "outcome_unknown": self.outcome_unknown}
 
 
-def _socket_fd(dbapi_connection):
+def _thd_prune_marks(conn: Connection, before_ms: int) -> int:
+    """Forget the ids of writes older than C{before_ms} (resolved long ago)."""
+    return conn.execute(write_marks.delete().where(
+        write_marks.c.created_ms < before_ms)).rowcount
+
+
+def _socket_fd(dbapi_connection: object) -> int | None:
     """The file descriptor of a DB-API connection's socket, or None: psycopg
     and PyMySQL expose it; SQLite has none."""
     fileno = getattr(dbapi_connection, "fileno", None)     # psycopg 3
     if callable(fileno):
-        return fileno()
+        return int(fileno())
     sock = getattr(dbapi_connection, "_sock", None)        # PyMySQL
     if sock is not None:
-        return sock.fileno()
+        return int(sock.fileno())
     return None
 
 
-def _check_plain(fn, result):
+def _check_plain(fn: Callable[..., Any], result: object) -> None:
     assert not isinstance(result, (Result, CursorResult, Row)), (
         "%r returned a %s: build plain data inside the thread" % (fn, type(result)))
 
 
-def _bound_lock_wait(conn):
+def _bound_lock_wait(conn: Connection) -> Callable[[], object]:
     """Make the probe's wait for an in-flight transaction's lock bounded.
     @return: what puts the connection's own setting back (it is pooled)."""
     name = conn.dialect.name
@@ -524,7 +555,7 @@ def _bound_lock_wait(conn):
     return lambda: None
 
 
-def _quietly(fn):
+def _quietly(fn: Callable[[], object]) -> None:
     try:
         fn()
     except Exception:

@@ -19,6 +19,8 @@ Conventions every table follows:
  - timestamps are BigInteger epoch milliseconds in C{*_ms} columns.
 """
 
+from typing import Any, Unpack
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData(
@@ -29,11 +31,24 @@ metadata = sa.MetaData(
     }
 )
 
-TABLE_KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options are free keywords of Table (typed Any there).
+TABLE_KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                                mysql_collate="utf8mb4_bin")
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-NEVER_REUSED = dict(sqlite_autoincrement=True)
+NEVER_REUSED: dict[str, Any] = dict(sqlite_autoincrement=True)
+
+#: A row of a query whose columns are not spelled out in its type (a
+#: C{select(table)}): read by attribute, C{row.name}.
+AnyRow = sa.Row[Unpack[tuple[Any, ...]]]
+
+
+def inserted_id(result: sa.CursorResult[Unpack[tuple[Any, ...]]]) -> int:
+    """The L{ID} the database gave the row an C{INSERT} of one row made."""
+    key = result.inserted_primary_key
+    assert key is not None, "not the result of an INSERT of one row"
+    return int(key[0])
 
 accounts = sa.Table(
     "accounts",

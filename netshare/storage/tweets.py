@@ -1,11 +1,12 @@
 """
 ttweet storage: the tweets themselves and the timelines of registered users.
 
-The hub (L{netshare.services.ttweet.Hub}) never writes one tweet at a time: it hands
-L{thd_save_batch} everything that accumulated in the last ~50 ms, so the
+The hub never writes one tweet at a time: its batch writer
+(L{netshare.services.ttweet.writer}) hands L{thd_save_batch} everything that
+accumulated in the last ~50 ms, so the
 database is off the fan-out path and a write costs one transaction per batch
-(PERF.md section 5: batched Core executemany is ~400x faster than a
-transaction per row).
+(a batched Core executemany is some 400 times faster than a transaction per
+row).
 
 Tweet ids are assigned by the hub (C{max(id) + 1} at start-up, then counted in
 memory) rather than by the database: the id is part of the C{600} push, which
@@ -21,12 +22,19 @@ order is also tweet order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from twisted.internet.defer import Deferred
 
+from netshare.storage.history import JournalRow
+from netshare.storage.pool import DBPool
 from netshare.storage.schema import ID, TABLE_KW, accounts, history, metadata
+
+E = TypeVar("E")
 
 # Column sizes, shared with the validation in netshare.services.ttweet.
 USER_LEN = 32
@@ -73,12 +81,12 @@ class TweetRow:
     ts_ms: int
 
 
-def _limit(limit) -> int:
+def _limit(limit: int | str) -> int:
     """Clamp a listing limit to 0..MAX_LIMIT (never trust a caller's number)."""
     return max(0, min(int(limit), MAX_LIMIT))
 
 
-def _chunks(seq: Sequence, n: int):
+def _chunks(seq: Sequence[E], n: int) -> Iterator[Sequence[E]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
 
@@ -86,13 +94,13 @@ def _chunks(seq: Sequence, n: int):
 _TWEET_COLS = (tweets.c.id, tweets.c.user, tweets.c.message, tweets.c.hashtags, tweets.c.ts_ms)
 
 
-def _rows(result) -> list[TweetRow]:
+def _rows(result: Iterable[sa.Row[int, str, str, str, int]]) -> list[TweetRow]:
     return [TweetRow(r[0], r[1], r[2], r[3], r[4]) for r in result]
 
 
-def thd_save_batch(conn, tweet_rows: Sequence[dict],
+def thd_save_batch(conn: Connection, tweet_rows: Sequence[dict[str, Any]],
                    timeline_entries: Sequence[tuple[int, Sequence[int]]],
-                   journals: Sequence[tuple[int, dict]] = ()) -> int:
+                   journals: Sequence[tuple[int, JournalRow]] = ()) -> int:
     """
     Store one batch in the caller's transaction.
 
@@ -107,7 +115,7 @@ def thd_save_batch(conn, tweet_rows: Sequence[dict],
         replayed batch are skipped, with their timeline rows).
     """
     ids = [t["id"] for t in tweet_rows]
-    present = set()
+    present: set[int] = set()
     for chunk in _chunks(ids, _IN_CHUNK):
         present.update(conn.execute(sa.select(tweets.c.id).where(tweets.c.id.in_(chunk))).scalars())
     new = [t for t in tweet_rows if t["id"] not in present] if present else list(tweet_rows)
@@ -126,12 +134,12 @@ def thd_save_batch(conn, tweet_rows: Sequence[dict],
     return len(new)
 
 
-def thd_max_tweet_id(conn) -> int:
+def thd_max_tweet_id(conn: Connection) -> int:
     """The largest stored tweet id, 0 when there is none."""
     return conn.execute(sa.select(sa.func.max(tweets.c.id))).scalar() or 0
 
 
-def thd_tweets_by(conn, user: str, limit: int) -> list[TweetRow]:
+def thd_tweets_by(conn: Connection, user: str, limit: int) -> list[TweetRow]:
     """The C{limit} most recent tweets of C{user} (exact name), oldest first."""
     q = (sa.select(*_TWEET_COLS).where(tweets.c.user == user)
          .order_by(tweets.c.id.desc()).limit(_limit(limit)))
@@ -140,12 +148,12 @@ def thd_tweets_by(conn, user: str, limit: int) -> list[TweetRow]:
     return rows
 
 
-def thd_last_message(conn) -> str | None:
+def thd_last_message(conn: Connection) -> str | None:
     """The message of the most recent tweet, or None."""
     return conn.execute(sa.select(tweets.c.message).order_by(tweets.c.id.desc()).limit(1)).scalar()
 
 
-def thd_timeline(conn, account_id: int, limit: int) -> list[TweetRow]:
+def thd_timeline(conn: Connection, account_id: int, limit: int) -> list[TweetRow]:
     """The C{limit} most recent tweets delivered to the account, oldest first."""
     q = (sa.select(*_TWEET_COLS)
          .select_from(timelines.join(tweets, tweets.c.id == timelines.c.tweet_id))
@@ -156,7 +164,7 @@ def thd_timeline(conn, account_id: int, limit: int) -> list[TweetRow]:
     return rows
 
 
-def thd_user_known(conn, user: str) -> bool:
+def thd_user_known(conn: Connection, user: str) -> bool:
     """
     Is C{user} "in the system" beyond being online: an account (names are
     unique case-insensitively, as in L{netshare.storage.accounts}) or at
@@ -172,25 +180,29 @@ def thd_user_known(conn, user: str) -> bool:
 
 
 class TweetStore:
-    """Async facade over the C{thd_*} functions: every method returns a Deferred."""
+    """The ttweet tables seen from the reactor thread: every method runs one
+    C{thd_*} function in the L{DBPool} and returns a Deferred of plain data."""
 
-    def __init__(self, pool):
+    def __init__(self, pool: DBPool):
         self.pool = pool
 
-    def save_batch(self, tweet_rows, timeline_entries, journals=()):
+    def save_batch(self, tweet_rows: Sequence[dict[str, Any]],
+                   timeline_entries: Sequence[tuple[int, Sequence[int]]],
+                   journals: Sequence[tuple[int, JournalRow]] = ()) -> Deferred[int]:
+        # Not a write (DBPool.write): a batch is replay-safe by its tweet ids.
         return self.pool.run(thd_save_batch, tweet_rows, timeline_entries, journals)
 
-    def max_tweet_id(self):
+    def max_tweet_id(self) -> Deferred[int]:
         return self.pool.run(thd_max_tweet_id)
 
-    def tweets_by(self, user, limit):
+    def tweets_by(self, user: str, limit: int) -> Deferred[list[TweetRow]]:
         return self.pool.run(thd_tweets_by, user, limit)
 
-    def last_message(self):
+    def last_message(self) -> Deferred[str | None]:
         return self.pool.run(thd_last_message)
 
-    def timeline(self, account_id, limit):
+    def timeline(self, account_id: int, limit: int) -> Deferred[list[TweetRow]]:
         return self.pool.run(thd_timeline, account_id, limit)
 
-    def user_known(self, user):
+    def user_known(self, user: str) -> Deferred[bool]:
         return self.pool.run(thd_user_known, user)

@@ -3,10 +3,12 @@ Content by opaque id on disk: the blob store.
 
 Layout::
 
-::
-
     <root>/blobs/<first 2 hex digits>/<32 hex digit id>   finished content
     <root>/tmp/<32 hex digit id>.part                    uploads in progress
+
+Writing a blob is L{netshare.services.files.upload}, reading one
+L{netshare.services.files.download}; this module names blobs, keeps the
+directories and the space reservation, and sweeps what a crash left.
 """
 
 from __future__ import annotations
@@ -16,18 +18,16 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from netshare.errors import (
-    BadArguments,
-    InsufficientStorage,
-    IntegrityFailure,
-    NotFound,
-)
+from netshare.deferreds import deferred
+from netshare.errors import BadArguments, InsufficientStorage, IntegrityFailure, NotFound
 from netshare.services.files.crypto import (
     HEADER_SIZE,
     BlobHeader,
@@ -35,16 +35,13 @@ from netshare.services.files.crypto import (
     encrypted_size,
 )
 from netshare.services.files.disk import O_CLOEXEC, O_NOFOLLOW, ensure_real_dir
-from netshare.services.files.download import BlobReader
+from netshare.services.files.download import READ_CHUNK, BlobReader
 from netshare.services.files.names import check_sha256
-from netshare.services.files.upload import BlobWriter, UploadSink
+from netshare.services.files.upload import HIGH_WATER, BlobWriter, UploadSink
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-HIGH_WATER = 4 * MiB            # upload bytes queued before the socket is paused
-READ_CHUNK = 256 * KiB          # download read size (PERF.md)
 _BLOB_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+T = TypeVar("T")
 
 
 class BlobStore:
@@ -59,12 +56,14 @@ class BlobStore:
     @param fsync: make uploads durable (fsync the file and directories);
         only tests and benchmarks on tmpfs turn it off.
     @param write_behind: hand uploads to the disk while they arrive and keep
-        their page cache bounded (L{WriteBehind}).
+        their page cache bounded (L{netshare.services.files.disk.WriteBehind}).
+    @param reactor: provides C{IReactorTime}, C{IReactorCore} and
+        C{IReactorFromThreads}; the global reactor by default.
     """
 
     log = Logger()
 
-    def __init__(self, root: str, threadpool: ThreadPool | None = None, reactor=None,
+    def __init__(self, root: str, threadpool: ThreadPool | None = None, reactor: Any = None,
                  fsync: bool = True, high_water: int = HIGH_WATER, read_size: int = READ_CHUNK,
                  threads: int = 4, write_behind: bool = True):
         self.root = os.path.abspath(root)
@@ -79,20 +78,21 @@ class BlobStore:
         self.read_size = read_size
         self._reactor = reactor
         self._given_pool = threadpool
-        self._own_pool = None if threadpool is not None else ThreadPool(
-            minthreads=0, maxthreads=threads, name="netshare-blobs")
+        self._threads = threads
+        self._own_pool = ThreadPool(minthreads=0, maxthreads=threads, name="netshare-blobs")
         self._started = False
-        self._trigger = None
-        self._uploading: dict[str, UploadSink] = {}     # open sinks (space reservation)
-        self._held: set[str] = set()                    # ids not to treat as stale/orphaned
+        self._trigger: Any = None
+        self._uploading: dict[str, UploadSink] = {}  # open sinks (space reservation)
+        self._held: set[str] = set()  # ids not to treat as stale/orphaned
 
     # lifecycle
 
-    def _get_reactor(self, reactor=None):
+    def _get_reactor(self, reactor: Any = None) -> Any:
         if reactor is not None:
             return reactor
         if self._reactor is None:
             from twisted.internet import reactor as global_reactor
+
             self._reactor = global_reactor
         return self._reactor
 
@@ -117,10 +117,10 @@ class BlobStore:
                     pass
                 self._trigger = None
             self._own_pool.stop()
-            self._own_pool = ThreadPool(minthreads=0, maxthreads=self._own_pool.max,
+            self._own_pool = ThreadPool(minthreads=0, maxthreads=self._threads,
                                         name="netshare-blobs")
 
-    def _run(self, fn, *args) -> defer.Deferred:
+    def _run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         return deferToThreadPool(self._get_reactor(), self._pool(), fn, *args)
 
     # paths
@@ -180,7 +180,7 @@ class BlobStore:
                             found.add(entry.name)
         return found
 
-    def _remove_orphans(self, known: frozenset) -> int:
+    def _remove_orphans(self, known: frozenset[str]) -> int:
         removed = 0
         for blob_id in self.all_blob_ids() - known:
             if blob_id in self._held:
@@ -192,23 +192,21 @@ class BlobStore:
                 pass
         return removed
 
-    def remove_orphans(self, known_ids) -> defer.Deferred:
+    @deferred
+    async def remove_orphans(self, known_ids: Iterable[str]) -> int:
         """
         Remove blobs that no database row names (kill -9 between the rename
-        into C{blobs/} and the row insert).  C{known_ids} must be read from
-        the database I{after} this process started accepting uploads only
-        if those uploads are L{hold}ed until their row is written, which
-        L{FilesService} does; at start-up, before listening, it is simply
-        safe.  Runs in the worker.  @return: Deferred[int] blobs removed.
+        into C{blobs/} and the row insert).  C{known_ids} may be read from
+        the database after this process started accepting uploads: an
+        upload's blob is held from L{open_upload} until the caller
+        L{release}s it (its row is written) or it is deleted, and held blobs
+        are never removed.  Runs in the worker.
+        @return: Deferred[int] blobs removed.
         """
-        known = frozenset(known_ids)
-
-        def logged(n):
-            if n:
-                self.log.warn("removed {count} orphaned blobs (no database row)", count=n)
-            return n
-
-        return self._run(self._remove_orphans, known).addCallback(logged)
+        n = await self._run(self._remove_orphans, frozenset(known_ids))
+        if n:
+            self.log.warn("removed {count} orphaned blobs (no database row)", count=n)
+        return n
 
     # space
 
@@ -230,7 +228,8 @@ class BlobStore:
     # upload
 
     def open_upload(self, size: int, sha256_hex: str | None = None,
-                    encryption: EncryptionParams | None = None, reactor=None) -> UploadSink:
+                    encryption: EncryptionParams | None = None,
+                    reactor: Any = None) -> UploadSink:
         """Start receiving a blob of exactly C{size} plaintext bytes."""
         if not isinstance(size, int) or size < 0:
             raise BadArguments("size must be a whole number of bytes")
@@ -239,23 +238,18 @@ class BlobStore:
         writer = BlobWriter(self._tmp_path(blob_id), os.path.dirname(self.path_of(blob_id)),
                              self.path_of(blob_id), blob_id, size, encryption, self.fsync,
                              self.write_behind)
-        sink = UploadSink(self, writer, expected, self._get_reactor(reactor), self._pool(),
-                          self.high_water)
+        sink = UploadSink(writer, expected, self._get_reactor(reactor), self._pool(),
+                          self.high_water, self.blobs_dir, self._upload_settled)
         self._uploading[blob_id] = sink
         self._held.add(blob_id)
         return sink
 
-    def _finished(self, blob_id: str) -> None:
-        """A sink stored its blob: still held until the caller L{release}s it."""
+    def _upload_settled(self, blob_id: str, stored: bool) -> None:
+        """An upload's sink is done: a stored blob stays held until the
+        caller L{release}s it; a failed one's id is forgotten."""
         self._uploading.pop(blob_id, None)
-
-    def _forget(self, blob_id: str) -> None:
-        self._uploading.pop(blob_id, None)
-        self._held.discard(blob_id)
-
-    def hold(self, blob_id: str) -> None:
-        """Protect a blob from L{remove_orphans} (its row is not written yet)."""
-        self._held.add(blob_id)
+        if not stored:
+            self._held.discard(blob_id)
 
     def release(self, blob_id: str) -> None:
         """The blob's row is written (or the blob deleted): stop protecting it."""
@@ -269,8 +263,8 @@ class BlobStore:
         Open a blob for streaming from C{offset} (plaintext position).
 
         The file is opened now, so a later delete or replace cannot take it
-        away from this reader (module docstring).  Symlinks are not
-        followed.  @raise NotFound: the blob is gone (deleted meanwhile).
+        away from this reader (see L{netshare.services.files.download}).
+        Symlinks are not followed.  @raise NotFound: the blob is gone (deleted meanwhile).
         @raise BadArguments: (501) offset outside 0..size.
         @raise IntegrityFailure: (554) the blob's length or header is wrong.
         """
@@ -329,22 +323,20 @@ class BlobStore:
         operator CLI), never for a server."""
         return self._unlink(blob_id)
 
-    def delete(self, blob_id: str) -> defer.Deferred:
+    @deferred
+    async def delete(self, blob_id: str) -> bool:
         """
         Unlink a blob (in the worker).  Readers that already opened it keep
         reading the old content until they close it (POSIX semantics, see
-        the module docstring).  Never fails: an error is logged (the blob
-        becomes an orphan, removed at the next start-up).
+        L{netshare.services.files.download}).  Never fails: an error is
+        logged (the blob becomes an orphan, removed at the next start-up).
         @return: Deferred[bool] whether a file was removed.
         """
         self.path_of(blob_id)
-
-        def failed(f):
-            self.log.failure("could not delete blob {blob}", f, blob=blob_id)
+        try:
+            removed = await self._run(self._unlink, blob_id)
+        except Exception:
+            self.log.failure("could not delete blob {blob}", blob=blob_id)
             return False
-
-        def done(removed):
-            self.release(blob_id)
-            return removed
-
-        return self._run(self._unlink, blob_id).addCallbacks(done, failed)
+        self.release(blob_id)
+        return removed

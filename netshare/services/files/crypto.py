@@ -53,20 +53,19 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet import defer
 
-from netshare.errors import (
-    BadArguments,
-    BadCredentials,
-    IntegrityFailure,
-    LimitExceeded,
+from netshare.deferreds import deferred
+from netshare.errors import BadCredentials, IntegrityFailure, LimitExceeded
+from netshare.kdf import KDFPool
+from netshare.services.files.names import (
+    MAX_PASSWORD_CHARS,
+    check_file_password,
+    password_bytes,
 )
-from netshare.services.files.names import check_file_password, password_bytes
 
 KiB = 1024
-ENC_CHUNK = 64 * KiB            # plaintext bytes per encrypted chunk
-FILE_SCRYPT = (2**15, 8, 1)     # default (N, r, p) for file passwords
-MAX_PASSWORD_CHARS = 128        # like account passwords (PROTOCOL.md section 1)
+ENC_CHUNK = 64 * KiB  # plaintext bytes per encrypted chunk
+FILE_SCRYPT = (2**15, 8, 1)  # default (N, r, p) for file passwords
 
 
 _MAGIC = b"NSFE"
@@ -112,8 +111,11 @@ def _split_derived(derived: bytes) -> tuple[bytes, str]:
     return derived[:32], verifier
 
 
-def prepare_encryption(password: str, kdf, n: int = FILE_SCRYPT[0], r: int = FILE_SCRYPT[1],
-                       p: int = FILE_SCRYPT[2], chunk_size: int = ENC_CHUNK, source=None):
+@deferred
+async def prepare_encryption(password: str, kdf: KDFPool, n: int = FILE_SCRYPT[0],
+                             r: int = FILE_SCRYPT[1], p: int = FILE_SCRYPT[2],
+                             chunk_size: int = ENC_CHUNK,
+                             source: str | None = None) -> EncryptionParams:
     """
     Derive a fresh key for a new protected upload (fresh salt and nonce
     prefix), in the KDF pool.
@@ -121,21 +123,14 @@ def prepare_encryption(password: str, kdf, n: int = FILE_SCRYPT[0], r: int = FIL
     @return: Deferred[L{EncryptionParams}]; fails with C{RateLimited} (429)
         when the KDF pool is saturated.
     """
-    try:
-        check_file_password(password)
-    except BadArguments:
-        return defer.fail()
+    check_file_password(password)
     if not 1 <= chunk_size <= 2**31:
         raise ValueError("bad chunk size")
     salt = secrets.token_bytes(16)
     prefix = secrets.token_bytes(8)
-    d = kdf.derive(password_bytes(password), salt, n, r, p, 64, source=source)
-
-    def made(derived):
-        key, verifier = _split_derived(derived)
-        return EncryptionParams(key, salt, n, r, p, verifier, prefix, chunk_size)
-
-    return d.addCallback(made)
+    derived = await kdf.derive(password_bytes(password), salt, n, r, p, 64, source=source)
+    key, verifier = _split_derived(derived)
+    return EncryptionParams(key, salt, n, r, p, verifier, prefix, chunk_size)
 
 
 def _meta_params(meta: Any) -> tuple[bytes, int, int, int, str]:
@@ -153,32 +148,28 @@ def _meta_params(meta: Any) -> tuple[bytes, int, int, int, str]:
     return salt, n, r, p, verifier
 
 
-def unlock(enc_meta: dict, password: str, kdf, source=None):
+@deferred
+async def unlock(enc_meta: dict[str, Any] | None, password: str, kdf: KDFPool,
+                 source: str | None = None) -> bytes:
     """
     Check a file password against a protected file's stored verifier.
 
     @return: Deferred[bytes], the AES key; fails with L{BadCredentials}
-        (535) for a wrong password, before any content is read.
+        (535) for a wrong password, before any content is read, and with
+        L{IntegrityFailure} (554) for damaged parameters.
     """
-    try:
-        salt, n, r, p, verifier = _meta_params(enc_meta)
-    except IntegrityFailure:
-        return defer.fail()
+    salt, n, r, p, verifier = _meta_params(enc_meta)
     if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_CHARS:
-        return defer.fail(BadCredentials("wrong file password"))
+        raise BadCredentials("wrong file password")
     try:
         secret = password_bytes(password)
     except UnicodeEncodeError:
-        return defer.fail(BadCredentials("wrong file password"))
-    d = kdf.derive(secret, salt, n, r, p, 64, source=source)
-
-    def check(derived):
-        key, candidate = _split_derived(derived)
-        if not hmac.compare_digest(candidate.encode("ascii"), verifier.encode("ascii")):
-            raise BadCredentials("wrong file password")
-        return key
-
-    return d.addCallback(check)
+        raise BadCredentials("wrong file password") from None
+    derived = await kdf.derive(secret, salt, n, r, p, 64, source=source)
+    key, candidate = _split_derived(derived)
+    if not hmac.compare_digest(candidate.encode("ascii"), verifier.encode("ascii")):
+        raise BadCredentials("wrong file password")
+    return key
 
 
 def chunk_count(size: int, chunk_size: int) -> int:

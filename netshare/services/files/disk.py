@@ -11,9 +11,7 @@ import os
 import stat
 from collections import deque
 
-from netshare.errors import (
-    InsufficientStorage,
-)
+from netshare.errors import InsufficientStorage
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -79,7 +77,7 @@ class WriteBehind:
     dropped from the page cache (C{POSIX_FADV_DONTNEED}).  So an upload of
     any size keeps at most about 64 MiB of dirty page cache, the pages it
     frees are reused by its own next writes (on this VM, touching fresh
-    pages costs more than the copy itself: PERF notes in bench/README.md),
+    pages costs more than the copy itself: see bench/README.md),
     and the final fsync has only the last pieces left to flush.
 
     None of this is a durability promise: the fsync before the rename is.

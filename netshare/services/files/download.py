@@ -2,8 +2,9 @@
 The download side of the blob store.
 
 L{BlobStore.open_download} opens the blob and returns a L{BlobReader}, a
-pull producer like Twisted's C{FileSender} but with 256 KiB reads (PERF.md:
-16 KiB chunks are 1.8x slower), starting at C{offset}.  It reads on the
+pull producer like Twisted's C{FileSender} but with 256 KiB reads (16 KiB
+reads, FileSender's, were measured 1.8x slower; C{bench/file_transfer.py}
+measures downloads), starting at C{offset}.  It reads on the
 reactor thread only what the page cache holds (checked without blocking);
 otherwise a worker has the kernel read it in first, so a cold disk never
 stalls the reactor.  Deleting or
@@ -22,20 +23,18 @@ import os
 import threading
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPullProducer, IReactorFromThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from netshare.errors import (
-    IntegrityFailure,
-)
+from netshare.errors import IntegrityFailure
 from netshare.services.files.crypto import TAG_SIZE, BlobHeader, open_chunk
 from netshare.services.files.disk import RWF_NOWAIT, fadvise
 
 KiB = 1024
-READ_CHUNK = 256 * KiB          # download read size (PERF.md)
+READ_CHUNK = 256 * KiB  # download read size (see the module docstring)
 
 
 class DownloadStopped(Exception):
@@ -47,7 +46,7 @@ class BlobReader:
     """
     Stream a blob (or its decryption) from C{offset} to a consumer: a pull
     producer like C{twisted.protocols.basic.FileSender}, with 256 KiB reads
-    (PERF.md: 16 KiB chunks are 1.8x slower).
+    (see the module docstring).
 
     Every read happens in C{resumeProducing}; with a C{pool} (what
     L{BlobStore.open_download} gives) only once the page cache holds the
@@ -72,17 +71,19 @@ class BlobReader:
 
     def __init__(self, fd: int, size: int, offset: int, read_size: int = READ_CHUNK,
                  key: bytes | None = None, header: BlobHeader | None = None,
-                 pool: ThreadPool | None = None, reactor=None):
+                 pool: ThreadPool | None = None, reactor: IReactorFromThreads | None = None):
         self._fd = fd
         self.size = size
         self.offset = offset
         self.remaining = size - offset
         self.sent = 0
         self._read_size = read_size
-        self.consumer = None
-        self.deferred: defer.Deferred | None = None
+        self.consumer: IConsumer | None = None
+        self.deferred: Deferred[int] | None = None
         self._header = header
         if header is not None:
+            if key is None:
+                raise ValueError("an encrypted blob needs its key")
             self._aead = AESGCM(key)
             self._header_bytes = header.pack()
             self._index = offset // header.chunk_size
@@ -97,7 +98,9 @@ class BlobReader:
             fadvise(fd, pos, 0, os.POSIX_FADV_SEQUENTIAL)   # a wider kernel read-ahead
         self._pos = pos                 # file offset of the next read
         self._probe = bytearray(1)
-        self._pool = pool if RWF_NOWAIT is not None else None
+        # Workers wait for the disk only where a probe can tell and where
+        # the reactor can be woken; otherwise reads happen as in FileSender.
+        self._pool = pool if RWF_NOWAIT is not None and reactor is not None else None
         self._reactor = reactor
         self._lock = threading.Lock()
         # guarded by _lock (a waiting worker job uses the descriptor):
@@ -105,7 +108,7 @@ class BlobReader:
         self._closing = False
         self._fd_closed = False
 
-    def beginFileTransfer(self, consumer) -> defer.Deferred:
+    def beginFileTransfer(self, consumer: IConsumer) -> Deferred[int]:
         """
         @return: Deferred firing with the number of bytes sent once the last
             byte was written to C{consumer}; fails with L{IntegrityFailure} on
@@ -114,7 +117,8 @@ class BlobReader:
             L{DownloadStopped} when the consumer stops it.
         """
         self.consumer = consumer
-        self.deferred = d = defer.Deferred()
+        d: Deferred[int] = Deferred()
+        self.deferred = d
         consumer.registerProducer(self, False)
         return d
 
@@ -142,7 +146,7 @@ class BlobReader:
     def _cached(self, span: int) -> bool:
         """Is the piece of C{span} bytes at the current offset in the page
         cache?  Never blocks."""
-        if span <= 0:
+        if span <= 0 or RWF_NOWAIT is None:
             return True
         try:
             return os.preadv(self._fd, [self._probe], self._pos + span - 1, RWF_NOWAIT) == 1
@@ -186,6 +190,7 @@ class BlobReader:
             if self._closing:
                 self._close_fd_locked()
                 return
+        assert self._reactor is not None  # a pool is used only with a reactor
         self._reactor.callFromThread(self._wake)
 
     # the consumer's side (reactor thread)

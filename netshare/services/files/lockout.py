@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
-from netshare.errors import (
-    RateLimited,
-)
+from twisted.internet.interfaces import IReactorTime
+
+from netshare.errors import RateLimited
+
+#: Whose wrong passwords for which file: (the user's account id, the
+#: file's name key).
+_Key = tuple[Hashable, str]
 
 
 @dataclass
 class _Strikes:
-    times: deque
+    times: deque[float]
     locked_until: float = 0.0
 
 
@@ -35,21 +40,21 @@ class PasswordLockout:
     the least recently touched ones are evicted.
     """
 
-    def __init__(self, clock, max_failures: int = 5, window: float = 900.0,
+    def __init__(self, clock: IReactorTime, max_failures: int = 5, window: float = 900.0,
                  lockout: float = 900.0, max_entries: int = 100_000):
         self.clock = clock
         self.max_failures = max_failures
         self.window = window
         self.lockout = lockout
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], _Strikes] = OrderedDict()
-        self._inflight: dict = {}       # (user, key) -> attempts being checked now
+        self._entries: OrderedDict[_Key, _Strikes] = OrderedDict()
+        self._inflight: dict[_Key, int] = {}  # attempts being checked now
         self._last_prune = clock.seconds()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def check(self, user, key: str) -> None:
+    def check(self, user: Hashable, key: str) -> None:
         """
         @raise RateLimited: (429) while C{user} is locked out of C{key}, or
             when its recent failures plus its attempts still in flight (see
@@ -70,18 +75,18 @@ class PasswordLockout:
                 raise RateLimited("too many password attempts for this file at once; "
                                   "try again in a moment")
 
-    def begin(self, user, key: str) -> None:
+    def begin(self, user: Hashable, key: str) -> None:
         """An attempt is being checked (L{end} when it is decided)."""
         self._inflight[(user, key)] = self._inflight.get((user, key), 0) + 1
 
-    def end(self, user, key: str) -> None:
+    def end(self, user: Hashable, key: str) -> None:
         n = self._inflight.get((user, key), 0) - 1
         if n > 0:
             self._inflight[(user, key)] = n
         else:
             self._inflight.pop((user, key), None)
 
-    def failure(self, user: str, key: str) -> bool:
+    def failure(self, user: Hashable, key: str) -> bool:
         """Record a wrong password.  @return: whether the user is now locked out."""
         now = self.clock.seconds()
         entry = self._entries.pop((user, key), None)
@@ -98,7 +103,7 @@ class PasswordLockout:
         self._prune(now)
         return locked
 
-    def success(self, user: str, key: str) -> None:
+    def success(self, user: Hashable, key: str) -> None:
         self._entries.pop((user, key), None)
 
     def _prune(self, now: float) -> None:

@@ -1,6 +1,6 @@
 """
 File names, sizes, checksums and file passwords as the files protocol takes
-them (PROTOCOL.md section 2, docs/protocol.md section 2.A.1).
+them (docs/protocol.md section 2.A.1).
 
 A file name is only ever a database value.  Content lives under the data
 directory by an opaque random id (C{secrets.token_hex(16)}, checked to be 32
@@ -22,7 +22,7 @@ from netshare.errors import BadArguments, NameNotAllowed
 from netshare.text import first_unsafe
 
 MAX_NAME_BYTES = 255
-MAX_PASSWORD_CHARS = 128        # like account passwords (PROTOCOL.md section 1)
+MAX_PASSWORD_CHARS = 128        # like account passwords (docs/protocol.md section 1)
 VISIBILITIES = ("public", "hidden")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
@@ -32,7 +32,7 @@ def normalize_name(name: str) -> str:
     """
     Check a file name and return its NFC form (the spelling we store).
 
-    Rules (PROTOCOL.md section 2): 1-255 bytes of UTF-8 after NFC; no C{/},
+    Rules (docs/protocol.md section 2): 1-255 bytes of UTF-8 after NFC; no C{/},
     C{\\}, NUL or other control character; not C{.} or C{..}; no leading or
     trailing space.  Our reading of the last two rules, documented here:
      - "control character" means what L{netshare.text.UNSAFE} refuses
@@ -113,7 +113,7 @@ def password_bytes(password: str) -> bytes:
 
 
 def check_file_password(password: str | None) -> None:
-    """1-128 characters, like account passwords (PROTOCOL.md section 1)."""
+    """1-128 characters, like account passwords (docs/protocol.md section 1)."""
     if password is None:
         return
     if not isinstance(password, str) or not password:

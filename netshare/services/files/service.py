@@ -1,46 +1,90 @@
 """
 The files service: it decides every LIST/INFO/CHECKSUM/UPLOAD/DOWNLOAD/DELETE
-(PROTOCOL.md section 2).  No SQL here (the metadata rows live behind an
-injected L{netshare.storage.files.FileStore}) and no wire format (the
-protocol in C{netshare.protocols.files} parses commands and formats
-replies).  Content goes through the L{netshare.services.files.blobs.BlobStore}.
+and QUOTA (docs/protocol.md sections 2 and 2.A).  No SQL here (the metadata
+rows live behind an injected L{FileStore}) and no wire format (the protocol
+in C{netshare.protocols.files} parses commands and formats replies).
+Content goes through the L{netshare.services.files.blobs.BlobStore}.
 """
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet import defer, task
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from netshare.deferreds import deferred
 from netshare.errors import (
     BadArguments,
     BadCredentials,
     Conflict,
     IntegrityFailure,
     LimitExceeded,
+    LoginRequired,
     NotFound,
     OutcomeUnknown,
 )
+from netshare.kdf import KDFPool
+from netshare.services.accounts import Caller
+from netshare.services.clock import default_clock
 from netshare.services.files.blobs import BlobStore
-from netshare.services.files.crypto import encrypted_size, prepare_encryption, unlock
+from netshare.services.files.crypto import (
+    FILE_SCRYPT,
+    encrypted_size,
+    prepare_encryption,
+    unlock,
+)
 from netshare.services.files.download import BlobReader
 from netshare.services.files.lockout import PasswordLockout
 from netshare.services.files.names import (
+    VISIBILITIES,
     check_file_password,
     check_sha256,
     name_key,
     normalize_name,
 )
 from netshare.services.files.upload import UploadSink
+from netshare.storage.accounts import Account
+from netshare.storage.files import FileRecord, Usage
+from netshare.storage.history import JournalRow
 from netshare.throttle import Penalties
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-FILE_SCRYPT = (2**15, 8, 1)     # default (N, r, p) for file passwords
-VISIBILITIES = ("public", "hidden")
+
+
+class FileStore(Protocol):
+    """The store calls the service makes (L{netshare.storage.files.FileStore})."""
+
+    def get(self, name_key: str, /) -> Deferred[FileRecord | None]: ...
+
+    def list_public(self, *,
+                    owner_id: int | None = ...) -> Deferred[builtins.list[FileRecord]]: ...
+
+    def list_hidden(self, *,
+                    owner_id: int | None = ...) -> Deferred[builtins.list[FileRecord]]: ...
+
+    def usage(self, owner_id: int, /) -> Deferred[int]: ...
+
+    def account_usage(self, owner_id: int, /) -> Deferred[Usage]: ...
+
+    def insert(self, journal: JournalRow | None = ..., **row: Any) -> Deferred[FileRecord]: ...
+
+    def replace(self, journal: JournalRow | None = ...,
+                **row: Any) -> Deferred[tuple[FileRecord, str | None]]: ...
+
+    def delete(self, name_key: str, /, *, owner_id: int | None,
+               journal: JournalRow | None) -> Deferred[FileRecord]: ...
+
+    def all_blob_ids(self) -> Deferred[set[str]]: ...
+
+    def names_of_blobs(self, blob_ids: Iterable[str], /) -> Deferred[builtins.list[str]]: ...
 
 
 @dataclass
@@ -53,21 +97,21 @@ class PendingUpload:
     C{size} bytes) or L{abort} (connection lost).
     """
 
-    service: "FilesService"
+    service: FilesService
     sink: UploadSink
     name: str
     key: str
-    owner: Any           # the uploader's Account
+    owner: Account  # the uploader
     size: int
     visibility: str | None
     replace: bool
 
-    def complete(self, journal=None) -> defer.Deferred:
+    def complete(self, journal: JournalRow | None = None) -> Deferred[FileRecord]:
         """@return: Deferred[FileRecord] once durable and recorded (226).
         C{journal}: the UPLOAD's history row, written with the file's row."""
-        return defer.ensureDeferred(self.service._complete(self, journal))
+        return self.service.complete_upload(self, journal)
 
-    def abort(self) -> defer.Deferred:
+    def abort(self) -> Deferred[None]:
         return self.sink.abort()
 
 
@@ -79,7 +123,7 @@ class PreparedDownload:
     complete}.  If the transfer will not start, call C{reader.close()}.
     """
 
-    record: Any
+    record: FileRecord
     reader: BlobReader
 
     @property
@@ -96,15 +140,31 @@ class FileView:
     """A file as one caller may see it: C{sha256} is None for a protected
     file unless the caller owns it, is an admin or gave its password."""
 
-    record: Any
+    record: FileRecord
     reveal_sha256: bool
 
     @property
     def sha256(self) -> str | None:
         return self.record.sha256 if self.reveal_sha256 else None
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, object]:
         return self.record.to_wire(reveal_sha256=self.reveal_sha256)
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    """QUOTA's answer: what the caller stores and the limits that apply to
+    them.  C{quota} is None when there is no per-account quota
+    (C{--user-quota 0})."""
+
+    usage: Usage
+    quota: int | None
+    max_file_size: int
+
+    def to_wire(self) -> dict[str, object]:
+        """The object of C{200 {...}} (docs/protocol.md section 2)."""
+        return {"files": self.usage.files, "bytes": self.usage.bytes, "quota": self.quota,
+                "max_file_size": self.max_file_size}
 
 
 class _NoPenalties:
@@ -112,13 +172,13 @@ class _NoPenalties:
 
     free = 0
 
-    def attempt(self, *keys):
+    def attempt(self, *keys: object) -> float:
         return 0.0
 
-    def succeeded(self, *keys):
+    def succeeded(self, *keys: object) -> None:
         pass
 
-    def failures(self, key):
+    def failures(self, key: object) -> float:
         return 0.0
 
 
@@ -129,13 +189,13 @@ class FilesService:
     """
     Decides every files command; the protocol only parses and replies.
 
-    Every method takes the L{netshare.services.accounts.Caller} asking (its account
-    decides ownership by id, its address keys the guessing limits).
+    Every method takes the L{Caller} asking (its account decides ownership
+    by id, its address keys the guessing limits), and every command returns
+    a Deferred.
 
-    @param files: the metadata store (L{netshare.storage.files.FileStore}
-        or anything with its methods).
+    @param files: the metadata L{FileStore}.
     @param blobs: the L{BlobStore}.
-    @param kdf: a C{KDFPool} (C{derive(password, salt, n, r, p, length)}).
+    @param kdf: the L{KDFPool} file passwords are derived in.
     @param user_quota: bytes per user, 0 for unlimited.
     @param misses: the L{Penalties} of names not found (C{550} on INFO,
         CHECKSUM and DOWNLOAD), per account and per address: guessing the
@@ -147,12 +207,13 @@ class FilesService:
 
     log = Logger()
 
-    def __init__(self, files, blobs: BlobStore, kdf, lockout: PasswordLockout | None = None,
-                 max_file_size: int = 64 * GiB, user_quota: int = 100 * GiB,
-                 min_free_percent: float = 5.0, kdf_params: tuple = FILE_SCRYPT, clock=None,
-                 misses: Penalties | None = None, file_guesses: Penalties | None = None):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, files: FileStore, blobs: BlobStore, kdf: KDFPool,
+                 lockout: PasswordLockout | None = None, max_file_size: int = 64 * GiB,
+                 user_quota: int = 100 * GiB, min_free_percent: float = 5.0,
+                 kdf_params: tuple[int, int, int] = FILE_SCRYPT,
+                 clock: IReactorTime | None = None, misses: Penalties | None = None,
+                 file_guesses: Penalties | None = None):
+        clock = default_clock(clock)
         self.files = files
         self.blobs = blobs
         self.kdf = kdf
@@ -166,8 +227,10 @@ class FilesService:
         self.max_file_size = max_file_size
         self.user_quota = user_quota
         self.min_free_percent = min_free_percent
-        self.kdf_params = tuple(kdf_params)
-        self._starting: defer.Deferred | None = None
+        n, r, p = kdf_params
+        self.kdf_params = (n, r, p)
+        #: Who waits for start-up housekeeping (L{whenReady}); None once over.
+        self._ready_waiters: builtins.list[Deferred[None]] | None = None
 
     def _now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -178,7 +241,8 @@ class FilesService:
 
     # -- lifecycle (the root service calls start and stop)
 
-    def start(self) -> defer.Deferred:
+    @deferred
+    async def start(self) -> None:
         """
         Start-up housekeeping once the database pool runs: remove stale
         temporaries and orphaned blobs (content no row names), and report
@@ -186,43 +250,39 @@ class FilesService:
         so the orphan scan can never race an upload recording its row.
         Never fails: orphans only waste space, the next start retries.
         """
-        self._starting = d = defer.Deferred()
-
-        def done(counts):
+        self._ready_waiters = []
+        try:
+            counts = await self.startup()
+        except Exception:
+            self.log.failure("files start-up housekeeping failed")
+        else:
             self.log.info("files ready: removed {temporaries} stale temporaries and "
                           "{orphans} orphaned blobs; {missing} files without content",
                           **counts)
+        finally:
+            waiters, self._ready_waiters = self._ready_waiters, None
+            for d in waiters or ():
+                d.callback(None)
 
-        def failed(f):
-            self.log.failure("files start-up housekeeping failed", f)
-
-        def finished(_):
-            self._starting = None
-            d.callback(None)
-
-        self.startup().addCallbacks(done, failed).addBoth(finished)
-        return self.whenReady()
-
-    def whenReady(self) -> defer.Deferred:
+    def whenReady(self) -> Deferred[None]:
         """A Deferred that fires once start-up housekeeping is over."""
-        if self._starting is None:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._starting.addBoth(lambda r: (d.callback(None), r)[1])
+        if self._ready_waiters is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
         return d
 
     def stop(self) -> None:
         self.blobs.stop()
 
-    def startup(self) -> defer.Deferred:
+    @deferred
+    async def startup(self) -> dict[str, int]:
         """
         Start-up housekeeping, before the listener accepts uploads: remove
         stale temporaries and orphaned blobs.
-        @return: Deferred[dict] with the counts C{temporaries}, C{orphans}.
+        @return: Deferred[dict] with the counts C{temporaries}, C{orphans}
+            and C{missing}.
         """
-        return defer.ensureDeferred(self._startup())
-
-    async def _startup(self) -> dict:
         swept = self.blobs.sweep()
         known = await self.files.all_blob_ids()
         orphans = await self.blobs.remove_orphans(known)
@@ -234,17 +294,17 @@ class FilesService:
                            names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
         return {"temporaries": swept, "orphans": orphans, "missing": len(missing)}
 
-    def forget_blobs(self, blob_ids) -> defer.Deferred:
+    def forget_blobs(self, blob_ids: Iterable[str]) -> Deferred[builtins.list[tuple[bool, bool]]]:
         """Unlink blobs whose rows are gone for good (a removed account's
         files, deleted in the committed removal)."""
-        return defer.DeferredList([self.blobs.delete(b) for b in blob_ids])
+        return DeferredList([self.blobs.delete(b) for b in blob_ids])
 
     # -- looking a name up, at the pace the guessing limits allow
 
-    def _miss_keys(self, caller):
+    def _miss_keys(self, caller: Caller) -> tuple[tuple[str, object], ...]:
         return (("account", caller.id), ("address", caller.address))
 
-    async def _find(self, caller, name: str):
+    async def _find(self, caller: Caller, name: str) -> FileRecord:
         """
         The record of C{name} for INFO, CHECKSUM and DOWNLOAD.  A caller that
         missed too often waits first (every lookup, found or not, so the
@@ -256,13 +316,13 @@ class FilesService:
             rec = await self.files.get(key)
         else:
             keys = self._miss_keys(caller)
-            wait = self.misses.attempt(*keys)       # a miss until found
+            wait = self.misses.attempt(*keys)  # a miss until found
             if wait:
                 await task.deferLater(self.clock, wait, lambda: None)
             try:
                 rec = await self.files.get(key)
             except BaseException:
-                self.misses.succeeded(*keys)        # not a miss: the database failed
+                self.misses.succeeded(*keys)  # not a miss: the database failed
                 raise
             if rec is not None:
                 self.misses.succeeded(*keys)
@@ -274,20 +334,18 @@ class FilesService:
             raise NotFound("no such file")
         return rec
 
-    def _reveals(self, caller, rec) -> bool:
+    def _reveals(self, caller: Caller, rec: FileRecord) -> bool:
         return not rec.protected or caller.is_admin or rec.owner_id == caller.id
 
     # -- commands
 
-    def info(self, caller, name: str, password: str | None = None) -> defer.Deferred:
+    @deferred
+    async def info(self, caller: Caller, name: str, password: str | None = None) -> FileView:
         """INFO and CHECKSUM: any logged-in user, hidden files included.  A
         protected file's sha256 is shown only to its owner, an admin or a
         caller giving the right C{password} (a wrong one is C{535} and counts
         like a wrong DOWNLOAD password).  @return: Deferred[L{FileView}];
         550, 553, 535, 429."""
-        return defer.ensureDeferred(self._info(caller, name, password))
-
-    async def _info(self, caller, name, password):
         rec = await self._find(caller, name)
         reveal = self._reveals(caller, rec)
         if rec.protected and password is not None and not reveal:
@@ -295,23 +353,37 @@ class FilesService:
             reveal = True
         return FileView(rec, reveal)
 
-    def list(self, caller, which: str | None = None) -> defer.Deferred:
+    @deferred
+    async def list(self, caller: Caller, which: str | None = None) -> builtins.list[FileView]:
         """LIST (public), LIST mine (own public), LIST hidden (an admin's:
         every hidden file; anyone else's: their own).
         @return: Deferred[list of L{FileView}]."""
         if which is None:
-            d = self.files.list_public()
+            recs = await self.files.list_public()
         elif which == "mine":
-            d = self.files.list_public(owner_id=caller.id)
+            recs = await self.files.list_public(owner_id=caller.id)
         elif which == "hidden":
-            d = self.files.list_hidden(owner_id=None if caller.is_admin else caller.id)
+            recs = await self.files.list_hidden(owner_id=None if caller.is_admin else caller.id)
         else:
-            return defer.fail(BadArguments("LIST takes nothing, mine or hidden"))
-        return d.addCallback(lambda recs: [FileView(r, self._reveals(caller, r)) for r in recs])
+            raise BadArguments("LIST takes nothing, mine or hidden")
+        return [FileView(r, self._reveals(caller, r)) for r in recs]
 
-    def begin_upload(self, caller, name: str, size: int, visibility: str | None = None,
-                     password: str | None = None, sha256: str | None = None,
-                     replace: bool = False) -> defer.Deferred:
+    @deferred
+    async def quota(self, caller: Caller) -> QuotaView:
+        """QUOTA: the caller's own files (public, hidden and protected, as
+        the quota counts them: plaintext sizes) and the limits UPLOAD checks
+        against.  Only one's own: an admin has no view of another account's
+        usage here.  @return: Deferred[L{QuotaView}]; 530 before login."""
+        owner = caller.account
+        if owner is None:
+            raise LoginRequired()
+        usage = await self.files.account_usage(owner.id)
+        return QuotaView(usage, self._quota, self.max_file_size)
+
+    @deferred
+    async def begin_upload(self, caller: Caller, name: str, size: int,
+                           visibility: str | None = None, password: str | None = None,
+                           sha256: str | None = None, replace: bool = False) -> PendingUpload:
         """
         Everything that must be checked before C{350}: 553 bad name, 501 bad
         arguments, 552 size limit or quota, 555 exists (or someone else's),
@@ -320,10 +392,9 @@ class FilesService:
         for a new file and unchanged for a replaced one.
         @return: Deferred[L{PendingUpload}].
         """
-        return defer.ensureDeferred(
-            self._begin_upload(caller, name, size, visibility, password, sha256, replace))
-
-    async def _begin_upload(self, caller, name, size, visibility, password, sha256, replace):
+        owner = caller.account
+        if owner is None:
+            raise LoginRequired()
         name = normalize_name(name)
         key = name_key(name)
         if not isinstance(size, int) or size < 0:
@@ -336,12 +407,12 @@ class FilesService:
             raise LimitExceeded("file too large: the limit is %d bytes" % self.max_file_size)
         existing = await self.files.get(key)
         if existing is not None:
-            if existing.owner_id != caller.id:
+            if existing.owner_id != owner.id:
                 raise Conflict("file exists and belongs to someone else")
             if not replace:
                 raise Conflict("file exists (use replace=yes)")
         if self._quota is not None:
-            used = await self.files.usage(caller.id)
+            used = await self.files.usage(owner.id)
             if existing is not None:
                 used -= existing.size
             if used + size > self._quota:
@@ -354,27 +425,29 @@ class FilesService:
             encryption = await prepare_encryption(password, self.kdf, n, r, p,
                                                   source=caller.address)
         sink = self.blobs.open_upload(size, expected, encryption)
-        return PendingUpload(self, sink, name, key, caller.account, size, visibility,
-                             bool(replace))
+        return PendingUpload(self, sink, name, key, owner, size, visibility, bool(replace))
 
-    async def _complete(self, up: PendingUpload, journal=None):
+    @deferred
+    async def complete_upload(self, up: PendingUpload,
+                              journal: JournalRow | None = None) -> FileRecord:
+        """The body of L{PendingUpload.complete}: make the blob durable,
+        then record its row (with the UPLOAD's history row, C{journal})."""
         stored = await up.sink.finish()
         row = dict(name=up.name, name_key=up.key, owner=up.owner.name, owner_id=up.owner.id,
                    size=stored.size, sha256=stored.sha256, visibility=up.visibility,
                    blob_id=stored.blob_id, enc_meta=stored.enc_meta, created_ms=self._now_ms(),
                    quota=self._quota)
+        old_blob: str | None = None
         try:
             if up.replace:
                 record, old_blob = await self.files.replace(**row, journal=journal)
             else:
                 row["visibility"] = up.visibility or "public"
-                record, old_blob = await self.files.insert(**row, journal=journal), None
+                record = await self.files.insert(**row, journal=journal)
         except OutcomeUnknown as e:
             # A committed row may point at the new content: keep it (held,
             # so no orphan sweep takes it) until the database knows.
-            e.settled().addCallbacks(self._settledUpload, self._failedUpload,
-                                     callbackArgs=(stored.blob_id, up.replace),
-                                     errbackArgs=(stored.blob_id,))
+            self._settle_upload(e, stored.blob_id, up.replace)
             raise
         except BaseException:
             await self.blobs.delete(stored.blob_id)
@@ -386,28 +459,32 @@ class FilesService:
                       size=stored.size, owner=up.owner.name)
         return record
 
-    def _settledUpload(self, result, blob_id, replaced):
+    @deferred
+    async def _settle_upload(self, unknown: OutcomeUnknown, blob_id: str,
+                             replaced: bool) -> None:
+        """After an upload's row write ended in L{OutcomeUnknown}: once the
+        database knows, release the new content (committed) or remove it."""
+        try:
+            result = await unknown.settled()
+        except Exception:
+            self.log.info("an upload whose outcome was unknown had not committed: "
+                          "removing its content")
+            await self.blobs.delete(blob_id)
+            return
         self.log.info("an upload whose outcome was unknown had committed")
         self.blobs.release(blob_id)
         old_blob = result[1] if replaced else None
         if old_blob is not None:
-            self.blobs.delete(old_blob)
+            await self.blobs.delete(old_blob)
 
-    def _failedUpload(self, failure, blob_id):
-        self.log.info("an upload whose outcome was unknown had not committed: "
-                      "removing its content")
-        self.blobs.delete(blob_id)
-
-    def open_download(self, caller, name: str, password: str | None = None,
-                      offset: int = 0) -> defer.Deferred:
+    @deferred
+    async def open_download(self, caller: Caller, name: str, password: str | None = None,
+                            offset: int = 0) -> PreparedDownload:
         """
         Everything before C{150}: 553/550 name, 501 bad offset, 429 locked
         out, 535 missing or wrong file password (checked before any byte).
         @return: Deferred[L{PreparedDownload}].
         """
-        return defer.ensureDeferred(self._open_download(caller, name, password, offset))
-
-    async def _open_download(self, caller, name, password, offset):
         if not isinstance(offset, int) or offset < 0:
             raise BadArguments("bad offset")
         tried = None
@@ -426,14 +503,15 @@ class FilesService:
                     self.log.error("{name}: its content {blob} is missing from disk "
                                    "(netshare db check lists every such file)",
                                    name=rec.name, blob=rec.blob_id)
-                    raise IntegrityFailure("stored file is missing; the operator is told")
+                    raise IntegrityFailure(
+                        "stored file is missing; the operator is told") from None
                 # The row we read was replaced or deleted before we opened its
                 # blob: look again once (a replace leaves a new row).
                 tried = rec.blob_id
                 continue
             return PreparedDownload(rec, reader)
 
-    async def _unlock(self, caller, rec, password: str | None) -> bytes:
+    async def _unlock(self, caller: Caller, rec: FileRecord, password: str | None) -> bytes:
         """
         A protected file's key.  Wrong passwords are limited twice: per
         (account, file) by the L{PasswordLockout} (429 for 15 minutes after
@@ -447,8 +525,9 @@ class FilesService:
         # The owner is no sybil: only their own lockout applies to them, so
         # guessers cannot keep the owner from their file.
         file_key = ("file", rec.id)
-        guesses = self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES
-        wait = guesses.attempt(file_key)               # a wrong password until proved right
+        guesses: Penalties | _NoPenalties = (
+            self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES)
+        wait = guesses.attempt(file_key)  # a wrong password until proved right
         self.lockout.begin(caller.id, rec.name_key)
         try:
             if wait:
@@ -468,29 +547,37 @@ class FilesService:
             raise
         except BaseException:
             self.lockout.end(caller.id, rec.name_key)
-            guesses.succeeded(file_key)                 # not a wrong password
+            guesses.succeeded(file_key)  # not a wrong password
             raise
         self.lockout.end(caller.id, rec.name_key)
         guesses.succeeded(file_key)
         self.lockout.success(caller.id, rec.name_key)
         return key
 
-    def delete(self, caller, name: str, journal=None) -> defer.Deferred:
+    @deferred
+    async def delete(self, caller: Caller, name: str,
+                     journal: JournalRow | None = None) -> FileRecord:
         """DELETE: owner or admin (531), 550.  The row goes first (with the
         command's history row, C{journal}), then the blob.
         @return: Deferred[FileRecord] of the deleted file."""
-        return defer.ensureDeferred(self._delete(caller, name, journal))
-
-    async def _delete(self, caller, name, journal=None):
         key = name_key(normalize_name(name))
         try:
             rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
                                           journal=journal)
         except OutcomeUnknown as e:
             # The content goes only once its row is known to be gone.
-            e.settled().addCallbacks(lambda gone: self.blobs.delete(gone.blob_id),
-                                     lambda f: None)
+            self._settle_delete(e)
             raise
         await self.blobs.delete(rec.blob_id)
         self.log.info("{user} deleted {name}", user=caller.name, name=rec.name)
         return rec
+
+    @deferred
+    async def _settle_delete(self, unknown: OutcomeUnknown) -> None:
+        """After a DELETE's row write ended in L{OutcomeUnknown}: remove the
+        content once the row is known to be gone (never if it is not)."""
+        try:
+            gone = await unknown.settled()
+        except Exception:
+            return
+        await self.blobs.delete(gone.blob_id)

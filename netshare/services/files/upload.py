@@ -32,20 +32,19 @@ import hmac
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from netshare.errors import (
-    InsufficientStorage,
-    IntegrityFailure,
-)
+from netshare.deferreds import deferred
+from netshare.errors import InsufficientStorage, IntegrityFailure
 from netshare.services.files.crypto import (
     HEADER_SIZE,
     BlobHeader,
@@ -62,13 +61,10 @@ from netshare.services.files.disk import (
     write_all,
 )
 
-if TYPE_CHECKING:
-    from netshare.services.files.blobs import BlobStore
-
 KiB = 1024
 MiB = 1024 * KiB
-HIGH_WATER = 4 * MiB            # upload bytes queued before the socket is paused
-WRITE_BATCH = 1 * MiB           # upload bytes the worker takes per writev
+HIGH_WATER = 4 * MiB  # upload bytes queued before the socket is paused
+WRITE_BATCH = 1 * MiB  # upload bytes the worker takes per writev
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ class StoredBlob:
     blob_id: str
     size: int
     sha256: str
-    enc_meta: dict | None
+    enc_meta: dict[str, Any] | None
 
 
 class BlobWriter:
@@ -99,12 +95,13 @@ class BlobWriter:
         self.encryption = encryption
         self.hasher = hashlib.sha256()
         self.count = 0
-        self.on_disk = 0            # bytes written to the file (ciphertext if encrypted)
+        self.on_disk = 0  # bytes written to the file (ciphertext if encrypted)
         self.behind: WriteBehind | None = None
         self.fd: int | None = None
-        self.encryptor = None
+        self.encryptor: ChunkEncryptor | None = None
         if encryption is not None:
-            header = BlobHeader(encryption.chunk_size, size, encryption.salt, encryption.nonce_prefix)
+            header = BlobHeader(encryption.chunk_size, size, encryption.salt,
+                                encryption.nonce_prefix)
             self.encryptor = ChunkEncryptor(encryption.key, header)
 
     def _open(self) -> int:
@@ -118,10 +115,7 @@ class BlobWriter:
                 self.behind = WriteBehind(self.fd, self.on_disk)
         return self.fd
 
-    def write(self, chunk: bytes) -> None:
-        self.write_many([chunk])
-
-    def write_many(self, chunks: list) -> None:
+    def write_many(self, chunks: list[bytes]) -> None:
         """Hash, (encrypt,) and append C{chunks} with one C{writev}."""
         try:
             fd = self._open()
@@ -200,17 +194,24 @@ class UploadSink:
     discarded, so the protocol can still consume the rest of the body and
     get the error from C{finish()}.
 
+    @param parent_dir: the directory holding the blob's shard directory
+        (fsynced when the shard directory is new).
+    @param on_settled: called on the reactor thread with the blob id and
+        whether the blob was stored, once the upload is over either way.
+    @param reactor: provides C{IReactorTime} and C{IReactorFromThreads}.
     @ivar received: bytes accepted so far.
     """
 
     log = Logger()
 
-    def __init__(self, store: "BlobStore", writer: BlobWriter, expected_sha256: str | None,
-                 reactor, pool: ThreadPool, high_water: int):
+    def __init__(self, writer: BlobWriter, expected_sha256: str | None, reactor: Any,
+                 pool: ThreadPool, high_water: int, parent_dir: str,
+                 on_settled: Callable[[str, bool], object]):
         self.blob_id = writer.blob_id
         self.size = writer.size
         self.received = 0
-        self._store = store
+        self._parent_dir = parent_dir
+        self._on_settled = on_settled
         self._writer = writer
         self._expected = expected_sha256
         self._reactor = reactor
@@ -220,25 +221,25 @@ class UploadSink:
         self._lock = threading.Lock()
         # guarded by _lock:
         self._queue: deque[bytes] = deque()
-        self._queued = 0            # bytes queued or being written
-        self._running = False       # a worker job owns the writer
-        self._state = "open"        # open -> finishing | aborting -> done
+        self._queued = 0  # bytes queued or being written
+        self._running = False  # a worker job owns the writer
+        self._state = "open"  # open -> finishing | aborting -> done
         self._paused = False
         self._resume_pending = False
         # worker-owned until settled:
         self._error: Failure | None = None
         # reactor-only:
         self._overflow = False
-        self._producer = None
+        self._producer: Any = None  # a push (streaming) or pull producer
         self._streaming = True
-        self._pull_call = None
-        self._outcome: Any = None
+        self._pull_call: IDelayedCall | None = None
+        self._outcome: StoredBlob | Failure | None = None
         self._settled = False
-        self._waiters: list[defer.Deferred] = []
+        self._waiters: list[Deferred[None]] = []
 
     # IConsumer
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._producer = producer
         self._streaming = bool(streaming)
         if not streaming:
@@ -346,7 +347,7 @@ class UploadSink:
             outcome: Any = self._error
         else:
             try:
-                outcome = self._writer.finalize(self._expected, self._store.blobs_dir)
+                outcome = self._writer.finalize(self._expected, self._parent_dir)
             except Exception:
                 outcome = Failure()
         self._reactor.callFromThread(self._settle, outcome)
@@ -359,7 +360,7 @@ class UploadSink:
         if start:
             self._pool.callInThread(self._work)
 
-    def _settle(self, outcome) -> None:
+    def _settle(self, outcome: StoredBlob | Failure) -> None:
         with self._lock:
             self._state = "done"
             self._running = False
@@ -369,16 +370,13 @@ class UploadSink:
                 self.log.failure("upload {blob} failed", outcome, blob=self.blob_id)
         self._settled = True
         self._outcome = outcome
-        if isinstance(outcome, StoredBlob):
-            self._store._finished(self.blob_id)
-        else:
-            self._store._forget(self.blob_id)
+        self._on_settled(self.blob_id, isinstance(outcome, StoredBlob))
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _when_settled(self) -> defer.Deferred:
-        d = defer.Deferred()
+    def _when_settled(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
         if self._settled:
             d.callback(None)
         else:
@@ -397,7 +395,8 @@ class UploadSink:
         """Whether the sink has asked its producer to pause."""
         return self._paused
 
-    def finish(self) -> defer.Deferred:
+    @deferred
+    async def finish(self) -> StoredBlob:
         """
         Complete the upload after exactly C{size} bytes.
 
@@ -406,21 +405,22 @@ class UploadSink:
             checksum mismatch, L{InsufficientStorage} (452) on a full disk.
         """
         if self._state != "open":
-            return defer.fail(RuntimeError("finish() after finish() or abort()"))
+            raise RuntimeError("finish() after finish() or abort()")
         self.unregisterProducer()
         if self.received != self.size or self._overflow:
             got, size = self.received, self.size
             self._enter("aborting")
-
-            def mismatch(_):
-                raise IntegrityFailure("size mismatch: received %d of %d bytes" % (got, size))
-
-            return self._when_settled().addCallback(mismatch)
+            await self._when_settled()
+            raise IntegrityFailure("size mismatch: received %d of %d bytes" % (got, size))
         self._enter("finishing")
+        await self._when_settled()
+        outcome = self._outcome
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        assert outcome is not None  # settled: a StoredBlob or a Failure
+        return outcome
 
-        return self._when_settled().addCallback(lambda _: self._outcome)
-
-    def abort(self) -> defer.Deferred:
+    def abort(self) -> Deferred[None]:
         """
         The connection dropped: remove the temporary file.
 

@@ -4,19 +4,24 @@ Revision ID: 0001_core
 Revises:
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0001_core"
-down_revision = None
-branch_labels = None
-depends_on = None
+revision: str = "0001_core"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "accounts",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
@@ -45,7 +50,7 @@ def upgrade():
     op.create_index("ix_history_user_id", "history", ["user", "id"])
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_index("ix_history_user_id", table_name="history")
     op.drop_table("history")
     op.drop_table("accounts")

@@ -4,21 +4,26 @@ Revision ID: 0002_files
 Revises: 0001_core
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_files"
-down_revision = "0001_core"
-branch_labels = None
-depends_on = None
+revision: str = "0002_files"
+down_revision: str | None = "0001_core"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 # Written out rather than imported, so this migration keeps meaning what it
 # meant when it was written even if the live schema module changes.
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "files",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
@@ -38,6 +43,6 @@ def upgrade():
     op.create_index("ix_files_owner", "files", ["owner"])
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_index("ix_files_owner", table_name="files")
     op.drop_table("files")

@@ -8,19 +8,24 @@ revision keeps creating exactly these tables whatever the live schema later
 becomes.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_ttweet"
-down_revision = "0002_files"
-branch_labels = None
-depends_on = None
+revision: str = "0003_ttweet"
+down_revision: str | None = "0002_files"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "tweets",
         sa.Column("id", ID, autoincrement=False, nullable=False),
@@ -43,7 +48,7 @@ def upgrade():
     op.create_index("ix_timelines_user_id", "timelines", ["user", "id"])
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_index("ix_timelines_user_id", table_name="timelines")
     op.drop_table("timelines")
     op.drop_index("ix_tweets_user_id", table_name="tweets")

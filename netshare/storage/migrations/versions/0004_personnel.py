@@ -3,23 +3,29 @@
 Revision ID: 0004_personnel
 Revises: 0003_ttweet
 
-Mirrors the Table objects of L{netshare.storage.personnel} (same names,
-types, keys and index names, as the metadata's naming convention would
-give them), so a migrated database and C{metadata.create_all} agree.
+Mirrors the Table objects of L{netshare.storage.roster} and
+L{netshare.storage.outbox} (same names, types, keys and index names, as the
+metadata's naming convention would give them), so a migrated database and
+C{metadata.create_all} agree.
 """
+
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_personnel"
-down_revision = "0003_ttweet"
-branch_labels = None
-depends_on = None
+revision: str = "0004_personnel"
+down_revision: str | None = "0003_ttweet"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "personnel",
         sa.Column("ssn", sa.String(32), nullable=False),
@@ -55,7 +61,7 @@ def upgrade():
     op.create_index("ix_outbox_created_ms", "outbox", ["created_ms"])
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_index("ix_outbox_created_ms", table_name="outbox")
     op.drop_table("outbox")
     op.drop_table("sync_clients")

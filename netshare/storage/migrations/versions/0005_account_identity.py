@@ -30,23 +30,25 @@ account are dropped (nobody can read them).
 Written out rather than imported from the live schema, like every revision.
 """
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_account_identity"
-down_revision = "0004_personnel"
-branch_labels = None
-depends_on = None
+revision: str = "0005_account_identity"
+down_revision: str | None = "0004_personnel"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _account_id(name_column):
+def _account_id(name_column: str) -> sa.TextClause:
     """A correlated subquery: the id of the account whose name is C{name_column}."""
     return sa.text("(SELECT accounts.id FROM accounts WHERE accounts.name = %s)" % name_column)
 
 
-def upgrade():
+def upgrade() -> None:
     with op.batch_alter_table("files") as batch:
         batch.add_column(sa.Column("owner_id", sa.BigInteger, nullable=True))
         batch.create_index("ix_files_owner_id", ["owner_id"])
@@ -87,12 +89,12 @@ def upgrade():
                 pass
 
 
-def _q(name):
+def _q(name: str) -> str:
     """A column name quoted for the running dialect (C{user} is reserved)."""
     return op.get_bind().dialect.identifier_preparer.quote(name)
 
 
-def downgrade():
+def downgrade() -> None:
     with op.batch_alter_table("timelines") as batch:
         batch.add_column(sa.Column("user", sa.String(32), nullable=True))
     op.execute(sa.text("UPDATE timelines SET %s = (SELECT accounts.name FROM accounts "

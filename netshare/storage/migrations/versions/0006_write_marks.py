@@ -8,18 +8,23 @@ when the answer to its COMMIT is lost, the pool learns whether it committed
 by trying to insert the same id again (a duplicate means it did).
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_write_marks"
-down_revision = "0005_account_identity"
-branch_labels = None
-depends_on = None
+revision: str = "0006_write_marks"
+down_revision: str | None = "0005_account_identity"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "write_marks",
         sa.Column("id", sa.String(32), nullable=False),
@@ -30,6 +35,6 @@ def upgrade():
     op.create_index("ix_write_marks_created_ms", "write_marks", ["created_ms"])
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_index("ix_write_marks_created_ms", table_name="write_marks")
     op.drop_table("write_marks")

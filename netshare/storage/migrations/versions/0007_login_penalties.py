@@ -4,18 +4,23 @@ Revision ID: 0007_login_penalties
 Revises: 0006_write_marks
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_login_penalties"
-down_revision = "0006_write_marks"
-branch_labels = None
-depends_on = None
+revision: str = "0007_login_penalties"
+down_revision: str | None = "0006_write_marks"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-KW = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+# Dialect options: free keywords of create_table (typed Any there).
+KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                          mysql_collate="utf8mb4_bin")
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table(
         "login_penalties",
         sa.Column("key", sa.String(80), nullable=False),
@@ -28,5 +33,5 @@ def upgrade():
     )
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_table("login_penalties")
