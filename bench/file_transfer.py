@@ -64,6 +64,7 @@ PASSWORD = "benchpw-not-secret"
 
 # ------------------------------------------------------------------ reference servers
 
+
 def serve_twisted(out_dir, src, src_cold):
     """Minimal Twisted upload server + 256 KiB FileSender download servers
     (one for a cached source, one for a source dropped from the cache)."""
@@ -127,6 +128,7 @@ def serve_twisted(out_dir, src, src_cold):
 
 
 # ------------------------------------------------------------------ clients
+
 
 def _sendfile(sock, path, size):
     """os.sendfile through socket.sendfile (which copes with the timeout)."""
@@ -233,14 +235,19 @@ class NetshareConn:
 
 # ------------------------------------------------------------------ processes
 
+
 class Proc:
     """A child process we started; stopped by its own pid only."""
 
     def __init__(self, argv, env=None, ready_prefix=None, log_path=None, timeout=30):
         self.log = open(log_path, "wb") if log_path else None
-        self.p = subprocess.Popen(argv, env=env, cwd=ROOT,
-                                  stdout=subprocess.PIPE if ready_prefix else self.log,
-                                  stderr=self.log or subprocess.DEVNULL)
+        self.p = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE if ready_prefix else self.log,
+            stderr=self.log or subprocess.DEVNULL,
+        )
         self.pid = self.p.pid
         self.ready_line = None
         if ready_prefix:
@@ -324,29 +331,36 @@ def make_source(path, size, block=8 * MiB):
     with open(path, "wb") as f:
         left = size
         while left:
-            piece = data[:min(left, len(data))]
+            piece = data[: min(left, len(data))]
             f.write(piece)
             h.update(piece)
             left -= len(piece)
         f.flush()
-        os.fsync(f.fileno())    # clean pages: the cold reference can drop them
+        os.fsync(f.fileno())  # clean pages: the cold reference can drop them
     return h.hexdigest()
 
 
 # ------------------------------------------------------------------ driver
 
+
 def fmt(xs, digits=0):
     if not xs:
         return "n/a"
     f = "{:,.%df}" % digits
-    return "%s [%s..%s] (n=%d)" % (f.format(statistics.median(xs)), f.format(min(xs)),
-                                   f.format(max(xs)), len(xs))
+    return "%s [%s..%s] (n=%d)" % (
+        f.format(statistics.median(xs)),
+        f.format(min(xs)),
+        f.format(max(xs)),
+        len(xs),
+    )
 
 
 def table(rows, headers):
     w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(str(h).ljust(w[i]) for i, h in enumerate(headers)) + " |",
-           "|" + "|".join("-" * (x + 2) for x in w) + "|"]
+    out = [
+        "| " + " | ".join(str(h).ljust(w[i]) for i, h in enumerate(headers)) + " |",
+        "|" + "|".join("-" * (x + 2) for x in w) + "|",
+    ]
     out += ["| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(out)
 
@@ -368,26 +382,59 @@ def run(args):
         ref_dir = os.path.join(work, "ref")
         os.mkdir(ref_dir)
         me = os.path.abspath(__file__)
-        ref = Proc([sys.executable, me, "--serve", ref_dir, "--src", src, "--src-cold", src_cold],
-                   ready_prefix="PORTS")
+        ref = Proc(
+            [sys.executable, me, "--serve", ref_dir, "--src", src, "--src-cold", src_cold],
+            ready_prefix="PORTS",
+        )
         procs.append(ref)
         up_port, down_port, cold_port = map(int, ref.ready_line.split()[1:])
 
         data = os.path.join(work, "data")
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        env["NETSHARE_SCRYPT_N"] = "1024"   # account hash cost only (login speed)
-        init = subprocess.run([sys.executable, "-m", "netshare.cli", "init", "--data", data,
-                               "--admin-password", PASSWORD], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        env["NETSHARE_SCRYPT_N"] = "1024"  # account hash cost only (login speed)
+        init = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "netshare.cli",
+                "init",
+                "--data",
+                data,
+                "--admin-password",
+                PASSWORD,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if init.returncode:
             raise RuntimeError("netshare init failed: " + init.stderr)
         port = free_port()
-        server = Proc([sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                       "--pidfile=", "-n", "netshare", "--data", data,
-                       "--files", "tcp:%d:interface=%s" % (port, LOOPBACK),
-                       "--personnel", "none", "--ttweet", "none", "--manhole", "none"],
-                      env=env, log_path=os.path.join(work, "server.log"))
+        server = Proc(
+            [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "--pidfile=",
+                "-n",
+                "netshare",
+                "--data",
+                data,
+                "--files",
+                "tcp:%d:interface=%s" % (port, LOOPBACK),
+                "--personnel",
+                "none",
+                "--ttweet",
+                "none",
+                "--manhole",
+                "none",
+            ],
+            env=env,
+            log_path=os.path.join(work, "server.log"),
+        )
         procs.append(server)
         wait_port(port, server)
         conn = NetshareConn(port)
@@ -397,8 +444,14 @@ def run(args):
         sampler = RSSSampler(server)
         sampler.start()
 
-        variants = ["netshare-up", "tw-up-disk", "netshare-down", "netshare-down-warm",
-                    "tw-down-256k", "tw-down-256k-cold"]
+        variants = [
+            "netshare-up",
+            "tw-up-disk",
+            "netshare-down",
+            "netshare-down-warm",
+            "tw-down-256k",
+            "tw-down-256k-cold",
+        ]
         if not args.no_fsync_ref:
             variants.insert(2, "tw-up-disk-fsync")
 
@@ -425,7 +478,7 @@ def run(args):
                 return ref_download(cold_port, size)
             raise KeyError(name)
 
-        for name in variants:   # warm-up: page cache and code paths, not recorded
+        for name in variants:  # warm-up: page cache and code paths, not recorded
             one(name)
         results = {n: [] for n in variants}
         deadline = time.monotonic() + args.max_seconds
@@ -437,8 +490,13 @@ def run(args):
                 dt = one(name)
                 mbps = size / dt / 1e6
                 results[name].append(mbps)
-                emit(kind="transfer", variant=name, rep=rep, seconds=round(dt, 4),
-                     MBps=round(mbps, 1))
+                emit(
+                    kind="transfer",
+                    variant=name,
+                    rep=rep,
+                    seconds=round(dt, 4),
+                    MBps=round(mbps, 1),
+                )
         sampler.stopped.set()
         conn.close()
         peak_kib = max(sampler.peak, idle_kib or 0)
@@ -448,9 +506,10 @@ def run(args):
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print("\n### netshare file transfer: %d MiB per transfer, %d reps, scratch in %s\n"
-          % (args.size_mib, len(results.get("netshare-up", [])),
-             args.dir or tempfile.gettempdir()))
+    print(
+        "\n### netshare file transfer: %d MiB per transfer, %d reps, scratch in %s\n"
+        % (args.size_mib, len(results.get("netshare-up", [])), args.dir or tempfile.gettempdir())
+    )
     rows = [[n, fmt(xs)] for n, xs in results.items()]
     print(table(rows, ["variant", "MB/s median [min..max]"]))
 
@@ -458,9 +517,12 @@ def run(args):
         xs, ys = results.get(a, []), results.get(b, [])
         return [100.0 * x / y for x, y in zip(xs, ys, strict=True)]
 
-    ratios = [("netshare-up", "tw-up-disk", 60), ("netshare-down-warm", "tw-down-256k", 70),
-              ("netshare-down", "tw-down-256k-cold", None),
-              ("netshare-down", "tw-down-256k", None)]
+    ratios = [
+        ("netshare-up", "tw-up-disk", 60),
+        ("netshare-down-warm", "tw-down-256k", 70),
+        ("netshare-down", "tw-down-256k-cold", None),
+        ("netshare-down", "tw-down-256k", None),
+    ]
     if "tw-up-disk-fsync" in results:
         ratios.insert(1, ("netshare-up", "tw-up-disk-fsync", None))
     rows, verdicts = [], []
@@ -468,8 +530,14 @@ def run(args):
         rs = paired(a, b)
         med = statistics.median(rs) if rs else float("nan")
         verdict = "" if goal is None else ("met" if med >= goal else "MISSED")
-        rows.append(["%s / %s" % (a, b), fmt(rs) + " %", "" if goal is None else ">= %d %%" % goal,
-                     verdict])
+        rows.append(
+            [
+                "%s / %s" % (a, b),
+                fmt(rs) + " %",
+                "" if goal is None else ">= %d %%" % goal,
+                verdict,
+            ]
+        )
         if goal is not None:
             verdicts.append(med >= goal)
     print()
@@ -477,21 +545,25 @@ def run(args):
     growth = (peak_kib - idle_kib) / 1024.0
     ok = growth < 100
     verdicts.append(ok)
-    print("\nnetshare server VmRSS: idle %.1f MiB, peak during transfers %.1f MiB, "
-          "growth %.1f MiB (goal < 100 MiB: %s)" % (idle_kib / 1024.0, peak_kib / 1024.0,
-                                                    growth, "met" if ok else "MISSED"))
+    print(
+        "\nnetshare server VmRSS: idle %.1f MiB, peak during transfers %.1f MiB, "
+        "growth %.1f MiB (goal < 100 MiB: %s)"
+        % (idle_kib / 1024.0, peak_kib / 1024.0, growth, "met" if ok else "MISSED")
+    )
     return 0 if all(verdicts) else 1
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size-mib", type=int, default=None, help="transfer size (default 1024)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5)")
     ap.add_argument("--quick", action="store_true", help="256 MiB and 2 repetitions")
     ap.add_argument("--dir", default=None, help="scratch directory (default $TMPDIR)")
-    ap.add_argument("--max-seconds", type=float, default=600,
-                    help="start no new repetition after this")
+    ap.add_argument(
+        "--max-seconds", type=float, default=600, help="start no new repetition after this"
+    )
     ap.add_argument("--no-fsync-ref", action="store_true", help="skip tw-up-disk-fsync")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)

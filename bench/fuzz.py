@@ -63,37 +63,141 @@ ADMIN_PASSWORD = "fuzz-admin-pw"
 USER, USER_PASSWORD = "alice", "pw-alice"
 CODE = re.compile(rb"[0-9]{3}[ -]")
 RECORD_START = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[", re.M)
-EXCEPTION = re.compile(rb"^\t?(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Stumped)"
-                       rb"[\w.]*): ?(.{0,120})", re.M)
+EXCEPTION = re.compile(
+    rb"^\t?(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Stumped)"
+    rb"[\w.]*): ?(.{0,120})",
+    re.M,
+)
 
 
 # --- inputs --------------------------------------------------------------------
 
-NUMBERS = ["0", "-1", "1", "2", "1001", "65537", str(2**31), str(2**32), str(2**53),
-           str(2**63 - 1), str(2**63), str(2**63 + 1), str(2**64), "9" * 19, "9" * 40,
-           "-" + str(2**63), "1e9", "0x10", "+5", "\u0665", "\uff15", "1_000", "1.5", "NaN", ""]
-HOSTILE = ["..", "../etc/passwd", "a/../../b", "..\\..\\x", "%2e%2e%2f", "/abs", "C:\\x", "CON",
-           "x" * 300, "a\u202eb", "a\u2028b", "a\x1b[31mb", "a\x00b", "a\rb", "a\tb", "#", "##",
-           "#ALL", "\ufeff", "e\u0301", "\U0001f600" * 40, "'", '"', "\\", "=", "*", "a b"]
+NUMBERS = [
+    "0",
+    "-1",
+    "1",
+    "2",
+    "1001",
+    "65537",
+    str(2**31),
+    str(2**32),
+    str(2**53),
+    str(2**63 - 1),
+    str(2**63),
+    str(2**63 + 1),
+    str(2**64),
+    "9" * 19,
+    "9" * 40,
+    "-" + str(2**63),
+    "1e9",
+    "0x10",
+    "+5",
+    "\u0665",
+    "\uff15",
+    "1_000",
+    "1.5",
+    "NaN",
+    "",
+]
+HOSTILE = [
+    "..",
+    "../etc/passwd",
+    "a/../../b",
+    "..\\..\\x",
+    "%2e%2e%2f",
+    "/abs",
+    "C:\\x",
+    "CON",
+    "x" * 300,
+    "a\u202eb",
+    "a\u2028b",
+    "a\x1b[31mb",
+    "a\x00b",
+    "a\rb",
+    "a\tb",
+    "#",
+    "##",
+    "#ALL",
+    "\ufeff",
+    "e\u0301",
+    "\U0001f600" * 40,
+    "'",
+    '"',
+    "\\",
+    "=",
+    "*",
+    "a b",
+]
 NAMES = ["alice", "admin", "root", "nobody", "x" * 33, "a-b", "\u00e9"]
 TEMPLATES = {
-    None: ["HELP {w}", "PING {w}", "WHOAMI {w}", "LOGIN {u} {w}", "LOGIN {u}",
-           "REGISTER {u} {w}", "HISTORY limit={n}", "HISTORY limit={n} user={u}",
-           "HISTORY DELETE {n}", "HISTORY CLEAR user={w}", "HISTORY {w}"],
-    "personnel": ["LIST {w} limit={n} offset={n}", "LIST offset={n}", "LIST limit={n}",
-                  "GET {w}", "ADD ssn={w} name={w} surname={w} job={w} salary={n}",
-                  "ADD ssn={w}", "UPDATE {w} name={w}", "UPDATE {w} ssn={w}", "DELETE {w}",
-                  "CLIENTS {w}", "MESSAGES client={w} limit={n}", "SEND {w} {w}",
-                  "REMOVE {w} {w}", "SYNC after={n}", "ACK {n}"],
-    "files": ["LIST {w}", "INFO {w}", "CHECKSUM {w}", "DELETE {w}", "UPLOAD {w} {n}",
-              "UPLOAD {w} {s} visibility={w} replace={w}", "UPLOAD {w} {s} sha256={w}",
-              "UPLOAD {w} {s} password={w}", "DOWNLOAD {w} offset={n}",
-              "DOWNLOAD {w} password={w}", "DOWNLOAD {w} {w}"],
-    "ttweet": ["TWEET {w}", "TWEET {w} {w}", "TWEET {w} {w} {w}", "SUBSCRIBE {w}",
-               "UNSUBSCRIBE {w}", "TIMELINE {w}", "GETUSERS {w}", "GETTWEETS {w}", "LAST {w}"],
+    None: [
+        "HELP {w}",
+        "PING {w}",
+        "WHOAMI {w}",
+        "LOGIN {u} {w}",
+        "LOGIN {u}",
+        "REGISTER {u} {w}",
+        "HISTORY limit={n}",
+        "HISTORY limit={n} user={u}",
+        "HISTORY DELETE {n}",
+        "HISTORY CLEAR user={w}",
+        "HISTORY {w}",
+    ],
+    "personnel": [
+        "LIST {w} limit={n} offset={n}",
+        "LIST offset={n}",
+        "LIST limit={n}",
+        "GET {w}",
+        "ADD ssn={w} name={w} surname={w} job={w} salary={n}",
+        "ADD ssn={w}",
+        "UPDATE {w} name={w}",
+        "UPDATE {w} ssn={w}",
+        "DELETE {w}",
+        "CLIENTS {w}",
+        "MESSAGES client={w} limit={n}",
+        "SEND {w} {w}",
+        "REMOVE {w} {w}",
+        "SYNC after={n}",
+        "ACK {n}",
+    ],
+    "files": [
+        "LIST {w}",
+        "INFO {w}",
+        "CHECKSUM {w}",
+        "DELETE {w}",
+        "UPLOAD {w} {n}",
+        "UPLOAD {w} {s} visibility={w} replace={w}",
+        "UPLOAD {w} {s} sha256={w}",
+        "UPLOAD {w} {s} password={w}",
+        "DOWNLOAD {w} offset={n}",
+        "DOWNLOAD {w} password={w}",
+        "DOWNLOAD {w} {w}",
+    ],
+    "ttweet": [
+        "TWEET {w}",
+        "TWEET {w} {w}",
+        "TWEET {w} {w} {w}",
+        "SUBSCRIBE {w}",
+        "UNSUBSCRIBE {w}",
+        "TIMELINE {w}",
+        "GETUSERS {w}",
+        "GETTWEETS {w}",
+        "LAST {w}",
+    ],
 }
-BAD_UTF8 = [b"\xff", b"\xfe", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf", b"\xed\xa0\x80",
-            b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xe9", b"\xc3", b"\xe2\x82"]
+BAD_UTF8 = [
+    b"\xff",
+    b"\xfe",
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xf0\x80\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xe9",
+    b"\xc3",
+    b"\xe2\x82",
+]
 KINDS = (("grammar", 50), ("binary", 15), ("utf8", 15), ("quoting", 18), ("long", 2))
 
 
@@ -116,16 +220,21 @@ class Inputs:
         elif choice < 0.75:
             w = r.choice(NAMES)
         else:
-            w = "".join(chr(r.choice((r.randint(32, 126), r.randint(0xa0, 0x2fff),
-                                      r.randint(0x1f300, 0x1f64f))))
-                        for _ in range(r.randint(0, 12)))
+            w = "".join(
+                chr(
+                    r.choice(
+                        (r.randint(32, 126), r.randint(0xA0, 0x2FFF), r.randint(0x1F300, 0x1F64F))
+                    )
+                )
+                for _ in range(r.randint(0, 12))
+            )
         style = r.random()
         if style < 0.3:
             return shlex.quote(w)
         if style < 0.4:
             return '"' + w.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if style < 0.45:
-            return '"' + w          # unbalanced
+            return '"' + w  # unbalanced
         return w
 
     def grammar(self):
@@ -135,9 +244,13 @@ class Inputs:
             if part == "{s}":
                 out.append(str(self.rng.randint(0, 2048)))
             elif part in ("{w}", "{n}", "{u}"):
-                out.append(self.rng.choice(NUMBERS) if part == "{n}" and self.rng.random() < .7
-                           else self.rng.choice(NAMES) if part == "{u}" and self.rng.random() < .7
-                           else self.word())
+                out.append(
+                    self.rng.choice(NUMBERS)
+                    if part == "{n}" and self.rng.random() < 0.7
+                    else self.rng.choice(NAMES)
+                    if part == "{u}" and self.rng.random() < 0.7
+                    else self.word()
+                )
             else:
                 out.append(part)
         verb, _, rest = "".join(out).partition(" ")
@@ -157,8 +270,9 @@ class Inputs:
             cut = r.randint(0, len(data))
             data = data[:cut] + r.choice(BAD_UTF8) + data[cut:]
         elif kind == "quoting":
-            data = " ".join(self.word() + r.choice(("", '"', "'", "\\", "\\'"))
-                            for _ in range(r.randint(1, 6))).encode("utf-8")
+            data = " ".join(
+                self.word() + r.choice(("", '"', "'", "\\", "\\'")) for _ in range(r.randint(1, 6))
+            ).encode("utf-8")
         else:
             data = r.choice((b"X", b"PING ", b"\xff")) * (MAX_LINE + 1 + r.randint(0, 20000))
         data = data.replace(b"\n", b" ")
@@ -179,6 +293,7 @@ def expects_reply(line: bytes) -> bool:
 
 
 # --- one worker -------------------------------------------------------------------
+
 
 class Closed(Exception):
     pass
@@ -286,7 +401,7 @@ def _work(service, port, count, seed, timeout, deadline, stats, worker_no):
     while done < count or time.monotonic() < deadline:
         if conn is None:
             conn = Conn(port, timeout)
-            conn.readline()   # greeting
+            conn.readline()  # greeting
             sent_on_conn = 0
             who = rng.choice((None, "user", "admin"))
             if who is not None:
@@ -312,11 +427,11 @@ def _work(service, port, count, seed, timeout, deadline, stats, worker_no):
             if expects_reply(line):
                 reply = read_reply()
                 mine.codes[reply[-1][:3].decode("ascii", "replace")] += 1
-                if reply[0].startswith(b"350 "):      # feed the upload its bytes
+                if reply[0].startswith(b"350 "):  # feed the upload its bytes
                     conn.send(rng.randbytes(int(reply[0].split()[2])))
                     reply = read_reply()
                     mine.codes[reply[-1][:3].decode("ascii", "replace")] += 1
-                elif reply[0].startswith(b"150 "):    # read the download
+                elif reply[0].startswith(b"150 "):  # read the download
                     conn.read_exactly(int(reply[0].split()[1]))
                     reply = read_reply()
                     mine.codes[reply[-1][:3].decode("ascii", "replace")] += 1
@@ -349,6 +464,7 @@ def _work(service, port, count, seed, timeout, deadline, stats, worker_no):
 
 # --- the server --------------------------------------------------------------------
 
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -372,8 +488,10 @@ def traceback_records(text: bytes):
         if b"Traceback" in record or b"Unhandled Error" in record:
             found = EXCEPTION.findall(record)
             name, msg = found[-1] if found else (b"?", b"")
-            out["%s: %s" % (name.decode("utf-8", "replace"),
-                            msg.decode("utf-8", "replace").strip())] += 1
+            out[
+                "%s: %s"
+                % (name.decode("utf-8", "replace"), msg.decode("utf-8", "replace").strip())
+            ] += 1
     return out
 
 
@@ -397,8 +515,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--inputs", type=int, default=10_000, help="inputs per port (default 10000)")
     p.add_argument("--quick", action="store_true", help="1000 inputs per port")
-    p.add_argument("--minutes", type=float, default=0.0,
-                   help="also keep going until this many minutes have passed")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="also keep going until this many minutes have passed",
+    )
     p.add_argument("--workers", type=int, default=2, help="connections per port at a time")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for a reply")
@@ -408,16 +530,24 @@ def main(argv=None):
     n = 1000 if args.quick else args.inputs
 
     base = tempfile.mkdtemp(prefix="netshare-fuzz-")
-    env = {"NETSHARE_SCRYPT_N": "1024", "NETSHARE_LOGIN_FAILURE_DELAY": "0.01",
-           "NETSHARE_MAX_FILE_SIZE": "64KiB", "NETSHARE_USER_QUOTA": "16MiB",
-           "NETSHARE_IDLE_TIMEOUT": "60", "NETSHARE_REGISTRATION": "open",
-           # The penalties for repeated misses, wrong file passwords and failed
-           # logins (waits of up to 30-180 s, by design) would read as hangs:
-           # raised out of the way, the parsers and handlers are what is fuzzed.
-           "NETSHARE_MISSES_FREE": "1000000000", "NETSHARE_FILE_GUESSES_FREE": "1000000000",
-           "NETSHARE_FILE_LOCKOUT_FAILURES": "1000000000", "NETSHARE_LOGIN_FREE": "1000000000"}
-    srv = ServerProcess(os.path.join(base, "data"), db=args.db, admin_password=ADMIN_PASSWORD,
-                        env_extra=env)
+    env = {
+        "NETSHARE_SCRYPT_N": "1024",
+        "NETSHARE_LOGIN_FAILURE_DELAY": "0.01",
+        "NETSHARE_MAX_FILE_SIZE": "64KiB",
+        "NETSHARE_USER_QUOTA": "16MiB",
+        "NETSHARE_IDLE_TIMEOUT": "60",
+        "NETSHARE_REGISTRATION": "open",
+        # The penalties for repeated misses, wrong file passwords and failed
+        # logins (waits of up to 30-180 s, by design) would read as hangs:
+        # raised out of the way, the parsers and handlers are what is fuzzed.
+        "NETSHARE_MISSES_FREE": "1000000000",
+        "NETSHARE_FILE_GUESSES_FREE": "1000000000",
+        "NETSHARE_FILE_LOCKOUT_FAILURES": "1000000000",
+        "NETSHARE_LOGIN_FREE": "1000000000",
+    }
+    srv = ServerProcess(
+        os.path.join(base, "data"), db=args.db, admin_password=ADMIN_PASSWORD, env_extra=env
+    )
     srv.start()
     code = 0
     try:
@@ -434,13 +564,26 @@ def main(argv=None):
         deadline = time.monotonic() + args.minutes * 60
         threads = []
         for i, service in enumerate(SERVICES):
-            share = [n // args.workers + (1 if w < n % args.workers else 0)
-                     for w in range(args.workers)]
+            share = [
+                n // args.workers + (1 if w < n % args.workers else 0) for w in range(args.workers)
+            ]
             for w in range(args.workers):
-                threads.append(threading.Thread(
-                    target=worker, daemon=True,
-                    args=(service, srv.ports[service], share[w], args.seed * 1000 + i * 10 + w,
-                          args.timeout, deadline, stats[service], w)))
+                threads.append(
+                    threading.Thread(
+                        target=worker,
+                        daemon=True,
+                        args=(
+                            service,
+                            srv.ports[service],
+                            share[w],
+                            args.seed * 1000 + i * 10 + w,
+                            args.timeout,
+                            deadline,
+                            stats[service],
+                            w,
+                        ),
+                    )
+                )
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -455,7 +598,7 @@ def main(argv=None):
         crashed = srv.proc.poll() is not None
         rss_after = rss_kb(pid) if not crashed else 0
         cpu = cpu_seconds(pid) - cpu_before if not crashed else float("nan")
-        time.sleep(0.5)   # the last log records
+        time.sleep(0.5)  # the last log records
         with open(srv.output_path, "rb") as f:
             f.seek(out_start)
             tracebacks = traceback_records(f.read())
@@ -464,43 +607,84 @@ def main(argv=None):
             try:
                 normal_session(srv)
                 serves = True
-            except Exception as e:   # reported below
+            except Exception as e:  # reported below
                 print("normal session after the run failed: %r" % (e,))
 
-        print("fuzz: %d inputs per port (%d workers each), seed %d, %s, server pid %d"
-              % (n, args.workers, args.seed, args.db or "SQLite", pid))
+        print(
+            "fuzz: %d inputs per port (%d workers each), seed %d, %s, server pid %d"
+            % (n, args.workers, args.seed, args.db or "SQLite", pid)
+        )
         print()
-        print("%-10s %7s %9s %7s %7s %6s %6s %6s  %s" % (
-            "port", "inputs", "inputs/s", "closes", "unexp.", "hangs", "malf.", "451",
-            "replies by code"))
+        print(
+            "%-10s %7s %9s %7s %7s %6s %6s %6s  %s"
+            % (
+                "port",
+                "inputs",
+                "inputs/s",
+                "closes",
+                "unexp.",
+                "hangs",
+                "malf.",
+                "451",
+                "replies by code",
+            )
+        )
         for service in SERVICES:
             s = stats[service]
             sent = sum(s.inputs.values())
-            print("%-10s %7d %9.0f %7d %7d %6d %6d %6d  %s" % (
-                service, sent, sent / max(1e-9, s.finished - t0), s.closes,
-                len(s.unexpected_closes), len(s.hangs), len(s.malformed), len(s.internal),
-                " ".join("%s:%d" % kv for kv in sorted(s.codes.items()))))
+            print(
+                "%-10s %7d %9.0f %7d %7d %6d %6d %6d  %s"
+                % (
+                    service,
+                    sent,
+                    sent / max(1e-9, s.finished - t0),
+                    s.closes,
+                    len(s.unexpected_closes),
+                    len(s.hangs),
+                    len(s.malformed),
+                    len(s.internal),
+                    " ".join("%s:%d" % kv for kv in sorted(s.codes.items())),
+                )
+            )
         print()
         kinds = collections.Counter()
         for s in stats.values():
             kinds.update(s.inputs)
         print("inputs by kind: " + ", ".join("%s %d" % kv for kv in sorted(kinds.items())))
-        print("server: crashes %d, tracebacks %d, RSS before %.1f MB, peak %.1f MB, after "
-              "%.1f MB, CPU %.1f s, wall %.1f s, serves a normal session after: %s"
-              % (int(crashed), sum(tracebacks.values()), rss_before / 1024, max(peak) / 1024,
-                 rss_after / 1024, cpu, wall, "yes" if serves else "NO"))
+        print(
+            "server: crashes %d, tracebacks %d, RSS before %.1f MB, peak %.1f MB, after "
+            "%.1f MB, CPU %.1f s, wall %.1f s, serves a normal session after: %s"
+            % (
+                int(crashed),
+                sum(tracebacks.values()),
+                rss_before / 1024,
+                max(peak) / 1024,
+                rss_after / 1024,
+                cpu,
+                wall,
+                "yes" if serves else "NO",
+            )
+        )
         for what, k in sorted(tracebacks.items(), key=lambda kv: -kv[1]):
             print("  traceback x%d: %s" % (k, what))
         for service in SERVICES:
             s = stats[service]
-            for label, items in (("unexpected close after", s.unexpected_closes),
-                                 ("hang after", s.hangs), ("malformed reply", s.malformed),
-                                 ("451 after", s.internal)):
+            for label, items in (
+                ("unexpected close after", s.unexpected_closes),
+                ("hang after", s.hangs),
+                ("malformed reply", s.malformed),
+                ("451 after", s.internal),
+            ):
                 for item in items[:3]:
                     print("  %s %s: %r" % (service, label, item))
-        bad = (crashed or tracebacks or not serves
-               or any(s.unexpected_closes or s.hangs or s.malformed or s.internal
-                      for s in stats.values()))
+        bad = (
+            crashed
+            or tracebacks
+            or not serves
+            or any(
+                s.unexpected_closes or s.hangs or s.malformed or s.internal for s in stats.values()
+            )
+        )
         code = 1 if bad else 0
         print()
         print("result: %s" % ("FAIL (a must-be-zero figure is not)" if bad else "ok"))

@@ -60,16 +60,22 @@ def server_settings(args):
     the server knows: a setting added or renamed later is left at its
     default instead of breaking the run."""
     from netshare.config import SETTINGS
+
     wanted = dict(
-        scrypt_n=args.scrypt_n, kdf_threads=args.kdf_threads, kdf_queue=args.kdf_queue,
-        kdf_per_source=args.kdf_per_source, login_failure_delay=args.login_delay,
+        scrypt_n=args.scrypt_n,
+        kdf_threads=args.kdf_threads,
+        kdf_queue=args.kdf_queue,
+        kdf_per_source=args.kdf_per_source,
+        login_failure_delay=args.login_delay,
         max_per_ip=max(100, args.connections + 10),
         max_connections=max(1000, args.connections + 10),
         # This measures the password-hashing queue: the per-account and
         # per-address login penalties would hold the storm back before it
         # got there (--login-free 5 for the production setting), and the
         # PING connection never logs in.
-        login_free=args.login_free, login_timeout=3600)
+        login_free=args.login_free,
+        login_timeout=3600,
+    )
     known = {s.name for s in SETTINGS}
     return {k: v for k, v in wanted.items() if k in known and v is not None}
 
@@ -84,22 +90,31 @@ def percentile(values, q):
 
 def summary(values):
     ms = [v * 1000.0 for v in values]
-    return {"n": len(ms), "p50": percentile(ms, 50), "p90": percentile(ms, 90),
-            "p99": percentile(ms, 99), "max": max(ms) if ms else float("nan")}
+    return {
+        "n": len(ms),
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "max": max(ms) if ms else float("nan"),
+    }
 
 
 # --- servers -------------------------------------------------------------------
 
+
 class SubprocessServer:
     def __init__(self, args, data):
         from tests.support import ServerProcess, run_cli
-        env = self.env = {"NETSHARE_" + k.upper(): str(v)
-                          for k, v in server_settings(args).items()}
+
+        env = self.env = {
+            "NETSHARE_" + k.upper(): str(v) for k, v in server_settings(args).items()
+        }
         r = run_cli("init", "--data", data, "--admin-password", ADMIN_PASSWORD, **env)
         if r.returncode != 0:
             raise SystemExit("netshare init failed:\n" + r.stderr)
-        r = run_cli("user", "add", LEGIT_USER, "--data", data, NETSHARE_PASSWORD=LEGIT_PASSWORD,
-                    **env)
+        r = run_cli(
+            "user", "add", LEGIT_USER, "--data", data, NETSHARE_PASSWORD=LEGIT_PASSWORD, **env
+        )
         if r.returncode != 0:
             raise SystemExit("netshare user add failed:\n" + r.stderr)
         self.proc = ServerProcess(data, init=False, env_extra=env)
@@ -117,6 +132,7 @@ class SubprocessServer:
 class InProcessServer:
     def __init__(self, args, data):
         from tests.inprocess import add_account, start_runtime
+
         if args.kdf_impl == "cryptography":
             # The implementation this project used first: it holds the GIL
             # for the whole derivation (see netshare/kdf.py).
@@ -130,20 +146,25 @@ class InProcessServer:
             kdfmod.scrypt = gil_scrypt
         self.args = args
         self.rt = start_runtime(data, history_flush=0.2, **server_settings(args))
-        self._add = defer.gatherResults([
-            add_account(self.rt, "admin", ADMIN_PASSWORD, "admin"),
-            add_account(self.rt, LEGIT_USER, LEGIT_PASSWORD)])
+        self._add = defer.gatherResults(
+            [
+                add_account(self.rt, "admin", ADMIN_PASSWORD, "admin"),
+                add_account(self.rt, LEGIT_USER, LEGIT_PASSWORD),
+            ]
+        )
 
     @defer.inlineCallbacks
     def start(self):
         from netshare.protocols.line import CommandProtocol
         from tests.inprocess import listen
+
         yield self._add
         self.listener = yield listen(self.rt, CommandProtocol)
         self.port = self.listener.number
 
     def stop(self):
         from tests.inprocess import stop_runtime
+
         return stop_runtime(self.rt)
 
     def describe(self):
@@ -151,6 +172,7 @@ class InProcessServer:
 
 
 # --- load ------------------------------------------------------------------------
+
 
 @defer.inlineCallbacks
 def connect_from(reactor, host, port, local, timeout=30):
@@ -182,8 +204,9 @@ class Storm:
         user = "admin" if i % 2 else "nobody%d" % i
         while self.running and self.attempts < self.args.max_attempts:
             try:
-                c = yield connect_from(self.reactor, "127.0.0.1", self.port,
-                                       self.args.storm_address)
+                c = yield connect_from(
+                    self.reactor, "127.0.0.1", self.port, self.args.storm_address
+                )
             except Exception:
                 self.errors += 1
                 yield task.deferLater(self.reactor, 0.05, lambda: None)
@@ -217,8 +240,8 @@ class Legit:
         self.reactor, self.port, self.args = reactor, port, args
         self.running = True
         self.codes = {}
-        self.ok_latency = []       # seconds, of the LOGINs answered 230
-        self.errors = 0            # could not connect, or the connection dropped
+        self.ok_latency = []  # seconds, of the LOGINs answered 230
+        self.errors = 0  # could not connect, or the connection dropped
 
     @property
     def attempts(self):
@@ -289,8 +312,9 @@ def run(reactor, args):
         legit_loop = task.deferLater(reactor, min(0.5, args.duration / 4), legit.loop)
         loaded = yield ping_phase(reactor, pinger, args.duration, args.ping_interval)
         storm.running = legit.running = False
-        yield defer.DeferredList(workers + [legit_loop],
-                                 consumeErrors=True).addTimeout(120, reactor)
+        yield defer.DeferredList(workers + [legit_loop], consumeErrors=True).addTimeout(
+            120, reactor
+        )
         storm_seconds = time.monotonic() - started
         after = yield ping_phase(reactor, pinger, 1.0, args.ping_interval)
         yield pinger.close()
@@ -303,43 +327,82 @@ def run(reactor, args):
 
 def report(args, server, baseline, loaded, after, storm, storm_seconds, calm, legit):
     b, s, a = summary(baseline), summary(loaded), summary(after)
-    print("login storm: %d connections, %.0f s, scrypt N=%d r=8 p=1, kdf_threads=%d, "
-          "kdf_queue=%d, failure delay %.2f s" % (args.connections, args.duration, args.scrypt_n,
-                                                 args.kdf_threads, args.kdf_queue,
-                                                 args.login_delay))
+    print(
+        "login storm: %d connections, %.0f s, scrypt N=%d r=8 p=1, kdf_threads=%d, "
+        "kdf_queue=%d, failure delay %.2f s"
+        % (
+            args.connections,
+            args.duration,
+            args.scrypt_n,
+            args.kdf_threads,
+            args.kdf_queue,
+            args.login_delay,
+        )
+    )
     print("server: %s; service port: %s" % (server.describe(), args.service))
     settings = server_settings(args)
-    print("server settings: kdf_per_source=%s, login_free=%s, login_timeout=%s"
-          % tuple(settings.get(k, "default")
-                  for k in ("kdf_per_source", "login_free", "login_timeout")))
+    print(
+        "server settings: kdf_per_source=%s, login_free=%s, login_timeout=%s"
+        % tuple(
+            settings.get(k, "default") for k in ("kdf_per_source", "login_free", "login_timeout")
+        )
+    )
     print()
     print("PING round trip (ms)   %6s %8s %8s %8s %8s" % ("n", "p50", "p90", "p99", "max"))
     for name, x in (("no storm", b), ("during storm", s), ("after storm", a)):
-        print("  %-20s %6d %8.2f %8.2f %8.2f %8.2f" % (name, x["n"], x["p50"], x["p90"],
-                                                       x["p99"], x["max"]))
+        print(
+            "  %-20s %6d %8.2f %8.2f %8.2f %8.2f"
+            % (name, x["n"], x["p50"], x["p90"], x["p99"], x["max"])
+        )
     print()
-    print("ratio storm/no storm:  p50 x%.1f   p99 x%.1f   max x%.1f"
-          % (s["p50"] / b["p50"], s["p99"] / b["p99"], s["max"] / b["max"]))
+    print(
+        "ratio storm/no storm:  p50 x%.1f   p99 x%.1f   max x%.1f"
+        % (s["p50"] / b["p50"], s["p99"] / b["p99"], s["max"] / b["max"])
+    )
     lat = summary(storm.latency)
     codes = ", ".join("%d: %d" % kv for kv in sorted(storm.codes.items()))
-    print("storm: %d LOGINs answered in %.1f s (%.1f/s) over %d connections; codes {%s}; "
-          "connect errors %d" % (len(storm.latency), storm_seconds,
-                                 len(storm.latency) / storm_seconds, storm.connects, codes,
-                                 storm.errors))
-    print("storm LOGIN answer (ms): p50 %.0f  p99 %.0f  max %.0f"
-          % (lat["p50"], lat["p99"], lat["max"]))
+    print(
+        "storm: %d LOGINs answered in %.1f s (%.1f/s) over %d connections; codes {%s}; "
+        "connect errors %d"
+        % (
+            len(storm.latency),
+            storm_seconds,
+            len(storm.latency) / storm_seconds,
+            storm.connects,
+            codes,
+            storm.errors,
+        )
+    )
+    print(
+        "storm LOGIN answer (ms): p50 %.0f  p99 %.0f  max %.0f"
+        % (lat["p50"], lat["p99"], lat["max"])
+    )
     print()
-    print("legitimate LOGIN (right password) from %s, storm from %s, one at a time "
-          "%.2f s apart:" % (args.legit_address, args.storm_address, args.legit_interval))
+    print(
+        "legitimate LOGIN (right password) from %s, storm from %s, one at a time "
+        "%.2f s apart:" % (args.legit_address, args.storm_address, args.legit_interval)
+    )
     for name, x in (("no storm", calm), ("during storm", legit)):
         ok = summary(x.ok_latency)
         other = sum(v for k, v in x.codes.items() if k not in (230, 429))
-        latency = ("p50 %.0f  p99 %.0f  max %.0f" % (ok["p50"], ok["p99"], ok["max"])
-                   if ok["n"] else "none")
-        print("  %-13s %4d attempts: %4d ok (230), %4d refused (429), %d other, "
-              "%d connect errors; 230 answer (ms): %s"
-              % (name, x.attempts, x.codes.get(230, 0), x.codes.get(429, 0), other, x.errors,
-                 latency))
+        latency = (
+            "p50 %.0f  p99 %.0f  max %.0f" % (ok["p50"], ok["p99"], ok["max"])
+            if ok["n"]
+            else "none"
+        )
+        print(
+            "  %-13s %4d attempts: %4d ok (230), %4d refused (429), %d other, "
+            "%d connect errors; 230 answer (ms): %s"
+            % (
+                name,
+                x.attempts,
+                x.codes.get(230, 0),
+                x.codes.get(429, 0),
+                other,
+                x.errors,
+                latency,
+            )
+        )
 
 
 def main(argv=None):
@@ -347,30 +410,51 @@ def main(argv=None):
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--duration", type=float, default=10.0, help="storm seconds")
     p.add_argument("--baseline", type=float, default=5.0, help="no-storm seconds")
-    p.add_argument("--max-attempts", type=int, default=100000,
-                   help="stop the storm after this many LOGINs")
+    p.add_argument(
+        "--max-attempts", type=int, default=100000, help="stop the storm after this many LOGINs"
+    )
     p.add_argument("--scrypt-n", type=int, default=2**17, help="default: production 131072")
     p.add_argument("--kdf-threads", type=int, default=2)
     p.add_argument("--kdf-queue", type=int, default=64)
-    p.add_argument("--kdf-per-source", type=int, default=None,
-                   help="password hashes one address may have pending (default: the "
-                        "server's, 8)")
+    p.add_argument(
+        "--kdf-per-source",
+        type=int,
+        default=None,
+        help="password hashes one address may have pending (default: the server's, 8)",
+    )
     p.add_argument("--login-delay", type=float, default=1.0)
-    p.add_argument("--login-free", type=int, default=1000000,
-                   help="failed logins per account/address before the login penalties "
-                        "start (default: out of the way; the server's default is 5)")
+    p.add_argument(
+        "--login-free",
+        type=int,
+        default=1000000,
+        help="failed logins per account/address before the login penalties "
+        "start (default: out of the way; the server's default is 5)",
+    )
     p.add_argument("--ping-interval", type=float, default=0.01)
-    p.add_argument("--storm-address", default="127.0.0.1",
-                   help="local address the storm connects from")
-    p.add_argument("--legit-address", default="127.0.0.2",
-                   help="local address the legitimate logins connect from")
-    p.add_argument("--legit-interval", type=float, default=0.2,
-                   help="pause between two legitimate logins")
-    p.add_argument("--service", default="files", choices=("files", "personnel"),
-                   help="which listener of the subprocess server to use")
+    p.add_argument(
+        "--storm-address", default="127.0.0.1", help="local address the storm connects from"
+    )
+    p.add_argument(
+        "--legit-address",
+        default="127.0.0.2",
+        help="local address the legitimate logins connect from",
+    )
+    p.add_argument(
+        "--legit-interval", type=float, default=0.2, help="pause between two legitimate logins"
+    )
+    p.add_argument(
+        "--service",
+        default="files",
+        choices=("files", "personnel"),
+        help="which listener of the subprocess server to use",
+    )
     p.add_argument("--inprocess", action="store_true", help="server in this process")
-    p.add_argument("--kdf-impl", default="hashlib", choices=("hashlib", "cryptography"),
-                   help="with --inprocess: cryptography = the GIL-holding scrypt")
+    p.add_argument(
+        "--kdf-impl",
+        default="hashlib",
+        choices=("hashlib", "cryptography"),
+        help="with --inprocess: cryptography = the GIL-holding scrypt",
+    )
     args = p.parse_args(argv)
     if args.kdf_impl != "hashlib" and not args.inprocess:
         p.error("--kdf-impl needs --inprocess")

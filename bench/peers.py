@@ -108,6 +108,7 @@ _CTX = multiprocessing.get_context("fork")
 
 # --------------------------------------------------------------------- small helpers
 
+
 def set_pdeathsig(sig=signal.SIGTERM):
     """Ask the kernel to send C{sig} to this process when its parent dies
     (Linux prctl PR_SET_PDEATHSIG), so nothing outlives a killed run."""
@@ -183,6 +184,7 @@ class Stopped(Exception):
 
 # --------------------------------------------------------------------- processes
 
+
 class Managed:
     """A server process started here; stopped by its own PID (and its
     children's, e.g. vsftpd sessions), never by name."""
@@ -192,9 +194,14 @@ class Managed:
         self.argv = argv
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd,
-                                     stdout=subprocess.PIPE if pipe_stdout else self.log,
-                                     stderr=self.log, preexec_fn=set_pdeathsig)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE if pipe_stdout else self.log,
+            stderr=self.log,
+            preexec_fn=set_pdeathsig,
+        )
         self.pid = self.proc.pid
 
     def ready_line(self, prefix, timeout=30):
@@ -215,15 +222,18 @@ class Managed:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with status %s; its output:\n%s"
-                                   % (self.name, self.proc.returncode, self.tail()))
+                raise RuntimeError(
+                    "%s exited with status %s; its output:\n%s"
+                    % (self.name, self.proc.returncode, self.tail())
+                )
             try:
                 with socket.create_connection((LOOPBACK, port), timeout=1):
                     return
             except OSError as e:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("%s did not listen on %d within %d s"
-                                       % (self.name, port, timeout)) from e
+                    raise RuntimeError(
+                        "%s did not listen on %d within %d s" % (self.name, port, timeout)
+                    ) from e
                 time.sleep(0.05)
 
     def tail(self, n=3000):
@@ -353,15 +363,43 @@ class Run:
 
 # --------------------------------------------------------------------- servers
 
+
 def start_redis(run, name, durable):
     port = free_port()
     d = run.subdir(name)
-    argv = ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--daemonize", "no",
-            "--protected-mode", "no", "--save", "", "--logfile", "", "--dir", d,
-            "--maxclients", "10000", "--client-output-buffer-limit", "pubsub", "0", "0", "0"]
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--logfile",
+        "",
+        "--dir",
+        d,
+        "--maxclients",
+        "10000",
+        "--client-output-buffer-limit",
+        "pubsub",
+        "0",
+        "0",
+        "0",
+    ]
     if durable:
-        argv += ["--appendonly", "yes", "--appendfsync", "always",
-                 "--auto-aof-rewrite-percentage", "0"]
+        argv += [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--auto-aof-rewrite-percentage",
+            "0",
+        ]
     else:
         argv += ["--appendonly", "no"]
     m = run.start(name, argv)
@@ -371,8 +409,9 @@ def start_redis(run, name, durable):
 
 
 def start_pong(run):
-    m = run.start("twisted", [sys.executable, os.path.join(HERE, "peers_refs.py"), "pong"],
-                  pipe_stdout=True)
+    m = run.start(
+        "twisted", [sys.executable, os.path.join(HERE, "peers_refs.py"), "pong"], pipe_stdout=True
+    )
     m.port = int(m.ready_line("PORT").split()[1])
     return m
 
@@ -388,8 +427,9 @@ def twistd_argv():
     """The venv's twistd; the same entry point through this interpreter when
     the script is not there."""
     exe = _venv_script("twistd")
-    return [exe] if exe else [sys.executable, "-c",
-                              "from twisted.scripts.twistd import run; run()"]
+    return (
+        [exe] if exe else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    )
 
 
 def netshare_cli_argv():
@@ -401,7 +441,7 @@ def netshare_cli_argv():
 def netshare_env(tree, **extra):
     env = dict(os.environ)
     env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
-    env["NETSHARE_SCRYPT_N"] = "1024"       # cheap account hashing: logins are not measured
+    env["NETSHARE_SCRYPT_N"] = "1024"  # cheap account hashing: logins are not measured
     env["NETSHARE_FILE_SCRYPT_N"] = "1024"
     env.update(extra)
     return env
@@ -410,22 +450,31 @@ def netshare_env(tree, **extra):
 def check_tree(tree):
     """Which netshare (package and twistd plugin module) the server will
     load from C{tree}; exits if it is not the tree's own."""
-    code = ("import netshare, importlib\n"
-            "from twisted.plugin import getPlugins\n"
-            "from twisted.application.service import IServiceMaker\n"
-            "mods = [importlib.import_module(p.module).__file__ for p in getPlugins(IServiceMaker)"
-            " if p.tapname == 'netshare']\n"
-            "print(netshare.__file__); print(mods[0] if mods else 'NO PLUGIN')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tree, env=netshare_env(tree),
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import netshare, importlib\n"
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "mods = [importlib.import_module(p.module).__file__ for p in getPlugins(IServiceMaker)"
+        " if p.tapname == 'netshare']\n"
+        "print(netshare.__file__); print(mods[0] if mods else 'NO PLUGIN')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env=netshare_env(tree),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = r.stdout.split()
     if r.returncode or len(lines) < 2:
         raise SystemExit("cannot import netshare from %s:\n%s" % (tree, r.stderr[-3000:]))
     real = os.path.realpath(tree) + os.sep
     for f in lines[:2]:
         if not os.path.realpath(f).startswith(real):
-            raise SystemExit("netshare would be loaded from %s, not from --netshare-tree %s"
-                             % (f, tree))
+            raise SystemExit(
+                "netshare would be loaded from %s, not from --netshare-tree %s" % (f, tree)
+            )
     return lines[0], lines[1]
 
 
@@ -444,8 +493,9 @@ class Netshare:
         cmd = netshare_cli_argv() + ["init", "--data", self.data]
         if db:
             cmd += ["--db", db]
-        r = subprocess.run(cmd, cwd=self.tree, env=env, capture_output=True, text=True,
-                           timeout=180)
+        r = subprocess.run(
+            cmd, cwd=self.tree, env=env, capture_output=True, text=True, timeout=180
+        )
         if r.returncode:
             raise RuntimeError("netshare init failed: %s" % (r.stderr or r.stdout)[-3000:])
         caps = str(run.args.max_conns)
@@ -453,15 +503,44 @@ class Netshare:
         if db:
             argv += ["--db", db]
         for svc in ("personnel", "files", "ttweet"):
-            argv += ["--" + svc, ("tcp:%d:interface=%s" % (self.ports[svc], LOOPBACK))
-                     if svc in self.ports else "none"]
-        argv += ["--manhole", "none", "--registration", "open", "--scrypt-n", "1024",
-                 "--max-connections", caps, "--max-per-ip", caps,
-                 "--kdf-per-source", "64", "--kdf-queue", "1024",
-                 "--login-free", "1000000", "--login-timeout", "3600",
-                 "--idle-timeout", "3600", "--max-output", "64MiB",
-                 "--flood-burst", "1000000000", "--flood-rate", "1000000000",
-                 "--flood-address-burst", "1000000000", "--flood-address-rate", "1000000000"]
+            argv += [
+                "--" + svc,
+                ("tcp:%d:interface=%s" % (self.ports[svc], LOOPBACK))
+                if svc in self.ports
+                else "none",
+            ]
+        argv += [
+            "--manhole",
+            "none",
+            "--registration",
+            "open",
+            "--scrypt-n",
+            "1024",
+            "--max-connections",
+            caps,
+            "--max-per-ip",
+            caps,
+            "--kdf-per-source",
+            "64",
+            "--kdf-queue",
+            "1024",
+            "--login-free",
+            "1000000",
+            "--login-timeout",
+            "3600",
+            "--idle-timeout",
+            "3600",
+            "--max-output",
+            "64MiB",
+            "--flood-burst",
+            "1000000000",
+            "--flood-rate",
+            "1000000000",
+            "--flood-address-burst",
+            "1000000000",
+            "--flood-address-rate",
+            "1000000000",
+        ]
         argv += list(extra)
         self.proc = run.start(name, argv, env=env, cwd=self.tree)
         self.pid = self.proc.pid
@@ -482,10 +561,15 @@ def scratch_postgres(run, url):
     """A fresh PostgreSQL database beside the one C{url} names (dropped at
     the end of the run); returns its URL."""
     import sqlalchemy as sa
+
     u = sa.engine.make_url(url)
     name = "netshare_peers_%s" % uuid.uuid4().hex[:10]
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
-                             connect_args={"connect_timeout": 10})
+    admin = sa.create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": 10},
+    )
     with admin.connect() as conn:
         conn.exec_driver_sql('CREATE DATABASE "%s"' % name)
 
@@ -493,6 +577,7 @@ def scratch_postgres(run, url):
         with admin.connect() as conn:
             conn.exec_driver_sql('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
         admin.dispose()
+
     run.dbs.append(drop)
     return u.set(database=name).render_as_string(hide_password=False)
 
@@ -532,12 +617,14 @@ def vsftpd_available(args):
         return True
     if args.install_vsftpd:
         print("# installing vsftpd (apt-get install -y vsftpd) ...", flush=True)
-        r = subprocess.run(["apt-get", "install", "-y", "vsftpd"], capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "vsftpd"], capture_output=True, text=True, timeout=600
+        )
         if r.returncode:
             subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
-            r = subprocess.run(["apt-get", "install", "-y", "vsftpd"], capture_output=True,
-                               text=True, timeout=600)
+            r = subprocess.run(
+                ["apt-get", "install", "-y", "vsftpd"], capture_output=True, text=True, timeout=600
+            )
         if r.returncode:
             print("# vsftpd install failed: %s" % r.stderr[-500:], flush=True)
         return bool(shutil.which("vsftpd") or os.path.exists("/usr/sbin/vsftpd"))
@@ -566,6 +653,7 @@ def start_vsftpd(run):
 
 
 # --------------------------------------------------------------------- blocking clients
+
 
 class LineClient:
     """A blocking line connection (setup, files)."""
@@ -606,6 +694,7 @@ class LineClient:
 
 
 # --------------------------------------------------------------------- load workers
+
 
 def _read_lines(sock, n, buf, deadline):
     while buf.count(b"\n") < n:
@@ -651,7 +740,7 @@ def open_conns(port, idxs, greeting, steps_of, window=8, timeout=300):
                     if lines[0][:1] in ok:
                         break
                     if retry and lines[0].startswith(b"555") and time.monotonic() < deadline:
-                        time.sleep(0.1)         # the previous run's session not gone yet
+                        time.sleep(0.1)  # the previous run's session not gone yet
                         socks[j].sendall(line)
                         continue
                     raise RuntimeError("setup %r refused: %r" % (line[:60], lines[0][:200]))
@@ -724,8 +813,12 @@ def loop_rr(conns, idxs, spec, t0, t1, drain_s):
     if cpu1 is None:
         cpu1 = time.process_time()
     ep.close()
-    return {"count": count, "lat": array.array("q", lat).tobytes(),
-            "cpu": (cpu1 - (cpu0 if cpu0 is not None else cpu1)), "unfinished": active}
+    return {
+        "count": count,
+        "lat": array.array("q", lat).tobytes(),
+        "cpu": (cpu1 - (cpu0 if cpu0 is not None else cpu1)),
+        "unfinished": active,
+    }
 
 
 def loop_fanout(conns, pub, spec, wid, shared, nworkers, t0, t1, drain_s):
@@ -759,7 +852,7 @@ def loop_fanout(conns, pub, spec, wid, shared, nworkers, t0, t1, drain_s):
     cpu0 = cpu1 = None
     stopped = False
     hard_end = t1 + int(drain_s * 1e9)
-    pidx = nworkers          # shared[nworkers] = published, [nworkers+1] = publisher done
+    pidx = nworkers  # shared[nworkers] = published, [nworkers+1] = publisher done
 
     def try_publish():
         nonlocal published
@@ -768,7 +861,7 @@ def loop_fanout(conns, pub, spec, wid, shared, nworkers, t0, t1, drain_s):
             for k in range(nworkers):
                 total += shared[k]
             if published * nsubs_total * lpm - total > lag_lines:
-                return True   # held back: subscribers behind
+                return True  # held back: subscribers behind
             t = clock()
             write(pfd, tmpl % t)
             inflight.append(t)
@@ -806,7 +899,7 @@ def loop_fanout(conns, pub, spec, wid, shared, nworkers, t0, t1, drain_s):
                 i = data.find(b"@@")
                 if i >= 0 and len(data) >= i + 18:
                     try:
-                        lat.append(now - int(data[i + 2:i + 18]))
+                        lat.append(now - int(data[i + 2 : i + 18]))
                     except ValueError:
                         pass
         shared[wid] = lines_total
@@ -826,23 +919,29 @@ def loop_fanout(conns, pub, spec, wid, shared, nworkers, t0, t1, drain_s):
     if cpu1 is None:
         cpu1 = time.process_time()
     ep.close()
-    return {"count": lines_win // lpm, "lat": array.array("q", lat).tobytes(),
-            "ack_lat": array.array("q", ack_lat).tobytes(), "published_win": pub_win,
-            "cpu": cpu1 - (cpu0 if cpu0 is not None else cpu1),
-            "delivered": lines_total // lpm, "expected": shared[pidx] * mine,
-            "published": shared[pidx]}
+    return {
+        "count": lines_win // lpm,
+        "lat": array.array("q", lat).tobytes(),
+        "ack_lat": array.array("q", ack_lat).tobytes(),
+        "published_win": pub_win,
+        "cpu": cpu1 - (cpu0 if cpu0 is not None else cpu1),
+        "delivered": lines_total // lpm,
+        "expected": shared[pidx] * mine,
+        "published": shared[pidx],
+    }
 
 
 def worker_main(wid, pipe, kind, spec, idxs, shared, nworkers):
     set_pdeathsig(signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent handles Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the parent's handler (fork)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (fork)
     raise_nofile()
     conns = []
     pub = None
     try:
-        conns = open_conns(spec["port"], idxs, spec["greeting"], spec["setup"],
-                           window=spec.get("setup_window", 8))
+        conns = open_conns(
+            spec["port"], idxs, spec["greeting"], spec["setup"], window=spec.get("setup_window", 8)
+        )
         if kind == "fanout" and wid == 0:
             pub = open_conns(spec["port"], [0], spec["greeting"], spec["pub_setup"])[0]
         pipe.send(("ready", len(conns)))
@@ -884,8 +983,9 @@ def measure(run, kind, spec, n, server_pid):
     try:
         for w in range(procs):
             a, b = _CTX.Pipe()
-            p = _CTX.Process(target=worker_main, args=(w, b, kind, spec, shares[w], shared, procs),
-                             daemon=True)
+            p = _CTX.Process(
+                target=worker_main, args=(w, b, kind, spec, shares[w], shared, procs), daemon=True
+            )
             p.start()
             run.workers.append(p)
             ws.append(p)
@@ -927,10 +1027,14 @@ def measure(run, kind, spec, n, server_pid):
     for r in results:
         lat.frombytes(r["lat"])
     lat = sorted(lat)
-    out = {"rate": sum(r["count"] for r in results) / secs,
-           "p50_us": percentile(lat, 50) / 1000, "p99_us": percentile(lat, 99) / 1000,
-           "samples": len(lat), "client_procs": procs,
-           "client_cpu_pct": sum(r["cpu"] for r in results) / secs * 100}
+    out = {
+        "rate": sum(r["count"] for r in results) / secs,
+        "p50_us": percentile(lat, 50) / 1000,
+        "p99_us": percentile(lat, 99) / 1000,
+        "samples": len(lat),
+        "client_procs": procs,
+        "client_cpu_pct": sum(r["cpu"] for r in results) / secs * 100,
+    }
     if s0 is not None and s1 is not None:
         out["server_cpu_pct"] = (s1 - s0) / secs * 100
     if kind == "rr":
@@ -940,10 +1044,13 @@ def measure(run, kind, spec, n, server_pid):
         for r in results:
             ack.frombytes(r["ack_lat"])
         ack = sorted(ack)
-        out.update(ack_p50_us=percentile(ack, 50) / 1000, ack_p99_us=percentile(ack, 99) / 1000,
-                   publishes_per_s=sum(r["published_win"] for r in results) / secs,
-                   delivered=sum(r["delivered"] for r in results),
-                   expected=sum(r["expected"] for r in results))
+        out.update(
+            ack_p50_us=percentile(ack, 50) / 1000,
+            ack_p99_us=percentile(ack, 99) / 1000,
+            publishes_per_s=sum(r["published_win"] for r in results) / secs,
+            delivered=sum(r["delivered"] for r in results),
+            expected=sum(r["expected"] for r in results),
+        )
         if out["delivered"] != out["expected"]:
             out["missing"] = out["expected"] - out["delivered"]
     return out
@@ -951,37 +1058,72 @@ def measure(run, kind, spec, n, server_pid):
 
 # --------------------------------------------------------------------- workload specs
 
+
 def spec_ping_netshare(port):
-    return {"port": port, "greeting": 1,
-            "setup": lambda i: [(("LOGIN bench %s\r\n" % USER_PW).encode(), 1, (b"2",), False)],
-            "request": lambda i: b"PING\r\n", "counter": False, "reply_lines": 1, "ok": b"2"}
+    return {
+        "port": port,
+        "greeting": 1,
+        "setup": lambda i: [(("LOGIN bench %s\r\n" % USER_PW).encode(), 1, (b"2",), False)],
+        "request": lambda i: b"PING\r\n",
+        "counter": False,
+        "reply_lines": 1,
+        "ok": b"2",
+    }
 
 
 def spec_ping_plain(port, ok):
-    return {"port": port, "greeting": 0, "setup": lambda i: [],
-            "request": lambda i: b"PING\r\n", "counter": False, "reply_lines": 1, "ok": ok}
+    return {
+        "port": port,
+        "greeting": 0,
+        "setup": lambda i: [],
+        "request": lambda i: b"PING\r\n",
+        "counter": False,
+        "reply_lines": 1,
+        "ok": ok,
+    }
 
 
 def spec_tweet(port):
     line = ('TWEET "%s"\r\n' % PAYLOAD).encode()
-    return {"port": port, "greeting": 1,
-            "setup": lambda i: [(("LOGIN bu%d %s\r\n" % (i, USER_PW)).encode(), 1, (b"2",), True)],
-            "request": lambda i: line, "counter": False, "reply_lines": 1, "ok": b"2"}
+    return {
+        "port": port,
+        "greeting": 1,
+        "setup": lambda i: [(("LOGIN bu%d %s\r\n" % (i, USER_PW)).encode(), 1, (b"2",), True)],
+        "request": lambda i: line,
+        "counter": False,
+        "reply_lines": 1,
+        "ok": b"2",
+    }
 
 
 def spec_add(port, tag):
     def request(i):
-        return ("ADD ssn=%sc%dn%%d name=Bench surname=Peers job=tester salary=100\r\n"
-                % (tag, i)).encode()
-    return {"port": port, "greeting": 1,
-            "setup": lambda i: [(("LOGIN admin %s\r\n" % ADMIN_PW).encode(), 1, (b"2",), False)],
-            "request": request, "counter": True, "reply_lines": 1, "ok": b"2"}
+        return (
+            "ADD ssn=%sc%dn%%d name=Bench surname=Peers job=tester salary=100\r\n" % (tag, i)
+        ).encode()
+
+    return {
+        "port": port,
+        "greeting": 1,
+        "setup": lambda i: [(("LOGIN admin %s\r\n" % ADMIN_PW).encode(), 1, (b"2",), False)],
+        "request": request,
+        "counter": True,
+        "reply_lines": 1,
+        "ok": b"2",
+    }
 
 
 def spec_xadd(port):
     line = ("XADD peers * f %s\r\n" % PAYLOAD).encode()
-    return {"port": port, "greeting": 0, "setup": lambda i: [],
-            "request": lambda i: line, "counter": False, "reply_lines": 2, "ok": b"$"}
+    return {
+        "port": port,
+        "greeting": 0,
+        "setup": lambda i: [],
+        "request": lambda i: line,
+        "counter": False,
+        "reply_lines": 2,
+        "ok": b"$",
+    }
 
 
 def fan_payload():
@@ -990,27 +1132,44 @@ def fan_payload():
 
 
 def spec_fan_netshare(port, tag, window, lag):
-    return {"port": port, "greeting": 1, "setup_window": 16,
-            "setup": lambda i: [(("LOGIN g%ss%d\r\n" % (tag, i)).encode(), 1, (b"2",), True),
-                                (b"SUBSCRIBE #chan\r\n", 1, (b"2",), False)],
-            "pub_setup": lambda i: [(("LOGIN bpub %s\r\n" % USER_PW).encode(), 1, (b"2",), True)],
-            "publish": ('TWEET "%s" #chan\r\n' % fan_payload()).encode(), "ack_ok": b"2",
-            "lpm": 1, "window": window, "lag": lag}
+    return {
+        "port": port,
+        "greeting": 1,
+        "setup_window": 16,
+        "setup": lambda i: [
+            (("LOGIN g%ss%d\r\n" % (tag, i)).encode(), 1, (b"2",), True),
+            (b"SUBSCRIBE #chan\r\n", 1, (b"2",), False),
+        ],
+        "pub_setup": lambda i: [(("LOGIN bpub %s\r\n" % USER_PW).encode(), 1, (b"2",), True)],
+        "publish": ('TWEET "%s" #chan\r\n' % fan_payload()).encode(),
+        "ack_ok": b"2",
+        "lpm": 1,
+        "window": window,
+        "lag": lag,
+    }
 
 
 def spec_fan_redis(port, window, lag):
-    return {"port": port, "greeting": 0, "setup_window": 16,
-            "setup": lambda i: [(b"SUBSCRIBE chan\r\n", 6, (b"*",), False)],
-            "pub_setup": lambda i: [],
-            "publish": ("PUBLISH chan %s\r\n" % fan_payload()).encode(), "ack_ok": b":",
-            "lpm": 7, "window": window, "lag": lag}
+    return {
+        "port": port,
+        "greeting": 0,
+        "setup_window": 16,
+        "setup": lambda i: [(b"SUBSCRIBE chan\r\n", 6, (b"*",), False)],
+        "pub_setup": lambda i: [],
+        "publish": ("PUBLISH chan %s\r\n" % fan_payload()).encode(),
+        "ack_ok": b":",
+        "lpm": 7,
+        "window": window,
+        "lag": lag,
+    }
 
 
 # --------------------------------------------------------------------- results
 
+
 class Results:
     def __init__(self):
-        self.rows = []   # dicts
+        self.rows = []  # dicts
 
     def add(self, workload, clients, server, rep, unit, r):
         d = dict(workload=workload, clients=clients, server=server, rep=rep, unit=unit, **r)
@@ -1024,14 +1183,31 @@ class Results:
                 extra += "  server %3.0f%%" % r["server_cpu_pct"]
         if r.get("missing"):
             extra += "  MISSING %d deliveries" % r["missing"]
-        print("#   %-9s %5s  %-18s rep %d: %12s %s  p50 %s  p99 %s%s"
-              % (workload, clients, server, rep, fmt_num(r["rate"]), unit,
-                 fmt_lat(r.get("p50_us")), fmt_lat(r.get("p99_us")), extra), flush=True)
+        print(
+            "#   %-9s %5s  %-18s rep %d: %12s %s  p50 %s  p99 %s%s"
+            % (
+                workload,
+                clients,
+                server,
+                rep,
+                fmt_num(r["rate"]),
+                unit,
+                fmt_lat(r.get("p50_us")),
+                fmt_lat(r.get("p99_us")),
+                extra,
+            ),
+            flush=True,
+        )
 
     def get(self, workload, clients, server):
-        return sorted((r for r in self.rows if r["workload"] == workload
-                       and r["clients"] == clients and r["server"] == server),
-                      key=lambda r: r["rep"])
+        return sorted(
+            (
+                r
+                for r in self.rows
+                if r["workload"] == workload and r["clients"] == clients and r["server"] == server
+            ),
+            key=lambda r: r["rep"],
+        )
 
 
 def fmt_num(v):
@@ -1082,6 +1258,7 @@ def md_table(rows, header):
 
 # --------------------------------------------------------------------- workloads
 
+
 def rotated(items, rep):
     k = rep % len(items)
     return items[k:] + items[:k]
@@ -1092,9 +1269,11 @@ def run_ping(run, res, clients):
     ns.register(["bench"])
     tw = start_pong(run)
     rd = start_redis(run, "redis-ping", durable=False)
-    targets = [("netshare", spec_ping_netshare(ns.ports["personnel"]), ns.pid),
-               ("twisted", spec_ping_plain(tw.port, b"2"), tw.pid),
-               ("redis", spec_ping_plain(rd.port, b"+"), rd.pid)]
+    targets = [
+        ("netshare", spec_ping_netshare(ns.ports["personnel"]), ns.pid),
+        ("twisted", spec_ping_plain(tw.port, b"2"), tw.pid),
+        ("redis", spec_ping_plain(rd.port, b"+"), rd.pid),
+    ]
     try:
         for rep in range(run.args.reps):
             for n in clients:
@@ -1110,8 +1289,9 @@ def run_durable(run, res, clients, which):
     servers = [("sqlite", Netshare(run, "netshare-durable", ["ttweet", "personnel"]))]
     if run.args.db:
         url = scratch_postgres(run, run.args.db)
-        servers.append(("pg", Netshare(run, "netshare-durable-pg", ["ttweet", "personnel"],
-                                       db=url)))
+        servers.append(
+            ("pg", Netshare(run, "netshare-durable-pg", ["ttweet", "personnel"], db=url))
+        )
     for _, s in servers:
         s.register(["bu%d" % i for i in range(maxn)])
     rd = start_redis(run, "redis-aof", durable=True)
@@ -1162,8 +1342,14 @@ def run_fanout(run, res, clients):
                         spec, pid = spec_fan_netshare(ns.ports["ttweet"], "%d" % k, w, lag), ns.pid
                     else:
                         spec, pid = spec_fan_redis(rd.port, w, lag), rd.pid
-                    res.add("fanout", n, name, rep, "deliveries/s",
-                            measure(run, "fanout", spec, n, pid))
+                    res.add(
+                        "fanout",
+                        n,
+                        name,
+                        rep,
+                        "deliveries/s",
+                        measure(run, "fanout", spec, n, pid),
+                    )
     finally:
         run.stop(ns.proc)
         run.stop(rd)
@@ -1175,7 +1361,7 @@ def make_source(path, size):
     with open(path, "wb") as f:
         left = size
         while left:
-            b = block[:min(left, len(block))]
+            b = block[: min(left, len(block))]
             f.write(b)
             h.update(b)
             left -= len(b)
@@ -1248,7 +1434,7 @@ def ftp_login(port):
 
 def ftp_pasv(c):
     r = c.cmd("PASV", "227")
-    nums = r[r.index("(") + 1:r.index(")")].split(",")
+    nums = r[r.index("(") + 1 : r.index(")")].split(",")
     port = int(nums[4]) * 256 + int(nums[5])
     d = socket.create_connection((LOOPBACK, port), timeout=600)
     return d
@@ -1304,8 +1490,10 @@ def run_files(run, res, which, have_vsftpd):
     src_dir = tempfile.mkdtemp(prefix="netshare-peers-src-", dir=src_base)
     run.dirs.append(src_dir)
     src = os.path.join(src_dir, "src.bin")
-    print("# files: making a %d MiB source in %s (%s)"
-          % (args.size_mib, src_dir, fs_type(src_dir)), flush=True)
+    print(
+        "# files: making a %d MiB source in %s (%s)" % (args.size_mib, src_dir, fs_type(src_dir)),
+        flush=True,
+    )
     sha = make_source(src, size)
     ns = Netshare(run, "netshare-files", ["files"])
     ns.register(["bench"])
@@ -1320,7 +1508,7 @@ def run_files(run, res, which, have_vsftpd):
                     else:
                         target = os.path.join(vs.pub, "up.bin")
                         if os.path.exists(target):
-                            os.unlink(target)   # a fresh file, as netshare's replace makes
+                            os.unlink(target)  # a fresh file, as netshare's replace makes
                         dt = ftp_upload(vs.port, src, size)
                     if "upload" in which:
                         res.add("upload", 1, name, rep, "MB/s", {"rate": size / dt / 1e6})
@@ -1342,16 +1530,30 @@ def run_files(run, res, which, have_vsftpd):
 
 # --------------------------------------------------------------------- report
 
-REFS = {"ping": ["twisted", "redis"], "tweet": ["redis-xadd"], "add": ["redis-xadd"],
-        "fanout": ["redis"], "upload": ["vsftpd"], "download": ["vsftpd"]}
-UNITS = {"ping": "req/s", "tweet": "writes/s", "add": "writes/s", "fanout": "deliveries/s",
-         "upload": "MB/s", "download": "MB/s"}
+REFS = {
+    "ping": ["twisted", "redis"],
+    "tweet": ["redis-xadd"],
+    "add": ["redis-xadd"],
+    "fanout": ["redis"],
+    "upload": ["vsftpd"],
+    "download": ["vsftpd"],
+}
+UNITS = {
+    "ping": "req/s",
+    "tweet": "writes/s",
+    "add": "writes/s",
+    "fanout": "deliveries/s",
+    "upload": "MB/s",
+    "download": "MB/s",
+}
 
 
 def report(res, workloads, reps):
-    print("\n## Results: median [min..max] over %d repetition(s); p50/p99 = median over the"
-          " repetitions; CPU = %% of one core during the window (server: all its threads;"
-          " client: all worker processes together)\n" % reps)
+    print(
+        "\n## Results: median [min..max] over %d repetition(s); p50/p99 = median over the"
+        " repetitions; CPU = %% of one core during the window (server: all its threads;"
+        " client: all worker processes together)\n" % reps
+    )
     rows = []
     for w in workloads:
         keys = []
@@ -1360,39 +1562,69 @@ def report(res, workloads, reps):
                 keys.append((r["clients"], r["server"]))
         for n, server in keys:
             rs = res.get(w, n, server)
-            row = [w, n, server, "%s %s" % (fmt_range([r["rate"] for r in rs]), UNITS[w]),
-                   fmt_lat(med([r.get("p50_us") for r in rs])),
-                   fmt_lat(med([r.get("p99_us") for r in rs]))]
+            row = [
+                w,
+                n,
+                server,
+                "%s %s" % (fmt_range([r["rate"] for r in rs]), UNITS[w]),
+                fmt_lat(med([r.get("p50_us") for r in rs])),
+                fmt_lat(med([r.get("p99_us") for r in rs])),
+            ]
             sc = med([r.get("server_cpu_pct") for r in rs])
             cc = med([r.get("client_cpu_pct") for r in rs])
             row.append("%.0f %%" % sc if sc is not None else "-")
-            row.append("%.0f %% (%d proc)" % (cc, rs[0]["client_procs"])
-                       if cc is not None else "-")
+            row.append(
+                "%.0f %% (%d proc)" % (cc, rs[0]["client_procs"]) if cc is not None else "-"
+            )
             if w == "fanout":
-                row.append("ack p50 %s / p99 %s, %s pub/s" % (
-                    fmt_lat(med([r.get("ack_p50_us") for r in rs])),
-                    fmt_lat(med([r.get("ack_p99_us") for r in rs])),
-                    fmt_num(med([r.get("publishes_per_s") for r in rs]))))
+                row.append(
+                    "ack p50 %s / p99 %s, %s pub/s"
+                    % (
+                        fmt_lat(med([r.get("ack_p50_us") for r in rs])),
+                        fmt_lat(med([r.get("ack_p99_us") for r in rs])),
+                        fmt_num(med([r.get("publishes_per_s") for r in rs])),
+                    )
+                )
                 miss = sum(r.get("missing", 0) for r in rs)
                 if miss:
                     row[-1] += ", %d deliveries MISSING" % miss
             elif any(r.get("unfinished") for r in rs):
-                row.append("%d requests unanswered at the end"
-                           % sum(r.get("unfinished", 0) for r in rs))
+                row.append(
+                    "%d requests unanswered at the end" % sum(r.get("unfinished", 0) for r in rs)
+                )
             else:
                 row.append("")
             rows.append(row)
-    print(md_table(rows, ["workload", "clients", "server", "rate", "p50", "p99", "server CPU",
-                          "client CPU", "notes"]))
+    print(
+        md_table(
+            rows,
+            [
+                "workload",
+                "clients",
+                "server",
+                "rate",
+                "p50",
+                "p99",
+                "server CPU",
+                "client CPU",
+                "notes",
+            ],
+        )
+    )
 
-    print("\n## netshare / reference, paired per repetition: rate median [min..max];"
-          " p50 and p99 as ratios of the medians (lower is better for latency)\n")
+    print(
+        "\n## netshare / reference, paired per repetition: rate median [min..max];"
+        " p50 and p99 as ratios of the medians (lower is better for latency)\n"
+    )
     rows = []
     for w in workloads:
         keys = []
         for r in res.rows:
-            if r["workload"] == w and r["server"].startswith("netshare") \
-                    and (r["clients"], r["server"]) not in keys:
+            if (
+                r["workload"] == w
+                and r["server"].startswith("netshare")
+                and (r["clients"], r["server"]) not in keys
+            ):
                 keys.append((r["clients"], r["server"]))
         for n, server in keys:
             a = {r["rep"]: r for r in res.get(w, n, server)}
@@ -1408,43 +1640,81 @@ def report(res, workloads, reps):
                     y = med([b[k].get(key) for k in reps_both])
                     lat.append("%.1f×" % (x / y) if x and y else "-")
                 rows.append([w, n, server, ref, fmt_range(ratios, pct)] + lat)
-    print(md_table(rows, ["workload", "clients", "netshare", "vs", "rate ratio", "p50 ratio",
-                          "p99 ratio"]))
+    print(
+        md_table(
+            rows, ["workload", "clients", "netshare", "vs", "rate ratio", "p50 ratio", "p99 ratio"]
+        )
+    )
 
 
 # --------------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="1 rep (unless --reps), 1 s windows, 128 MiB files: a couple of minutes")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 rep (unless --reps), 1 s windows, 128 MiB files: a couple of minutes",
+    )
     ap.add_argument("--reps", type=int, help="repetitions (default 3; median of them)")
-    ap.add_argument("--only", default=",".join(WORKLOADS),
-                    help="comma list of: ping, tweet, add, fanout, upload, download "
-                         "(groups: durable = tweet,add; files = upload,download)")
-    ap.add_argument("--clients", help="comma list of client counts for every workload "
-                    "(default: ping and fanout 1,100,1000; tweet and add 1,100)")
+    ap.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma list of: ping, tweet, add, fanout, upload, download "
+        "(groups: durable = tweet,add; files = upload,download)",
+    )
+    ap.add_argument(
+        "--clients",
+        help="comma list of client counts for every workload "
+        "(default: ping and fanout 1,100,1000; tweet and add 1,100)",
+    )
     ap.add_argument("--seconds", type=float, help="measured window per run (default 3; quick 1)")
-    ap.add_argument("--warmup", type=float,
-                    help="warm-up before the window (default 0.5; quick 0.3)")
-    ap.add_argument("--size-mib", type=int, help="file size for upload/download (default 1024; "
-                    "quick 128)")
-    ap.add_argument("--client-procs", type=int, default=0,
-                    help="client worker processes (default: 1 up to 100 connections, else 2)")
-    ap.add_argument("--fanout-window", type=int, default=1,
-                    help="publishes in flight in the fan-out (default 1: wait for each ack)")
-    ap.add_argument("--db", help="also run tweet/add on netshare with this database URL "
-                    "(PostgreSQL: a fresh database is created beside it and dropped)")
-    ap.add_argument("--netshare-tree", default=ROOT,
-                    help="the netshare source tree to run the server from (default: %(default)s)")
-    ap.add_argument("--dir", help="scratch dir for data dirs, redis AOF, vsftpd root: use a real "
-                    "disk (default: $TMPDIR or /tmp)")
-    ap.add_argument("--src-dir", help="where the upload source file goes (default: /dev/shm when "
-                    "it is a tmpfs, else --dir)")
-    ap.add_argument("--install-vsftpd", action="store_true",
-                    help="apt-get install -y vsftpd if it is missing "
-                         "(otherwise its rows are skipped)")
+    ap.add_argument(
+        "--warmup", type=float, help="warm-up before the window (default 0.5; quick 0.3)"
+    )
+    ap.add_argument(
+        "--size-mib", type=int, help="file size for upload/download (default 1024; quick 128)"
+    )
+    ap.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="client worker processes (default: 1 up to 100 connections, else 2)",
+    )
+    ap.add_argument(
+        "--fanout-window",
+        type=int,
+        default=1,
+        help="publishes in flight in the fan-out (default 1: wait for each ack)",
+    )
+    ap.add_argument(
+        "--db",
+        help="also run tweet/add on netshare with this database URL "
+        "(PostgreSQL: a fresh database is created beside it and dropped)",
+    )
+    ap.add_argument(
+        "--netshare-tree",
+        default=ROOT,
+        help="the netshare source tree to run the server from (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--dir",
+        help="scratch dir for data dirs, redis AOF, vsftpd root: use a real "
+        "disk (default: $TMPDIR or /tmp)",
+    )
+    ap.add_argument(
+        "--src-dir",
+        help="where the upload source file goes (default: /dev/shm when "
+        "it is a tmpfs, else --dir)",
+    )
+    ap.add_argument(
+        "--install-vsftpd",
+        action="store_true",
+        help="apt-get install -y vsftpd if it is missing (otherwise its rows are skipped)",
+    )
     ap.add_argument("--max-minutes", type=float, default=120, help="hard bound on the whole run")
     args = ap.parse_args(argv)
     if args.reps is None:
@@ -1467,8 +1737,9 @@ def parse_args(argv=None):
                 only.append(x)
     args.only = only
     if args.src_dir is None:
-        args.src_dir = "/dev/shm" if fs_type("/dev/shm") == "tmpfs" else (args.dir or
-                                                                          tempfile.gettempdir())
+        args.src_dir = (
+            "/dev/shm" if fs_type("/dev/shm") == "tmpfs" else (args.dir or tempfile.gettempdir())
+        )
     args.netshare_tree = os.path.abspath(args.netshare_tree)
     return args
 
@@ -1495,29 +1766,54 @@ def header(args):
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return "?"
+
     tree = args.netshare_tree
     commit = out(["git", "-C", tree, "rev-parse", "--short", "HEAD"])
     dirty = out(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"])
     mod, plugin = check_tree(tree)
     print("# netshare peers benchmark")
-    print("# machine: %s, %d CPUs, load average %s"
-          % (platform.platform(), os.cpu_count(), loadavg()))
+    print(
+        "# machine: %s, %d CPUs, load average %s"
+        % (platform.platform(), os.cpu_count(), loadavg())
+    )
     redis = out(["redis-server", "--version"]).split()
-    print("# python %s; %s %s; twistd %s; netshare CLI %s"
-          % (platform.python_version(), " ".join(redis[:1]), " ".join(redis[2:3]),
-             " ".join(twistd_argv()), " ".join(netshare_cli_argv())))
-    print("# netshare tree %s (commit %s%s; netshare/*.py digest %s); package %s;"
-          " twistd plugin module %s"
-          % (tree, commit, ", with uncommitted changes" if dirty else "", tree_digest(tree),
-             mod, plugin))
+    print(
+        "# python %s; %s %s; twistd %s; netshare CLI %s"
+        % (
+            platform.python_version(),
+            " ".join(redis[:1]),
+            " ".join(redis[2:3]),
+            " ".join(twistd_argv()),
+            " ".join(netshare_cli_argv()),
+        )
+    )
+    print(
+        "# netshare tree %s (commit %s%s; netshare/*.py digest %s); package %s;"
+        " twistd plugin module %s"
+        % (
+            tree,
+            commit,
+            ", with uncommitted changes" if dirty else "",
+            tree_digest(tree),
+            mod,
+            plugin,
+        )
+    )
     base = args.dir or tempfile.gettempdir()
-    print("# scratch (data dirs, AOF, vsftpd root): %s (%s); upload source: %s (%s)"
-          % (base, fs_type(base), args.src_dir, fs_type(args.src_dir)))
+    print(
+        "# scratch (data dirs, AOF, vsftpd root): %s (%s); upload source: %s (%s)"
+        % (base, fs_type(base), args.src_dir, fs_type(args.src_dir))
+    )
     if fs_type(base) in ("tmpfs", "ramfs"):
-        print("# WARNING: the scratch dir is a %s: fsync costs nothing there, the durable "
-              "rows do not measure durability" % fs_type(base))
-    print("# reps %d, window %.1f s after %.1f s warm-up, workloads %s"
-          % (args.reps, args.seconds, args.warmup, ",".join(args.only)), flush=True)
+        print(
+            "# WARNING: the scratch dir is a %s: fsync costs nothing there, the durable "
+            "rows do not measure durability" % fs_type(base)
+        )
+    print(
+        "# reps %d, window %.1f s after %.1f s warm-up, workloads %s"
+        % (args.reps, args.seconds, args.warmup, ",".join(args.only)),
+        flush=True,
+    )
 
 
 def main(argv=None):
@@ -1533,11 +1829,15 @@ def main(argv=None):
     if "upload" in args.only or "download" in args.only:
         have_vsftpd = vsftpd_available(args)
         if not have_vsftpd:
-            print("# NOTE: vsftpd is not installed: the vsftpd rows are skipped "
-                  "(rerun with --install-vsftpd, or apt-get install -y vsftpd)", flush=True)
+            print(
+                "# NOTE: vsftpd is not installed: the vsftpd rows are skipped "
+                "(rerun with --install-vsftpd, or apt-get install -y vsftpd)",
+                flush=True,
+            )
 
     def on_signal(signum, frame):
         raise Stopped("signal %d" % signum)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)
     signal.alarm(int(args.max_minutes * 60))
@@ -1573,8 +1873,10 @@ def main(argv=None):
         report(res, [w for w in WORKLOADS if w in args.only], args.reps)
         if ("upload" in args.only or "download" in args.only) and not have_vsftpd:
             print("\n(vsftpd rows skipped: vsftpd is not installed; --install-vsftpd)")
-    print("\n# wall time %.0f s; load average at the end %s"
-          % (time.monotonic() - t_start, loadavg()))
+    print(
+        "\n# wall time %.0f s; load average at the end %s"
+        % (time.monotonic() - t_start, loadavg())
+    )
     return status
 
 

@@ -42,8 +42,9 @@ def serve_pong(lifetime):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("server", choices=["pong"])
     ap.add_argument("--lifetime", type=float, default=7200.0)
     args = ap.parse_args()

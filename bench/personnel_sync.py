@@ -135,20 +135,55 @@ class Bench:
     # -- processes
 
     def start_server(self):
-        r = subprocess.run([sys.executable, "-m", "netshare.cli", "init", "--data", self.data,
-                            "--db", self.db, "--admin-password", ADMIN_PASSWORD],
-                           cwd=ROOT, env=child_env(), capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "netshare.cli",
+                "init",
+                "--data",
+                self.data,
+                "--db",
+                self.db,
+                "--admin-password",
+                ADMIN_PASSWORD,
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             raise SystemExit("netshare init failed: " + r.stderr)
         out = open(os.path.join(self.dir, "server.log"), "wb")
         self.logs.append(out)
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "--pidfile=", "-n", "netshare", "--data", self.data, "--db", self.db,
-                "--personnel", "tcp:%d:interface=%s" % (self.port, LOOPBACK),
-                "--files", "none", "--ttweet", "none", "--manhole", "none",
-                "--sync-page", str(self.args.sync_page), "--registration", "open"]
-        self.server = subprocess.Popen(args, cwd=ROOT, env=child_env(), stdout=out,
-                                       stderr=subprocess.STDOUT)
+        args = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--pidfile=",
+            "-n",
+            "netshare",
+            "--data",
+            self.data,
+            "--db",
+            self.db,
+            "--personnel",
+            "tcp:%d:interface=%s" % (self.port, LOOPBACK),
+            "--files",
+            "none",
+            "--ttweet",
+            "none",
+            "--manhole",
+            "none",
+            "--sync-page",
+            str(self.args.sync_page),
+            "--registration",
+            "open",
+        ]
+        self.server = subprocess.Popen(
+            args, cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -162,15 +197,18 @@ class Bench:
     def seed(self):
         """P people straight into the server database, one transaction."""
         from netshare.storage.engine import create_engine
+
         try:
             from netshare.storage.roster import thd_demo_people
-        except ImportError:     # a tree from before storage/roster.py
+        except ImportError:  # a tree from before storage/roster.py
             from netshare.storage.personnel import thd_demo_people
         engine = create_engine(self.db)
         try:
             with engine.begin() as conn:
-                people = [("%06d" % i, "Name%d" % i, "Surname%d" % i, "engineer",
-                           str(40000 + i)) for i in range(self.args.people)]
+                people = [
+                    ("%06d" % i, "Name%d" % i, "Surname%d" % i, "engineer", str(40000 + i))
+                    for i in range(self.args.people)
+                ]
                 added = thd_demo_people(conn, people)
         finally:
             engine.dispose()
@@ -187,13 +225,33 @@ class Bench:
             name = "client%d" % i
             log = open(os.path.join(self.dir, name + ".log"), "wb")
             self.logs.append(log)
-            cmd = [sys.executable, "-m", "netshare.clients.personnel", "--port", str(self.port),
-                   "--user", name, "sync", "--db", os.path.join(self.dir, name + ".sqlite"),
-                   "--log-level", self.args.client_log_level, "--log-format", "json",
-                   "--batch-max", str(self.args.batch_max)]
-            self.clients.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log,
-                                                 stderr=subprocess.STDOUT,
-                                                 env=child_env(NETSHARE_PASSWORD="pw-" + name)))
+            cmd = [
+                sys.executable,
+                "-m",
+                "netshare.clients.personnel",
+                "--port",
+                str(self.port),
+                "--user",
+                name,
+                "sync",
+                "--db",
+                os.path.join(self.dir, name + ".sqlite"),
+                "--log-level",
+                self.args.client_log_level,
+                "--log-format",
+                "json",
+                "--batch-max",
+                str(self.args.batch_max),
+            ]
+            self.clients.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(NETSHARE_PASSWORD="pw-" + name),
+                )
+            )
 
     def admin(self):
         c = Conn(self.port)
@@ -232,8 +290,7 @@ class Bench:
         """CPU seconds used so far by the server and by all the clients
         (user + system, from /proc): far less noisy than wall time on a
         shared machine, and it says which side does the work."""
-        return (cpu_seconds(self.server.pid),
-                sum(cpu_seconds(p.pid) for p in self.clients))
+        return (cpu_seconds(self.server.pid), sum(cpu_seconds(p.pid) for p in self.clients))
 
     def applied_window(self, since):
         """(first, last) wall time of the clients' "applied" log events
@@ -273,13 +330,17 @@ class Bench:
         t_done = time.perf_counter()
         cpu1 = self.cpu()
         first, last = self.applied_window(wall0)
-        return {"records": n, "queue_s": t_queued - t0, "total_s": t_done - t0,
-                "records_per_s": n / (t_done - t0),
-                "delivery_per_s": n / (t_done - t_queued),
-                "first_applied_s": None if first is None else round(first - wall0, 3),
-                "last_applied_s": None if last is None else round(last - wall0, 3),
-                "server_cpu_s": round(cpu1[0] - cpu0[0], 3),
-                "clients_cpu_s": round(cpu1[1] - cpu0[1], 3)}
+        return {
+            "records": n,
+            "queue_s": t_queued - t0,
+            "total_s": t_done - t0,
+            "records_per_s": n / (t_done - t0),
+            "delivery_per_s": n / (t_done - t_queued),
+            "first_applied_s": None if first is None else round(first - wall0, 3),
+            "last_applied_s": None if last is None else round(last - wall0, 3),
+            "server_cpu_s": round(cpu1[0] - cpu0[0], 3),
+            "clients_cpu_s": round(cpu1[1] - cpu0[1], 3),
+        }
 
     def verify(self):
         """Every client's SQLite file holds the P people."""
@@ -305,10 +366,14 @@ def reference(kind, rows, directory, clients):
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE personnel (ssn TEXT PRIMARY KEY, name TEXT, surname TEXT, "
-                       "job TEXT, salary TEXT, updated TEXT)")
-            data = [(r["ssn"], r["name"], r["surname"], r["job"], r["salary"], r["updated"])
-                    for r in rows]
+            db.execute(
+                "CREATE TABLE personnel (ssn TEXT PRIMARY KEY, name TEXT, surname TEXT, "
+                "job TEXT, salary TEXT, updated TEXT)"
+            )
+            data = [
+                (r["ssn"], r["name"], r["surname"], r["job"], r["salary"], r["updated"])
+                for r in rows
+            ]
             t0 = time.perf_counter()
             db.execute("BEGIN")
             db.executemany("INSERT INTO personnel VALUES (?,?,?,?,?,?)", data)
@@ -318,11 +383,18 @@ def reference(kind, rows, directory, clients):
             return len(rows), dt
         if kind == "core-executemany":
             import sqlalchemy as sa
+
             engine = sa.create_engine("sqlite:///" + path)
             md = sa.MetaData()
-            t = sa.Table("personnel", md, sa.Column("ssn", sa.String(32), primary_key=True),
-                         *[sa.Column(c, sa.String(255)) for c in
-                           ("name", "surname", "job", "salary", "updated")])
+            t = sa.Table(
+                "personnel",
+                md,
+                sa.Column("ssn", sa.String(32), primary_key=True),
+                *[
+                    sa.Column(c, sa.String(255))
+                    for c in ("name", "surname", "job", "salary", "updated")
+                ],
+            )
             md.create_all(engine)
             t0 = time.perf_counter()
             with engine.begin() as conn:
@@ -332,6 +404,7 @@ def reference(kind, rows, directory, clients):
             return len(rows), dt
         if kind == "localstore-apply":
             from netshare.clients.syncdb import LocalStore
+
             per_client = len(rows) // clients
             msgs = [(i + 1, "SAVE", json.dumps(r)) for i, r in enumerate(rows[:per_client])]
             total, dt = 0, 0.0
@@ -339,7 +412,7 @@ def reference(kind, rows, directory, clients):
                 store = LocalStore(path + ".%d" % c)
                 t0 = time.perf_counter()
                 for i in range(0, len(msgs), 500):
-                    total += store.apply_batch(msgs[i:i + 500])
+                    total += store.apply_batch(msgs[i : i + 500])
                 dt += time.perf_counter() - t0
                 store.close()
                 for suffix in ("", "-wal", "-shm"):
@@ -364,8 +437,9 @@ def fmt(xs, digits=0):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--people", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
@@ -373,14 +447,21 @@ def main():
     ap.add_argument("--dir", help="scratch directory [default: $TMPDIR]")
     ap.add_argument("--sync-page", type=int, default=500)
     ap.add_argument("--batch-max", type=int, default=500)
-    ap.add_argument("--client-log-level", default="info",
-                    help="sync clients' log level (info logs every applied change)")
+    ap.add_argument(
+        "--client-log-level",
+        default="info",
+        help="sync clients' log level (info logs every applied change)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="per repetition")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--quick", action="store_true", help="2000 people, 3 clients, 1 rep")
-    ap.add_argument("--one-client", type=int, metavar="N",
-                    help="the single-client case: N people to one sync client "
-                         "(the goal's case: a 100 000-record push)")
+    ap.add_argument(
+        "--one-client",
+        type=int,
+        metavar="N",
+        help="the single-client case: N people to one sync client "
+        "(the goal's case: a 100 000-record push)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.people, args.clients, args.reps = 2000, 3, 1
@@ -389,13 +470,21 @@ def main():
 
     bench = Bench(args)
     results, refs = [], {k: [] for k in REFERENCES}
-    ref_rows = [{"ssn": "%06d" % i, "name": "Name%d" % i, "surname": "Surname%d" % i,
-                 "job": "engineer", "salary": str(40000 + i),
-                 "updated": "2026-01-01T00:00:00.000Z"}
-                for i in range(args.people)] * 1
+    ref_rows = [
+        {
+            "ssn": "%06d" % i,
+            "name": "Name%d" % i,
+            "surname": "Surname%d" % i,
+            "job": "engineer",
+            "salary": str(40000 + i),
+            "updated": "2026-01-01T00:00:00.000Z",
+        }
+        for i in range(args.people)
+    ] * 1
     # The reference inserts as many rows as the clients apply in total.
-    all_rows = [dict(r, ssn="%s-%d" % (r["ssn"], c)) for c in range(args.clients)
-                for r in ref_rows]
+    all_rows = [
+        dict(r, ssn="%s-%d" % (r["ssn"], c)) for c in range(args.clients) for r in ref_rows
+    ]
     try:
         bench.start_server()
         bench.seed()
@@ -411,9 +500,19 @@ def main():
                 rows = all_rows if kind != "localstore-apply" else ref_rows * args.clients
                 n, dt = reference(kind, rows, bench.dir, args.clients)
                 refs[kind].append(n / dt)
-                print("RESULT " + json.dumps({"kind": kind, "rep": rep, "records": n,
-                                              "seconds": round(dt, 4),
-                                              "records_per_s": round(n / dt)}), flush=True)
+                print(
+                    "RESULT "
+                    + json.dumps(
+                        {
+                            "kind": kind,
+                            "rep": rep,
+                            "records": n,
+                            "seconds": round(dt, 4),
+                            "records_per_s": round(n / dt),
+                        }
+                    ),
+                    flush=True,
+                )
         admin.close()
     finally:
         bench.stop()
@@ -422,35 +521,52 @@ def main():
 
     n = args.people * args.clients
     rates = [r["records_per_s"] for r in results]
-    print("\n### personnel SEND * * of %d people to %d sync clients (%d records), server db %s"
-          % (args.people, args.clients, n, "SQLite" if not args.db else args.db.split(":")[0]))
+    print(
+        "\n### personnel SEND * * of %d people to %d sync clients (%d records), server db %s"
+        % (args.people, args.clients, n, "SQLite" if not args.db else args.db.split(":")[0])
+    )
     print("\n| measure | median [min..max] (n = %d) |" % args.reps)
     print("| --- | --- |")
-    print("| queue (SEND * * -> 200 queued), s | %s |"
-          % fmt([r["queue_s"] for r in results], 3))
-    print("| queue rate (outbox rows written by SEND), rows/s | %s |"
-          % fmt([n / r["queue_s"] for r in results]))
-    print("| until every client acknowledged, s | %s |"
-          % fmt([r["total_s"] for r in results], 3))
+    print("| queue (SEND * * -> 200 queued), s | %s |" % fmt([r["queue_s"] for r in results], 3))
+    print(
+        "| queue rate (outbox rows written by SEND), rows/s | %s |"
+        % fmt([n / r["queue_s"] for r in results])
+    )
+    print("| until every client acknowledged, s | %s |" % fmt([r["total_s"] for r in results], 3))
     print("| netshare end to end (SEND -> all acknowledged), records/s | %s |" % fmt(rates))
-    print("| delivery (200 queued -> all acknowledged), records/s | %s |"
-          % fmt([r["delivery_per_s"] for r in results]))
+    print(
+        "| delivery (200 queued -> all acknowledged), records/s | %s |"
+        % fmt([r["delivery_per_s"] for r in results])
+    )
     if all(r["first_applied_s"] is not None for r in results):
-        print("| first / last batch applied (client log), s after SEND | %s / %s |"
-              % (fmt([r["first_applied_s"] for r in results], 3),
-                 fmt([r["last_applied_s"] for r in results], 3)))
-    print("| server CPU (SEND, delivery, ACKs), s | %s |"
-          % fmt([r["server_cpu_s"] for r in results], 2))
-    print("| sync clients' CPU (all clients), s | %s |"
-          % fmt([r["clients_cpu_s"] for r in results], 2))
+        print(
+            "| first / last batch applied (client log), s after SEND | %s / %s |"
+            % (
+                fmt([r["first_applied_s"] for r in results], 3),
+                fmt([r["last_applied_s"] for r in results], 3),
+            )
+        )
+    print(
+        "| server CPU (SEND, delivery, ACKs), s | %s |"
+        % fmt([r["server_cpu_s"] for r in results], 2)
+    )
+    print(
+        "| sync clients' CPU (all clients), s | %s |"
+        % fmt([r["clients_cpu_s"] for r in results], 2)
+    )
     for kind in REFERENCES:
         ratios = [a / b for a, b in zip(rates, refs[kind], strict=True)]
-        delivery = [r["delivery_per_s"] / b
-                    for r, b in zip(results, refs[kind], strict=True)]
-        print("| reference %s, rows/s | %s (netshare end to end = %.1f %%, delivery = %.1f %% "
-              "of it, paired medians) |"
-              % (kind, fmt(refs[kind]), 100 * statistics.median(ratios),
-                 100 * statistics.median(delivery)))
+        delivery = [r["delivery_per_s"] / b for r, b in zip(results, refs[kind], strict=True)]
+        print(
+            "| reference %s, rows/s | %s (netshare end to end = %.1f %%, delivery = %.1f %% "
+            "of it, paired medians) |"
+            % (
+                kind,
+                fmt(refs[kind]),
+                100 * statistics.median(ratios),
+                100 * statistics.median(delivery),
+            )
+        )
 
 
 if __name__ == "__main__":

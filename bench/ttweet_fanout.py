@@ -66,6 +66,7 @@ def raise_nofile():
 
 # --- the reference server (the anchor's, unchanged in behaviour) ----------
 
+
 def serve_reference():
     raise_nofile()
     from twisted.internet import reactor
@@ -106,6 +107,7 @@ def serve_reference():
 
 # --- processes --------------------------------------------------------------
 
+
 def free_port():
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -137,8 +139,11 @@ def stop(proc):
 
 
 def start_reference():
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-reference"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve-reference"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line.startswith("PORT"):
         stop(proc)
@@ -150,21 +155,52 @@ def start_netshare(workdir, db, max_conns, batch_interval):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     data = os.path.join(workdir, "data")
-    init = [sys.executable, "-m", "netshare.cli", "init", "--data", data,
-            "--admin-password", "bench-admin"]
+    init = [
+        sys.executable,
+        "-m",
+        "netshare.cli",
+        "init",
+        "--data",
+        data,
+        "--admin-password",
+        "bench-admin",
+    ]
     if db:
         init += ["--db", db]
     r = subprocess.run(init, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if r.returncode:
         raise RuntimeError("netshare init failed: %s" % r.stderr.strip())
     port = free_port()
-    args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--pidfile=", "-n", "netshare", "--data", data,
-            "--ttweet", "tcp:%d:interface=%s" % (port, LOOPBACK),
-            "--personnel", "none", "--files", "none", "--manhole", "none",
-            "--flood-burst", "1000000000", "--flood-rate", "1000000000",
-            "--flood-address-burst", "1000000000", "--flood-address-rate", "1000000000",
-            "--max-connections", str(max_conns), "--max-per-ip", str(max_conns)]
+    args = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--pidfile=",
+        "-n",
+        "netshare",
+        "--data",
+        data,
+        "--ttweet",
+        "tcp:%d:interface=%s" % (port, LOOPBACK),
+        "--personnel",
+        "none",
+        "--files",
+        "none",
+        "--manhole",
+        "none",
+        "--flood-burst",
+        "1000000000",
+        "--flood-rate",
+        "1000000000",
+        "--flood-address-burst",
+        "1000000000",
+        "--flood-address-rate",
+        "1000000000",
+        "--max-connections",
+        str(max_conns),
+        "--max-per-ip",
+        str(max_conns),
+    ]
     if db:
         args += ["--db", db]
     if batch_interval:
@@ -177,6 +213,7 @@ def start_netshare(workdir, db, max_conns, batch_interval):
 
 
 # --- the harness ------------------------------------------------------------
+
 
 def cpu_seconds(pid):
     """User + system CPU time of a process so far (Linux /proc), or None."""
@@ -198,7 +235,7 @@ class Reference:
     def subscribe(self, socks, run):
         for s in socks:
             s.sendall(b"SUB chan\n")
-        return 1                                  # "+OK"
+        return 1  # "+OK"
 
     def publisher(self, sock, run):
         return 0
@@ -217,11 +254,11 @@ class Netshare:
     def subscribe(self, socks, run):
         for i, s in enumerate(socks):
             s.sendall(b"LOGIN b%ds%d\r\nSUBSCRIBE #chan\r\n" % (run, i))
-        return 3                                  # 220, 230, 200
+        return 3  # 220, 230, 200
 
     def publisher(self, sock, run):
         sock.sendall(b"LOGIN b%dp\r\n" % (run,))
-        return 2                                  # 220, 230
+        return 2  # 220, 230
 
     def publish_line(self):
         return ('TWEET "%s" #chan\r\n' % (PAYLOAD,)).encode()
@@ -265,7 +302,7 @@ def run_fanout(target, n, mode, burst, max_msgs, seconds, run, gate_acks):
     w = burst if mode == "throughput" else 1
     batch = target.publish_line() * w
     remaining = dict.fromkeys(subs, 0)
-    sent_at = []            # publish time of every message, in order
+    sent_at = []  # publish time of every message, in order
     acked = 0
     ack_lat, lat, done_lat = [], [], []
     published = 0
@@ -331,8 +368,11 @@ def run_fanout(target, n, mode, burst, max_msgs, seconds, run, gate_acks):
         s.close()
     sel.close()
     time.sleep(0.2)  # let the server drop the closed connections
-    out = {"delivered_per_s": n * published / dt, "messages": published,
-           "harness_cpu_pct": (own1 - own0) / dt * 100}
+    out = {
+        "delivered_per_s": n * published / dt,
+        "messages": published,
+        "harness_cpu_pct": (own1 - own0) / dt * 100,
+    }
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_pct"] = (cpu1 - cpu0) / dt * 100
         out["server_cpu_us_per_delivery"] = (cpu1 - cpu0) * 1e6 / max(1, n * published)
@@ -341,12 +381,17 @@ def run_fanout(target, n, mode, burst, max_msgs, seconds, run, gate_acks):
     if mode == "latency":
         lat.sort()
         done_lat.sort()
-        out.update(p50_us=percentile(lat, 50), p99_us=percentile(lat, 99),
-                   all_p50_us=percentile(done_lat, 50), all_p99_us=percentile(done_lat, 99))
+        out.update(
+            p50_us=percentile(lat, 50),
+            p99_us=percentile(lat, 99),
+            all_p50_us=percentile(done_lat, 50),
+            all_p99_us=percentile(done_lat, 99),
+        )
     return out
 
 
 # --- statistics and tables --------------------------------------------------
+
 
 def percentile(sorted_values, p):
     if not sorted_values:
@@ -361,8 +406,11 @@ def fmt_summary(values, digits=0):
     if not values:
         return "n/a"
     f = "{:,.%df}" % digits
-    return "%s [%s..%s]" % (f.format(statistics.median(values)), f.format(min(values)),
-                            f.format(max(values)))
+    return "%s [%s..%s]" % (
+        f.format(statistics.median(values)),
+        f.format(min(values)),
+        f.format(max(values)),
+    )
 
 
 def table(rows, header):
@@ -372,22 +420,36 @@ def table(rows, header):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--serve-reference", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--subs", default="1,100,1000")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--quick", action="store_true",
-                    help="one rep of 0.4 s per measurement (finishes in under a minute)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="one rep of 0.4 s per measurement (finishes in under a minute)",
+    )
     ap.add_argument("--db", help="netshare database URL (default: SQLite in a temp dir)")
-    ap.add_argument("--batch-interval", type=float, default=None,
-                    help="netshare --ttweet-batch-interval (default: the server's default)")
-    ap.add_argument("--gate-acks", action="store_true",
-                    help="also wait for the publisher's acknowledgements before the next burst")
+    ap.add_argument(
+        "--batch-interval",
+        type=float,
+        default=None,
+        help="netshare --ttweet-batch-interval (default: the server's default)",
+    )
+    ap.add_argument(
+        "--gate-acks",
+        action="store_true",
+        help="also wait for the publisher's acknowledgements before the next burst",
+    )
     ap.add_argument("--targets", default="reference,netshare")
-    ap.add_argument("--netshare-port", type=int,
-                    help="use a netshare already listening on this port (e.g. under a profiler)")
+    ap.add_argument(
+        "--netshare-port",
+        type=int,
+        help="use a netshare already listening on this port (e.g. under a profiler)",
+    )
     ap.add_argument("--netshare-pid", type=int, help="its process id (for the CPU columns)")
     args = ap.parse_args()
     if args.serve_reference:
@@ -418,23 +480,47 @@ def main():
             for n in ns:
                 for mode in ("throughput", "latency"):
                     burst = max(20, min(2000, 20000 // n))
-                    max_msgs = (2_000_000 // n) if mode == "throughput" \
+                    max_msgs = (
+                        (2_000_000 // n)
+                        if mode == "throughput"
                         else max(200, 2000 // max(1, n // 10))
+                    )
                     for name in names:
                         run += 1
-                        r = run_fanout(targets[name], n, mode, burst, max_msgs, args.seconds,
-                                       run, args.gate_acks)
+                        r = run_fanout(
+                            targets[name],
+                            n,
+                            mode,
+                            burst,
+                            max_msgs,
+                            args.seconds,
+                            run,
+                            args.gate_acks,
+                        )
                         res.setdefault((mode, n, name), []).append(r)
-                        print("RESULT " + json.dumps(dict(
-                            mode=mode, subscribers=n, target=name, rep=rep, burst=burst,
-                            **{k: round(v, 1) for k, v in r.items()})), flush=True)
+                        print(
+                            "RESULT "
+                            + json.dumps(
+                                dict(
+                                    mode=mode,
+                                    subscribers=n,
+                                    target=name,
+                                    rep=rep,
+                                    burst=burst,
+                                    **{k: round(v, 1) for k, v in r.items()},
+                                )
+                            ),
+                            flush=True,
+                        )
     finally:
         for p in procs:
             stop(p)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print("\n### ttweet fan-out, delivered messages/s, median [min..max] over %d rep(s)"
-          " (100-character message)\n" % args.reps)
+    print(
+        "\n### ttweet fan-out, delivered messages/s, median [min..max] over %d rep(s)"
+        " (100-character message)\n" % args.reps
+    )
     rows = []
     for n in ns:
         row = [n, max(20, min(2000, 20000 // n))]
@@ -442,21 +528,40 @@ def main():
             row.append(fmt_summary([r["delivered_per_s"] for r in res[("throughput", n, name)]]))
         if len(names) == 2:
             a, b = res[("throughput", n, "netshare")], res[("throughput", n, "reference")]
-            row.append(fmt_summary([x["delivered_per_s"] / y["delivered_per_s"] * 100
-                                    for x, y in zip(a, b, strict=True)]) + " %")
+            row.append(
+                fmt_summary(
+                    [
+                        x["delivered_per_s"] / y["delivered_per_s"] * 100
+                        for x, y in zip(a, b, strict=True)
+                    ]
+                )
+                + " %"
+            )
         rows.append(row)
-    header = ["subscribers", "burst"] + names + (["netshare/reference (paired)"]
-                                                 if len(names) == 2 else [])
+    header = (
+        ["subscribers", "burst"]
+        + names
+        + (["netshare/reference (paired)"] if len(names) == 2 else [])
+    )
     print(table(rows, header))
-    print("\n### Server CPU per delivery in throughput mode (us, median [min..max]; "
-          "both threads of the process, less sensitive to a busy machine than rates)\n")
+    print(
+        "\n### Server CPU per delivery in throughput mode (us, median [min..max]; "
+        "both threads of the process, less sensitive to a busy machine than rates)\n"
+    )
     rows = []
     for n in ns:
         row = [n]
         for name in names:
-            row.append(fmt_summary([r["server_cpu_us_per_delivery"]
-                                    for r in res[("throughput", n, name)]
-                                    if "server_cpu_us_per_delivery" in r], 2))
+            row.append(
+                fmt_summary(
+                    [
+                        r["server_cpu_us_per_delivery"]
+                        for r in res[("throughput", n, name)]
+                        if "server_cpu_us_per_delivery" in r
+                    ],
+                    2,
+                )
+            )
         rows.append(row)
     print(table(rows, ["subscribers"] + names))
     print("\n### Delivery latency, one message in flight (us, median of reps)\n")
@@ -467,17 +572,51 @@ def main():
 
             def med(k, rs=rs):
                 return "%.0f" % statistics.median([r[k] for r in rs])
-            rows.append([n, name, med("p50_us"), med("p99_us"), med("all_p50_us"),
-                         med("all_p99_us"), med("ack_p50_us"), med("ack_p99_us")])
-    print(table(rows, ["subscribers", "server", "delivery p50", "delivery p99", "all-N p50",
-                       "all-N p99", "ack p50", "ack p99"]))
+
+            rows.append(
+                [
+                    n,
+                    name,
+                    med("p50_us"),
+                    med("p99_us"),
+                    med("all_p50_us"),
+                    med("all_p99_us"),
+                    med("ack_p50_us"),
+                    med("ack_p99_us"),
+                ]
+            )
+    print(
+        table(
+            rows,
+            [
+                "subscribers",
+                "server",
+                "delivery p50",
+                "delivery p99",
+                "all-N p50",
+                "all-N p99",
+                "ack p50",
+                "ack p99",
+            ],
+        )
+    )
     if len(names) == 2:
         print("\n### all-N p99 ratio netshare/reference (paired, %)\n")
         rows = []
         for n in ns:
             a, b = res[("latency", n, "netshare")], res[("latency", n, "reference")]
-            rows.append([n, fmt_summary([x["all_p99_us"] / y["all_p99_us"] * 100
-                                         for x, y in zip(a, b, strict=True)]) + " %"])
+            rows.append(
+                [
+                    n,
+                    fmt_summary(
+                        [
+                            x["all_p99_us"] / y["all_p99_us"] * 100
+                            for x, y in zip(a, b, strict=True)
+                        ]
+                    )
+                    + " %",
+                ]
+            )
         print(table(rows, ["subscribers", "all-N p99 netshare/reference"]))
 
 

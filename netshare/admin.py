@@ -71,8 +71,11 @@ class Helpers:
         """help() lists the helpers; help(x) shows x's documentation."""
         if obj is not None:
             return _Text(pydoc.plain(pydoc.render_doc(obj)))
-        lines = ["netshare admin shell: every helper returns data or a Deferred (printed "
-                 "when it fires).", ""]
+        lines = [
+            "netshare admin shell: every helper returns data or a Deferred (printed "
+            "when it fires).",
+            "",
+        ]
         for name in HELPERS:
             doc = (getattr(self, name).__doc__ or "").strip().splitlines()[0]
             lines.append("  %-16s %s" % (name, doc))
@@ -151,8 +154,9 @@ class Helpers:
         return [a.to_wire() for a in await self.runtime.accounts.list()]
 
     @deferred
-    async def account_add(self, name: str, password: str,
-                          admin: bool = False) -> dict[str, object]:
+    async def account_add(
+        self, name: str, password: str, admin: bool = False
+    ) -> dict[str, object]:
         """Create an account (role admin with admin=True)."""
         account = await self.runtime.accounts.add(name, password, "admin" if admin else "user")
         return account.to_wire()
@@ -164,15 +168,20 @@ class Helpers:
         return "ok"
 
     @deferred
-    async def account_remove(self, name: str,
-                             transfer_files_to: str | None = None) -> dict[str, object]:
+    async def account_remove(
+        self, name: str, transfer_files_to: str | None = None
+    ) -> dict[str, object]:
         """Remove an account: its files are deleted (or given to the account
         transfer_files_to), its timeline and pending sync records dropped,
         its history kept for admins; its connections are closed."""
         r = await self.runtime.accounts.remove(name, transfer_files_to)
-        return {"removed": r.account.name, "files_deleted": r.files_deleted,
-                "files_transferred": r.files_transferred, "timeline_deleted": r.timeline_deleted,
-                "sync_messages_deleted": r.sync_messages_deleted}
+        return {
+            "removed": r.account.name,
+            "files_deleted": r.files_deleted,
+            "files_transferred": r.files_transferred,
+            "timeline_deleted": r.timeline_deleted,
+            "sync_messages_deleted": r.sync_messages_deleted,
+        }
 
     # -- history
 
@@ -206,10 +215,29 @@ class Helpers:
         return {**hub.stats(), "online": hub.online_users()}
 
 
-HELPERS = ("help", "stats", "connections", "show", "personnel", "clients", "messages", "send",
-           "send_to_all", "send_all", "remove", "remove_from_all", "remove_all", "accounts",
-           "account_add", "account_passwd", "account_remove", "history", "history_clear",
-           "files", "ttweet")
+HELPERS = (
+    "help",
+    "stats",
+    "connections",
+    "show",
+    "personnel",
+    "clients",
+    "messages",
+    "send",
+    "send_to_all",
+    "send_all",
+    "remove",
+    "remove_from_all",
+    "remove_all",
+    "accounts",
+    "account_add",
+    "account_passwd",
+    "account_remove",
+    "history",
+    "history_clear",
+    "files",
+    "ttweet",
+)
 
 
 #: The helpers taking a password (after their first argument): the shell
@@ -240,6 +268,11 @@ def namespace(runtime: AdminRuntime, user: str) -> dict[str, object]:
     """A fresh namespace for one shell session."""
     helpers = Helpers(runtime, user)
     ns: dict[str, object] = {name: getattr(helpers, name) for name in HELPERS}
-    ns.update(runtime=runtime, config=runtime.config, services=dict(runtime.apps),
-              whoami=user, __name__="netshare-admin")
+    ns.update(
+        runtime=runtime,
+        config=runtime.config,
+        services=dict(runtime.apps),
+        whoami=user,
+        __name__="netshare-admin",
+    )
     return ns

@@ -36,8 +36,10 @@ def _connection_parent(default: str | None = None) -> argparse.ArgumentParser:
     # with SUPPRESS defaults, so they never overwrite `netshare --data D init`.
     p = argparse.ArgumentParser(add_help=False, argument_default=default)
     p.add_argument("--data", help="data directory [default: var; env NETSHARE_DATA]")
-    p.add_argument("--db", help="database URL [default: sqlite:///netshare.db in the data dir; "
-                                "env NETSHARE_DB]")
+    p.add_argument(
+        "--db",
+        help="database URL [default: sqlite:///netshare.db in the data dir; env NETSHARE_DB]",
+    )
     p.add_argument("--config", help="config file [env NETSHARE_CONFIG]")
     return p
 
@@ -45,16 +47,20 @@ def _connection_parent(default: str | None = None) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     top = _connection_parent()
     common = _connection_parent(argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(prog="netshare", parents=[top],
-                                     description="netshare operator commands")
+    parser = argparse.ArgumentParser(
+        prog="netshare", parents=[top], description="netshare operator commands"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", parents=[common], help="create data dir, schema, TLS, admin")
     # Kept for scripts and tests, hidden from --help: `ps` shows it to every
     # local user (and using it says so).
     init.add_argument("--admin-password", help=argparse.SUPPRESS)
-    init.add_argument("--ask-admin-password", action="store_true",
-                      help="ask for the admin password (default: NETSHARE_PASSWORD if set, "
-                           "else a random one, printed once)")
+    init.add_argument(
+        "--ask-admin-password",
+        action="store_true",
+        help="ask for the admin password (default: NETSHARE_PASSWORD if set, "
+        "else a random one, printed once)",
+    )
     init.add_argument("--demo", action="store_true", help="add sample personnel and users")
     user = sub.add_parser("user", parents=[common], help="manage accounts")
     usub = user.add_subparsers(dest="action", required=True)
@@ -63,25 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="role admin (default: user)")
     pw = usub.add_parser("passwd", parents=[common], help="set an account's password")
     pw.add_argument("name")
-    rm = usub.add_parser("remove", parents=[common],
-                         help="remove an account: its files are deleted (or given to another "
-                              "account), its timeline and pending sync records dropped, its "
-                              "history kept for admins until the retention period")
+    rm = usub.add_parser(
+        "remove",
+        parents=[common],
+        help="remove an account: its files are deleted (or given to another "
+        "account), its timeline and pending sync records dropped, its "
+        "history kept for admins until the retention period",
+    )
     rm.add_argument("name")
-    rm.add_argument("--transfer-files-to", metavar="ACCOUNT",
-                    help="give the account's files to ACCOUNT instead of deleting them")
+    rm.add_argument(
+        "--transfer-files-to",
+        metavar="ACCOUNT",
+        help="give the account's files to ACCOUNT instead of deleting them",
+    )
     usub.add_parser("list", parents=[common], help="list accounts")
-    usub.add_parser("penalties", parents=[common],
-                    help="accounts and addresses whose logins are slowed down or locked")
-    ul = usub.add_parser("unlock", parents=[common],
-                         help="lift the login penalties of an account or a client address")
+    usub.add_parser(
+        "penalties",
+        parents=[common],
+        help="accounts and addresses whose logins are slowed down or locked",
+    )
+    ul = usub.add_parser(
+        "unlock",
+        parents=[common],
+        help="lift the login penalties of an account or a client address",
+    )
     ul.add_argument("who", help="an account name or an IP address")
     db = sub.add_parser("db", parents=[common], help="database schema")
     dsub = db.add_subparsers(dest="action", required=True)
     dsub.add_parser("upgrade", parents=[common], help="migrate the schema to this version")
-    dsub.add_parser("check", parents=[common],
-                    help="is the schema current, and does every file have its content "
-                         "and every content a file? (exit 1 if not)")
+    dsub.add_parser(
+        "check",
+        parents=[common],
+        help="is the schema current, and does every file have its content "
+        "and every content a file? (exit 1 if not)",
+    )
     return parser
 
 
@@ -126,9 +147,11 @@ def cmd_init(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     if given is not None:
         check_password(given)  # before anything is created
     if args.admin_password is not None:
-        sys.stderr.write("netshare: warning: --admin-password shows the password to anyone who "
-                         "can list processes; prefer NETSHARE_PASSWORD or "
-                         "--ask-admin-password\n")
+        sys.stderr.write(
+            "netshare: warning: --admin-password shows the password to anyone who "
+            "can list processes; prefer NETSHARE_PASSWORD or "
+            "--ask-admin-password\n"
+        )
     changed = []
     if not os.path.isdir(cfg.data):
         os.makedirs(cfg.data, mode=0o700)
@@ -141,11 +164,14 @@ def cmd_init(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         if not os.path.isdir(path):
             os.makedirs(path, mode=0o700)
     tls_dir = os.path.join(cfg.data, "tls")
-    if not all(os.path.exists(os.path.join(tls_dir, f)) for f in ("ca.pem", "cert.pem",
-                                                                  "key.pem")):
+    if not all(
+        os.path.exists(os.path.join(tls_dir, f)) for f in ("ca.pem", "cert.pem", "key.pem")
+    ):
         ca, cert, _ = make_certificates(tls_dir)
-        changed.append("created TLS certificate %s for localhost, signed by the local CA %s "
-                       "(clients: --cafile %s)" % (cert, ca, ca))
+        changed.append(
+            "created TLS certificate %s for localhost, signed by the local CA %s "
+            "(clients: --cafile %s)" % (cert, ca, ca)
+        )
     hostkey = os.path.join(cfg.data, "ssh_host_key")
     if not os.path.exists(hostkey):
         make_ssh_host_key(hostkey)
@@ -160,15 +186,21 @@ def cmd_init(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
             if admin is None:
                 password = given or secrets.token_urlsafe(12)
                 check_password(password)
-                account_store.thd_create(conn, "admin", "admin",
-                           hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+                account_store.thd_create(
+                    conn,
+                    "admin",
+                    "admin",
+                    hash_password_sync(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p),
+                )
                 changed.append("created account admin (admin)")
                 if given is None:
                     out.write("admin password (shown once): %s\n" % password)
         demo = _demo(engine, cfg) if args.demo else []
         if demo and cfg.registration != "open":
-            demo.append("registration stays closed: start the server with "
-                        "--registration open to let anyone REGISTER")
+            demo.append(
+                "registration stays closed: start the server with "
+                "--registration open to let anyone REGISTER"
+            )
         changed.extend(demo)
     finally:
         engine.dispose()
@@ -186,13 +218,18 @@ def _demo(engine: sa.Engine, cfg: Config) -> list[str]:
     with engine.begin() as conn:
         for name in ("alice", "bob", "client1", "client2"):
             if account_store.thd_get(conn, name) is None:
-                account_store.thd_create(conn, name, "user",
-                           hash_password_sync(name + "-demo", cfg.scrypt_n, cfg.scrypt_r,
-                                              cfg.scrypt_p))
+                account_store.thd_create(
+                    conn,
+                    name,
+                    "user",
+                    hash_password_sync(name + "-demo", cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p),
+                )
                 done.append("created demo account %s (password %s-demo)" % (name, name))
-    people = [("123-45-6789", "Ada", "Lovelace", "engineer", "120000"),
-              ("987-65-4321", "Grace", "Hopper", "admiral", "150000"),
-              ("555-12-3456", "Alan", "Turing", "researcher", "110000")]
+    people = [
+        ("123-45-6789", "Ada", "Lovelace", "engineer", "120000"),
+        ("987-65-4321", "Grace", "Hopper", "admiral", "150000"),
+        ("555-12-3456", "Alan", "Turing", "researcher", "110000"),
+    ]
     with engine.begin() as conn:
         added = thd_demo_people(conn, people)
     if added:
@@ -214,18 +251,25 @@ def cmd_user(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
                 return _penalties(account_store.thd_login_penalties(conn, now_ms(), policy), out)
             if args.action == "unlock":
                 n = account_store.thd_lift_penalty(conn, args.who)
-                out.write("lifted the login penalties of %s (%d)\n" % (args.who, n) if n
-                          else "%s had no login penalties\n" % (args.who,))
+                out.write(
+                    "lifted the login penalties of %s (%d)\n" % (args.who, n)
+                    if n
+                    else "%s had no login penalties\n" % (args.who,)
+                )
                 return 0
             if args.action == "remove":
                 removed = account_store.thd_remove(conn, args.name, args.transfer_files_to)
         if args.action == "remove":
-            _unlink_blobs(cfg, removed.blob_ids)   # only once the removal has committed
-            files = ("%d given to %s" % (removed.files_transferred, args.transfer_files_to)
-                     if args.transfer_files_to else "%d deleted" % removed.files_deleted)
-            out.write("removed %s (files: %s; pending sync records: %d dropped; history kept "
-                      "for admins)\n" % (removed.account.name, files,
-                                          removed.sync_messages_deleted))
+            _unlink_blobs(cfg, removed.blob_ids)  # only once the removal has committed
+            files = (
+                "%d given to %s" % (removed.files_transferred, args.transfer_files_to)
+                if args.transfer_files_to
+                else "%d deleted" % removed.files_deleted
+            )
+            out.write(
+                "removed %s (files: %s; pending sync records: %d dropped; history kept "
+                "for admins)\n" % (removed.account.name, files, removed.sync_messages_deleted)
+            )
             return 0
         check_username(args.name)
         password = _read_password("Password for %s: " % args.name)
@@ -256,8 +300,10 @@ def _penalties(rows: list[dict], out: TextIO) -> int:
     for r in rows:
         locked = "locked for %d s" % r["locked_for"] if r["locked_for"] else "-"
         kind = "account" if r["key"].startswith("account:") else "address"
-        out.write("%-40s %9.1f %8.0fs %s\n" % ("%s %s" % (kind, r["who"]), r["failures"],
-                                              r["delay"], locked))
+        out.write(
+            "%-40s %9.1f %8.0fs %s\n"
+            % ("%s %s" % (kind, r["who"]), r["failures"], r["delay"], locked)
+        )
     return 0
 
 
@@ -279,12 +325,17 @@ def cmd_db(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
     try:
         if args.action == "upgrade":
             before, after = migrate.upgrade(engine)
-            out.write("schema %s -> %s\n" % (before or "empty", after) if before != after
-                      else "schema already current (%s)\n" % after)
+            out.write(
+                "schema %s -> %s\n" % (before or "empty", after)
+                if before != after
+                else "schema already current (%s)\n" % after
+            )
             return 0
         state = migrate.status(engine)
-        out.write("schema %s (database %s, this netshare %s)\n"
-                  % (state, migrate.current(engine) or "none", migrate.head()))
+        out.write(
+            "schema %s (database %s, this netshare %s)\n"
+            % (state, migrate.current(engine) or "none", migrate.head())
+        )
         if state != "current":
             return 1
         return 0 if _check_files(cfg, engine, out) else 1

@@ -40,9 +40,22 @@ class ConfigError(ValueError):
 # --- value parsers: each takes the raw string and returns the value or
 # raises ValueError with a short reason.
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
-               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4,
-               "tb": 1024**4, "tib": 1024**4}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def size(text: str) -> int:
@@ -147,6 +160,7 @@ def choice(*options: str) -> Callable[[str], str]:
         if t not in options:
             raise ValueError("expected one of: " + ", ".join(options))
         return t
+
     parse.__doc__ = "one of " + ", ".join(options)
     return parse
 
@@ -160,6 +174,7 @@ def endpoint(text: str) -> str | None:
     # importing this module (twistd's plugin listing, the tap's Options) need not pay.
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
+
     try:
         serverFromString(MemoryReactor(), t)
     except Exception as e:
@@ -189,7 +204,7 @@ def optional_path(value: str) -> str | None:
     return v or None
 
 
-SETTING = "netshare.setting"   # the key of a Config field's metadata
+SETTING = "netshare.setting"  # the key of a Config field's metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +212,11 @@ class Setting:
     """One setting as the option parser, the environment and the config file
     see it (derived from its L{Config} field)."""
 
-    name: str          # Config attribute and --option (underscores become dashes)
-    section: str       # config-file section
-    key: str           # config-file key inside that section
+    name: str  # Config attribute and --option (underscores become dashes)
+    section: str  # config-file section
+    key: str  # config-file key inside that section
     parse: Callable[[str], Any]
-    default: str       # as text, parsed like any other source
+    default: str  # as text, parsed like any other source
     help: str
 
     @property
@@ -213,8 +228,14 @@ class Setting:
         return "NETSHARE_" + self.name.upper()
 
 
-def setting(section: str, parse: Callable[[str], T], default_text: str, help: str, *,
-            key: str | None = None) -> T:
+def setting(
+    section: str,
+    parse: Callable[[str], T],
+    default_text: str,
+    help: str,
+    *,
+    key: str | None = None,
+) -> T:
     """
     Declare one L{Config} field: read from C{[section] key} of the config
     file (C{key} defaults to the field's name), checked and converted by
@@ -222,8 +243,7 @@ def setting(section: str, parse: Callable[[str], T], default_text: str, help: st
     returning what C{parse} returns, so the type checker holds the field's
     annotation to its parser.
     """
-    spec = {"section": section, "key": key, "parse": parse, "default": default_text,
-            "help": help}
+    spec = {"section": section, "key": key, "parse": parse, "default": default_text, "help": help}
     return dataclasses.field(metadata={SETTING: spec})
 
 
@@ -239,161 +259,356 @@ class Config:
 
     # general
     data: str = setting("netshare", text, "var", "data directory (database, files, TLS, logs)")
-    db: str = setting("netshare", text, "sqlite:///netshare.db",
-        "database URL (sqlite:///relative/to/data, postgresql+psycopg://..., "
-        "mysql+pymysql://...)")
-    db_threads: int = setting("netshare", positive_int, "5",
-        "database worker threads for PostgreSQL/MariaDB (SQLite always uses 1)")
-    db_timeout: float = setting("netshare", seconds, "15",
+    db: str = setting(
+        "netshare",
+        text,
+        "sqlite:///netshare.db",
+        "database URL (sqlite:///relative/to/data, postgresql+psycopg://..., mysql+pymysql://...)",
+    )
+    db_threads: int = setting(
+        "netshare",
+        positive_int,
+        "5",
+        "database worker threads for PostgreSQL/MariaDB (SQLite always uses 1)",
+    )
+    db_timeout: float = setting(
+        "netshare",
+        seconds,
+        "15",
         "a database call still running after this long answers 451 (a silently dead "
-        "connection must not hang clients)")
-    sqlite_synchronous: str = setting("netshare", choice("full", "normal", "extra"), "full",
-        "SQLite synchronous pragma (full: an acknowledged write survives power loss)")
-    registration: str = setting("netshare", choice("open", "closed"), "closed",
+        "connection must not hang clients)",
+    )
+    sqlite_synchronous: str = setting(
+        "netshare",
+        choice("full", "normal", "extra"),
+        "full",
+        "SQLite synchronous pragma (full: an acknowledged write survives power loss)",
+    )
+    registration: str = setting(
+        "netshare",
+        choice("open", "closed"),
+        "closed",
         "whether REGISTER creates accounts (closed: an operator creates them, with `netshare "
-        "user add` or the manhole)")
+        "user add` or the manhole)",
+    )
     log_format: str = setting("netshare", choice("text", "json"), "text", "console log format")
-    log_max_bytes: int = setting("netshare", size, "10MiB",
-        "rotate the JSON log file (data/logs/netshare.jsonl) at this size")
+    log_max_bytes: int = setting(
+        "netshare",
+        size,
+        "10MiB",
+        "rotate the JSON log file (data/logs/netshare.jsonl) at this size",
+    )
     log_keep: int = setting("netshare", positive_int, "5", "rotated JSON log files to keep")
-    shutdown_timeout: float = setting("netshare", seconds, "8",
-        "on SIGTERM, how long to wait for pending work before closing connections")
+    shutdown_timeout: float = setting(
+        "netshare",
+        seconds,
+        "8",
+        "on SIGTERM, how long to wait for pending work before closing connections",
+    )
 
     # limits (docs/protocol.md section 1.5)
     max_line: int = setting("netshare", positive_int, "4096", "maximum command line, bytes")
-    idle_timeout: float = setting("netshare", seconds, "300",
-        "close a connection after this long without a complete command")
-    tls_handshake_timeout: float = setting("netshare", seconds, "10",
-        "close a TLS connection whose handshake has not finished after this long")
-    login_timeout: float = setting("netshare", seconds, "30",
+    idle_timeout: float = setting(
+        "netshare", seconds, "300", "close a connection after this long without a complete command"
+    )
+    tls_handshake_timeout: float = setting(
+        "netshare",
+        seconds,
+        "10",
+        "close a TLS connection whose handshake has not finished after this long",
+    )
+    login_timeout: float = setting(
+        "netshare",
+        seconds,
+        "30",
         "close a connection that has not logged in after this long (421 login timeout; "
-        "commands and blank lines do not extend it)")
-    listen_backlog: int = setting("netshare", positive_int, "1024",
+        "commands and blank lines do not extend it)",
+    )
+    listen_backlog: int = setting(
+        "netshare",
+        positive_int,
+        "1024",
         "connections the kernel queues for each listener before they are accepted (a "
-        "reconnect burst after a restart; capped by net.core.somaxconn)")
+        "reconnect burst after a restart; capped by net.core.somaxconn)",
+    )
     max_connections: int = setting("netshare", positive_int, "1000", "connections per service")
-    max_per_ip: int = setting("netshare", positive_int, "100",
-        "connections per client IP per service")
-    max_login_failures: int = setting("netshare", positive_int, "3",
-        "failed LOGINs before the connection is closed")
-    login_failure_delay: float = setting("netshare", non_negative_seconds, "1",
-        "pause before answering a failed LOGIN")
-    login_free: int = setting("netshare", non_negative_int, "5",
+    max_per_ip: int = setting(
+        "netshare", positive_int, "100", "connections per client IP per service"
+    )
+    max_login_failures: int = setting(
+        "netshare", positive_int, "3", "failed LOGINs before the connection is closed"
+    )
+    login_failure_delay: float = setting(
+        "netshare", non_negative_seconds, "1", "pause before answering a failed LOGIN"
+    )
+    login_free: int = setting(
+        "netshare",
+        non_negative_int,
+        "5",
         "failed logins per account and per client address (across connections and restarts) "
         "before every further attempt waits (1 s, doubling, at most --login-max-delay; then "
-        "429)")
-    login_max_delay: float = setting("netshare", seconds, "180",
+        "429)",
+    )
+    login_max_delay: float = setting(
+        "netshare",
+        seconds,
+        "180",
         "the longest wait per login attempt of a penalised account or address (180 s: at most "
-        "20 guesses an hour)")
-    login_forget: float = setting("netshare", seconds, "180",
-        "one failed login is forgotten per this many seconds")
-    account_lockout: int = setting("netshare", positive_int, "20",
+        "20 guesses an hour)",
+    )
+    login_forget: float = setting(
+        "netshare", seconds, "180", "one failed login is forgotten per this many seconds"
+    )
+    account_lockout: int = setting(
+        "netshare",
+        positive_int,
+        "20",
         "failed logins that lock an account for --account-lockout-seconds (for sources "
-        "outside --lockout-exempt)")
-    account_lockout_seconds: float = setting("netshare", seconds, "900",
-        "how long a locked account stays locked (netshare user unlock lifts it)")
-    lockout_exempt: tuple[str, ...] = setting("netshare", networks, "127.0.0.0/8,::1/128",
+        "outside --lockout-exempt)",
+    )
+    account_lockout_seconds: float = setting(
+        "netshare",
+        seconds,
+        "900",
+        "how long a locked account stays locked (netshare user unlock lifts it)",
+    )
+    lockout_exempt: tuple[str, ...] = setting(
+        "netshare",
+        networks,
+        "127.0.0.0/8,::1/128",
         "the operator's own networks: their failed logins are counted apart (never slowed or "
-        "locked by failures from elsewhere, never locking an account); empty: none")
-    max_output: int = setting("netshare", size, "1MiB",
-        "output queued for one slow reader before it is dropped")
-    history_default: int = setting("netshare", positive_int, "50",
-        "HISTORY entries shown without limit=")
+        "locked by failures from elsewhere, never locking an account); empty: none",
+    )
+    max_output: int = setting(
+        "netshare", size, "1MiB", "output queued for one slow reader before it is dropped"
+    )
+    history_default: int = setting(
+        "netshare", positive_int, "50", "HISTORY entries shown without limit="
+    )
     history_max: int = setting("netshare", positive_int, "1000", "largest HISTORY limit=")
-    history_flush: float = setting("netshare", seconds, "0.2",
-        "request history is written in batches at most this often")
-    history_retention: float = setting("netshare", duration, "90d",
-        "request history entries older than this are deleted (hidden or not; 0: never)")
-    history_max_entries: int = setting("netshare", non_negative_int, "5000000",
-        "the request history keeps at most this many entries, the oldest go first (0: no cap)")
-    prelogin_burst: int = setting("netshare", positive_int, "10",
-        "commands sent before login recorded at once per connection (beyond: counted only)")
-    prelogin_rate: float = setting("netshare", positive_number, "1",
-        "commands sent before login recorded per second per connection")
-    prelogin_address_burst: int = setting("netshare", positive_int, "50",
-        "commands sent before login recorded at once per client address")
-    prelogin_address_rate: float = setting("netshare", positive_number, "5",
-        "commands sent before login recorded per second per address")
-    account_check: float = setting("netshare", duration, "10s",
+    history_flush: float = setting(
+        "netshare", seconds, "0.2", "request history is written in batches at most this often"
+    )
+    history_retention: float = setting(
+        "netshare",
+        duration,
+        "90d",
+        "request history entries older than this are deleted (hidden or not; 0: never)",
+    )
+    history_max_entries: int = setting(
+        "netshare",
+        non_negative_int,
+        "5000000",
+        "the request history keeps at most this many entries, the oldest go first (0: no cap)",
+    )
+    prelogin_burst: int = setting(
+        "netshare",
+        positive_int,
+        "10",
+        "commands sent before login recorded at once per connection (beyond: counted only)",
+    )
+    prelogin_rate: float = setting(
+        "netshare",
+        positive_number,
+        "1",
+        "commands sent before login recorded per second per connection",
+    )
+    prelogin_address_burst: int = setting(
+        "netshare",
+        positive_int,
+        "50",
+        "commands sent before login recorded at once per client address",
+    )
+    prelogin_address_rate: float = setting(
+        "netshare",
+        positive_number,
+        "5",
+        "commands sent before login recorded per second per address",
+    )
+    account_check: float = setting(
+        "netshare",
+        duration,
+        "10s",
         "how often connections of accounts removed from outside (netshare user remove) are "
-        "looked for and closed (0: never)")
+        "looked for and closed (0: never)",
+    )
 
     # password hashing
-    scrypt_n: int = setting("netshare", power_of_two, "131072",
-        "scrypt cost N for account passwords (OWASP: 2**17)")
+    scrypt_n: int = setting(
+        "netshare", power_of_two, "131072", "scrypt cost N for account passwords (OWASP: 2**17)"
+    )
     scrypt_r: int = setting("netshare", positive_int, "8", "scrypt block size r")
     scrypt_p: int = setting("netshare", positive_int, "1", "scrypt parallelism p")
-    kdf_threads: int = setting("netshare", positive_int, "2",
-        "password hashing threads (each scrypt run at N=2**17 takes about 128 MiB)")
-    kdf_queue: int = setting("netshare", non_negative_int, "64",
-        "password hashes allowed to wait; beyond that LOGIN answers 429")
-    kdf_per_source: int = setting("netshare", positive_int, "8",
+    kdf_threads: int = setting(
+        "netshare",
+        positive_int,
+        "2",
+        "password hashing threads (each scrypt run at N=2**17 takes about 128 MiB)",
+    )
+    kdf_queue: int = setting(
+        "netshare",
+        non_negative_int,
+        "64",
+        "password hashes allowed to wait; beyond that LOGIN answers 429",
+    )
+    kdf_per_source: int = setting(
+        "netshare",
+        positive_int,
+        "8",
         "password hashes one client address may have waiting or running (beyond: 429), so one "
-        "address cannot take the others' turns")
+        "address cannot take the others' turns",
+    )
 
     # listeners
-    personnel: str | None = setting("personnel", endpoint, "tcp:7001:interface=127.0.0.1",
-        "personnel listener endpoint, or none", key="endpoint")
-    files: str | None = setting("files", endpoint, "tcp:7002:interface=127.0.0.1",
-        "files listener endpoint, or none", key="endpoint")
-    ttweet: str | None = setting("ttweet", endpoint, "tcp:7003:interface=127.0.0.1",
-        "ttweet listener endpoint, or none", key="endpoint")
-    manhole: str | None = setting("manhole", endpoint, "tcp:7004:interface=127.0.0.1",
-        "manhole (admin shell, telnet-style) endpoint, or none", key="endpoint")
-    manhole_ssh: str | None = setting("manhole", endpoint, "none",
-        "manhole over SSH endpoint (needs --manhole-keys), or none", key="ssh_endpoint")
-    manhole_keys: str | None = setting("manhole", optional_path, "",
-        "authorized_keys file for the SSH manhole", key="authorized_keys")
-    manhole_allow_remote: bool = setting("manhole", boolean, "no",
-        "allow the manhole on a non-loopback interface", key="allow_remote")
+    personnel: str | None = setting(
+        "personnel",
+        endpoint,
+        "tcp:7001:interface=127.0.0.1",
+        "personnel listener endpoint, or none",
+        key="endpoint",
+    )
+    files: str | None = setting(
+        "files",
+        endpoint,
+        "tcp:7002:interface=127.0.0.1",
+        "files listener endpoint, or none",
+        key="endpoint",
+    )
+    ttweet: str | None = setting(
+        "ttweet",
+        endpoint,
+        "tcp:7003:interface=127.0.0.1",
+        "ttweet listener endpoint, or none",
+        key="endpoint",
+    )
+    manhole: str | None = setting(
+        "manhole",
+        endpoint,
+        "tcp:7004:interface=127.0.0.1",
+        "manhole (admin shell, telnet-style) endpoint, or none",
+        key="endpoint",
+    )
+    manhole_ssh: str | None = setting(
+        "manhole",
+        endpoint,
+        "none",
+        "manhole over SSH endpoint (needs --manhole-keys), or none",
+        key="ssh_endpoint",
+    )
+    manhole_keys: str | None = setting(
+        "manhole",
+        optional_path,
+        "",
+        "authorized_keys file for the SSH manhole",
+        key="authorized_keys",
+    )
+    manhole_allow_remote: bool = setting(
+        "manhole",
+        boolean,
+        "no",
+        "allow the manhole on a non-loopback interface",
+        key="allow_remote",
+    )
 
     # files
     max_file_size: int = setting("files", size, "64GiB", "largest upload")
     user_quota: int = setting("files", size, "100GiB", "bytes stored per user (0: unlimited)")
-    min_free_percent: float = setting("files", percent, "5",
-        "refuse uploads (452) that would leave less free disk than this")
-    file_scrypt_n: int = setting("files", power_of_two, "32768",
-        "scrypt cost N for file passwords (paid on every protected download)", key="scrypt_n")
-    file_lockout_failures: int = setting("files", positive_int, "5",
-        "wrong file passwords before a user is locked out of that file", key="lockout_failures")
-    file_lockout_seconds: float = setting("files", seconds, "900",
-        "window and duration of a file-password lockout", key="lockout_seconds")
-    file_guesses_free: int = setting("files", positive_int, "5",
+    min_free_percent: float = setting(
+        "files", percent, "5", "refuse uploads (452) that would leave less free disk than this"
+    )
+    file_scrypt_n: int = setting(
+        "files",
+        power_of_two,
+        "32768",
+        "scrypt cost N for file passwords (paid on every protected download)",
+        key="scrypt_n",
+    )
+    file_lockout_failures: int = setting(
+        "files",
+        positive_int,
+        "5",
+        "wrong file passwords before a user is locked out of that file",
+        key="lockout_failures",
+    )
+    file_lockout_seconds: float = setting(
+        "files",
+        seconds,
+        "900",
+        "window and duration of a file-password lockout",
+        key="lockout_seconds",
+    )
+    file_guesses_free: int = setting(
+        "files",
+        positive_int,
+        "5",
         "wrong passwords for one protected file from all accounts together before every "
-        "further try waits (2 s, doubling, at most --file-guesses-max-delay; then 429)")
-    file_guesses_max_delay: float = setting("files", seconds, "180",
+        "further try waits (2 s, doubling, at most --file-guesses-max-delay; then 429)",
+    )
+    file_guesses_max_delay: float = setting(
+        "files",
+        seconds,
+        "180",
         "the longest wait per try at a protected file's password (180 s: 20 tries an hour for "
-        "one file, whatever the number of accounts; its owner is not held up)")
-    misses_free: int = setting("files", non_negative_int, "5",
+        "one file, whatever the number of accounts; its owner is not held up)",
+    )
+    misses_free: int = setting(
+        "files",
+        non_negative_int,
+        "5",
         "names not found (550 on INFO/CHECKSUM/DOWNLOAD) an account or address may try before "
-        "every further lookup waits (1 s, doubling, at most --misses-max-delay; then 429)")
-    misses_max_delay: float = setting("files", seconds, "30",
-        "the longest wait per lookup after repeated misses")
-    misses_forget: float = setting("files", seconds, "60",
-        "one recorded miss (or wrong file password) is forgotten per this many seconds")
+        "every further lookup waits (1 s, doubling, at most --misses-max-delay; then 429)",
+    )
+    misses_max_delay: float = setting(
+        "files", seconds, "30", "the longest wait per lookup after repeated misses"
+    )
+    misses_forget: float = setting(
+        "files",
+        seconds,
+        "60",
+        "one recorded miss (or wrong file password) is forgotten per this many seconds",
+    )
 
     # ttweet
     flood_burst: int = setting("ttweet", positive_int, "50", "tweets allowed in a burst")
-    flood_rate: float = setting("ttweet", positive_number, "20",
-        "sustained tweets per second, per user name and per connection")
-    flood_address_burst: int = setting("ttweet", positive_int, "100",
-        "tweets allowed in a burst from one client address (all its connections and names)")
-    flood_address_rate: float = setting("ttweet", positive_number, "40",
-        "sustained tweets per second from one client address")
-    timeline_limit: int = setting("ttweet", positive_int, "1000",
-        "most recent tweets kept in a TIMELINE or GETTWEETS listing")
-    ttweet_batch_interval: float = setting("ttweet", seconds, "0.05",
+    flood_rate: float = setting(
+        "ttweet",
+        positive_number,
+        "20",
+        "sustained tweets per second, per user name and per connection",
+    )
+    flood_address_burst: int = setting(
+        "ttweet",
+        positive_int,
+        "100",
+        "tweets allowed in a burst from one client address (all its connections and names)",
+    )
+    flood_address_rate: float = setting(
+        "ttweet", positive_number, "40", "sustained tweets per second from one client address"
+    )
+    timeline_limit: int = setting(
+        "ttweet",
+        positive_int,
+        "1000",
+        "most recent tweets kept in a TIMELINE or GETTWEETS listing",
+    )
+    ttweet_batch_interval: float = setting(
+        "ttweet",
+        seconds,
+        "0.05",
         "tweets are stored in batches at most this often (a tweet's 200 waits for its batch)",
-        key="batch_interval")
+        key="batch_interval",
+    )
 
     # personnel
-    sync_page: int = setting("personnel", positive_int, "500",
-        "messages read from the outbox per page on a SYNC stream")
-    personnel_list_default: int = setting("personnel", positive_int, "50",
-        "people in a LIST without limit=", key="list_default")
-    personnel_list_max: int = setting("personnel", positive_int, "1000",
-        "largest LIST / MESSAGES limit=", key="list_max")
-
+    sync_page: int = setting(
+        "personnel", positive_int, "500", "messages read from the outbox per page on a SYNC stream"
+    )
+    personnel_list_default: int = setting(
+        "personnel", positive_int, "50", "people in a LIST without limit=", key="list_default"
+    )
+    personnel_list_max: int = setting(
+        "personnel", positive_int, "1000", "largest LIST / MESSAGES limit=", key="list_max"
+    )
 
     # not a setting: the config file the values were read from, if any
     config_file: str | None = None
@@ -404,9 +619,17 @@ class Config:
 
 
 SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(name=f.name, section=spec["section"], key=spec["key"] or f.name,
-            parse=spec["parse"], default=spec["default"], help=spec["help"])
-    for f in dataclasses.fields(Config) if (spec := f.metadata.get(SETTING)) is not None)
+    Setting(
+        name=f.name,
+        section=spec["section"],
+        key=spec["key"] or f.name,
+        parse=spec["parse"],
+        default=spec["default"],
+        help=spec["help"],
+    )
+    for f in dataclasses.fields(Config)
+    if (spec := f.metadata.get(SETTING)) is not None
+)
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -432,8 +655,11 @@ def read_ini(path: str) -> dict[str, str]:
     return values
 
 
-def build(cli: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None,
-          config_file: str | None = None) -> Config:
+def build(
+    cli: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
     """
     Merge the sources and validate every setting.
 

@@ -61,8 +61,12 @@ class _Job:
 
     __slots__ = ("source", "args", "deferred", "running")
 
-    def __init__(self, source: Hashable, args: tuple[bytes, bytes, int, int, int, int],
-                 cancel: Callable[["_Job"], None]):
+    def __init__(
+        self,
+        source: Hashable,
+        args: tuple[bytes, bytes, int, int, int, int],
+        cancel: Callable[["_Job"], None],
+    ):
         self.source = source
         self.args = args
         # Cancelling it (the caller gave up) calls cancel(job).
@@ -88,8 +92,9 @@ class KDFPool:
 
     log = Logger()
 
-    def __init__(self, threads: int = 2, maxQueued: int = 64, maxPerSource: int | None = 8,
-                 reactor=None):
+    def __init__(
+        self, threads: int = 2, maxQueued: int = 64, maxPerSource: int | None = 8, reactor=None
+    ):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -157,8 +162,16 @@ class KDFPool:
             pool, self._pool = self._pool, None
             pool.stop()
 
-    def derive(self, password: bytes, salt: bytes, n: int, r: int, p: int, length: int = 32,
-               source: Hashable = None) -> "Deferred[bytes]":
+    def derive(
+        self,
+        password: bytes,
+        salt: bytes,
+        n: int,
+        r: int,
+        p: int,
+        length: int = 32,
+        source: Hashable = None,
+    ) -> "Deferred[bytes]":
         """
         @param source: who asks, a hashable key: the client's address; None
             for an internal caller.  Derivations are shared fairly between
@@ -171,12 +184,19 @@ class KDFPool:
         if self._stopped:
             return defer.fail(RateLimited("server shutting down; try later"))
         if self._pending >= self._threads + self.maxQueued:
-            return self._refuse(self._TOTAL, "kdf queue full ({pending} pending): refusing "
-                                "until one ends", pending=self._pending)
+            return self._refuse(
+                self._TOTAL,
+                "kdf queue full ({pending} pending): refusing until one ends",
+                pending=self._pending,
+            )
         mine = self._perSource.get(source, 0)
         if source is not None and self.maxPerSource is not None and mine >= self.maxPerSource:
-            return self._refuse(source, "kdf: {source} has {mine} derivations pending: "
-                                "refusing it until one ends", source=source, mine=mine)
+            return self._refuse(
+                source,
+                "kdf: {source} has {mine} derivations pending: refusing it until one ends",
+                source=source,
+                mine=mine,
+            )
         self.start()
         job = _Job(source, (password, salt, n, r, p, length), self._cancel)
         self._perSource[source] = mine + 1
@@ -204,7 +224,7 @@ class KDFPool:
         first source in line among those with the fewest running, which then
         goes to the back of the line if it has more waiting."""
         while self._running < self._threads and self._turns:
-            source = min(self._turns, key=self._runningFor)   # the first of the least served
+            source = min(self._turns, key=self._runningFor)  # the first of the least served
             self._turns.remove(source)
             queue = self._queues[source]
             job = queue.popleft()
@@ -224,8 +244,8 @@ class KDFPool:
     def _finished(self, result, job):
         self._running -= 1
         self._release(job.source)
-        self._dispatch()          # keep the threads busy before anyone's callbacks run
-        if not job.deferred.called:        # else cancelled while running: nobody waits
+        self._dispatch()  # keep the threads busy before anyone's callbacks run
+        if not job.deferred.called:  # else cancelled while running: nobody waits
             if isinstance(result, Failure):
                 job.deferred.errback(result)
             else:

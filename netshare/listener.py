@@ -69,8 +69,11 @@ def is_loopback_endpoint(description: str) -> bool:
         return True
     if kind not in ("tcp", "ssl", "tcp6"):
         return False
-    interfaces = [part.partition("=")[2].replace("\\", "")
-                  for part in description.split(":")[2:] if part.partition("=")[0] == "interface"]
+    interfaces = [
+        part.partition("=")[2].replace("\\", "")
+        for part in description.split(":")[2:]
+        if part.partition("=")[0] == "interface"
+    ]
     return bool(interfaces) and all(is_loopback_host(i) for i in interfaces)
 
 
@@ -82,13 +85,21 @@ class Listener(Service):
 
     port: IListeningPort | None
 
-    def __init__(self, description: str, factory: Any, reactor: Any, *,
-                 check: Callable[[Any], None] | None = None, backlog: int | None = None):
+    def __init__(
+        self,
+        description: str,
+        factory: Any,
+        reactor: Any,
+        *,
+        check: Callable[[Any], None] | None = None,
+        backlog: int | None = None,
+    ):
         self.description = description
         self.factory = factory
         if description.split(":", 1)[0].strip().lower() == "ssl":
             # Served with netshare's TLS options (AEAD suites only).
             from netshare.tls import server_endpoint
+
             self.endpoint = server_endpoint(reactor, description, backlog)
         else:
             self.endpoint = serverFromString(reactor, with_backlog(description, backlog))

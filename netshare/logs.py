@@ -41,15 +41,24 @@ class JsonLogFile:
     #: errors (so the event explaining a crash is on disk).
     FLUSH_INTERVAL = 0.5
 
-    def __init__(self, directory, name="netshare.jsonl", max_bytes=10 * 2**20, keep=5,
-                 publisher=globalLogPublisher, clock=None):
+    def __init__(
+        self,
+        directory,
+        name="netshare.jsonl",
+        max_bytes=10 * 2**20,
+        keep=5,
+        publisher=globalLogPublisher,
+        clock=None,
+    ):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, name)
-        self._file = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=keep,
-                             defaultMode=0o600)
+        self._file = LogFile(
+            name, directory, rotateLength=max_bytes, maxRotatedFiles=keep, defaultMode=0o600
+        )
         # jsonFileLogObserver only calls write() (typeshed's IO is wider than it needs).
-        self._observer = jsonFileLogObserver(cast(IO[Any], _TextOut(self._file)),
-                                             recordSeparator="")
+        self._observer = jsonFileLogObserver(
+            cast(IO[Any], _TextOut(self._file)), recordSeparator=""
+        )
         self._publisher = publisher
         self._clock = clock
         self._flusher = None
@@ -58,9 +67,17 @@ class JsonLogFile:
         if event.get("log_namespace") == COMMAND_NAMESPACE:
             # One per command: write just its fields (Twisted's generic
             # event serialisation costs more than the command itself).
-            self._file.write(dumps({"time": event["log_time"], "level": "info",
-                                    "event": "command",
-                                    **{k: event.get(k) for k in COMMAND_FIELDS}}) + "\n")
+            self._file.write(
+                dumps(
+                    {
+                        "time": event["log_time"],
+                        "level": "info",
+                        "event": "command",
+                        **{k: event.get(k) for k in COMMAND_FIELDS},
+                    }
+                )
+                + "\n"
+            )
         else:
             self._observer(event)
         level = event.get("log_level")
@@ -71,6 +88,7 @@ class JsonLogFile:
         self._publisher.addObserver(self)
         if self._clock is not None:
             from twisted.internet.task import LoopingCall
+
             self._flusher = LoopingCall(self._file.flush)
             self._flusher.clock = self._clock
             self._flusher.start(self.FLUSH_INTERVAL, now=False)

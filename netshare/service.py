@@ -69,38 +69,66 @@ def build_files(runtime, blobs=None, lockout=None) -> FilesService:
         blobs = BlobStore(os.path.join(cfg.data, "files"), reactor=clock)
     blobs.sweep()
     if lockout is None:
-        lockout = PasswordLockout(clock, cfg.file_lockout_failures, cfg.file_lockout_seconds,
-                                  cfg.file_lockout_seconds)
-    misses = Penalties(clock, free=cfg.misses_free, base=min(1.0, cfg.misses_max_delay),
-                       max_delay=cfg.misses_max_delay, max_wait=2 * cfg.misses_max_delay,
-                       decay=cfg.misses_forget, what="names not found")
-    file_guesses = Penalties(clock, free=cfg.file_guesses_free,
-                             base=min(2.0, cfg.file_guesses_max_delay),
-                             max_delay=cfg.file_guesses_max_delay,
-                             max_wait=2 * cfg.file_guesses_max_delay,
-                             decay=3 * cfg.misses_forget, what="wrong passwords for this file")
-    return FilesService(FileStore(runtime.pool), blobs, runtime.kdf, lockout,
-                        max_file_size=cfg.max_file_size, user_quota=cfg.user_quota,
-                        min_free_percent=cfg.min_free_percent,
-                        kdf_params=(cfg.file_scrypt_n, 8, 1), clock=clock, misses=misses,
-                        file_guesses=file_guesses)
+        lockout = PasswordLockout(
+            clock, cfg.file_lockout_failures, cfg.file_lockout_seconds, cfg.file_lockout_seconds
+        )
+    misses = Penalties(
+        clock,
+        free=cfg.misses_free,
+        base=min(1.0, cfg.misses_max_delay),
+        max_delay=cfg.misses_max_delay,
+        max_wait=2 * cfg.misses_max_delay,
+        decay=cfg.misses_forget,
+        what="names not found",
+    )
+    file_guesses = Penalties(
+        clock,
+        free=cfg.file_guesses_free,
+        base=min(2.0, cfg.file_guesses_max_delay),
+        max_delay=cfg.file_guesses_max_delay,
+        max_wait=2 * cfg.file_guesses_max_delay,
+        decay=3 * cfg.misses_forget,
+        what="wrong passwords for this file",
+    )
+    return FilesService(
+        FileStore(runtime.pool),
+        blobs,
+        runtime.kdf,
+        lockout,
+        max_file_size=cfg.max_file_size,
+        user_quota=cfg.user_quota,
+        min_free_percent=cfg.min_free_percent,
+        kdf_params=(cfg.file_scrypt_n, 8, 1),
+        clock=clock,
+        misses=misses,
+        file_guesses=file_guesses,
+    )
 
 
 def build_personnel(runtime) -> PersonnelService:
     cfg = runtime.config
-    return PersonnelService(PersonnelStore(runtime.pool), runtime.reactor,
-                            page_size=cfg.sync_page, list_default=cfg.personnel_list_default,
-                            list_max=cfg.personnel_list_max)
+    return PersonnelService(
+        PersonnelStore(runtime.pool),
+        runtime.reactor,
+        page_size=cfg.sync_page,
+        list_default=cfg.personnel_list_default,
+        list_max=cfg.personnel_list_max,
+    )
 
 
 def build_hub(runtime) -> Hub:
     """The ttweet hub of a runtime (not started: the root service starts it)."""
     cfg = runtime.config
-    return Hub(TweetStore(runtime.pool), clock=runtime.reactor,
-               flood_burst=cfg.flood_burst, flood_rate=cfg.flood_rate,
-               flood_address_burst=cfg.flood_address_burst,
-               flood_address_rate=cfg.flood_address_rate,
-               timeline_limit=cfg.timeline_limit, batch_interval=cfg.ttweet_batch_interval)
+    return Hub(
+        TweetStore(runtime.pool),
+        clock=runtime.reactor,
+        flood_burst=cfg.flood_burst,
+        flood_rate=cfg.flood_rate,
+        flood_address_burst=cfg.flood_address_burst,
+        flood_address_rate=cfg.flood_address_rate,
+        timeline_limit=cfg.timeline_limit,
+        batch_interval=cfg.ttweet_batch_interval,
+    )
 
 
 #: service name -> (its line protocol, what builds its service object)
@@ -113,8 +141,10 @@ SERVICES: dict[str, tuple[type[CommandProtocol], Callable[[Any], object]]] = {
 
 def _forgetBlobsOf(files: FilesService) -> Callable[[Any], None]:
     """A removal listener: a removed account's file contents go too."""
+
     def forget(removed: Any) -> None:
         files.forget_blobs(removed.blob_ids)
+
     return forget
 
 
@@ -127,8 +157,9 @@ def make_factory(runtime, name: str) -> CommandFactory:
 @dataclass
 class Runtime:
     """Everything the protocols and service objects share."""
+
     config: Config
-    reactor: Any          # an IReactorTime + IReactorTCP: the real one, or a test's
+    reactor: Any  # an IReactorTime + IReactorTCP: the real one, or a test's
     pool: DBPool
     kdf: KDFPool
     accounts: AccountService
@@ -152,8 +183,11 @@ class Runtime:
         out = {name: f.stats.snapshot() for name, f in self.factories.items()}
         out["database"] = self.pool.stats()
         out["history"] = self.history.stats()
-        out["kdf"] = {"pending": self.kdf.pending, "sources": self.kdf.sources,
-                      "refused": self.kdf.refused}
+        out["kdf"] = {
+            "pending": self.kdf.pending,
+            "sources": self.kdf.sources,
+            "refused": self.kdf.refused,
+        }
         return out
 
 
@@ -199,37 +233,65 @@ class NetshareService(MultiService):
         factories.  @raise StartupError: with the operator-facing line."""
         cfg, clock = self.config, self.reactor
         if not os.path.isdir(cfg.data):
-            raise StartupError("data directory %s does not exist: run `netshare init --data %s`"
-                               % (cfg.data, cfg.data))
+            raise StartupError(
+                "data directory %s does not exist: run `netshare init --data %s`"
+                % (cfg.data, cfg.data)
+            )
         engine = None
         try:
-            engine = create_engine(cfg.db, cfg.data, sqlite_synchronous=cfg.sqlite_synchronous,
-                                   pool_size=cfg.db_threads, call_timeout=cfg.db_timeout)
+            engine = create_engine(
+                cfg.db,
+                cfg.data,
+                sqlite_synchronous=cfg.sqlite_synchronous,
+                pool_size=cfg.db_threads,
+                call_timeout=cfg.db_timeout,
+            )
             migrate.check(engine)
         except (EngineError, migrate.SchemaError) as e:
             raise StartupError("setting --db: %s" % (e,)) from None
         except Exception as e:
-            raise StartupError("cannot use database %s: %s"
-                               % (describe(engine) if engine else cfg.db,
-                                  str(e).splitlines()[0])) from None
+            raise StartupError(
+                "cannot use database %s: %s"
+                % (describe(engine) if engine else cfg.db, str(e).splitlines()[0])
+            ) from None
         pool = DBPool(engine, reactor=clock, call_timeout=cfg.db_timeout)
-        kdf = KDFPool(cfg.kdf_threads, cfg.kdf_queue, maxPerSource=cfg.kdf_per_source,
-                      reactor=clock)
-        accounts = AccountService(AccountStore(pool), kdf, cfg.scrypt_n, cfg.scrypt_r,
-                                  cfg.scrypt_p, registration_open=cfg.registration == "open",
-                                  policy=LoginPolicy.from_config(cfg),
-                                  lockout_exempt=cfg.lockout_exempt, clock=clock)
+        kdf = KDFPool(
+            cfg.kdf_threads, cfg.kdf_queue, maxPerSource=cfg.kdf_per_source, reactor=clock
+        )
+        accounts = AccountService(
+            AccountStore(pool),
+            kdf,
+            cfg.scrypt_n,
+            cfg.scrypt_r,
+            cfg.scrypt_p,
+            registration_open=cfg.registration == "open",
+            policy=LoginPolicy.from_config(cfg),
+            lockout_exempt=cfg.lockout_exempt,
+            clock=clock,
+        )
         history = HistoryRecorder(
-            HistoryStore(pool), clock, cfg.history_flush,
+            HistoryStore(pool),
+            clock,
+            cfg.history_flush,
             prelogin=(cfg.prelogin_burst, cfg.prelogin_rate),
             prelogin_address=(cfg.prelogin_address_burst, cfg.prelogin_address_rate),
-            max_entries=cfg.history_max_entries)
-        rt = self.runtime = Runtime(config=cfg, reactor=clock, pool=pool, kdf=kdf,
-                                    accounts=accounts, history=history, engine=engine)
-        watch = rt.accountWatch = AccountWatch(accounts.store, clock, cfg.account_check,
-                                               rt.connections)
+            max_entries=cfg.history_max_entries,
+        )
+        rt = self.runtime = Runtime(
+            config=cfg,
+            reactor=clock,
+            pool=pool,
+            kdf=kdf,
+            accounts=accounts,
+            history=history,
+            engine=engine,
+        )
+        watch = rt.accountWatch = AccountWatch(
+            accounts.store, clock, cfg.account_check, rt.connections
+        )
         rt.accounts.removal_listeners.append(
-            lambda removed: watch.closeAccount(removed.account.id))
+            lambda removed: watch.closeAccount(removed.account.id)
+        )
         for name in SERVICES:
             endpoint = getattr(cfg, name)
             if endpoint is None:
@@ -249,6 +311,7 @@ class NetshareService(MultiService):
 
     def _addManhole(self):
         from netshare.protocols import manhole
+
         try:
             listeners = manhole.makeListeners(self.runtime)
         except manhole.ManholeConfigError as e:
@@ -295,9 +358,12 @@ class NetshareService(MultiService):
         # of the collector's way, so full collections stay short with many
         # connections (measured: 50-150 ms pauses at 1000 connections, halved).
         gc.freeze()
-        self.log.info("netshare started: {listeners}",
-                      listeners=", ".join("%s=%s" % (n, getattr(self.config, n, n))
-                                          for n in self._listeners))
+        self.log.info(
+            "netshare started: {listeners}",
+            listeners=", ".join(
+                "%s=%s" % (n, getattr(self.config, n, n)) for n in self._listeners
+            ),
+        )
 
     def _takeOverStopSignals(self):
         """
@@ -317,15 +383,22 @@ class NetshareService(MultiService):
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None,
-                                                signal.default_int_handler):
+            if signal.getsignal(signum) not in (
+                signal.SIG_DFL,
+                signal.SIG_IGN,
+                None,
+                signal.default_int_handler,
+            ):
                 signal.signal(signum, self._onStopSignal)
 
     def _onStopSignal(self, signum, frame):
         name = signal.Signals(signum).name
         if self._stopRequested:
-            self.log.info("received {signal} again: already stopping (at most {timeout} s)",
-                          signal=name, timeout=self.config.shutdown_timeout)
+            self.log.info(
+                "received {signal} again: already stopping (at most {timeout} s)",
+                signal=name,
+                timeout=self.config.shutdown_timeout,
+            )
             return
         self._stopRequested = True
         self.log.info("received {signal}: stopping in order", signal=name)
@@ -334,7 +407,7 @@ class NetshareService(MultiService):
     def _stopReactor(self):
         try:
             self.runtime.reactor.stop()
-        except ReactorNotRunning:   # already stopping for another reason
+        except ReactorNotRunning:  # already stopping for another reason
             pass
 
     def _cannotListen(self, e):
@@ -345,9 +418,12 @@ class NetshareService(MultiService):
         rt = self.runtime
         if rt.pool.running:
             return
-        self.jsonLog = JsonLogFile(os.path.join(self.config.data, "logs"),
-                                   max_bytes=self.config.log_max_bytes, keep=self.config.log_keep,
-                                   clock=rt.reactor)
+        self.jsonLog = JsonLogFile(
+            os.path.join(self.config.data, "logs"),
+            max_bytes=self.config.log_max_bytes,
+            keep=self.config.log_keep,
+            clock=rt.reactor,
+        )
         self.jsonLog.start()
         # Per-command events: always the JSON log file; the console too when
         # it is JSON (for log shippers), never the human-oriented text console.
@@ -376,8 +452,10 @@ class NetshareService(MultiService):
         await super().stopService()  # listeners stop accepting
         # Every listener's connections are told at once; one that fails to
         # close in order must not stop the others (or the flush below).
-        closing = [defer.maybeDeferred(f.shutdown, self.config.shutdown_timeout)
-                   for f in rt.factories.values()]
+        closing = [
+            defer.maybeDeferred(f.shutdown, self.config.shutdown_timeout)
+            for f in rt.factories.values()
+        ]
         results = await defer.DeferredList(closing, consumeErrors=True)
         for name, (ok, failure) in zip(rt.factories, results, strict=True):
             if not ok:

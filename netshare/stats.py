@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 @dataclass
 class ServiceStats:
     """Live counters of one listener (shown by the admin shell)."""
+
     connections: int = 0
     connections_total: int = 0
     refused: int = 0

@@ -17,18 +17,28 @@ if TYPE_CHECKING:
 
 def _optParameters() -> list[list[str | None]]:
     params: list[list[str | None]] = [
-        ["config", "c", None, "config file (INI, one section per service) [env NETSHARE_CONFIG]"]]
+        ["config", "c", None, "config file (INI, one section per service) [env NETSHARE_CONFIG]"]
+    ]
     for s in configmod.SETTINGS:
-        params.append([s.option, None, None, "%s [default: %s; env %s; file [%s] %s]"
-                       % (s.help, s.default or '""', s.env, s.section, s.key)])
+        params.append(
+            [
+                s.option,
+                None,
+                None,
+                "%s [default: %s; env %s; file [%s] %s]"
+                % (s.help, s.default or '""', s.env, s.section, s.key),
+            ]
+        )
     return params
 
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = ("Serve the netshare personnel, files and ttweet line protocols (and the admin "
-                "manhole) over one account system and one database. Precedence: option > "
-                "NETSHARE_* environment variable > config file > default.")
+    longdesc = (
+        "Serve the netshare personnel, files and ttweet line protocols (and the admin "
+        "manhole) over one account system and one database. Precedence: option > "
+        "NETSHARE_* environment variable > config file > default."
+    )
     optParameters = _optParameters()
 
     #: The validated settings, once the options are parsed.
@@ -40,6 +50,7 @@ class Options(usage.Options):
             self.netshareConfig = configmod.build(cli, config_file=self.get("config"))
         except configmod.ConfigError as e:
             from netshare.service import fatal
+
             fatal(str(e))
 
 
@@ -47,6 +58,7 @@ def makeService(options: Options) -> "NetshareService":
     # Imported here, not above: the service tree (SQLAlchemy, every protocol;
     # some 0.7 s) is needed to run, not to list or check the options.
     from netshare.service import NetshareService, StartupError, fatal
+
     service = NetshareService(options.netshareConfig)
     try:
         service.prepare()

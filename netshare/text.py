@@ -24,8 +24,9 @@ import re
 #:  - lone surrogates (Cs), which are not UTF-8.
 #: Other format characters stay allowed: ZERO WIDTH JOINER builds emoji
 #: sequences and tag characters build subdivision flags.
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                    "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 #: A user name: 1-32 ASCII letters or digits (C{str.isalnum} would admit any
 #: script, and names must look the same to every operator).
@@ -44,8 +45,9 @@ def escape_unsafe(text: str) -> str:
     (C{\\x00}, C{\\u202e}): how history and logs show what a client sent."""
     if UNSAFE.search(text) is None:
         return text
-    return UNSAFE.sub(lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x")
-                      % ord(m.group()), text)
+    return UNSAFE.sub(
+        lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x") % ord(m.group()), text
+    )
 
 
 def is_username(name: object) -> bool:

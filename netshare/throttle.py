@@ -36,9 +36,9 @@ from netshare.errors import RateLimited
 
 @dataclass
 class _Score:
-    failures: float = 0.0      # decayed count of failures
-    updated: float = 0.0       # when failures was last decayed
-    next_slot: float = 0.0     # the earliest time the next attempt may run
+    failures: float = 0.0  # decayed count of failures
+    updated: float = 0.0  # when failures was last decayed
+    next_slot: float = 0.0  # the earliest time the next attempt may run
 
 
 class Penalties:
@@ -47,9 +47,18 @@ class Penalties:
     @ivar delayed: attempts that had to wait so far.
     """
 
-    def __init__(self, clock, *, free: int = 5, base: float = 1.0, max_delay: float = 30.0,
-                 max_wait: float = 60.0, decay: float = 60.0, max_keys: int = 100_000,
-                 what: str = "attempts"):
+    def __init__(
+        self,
+        clock,
+        *,
+        free: int = 5,
+        base: float = 1.0,
+        max_delay: float = 30.0,
+        max_wait: float = 60.0,
+        decay: float = 60.0,
+        max_keys: int = 100_000,
+        what: str = "attempts",
+    ):
         self.clock = clock
         self.free = free
         self.base = base
@@ -110,8 +119,10 @@ class Penalties:
         wait = start + cost - now
         if wait > self.max_wait:
             self.refused += 1
-            raise RateLimited("too many %s; try again in %d s"
-                              % (self.what, math.ceil(wait - self.max_wait) or 1))
+            raise RateLimited(
+                "too many %s; try again in %d s"
+                % (self.what, math.ceil(wait - self.max_wait) or 1)
+            )
         for score in scores:
             score.failures += 1
             if cost:
@@ -183,7 +194,7 @@ class TokenBuckets:
             return bucket
         self._buckets.move_to_end(key)
         elapsed = now - bucket[1]
-        if elapsed > 0:      # a clock stepping back refills nothing
+        if elapsed > 0:  # a clock stepping back refills nothing
             bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
             bucket[1] = now
         return bucket
@@ -238,10 +249,15 @@ class LoginPolicy:
     @classmethod
     def from_config(cls, cfg) -> "LoginPolicy":
         """The policy the settings describe (the server and the CLI alike)."""
-        return cls(free=cfg.login_free, base=min(1.0, cfg.login_max_delay),
-                   max_delay=cfg.login_max_delay, max_wait=2 * cfg.login_max_delay,
-                   forget=cfg.login_forget, lockout=cfg.account_lockout,
-                   lockout_seconds=cfg.account_lockout_seconds)
+        return cls(
+            free=cfg.login_free,
+            base=min(1.0, cfg.login_max_delay),
+            max_delay=cfg.login_max_delay,
+            max_wait=2 * cfg.login_max_delay,
+            forget=cfg.login_forget,
+            lockout=cfg.account_lockout,
+            lockout_seconds=cfg.account_lockout_seconds,
+        )
 
     def decayed(self, failures, updated_ms, now_ms) -> float:
         if self.forget and now_ms > updated_ms:

@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-def make_certificates(directory, hostnames=("localhost",), ips=("127.0.0.1", "::1"),
-                      days=825):
+def make_certificates(directory, hostnames=("localhost",), ips=("127.0.0.1", "::1"), days=825):
     """
     A small local CA and a server certificate it signs, in C{directory}:
     C{ca.pem} (what clients trust: C{--cafile}), C{ca-key.pem}, C{cert.pem}
@@ -45,43 +44,90 @@ def make_certificates(directory, hostnames=("localhost",), ips=("127.0.0.1", "::
     now = datetime.datetime.now(datetime.timezone.utc)
     start = now - datetime.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netshare local CA"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "netshare")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(start).not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "netshare local CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "netshare"),
+        ]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0]),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "netshare")])
-    san = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(i))
-                                                   for i in ips]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "netshare"),
+        ]
+    )
+    san = [x509.DNSName(h) for h in hostnames] + [
+        x509.IPAddress(ipaddress.ip_address(i)) for i in ips
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     for path, private in ((ca_key_path, ca_key), (key_path, key)):
-        _write(path, private.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()), 0o600)
+        _write(
+            path,
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            0o600,
+        )
     _write(ca_path, ca.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return ca_path, cert_path, key_path
@@ -90,9 +136,15 @@ def make_certificates(directory, hostnames=("localhost",), ips=("127.0.0.1", "::
 def make_ssh_host_key(path):
     """An Ed25519 host key for the SSH manhole, OpenSSH format, mode 0600."""
     key = ed25519.Ed25519PrivateKey.generate()
-    _write(path, key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.OpenSSH,
-                                   serialization.NoEncryption()), 0o600)
+    _write(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
 
 
 def _write(path, data, mode):
@@ -106,6 +158,7 @@ def client_options(hostname, cafile=None):
     """Options for a client connection verifying C{hostname} against C{cafile}
     (or the platform trust store when None)."""
     from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
     if cafile:
         with open(cafile, "rb") as f:
             trust = Certificate.loadPEM(f.read())
@@ -128,6 +181,7 @@ def server_options(private_key, cert_key=None, extra_cert_chain=None, dh_paramet
     import re
 
     from twisted.internet import ssl
+
     with open(cert_key or private_key, "rb") as f:
         cert_pem = f.read()
     with open(private_key, "rb") as f:
@@ -136,24 +190,38 @@ def server_options(private_key, cert_key=None, extra_cert_chain=None, dh_paramet
     chain = None
     if extra_cert_chain:
         with open(extra_cert_chain, "rb") as f:
-            found = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
-                               f.read(), flags=re.DOTALL)
+            found = re.findall(
+                rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                f.read(),
+                flags=re.DOTALL,
+            )
         if not found:
             raise ValueError("%s holds no PEM certificate" % (extra_cert_chain,))
         chain = [ssl.Certificate.loadPEM(pem).original for pem in found]
     dh = None
     if dh_parameters:
         from twisted.python.filepath import FilePath
+
         dh = ssl.DiffieHellmanParameters.fromFile(FilePath(dh_parameters))
     return ssl.CertificateOptions(
-        privateKey=private.privateKey.original, certificate=private.original,
-        extraCertChain=chain, dhParameters=dh,
+        privateKey=private.privateKey.original,
+        certificate=private.original,
+        extraCertChain=chain,
+        dhParameters=dh,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS),
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
 
 
-_SSL_KEYS = {"port", "privateKey", "certKey", "interface", "backlog", "extraCertChain",
-             "dhParameters"}
+_SSL_KEYS = {
+    "port",
+    "privateKey",
+    "certKey",
+    "interface",
+    "backlog",
+    "extraCertChain",
+    "dhParameters",
+}
 
 
 def parse_description(description: str) -> tuple[str, list, dict]:
@@ -190,6 +258,7 @@ def server_endpoint(reactor, description: str, backlog: int | None = None):
     suites included).  C{backlog} applies unless the description sets one.
     """
     from twisted.internet.endpoints import SSL4ServerEndpoint
+
     kind, args, kw = parse_description(description)
     if kind != "ssl":
         raise ValueError("not an ssl: endpoint: %s" % (description,))
@@ -197,10 +266,20 @@ def server_endpoint(reactor, description: str, backlog: int | None = None):
         kw.setdefault("port", args[0])
     unknown = set(kw) - _SSL_KEYS
     if unknown or "port" not in kw:
-        raise ValueError("ssl: endpoint needs a port and takes %s (got %s)"
-                         % (", ".join(sorted(_SSL_KEYS)), ", ".join(sorted(unknown)) or "none"))
-    options = server_options(kw.get("privateKey", "server.pem"), kw.get("certKey"),
-                             kw.get("extraCertChain"), kw.get("dhParameters"))
-    return SSL4ServerEndpoint(reactor, int(kw["port"]), options,
-                              backlog=int(kw.get("backlog") or backlog or 50),
-                              interface=kw.get("interface", ""))
+        raise ValueError(
+            "ssl: endpoint needs a port and takes %s (got %s)"
+            % (", ".join(sorted(_SSL_KEYS)), ", ".join(sorted(unknown)) or "none")
+        )
+    options = server_options(
+        kw.get("privateKey", "server.pem"),
+        kw.get("certKey"),
+        kw.get("extraCertChain"),
+        kw.get("dhParameters"),
+    )
+    return SSL4ServerEndpoint(
+        reactor,
+        int(kw["port"]),
+        options,
+        backlog=int(kw.get("backlog") or backlog or 50),
+        interface=kw.get("interface", ""),
+    )

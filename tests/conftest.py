@@ -52,18 +52,21 @@ def server_urls():
             conn.exec_driver_sql("DROP SCHEMA IF EXISTS %s CASCADE" % tag)
             conn.exec_driver_sql("CREATE SCHEMA %s" % tag)
         u = sa.engine.make_url(pg)
-        urls["postgres"] = u.update_query_dict({"options": "-csearch_path=%s" % tag}) \
-            .render_as_string(hide_password=False)
+        urls["postgres"] = u.update_query_dict(
+            {"options": "-csearch_path=%s" % tag}
+        ).render_as_string(hide_password=False)
         cleanup.append((base, "DROP SCHEMA IF EXISTS %s CASCADE" % tag))
     my = os.environ.get("NETSHARE_TEST_MYSQL")
     if my:
         base = sa.create_engine(my, isolation_level="AUTOCOMMIT")
         with base.connect() as conn:
             conn.exec_driver_sql("DROP DATABASE IF EXISTS %s" % tag)
-            conn.exec_driver_sql("CREATE DATABASE %s CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                                 % tag)
-        urls["mysql"] = sa.engine.make_url(my).set(database=tag) \
-            .render_as_string(hide_password=False)
+            conn.exec_driver_sql(
+                "CREATE DATABASE %s CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" % tag
+            )
+        urls["mysql"] = (
+            sa.engine.make_url(my).set(database=tag).render_as_string(hide_password=False)
+        )
         cleanup.append((base, "DROP DATABASE IF EXISTS %s" % tag))
     yield urls
     for base, sql in cleanup:
@@ -118,8 +121,12 @@ ENV = {"postgres": "NETSHARE_TEST_POSTGRES", "mysql": "NETSHARE_TEST_MYSQL"}
 
 
 def admin_engine(url):
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
-                            connect_args={"connect_timeout": 5})
+    return sa.create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 @contextlib.contextmanager
@@ -140,8 +147,9 @@ def scratch_database(url):
             if backend == "postgresql":
                 conn.exec_driver_sql('CREATE DATABASE "%s"' % name)
             else:
-                conn.exec_driver_sql("CREATE DATABASE `%s` CHARACTER SET utf8mb4 "
-                                     "COLLATE utf8mb4_bin" % name)
+                conn.exec_driver_sql(
+                    "CREATE DATABASE `%s` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" % name
+                )
         yield u.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:

@@ -30,8 +30,10 @@ import struct
 import threading
 import time
 
-COMMITS = (b"Q" + struct.pack("!I", 11) + b"COMMIT\x00",       # PostgreSQL
-           b"\x07\x00\x00\x00\x03COMMIT")                       # MariaDB / MySQL
+COMMITS = (
+    b"Q" + struct.pack("!I", 11) + b"COMMIT\x00",  # PostgreSQL
+    b"\x07\x00\x00\x00\x03COMMIT",
+)  # MariaDB / MySQL
 
 
 class CommitProxy:
@@ -49,7 +51,7 @@ class CommitProxy:
         self.fired = 0
         self._threads = []
         self._socks = set()
-        self._pumps = set()          # (client, server) of every open connection
+        self._pumps = set()  # (client, server) of every open connection
         self._silenced = set()
         self._stop = threading.Event()
         self._listener = socket.socket()
@@ -96,13 +98,13 @@ class CommitProxy:
             self._spawn(self._pump, client, upstream)
 
     def _pump(self, client, server):
-        seen = b""                   # this connection's statements since its last COMMIT
+        seen = b""  # this connection's statements since its last COMMIT
         try:
             while not self._stop.is_set():
                 with self._lock:
                     silenced = (client, server) in self._silenced
                 if silenced:
-                    time.sleep(0.1)          # hold both sockets, read nothing, send nothing
+                    time.sleep(0.1)  # hold both sockets, read nothing, send nothing
                     continue
                 ready, _, _ = select.select([client, server], [], [], 0.2)
                 for s in ready:
@@ -113,20 +115,20 @@ class CommitProxy:
                         client.sendall(data)
                         continue
                     action = self._watch(seen + data)
-                    seen = (seen + data)[-(1 << 16):]
+                    seen = (seen + data)[-(1 << 16) :]
                     if action is None:
                         server.sendall(data)
                         if any(c in seen for c in COMMITS) or b"ROLLBACK" in data:
-                            seen = b""                       # the transaction ended
+                            seen = b""  # the transaction ended
                         continue
                     mode, stall = action
                     if mode == "before":
-                        return                                   # cut, COMMIT unsent
+                        return  # cut, COMMIT unsent
                     server.sendall(data)
                     answer = self._read_answer(server)
                     if mode == "after":
-                        return                                   # cut, answer lost
-                    time.sleep(stall)                            # a slow COMMIT
+                        return  # cut, answer lost
+                    time.sleep(stall)  # a slow COMMIT
                     client.sendall(answer)
                     seen = b""
         except (OSError, ValueError):
@@ -149,7 +151,7 @@ class CommitProxy:
         with self._lock:
             if self._trigger is None or self._trigger not in window:
                 return None
-            if not any(c in window[window.find(self._trigger):] for c in COMMITS):
+            if not any(c in window[window.find(self._trigger) :] for c in COMMITS):
                 return None
             action = (self._mode, self._stall)
             self._trigger = None

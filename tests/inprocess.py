@@ -49,8 +49,13 @@ from netshare.protocols.line import CommandProtocol
 
 #: Cheap hashing and quick batching for tests (documented settings), and
 #: REGISTER open (the server's default is closed; a test sets it to check).
-FAST = dict(scrypt_n=1024, file_scrypt_n=1024, history_flush=0.05, shutdown_timeout=3.0,
-            registration="open")
+FAST = dict(
+    scrypt_n=1024,
+    file_scrypt_n=1024,
+    history_flush=0.05,
+    shutdown_timeout=3.0,
+    registration="open",
+)
 #: Every built-in listener off: tests listen what they need with L{listen}.
 NO_LISTENERS = dict(personnel=None, files=None, ttweet=None, manhole=None, manhole_ssh=None)
 TIMEOUT = 10
@@ -58,10 +63,12 @@ TIMEOUT = 10
 
 def reactor():
     from twisted.internet import reactor as r
+
     return r
 
 
 # --- databases ------------------------------------------------------------
+
 
 def db_kinds():
     """The databases configured for this run: sqlite always, plus postgres
@@ -80,7 +87,10 @@ class PrivateDatabase:
     def __init__(self, kind):
         import sqlalchemy as sa
         from sqlalchemy.engine import make_url
-        base = os.environ["NETSHARE_TEST_POSTGRES" if kind == "postgres" else "NETSHARE_TEST_MYSQL"]
+
+        base = os.environ[
+            "NETSHARE_TEST_POSTGRES" if kind == "postgres" else "NETSHARE_TEST_MYSQL"
+        ]
         self.kind = kind
         self.name = "nst_%s" % (uuid.uuid4().hex[:12],)
         self._admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
@@ -102,14 +112,15 @@ class PrivateDatabase:
 
 # --- the runtime ----------------------------------------------------------
 
+
 @dataclass
 class _Harness:
     service: object
     private_db: object = None
     db_url: str = ""
     listeners: list = field(default_factory=list)
-    protocols: list = field(default_factory=list)   # every server protocol built
-    clients: list = field(default_factory=list)     # every client connection made here
+    protocols: list = field(default_factory=list)  # every server protocol built
+    clients: list = field(default_factory=list)  # every client connection made here
     stopped: bool = False
 
 
@@ -178,7 +189,7 @@ def stop_runtime(rt, close_clients=True):
                 c.transport.loseConnection()
     # Factories shut down, history flushed, pools stopped:
     yield _bounded(defer.maybeDeferred(h.service.stopService), 30 + rt.config.shutdown_timeout)
-    for p in h.protocols:          # refused connections included
+    for p in h.protocols:  # refused connections included
         if p.transport is not None and p.transport.connected:
             p.transport.abortConnection()
     waits = [p.lost for p in h.protocols] + [c.closed for c in h.clients]
@@ -206,6 +217,7 @@ def add_account(rt, name, password, role="user"):
 
 # --- listeners ------------------------------------------------------------
 
+
 @dataclass
 class Listener:
     runtime: object
@@ -232,9 +244,15 @@ class Listener:
         """A L{netshare.clients.protocol.ClientProtocol}, greeted (TLS verified against
         the listener's certificate unless C{cafile} says otherwise)."""
         tls = self.tls if tls is None else tls
-        proto = yield client_connect(self.host, self.number, tls=tls,
-                                     cafile=cafile or self.cafile, hostname=hostname,
-                                     reactor=reactor(), timeout=timeout)
+        proto = yield client_connect(
+            self.host,
+            self.number,
+            tls=tls,
+            cafile=cafile or self.cafile,
+            hostname=hostname,
+            reactor=reactor(),
+            timeout=timeout,
+        )
         self.runtime.harness.clients.append(proto)
         return with_timeouts(proto, timeout)
 
@@ -242,8 +260,14 @@ class Listener:
     def raw(self, bind=None, greet=True):
         """A L{RawClient} on this port (plain TCP), greeting read unless not C{greet}."""
         from twisted.internet.endpoints import TCP4ClientEndpoint
-        ep = TCP4ClientEndpoint(reactor(), self.host, self.number, timeout=TIMEOUT,
-                                bindAddress=(bind, 0) if bind else None)
+
+        ep = TCP4ClientEndpoint(
+            reactor(),
+            self.host,
+            self.number,
+            timeout=TIMEOUT,
+            bindAddress=(bind, 0) if bind else None,
+        )
         client = yield _bounded(ep.connect(_RawFactory()))
         self.runtime.harness.clients.append(client)
         if greet:
@@ -269,7 +293,9 @@ def listen(rt, protocol_class=CommandProtocol, app=None, tls=False, endpoint=Non
         if tls:
             ca, cert, key = tls_material(rt)
             endpoint = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
-                _escape(key), _escape(cert))
+                _escape(key),
+                _escape(cert),
+            )
             cafile = ca
     build = factory.buildProtocol
 
@@ -290,8 +316,9 @@ def listen(rt, protocol_class=CommandProtocol, app=None, tls=False, endpoint=Non
         start = getattr(app, "start", None)
         if start is not None:  # started before accepting, as the service does
             yield _bounded(defer.maybeDeferred(start))
-    if endpoint.startswith("ssl:"):       # served as the server serves it
+    if endpoint.startswith("ssl:"):  # served as the server serves it
         from netshare.tls import server_endpoint
+
         ep = server_endpoint(rt.reactor, endpoint)
     else:
         ep = serverFromString(rt.reactor, endpoint)
@@ -319,6 +346,7 @@ def tls_material(rt):
     """The runtime's local CA and server certificate (made once, as `netshare
     init` does): (ca, cert, key) paths."""
     from netshare.tls import make_certificates
+
     tls_dir = os.path.join(rt.config.data, "tls")
     if not os.path.exists(os.path.join(tls_dir, "cert.pem")):
         return make_certificates(tls_dir)
@@ -330,6 +358,7 @@ def _escape(path):
 
 
 # --- a raw client for exact bytes ----------------------------------------
+
 
 class RawClient(protocol.Protocol):
     """
@@ -375,12 +404,14 @@ class RawClient(protocol.Protocol):
         deadline = reactor().seconds() + timeout
         while not ready():
             if self.closed.called:
-                raise ConnectionError("closed while waiting for %s; buffered %r"
-                                      % (what, bytes(self.buffer[:200])))
+                raise ConnectionError(
+                    "closed while waiting for %s; buffered %r" % (what, bytes(self.buffer[:200]))
+                )
             left = deadline - reactor().seconds()
             if left <= 0:
-                raise defer.TimeoutError("no %s within %ss; buffered %r"
-                                         % (what, timeout, bytes(self.buffer[:200])))
+                raise defer.TimeoutError(
+                    "no %s within %ss; buffered %r" % (what, timeout, bytes(self.buffer[:200]))
+                )
             self._waiter = defer.Deferred()
             try:
                 yield self._waiter.addTimeout(left, reactor())
@@ -393,7 +424,7 @@ class RawClient(protocol.Protocol):
         yield self._wait(lambda: b"\r\n" in self.buffer, timeout, "line")
         end = self.buffer.index(b"\r\n")
         line = bytes(self.buffer[:end])
-        del self.buffer[:end + 2]
+        del self.buffer[: end + 2]
         return line.decode("utf-8")
 
     @defer.inlineCallbacks
@@ -434,6 +465,7 @@ class _RawFactory(protocol.Factory):
 
 # --- small waiting helpers ------------------------------------------------
 
+
 @defer.inlineCallbacks
 def wait_for(predicate, timeout=TIMEOUT, interval=0.01, what="condition"):
     """Poll C{predicate()} until true; TimeoutError after C{timeout} seconds."""
@@ -449,6 +481,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 # --- fixtures -------------------------------------------------------------
+
 
 @pytest.fixture
 def make_runtime(tmp_path):

@@ -126,21 +126,28 @@ def run_ssh(port, user, keyfile, lines, until, timeout=30):
     import sys
 
     from tests.support import ROOT, env
-    out = subprocess.run([sys.executable, "-c", SSH_SCRIPT, str(port), user, keyfile,
-                          json.dumps(lines), until], cwd=ROOT, env=env(), capture_output=True,
-                         text=True, timeout=timeout)
+
+    out = subprocess.run(
+        [sys.executable, "-c", SSH_SCRIPT, str(port), user, keyfile, json.dumps(lines), until],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     last = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not last:
         raise RuntimeError("ssh client failed: %s %s" % (out.stdout, out.stderr[-2000:]))
     return json.loads(last[-1])
 
 
-SSH_SCRIPT = r'''
+SSH_SCRIPT = r"""
 import struct, sys, json
 from twisted.internet import defer, protocol, reactor, task
 from twisted.conch.ssh import channel, common, connection, keys, transport, userauth
 
-port, user, keyfile, script, until = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5].encode()
+port, user, keyfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+script, until = json.loads(sys.argv[4]), sys.argv[5].encode()
 key = keys.Key.fromFile(keyfile)
 result = {"auth": None, "output": ""}
 
@@ -199,4 +206,4 @@ def finish(code):
 protocol.ClientCreator(reactor, Transport).connectTCP("127.0.0.1", port)
 reactor.callLater(15, finish, 4)
 reactor.run()
-'''
+"""

@@ -16,8 +16,11 @@ SERVICES = ("personnel", "files", "ttweet")
 # Cheap password hashing for tests that log in a lot (a documented setting),
 # and REGISTER open for tests that make their accounts with it (the server's
 # default is closed: tests/test_config.py checks it).
-FAST_ENV = {"NETSHARE_SCRYPT_N": "1024", "NETSHARE_FILE_SCRYPT_N": "1024",
-            "NETSHARE_REGISTRATION": "open"}
+FAST_ENV = {
+    "NETSHARE_SCRYPT_N": "1024",
+    "NETSHARE_FILE_SCRYPT_N": "1024",
+    "NETSHARE_REGISTRATION": "open",
+}
 
 
 def free_port():
@@ -36,14 +39,27 @@ def env(**extra):
 
 def run_cli(*args, input=None, timeout=60, **envextra):
     """Run the operator CLI from the source tree."""
-    return subprocess.run([sys.executable, "-m", "netshare.cli", *args], cwd=ROOT,
-                          env=env(**envextra), input=input, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "netshare.cli", *args],
+        cwd=ROOT,
+        env=env(**envextra),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def twistd_command(*args):
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--pidfile=", "-n", "netshare", *args]
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--pidfile=",
+        "-n",
+        "netshare",
+        *args,
+    ]
 
 
 class ServerProcess:
@@ -53,8 +69,16 @@ class ServerProcess:
     @ivar ports: {service: port}
     """
 
-    def __init__(self, data_dir, db=None, extra_args=(), admin_password="adminpw",
-                 manhole=False, init=True, env_extra=None):
+    def __init__(
+        self,
+        data_dir,
+        db=None,
+        extra_args=(),
+        admin_password="adminpw",
+        manhole=False,
+        init=True,
+        env_extra=None,
+    ):
         self.data = str(data_dir)
         self.db = db
         self.admin_password = admin_password
@@ -72,37 +96,48 @@ class ServerProcess:
         return ["--db", self.db] if self.db else []
 
     def init(self):
-        r = run_cli("init", "--data", self.data, *self.db_args(),
-                    "--admin-password", self.admin_password)
+        r = run_cli(
+            "init", "--data", self.data, *self.db_args(), "--admin-password", self.admin_password
+        )
         assert r.returncode == 0, r.stderr
 
     def args(self):
         a = ["--data", self.data, *self.db_args()]
         for s in SERVICES:
             a += ["--" + s, "tcp:%d:interface=127.0.0.1" % self.ports[s]]
-        a += ["--manhole", "tcp:%d:interface=127.0.0.1" % self.ports["manhole"]
-              if "manhole" in self.ports else "none"]
+        a += [
+            "--manhole",
+            "tcp:%d:interface=127.0.0.1" % self.ports["manhole"]
+            if "manhole" in self.ports
+            else "none",
+        ]
         return a + self.extra_args
 
     def start(self, timeout=20):
         self._out = open(self.output_path, "ab")
-        self.proc = subprocess.Popen(twistd_command(*self.args()), cwd=ROOT,
-                                     env=env(**self.env_extra), stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            twistd_command(*self.args()),
+            cwd=ROOT,
+            env=env(**self.env_extra),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         for port in self.ports.values():
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("server exited %s:\n%s" % (self.proc.returncode,
-                                                                  self.output()))
+                    raise RuntimeError(
+                        "server exited %s:\n%s" % (self.proc.returncode, self.output())
+                    )
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=1):
                         break
                 except OSError:
                     if time.monotonic() > deadline:
                         self.kill()
-                        raise RuntimeError("server did not listen on %d:\n%s"
-                                           % (port, self.output())) from None
+                        raise RuntimeError(
+                            "server did not listen on %d:\n%s" % (port, self.output())
+                        ) from None
                     time.sleep(0.05)
         return self
 

@@ -34,8 +34,7 @@ def quote(*words):
 
 
 def connect(port, source="127.0.0.1", timeout=30):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                 source_address=(source, 0))
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
     c = LineConn.__new__(LineConn)
     c.sock, c.buf = s, b""
     return c
@@ -46,7 +45,8 @@ def history_rows(data_dir, where="1=1"):
     try:
         with engine.connect() as conn:
             return conn.exec_driver_sql(
-                'SELECT command, code, "user" FROM history WHERE %s ORDER BY seq' % where).all()
+                'SELECT command, code, "user" FROM history WHERE %s ORDER BY seq' % where
+            ).all()
     finally:
         engine.dispose()
 
@@ -58,6 +58,7 @@ def start(tmp_path, *args, **kw):
 
 
 # --------------------------------------------------------------- history before login
+
 
 def test_history_growth_before_login_is_bounded(tmp_path):
     """One connection that never logs in sends 4 KiB lines as fast as it can,
@@ -92,7 +93,7 @@ def test_history_growth_before_login_is_bounded(tmp_path):
         admin = connect(port)
         admin.readline()
         assert admin.cmd("LOGIN admin %s" % srv.admin_password)[0].startswith("230 ")
-        assert admin.cmd("HISTORY limit=1")[-1].startswith("210 ")    # everything written
+        assert admin.cmd("HISTORY limit=1")[-1].startswith("210 ")  # everything written
         admin.close()
         rows = history_rows(srv.data, '"user" IS NULL')
         listed = [r for r in rows if r[0].startswith("LIST")]
@@ -100,14 +101,16 @@ def test_history_growth_before_login_is_bounded(tmp_path):
         assert listed and all(len(r[0]) <= 64 for r in listed)
         assert len(listed) <= 50 + 5 * total + 1, (len(listed), total)
         assert len(counted) >= 1 and all(r[1] == 429 for r in counted)
-        first = [r for r in listed][:11 + int(elapsed)]
+        first = [r for r in listed][: 11 + int(elapsed)]
         assert len(first) <= 10 + elapsed + 1
         stored = sum(len(r[0]) for r in rows)
         per_hour = stored / total * 3600
-        print("\n%d commands before login on one connection in %.1f s (then %d on 20 more): "
-              "%d history entries, %d bytes of command text: %.0f KB an hour at this rate "
-              "(before: every line up to 4 KiB, about 87 GB an hour)"
-              % (sent, elapsed, 600, len(rows), stored, per_hour / 1000))
+        print(
+            "\n%d commands before login on one connection in %.1f s (then %d on 20 more): "
+            "%d history entries, %d bytes of command text: %.0f KB an hour at this rate "
+            "(before: every line up to 4 KiB, about 87 GB an hour)"
+            % (sent, elapsed, 600, len(rows), stored, per_hour / 1000)
+        )
     finally:
         srv.terminate()
         srv.kill()
@@ -115,16 +118,32 @@ def test_history_growth_before_login_is_bounded(tmp_path):
 
 # --------------------------------------------------------------- password guessing
 
+
 def test_guesses_from_many_addresses_are_bounded_per_account(tmp_path):
     """Wrong passwords for one account from 40 loopback addresses, each on
     fresh connections: after 3 free failures every guess at that account
     waits its 0.3 s turn, whatever the address, and the account locks after
     6 (here from loopback too: no exempt networks).  The operator lists
     the lock and lifts it; the owner then logs in."""
-    srv = start(tmp_path, "--login-free", "3", "--login-max-delay", "0.3",
-                "--login-failure-delay", "0", "--account-lockout", "6",
-                "--account-lockout-seconds", "600", "--lockout-exempt", "",
-                "--max-per-ip", "1000", "--max-login-failures", "1000")
+    srv = start(
+        tmp_path,
+        "--login-free",
+        "3",
+        "--login-max-delay",
+        "0.3",
+        "--login-failure-delay",
+        "0",
+        "--account-lockout",
+        "6",
+        "--account-lockout-seconds",
+        "600",
+        "--lockout-exempt",
+        "",
+        "--max-per-ip",
+        "1000",
+        "--max-login-failures",
+        "1000",
+    )
     try:
         r = run_cli("user", "add", "alice", "--data", srv.data, NETSHARE_PASSWORD="right-pw")
         assert r.returncode == 0, r.stderr
@@ -165,10 +184,12 @@ def test_guesses_from_many_addresses_are_bounded_per_account(tmp_path):
         assert r.returncode == 0, r.stderr
         assert c.cmd("LOGIN alice right-pw")[0] == "230 logged in as alice (user)"
         c.close()
-        print("\n120 guesses from 40 addresses in %.1f s: %d checked, %d refused (429); at "
-              "the defaults (doubling to 180 s, forgetting one failure per 180 s, locked after "
-              "20) an account gets at most 20 guesses an hour" % (elapsed, checked,
-                                                                   answers.count("429")))
+        print(
+            "\n120 guesses from 40 addresses in %.1f s: %d checked, %d refused (429); at "
+            "the defaults (doubling to 180 s, forgetting one failure per 180 s, locked after "
+            "20) an account gets at most 20 guesses an hour"
+            % (elapsed, checked, answers.count("429"))
+        )
     finally:
         srv.terminate()
         srv.kill()
@@ -178,11 +199,24 @@ def test_a_legitimate_login_is_served_during_a_storm_from_another_address(tmp_pa
     """60 connections from 127.0.0.1 send wrong passwords with real (if
     smaller) scrypt; meanwhile bob logs in from 127.0.0.2 three times: each
     is answered 230, none 429."""
-    srv = start(tmp_path, "--login-failure-delay", "0.2", "--max-per-ip", "1000",
-                env_extra={"NETSHARE_SCRYPT_N": str(2**14)})
+    srv = start(
+        tmp_path,
+        "--login-failure-delay",
+        "0.2",
+        "--max-per-ip",
+        "1000",
+        env_extra={"NETSHARE_SCRYPT_N": str(2**14)},
+    )
     try:
-        r = run_cli("user", "add", "bob", "--data", srv.data, NETSHARE_PASSWORD="bob-pw",
-                    NETSHARE_SCRYPT_N=str(2**14))
+        r = run_cli(
+            "user",
+            "add",
+            "bob",
+            "--data",
+            srv.data,
+            NETSHARE_PASSWORD="bob-pw",
+            NETSHARE_SCRYPT_N=str(2**14),
+        )
         assert r.returncode == 0, r.stderr
         port = srv.ports["files"]
         stop = threading.Event()
@@ -217,16 +251,22 @@ def test_a_legitimate_login_is_served_during_a_storm_from_another_address(tmp_pa
                 t.join(60)
         assert all(line == "230 logged in as bob (user)" for line, _ in legit), legit
         assert "429" in storm_answers or "535" in storm_answers
-        print("\nduring a storm of %d wrong logins from one address (%d refused with 429), "
-              "3 logins from another answered 230 in %s s"
-              % (len(storm_answers), storm_answers.count("429"),
-                 ", ".join("%.2f" % t for _, t in legit)))
+        print(
+            "\nduring a storm of %d wrong logins from one address (%d refused with 429), "
+            "3 logins from another answered 230 in %s s"
+            % (
+                len(storm_answers),
+                storm_answers.count("429"),
+                ", ".join("%.2f" % t for _, t in legit),
+            )
+        )
     finally:
         srv.terminate()
         srv.kill()
 
 
 # --------------------------------------------------------------- connection slots
+
 
 def test_connections_that_never_log_in_are_closed_at_the_deadline(tmp_path):
     """150 connections keep sending blank lines and never log in: all are
@@ -257,7 +297,7 @@ def test_connections_that_never_log_in_are_closed_at_the_deadline(tmp_path):
         fresh = connect(port)
         assert fresh.readline().startswith("220 ")
         assert fresh.cmd("LOGIN guest1") == ["230 logged in as guest1 (guest)"]
-        time.sleep(1.5)                                 # logged in: the deadline is gone
+        time.sleep(1.5)  # logged in: the deadline is gone
         assert fresh.cmd("PING") == ["200 pong"]
         fresh.close()
         for h in holders:
@@ -319,6 +359,7 @@ def test_a_burst_of_1000_connections_is_greeted_in_full(tmp_path):
 
 # --------------------------------------------------------------- ttweet flood
 
+
 def test_new_guest_names_on_new_connections_buy_no_extra_tweets(tmp_path):
     """40 guest names, each on its own connection from one address, 50 tweets
     each as fast as they go: the address's bucket (100 at once, then 40/s)
@@ -342,8 +383,10 @@ def test_new_guest_names_on_new_connections_buy_no_extra_tweets(tmp_path):
         accepted = answers.count("200")
         assert set(answers) <= {"200", "429"}
         assert accepted <= 100 + 40 * elapsed + 1, (accepted, elapsed)
-        print("\n2000 tweets over 40 guest names in %.2f s: %d accepted (before: all 2000)"
-              % (elapsed, accepted))
+        print(
+            "\n2000 tweets over 40 guest names in %.2f s: %d accepted (before: all 2000)"
+            % (elapsed, accepted)
+        )
         for c in conns:
             c.close()
     finally:
@@ -356,9 +399,21 @@ def test_a_flood_from_outside_never_locks_the_operators_console_out(tmp_path):
     console; loopback by default) are counted apart: after a flood of wrong
     passwords for admin from elsewhere has locked the account for everyone
     else, the console still logs in at once."""
-    srv = start(tmp_path, "--login-free", "2", "--login-max-delay", "0.2",
-                "--login-failure-delay", "0", "--account-lockout", "4",
-                "--lockout-exempt", "127.0.0.9/32", "--max-login-failures", "1000")
+    srv = start(
+        tmp_path,
+        "--login-free",
+        "2",
+        "--login-max-delay",
+        "0.2",
+        "--login-failure-delay",
+        "0",
+        "--account-lockout",
+        "4",
+        "--lockout-exempt",
+        "127.0.0.9/32",
+        "--max-login-failures",
+        "1000",
+    )
     try:
         port = srv.ports["personnel"]
         attacker = connect(port, source="127.0.0.1")
@@ -371,8 +426,10 @@ def test_a_flood_from_outside_never_locks_the_operators_console_out(tmp_path):
         attacker.close()
         console = connect(port, source="127.0.0.9")
         console.readline()
-        assert console.cmd("LOGIN admin %s" % srv.admin_password)[0] == \
-            "230 logged in as admin (admin)"
+        assert (
+            console.cmd("LOGIN admin %s" % srv.admin_password)[0]
+            == "230 logged in as admin (admin)"
+        )
         console.close()
     finally:
         srv.terminate()

@@ -21,10 +21,10 @@ def test_configured_database_is_reachable(kind):
     url = os.environ.get(ENV[kind])
     if not url:
         pytest.skip("%s is not set (CI sets it: see .ci/run)" % ENV[kind])
-    assert any(p.values[0] == kind for p in DB_PARAMS), \
+    assert any(p.values[0] == kind for p in DB_PARAMS), (
         "%s is set but the storage fixtures do not run on %s" % (ENV[kind], kind)
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
-                              connect_args={"connect_timeout": 5})
+    )
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
@@ -53,10 +53,13 @@ def test_scratch_database_is_created_and_dropped(kind):
     admin = admin_engine(url)
     with admin.connect() as conn:
         if kind == "postgres":
-            left = conn.exec_driver_sql("SELECT count(*) FROM pg_database WHERE datname = %(n)s",
-                                        {"n": name}).scalar_one()
+            left = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_database WHERE datname = %(n)s", {"n": name}
+            ).scalar_one()
         else:
-            left = conn.exec_driver_sql("SELECT count(*) FROM information_schema.schemata "
-                                        "WHERE schema_name = %(n)s", {"n": name}).scalar_one()
+            left = conn.exec_driver_sql(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = %(n)s",
+                {"n": name},
+            ).scalar_one()
     admin.dispose()
     assert left == 0

@@ -95,6 +95,7 @@ def snapshot(data, url):
 
 # -- init ---------------------------------------------------------------------------
 
+
 def test_init_creates_everything_and_prints_the_password_once(tmp_path):
     data = str(tmp_path / "var")
     url = "sqlite:///netshare.db"
@@ -113,8 +114,11 @@ def test_init_creates_everything_and_prints_the_password_once(tmp_path):
         assert mode(os.path.join(data, sub)) == 0o700, sub
     assert mode(os.path.join(data, "tls", "key.pem")) == 0o600
     assert mode(os.path.join(data, "ssh_host_key")) == 0o600
-    assert open(os.path.join(data, "tls", "cert.pem")).read().startswith(
-        "-----BEGIN CERTIFICATE-----")
+    assert (
+        open(os.path.join(data, "tls", "cert.pem"))
+        .read()
+        .startswith("-----BEGIN CERTIFICATE-----")
+    )
     assert b"OPENSSH PRIVATE KEY" in open(os.path.join(data, "ssh_host_key"), "rb").read()
     # the printed password is the admin's, stored only as a salted scrypt hash
     admin = account(url, data, "admin")
@@ -141,8 +145,9 @@ def test_init_repairs_the_data_dir_mode(tmp_path, environ):
 
 def test_init_with_admin_password(scratch_url, tmp_path, environ):
     data = str(tmp_path / "var")
-    code, out, _ = run("init", "--data", data, "--db", scratch_url,
-                       "--admin-password", "correct horse ✓")
+    code, out, _ = run(
+        "init", "--data", data, "--db", scratch_url, "--admin-password", "correct horse ✓"
+    )
     assert code == 0
     assert "shown once" not in out and "correct horse" not in out
     assert "database schema empty -> %s" % HEAD in out.splitlines()
@@ -181,8 +186,9 @@ def test_init_refuses_a_bad_admin_password(tmp_path):
 
 def test_init_demo(scratch_url, tmp_path, environ):
     data = str(tmp_path / "var")
-    code, out, _ = run("init", "--data", data, "--db", scratch_url, "--demo",
-                       "--admin-password", "pw")
+    code, out, _ = run(
+        "init", "--data", data, "--db", scratch_url, "--demo", "--admin-password", "pw"
+    )
     assert code == 0, out
     for name in ("alice", "bob", "client1", "client2"):
         assert "created demo account %s (password %s-demo)" % (name, name) in out
@@ -196,6 +202,7 @@ def test_init_demo(scratch_url, tmp_path, environ):
 
 
 # -- user ---------------------------------------------------------------------------
+
 
 def test_user_commands(scratch_url, tmp_path, environ):
     data = str(tmp_path / "var")
@@ -232,9 +239,13 @@ def test_user_commands(scratch_url, tmp_path, environ):
     code, _, message = run("user", "passwd", "nobody", *db)
     assert (code, message) == (1, "netshare: no account nobody")
 
-    assert run("user", "remove", "alice", *db)[:2] == (0, (
-        "removed alice (files: 0 deleted; pending sync records: 0 dropped; history kept for "
-        "admins)\n"))
+    assert run("user", "remove", "alice", *db)[:2] == (
+        0,
+        (
+            "removed alice (files: 0 deleted; pending sync records: 0 dropped; history kept for "
+            "admins)\n"
+        ),
+    )
     assert account(scratch_url, data, "alice") is None
     code, _, message = run("user", "remove", "alice", *db)
     assert (code, message) == (1, "netshare: no account alice")
@@ -256,34 +267,44 @@ def test_user_commands_need_the_schema(scratch_url, tmp_path, environ, capsys):
     data.mkdir()
     assert run("user", "list", "--data", str(data), "--db", scratch_url)[0] == 1
     assert capsys.readouterr().err == (
-        "netshare: database has no netshare schema: run `netshare init` first\n")
+        "netshare: database has no netshare schema: run `netshare init` first\n"
+    )
 
 
 # -- db -------------------------------------------------------------------------------
+
 
 def test_db_check_and_upgrade(scratch_url, tmp_path, environ, capsys):
     data = tmp_path / "var"
     data.mkdir()
     db = ["--data", str(data), "--db", scratch_url]
     assert run("db", "check", *db)[:2] == (
-        1, "schema missing (database none, this netshare %s)\n" % HEAD)
+        1,
+        "schema missing (database none, this netshare %s)\n" % HEAD,
+    )
     assert run("db", "upgrade", *db)[:2] == (0, "schema empty -> %s\n" % HEAD)
     assert run("db", "upgrade", *db)[:2] == (0, "schema already current (%s)\n" % HEAD)
     assert run("db", "check", *db)[:2] == (
-        0, "schema current (database %s, this netshare %s)\n"
-           "files: 0 rows, 0 blobs on disk\nfiles: consistent\n" % (HEAD, HEAD))
+        0,
+        "schema current (database %s, this netshare %s)\n"
+        "files: 0 rows, 0 blobs on disk\nfiles: consistent\n" % (HEAD, HEAD),
+    )
     set_revision(scratch_url, data, "9999_future")
     assert run("db", "check", *db)[:2] == (
-        1, "schema newer (database 9999_future, this netshare %s)\n" % HEAD)
+        1,
+        "schema newer (database 9999_future, this netshare %s)\n" % HEAD,
+    )
     assert run("user", "list", *db)[0] == 1
     assert capsys.readouterr().err == (
         "netshare: database schema 9999_future is newer than this netshare (%s): "
-        "upgrade netshare\n" % HEAD)
+        "upgrade netshare\n" % HEAD
+    )
 
 
 def test_db_upgrade_migrates_an_older_schema(scratch_url, tmp_path, environ):
-    revisions = [s.revision for s in
-                 migrate.ScriptDirectory.from_config(migrate._config()).walk_revisions()]
+    revisions = [
+        s.revision for s in migrate.ScriptDirectory.from_config(migrate._config()).walk_revisions()
+    ]
     if len(revisions) < 2:
         pytest.skip("only one migration exists so far")
     first = revisions[-1]
@@ -298,18 +319,20 @@ def test_db_upgrade_migrates_an_older_schema(scratch_url, tmp_path, environ):
         engine.dispose()
     db = ["--data", str(data), "--db", scratch_url]
     assert run("db", "check", *db)[:2] == (
-        1, "schema old (database %s, this netshare %s)\n" % (first, HEAD))
+        1,
+        "schema old (database %s, this netshare %s)\n" % (first, HEAD),
+    )
     assert run("db", "upgrade", *db)[:2] == (0, "schema %s -> %s\n" % (first, HEAD))
     assert run("db", "check", *db)[0] == 0
     assert account(scratch_url, data, "kept").name == "kept"  # data survives the migration
 
 
-def test_db_check_reports_files_without_content_and_content_without_files(scratch_url,
-                                                                          tmp_path):
+def test_db_check_reports_files_without_content_and_content_without_files(scratch_url, tmp_path):
     """A row whose blob is gone from disk and a blob no row names: both
     listed, exit status 1."""
     from netshare.services.files.blobs import BlobStore
     from netshare.storage.files import thd_insert
+
     data = tmp_path / "var"
     data.mkdir()
     db = ["--data", str(data), "--db", scratch_url]
@@ -322,16 +345,28 @@ def test_db_check_reports_files_without_content_and_content_without_files(scratc
     engine = engine_for(scratch_url, data)
     try:
         with engine.begin() as conn:
-            thd_insert(conn, name="lost.txt", name_key="lost.txt", owner="alice", owner_id=1,
-                       size=3, sha256="0" * 64, visibility="public", blob_id="cd" * 16,
-                       enc_meta=None, created_ms=1)
+            thd_insert(
+                conn,
+                name="lost.txt",
+                name_key="lost.txt",
+                owner="alice",
+                owner_id=1,
+                size=3,
+                sha256="0" * 64,
+                visibility="public",
+                blob_id="cd" * 16,
+                enc_meta=None,
+                created_ms=1,
+            )
     finally:
         engine.dispose()
     code, out, _ = run("db", "check", *db)
     assert code == 1
-    assert out.splitlines()[1:] == ["files: 1 rows, 1 blobs on disk",
-                                    "row without content: lost.txt",
-                                    "content without a row: " + stray]
+    assert out.splitlines()[1:] == [
+        "files: 1 rows, 1 blobs on disk",
+        "row without content: lost.txt",
+        "content without a row: " + stray,
+    ]
 
 
 def test_db_check_exit_status(tmp_path):
@@ -363,11 +398,13 @@ def test_db_upgrade_refuses_a_newer_schema_clearly(tmp_path):
 
 # -- bad settings ----------------------------------------------------------------------
 
+
 def test_bad_setting_exit_2(tmp_path, environ, capsys):
     environ.setenv("NETSHARE_SCRYPT_N", "1000")
     assert run("db", "check", "--data", str(tmp_path))[0] == 2
-    assert capsys.readouterr().err == ("netshare: setting NETSHARE_SCRYPT_N: must be a power "
-                                       "of two (e.g. 131072) (got '1000')\n")
+    assert capsys.readouterr().err == (
+        "netshare: setting NETSHARE_SCRYPT_N: must be a power of two (e.g. 131072) (got '1000')\n"
+    )
 
 
 def test_bad_database_url(tmp_path, environ, capsys):
@@ -381,6 +418,7 @@ def test_bad_database_url(tmp_path, environ, capsys):
 
 def test_unreachable_database(tmp_path, environ, capsys):
     from tests.support import free_port
+
     url = "postgresql+psycopg://postgres@127.0.0.1:%d/none" % free_port()
     assert run("db", "check", "--data", str(tmp_path), "--db", url)[0] == 1
     err = capsys.readouterr().err

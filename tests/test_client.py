@@ -229,7 +229,7 @@ class LineReceiverClient(LineReceiver, ClientProtocol):
     rawDataReceived = ClientProtocol.rawDataReceived
 
 
-NASTY = ["'; DROP TABLE personnel;--", "100%", "back\\slash", '"quoted"', "Zo\u00eb \U0001F600"]
+NASTY = ["'; DROP TABLE personnel;--", "100%", "back\\slash", '"quoted"', "Zo\u00eb \U0001f600"]
 RAW = b"raw\r\n610 1 SAVE {}\r\n\n\r" * 700 + b"tail"
 
 
@@ -243,8 +243,12 @@ def _stream():
     kinds = []
     for i in range(1, 301):
         name = NASTY[i % len(NASTY)]
-        lines.append(("610 %d SAVE %s" % (i, json.dumps({"ssn": "p%d" % i, "name": name},
-                                                        ensure_ascii=False))).encode())
+        lines.append(
+            (
+                "610 %d SAVE %s"
+                % (i, json.dumps({"ssn": "p%d" % i, "name": name}, ensure_ascii=False))
+            ).encode()
+        )
         if i % 37 == 0:
             lines += [b'210-{"a":1}', b'210-{"a":"\xc3\xa9"}', b"210 2 items"]
             kinds.append("line")
@@ -254,9 +258,17 @@ def _stream():
         if i == 150:
             lines += [b"150 %d bytes sha256=x" % len(RAW), RAW + b"226 done"]
             kinds.append("download")
-    lines += [b"6105 no space", b"61", b"", b"hello", b"610 \xff\xfe bad utf-8",
-              b"610\xc3\xa9 not a push", b"600-continued", b"610 ends with CR\r",
-              b"421 shutting down"]
+    lines += [
+        b"6105 no space",
+        b"61",
+        b"",
+        b"hello",
+        b"610 \xff\xfe bad utf-8",
+        b"610\xc3\xa9 not a push",
+        b"600-continued",
+        b"610 ends with CR\r",
+        b"421 shutting down",
+    ]
     # CRLF mostly, a bare LF sometimes.
     data = b"".join(line + (b"\n" if i % 11 == 0 else b"\r\n") for i, line in enumerate(lines))
     return data, kinds, lines
@@ -284,14 +296,13 @@ def _feed(cls, seed):
     i = 0
     while i < len(data):
         n = rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
-        proto.dataReceived(data[i:i + n])
+        proto.dataReceived(data[i : i + n])
         i += n
         if proto.paused and rng.random() < 0.5:
             proto.resumeProducing()
     while proto.paused:
         proto.resumeProducing()
-    return (pushes, replies, sink.getvalue(), proto.pushes, proto.clearLineBuffer(),
-            rng.random())
+    return (pushes, replies, sink.getvalue(), proto.pushes, proto.clearLineBuffer(), rng.random())
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -302,8 +313,9 @@ def test_client_frames_lines_exactly_like_line_receiver(seed):
     assert raw == RAW and len(replies) == len(_stream()[1])
     # Every 6xx line (after the greeting) is a push, parsed as its decoded text.
     texts = [line.decode("utf-8", "replace") for line in _stream()[2][1:]]
-    assert pushes == [(int(t[:3]), t[4:]) for t in texts
-                      if t[:3].isdigit() and 600 <= int(t[:3]) < 700]
+    assert pushes == [
+        (int(t[:3]), t[4:]) for t in texts if t[:3].isdigit() and 600 <= int(t[:3]) < 700
+    ]
     assert (610, '1 SAVE {"ssn": "p1", "name": "100%"}') in pushes
     assert (610, "ends with CR\r") in pushes
 
@@ -345,7 +357,7 @@ def test_line_length_limit_like_line_receiver(seed):
         body = b"x" * rng.choice([0, 1, 48, 49, 50, 51, 52, 120])
         pieces.append(body + rng.choice([b"\n", b"\r\n", b"\r\r\n"]))
     if rng.random() < 0.5:
-        pieces.append(b"y" * rng.choice([10, 50, 51, 200]))       # unfinished
+        pieces.append(b"y" * rng.choice([10, 50, 51, 200]))  # unfinished
     data = b"".join(pieces)
     cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 8))))
     chunks = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)], strict=True)]
@@ -387,7 +399,7 @@ def test_pausing_stops_reading_the_transport_and_keeps_the_lines():
     assert got == ["a"] and transport.producerState == "paused"
     proto.resumeProducing()
     assert got == ["a", "b"] and transport.producerState == "paused"
-    proto.dataReceived(b"\r\n")                 # arrives while paused: waits
+    proto.dataReceived(b"\r\n")  # arrives while paused: waits
     assert got == ["a", "b"]
     proto.resumeProducing()
     proto.resumeProducing()

@@ -86,8 +86,11 @@ def test_config_file_beats_default(tmp_path):
 
 def test_environment_beats_config_file(tmp_path):
     ini = write_ini(tmp_path / "n.ini", INI)
-    environ = {"NETSHARE_IDLE_TIMEOUT": "12.5", "NETSHARE_MAX_OUTPUT": "64KiB",
-               "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1"}
+    environ = {
+        "NETSHARE_IDLE_TIMEOUT": "12.5",
+        "NETSHARE_MAX_OUTPUT": "64KiB",
+        "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1",
+    }
     cfg = C.build(environ=environ, config_file=ini)
     assert cfg.idle_timeout == 12.5
     assert cfg.max_output == 64 * 1024
@@ -97,8 +100,12 @@ def test_environment_beats_config_file(tmp_path):
 
 def test_option_beats_environment(tmp_path):
     ini = write_ini(tmp_path / "n.ini", INI)
-    environ = {"NETSHARE_IDLE_TIMEOUT": "12.5", "NETSHARE_MAX_OUTPUT": "64KiB",
-               "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1", "NETSHARE_REGISTRATION": "closed"}
+    environ = {
+        "NETSHARE_IDLE_TIMEOUT": "12.5",
+        "NETSHARE_MAX_OUTPUT": "64KiB",
+        "NETSHARE_FILES": "tcp:9202:interface=127.0.0.1",
+        "NETSHARE_REGISTRATION": "closed",
+    }
     cli = {"idle_timeout": "7", "max_output": "100", "files": "none", "registration": None}
     cfg = C.build(cli, environ=environ, config_file=ini)
     assert cfg.idle_timeout == 7.0
@@ -116,16 +123,37 @@ def test_config_file_named_by_environment(tmp_path):
     assert C.build(environ={"NETSHARE_CONFIG": ini}, config_file=other).idle_timeout == 44.0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("4096", 4096), ("64KiB", 65536), ("64kb", 65536), ("1MiB", 2**20), ("1 M", 2**20),
-    ("10GiB", 10 * 2**30), ("2t", 2 * 2**40), (" 7 ", 7), ("0", 0)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("4096", 4096),
+        ("64KiB", 65536),
+        ("64kb", 65536),
+        ("1MiB", 2**20),
+        ("1 M", 2**20),
+        ("10GiB", 10 * 2**30),
+        ("2t", 2 * 2**40),
+        (" 7 ", 7),
+        ("0", 0),
+    ],
+)
 def test_size_units(text, expected):
     assert C.size(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45), ("3600", 3600),
-    ("0", 0), (" 1.5h ", 5400), ("2w", 14 * 86400)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("90d", 90 * 86400),
+        ("12h", 43200),
+        ("30m", 1800),
+        ("45s", 45),
+        ("3600", 3600),
+        ("0", 0),
+        (" 1.5h ", 5400),
+        ("2w", 14 * 86400),
+    ],
+)
 def test_duration_units(text, expected):
     assert C.duration(text) == expected
 
@@ -135,7 +163,7 @@ def test_settings_are_the_config_fields():
     in declaration order, each parsed to the type its field declares."""
     fields = [f.name for f in dataclasses.fields(C.Config)]
     assert [s.name for s in C.SETTINGS] == [n for n in fields if n != "config_file"]
-    assert C.SETTINGS_BY_NAME["manhole_ssh"].key == "ssh_endpoint"   # key given
+    assert C.SETTINGS_BY_NAME["manhole_ssh"].key == "ssh_endpoint"  # key given
     assert C.SETTINGS_BY_NAME["idle_timeout"].key == "idle_timeout"  # key: the field's name
     hints = typing.get_type_hints(C.Config)
     cfg = C.defaults()
@@ -143,8 +171,10 @@ def test_settings_are_the_config_fields():
         value = getattr(cfg, s.name)
         declared = hints[s.name]
         union = isinstance(declared, types.UnionType)
-        allowed = tuple(typing.get_origin(t) or t
-                        for t in (typing.get_args(declared) if union else (declared,)))
+        allowed = tuple(
+            typing.get_origin(t) or t
+            for t in (typing.get_args(declared) if union else (declared,))
+        )
         if value is not None or type(None) not in allowed:
             assert isinstance(value, allowed), (s.name, value, declared)
     # and for the optional ones, the other branch too
@@ -153,6 +183,7 @@ def test_settings_are_the_config_fields():
 
 
 # -- bad values -----------------------------------------------------------------
+
 
 def _bad_values(setting):
     """Values the setting's parser must refuse (none for free text)."""
@@ -233,12 +264,14 @@ def test_cross_checks(tmp_path):
         C.build({"history_default": "20", "history_max": "10"}, environ={})
     keys = tmp_path / "authorized_keys"
     keys.write_text("")
-    cfg = C.build({"manhole_ssh": "tcp:0:interface=127.0.0.1", "manhole_keys": str(keys)},
-                  environ={})
+    cfg = C.build(
+        {"manhole_ssh": "tcp:0:interface=127.0.0.1", "manhole_keys": str(keys)}, environ={}
+    )
     assert cfg.manhole_ssh == "tcp:0:interface=127.0.0.1" and cfg.manhole_keys == str(keys)
 
 
 # -- the config file ------------------------------------------------------------
+
 
 def test_unknown_key_in_config_file(tmp_path):
     ini = write_ini(tmp_path / "n.ini", "[files]\nendpoint = none\nmax_fil_size = 1\n")
@@ -285,17 +318,30 @@ def test_config_is_frozen():
 
 # -- the twistd plugin's options --------------------------------------------------
 
+
 def test_options_parse(clean_environ, tmp_path):
     ini = write_ini(tmp_path / "n.ini", INI)
     clean_environ.setenv("NETSHARE_MAX_LINE", "2048")
     o = Options()
-    o.parseOptions(["--config", ini, "--idle-timeout", "9", "--files", "none",
-                    "--max-output", "3MiB", "--data", str(tmp_path / "d")])
+    o.parseOptions(
+        [
+            "--config",
+            ini,
+            "--idle-timeout",
+            "9",
+            "--files",
+            "none",
+            "--max-output",
+            "3MiB",
+            "--data",
+            str(tmp_path / "d"),
+        ]
+    )
     cfg = o.netshareConfig
-    assert cfg.idle_timeout == 9.0          # option
-    assert cfg.max_line == 2048             # environment
-    assert cfg.registration == "open"       # config file
-    assert cfg.max_per_ip == 100            # default
+    assert cfg.idle_timeout == 9.0  # option
+    assert cfg.max_line == 2048  # environment
+    assert cfg.registration == "open"  # config file
+    assert cfg.max_per_ip == 100  # default
     assert cfg.files is None and cfg.max_output == 3 * 2**20
     assert cfg.data == str(tmp_path / "d")
 
@@ -309,6 +355,7 @@ def test_options_bad_value_exits_with_one_line(clean_environ, capsys, monkeypatc
     # (as it does under pytest-twisted) and SystemExit(1) otherwise.
     def fake_exit(code):
         raise _Exited(code)
+
     monkeypatch.setattr(os, "_exit", fake_exit)
     with pytest.raises((SystemExit, _Exited)) as e:
         Options().parseOptions(["--max-line", "-5"])
@@ -319,13 +366,20 @@ def test_options_bad_value_exits_with_one_line(clean_environ, capsys, monkeypatc
 
 def test_options_unknown_option():
     from twisted.python.usage import UsageError
+
     with pytest.raises(UsageError):
         Options().parseOptions(["--idle-timeuot", "5"])
 
 
 def test_twistd_help_lists_every_setting():
-    r = subprocess.run(twistd_command("--help"), cwd=ROOT, env=support_env(),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        twistd_command("--help"),
+        cwd=ROOT,
+        env=support_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     help_text = r.stdout
     flat = " ".join(help_text.split())

@@ -39,10 +39,24 @@ from tests.support import ROOT, LineConn, ServerProcess, env
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1024 * 1024
-PW = {"admin": "adminpw", "alice": "pw-alice", "bob": "pw-bob", "carol": "pw-carol",
-      "dave": "pw-dave", "erin": "pw-erin"}
-MODULE_ARGS = ["--max-file-size", "32MiB", "--user-quota", "40MiB",
-               "--login-failure-delay", "0.05", "--registration", "open"]
+PW = {
+    "admin": "adminpw",
+    "alice": "pw-alice",
+    "bob": "pw-bob",
+    "carol": "pw-carol",
+    "dave": "pw-dave",
+    "erin": "pw-erin",
+}
+MODULE_ARGS = [
+    "--max-file-size",
+    "32MiB",
+    "--user-quota",
+    "40MiB",
+    "--login-failure-delay",
+    "0.05",
+    "--registration",
+    "open",
+]
 
 
 def sha(data):
@@ -55,15 +69,28 @@ def quote(*words):
 
 # ---------------------------------------------------------------- helpers
 
+
 def files_cli(server, *args, user="alice", cwd=None, timeout=60, **env_extra):
     """Run `netshare-files --port P ARGS` as C{user} (password from the env)."""
     settings = dict(NETSHARE_USER=user, NETSHARE_PASSWORD=PW.get(user, "x"))
     settings.update(env_extra)
     e = env(**settings)
-    return subprocess.run([sys.executable, "-m", "netshare.clients.files",
-                           "--port", str(server.ports["files"]), *args],
-                          cwd=cwd or ROOT, env=e, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netshare.clients.files",
+            "--port",
+            str(server.ports["files"]),
+            *args,
+        ],
+        cwd=cwd or ROOT,
+        env=e,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def connect(port, user=None, rcvbuf=None):
@@ -72,7 +99,7 @@ def connect(port, user=None, rcvbuf=None):
         c = LineConn(port)
     else:
         s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)   # before connect
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
         s.settimeout(10)
         s.connect(("127.0.0.1", port))
         c = LineConn.__new__(LineConn)
@@ -161,6 +188,7 @@ def workdir(tmp_path):
 
 # ---------------------------------------------------------------- the client program
 
+
 def test_client_commands(server, workdir):
     """Every command of netshare-files against the real server: its output
     on success, and a non-zero exit status with the server's reply line on
@@ -177,22 +205,38 @@ def test_client_commands(server, workdir):
 
     r = files_cli(server, "upload", src, cwd=workdir)
     assert r.returncode == 0, r
-    assert r.stdout.strip() == "stored notes.txt (%d bytes, sha256 %s)" % (len(content),
-                                                                         sha(content))
+    assert r.stdout.strip() == "stored notes.txt (%d bytes, sha256 %s)" % (
+        len(content),
+        sha(content),
+    )
     r = files_cli(server, "upload", src, cwd=workdir)
     assert r.returncode == 1 and "555 file exists (use replace=yes)" in r.stderr
     r = files_cli(server, "upload", src, "--replace", cwd=workdir)
     assert r.returncode == 0, r
     r = files_cli(server, "upload", src, "--name", "cli hidden.txt", "--hidden", cwd=workdir)
     assert r.returncode == 0, r
-    r = files_cli(server, "upload", src, "--name", "cli-vault.txt", "--protect", cwd=workdir,
-                  NETSHARE_FILE_PASSWORD="file-pw")
+    r = files_cli(
+        server,
+        "upload",
+        src,
+        "--name",
+        "cli-vault.txt",
+        "--protect",
+        cwd=workdir,
+        NETSHARE_FILE_PASSWORD="file-pw",
+    )
     assert r.returncode == 0, r
 
     r = files_cli(server, "list", cwd=workdir)
     assert r.returncode == 0
-    assert r.stdout.splitlines()[0].split() == ["name", "size", "owner", "visibility",
-                                                "protected", "created"]
+    assert r.stdout.splitlines()[0].split() == [
+        "name",
+        "size",
+        "owner",
+        "visibility",
+        "protected",
+        "created",
+    ]
     assert re.search(r"^notes\.txt +%d +alice +public +no " % len(content), r.stdout, re.M)
     assert re.search(r"^cli-vault\.txt +%d +alice +public +yes " % len(content), r.stdout, re.M)
     assert "cli hidden.txt" not in r.stdout
@@ -200,7 +244,7 @@ def test_client_commands(server, workdir):
     assert r.returncode == 0 and json.loads(r.stdout) == []
     r = files_cli(server, "list", "--hidden", user="admin", cwd=workdir)
     assert r.returncode == 0 and "cli hidden.txt" in r.stdout
-    r = files_cli(server, "list", "--hidden", cwd=workdir)          # the owner's own
+    r = files_cli(server, "list", "--hidden", cwd=workdir)  # the owner's own
     assert r.returncode == 0 and "cli hidden.txt" in r.stdout
     r = files_cli(server, "--json", "list", "--hidden", cwd=workdir, user="bob")
     assert r.returncode == 0 and json.loads(r.stdout) == []
@@ -223,21 +267,37 @@ def test_client_commands(server, workdir):
 
     r = files_cli(server, "download", "notes.txt", cwd=workdir, user="bob")
     assert r.returncode == 0 and "sha256 verified" in r.stdout, r
-    assert r.stderr == ""                      # no progress bar when not on a terminal
+    assert r.stderr == ""  # no progress bar when not on a terminal
     assert open(os.path.join(workdir, "notes.txt"), "rb").read() == content
     out_dir = os.path.join(workdir, "out")
     os.mkdir(out_dir)
     r = files_cli(server, "download", "cli hidden.txt", "-o", out_dir, cwd=workdir, user="bob")
     assert r.returncode == 0, r
     assert open(os.path.join(out_dir, "cli hidden.txt"), "rb").read() == content
-    r = files_cli(server, "download", "cli-vault.txt", "-o", os.path.join(out_dir, "v"),
-                  cwd=workdir, user="bob", NETSHARE_FILE_PASSWORD="file-pw")
+    r = files_cli(
+        server,
+        "download",
+        "cli-vault.txt",
+        "-o",
+        os.path.join(out_dir, "v"),
+        cwd=workdir,
+        user="bob",
+        NETSHARE_FILE_PASSWORD="file-pw",
+    )
     assert r.returncode == 0, r
     assert open(os.path.join(out_dir, "v"), "rb").read() == content
-    r = files_cli(server, "download", "cli-vault.txt", "-o", os.path.join(out_dir, "w"),
-                  cwd=workdir, user="carol", NETSHARE_FILE_PASSWORD="wrong")
+    r = files_cli(
+        server,
+        "download",
+        "cli-vault.txt",
+        "-o",
+        os.path.join(out_dir, "w"),
+        cwd=workdir,
+        user="carol",
+        NETSHARE_FILE_PASSWORD="wrong",
+    )
     assert r.returncode == 1 and "535 wrong file password" in r.stderr
-    assert sorted(os.listdir(out_dir)) == ["cli hidden.txt", "v"]      # no partial left
+    assert sorted(os.listdir(out_dir)) == ["cli hidden.txt", "v"]  # no partial left
 
     r = files_cli(server, "delete", "notes.txt", cwd=workdir, user="bob")
     assert r.returncode == 1 and "531 " in r.stderr
@@ -249,18 +309,31 @@ def test_client_commands(server, workdir):
     r = files_cli(server, "--json", "history", "--limit", "50", cwd=workdir)
     commands = [(e["command"], e["code"]) for e in json.loads(r.stdout)]
     assert ("DELETE notes.txt", 200) in commands
-    assert any(c.startswith("UPLOAD cli-vault.txt") and "password=***" in c and code == 226
-               for c, code in commands)
+    assert any(
+        c.startswith("UPLOAD cli-vault.txt") and "password=***" in c and code == 226
+        for c, code in commands
+    )
     assert "file-pw" not in r.stdout
     r = files_cli(server, "history", cwd=workdir)
     assert r.returncode == 0 and r.stdout.splitlines()[0].split() == [
-        "id", "ts", "user", "service", "command", "code"]
+        "id",
+        "ts",
+        "user",
+        "service",
+        "command",
+        "code",
+    ]
 
     r = files_cli(server, "list", cwd=workdir, NETSHARE_PASSWORD="wrong")
     assert r.returncode == 1 and "535" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "netshare.clients.files", "--port", "1", "list"],
-                       env=env(NETSHARE_USER="alice", NETSHARE_PASSWORD="x"),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "netshare.clients.files", "--port", "1", "list"],
+        env=env(NETSHARE_USER="alice", NETSHARE_PASSWORD="x"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3 and "cannot talk to" in r.stderr
 
 
@@ -278,8 +351,9 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal():
     bar = TransferProgress(8_000_000, "download", stream=out, clock=lambda: now[0])
     now[0] = 1.0
     bar(2_000_000)
-    assert out.getvalue().endswith("download [#######-----------------------]  25%  "
-                                   "2.0 MB/s  ETA 0:03")
+    assert out.getvalue().endswith(
+        "download [#######-----------------------]  25%  2.0 MB/s  ETA 0:03"
+    )
     now[0] = 4.0
     bar(6_000_000)
     bar.finish()
@@ -292,6 +366,7 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal():
 
 
 # ---------------------------------------------------------------- refusal codes
+
 
 def test_every_refusal_code_on_the_wire(server):
     """553, 555, 552 (size and quota), 554, 550, 535, 429, 501, 531 (and 530
@@ -309,17 +384,15 @@ def test_every_refusal_code_on_the_wire(server):
         assert dave.cmd("UPLOAD huge %d" % (32 * MiB + 1))[0].startswith("552 file too large")
         assert upload(dave, "q1", bytes(24 * MiB)).startswith("226 ")
         assert dave.cmd("UPLOAD q2 %d" % (17 * MiB))[0].startswith("552 quota exceeded")
-        assert upload(dave, "bad-sum", b"abc", "sha256=" + sha(b"abd")) == \
-            "554 checksum mismatch"
+        assert upload(dave, "bad-sum", b"abc", "sha256=" + sha(b"abd")) == "554 checksum mismatch"
         assert dave.cmd("INFO bad-sum")[0].startswith("550 ")
         assert dave.cmd("DOWNLOAD d.txt offset=4")[0].startswith("501 ")
         assert dave.cmd("UPLOAD x 12ab")[0].startswith("501 ")
         assert erin.cmd("DELETE d.txt")[0].startswith("531 ")
-        assert erin.cmd("LIST hidden") == ["210 0 items"]      # only her own hidden files
+        assert erin.cmd("LIST hidden") == ["210 0 items"]  # only her own hidden files
         assert upload(dave, "locked", b"top secret", "password=right").startswith("226 ")
         for i in range(5):
-            assert download(erin, "locked", "password=wrong%d" % i)[0] == \
-                "535 wrong file password"
+            assert download(erin, "locked", "password=wrong%d" % i)[0] == "535 wrong file password"
         refused = download(erin, "locked", "password=right")[0]
         assert refused.startswith("429 too many wrong passwords"), refused
         assert dave.cmd("DELETE q1") == ["200 deleted"]
@@ -339,8 +412,7 @@ def test_disk_space_guard_452(tmp_path, workdir):
         with open(src, "wb") as f:
             f.write(b"0123456789")
         r = files_cli(srv, "upload", src, cwd=workdir)
-        assert r.returncode == 1 and r.stderr.strip() == \
-            "netshare-files: 452 insufficient storage"
+        assert r.returncode == 1 and r.stderr.strip() == "netshare-files: 452 insufficient storage"
     finally:
         srv.terminate()
         srv.kill()
@@ -367,11 +439,17 @@ BAD_NAMES = {
 def test_bad_names_are_refused_and_nothing_is_written_outside(server, name):
     c = connect(server.ports["files"], "alice")
     try:
-        for verb in ("UPLOAD %s 3", "UPLOAD %s 3 replace=yes", "INFO %s", "DOWNLOAD %s",
-                     "CHECKSUM %s", "DELETE %s"):
+        for verb in (
+            "UPLOAD %s 3",
+            "UPLOAD %s 3 replace=yes",
+            "INFO %s",
+            "DOWNLOAD %s",
+            "CHECKSUM %s",
+            "DELETE %s",
+        ):
             r = c.cmd(verb % (shlex.quote(name),))
             assert r[0].startswith("553 "), (verb, r)
-        assert c.cmd("PING") == ["200 pong"]          # no body was expected
+        assert c.cmd("PING") == ["200 pong"]  # no body was expected
     finally:
         c.close()
     assert tree(server.base, skip={server.data}) == server.before
@@ -403,7 +481,7 @@ def test_nfc_and_nfd_spellings_collide(server):
     c = connect(server.ports["files"], "bob")
     try:
         line = upload(c, nfd, b"first")
-        assert line.startswith("226 ") and json.loads(line[len("226 stored "):])["name"] == nfc
+        assert line.startswith("226 ") and json.loads(line[len("226 stored ") :])["name"] == nfc
         assert upload(c, nfc, b"second").startswith("555 ")
         assert upload(c, "CAF\u00c9.TXT", b"third").startswith("555 ")
         r = c.cmd(quote("INFO", nfd))
@@ -414,6 +492,7 @@ def test_nfc_and_nfd_spellings_collide(server):
 
 
 # ---------------------------------------------------------------- crash
+
 
 def test_kill_9_mid_upload_leaves_nothing_and_the_old_file_intact(tmp_path):
     srv = ServerProcess(tmp_path / "data").start()
@@ -436,14 +515,14 @@ def test_kill_9_mid_upload_leaves_nothing_and_the_old_file_intact(tmp_path):
             return len(parts) == 2 and all(os.path.getsize(p) > 0 for p in parts)
 
         wait_until(parts_on_disk, what="both bodies reaching the disk")
-        srv.proc.kill()                                   # kill -9, mid-body
+        srv.proc.kill()  # kill -9, mid-body
         srv.proc.wait(10)
         new_file.close()
         replace.close()
-        assert len(os.listdir(tmp_dir)) == 2              # the crash left them
+        assert len(os.listdir(tmp_dir)) == 2  # the crash left them
 
         srv.start()
-        assert os.listdir(tmp_dir) == []                  # swept at start-up
+        assert os.listdir(tmp_dir) == []  # swept at start-up
         c = connect(srv.ports["files"], "alice")
         assert c.cmd("INFO new.bin")[0].startswith("550 ")
         line, body, done = download(c, "keep.bin")
@@ -459,16 +538,18 @@ def test_kill_9_mid_upload_leaves_nothing_and_the_old_file_intact(tmp_path):
 
 # ---------------------------------------------------------------- protected files
 
+
 def test_protected_file_is_encrypted_at_rest(server, workdir):
     marker = b"PLAINTEXT-MARKER-0123456789-"
     plain = marker * (MiB // len(marker) + 1)
     src = os.path.join(workdir, "secret.bin")
     with open(src, "wb") as f:
         f.write(plain)
-    r = files_cli(server, "upload", src, "--protect", cwd=workdir,
-                  NETSHARE_FILE_PASSWORD="correct horse")
+    r = files_cli(
+        server, "upload", src, "--protect", cwd=workdir, NETSHARE_FILE_PASSWORD="correct horse"
+    )
     assert r.returncode == 0, r
-    r = files_cli(server, "list", "--mine", cwd=workdir)   # history written meanwhile
+    r = files_cli(server, "list", "--mine", cwd=workdir)  # history written meanwhile
     for path in tree(server.data):
         with open(os.path.join(server.data, path), "rb") as f:
             stored = f.read()
@@ -477,8 +558,16 @@ def test_protected_file_is_encrypted_at_rest(server, workdir):
     assert "correct horse" not in server.output()
 
     dest = os.path.join(workdir, "back.bin")
-    r = files_cli(server, "download", "secret.bin", "-o", dest, cwd=workdir, user="carol",
-                  NETSHARE_FILE_PASSWORD="correct horse")
+    r = files_cli(
+        server,
+        "download",
+        "secret.bin",
+        "-o",
+        dest,
+        cwd=workdir,
+        user="carol",
+        NETSHARE_FILE_PASSWORD="correct horse",
+    )
     assert r.returncode == 0, r
     assert open(dest, "rb").read() == plain
     c = connect(server.ports["files"], "carol")
@@ -498,8 +587,9 @@ def test_lockout_affects_nobody_else(server, workdir):
         assert upload(owner, "lockbox", b"gold", "password=sesame").startswith("226 ")
         assert upload(owner, "lockbox2", b"silver", "password=sesame").startswith("226 ")
         for i in range(5):
-            assert download(guesser, "lockbox", "password=nope%d" % i) == \
-                ("535 wrong file password",)
+            assert download(guesser, "lockbox", "password=nope%d" % i) == (
+                "535 wrong file password",
+            )
         assert download(guesser, "lockbox", "password=sesame")[0].startswith("429 ")
         assert download(bystander, "lockbox", "password=sesame")[1] == b"gold"
         assert download(owner, "lockbox", "password=sesame")[1] == b"gold"
@@ -507,12 +597,21 @@ def test_lockout_affects_nobody_else(server, workdir):
     finally:
         for c in (owner, guesser, bystander):
             c.close()
-    r = files_cli(server, "download", "lockbox", "-o", os.path.join(workdir, "x"), cwd=workdir,
-                  user="bob", NETSHARE_FILE_PASSWORD="sesame")
+    r = files_cli(
+        server,
+        "download",
+        "lockbox",
+        "-o",
+        os.path.join(workdir, "x"),
+        cwd=workdir,
+        user="bob",
+        NETSHARE_FILE_PASSWORD="sesame",
+    )
     assert r.returncode == 1 and "429 too many wrong passwords" in r.stderr
 
 
 # ---------------------------------------------------------------- resume
+
 
 class CuttingProxy:
     """A one-connection TCP proxy that forwards everything from the client,
@@ -584,10 +683,23 @@ def test_cut_download_is_resumed_and_verified(server, workdir):
 
     proxy = CuttingProxy(server.ports["files"], budget=2 * MiB)
     try:
-        r = subprocess.run([sys.executable, "-m", "netshare.clients.files",
-                            "--port", str(proxy.port), "download", "resume.bin"],
-                           cwd=workdir, env=env(NETSHARE_USER="erin", NETSHARE_PASSWORD=PW["erin"]),
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "netshare.clients.files",
+                "--port",
+                str(proxy.port),
+                "download",
+                "resume.bin",
+            ],
+            cwd=workdir,
+            env=env(NETSHARE_USER="erin", NETSHARE_PASSWORD=PW["erin"]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         proxy.close()
     assert r.returncode == 3, r
@@ -607,8 +719,9 @@ def test_cut_download_is_resumed_and_verified(server, workdir):
         history = [json.loads(line[4:]) for line in c.cmd("HISTORY limit=20")[:-1]]
     finally:
         c.close()
-    assert {"command": "DOWNLOAD resume.bin offset=%d" % kept, "code": 226} in \
-        [{"command": e["command"], "code": e["code"]} for e in history]
+    assert {"command": "DOWNLOAD resume.bin offset=%d" % kept, "code": 226} in [
+        {"command": e["command"], "code": e["code"]} for e in history
+    ]
 
 
 def test_download_resumes_only_matching_content(server, workdir):
@@ -630,6 +743,7 @@ def test_download_resumes_only_matching_content(server, workdir):
 
 
 # ---------------------------------------------------------------- downloads in flight
+
 
 def test_download_in_flight_survives_replace_and_delete(server):
     """A reader with a small receive window holds a download open; the file
@@ -665,28 +779,44 @@ def test_download_in_flight_survives_replace_and_delete(server):
 
 # ---------------------------------------------------------------- TLS and databases
 
+
 def test_client_over_tls(tmp_path, workdir):
     data_dir = tmp_path / "data"
     srv = ServerProcess(data_dir)
     cert = os.path.join(srv.data, "tls", "cert.pem")
     key = os.path.join(srv.data, "tls", "key.pem")
-    srv.extra_args = ["--files", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"
-                      % (srv.ports["files"], key, cert)]
+    srv.extra_args = [
+        "--files",
+        "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (srv.ports["files"], key, cert),
+    ]
     srv.start()
     try:
         src = os.path.join(workdir, "tls.bin")
         payload = os.urandom(3 * MiB)
         with open(src, "wb") as f:
             f.write(payload)
-        tls = ["--tls", "--cafile", os.path.join(srv.data, "tls", "ca.pem"), "--hostname",
-               "localhost"]
+        tls = [
+            "--tls",
+            "--cafile",
+            os.path.join(srv.data, "tls", "ca.pem"),
+            "--hostname",
+            "localhost",
+        ]
         r = files_cli(srv, *tls, "--user", "admin", "upload", src, cwd=workdir, user="admin")
         assert r.returncode == 0, r
-        r = files_cli(srv, *tls, "download", "tls.bin", "-o", os.path.join(workdir, "back"),
-                      cwd=workdir, user="admin")
+        r = files_cli(
+            srv,
+            *tls,
+            "download",
+            "tls.bin",
+            "-o",
+            os.path.join(workdir, "back"),
+            cwd=workdir,
+            user="admin",
+        )
         assert r.returncode == 0, r
         assert open(os.path.join(workdir, "back"), "rb").read() == payload
-        r = files_cli(srv, "--tls", "list", cwd=workdir, user="admin")   # not trusted
+        r = files_cli(srv, "--tls", "list", cwd=workdir, user="admin")  # not trusted
         assert r.returncode == 3 and "TLS failure" in r.stderr, r
     finally:
         srv.terminate()
@@ -707,6 +837,7 @@ def test_same_flow_on_a_database_server(tmp_path, kind):
     """Upload, list, download, replace, the name-key collision, delete, and
     a restart keeping the files, through twistd on PostgreSQL / MariaDB."""
     from tests.inprocess import PrivateDatabase
+
     db = PrivateDatabase(kind)
     srv = None
     try:
@@ -723,8 +854,10 @@ def test_same_flow_on_a_database_server(tmp_path, kind):
         srv.kill()
         srv.start()
         b = connect(srv.ports["files"], "bob")
-        assert [json.loads(x[4:])["name"] for x in b.cmd("LIST")[:-1]] == ["keep.bin",
-                                                                             "Shared.bin"]
+        assert [json.loads(x[4:])["name"] for x in b.cmd("LIST")[:-1]] == [
+            "keep.bin",
+            "Shared.bin",
+        ]
         assert download(b, "shared.bin")[1] == b"v2"
         assert download(b, "keep.bin", "offset=5")[1] == data[5:]
         assert b.cmd("DELETE keep.bin")[0].startswith("531 ")

@@ -65,12 +65,33 @@ class SyncProc:
         assert self.proc is None or self.proc.poll() is not None
         self.runs += 1
         self._log = open(self.log_path(self.runs), "wb")
-        cmd = [sys.executable, "-m", "netshare.clients.personnel",
-               "--port", str(self.stack.port), "--user", self.name,
-               "sync", "--db", self.db, "--retry-min", "0.05", "--retry-max", "0.5",
-               "--log-format", "json", *self.extra, *extra]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env(NETSHARE_PASSWORD=PASSWORDS[self.name]),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "netshare.clients.personnel",
+            "--port",
+            str(self.stack.port),
+            "--user",
+            self.name,
+            "sync",
+            "--db",
+            self.db,
+            "--retry-min",
+            "0.05",
+            "--retry-max",
+            "0.5",
+            "--log-format",
+            "json",
+            *self.extra,
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env(NETSHARE_PASSWORD=PASSWORDS[self.name]),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def running(self):
@@ -113,8 +134,10 @@ class SyncProc:
         out = []
         for e in self.events(run):
             if str(e.get("log_format", "")).startswith("applied {count} changes"):
-                batch = [(int(seq), action, ssn) for seq, action, ssn in
-                         (item.split(" ") for item in e["changes"].split(", "))]
+                batch = [
+                    (int(seq), action, ssn)
+                    for seq, action, ssn in (item.split(" ") for item in e["changes"].split(", "))
+                ]
                 assert e["count"] == len(batch)
                 assert (e["first"], e["last"]) == (batch[0][0], batch[-1][0])
                 out += batch
@@ -132,15 +155,19 @@ class SyncProc:
             db.close()
 
     def snapshot(self):
-        rows = self._query(lambda db: db.execute(
-            "SELECT %s FROM personnel ORDER BY ssn" % ", ".join(FIELDS)).fetchall())
+        rows = self._query(
+            lambda db: db.execute(
+                "SELECT %s FROM personnel ORDER BY ssn" % ", ".join(FIELDS)
+            ).fetchall()
+        )
         return {r[0]: dict(zip(FIELDS, r, strict=True)) for r in rows}
 
     def last_seq(self):
         try:
-            return self._query(lambda db: db.execute(
-                "SELECT last_seq FROM sync_state").fetchone()[0])
-        except sqlite3.OperationalError:   # not created yet
+            return self._query(
+                lambda db: db.execute("SELECT last_seq FROM sync_state").fetchone()[0]
+            )
+        except sqlite3.OperationalError:  # not created yet
             return 0
 
     def integrity(self):
@@ -162,10 +189,24 @@ class Stack:
         return c
 
     def cli(self, *args, user="admin", input=None):
-        return subprocess.run([sys.executable, "-m", "netshare.clients.personnel",
-                               "--port", str(self.port), "--user", user, *args],
-                              cwd=ROOT, env=env(NETSHARE_PASSWORD=PASSWORDS[user]),
-                              input=input, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "netshare.clients.personnel",
+                "--port",
+                str(self.port),
+                "--user",
+                user,
+                *args,
+            ],
+            cwd=ROOT,
+            env=env(NETSHARE_PASSWORD=PASSWORDS[user]),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 @pytest.fixture(scope="module", params=DB_PARAMS)
@@ -178,7 +219,9 @@ def stack(request, tmp_path_factory):
         url = request.getfixturevalue("server_urls")[kind]
     engine = create_engine(url)
     _reset(engine)
-    server = ServerProcess(base / "data", db=url, extra_args=["--sync-page", "100", "--registration", "open"])
+    server = ServerProcess(
+        base / "data", db=url, extra_args=["--sync-page", "100", "--registration", "open"]
+    )
     server.start()
     st = Stack(server, base, kind)
     st.engine = engine
@@ -215,11 +258,11 @@ class Model:
     def send(self, ssn, client):
         people = self.server_people()
         chosen = people if ssn == "*" else {ssn: people[ssn]}
-        for name in (CLIENTS if client == "*" else (client,)):
+        for name in CLIENTS if client == "*" else (client,):
             self.expected[name].update(chosen)
 
     def remove(self, ssn, client):
-        for name in (CLIENTS if client == "*" else (client,)):
+        for name in CLIENTS if client == "*" else (client,):
             if ssn == "*":
                 self.expected[name].clear()
             else:
@@ -242,9 +285,11 @@ def pending(admin):
 
 def converged(stack, admin, names=CLIENTS):
     """Wait until the server has nothing pending for C{names} and they are online."""
+
     def done():
         info = pending(admin)
         return all(n in info and info[n]["online"] and info[n]["pending"] == 0 for n in names)
+
     wait_for(done, what="clients to acknowledge everything")
 
 
@@ -262,14 +307,17 @@ def fresh(stack, people=5):
     import sqlalchemy as sa
 
     from netshare.storage.roster import personnel, thd_demo_people
+
     admin = stack.conn()
     for proc in stack.clients.values():
         if not proc.running():
             proc.start()
     with stack.engine.begin() as conn:
         conn.execute(sa.delete(personnel))
-        rows = [("p%d" % i, "Name%d" % i, "Sur%d" % i, "job%d" % i, str(1000 * i))
-                for i in range(1, people + 1)]
+        rows = [
+            ("p%d" % i, "Name%d" % i, "Sur%d" % i, "job%d" % i, str(1000 * i))
+            for i in range(1, people + 1)
+        ]
         rows += [(ssn, text, "S", "", "") for ssn, text in NASTY.items()]
         assert thd_demo_people(conn, rows) == people + len(NASTY)
     assert admin.cmd("REMOVE * *")[0].startswith("200 queued")
@@ -288,9 +336,22 @@ class ConsoleProc:
 
     def __init__(self, stack):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "netshare.clients.personnel", "--port", str(stack.port),
-             "--user", "admin", "console"], cwd=ROOT, env=env(NETSHARE_PASSWORD="adminpw"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "netshare.clients.personnel",
+                "--port",
+                str(stack.port),
+                "--user",
+                "admin",
+                "console",
+            ],
+            cwd=ROOT,
+            env=env(NETSHARE_PASSWORD="adminpw"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.buf = b""
         self.banner = self.read_until(self.PROMPT)
 
@@ -305,8 +366,10 @@ class ConsoleProc:
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise AssertionError("console exited: %r %r" % (
-                        self.buf[-500:], self.proc.stderr.read()[-2000:]))
+                    raise AssertionError(
+                        "console exited: %r %r"
+                        % (self.buf[-500:], self.proc.stderr.read()[-2000:])
+                    )
                 self.buf += chunk
         end = self.buf.index(marker) + len(marker)
         text, self.buf = self.buf[:end], self.buf[end:]
@@ -420,14 +483,14 @@ def test_offline_client_converges_after_100_changes(stack):
     lines = []
     for i in range(100):
         kind = i % 4
-        if kind == 0:      # change a person, send the new version
+        if kind == 0:  # change a person, send the new version
             ssn = "p%d" % (i % 10 + 1)
             lines += ["UPDATE %s job=j%d salary=%d" % (ssn, i, i), "SEND %s client2" % ssn]
-        elif kind == 1:    # a new person for everyone
+        elif kind == 1:  # a new person for everyone
             lines += ["ADD ssn=n%d name=New%d surname=S" % (i, i), "SEND n%d *" % i]
-        elif kind == 2:    # take one away from client2
+        elif kind == 2:  # take one away from client2
             lines += ["REMOVE p%d client2" % (i % 10 + 1)]
-        else:              # and send one back to everyone
+        else:  # and send one back to everyone
             lines += ["SEND p%d *" % ((i * 7) % 10 + 1)]
     # Applied to the model in the same order, from the server's records.
     for line in lines:
@@ -447,8 +510,9 @@ def test_offline_client_converges_after_100_changes(stack):
     assert len(applied) == 100 and applied == sorted(set(applied))
     # Each change is in the log with its action and person.
     removed = ["p%d" % (i % 10 + 1) for i in range(100) if i % 4 == 2]
-    assert [ssn for seq, action, ssn in stack.clients["client2"].changes()
-            if action == "DELETE"] == removed
+    assert [
+        ssn for seq, action, ssn in stack.clients["client2"].changes() if action == "DELETE"
+    ] == removed
 
 
 def test_a_message_delivered_twice_changes_nothing(stack):
@@ -477,7 +541,7 @@ def test_a_message_delivered_twice_changes_nothing(stack):
     assert receive() == 8
     before = client1.snapshot()
     assert before == model.expected["client1"]
-    assert receive() == 0                         # delivered twice: nothing applied
+    assert receive() == 0  # delivered twice: nothing applied
     assert client1.snapshot() == before
     wait_for(lambda: not pending(admin)["client1"]["online"], what="client1 offline")
     assert pending(admin)["client1"]["pending"] == 8
@@ -491,10 +555,10 @@ def test_a_message_delivered_twice_changes_nothing(stack):
 
 def test_server_killed_between_queueing_and_acknowledgement_loses_nothing(stack):
     admin, model = fresh(stack, people=400)
-    stack.clients["client1"].stop()                 # offline: cannot have acknowledged
+    stack.clients["client1"].stop()  # offline: cannot have acknowledged
     wait_for(lambda: not pending(admin)["client1"]["online"], what="client1 offline")
     assert admin.cmd("SEND * *")[0] == "200 queued 806"
-    stack.server.kill()                             # kill -9 right after the commit
+    stack.server.kill()  # kill -9 right after the commit
     admin.close()
     model.admin = None
     stack.server.start()
@@ -517,10 +581,10 @@ def test_sync_client_killed_mid_batch_loses_nothing_and_applies_nothing_twice(st
     base = client1.last_seq()
     assert admin.cmd("SEND * client1")[0] == "200 queued 1503"
     model.send("*", "client1")
-    order = sorted(model.expected["client1"])     # SEND * queues in ssn order
+    order = sorted(model.expected["client1"])  # SEND * queues in ssn order
     client1.start("--batch-max", "25")
     wait_for(lambda: client1.last_seq() > base + 25, interval=0.005, what="some batches")
-    client1.kill()                                  # kill -9 while batches are being applied
+    client1.kill()  # kill -9 while batches are being applied
     first_run = client1.runs
     assert client1.integrity() == "ok"
     done = client1.last_seq() - base
@@ -530,7 +594,7 @@ def test_sync_client_killed_mid_batch_loses_nothing_and_applies_nothing_twice(st
     client1.start()
     check(stack, model, admin)
     applied = client1.applied(first_run) + client1.applied()
-    assert len(applied) == len(set(applied))        # nothing applied twice
+    assert len(applied) == len(set(applied))  # nothing applied twice
     assert set(client1.applied()) == set(range(base + done + 1, base + 1504))
     assert client1.last_seq() == base + 1503
     admin.close()
@@ -546,7 +610,7 @@ def test_user_account_reads_but_every_write_is_refused(stack):
     r = stack.cli("get", "x-1", "--json", user="client1")
     got = json.loads(r.stdout)
     assert got["name"] == NASTY["x-1"]
-    assert (got["ssn"], got["salary"]) == ("***", None)    # the directory view
+    assert (got["ssn"], got["salary"]) == ("***", None)  # the directory view
     # A write, a queueing and a listing operator command through the program
     # (all seven verbs are checked on the wire in test_personnel_protocol).
     for args in [("add", "z", "A", "B"), ("send", "*", "*"), ("clients",)]:
@@ -567,8 +631,7 @@ def test_user_account_reads_but_every_write_is_refused(stack):
     assert r.returncode == 0 and "z-9" in r.stdout and "(1 item)" in r.stdout
     r = stack.cli("history", "--limit", "3", "--json")
     # Newest first: this LOGIN, the QUIT and the MESSAGES of the previous call.
-    assert [e["command"].split()[0] for e in json.loads(r.stdout)] == [
-        "LOGIN", "QUIT", "MESSAGES"]
+    assert [e["command"].split()[0] for e in json.loads(r.stdout)] == ["LOGIN", "QUIT", "MESSAGES"]
     r = stack.cli("get", "nobody")
     assert r.returncode == 1 and "550" in r.stderr
     admin.close()

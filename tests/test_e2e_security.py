@@ -30,8 +30,17 @@ from tests.support import LineConn, ServerProcess, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
-PW = {"admin": "adminpw", "alice": "pw-alice", "bob": "pw-bob-old", "newbob": "pw-bob-new",
-      "s1": "pw-s1", "s2": "pw-s2", "s3": "pw-s3", "s4": "pw-s4", "eve": "pw-eve"}
+PW = {
+    "admin": "adminpw",
+    "alice": "pw-alice",
+    "bob": "pw-bob-old",
+    "newbob": "pw-bob-new",
+    "s1": "pw-s1",
+    "s2": "pw-s2",
+    "s3": "pw-s3",
+    "s4": "pw-s4",
+    "eve": "pw-eve",
+}
 
 
 def quote(*words):
@@ -71,9 +80,19 @@ def register(port, *names):
 
 @pytest.fixture
 def server(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_args=[
-        "--account-check", "0.5", "--login-failure-delay", "0.05",
-        "--misses-max-delay", "0.3", "--file-guesses-max-delay", "0.5"])
+    srv = ServerProcess(
+        tmp_path / "data",
+        extra_args=[
+            "--account-check",
+            "0.5",
+            "--login-failure-delay",
+            "0.05",
+            "--misses-max-delay",
+            "0.3",
+            "--file-guesses-max-delay",
+            "0.5",
+        ],
+    )
     srv.start()
     yield srv
     srv.terminate()
@@ -81,6 +100,7 @@ def server(tmp_path):
 
 
 # --------------------------------------------------------------- re-registration
+
 
 def test_a_removed_accounts_name_registered_again_inherits_nothing(server):
     files, tweet, people = (server.ports[s] for s in ("files", "ttweet", "personnel"))
@@ -96,9 +116,10 @@ def test_a_removed_accounts_name_registered_again_inherits_nothing(server):
     assert reader.readline().startswith("600 ")
     assert len(items(reader.cmd("TIMELINE"))) == 1
     admin = connect(people, "admin")
-    assert admin.cmd("ADD ssn=123-45-6789 name=Ada surname=Lovelace salary=120000")[0] \
-        .startswith("201 ")
-    assert admin.cmd("SEND * bob") == ["200 queued 1"]   # pending for old bob
+    assert admin.cmd("ADD ssn=123-45-6789 name=Ada surname=Lovelace salary=120000")[0].startswith(
+        "201 "
+    )
+    assert admin.cmd("SEND * bob") == ["200 queued 1"]  # pending for old bob
 
     r = run_cli("user", "remove", "bob", "--data", server.data)
     assert r.returncode == 0 and r.stdout.startswith("removed bob (files: 2 deleted"), r
@@ -120,12 +141,12 @@ def test_a_removed_accounts_name_registered_again_inherits_nothing(server):
         assert new.cmd(quote(verb, "bobs-hidden"))[0].startswith("550 "), verb
     own = items(new.cmd("HISTORY limit=1000"))
     assert [e["command"] for e in own][-1] == "LOGIN bob ***" and len(own) <= 6
-    assert not any(e["command"].startswith("UPLOAD") for e in own)   # old bob's
+    assert not any(e["command"].startswith("UPLOAD") for e in own)  # old bob's
     newtweet = connect(tweet, "bob", PW["newbob"])
     assert items(newtweet.cmd("TIMELINE")) == []
     sync = connect(people, "bob", PW["newbob"])
     assert sync.cmd("SYNC") == ["200 syncing"]
-    assert sync.cmd("PING") == ["200 pong"]        # nothing was pushed before this
+    assert sync.cmd("PING") == ["200 pong"]  # nothing was pushed before this
     clients = {c["client"]: c for c in items(admin.cmd("CLIENTS"))}
     assert clients["bob"]["pending"] == 0
     # The old account's history stays for admins.
@@ -136,6 +157,7 @@ def test_a_removed_accounts_name_registered_again_inherits_nothing(server):
 
 
 # --------------------------------------------------------------- name guessing
+
 
 def test_guessing_hidden_names_costs_time_on_every_connection(server):
     """30 guesses over 5 connections of one account: after 5 free misses each
@@ -165,23 +187,26 @@ def test_guessing_hidden_names_costs_time_on_every_connection(server):
     answered = answers.count("550")
     # Each answered guess beyond the free ones had a 0.3 s slot of its own.
     assert answered - 5 <= elapsed / 0.3 + 1, (answered, elapsed)
-    assert answered > 5                         # ... and it was slowed, not locked
+    assert answered > 5  # ... and it was slowed, not locked
     found = None
-    for _ in range(20):                         # the right name, when its turn comes
+    for _ in range(20):  # the right name, when its turn comes
         found = conns[0].cmd("INFO backup.zip")
         if not found[0].startswith("429 "):
             break
         time.sleep(0.3)
     assert found[0].startswith('200 {"name":"Backup.ZIP"'), found
-    print("\n30 guesses on 5 connections: %d answered, %d refused (429) in %.1f s: %.0f "
-          "answered guesses/hour at the configured 0.3 s (at the default, doubling from 1 s "
-          "to 30 s: at most 120/hour)" % (answered, answers.count("429"), elapsed,
-                                         answered / elapsed * 3600))
+    print(
+        "\n30 guesses on 5 connections: %d answered, %d refused (429) in %.1f s: %.0f "
+        "answered guesses/hour at the configured 0.3 s (at the default, doubling from 1 s "
+        "to 30 s: at most 120/hour)"
+        % (answered, answers.count("429"), elapsed, answered / elapsed * 3600)
+    )
     for c in conns + [owner]:
         c.close()
 
 
 # --------------------------------------------------------------- sybil accounts
+
 
 def test_extra_accounts_do_not_buy_extra_password_guesses(server):
     """Four accounts, four wrong guesses each at one protected file, all at
@@ -218,12 +243,15 @@ def test_extra_accounts_do_not_buy_extra_password_guesses(server):
     # The owner is not held up by the guessers (only by their own lockout).
     r = owner.cmd(quote("DOWNLOAD", "vault", "password=correct horse"))
     assert r[0].startswith("150 "), r
-    print("\n16 guesses from 4 accounts in %.1f s: %d checked, %d refused with 429"
-          % (elapsed, checked, answers.count("429")))
+    print(
+        "\n16 guesses from 4 accounts in %.1f s: %d checked, %d refused with 429"
+        % (elapsed, checked, answers.count("429"))
+    )
     owner.close()
 
 
 # --------------------------------------------------------------- checksums
+
 
 def test_a_protected_files_checksum_is_not_shown_to_others(server):
     port = server.ports["files"]
@@ -249,6 +277,7 @@ def test_a_protected_files_checksum_is_not_shown_to_others(server):
 
 # --------------------------------------------------------------- audit trail
 
+
 def test_a_user_cannot_erase_their_audit_trail(server):
     port = server.ports["personnel"]
     register(port, "eve")
@@ -266,6 +295,7 @@ def test_a_user_cannot_erase_their_audit_trail(server):
 
 
 # --------------------------------------------------------------- kill -9
+
 
 def test_acknowledged_writes_and_their_history_entries_survive_kill_9(tmp_path):
     """Uploads (226), personnel ADDs (201) and a registered user's tweets
@@ -294,7 +324,7 @@ def test_acknowledged_writes_and_their_history_entries_survive_kill_9(tmp_path):
                 msg = "c%d t%d" % (cycle, i)
                 assert tweets.cmd(quote("TWEET", msg)) == ["200 ok"]
                 acked.append(("ttweet", "TWEET " + shlex.quote(msg)))
-            srv.proc.kill()                      # SIGKILL: no flush, no goodbye
+            srv.proc.kill()  # SIGKILL: no flush, no goodbye
             srv.proc.wait(10)
             for c in (files, people, tweets):
                 c.close()
@@ -309,7 +339,8 @@ def test_acknowledged_writes_and_their_history_entries_survive_kill_9(tmp_path):
             lister.close()
             assert {"c%d-f%d" % (cycle, i) for i in range(5)} <= listed
             assert {"c%d-p%d" % (cycle, i) for i in range(5)} <= {
-                p["ssn"] for p in items(admin.cmd("LIST c%d- limit=100" % cycle))}
+                p["ssn"] for p in items(admin.cmd("LIST c%d- limit=100" % cycle))
+            }
             admin.close()
             srv.proc.kill()
             srv.proc.wait(10)

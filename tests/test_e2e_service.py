@@ -51,8 +51,7 @@ def wait_listening(proc, ports, timeout=20, output=lambda: ""):
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
-                assert time.monotonic() < deadline, "not listening on %d:\n%s" % (port,
-                                                                                  output())
+                assert time.monotonic() < deadline, "not listening on %d:\n%s" % (port, output())
                 time.sleep(0.05)
 
 
@@ -67,13 +66,23 @@ def refused(port):
 def run_twistd(*args, timeout=30, **envextra):
     """Run twistd to completion (start-up failures): (status, output lines)."""
     try:
-        r = subprocess.run(twistd_command(*args), cwd=ROOT, env=env(**envextra),
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            twistd_command(*args),
+            cwd=ROOT,
+            env=env(**envextra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode("utf-8", "replace") if isinstance(e.stdout, bytes) \
+        out = (
+            (e.stdout or b"").decode("utf-8", "replace")
+            if isinstance(e.stdout, bytes)
             else (e.stdout or "")
+        )
         raise AssertionError(
-            "twistd did not exit within %d s; output:\n%s" % (timeout, out)) from None
+            "twistd did not exit within %d s; output:\n%s" % (timeout, out)
+        ) from None
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     return r.returncode, lines
 
@@ -105,6 +114,7 @@ def server(tmp_path):
 
 
 # -- serving ------------------------------------------------------------------------
+
 
 def test_greetings_on_every_listener(server):
     server.start()
@@ -146,8 +156,12 @@ def history_rows(data_dir):
     engine = sa.create_engine("sqlite:///" + os.path.join(str(data_dir), "netshare.db"))
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(
-                'SELECT "user", service, command, code FROM history ORDER BY id')]
+            return [
+                tuple(r)
+                for r in conn.exec_driver_sql(
+                    'SELECT "user", service, command, code FROM history ORDER BY id'
+                )
+            ]
     finally:
         engine.dispose()
 
@@ -197,8 +211,9 @@ def test_sigterm_with_every_default_listener_on(tmp_path):
 
 def test_sigterm_answers_pending_work_first(tmp_path):
     """A command in progress at SIGTERM is answered before 421."""
-    server = ServerProcess(tmp_path / "data", extra_args=["--login-failure-delay", "1.5",
-                                                          "--shutdown-timeout", "8"])
+    server = ServerProcess(
+        tmp_path / "data", extra_args=["--login-failure-delay", "1.5", "--shutdown-timeout", "8"]
+    )
     try:
         server.start()
         conn, _ = connect(server.ports["personnel"])
@@ -267,9 +282,21 @@ def test_twist_netshare(tmp_path):
     ports = {s: free_port() for s in SERVICES}
     out_path = tmp_path / "twist.out"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "twisted", "netshare", "--data", str(data),
-                                 *listener_args(ports)], cwd=ROOT, env=env(), stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "twisted",
+                "netshare",
+                "--data",
+                str(data),
+                *listener_args(ports),
+            ],
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_listening(proc, ports.values(), output=out_path.read_text)
         for service in SERVICES:
@@ -295,9 +322,14 @@ def test_make_run(tmp_path):
     out_path = tmp_path / "make.out"
     with open(out_path, "wb") as out:
         # -o: the venv is already installed (by `make test`, which runs this).
-        proc = subprocess.Popen(["make", "--no-print-directory", "-o", ".venv/.installed", "run",
-                                 "DATA=%s" % data], cwd=ROOT, env=env(**extra), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "-o", ".venv/.installed", "run", "DATA=%s" % data],
+            cwd=ROOT,
+            env=env(**extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_listening(proc, ports.values(), timeout=60, output=out_path.read_text)
         for service in SERVICES:
@@ -319,6 +351,7 @@ def test_make_run(tmp_path):
 
 
 # -- start-up refusals ------------------------------------------------------------------
+
 
 def test_bad_setting_option(tmp_path):
     status, lines = run_twistd("--data", str(tmp_path), "--idle-timeout", "abc")
@@ -373,8 +406,9 @@ def test_database_with_newer_schema(tmp_path):
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
     engine.dispose()
     status, lines = run_twistd("--data", str(data), *listener_args({}))
-    assert_one_clear_line(status, lines, "9999_future is newer than this netshare (%s)" % HEAD,
-                          "upgrade netshare")
+    assert_one_clear_line(
+        status, lines, "9999_future is newer than this netshare (%s)" % HEAD, "upgrade netshare"
+    )
 
 
 def test_unreachable_database(tmp_path):

@@ -53,8 +53,14 @@ def client_env(password=None):
 
 def run_client(*args, password=None, timeout=60):
     """A one-shot run: (exit status, stdout lines, stderr)."""
-    r = subprocess.run(client_command(*args), env=client_env(password), capture_output=True,
-                       text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        client_command(*args),
+        env=client_env(password),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return r.returncode, r.stdout.splitlines(), r.stderr
 
 
@@ -62,9 +68,13 @@ class Session:
     """An interactive client on pipes: lines in, printed lines out."""
 
     def __init__(self, port, name, password=None, extra=()):
-        self.proc = subprocess.Popen(client_command(*extra, "127.0.0.1", str(port), name),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=client_env(password))
+        self.proc = subprocess.Popen(
+            client_command(*extra, "127.0.0.1", str(port), name),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=client_env(password),
+        )
         self.out = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -158,6 +168,7 @@ def tweet_line(user, message, tags=""):
 
 # --- arguments, before any connection ----------------------------------------
 
+
 def test_arguments_are_checked_before_connecting():
     """The assignment's messages for bad arguments, exit status 1, nothing
     contacted (the port given is not listening)."""
@@ -165,8 +176,10 @@ def test_arguments_are_checked_before_connecting():
     cases = [
         ((), "error: args should contain <ServerIP>   <ServerPort>   <Username>"),
         (("127.0.0.1", port), "error: args should contain <ServerIP>   <ServerPort>   <Username>"),
-        (("127.0.0.1", port, "a", "b"),
-         "error: args should contain <ServerIP>   <ServerPort>   <Username>"),
+        (
+            ("127.0.0.1", port, "a", "b"),
+            "error: args should contain <ServerIP>   <ServerPort>   <Username>",
+        ),
         (("1.2.3", port, "alice"), "error: server ip invalid, connection refused."),
         (("999.1.1.1", port, "alice"), "error: server ip invalid, connection refused."),
         (("not_a_host", port, "alice"), "error: server ip invalid, connection refused."),
@@ -176,8 +189,10 @@ def test_arguments_are_checked_before_connecting():
         (("127.0.0.1", port, "x" * 33), "error: username has wrong format, connection refused."),
         (("-u", "127.0.0.1", port, "m" * 151), "message length illegal, connection refused."),
         (("-u", "127.0.0.1", port, ""), "message format illegal."),
-        (("-u", "127.0.0.1", port),
-         'error: args should contain -u <ServerIP>   <ServerPort>   "<message>"'),
+        (
+            ("-u", "127.0.0.1", port),
+            'error: args should contain -u <ServerIP>   <ServerPort>   "<message>"',
+        ),
         (("-d", "127.0.0.1"), "error: args should contain -d <ServerIP>   <ServerPort>"),
     ]
     for args, message in cases:
@@ -193,6 +208,7 @@ def test_arguments_are_checked_before_connecting():
 
 # --- the interactive client --------------------------------------------------
 
+
 def test_interactive_every_command_and_message(server, sessions):
     """Every interactive command and message, pushes printed while the
     client waits for input, errors after login keep the session going."""
@@ -203,12 +219,14 @@ def test_interactive_every_command_and_message(server, sessions):
     assert dup.finish() == (1, ["username illegal, connection refused."])
 
     alice.do("subscribe #a", SUCCESS)
-    alice.do("subscribe #a",
-             "operation failed: sub #a failed, already exists or exceeds 3 limitation")
+    alice.do(
+        "subscribe #a", "operation failed: sub #a failed, already exists or exceeds 3 limitation"
+    )
     alice.do("subscribe #b", SUCCESS)
     alice.do("subscribe #ALL", SUCCESS)
-    alice.do("subscribe #c",
-             "operation failed: sub #c failed, already exists or exceeds 3 limitation")
+    alice.do(
+        "subscribe #c", "operation failed: sub #c failed, already exists or exceeds 3 limitation"
+    )
     alice.do("subscribe c", "hashtag illegal format, connection refused.")
     alice.do("subscribe #x#y", "hashtag illegal format, connection refused.")
     alice.do("unsubscribe #b", SUCCESS)
@@ -217,32 +235,37 @@ def test_interactive_every_command_and_message(server, sessions):
 
     bob = sessions(port, "bob")
     bob.expect(LEGAL)
-    bob.do('tweet "hello alice" #a')               # prints nothing ...
-    alice.expect(tweet_line("bob", "hello alice", "#a"))   # ... alice gets it unprompted
-    bob.do("getusers", "alice", "bob")             # ... and nothing came before this
+    bob.do('tweet "hello alice" #a')  # prints nothing ...
+    alice.expect(tweet_line("bob", "hello alice", "#a"))  # ... alice gets it unprompted
+    bob.do("getusers", "alice", "bob")  # ... and nothing came before this
     bob.do("tweet hello #a", "message format illegal.")
     bob.do('tweet "" #a', "message format illegal.")
     bob.do('tweet "   " #a', "message format illegal.")
     bob.do('tweet "%s" #a' % ("m" * 151), "message length illegal, connection refused.")
-    bob.do('tweet "%s" #a' % ("\u00e9" * 150))    # 150 characters, 300 bytes: fine
+    bob.do('tweet "%s" #a' % ("\u00e9" * 150))  # 150 characters, 300 bytes: fine
     alice.expect(tweet_line("bob", "\u00e9" * 150, "#a"))
     bob.do('tweet "x" #ALL', "hashtag illegal format, connection refused.")
     bob.do('tweet "x" #a#b#c#d#e#f', "hashtag illegal format, connection refused.")
     bob.do('tweet "x" nohash', "hashtag illegal format, connection refused.")
     bob.do('tweet "x"', "hashtag illegal format, connection refused.")
-    bob.do('tweet "say "hi" now" #cs#3251')       # quotes inside the message
-    alice.expect(tweet_line("bob", 'say "hi" now', "#cs#3251"))   # via #ALL
-    alice.do('tweet "my own" #zz')                 # subscribed to #ALL: gets its own
+    bob.do('tweet "say "hi" now" #cs#3251')  # quotes inside the message
+    alice.expect(tweet_line("bob", 'say "hi" now', "#cs#3251"))  # via #ALL
+    alice.do('tweet "my own" #zz')  # subscribed to #ALL: gets its own
     alice.expect(tweet_line("alice", "my own", "#zz"))
-    bob.do("frobnicate", "error: unknown command frobnicate (commands: tweet, subscribe, "
-           "unsubscribe, timeline, getusers, gettweets, exit)")
+    bob.do(
+        "frobnicate",
+        "error: unknown command frobnicate (commands: tweet, subscribe, "
+        "unsubscribe, timeline, getusers, gettweets, exit)",
+    )
 
-    alice.do("timeline",
-             tweet_line("bob", "hello alice", "#a"),
-             tweet_line("bob", "\u00e9" * 150, "#a"),
-             tweet_line("bob", 'say "hi" now', "#cs#3251"),
-             tweet_line("alice", "my own", "#zz"))
-    bob.do("timeline")                              # bob subscribed to nothing
+    alice.do(
+        "timeline",
+        tweet_line("bob", "hello alice", "#a"),
+        tweet_line("bob", "\u00e9" * 150, "#a"),
+        tweet_line("bob", 'say "hi" now', "#cs#3251"),
+        tweet_line("alice", "my own", "#zz"),
+    )
+    bob.do("timeline")  # bob subscribed to nothing
     bob.do("gettweets alice", tweet_line("alice", "my own", "#zz"))
     bob.do("gettweets nobody", "no user nobody in the system")
     bob.do("gettweets no-body", "no user no-body in the system")
@@ -258,11 +281,10 @@ def test_flood_limit_and_end_of_input(server, sessions):
     port = server.ports["ttweet"]
     flood = sessions(port, "flooder")
     flood.expect(LEGAL)
-    for i in range(8):                           # the server's --flood-burst
+    for i in range(8):  # the server's --flood-burst
         flood.send('tweet "f%d" #flood' % i)
     flood.do('tweet "one too many" #flood', "error: too many tweets; try later")
-    flood.do("gettweets flooder", *[tweet_line("flooder", "f%d" % i, "#flood")
-                                    for i in range(8)])
+    flood.do("gettweets flooder", *[tweet_line("flooder", "f%d" % i, "#flood") for i in range(8)])
     flood.proc.stdin.close()
     assert flood.finish() == (0, ["bye bye"])
 
@@ -309,13 +331,19 @@ def test_registered_user_password_prompt_on_a_terminal(server):
     """Without NETSHARE_PASSWORD the client asks on the terminal (never the
     command line), without echo, once the server says a password is needed."""
     port = server.ports["ttweet"]
-    launch = ("import fcntl, os, sys, termios; os.setsid(); "
-              "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])")
+    launch = (
+        "import fcntl, os, sys, termios; os.setsid(); "
+        "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
+    )
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", launch,
-                             *client_command("127.0.0.1", str(port), "reg")],
-                            stdin=slave, stdout=slave, stderr=slave, env=client_env(),
-                            close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launch, *client_command("127.0.0.1", str(port), "reg")],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=client_env(),
+        close_fds=True,
+    )
     os.close(slave)
     seen = b""
 
@@ -335,7 +363,7 @@ def test_registered_user_password_prompt_on_a_terminal(server):
         until("Password for reg: ")
         os.write(master, b"pw-reg\n")
         until(LEGAL)
-        assert b"pw-reg" not in seen                  # not echoed
+        assert b"pw-reg" not in seen  # not echoed
         os.write(master, b"getusers\n")
         until("\r\nreg\r\n")
         os.write(master, b"exit\n")
@@ -354,17 +382,21 @@ def test_tls(tmp_path):
     data = tmp_path / "data"
     srv = ServerProcess(data)
     cert, key = data / "tls" / "cert.pem", data / "tls" / "key.pem"
-    srv.extra_args = ["--ttweet", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"
-                      % (srv.ports["ttweet"], key, cert)]
+    srv.extra_args = [
+        "--ttweet",
+        "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (srv.ports["ttweet"], key, cert),
+    ]
     srv.start()
     try:
         port = str(srv.ports["ttweet"])
         tls = ("--tls", "--cafile", str(data / "tls" / "ca.pem"))
         assert run_client(*tls, "-d", "127.0.0.1", port)[:2] == (0, ["Empty Message"])
-        assert run_client(*tls, "--user", "tlsuser", "-u", "127.0.0.1", port,
-                          "over tls")[:2] == (0, [])
+        assert run_client(*tls, "--user", "tlsuser", "-u", "127.0.0.1", port, "over tls")[:2] == (
+            0,
+            [],
+        )
         assert run_client(*tls, "-d", "localhost", port)[:2] == (0, ["over tls"])
-        status, out, _ = run_client("--tls", "-d", "127.0.0.1", port)   # system CAs only
+        status, out, _ = run_client("--tls", "-d", "127.0.0.1", port)  # system CAs only
         assert status == 1 and out[0].startswith("error: cannot connect")
         s = Session(int(port), "tlsi", extra=tls)
         try:
@@ -380,6 +412,7 @@ def test_tls(tmp_path):
 
 # --- restart -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("db", db_kinds())
 def test_tweets_and_registered_timeline_survive_restart(tmp_path, db, sessions):
     """Issue item 4 with the real daemon: after SIGTERM and a new start on
@@ -391,8 +424,9 @@ def test_tweets_and_registered_timeline_survive_restart(tmp_path, db, sessions):
     data = tmp_path / "data"
     try:
         srv = ServerProcess(data, db=private.url if private else None, extra_args=SERVER_ARGS)
-        r = run_cli("user", "add", "reg", "--data", str(data), *srv.db_args(),
-                    NETSHARE_PASSWORD="pw-reg")
+        r = run_cli(
+            "user", "add", "reg", "--data", str(data), *srv.db_args(), NETSHARE_PASSWORD="pw-reg"
+        )
         assert r.returncode == 0, r.stderr
         srv.start()
         port = srv.ports["ttweet"]
@@ -410,8 +444,10 @@ def test_tweets_and_registered_timeline_survive_restart(tmp_path, db, sessions):
             reg.expect(tweet_line("pub", "before restart", "#news"))
             gst.expect(tweet_line("pub", "before restart", "#news"))
             pub.do('tweet "not for reg" #other')
-            assert run_client("--user", "upl", "-u", "127.0.0.1", str(port),
-                              "uploaded")[:2] == (0, [])
+            assert run_client("--user", "upl", "-u", "127.0.0.1", str(port), "uploaded")[:2] == (
+                0,
+                [],
+            )
             assert run_client("-u", "127.0.0.1", str(port), "by default user")[:2] == (0, [])
             for s in (reg, pub):
                 s.exit()
@@ -427,12 +463,15 @@ def test_tweets_and_registered_timeline_survive_restart(tmp_path, db, sessions):
             reg = sessions(port, "reg", password="pw-reg")
             reg.expect(LEGAL)
             reg.do("timeline", tweet_line("pub", "before restart", "#news"))
-            reg.do("gettweets pub", tweet_line("pub", "before restart", "#news"),
-                   tweet_line("pub", "not for reg", "#other"))
+            reg.do(
+                "gettweets pub",
+                tweet_line("pub", "before restart", "#news"),
+                tweet_line("pub", "not for reg", "#other"),
+            )
             reg.do("gettweets upl", tweet_line("upl", "uploaded"))
             gst = sessions(port, "gst")
             gst.expect(LEGAL)
-            gst.do("timeline")                       # a new session: empty
+            gst.do("timeline")  # a new session: empty
             gst.do("getusers", "reg", "gst")
             gst.exit()
             reg.exit()

@@ -42,6 +42,7 @@ FAST_KDF = (2**10, 8, 1)
 
 def _reactor():
     from twisted.internet import reactor
+
     return reactor
 
 
@@ -95,8 +96,11 @@ class FakeKDF:
 
     def derive(self, password, salt, n, r, p, length=32, source=None):
         self.calls += 1
-        return defer.succeed(hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=length,
-                                            maxmem=64 * 1024 * 1024))
+        return defer.succeed(
+            hashlib.scrypt(
+                password, salt=salt, n=n, r=r, p=p, dklen=length, maxmem=64 * 1024 * 1024
+            )
+        )
 
 
 class ManualPool:
@@ -115,9 +119,11 @@ class ManualPool:
                 result = fn(*args, **kw)
             except BaseException:
                 from twisted.python.failure import Failure
+
                 onResult(False, Failure())
             else:
                 onResult(True, result)
+
         self.jobs.append(job)
 
     def run_all(self):
@@ -253,7 +259,7 @@ def upload(store, data, sha=None, encryption=None, pieces=4):
     sink = store.open_upload(len(data), sha, encryption)
     step = max(1, len(data) // pieces)
     for i in range(0, len(data), step):
-        sink.write(data[i:i + step])
+        sink.write(data[i : i + step])
     return wait(sink.finish())
 
 
@@ -273,14 +279,32 @@ def download(store, blob_id, offset=0, key=None, expected_size=None):
 # ---------------------------------------------------------------- names
 
 BAD_NAMES = [
-    ("../../etc/passwd", "/"), ("..", ". or .."), (".", ". or .."), ("a/b", "/"),
-    ("a\\b", "\\"), ("..\\..\\x", "\\"), ("/etc", "/"), ("C:\\x", "\\"),
-    ("a\x00b", "control"), ("a\x07b", "control"), ("line\nfeed", "control"),
-    ("esc\x1b[31m", "control"), ("del\x7f", "control"), ("c1\x85", "control"),
-    ("evil\u202etxt.exe", "control"), ("iso\u2066late", "control"), ("ls\u2028x", "control"),
-    (" lead", "space"), ("trail ", "space"), ("nbsp\u00a0", "space"), ("", "empty"),
-    ("a" * 256, "255 bytes"), ("\u00e9" * 128, "255 bytes"), ("\u20ac" * 86, "255 bytes"),
-    ("x" * 4096, "255 bytes"), ("lone\udcff", "UTF-8"),
+    ("../../etc/passwd", "/"),
+    ("..", ". or .."),
+    (".", ". or .."),
+    ("a/b", "/"),
+    ("a\\b", "\\"),
+    ("..\\..\\x", "\\"),
+    ("/etc", "/"),
+    ("C:\\x", "\\"),
+    ("a\x00b", "control"),
+    ("a\x07b", "control"),
+    ("line\nfeed", "control"),
+    ("esc\x1b[31m", "control"),
+    ("del\x7f", "control"),
+    ("c1\x85", "control"),
+    ("evil\u202etxt.exe", "control"),
+    ("iso\u2066late", "control"),
+    ("ls\u2028x", "control"),
+    (" lead", "space"),
+    ("trail ", "space"),
+    ("nbsp\u00a0", "space"),
+    ("", "empty"),
+    ("a" * 256, "255 bytes"),
+    ("\u00e9" * 128, "255 bytes"),
+    ("\u20ac" * 86, "255 bytes"),
+    ("x" * 4096, "255 bytes"),
+    ("lone\udcff", "UTF-8"),
 ]
 
 
@@ -292,16 +316,29 @@ def test_bad_names_are_553(name, why):
     assert why in e.value.text
 
 
-@pytest.mark.parametrize("name", [
-    "a" * 255, "\u00e9" * 127 + "a", "r\u00e9sum\u00e9.txt", "trailing.", "CON", "NUL",
-    "%2e%2e%2f", "...", "a b", "\U0001F469\u200d\U0001F4BB", "store_evil", "\u65e5\u672c",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 255,
+        "\u00e9" * 127 + "a",
+        "r\u00e9sum\u00e9.txt",
+        "trailing.",
+        "CON",
+        "NUL",
+        "%2e%2e%2f",
+        "...",
+        "a b",
+        "\U0001f469\u200d\U0001f4bb",
+        "store_evil",
+        "\u65e5\u672c",
+    ],
+)
 def test_good_names(name):
     assert names.normalize_name(name) == name
 
 
 def test_255_bytes_counted_after_nfc():
-    nfd = "e\u0301" * 127 + "a"          # 382 bytes as NFD, 255 as NFC
+    nfd = "e\u0301" * 127 + "a"  # 382 bytes as NFD, 255 as NFC
     assert len(nfd.encode()) > 255
     assert names.normalize_name(nfd) == "\u00e9" * 127 + "a"
 
@@ -321,12 +358,13 @@ def test_keys_are_case_insensitive():
 
 
 def test_key_of_longest_name_fits_the_column():
-    name = "\u00df" * 127              # 254 bytes; folds to 254 characters "ss"...
+    name = "\u00df" * 127  # 254 bytes; folds to 254 characters "ss"...
     assert len(names.name_key(names.normalize_name(name))) <= 255
 
 
-@pytest.mark.parametrize("text", ["-1", "1e3", "+5", " 5", "5 ", "", "0x10", "\u0663",
-                                  "1" * 21, "1.0"])
+@pytest.mark.parametrize(
+    "text", ["-1", "1e3", "+5", " 5", "5 ", "", "0x10", "\u0663", "1" * 21, "1.0"]
+)
 def test_parse_size_refuses(text):
     with pytest.raises(BadArguments) as e:
         names.parse_size(text)
@@ -336,10 +374,11 @@ def test_parse_size_refuses(text):
 def test_parse_size_accepts():
     assert names.parse_size("0") == 0
     assert names.parse_size("0123") == 123
-    assert names.parse_size(str(2**63)) == 2**63     # refused later by the size limit (552)
+    assert names.parse_size(str(2**63)) == 2**63  # refused later by the size limit (552)
 
 
 # ---------------------------------------------------------------- upload
+
 
 @pytest_twisted.inlineCallbacks
 def test_upload_round_trip(store):
@@ -371,16 +410,16 @@ def test_backpressure_pauses_and_resumes_the_producer(tmp_path):
     producer = RecordingProducer()
     sink.registerProducer(producer, True)
     for i in range(0, 96 * 1024, 32 * 1024):
-        sink.write(data[i:i + 32 * 1024])
-    assert producer.calls == ["pause"]            # 96 KiB queued > 64 KiB
+        sink.write(data[i : i + 32 * 1024])
+    assert producer.calls == ["pause"]  # 96 KiB queued > 64 KiB
     assert sink.paused and sink.queued == 96 * 1024
-    sink.write(data[96 * 1024:128 * 1024])        # more while paused: no second pause
+    sink.write(data[96 * 1024 : 128 * 1024])  # more while paused: no second pause
     assert producer.calls == ["pause"]
-    pool.run_all()                                # the worker drains the queue
+    pool.run_all()  # the worker drains the queue
     yield turn()
     assert producer.calls == ["pause", "resume"]
     assert not sink.paused and sink.queued == 0
-    sink.write(data[128 * 1024:])
+    sink.write(data[128 * 1024 :])
     d = wait(sink.finish())
     pool.run_all()
     stored = yield d
@@ -411,6 +450,7 @@ def test_pull_producer_feeds_the_sink(tmp_path):
     import io
 
     from twisted.protocols.basic import FileSender
+
     store = blobs.BlobStore(str(tmp_path / "s"), high_water=64 * 1024)
     try:
         data = os.urandom(1024 * 1024 + 7)
@@ -504,11 +544,11 @@ def test_disk_full_is_452_and_leaves_nothing(store, monkeypatch):
     producer = RecordingProducer()
     sink.registerProducer(producer, True)
     sink.write(b"a" * 1000)
-    for _ in range(50):                 # wait (bounded) for the worker to fail
+    for _ in range(50):  # wait (bounded) for the worker to fail
         if sink._error is not None:
             break
         yield task.deferLater(_reactor(), 0.02, lambda: None)
-    sink.write(b"b" * 2000)             # the rest of the body is consumed, discarded
+    sink.write(b"b" * 2000)  # the rest of the body is consumed, discarded
     with pytest.raises(InsufficientStorage) as e:
         yield wait(sink.finish())
     assert e.value.code == 452
@@ -523,7 +563,7 @@ def test_sweep_removes_stale_temporaries_only(tmp_path):
             f.write(b"stale")
     live = store.open_upload(100)
     live.write(b"x" * 10)
-    pool.run_all()                               # the live temp file now exists
+    pool.run_all()  # the live temp file now exists
     assert os.path.exists(os.path.join(store.tmp_dir, live.blob_id + ".part"))
     assert store.sweep() == 2
     assert os.listdir(store.tmp_dir) == [live.blob_id + ".part"]
@@ -537,7 +577,7 @@ def test_remove_orphans(store):
     orphan = yield upload(store, b"orphan")
     store.release(kept.blob_id)
     store.release(orphan.blob_id)
-    held = yield upload(store, b"row not written yet")    # still held by its upload
+    held = yield upload(store, b"row not written yet")  # still held by its upload
     removed = yield wait(store.remove_orphans({kept.blob_id}))
     assert removed == 1
     assert store.all_blob_ids() == {kept.blob_id, held.blob_id}
@@ -547,7 +587,9 @@ def test_blob_ids_are_never_user_paths(store):
     for bad in ("../../etc/passwd", "0" * 31, "0" * 33, "A" * 32, "0" * 30 + "/x", 5, None):
         with pytest.raises(ValueError):
             store.path_of(bad)
-    assert store.path_of("ab" + "0" * 30) == os.path.join(store.root, "blobs", "ab", "ab" + "0" * 30)
+    assert store.path_of("ab" + "0" * 30) == os.path.join(
+        store.root, "blobs", "ab", "ab" + "0" * 30
+    )
 
 
 def test_check_space(store):
@@ -570,7 +612,7 @@ def test_check_space_counts_uploads_in_progress(tmp_path):
     free = st.f_bavail * st.f_frsize
     half = free // 2 + 1
     store.check_space(half, 0)
-    sink = store.open_upload(half)               # reserved until it ends
+    sink = store.open_upload(half)  # reserved until it ends
     with pytest.raises(InsufficientStorage):
         store.check_space(half, 0)
     sink.abort()
@@ -589,6 +631,7 @@ def test_planted_symlink_is_not_followed(store, tmp_path):
 
 
 # ---------------------------------------------------------------- download
+
 
 @pytest_twisted.inlineCallbacks
 def test_download_in_256k_reads_from_offsets(store):
@@ -641,11 +684,12 @@ def test_stop_producing_closes_and_fails(store):
     c.close()
     with pytest.raises(DownloadStopped):
         yield d
-    reader.resumeProducing()          # harmless after stop
+    reader.resumeProducing()  # harmless after stop
     assert c.chunks == []
 
 
 # ---------------------------------------------------------------- encryption
+
 
 @pytest.fixture
 def kdf():
@@ -658,19 +702,31 @@ def encrypt_params(password, kdf, chunk_size=CHUNK):
 
 @pytest_twisted.inlineCallbacks
 def test_encrypted_round_trip_at_every_boundary(store, kdf):
-    plain = (b"SECRET-PLAINTEXT-" * 20000)[:3 * CHUNK + 123]
+    plain = (b"SECRET-PLAINTEXT-" * 20000)[: 3 * CHUNK + 123]
     params = yield encrypt_params("pa55 w\u00f6rd", kdf)
     stored = yield upload(store, plain, hashlib.sha256(plain).hexdigest(), params, pieces=7)
     assert stored.sha256 == hashlib.sha256(plain).hexdigest()
     meta = stored.enc_meta
-    assert set(meta) == {"v", "alg", "kdf", "n", "r", "p", "salt", "verifier", "nonce_prefix",
-                         "chunk_size"}
+    assert set(meta) == {
+        "v",
+        "alg",
+        "kdf",
+        "n",
+        "r",
+        "p",
+        "salt",
+        "verifier",
+        "nonce_prefix",
+        "chunk_size",
+    }
     assert (meta["n"], meta["r"], meta["p"], meta["chunk_size"]) == (*FAST_KDF, CHUNK)
     with open(store.path_of(stored.blob_id), "rb") as f:
         disk = f.read()
     assert b"SECRET-PLAINTEXT" not in disk
-    assert len(disk) == crypto.encrypted_size(len(plain)) == crypto.HEADER_SIZE + len(plain) + 4 * 16
-    key = yield wait(crypto.unlock(meta, "pa55 wo\u0308rd", kdf))     # NFD spelling, same key
+    assert (
+        len(disk) == crypto.encrypted_size(len(plain)) == crypto.HEADER_SIZE + len(plain) + 4 * 16
+    )
+    key = yield wait(crypto.unlock(meta, "pa55 wo\u0308rd", kdf))  # NFD spelling, same key
     assert key == params.key
     size = len(plain)
     for offset in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, size - 1, size):
@@ -743,7 +799,7 @@ def patch_file(path, offset, data):
 @pytest_twisted.inlineCallbacks
 def test_tampered_chunk_is_detected(store, sealed):
     path, blob_id, key, plain = sealed
-    at = crypto.HEADER_SIZE + (CHUNK + 16) + 100             # inside chunk 1
+    at = crypto.HEADER_SIZE + (CHUNK + 16) + 100  # inside chunk 1
     with open(path, "rb") as f:
         f.seek(at)
         byte = f.read(1)
@@ -754,7 +810,7 @@ def test_tampered_chunk_is_detected(store, sealed):
         yield wait(reader.beginFileTransfer(c))
     c.close()
     assert "chunk 1" in e.value.text
-    assert c.data() == plain[:CHUNK]                     # only the authentic chunk 0
+    assert c.data() == plain[:CHUNK]  # only the authentic chunk 0
 
 
 @pytest_twisted.inlineCallbacks
@@ -763,7 +819,7 @@ def test_swapped_chunks_are_detected(store, sealed):
     with open(path, "rb") as f:
         disk = f.read()
     h, n = crypto.HEADER_SIZE, CHUNK + 16
-    swapped = disk[:h] + disk[h + n:h + 2 * n] + disk[h:h + n] + disk[h + 2 * n:]
+    swapped = disk[:h] + disk[h + n : h + 2 * n] + disk[h : h + n] + disk[h + 2 * n :]
     with open(path, "wb") as f:
         f.write(swapped)
     _, _, d = download(store, blob_id, 0, key)
@@ -773,7 +829,7 @@ def test_swapped_chunks_are_detected(store, sealed):
 
 def test_truncated_blob_is_detected_before_sending(store, sealed):
     path, blob_id, key, _ = sealed
-    os.truncate(path, os.path.getsize(path) - 516)      # drop the last chunk exactly
+    os.truncate(path, os.path.getsize(path) - 516)  # drop the last chunk exactly
     with pytest.raises(IntegrityFailure):
         store.open_download(blob_id, 0, key)
 
@@ -797,6 +853,7 @@ def test_last_chunk_flag_is_authenticated():
     a stream cut at a chunk boundary cannot pass for a complete one."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     key, prefix = bytes(range(32)), b"p" * 8
     header = crypto.BlobHeader(16, 20, b"s" * 16, prefix)
     enc = crypto.ChunkEncryptor(key, header)
@@ -811,7 +868,7 @@ def test_last_chunk_flag_is_authenticated():
     with pytest.raises(InvalidTag):
         aead.decrypt(crypto._nonce(prefix, 0), first[0], crypto._aad(hb, 0, True))
     with pytest.raises(IntegrityFailure):
-        crypto.open_chunk(aead, header, hb, 0, last)            # wrong position
+        crypto.open_chunk(aead, header, hb, 0, last)  # wrong position
 
 
 def test_wrong_key_cannot_open_chunk(store, sealed):
@@ -823,6 +880,7 @@ def test_wrong_key_cannot_open_chunk(store, sealed):
 
 
 # ---------------------------------------------------------------- lockout
+
 
 def test_lockout_after_five_failures():
     clock = task.Clock()
@@ -836,14 +894,14 @@ def test_lockout_after_five_failures():
     with pytest.raises(RateLimited) as e:
         lock.check("alice", "f")
     assert e.value.code == 429
-    lock.check("bob", "f")               # other users unaffected
-    lock.check("alice", "g")             # and other files
+    lock.check("bob", "f")  # other users unaffected
+    lock.check("alice", "g")  # and other files
     clock.advance(899)
     with pytest.raises(RateLimited):
         lock.check("alice", "f")
     clock.advance(2)
-    lock.check("alice", "f")             # expired
-    assert lock.failure("alice", "f") is False     # and the count started over
+    lock.check("alice", "f")  # expired
+    assert lock.failure("alice", "f") is False  # and the count started over
 
 
 def test_lockout_window_slides():
@@ -852,7 +910,7 @@ def test_lockout_window_slides():
     for _ in range(4):
         lock.failure("alice", "f")
         clock.advance(10)
-    clock.advance(900)                   # the first four are now outside the window
+    clock.advance(900)  # the first four are now outside the window
     assert lock.failure("alice", "f") is False
     lock.check("alice", "f")
 
@@ -876,7 +934,7 @@ def test_lockout_memory_is_bounded():
     assert len(lock) <= 50
     clock.advance(2000)
     lock.failure("late", "f")
-    assert len(lock) == 1                # expired records dropped
+    assert len(lock) == 1  # expired records dropped
 
 
 # ---------------------------------------------------------------- the service
@@ -921,23 +979,35 @@ class Harness:
 def svc(db_pool, store, kdf):
     clock = task.Clock()
     clock.advance(1_700_000_000)
-    service = FilesService(FileStore(db_pool), store, kdf, max_file_size=1024 * 1024,
-                             user_quota=2 * 1024 * 1024, min_free_percent=0,
-                             kdf_params=FAST_KDF, clock=clock)
+    service = FilesService(
+        FileStore(db_pool),
+        store,
+        kdf,
+        max_file_size=1024 * 1024,
+        user_quota=2 * 1024 * 1024,
+        min_free_percent=0,
+        kdf_params=FAST_KDF,
+        clock=clock,
+    )
     return Harness(service, store, kdf, clock)
 
 
 @pytest_twisted.inlineCallbacks
 def test_service_upload_info_list_download(svc):
     rec = yield svc.put("alice", "Report.txt", b"hello")
-    assert rec.to_wire() == {"name": "Report.txt", "size": 5,
-                             "sha256": hashlib.sha256(b"hello").hexdigest(),
-                             "owner": "alice", "visibility": "public", "protected": False,
-                             "created": "2023-11-14T22:13:20.000Z"}
+    assert rec.to_wire() == {
+        "name": "Report.txt",
+        "size": 5,
+        "sha256": hashlib.sha256(b"hello").hexdigest(),
+        "owner": "alice",
+        "visibility": "public",
+        "protected": False,
+        "created": "2023-11-14T22:13:20.000Z",
+    }
     yield svc.put("bob", "secret", b"shh", visibility="hidden")
     info = (yield wait(svc.service.info(who("carol"), "REPORT.TXT"))).record
     assert info.name == "Report.txt"
-    hidden = (yield wait(svc.service.info(who("carol"), "secret"))).record   # an unlisted link
+    hidden = (yield wait(svc.service.info(who("carol"), "secret"))).record  # an unlisted link
     assert hidden.visibility == "hidden"
     public = yield wait(svc.service.list(who("carol")))
     assert [v.record.name for v in public] == ["Report.txt"]
@@ -960,8 +1030,8 @@ def test_service_upload_info_list_download(svc):
 def test_service_refusals_before_350(svc):
     yield svc.put("alice", "a.txt", b"1")
     cases = [
-        (dict(user="bob", name="A.TXT", size=1, replace=True), Conflict),     # someone else's
-        (dict(user="alice", name="a.txt", size=1), Conflict),                 # no replace=yes
+        (dict(user="bob", name="A.TXT", size=1, replace=True), Conflict),  # someone else's
+        (dict(user="alice", name="a.txt", size=1), Conflict),  # no replace=yes
         (dict(user="alice", name="a/b", size=1), NameNotAllowed),
         (dict(user="alice", name="big", size=1024 * 1024 + 1), LimitExceeded),
         (dict(user="alice", name="v", size=1, visibility="secret"), BadArguments),
@@ -974,7 +1044,7 @@ def test_service_refusals_before_350(svc):
             yield wait(svc.service.begin_upload(**kw))
     yield svc.put("alice", "b", b"x" * (1024 * 1024))
     yield svc.put("alice", "c", b"x" * (1024 * 1024 - 1))
-    with pytest.raises(LimitExceeded) as e:                   # quota: 2 MiB
+    with pytest.raises(LimitExceeded) as e:  # quota: 2 MiB
         yield wait(svc.service.begin_upload(who("alice"), "d", 2))
     assert "quota" in e.value.text
     assert svc.blobs.all_blob_ids() and os.listdir(svc.blobs.tmp_dir) == []
@@ -998,7 +1068,7 @@ def test_service_two_uploads_of_one_name_one_wins(svc):
     errors = [r.value for ok, r in results if not ok]
     assert len(oks) == 1 and len(errors) == 1 and isinstance(errors[0], Conflict)
     rows = yield wait(svc.service.files.all_blob_ids())
-    assert svc.blobs.all_blob_ids() == set(rows)           # the loser's blob is gone
+    assert svc.blobs.all_blob_ids() == set(rows)  # the loser's blob is gone
 
 
 @pytest_twisted.inlineCallbacks
@@ -1012,10 +1082,10 @@ def test_service_replace_while_downloading(svc):
     c = Collector()
     yield wait(prepared.reader.beginFileTransfer(c))
     c.close()
-    assert c.data() == old                      # the download in flight: old, whole
+    assert c.data() == old  # the download in flight: old, whole
     _, data = yield svc.get("bob", "f")
     assert data == new
-    assert len(svc.blobs.all_blob_ids()) == 1   # the old blob was unlinked
+    assert len(svc.blobs.all_blob_ids()) == 1  # the old blob was unlinked
 
 
 @pytest_twisted.inlineCallbacks
@@ -1051,16 +1121,16 @@ def test_service_protected_file_and_lockout(svc):
     with open(svc.blobs.path_of(rec.blob_id), "rb") as f:
         assert b"TOP-SECRET" not in f.read()
     with pytest.raises(BadCredentials):
-        yield wait(svc.service.open_download(who("bob"), "vault"))          # no password
+        yield wait(svc.service.open_download(who("bob"), "vault"))  # no password
     _, data = yield svc.get("bob", "vault", password="open sesame", offset=5)
     assert data == plain[5:]
     for _ in range(5):
         with pytest.raises(BadCredentials):
             yield wait(svc.service.open_download(who("bob"), "vault", password="guess"))
     calls = svc.kdf.calls
-    with pytest.raises(RateLimited):                                   # even the right one
+    with pytest.raises(RateLimited):  # even the right one
         yield wait(svc.service.open_download(who("bob"), "vault", password="open sesame"))
-    assert svc.kdf.calls == calls                                      # no KDF spent
+    assert svc.kdf.calls == calls  # no KDF spent
     # The owner is not held up (the file has seen 5 wrong passwords from all
     # accounts together: anyone else's try would wait first, see below).
     _, data = yield svc.get("alice", "vault", password="open sesame")
@@ -1110,6 +1180,7 @@ def test_service_startup_sweeps(svc):
 
 # ---------------------------------------------------------------- guessing is slow
 
+
 @pytest_twisted.inlineCallbacks
 def test_guessing_hidden_names_costs_seconds_per_try(svc):
     """After 5 names not found, every further lookup of that account, or from
@@ -1117,7 +1188,7 @@ def test_guessing_hidden_names_costs_seconds_per_try(svc):
     tells nothing), whatever connection or other account it comes from."""
     yield svc.put("alice", "Backup.ZIP", b"the crown jewels", visibility="hidden")
     carol = who("carol", address="10.0.0.3")
-    for i in range(5):                                  # mistakes are free
+    for i in range(5):  # mistakes are free
         with pytest.raises(NotFound):
             yield wait(svc.service.info(carol, "guess%d" % i))
     assert svc.clock.getDelayedCalls() == []
@@ -1125,7 +1196,7 @@ def test_guessing_hidden_names_costs_seconds_per_try(svc):
     assert (yield advance_once_waiting(svc.clock)) == 1
     with pytest.raises(NotFound):
         yield wait(d)
-    d = svc.service.info(carol, "backup.zip")           # the right name: slowed too
+    d = svc.service.info(carol, "backup.zip")  # the right name: slowed too
     assert (yield advance_once_waiting(svc.clock)) >= 1
     assert (yield wait(d)).record.name == "Backup.ZIP"
     # Another account from the same address, the same account from another.
@@ -1187,8 +1258,9 @@ def test_wrong_file_passwords_from_many_accounts_are_limited_together(svc):
     answers = []
     for name in ("bob", "carol", "root", "bob"):
         for i in range(4):
-            d = svc.service.open_download(who(name, address="10.1.1.%d" % i), "vault",
-                                          password="guess-%s-%d" % (name, i))
+            d = svc.service.open_download(
+                who(name, address="10.1.1.%d" % i), "vault", password="guess-%s-%d" % (name, i)
+            )
             d.addBoth(answers.append)
             yield turn()
             while not d.called:
@@ -1198,7 +1270,7 @@ def test_wrong_file_passwords_from_many_accounts_are_limited_together(svc):
                     yield turn()
     codes = [a.value.code for a in answers]
     assert codes[:5] == [535] * 5
-    assert 429 in codes                       # the file's queue ran past its bound
+    assert 429 in codes  # the file's queue ran past its bound
     assert svc.service.file_guesses.delayed >= 5
     assert codes.count(535) < 16
 
@@ -1207,10 +1279,12 @@ def test_wrong_file_passwords_from_many_accounts_are_limited_together(svc):
 def test_parallel_wrong_passwords_of_one_account_cannot_exceed_its_lockout(svc):
     yield svc.put("alice", "vault", b"secret", password="right one")
     svc.service.kdf = kdf = ManualKDF()
-    attempts = [svc.service.open_download(who("bob"), "vault", password="guess%d" % i)
-                for i in range(8)]
-    yield settle(svc.clock, attempts,
-                 until=lambda: len(kdf.pending) + sum(d.called for d in attempts) == 8)
+    attempts = [
+        svc.service.open_download(who("bob"), "vault", password="guess%d" % i) for i in range(8)
+    ]
+    yield settle(
+        svc.clock, attempts, until=lambda: len(kdf.pending) + sum(d.called for d in attempts) == 8
+    )
     kdf.finish_all()
     results = []
     for d in attempts:

@@ -91,6 +91,7 @@ def temporaries(app):
 
 # ---------------------------------------------------------------- commands
 
+
 @pytest_twisted.inlineCallbacks
 def test_every_command_and_its_reply(db_runtime):
     """LIST / LIST mine / LIST hidden / INFO / CHECKSUM / UPLOAD (new, hidden,
@@ -109,8 +110,14 @@ def test_every_command_and_its_reply(db_runtime):
     assert r.code == 226 and r.text.startswith("stored {")
     obj = r.obj
     assert set(obj) == FILE_KEYS
-    assert (obj["name"], obj["size"], obj["sha256"], obj["owner"], obj["visibility"],
-            obj["protected"]) == ("Report.txt", len(data), sha(data), "alice", "public", False)
+    assert (
+        obj["name"],
+        obj["size"],
+        obj["sha256"],
+        obj["owner"],
+        obj["visibility"],
+        obj["protected"],
+    ) == ("Report.txt", len(data), sha(data), "alice", "public", False)
     assert obj["created"].endswith("Z")
 
     r = yield put(bob, "bobs.bin", b"bob's", "visibility=public")
@@ -119,18 +126,18 @@ def test_every_command_and_its_reply(db_runtime):
     assert r.code == 226 and r.obj["visibility"] == "hidden"
 
     r = yield bob.command("LIST")
-    assert [i["name"] for i in r.items] == ["bobs.bin", "Report.txt"]   # by name key
+    assert [i["name"] for i in r.items] == ["bobs.bin", "Report.txt"]  # by name key
     assert r.items[1] == obj
     r = yield alice.command("LIST mine")
     assert [i["name"] for i in r.items] == ["Report.txt"]
     r = yield root.command("LIST hidden")
     assert [i["name"] for i in r.items] == ["secret plan"]
-    r = yield alice.command("LIST hidden")             # an owner sees their own
+    r = yield alice.command("LIST hidden")  # an owner sees their own
     assert [i["name"] for i in r.items] == ["secret plan"]
-    r = yield bob.command("LIST hidden")               # ... and nobody else's
+    r = yield bob.command("LIST hidden")  # ... and nobody else's
     assert (r.code, r.items) == (210, [])
 
-    r = yield bob.command("INFO report.TXT")          # case-insensitive lookup
+    r = yield bob.command("INFO report.TXT")  # case-insensitive lookup
     assert r.code == 200 and r.obj == obj
     r = yield bob.command("CHECKSUM Report.txt")
     assert (r.code, r.text) == (200, "sha256 " + sha(data))
@@ -212,6 +219,7 @@ def test_help_lists_the_files_commands(runtime):
 
 # ---------------------------------------------------------------- refusals
 
+
 @pytest_twisted.inlineCallbacks
 def test_upload_refusals_before_350(make_runtime):
     """Every refusal comes before 350 (no body is expected, the session goes
@@ -232,12 +240,12 @@ def test_upload_refusals_before_350(make_runtime):
         (alice, "UPLOAD ../../etc/passwd 3", "553"),
         (alice, "UPLOAD .. 3", "553"),
         (alice, "UPLOAD 'a\\b' 3", "553"),
-        (alice, "UPLOAD \"\" 3", "553"),
-        (alice, "UPLOAD TAKEN 3", "555"),                     # exists (case-insensitive)
-        (bob, "UPLOAD taken 3", "555"),                       # someone else's
-        (bob, "UPLOAD taken 3 replace=yes", "555"),           # replace is owner only
-        (bob, "UPLOAD huge 1001", "552"),                     # over max_file_size
-        (alice, "UPLOAD more 700", "552"),                    # 903 + 700 > quota 1500
+        (alice, 'UPLOAD "" 3', "553"),
+        (alice, "UPLOAD TAKEN 3", "555"),  # exists (case-insensitive)
+        (bob, "UPLOAD taken 3", "555"),  # someone else's
+        (bob, "UPLOAD taken 3 replace=yes", "555"),  # replace is owner only
+        (bob, "UPLOAD huge 1001", "552"),  # over max_file_size
+        (alice, "UPLOAD more 700", "552"),  # 903 + 700 > quota 1500
         (alice, "UPLOAD more -1", "501"),
         (alice, "UPLOAD more 1e3", "501"),
         (alice, "UPLOAD more", "501"),
@@ -283,11 +291,20 @@ def test_download_refusals(runtime):
     srv, _ = yield serve(runtime)
     c = yield client(srv, "alice")
     yield put(c, "f", b"0123456789")
-    for line, code in [("DOWNLOAD nope", 550), ("DOWNLOAD f offset=11", 501),
-                       ("DOWNLOAD f offset=-1", 501), ("DOWNLOAD f offset=x", 501),
-                       ("DOWNLOAD f offset=1 offset=2", 501), ("DOWNLOAD f colour=red", 501),
-                       ("DOWNLOAD", 501), ("DOWNLOAD ../f", 553), ("INFO nope", 550),
-                       ("CHECKSUM nope", 550), ("DELETE nope", 550), ("LIST everything", 501)]:
+    for line, code in [
+        ("DOWNLOAD nope", 550),
+        ("DOWNLOAD f offset=11", 501),
+        ("DOWNLOAD f offset=-1", 501),
+        ("DOWNLOAD f offset=x", 501),
+        ("DOWNLOAD f offset=1 offset=2", 501),
+        ("DOWNLOAD f colour=red", 501),
+        ("DOWNLOAD", 501),
+        ("DOWNLOAD ../f", 553),
+        ("INFO nope", 550),
+        ("CHECKSUM nope", 550),
+        ("DELETE nope", 550),
+        ("LIST everything", 501),
+    ]:
         r = yield c.command(line)
         assert r.code == code, (line, r.line)
     r, body = yield get(c, "f", "offset=10")
@@ -348,7 +365,7 @@ def test_protected_file_password_and_lockout(make_runtime):
     assert (r.code, r.text) == (535, "file is protected: password required")
     for i in range(5):
         r = yield bob.command("DOWNLOAD vault password=guess%d" % i)
-        assert r.code == 535 and len(r.lines) == 1, r.lines   # no 150, no bytes
+        assert r.code == 535 and len(r.lines) == 1, r.lines  # no 150, no bytes
     r = yield bob.command(quote("DOWNLOAD", "vault", "password=open sesame"))
     assert r.code == 429
     # Nobody else is affected, nor is bob on another file.
@@ -364,6 +381,7 @@ def test_protected_file_password_and_lockout(make_runtime):
 
 
 # ---------------------------------------------------------------- after the body
+
 
 @pytest_twisted.inlineCallbacks
 def test_parallel_upload_of_one_name_loses_with_555(db_runtime):
@@ -388,6 +406,7 @@ def test_quota_is_checked_again_when_the_row_is_written(make_runtime):
     """Two uploads of one user both fit the quota before 350; together they
     do not: the second to finish gets 552 after its body."""
     from tests.inprocess import db_kinds
+
     for kind in db_kinds():
         rt = make_runtime(db=kind, user_quota=1000)
         srv, app = yield serve(rt)
@@ -426,17 +445,20 @@ def test_dropped_connection_mid_body_leaves_nothing(runtime):
     c = yield raw_client(srv, "alice")
     assert (yield c.cmd("UPLOAD cut.bin 3000000"))[0] == "350 send 3000000 bytes"
     c.send(os.urandom(1_000_000))
-    yield wait_for(lambda: any(s.received > 0 for s in app.blobs._uploading.values()),
-                   what="body arriving")
+    yield wait_for(
+        lambda: any(s.received > 0 for s in app.blobs._uploading.values()), what="body arriving"
+    )
     c.transport.abortConnection()
-    yield wait_for(lambda: not app.blobs._uploading and temporaries(app) == [],
-                   what="temporary removed")
+    yield wait_for(
+        lambda: not app.blobs._uploading and temporaries(app) == [], what="temporary removed"
+    )
     other = yield client(srv, "alice")
     assert (yield other.command("INFO cut.bin")).code == 550
     assert blob_files(app) == []
     history = yield other.command("HISTORY limit=5")
-    assert any(e["command"] == "UPLOAD cut.bin 3000000" and e["code"] == 451
-               for e in history.items)
+    assert any(
+        e["command"] == "UPLOAD cut.bin 3000000" and e["code"] == 451 for e in history.items
+    )
 
 
 class GatedPool:
@@ -459,6 +481,7 @@ class GatedPool:
                 onResult(False, Failure())
             else:
                 onResult(True, result)
+
         self._submit(job)
 
     def _submit(self, job):
@@ -480,8 +503,12 @@ def test_upload_backpressure_pauses_the_socket(runtime):
     however large the body; then it resumes and completes."""
     pool = GatedPool()
     high = 64 * 1024
-    store = BlobStore(os.path.join(runtime.config.data, "files"), threadpool=pool,
-                      reactor=reactor(), high_water=high)
+    store = BlobStore(
+        os.path.join(runtime.config.data, "files"),
+        threadpool=pool,
+        reactor=reactor(),
+        high_water=high,
+    )
     srv, app = yield serve(runtime, blobs=store)
     c = yield raw_client(srv, "alice")
     size = 8 * 1024 * 1024
@@ -494,7 +521,7 @@ def test_upload_backpressure_pauses_the_socket(runtime):
     sink = next(iter(store._uploading.values()))
     held = sink.received
     yield task.deferLater(reactor(), 0.2, lambda: None)
-    assert sink.received == held                       # nothing more was read
+    assert sink.received == held  # nothing more was read
     assert sink.paused and sink.queued == held <= high + RAW_READ
     pool.open()
     line = yield c.readline(timeout=60)
@@ -515,6 +542,7 @@ def test_damaged_storage_is_554_before_any_byte(runtime):
 
 # ---------------------------------------------------------------- start-up and records
 
+
 @pytest_twisted.inlineCallbacks
 def test_start_up_removes_stale_temporaries_and_orphans(runtime):
     root = os.path.join(runtime.config.data, "files")
@@ -525,7 +553,7 @@ def test_start_up_removes_stale_temporaries_and_orphans(runtime):
         f.write(b"no row names me")
     with open(os.path.join(stale.tmp_dir, "cd" * 16 + ".part"), "wb") as f:
         f.write(b"cut by a crash")
-    app = build_files(runtime)                     # sweeps temporaries synchronously
+    app = build_files(runtime)  # sweeps temporaries synchronously
     assert temporaries(app) == []
     yield app.start().addTimeout(10, reactor())  # removes orphans
     assert blob_files(app) == []
@@ -566,7 +594,7 @@ def test_download_of_an_uncached_file_waits_off_the_reactor(runtime, monkeypatch
     blob = os.path.join(app.blobs.root, [p for p in blob_files(app) if p.startswith("blobs")][0])
     fd = os.open(blob, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # clean pages (fsynced): dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages (fsynced): dropped
     finally:
         os.close(fd)
     r, body = yield get(c, "cold.bin", "offset=1000")
@@ -598,11 +626,12 @@ def test_damage_found_mid_transfer_closes_the_connection(runtime):
     raw.send(b"DOWNLOAD tampered password=pw\r\n")
     yield raw.wait_closed()
     got = bytes(raw.buffer)
-    if got:     # what was flushed before the abort: the 150 line and a prefix
+    if got:  # what was flushed before the abort: the 150 line and a prefix
         line, _, body = got.partition(b"\r\n")
         assert line.decode() == "150 %d bytes sha256=%s" % (len(data), sha(data))
-        assert len(body) <= 6 * crypto.ENC_CHUNK and body == data[:len(body)]
+        assert len(body) <= 6 * crypto.ENC_CHUNK and body == data[: len(body)]
     other = yield client(srv, "alice")
     history = yield other.command("HISTORY limit=3")
-    assert {"command": "DOWNLOAD tampered password=***", "code": 451} in \
-        [{"command": e["command"], "code": e["code"]} for e in history.items]
+    assert {"command": "DOWNLOAD tampered password=***", "code": 451} in [
+        {"command": e["command"], "code": e["code"]} for e in history.items
+    ]

@@ -71,9 +71,13 @@ def test_an_empty_account_and_the_exact_reply_line(make_runtime, kind):
     assert (yield raw.cmd(quote("LOGIN", "alice", PW["alice"])))[0].startswith("230 ")
     (line,) = yield raw.cmd("QUOTA")
     assert line.startswith("200 {")
-    assert json.loads(line[4:]) == {"files": 0, "bytes": 0, "quota": 10_000,
-                                    "max_file_size": 4_000}
-    assert (yield raw.cmd("quota")) == [line]          # verbs are case-insensitive
+    assert json.loads(line[4:]) == {
+        "files": 0,
+        "bytes": 0,
+        "quota": 10_000,
+        "max_file_size": 4_000,
+    }
+    assert (yield raw.cmd("quota")) == [line]  # verbs are case-insensitive
 
 
 @pytest.mark.parametrize("kind", db_kinds())
@@ -123,8 +127,7 @@ def test_no_quota_configured_is_null(make_runtime):
     srv = yield serve(make_runtime(user_quota=0, max_file_size=4_000))
     alice = yield client(srv, "alice")
     yield put(alice, "a", 10)
-    assert (yield quota(alice)) == {"files": 1, "bytes": 10, "quota": None,
-                                    "max_file_size": 4_000}
+    assert (yield quota(alice)) == {"files": 1, "bytes": 10, "quota": None, "max_file_size": 4_000}
 
 
 @pytest_twisted.inlineCallbacks
@@ -132,7 +135,7 @@ def test_before_login_is_login_required(runtime):
     srv = yield serve(runtime)
     raw = yield srv.raw()
     assert (yield raw.cmd("QUOTA")) == ["530 login required"]
-    assert (yield raw.cmd("PING")) == ["200 pong"]     # the session goes on
+    assert (yield raw.cmd("PING")) == ["200 pong"]  # the session goes on
 
 
 @pytest_twisted.inlineCallbacks

@@ -51,8 +51,33 @@ PASSWORDS = {"alice": "pw-alice", "root": "pw-root"}
 #: The services under test, built by the real composition root.
 SERVICES = ("personnel", "files", "ttweet")
 #: Every code docs/protocol.md section 1 defines for a reply (6xx are pushes).
-REPLY_CODES = {150, 200, 201, 210, 214, 220, 221, 226, 230, 350, 421, 429, 451, 452, 500,
-               501, 503, 530, 531, 535, 550, 552, 553, 554, 555}
+REPLY_CODES = {
+    150,
+    200,
+    201,
+    210,
+    214,
+    220,
+    221,
+    226,
+    230,
+    350,
+    421,
+    429,
+    451,
+    452,
+    500,
+    501,
+    503,
+    530,
+    531,
+    535,
+    550,
+    552,
+    553,
+    554,
+    555,
+}
 PUSH_CODES = {"personnel": {"610", "611", "612"}, "files": set(), "ttweet": {"600"}}
 CODE = re.compile(r"[0-9]{3}[ -]")
 
@@ -63,23 +88,114 @@ CODE = re.compile(r"[0-9]{3}[ -]")
 # the handlers themselves are reached, not only the parser), or free words
 # after a (mostly real) verb, or raw bytes, or rarely a line over the cap.
 
-BOUNDARIES = [0, 1, -1, 2, 100, 1000, 1001, 65536, 65537, 2**31 - 1, 2**31, 2**32, 2**53,
-              2**63 - 1, 2**63, 2**63 + 1, 2**64, 10**19 - 1, 10**19, 10**20, -2**63, -2**64]
-numbers = st.one_of(st.sampled_from(BOUNDARIES), st.integers(-2**70, 2**70),
-                    st.integers(0, 70000)).map(str)
-odd_numbers = st.sampled_from(["1e9", "0x10", "+5", " 5", "5 ", "\uff15", "\u0665", "1_000",
-                               "007", "-0", "NaN", "inf", "1.5", ""])
-hostile = st.sampled_from(["*", "..", "../etc/passwd", "a/../../b", "..\\..\\x", "%2e%2e%2f",
-                           "/abs", "C:\\x", "CON", "x" * 300, "a\u202eb", "\u2028", "a\x1b[31mb",
-                           "a\x00b", "a\rb", "a\tb", "a b", '"', "'", "\\", "=", "#", "##",
-                           "#ALL", "\ud7ff", "\ufeff", "e\u0301", "\U0001f600" * 40, ""])
+BOUNDARIES = [
+    0,
+    1,
+    -1,
+    2,
+    100,
+    1000,
+    1001,
+    65536,
+    65537,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**53,
+    2**63 - 1,
+    2**63,
+    2**63 + 1,
+    2**64,
+    10**19 - 1,
+    10**19,
+    10**20,
+    -(2**63),
+    -(2**64),
+]
+numbers = st.one_of(
+    st.sampled_from(BOUNDARIES), st.integers(-(2**70), 2**70), st.integers(0, 70000)
+).map(str)
+odd_numbers = st.sampled_from(
+    [
+        "1e9",
+        "0x10",
+        "+5",
+        " 5",
+        "5 ",
+        "\uff15",
+        "\u0665",
+        "1_000",
+        "007",
+        "-0",
+        "NaN",
+        "inf",
+        "1.5",
+        "",
+    ]
+)
+hostile = st.sampled_from(
+    [
+        "*",
+        "..",
+        "../etc/passwd",
+        "a/../../b",
+        "..\\..\\x",
+        "%2e%2e%2f",
+        "/abs",
+        "C:\\x",
+        "CON",
+        "x" * 300,
+        "a\u202eb",
+        "\u2028",
+        "a\x1b[31mb",
+        "a\x00b",
+        "a\rb",
+        "a\tb",
+        "a b",
+        '"',
+        "'",
+        "\\",
+        "=",
+        "#",
+        "##",
+        "#ALL",
+        "\ud7ff",
+        "\ufeff",
+        "e\u0301",
+        "\U0001f600" * 40,
+        "",
+    ]
+)
 plain_text = st.text(max_size=24)
-names = st.one_of(st.sampled_from(["alice", "root", "admin", "nobody", "a1", "x" * 33]),
-                  st.text(alphabet="abcXYZ019", min_size=1, max_size=8))
-words = st.one_of(numbers, odd_numbers, hostile, plain_text, names,
-                  st.text(alphabet="abcdefgh0123-#", min_size=1, max_size=16))
-OPTION_KEYS = ["limit", "offset", "user", "after", "visibility", "password", "sha256",
-               "replace", "ssn", "name", "surname", "job", "salary", "client", "seq"]
+names = st.one_of(
+    st.sampled_from(["alice", "root", "admin", "nobody", "a1", "x" * 33]),
+    st.text(alphabet="abcXYZ019", min_size=1, max_size=8),
+)
+words = st.one_of(
+    numbers,
+    odd_numbers,
+    hostile,
+    plain_text,
+    names,
+    st.text(alphabet="abcdefgh0123-#", min_size=1, max_size=16),
+)
+OPTION_KEYS = [
+    "limit",
+    "offset",
+    "user",
+    "after",
+    "visibility",
+    "password",
+    "sha256",
+    "replace",
+    "ssn",
+    "name",
+    "surname",
+    "job",
+    "salary",
+    "client",
+    "seq",
+]
 options = st.tuples(st.sampled_from(OPTION_KEYS), words).map(lambda kv: "%s=%s" % kv)
 STYLES = ["raw"] * 6 + ["quote"] * 3 + ["dquote"] * 2 + ["unbalanced"]
 
@@ -104,42 +220,120 @@ HOLES = {
     "w": quoted(words),
     "user": quoted(names),
     "ssn": quoted(st.one_of(st.text(alphabet="abc123-", min_size=1, max_size=8), words)),
-    "file": quoted(st.one_of(st.sampled_from(["a.txt", "b", "A.TXT", "caf\u00e9", "cafe\u0301"]),
-                             st.sampled_from(["a.txt", "b"]), words)),
-    "size": quoted(st.one_of(st.integers(0, 300).map(str), st.integers(0, 300).map(str),
-                             numbers, odd_numbers)),
+    "file": quoted(
+        st.one_of(
+            st.sampled_from(["a.txt", "b", "A.TXT", "caf\u00e9", "cafe\u0301"]),
+            st.sampled_from(["a.txt", "b"]),
+            words,
+        )
+    ),
+    "size": quoted(
+        st.one_of(st.integers(0, 300).map(str), st.integers(0, 300).map(str), numbers, odd_numbers)
+    ),
     "vis": quoted(st.sampled_from(["public", "hidden", "secret", ""])),
     "yn": quoted(st.sampled_from(["yes", "no", "maybe", "1", "0"])),
     "sha": quoted(st.one_of(st.sampled_from(["0" * 64, "A" * 64, "g" * 64, "0" * 63]), words)),
     "which": quoted(st.sampled_from(["mine", "hidden", "all", "MINE", "*"])),
-    "tag": quoted(st.one_of(st.sampled_from(["#ALL", "#a", "#cs3251", "#a#b", "#", "##",
-                                             "#" + "x" * 15, "#a#b#c#d#e#f", "nohash"]),
-                            st.text(alphabet="#abZ09", max_size=20))),
-    "msg": quoted(st.one_of(st.text(min_size=0, max_size=160), hostile,
-                            st.sampled_from(["x" * 150, "x" * 151, " ", "\U0001f600" * 150]))),
+    "tag": quoted(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "#ALL",
+                    "#a",
+                    "#cs3251",
+                    "#a#b",
+                    "#",
+                    "##",
+                    "#" + "x" * 15,
+                    "#a#b#c#d#e#f",
+                    "nohash",
+                ]
+            ),
+            st.text(alphabet="#abZ09", max_size=20),
+        )
+    ),
+    "msg": quoted(
+        st.one_of(
+            st.text(min_size=0, max_size=160),
+            hostile,
+            st.sampled_from(["x" * 150, "x" * 151, " ", "\U0001f600" * 150]),
+        )
+    ),
     "client": quoted(st.one_of(st.sampled_from(["*", "alice", "root"]), names)),
 }
 TEMPLATES = {
-    None: ["HELP", "PING", "WHOAMI", "LOGIN {user} {w}", "LOGIN {user}", "REGISTER {user} {w}",
-           "HISTORY", "HISTORY limit={n}", "HISTORY limit={n} user={user}", "HISTORY user={w}",
-           "HISTORY DELETE {n}", "HISTORY CLEAR", "HISTORY CLEAR user={user}", "QUIT"],
-    "personnel": ["LIST", "LIST {w}", "LIST limit={n}", "LIST {w} limit={n} offset={n}",
-                  "LIST offset={n}", "GET {ssn}", "ADD ssn={ssn} name={w} surname={w}",
-                  "ADD ssn={ssn} name={w} surname={w} job={w} salary={n}",
-                  "ADD ssn={ssn} name={w}", "UPDATE {ssn} name={w}", "UPDATE {ssn} salary={n}",
-                  "UPDATE {ssn} ssn={ssn}", "DELETE {ssn}", "CLIENTS", "MESSAGES",
-                  "MESSAGES client={client} limit={n}", "SEND {ssn} {client}", "SEND * *",
-                  "REMOVE {ssn} {client}", "REMOVE * {client}", "SYNC", "SYNC after={n}",
-                  "ACK {n}"],
-    "files": ["LIST", "LIST {which}", "INFO {file}", "CHECKSUM {file}", "DELETE {file}",
-              "UPLOAD {file} {size}", "UPLOAD {file} {size} visibility={vis}",
-              "UPLOAD {file} {size} password={w} replace={yn}",
-              "UPLOAD {file} {size} sha256={sha}", "UPLOAD {file} {size} {w}",
-              "DOWNLOAD {file}", "DOWNLOAD {file} offset={n}", "DOWNLOAD {file} password={w}",
-              "DOWNLOAD {file} {w}"],
-    "ttweet": ["TWEET {msg}", "TWEET {msg} {tag}", "TWEET {msg} {tag} {w}", "TWEET",
-               "SUBSCRIBE {tag}", "UNSUBSCRIBE {tag}", "TIMELINE", "TIMELINE {w}", "GETUSERS",
-               "GETTWEETS {user}", "GETTWEETS {w}", "LAST", "LOGIN {user}"],
+    None: [
+        "HELP",
+        "PING",
+        "WHOAMI",
+        "LOGIN {user} {w}",
+        "LOGIN {user}",
+        "REGISTER {user} {w}",
+        "HISTORY",
+        "HISTORY limit={n}",
+        "HISTORY limit={n} user={user}",
+        "HISTORY user={w}",
+        "HISTORY DELETE {n}",
+        "HISTORY CLEAR",
+        "HISTORY CLEAR user={user}",
+        "QUIT",
+    ],
+    "personnel": [
+        "LIST",
+        "LIST {w}",
+        "LIST limit={n}",
+        "LIST {w} limit={n} offset={n}",
+        "LIST offset={n}",
+        "GET {ssn}",
+        "ADD ssn={ssn} name={w} surname={w}",
+        "ADD ssn={ssn} name={w} surname={w} job={w} salary={n}",
+        "ADD ssn={ssn} name={w}",
+        "UPDATE {ssn} name={w}",
+        "UPDATE {ssn} salary={n}",
+        "UPDATE {ssn} ssn={ssn}",
+        "DELETE {ssn}",
+        "CLIENTS",
+        "MESSAGES",
+        "MESSAGES client={client} limit={n}",
+        "SEND {ssn} {client}",
+        "SEND * *",
+        "REMOVE {ssn} {client}",
+        "REMOVE * {client}",
+        "SYNC",
+        "SYNC after={n}",
+        "ACK {n}",
+    ],
+    "files": [
+        "LIST",
+        "LIST {which}",
+        "INFO {file}",
+        "CHECKSUM {file}",
+        "DELETE {file}",
+        "UPLOAD {file} {size}",
+        "UPLOAD {file} {size} visibility={vis}",
+        "UPLOAD {file} {size} password={w} replace={yn}",
+        "UPLOAD {file} {size} sha256={sha}",
+        "UPLOAD {file} {size} {w}",
+        "DOWNLOAD {file}",
+        "DOWNLOAD {file} offset={n}",
+        "DOWNLOAD {file} password={w}",
+        "DOWNLOAD {file} {w}",
+    ],
+    "ttweet": [
+        "TWEET {msg}",
+        "TWEET {msg} {tag}",
+        "TWEET {msg} {tag} {w}",
+        "TWEET",
+        "SUBSCRIBE {tag}",
+        "UNSUBSCRIBE {tag}",
+        "TIMELINE",
+        "TIMELINE {w}",
+        "GETUSERS",
+        "GETTWEETS {user}",
+        "GETTWEETS {w}",
+        "LAST",
+        "LOGIN {user}",
+    ],
 }
 
 
@@ -156,10 +350,11 @@ def template_line(template):
 
 
 def grammar_lines(service):
-    templates = TEMPLATES[None] + TEMPLATES[service] * 3   # mostly the service's own
+    templates = TEMPLATES[None] + TEMPLATES[service] * 3  # mostly the service's own
     verb_case = st.sampled_from([str, str.lower, str.title])
     return st.tuples(st.sampled_from(templates).flatmap(template_line), verb_case).map(
-        lambda lc: (lambda v, rest: lc[1](v) + rest)(*_split_verb(lc[0])).encode("utf-8"))
+        lambda lc: (lambda v, rest: lc[1](v) + rest)(*_split_verb(lc[0])).encode("utf-8")
+    )
 
 
 def _split_verb(line):
@@ -169,28 +364,39 @@ def _split_verb(line):
 
 def free_lines(service):
     verbs = [t.split()[0] for t in TEMPLATES[None] + TEMPLATES[service]]
-    verb = st.one_of(st.sampled_from(verbs), st.sampled_from(verbs), st.sampled_from(verbs),
-                     st.text(min_size=1, max_size=12))
+    verb = st.one_of(
+        st.sampled_from(verbs),
+        st.sampled_from(verbs),
+        st.sampled_from(verbs),
+        st.text(min_size=1, max_size=12),
+    )
     args = st.lists(quoted(st.one_of(words, options)), max_size=5)
     return st.tuples(verb, args).map(lambda va: " ".join([va[0]] + va[1]).encode("utf-8"))
 
 
 def lines_for(service):
     long_line = st.sampled_from([b"X" * (MAX_LINE + 1), b"PING " + b"a" * 6000])
-    line = st.one_of(grammar_lines(service), grammar_lines(service), grammar_lines(service),
-                     free_lines(service), st.binary(max_size=200),
-                     st.integers(0, 30).flatmap(
-                         lambda n: long_line if n == 0 else grammar_lines(service)))
+    line = st.one_of(
+        grammar_lines(service),
+        grammar_lines(service),
+        grammar_lines(service),
+        free_lines(service),
+        st.binary(max_size=200),
+        st.integers(0, 30).flatmap(lambda n: long_line if n == 0 else grammar_lines(service)),
+    )
     ending = st.sampled_from([b"\r\n", b"\n"])
     return st.tuples(line, ending).map(lambda le: le[0].replace(b"\n", b" ") + le[1])
 
 
 def examples(service):
-    return st.tuples(st.sampled_from(["alice", "root", "alice", "root", None]),
-                     st.lists(lines_for(service), min_size=1, max_size=8))
+    return st.tuples(
+        st.sampled_from(["alice", "root", "alice", "root", None]),
+        st.lists(lines_for(service), min_size=1, max_size=8),
+    )
 
 
 # --- the model of one reply ------------------------------------------------------
+
 
 def expects_reply(line: bytes) -> bool:
     """Whether the server must answer this line (docs/protocol.md section 1: a
@@ -223,8 +429,11 @@ def check_push(service, line):
     check(code in PUSH_CODES[service], "unexpected push code", line)
     if code == "600":
         obj = json.loads(line[4:])
-        check(isinstance(obj, dict) and {"id", "user", "message", "hashtags", "ts"} <= set(obj),
-              "malformed 600 push", line)
+        check(
+            isinstance(obj, dict) and {"id", "user", "message", "hashtags", "ts"} <= set(obj),
+            "malformed 600 push",
+            line,
+        )
     else:
         m = re.fullmatch(r"61[012] ([0-9]+) (SAVE|DELETE|DELETE_ALL) (\{.*\})", line)
         check(m is not None, "malformed sync push", line)
@@ -242,8 +451,7 @@ def check_reply(lines):
     check(code != "451", "451: an unexpected exception in a handler", lines)
     if code == "210":
         items = [json.loads(line[4:]) for line in lines[:-1]]
-        check(all(isinstance(i, dict) for i in items), "listing items must be JSON objects",
-              lines)
+        check(all(isinstance(i, dict) for i in items), "listing items must be JSON objects", lines)
         check(last == "210 %d items" % (len(items),), "listing count", lines)
     elif code == "214":
         check(last == "214 end", "help must end with 214 end", lines)
@@ -252,6 +460,7 @@ def check_reply(lines):
 
 
 # --- one example on the wire ----------------------------------------------------
+
 
 @defer.inlineCallbacks
 def read_line(c, service, pushes):
@@ -306,7 +515,8 @@ def run_example(srv, service, user, lines):
                 reply = yield read_reply(c, service, pushes)
             except ConnectionError:
                 raise Violation(
-                    "closed without a closing reply after %r" % (transcript,)) from None
+                    "closed without a closing reply after %r" % (transcript,)
+                ) from None
             transcript.append(reply)
             if reply[0].startswith("350 "):
                 n = int(reply[0].split()[2])
@@ -325,8 +535,9 @@ def run_example(srv, service, user, lines):
     except Violation as e:
         raise Violation("%s\ntranscript: %r" % (e, transcript)) from None
     except defer.TimeoutError as e:
-        raise Violation("no reply (hanging connection): %s\ntranscript: %r"
-                        % (e, transcript)) from None
+        raise Violation(
+            "no reply (hanging connection): %s\ntranscript: %r" % (e, transcript)
+        ) from None
     finally:
         if c.transport.connected:
             c.transport.loseConnection()
@@ -340,8 +551,10 @@ def run_example(srv, service, user, lines):
     try:
         yield srv.runtime.history.flush().addTimeout(WAIT, reactor())
     except Exception as e:
-        raise Violation("the request history could not record these commands: %s\n"
-                        "transcript: %r" % (str(e).splitlines()[0][:300], transcript)) from None
+        raise Violation(
+            "the request history could not record these commands: %s\n"
+            "transcript: %r" % (str(e).splitlines()[0][:300], transcript)
+        ) from None
     return transcript
 
 
@@ -352,8 +565,10 @@ class FailureLog:
         self.events = []
 
     def __call__(self, event):
-        if event.get("log_failure") is not None or \
-                event.get("log_level") in (LogLevel.error, LogLevel.critical):
+        if event.get("log_failure") is not None or event.get("log_level") in (
+            LogLevel.error,
+            LogLevel.critical,
+        ):
             self.events.append(event)
 
     def describe(self):
@@ -366,13 +581,19 @@ class FailureLog:
 
 # --- the tests ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def served(make_runtime, service, db):
     """A listener of the real protocol class of C{service}, built by its
     C{netshare.service.make_factory}, with accounts alice (user) and root (admin)."""
-    rt = make_runtime(db=None if db == "sqlite" else db, login_failure_delay=0.01,
-                      idle_timeout=60, max_file_size=65536, user_quota=2**20,
-                      flood_burst=1000)
+    rt = make_runtime(
+        db=None if db == "sqlite" else db,
+        login_failure_delay=0.01,
+        idle_timeout=60,
+        max_file_size=65536,
+        user_quota=2**20,
+        flood_burst=1000,
+    )
     pytest_twisted.blockon(add_account(rt, "alice", PASSWORDS["alice"]))
     pytest_twisted.blockon(add_account(rt, "root", PASSWORDS["root"], role="admin"))
     factory = make_factory(rt, service)
@@ -399,15 +620,23 @@ def _fuzz_test(service, db):
     hypothesis test's inner function on every call, so one function object
     must not serve several parametrized items."""
 
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(service, db)])] \
-        if (service, db) in KNOWN_BUGS else []
+    marks = (
+        [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(service, db)])]
+        if (service, db) in KNOWN_BUGS
+        else []
+    )
     remote = db != "sqlite"
 
     @pytest.mark.parametrize("service,db", [pytest.param(service, db, id=db, marks=marks)])
-    @settings(max_examples=40 if remote else 100, deadline=None, database=None,
-              derandomize=True, suppress_health_check=list(HealthCheck),
-              # Shrinking on a database server is slow; SQLite shrinks.
-              phases=[Phase.explicit, Phase.generate] if remote else list(Phase))
+    @settings(
+        max_examples=40 if remote else 100,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        # Shrinking on a database server is slow; SQLite shrinks.
+        phases=[Phase.explicit, Phase.generate] if remote else list(Phase),
+    )
     @given(data=st.data())
     @pytest_twisted.inlineCallbacks
     def test(served, failures, service, db, data):
@@ -416,9 +645,10 @@ def _fuzz_test(service, db):
         assert not failures.events, failures.describe()
 
     test.__name__ = "test_arbitrary_lines_on_%s" % (service,)
-    test.__doc__ = ("Arbitrary lines before and after LOGIN on the %s port: well-formed "
-                    "replies or a close, never a hang, never an unexpected exception."
-                    % (service,))
+    test.__doc__ = (
+        "Arbitrary lines before and after LOGIN on the %s port: well-formed "
+        "replies or a close, never a hang, never an unexpected exception." % (service,)
+    )
     return test
 
 

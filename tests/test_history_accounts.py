@@ -21,8 +21,14 @@ from tests.inprocess import add_account, listen, reactor, stop_runtime, wait_for
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
-SECRETS = ("Sekret-Alice-1", "Sekret-Bob-2", "Sekret-Admin-3", "Sekret-Typo-4", "Sekret-Reg-5",
-           "Sekret-Opt-6")
+SECRETS = (
+    "Sekret-Alice-1",
+    "Sekret-Bob-2",
+    "Sekret-Admin-3",
+    "Sekret-Typo-4",
+    "Sekret-Reg-5",
+    "Sekret-Opt-6",
+)
 
 
 def assert_no_secret(text):
@@ -43,6 +49,7 @@ def history(lines):
 
 
 # --- accounts --------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_register_login_whoami(db_runtime):
@@ -82,6 +89,7 @@ def test_registration_closed_by_config(make_runtime):
 
 # --- history -----------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_history_own_entries_codes_and_no_password(db_runtime):
     rt = db_runtime
@@ -111,8 +119,16 @@ def test_history_own_entries_codes_and_no_password(db_runtime):
     times = [e["ts"] for e in entries]
     assert times == sorted(times, reverse=True)  # newest first (by time: see below)
     got = [(e["command"].split()[0], e["code"]) for e in entries]
-    assert got == [("<unknown>", 500), ("HISTORY", 501), ("<unknown>", 500), ("REGISTER", 201),
-                   ("LOGIN", 501), ("LOGIN", 500), ("PING", 200), ("LOGIN", 230)]
+    assert got == [
+        ("<unknown>", 500),
+        ("HISTORY", 501),
+        ("<unknown>", 500),
+        ("REGISTER", 201),
+        ("LOGIN", 501),
+        ("LOGIN", 500),
+        ("PING", 200),
+        ("LOGIN", 230),
+    ]
     assert entries[-1]["command"] == "LOGIN alice ***"
     # An unknown verb may be a secret typed on its own: none of it is recorded.
     assert entries[2]["command"] == entries[0]["command"] == "<unknown>"
@@ -120,8 +136,7 @@ def test_history_own_entries_codes_and_no_password(db_runtime):
     admin = yield _admin(rt, srv)
     lines = yield admin.cmd("HISTORY user=-")
     anon = history(lines)
-    assert [(e["command"], e["code"], e["user"]) for e in anon] == [
-        ("LOGIN alice ***", 535, "-")]
+    assert [(e["command"], e["code"], e["user"]) for e in anon] == [("LOGIN alice ***", 535, "-")]
     # Nothing secret in the table either.
     rows = yield rt.pool.run(_all_history_rows)
     assert rows and all(isinstance(r, str) for r in rows)
@@ -132,6 +147,7 @@ def _all_history_rows(conn):
     import sqlalchemy as sa
 
     from netshare.storage.schema import history as table
+
     return [" ".join(str(v) for v in r) for r in conn.execute(sa.select(table))]
 
 
@@ -157,7 +173,8 @@ def test_history_ownership_delete_and_clear(db_runtime):
     target = mine[0]["id"]
     # A user can neither read nor delete nor clear another's entries.
     assert (yield bob.cmd("HISTORY user=alice")) == [
-        "531 only an admin may see other users' history"]
+        "531 only an admin may see other users' history"
+    ]
     assert (yield bob.cmd("HISTORY DELETE %d" % target)) == ["531 not your history entry"]
     (line,) = yield bob.cmd("HISTORY CLEAR user=alice")
     assert line.startswith("531 ")
@@ -174,7 +191,8 @@ def test_history_ownership_delete_and_clear(db_runtime):
     assert (yield alice.cmd("HISTORY DELETE %d" % mine[1]["id"])) == ["200 deleted"]
     assert mine[1]["id"] not in [e["id"] for e in history((yield alice.cmd("HISTORY")))]
     assert (yield alice.cmd("HISTORY DELETE %d" % mine[1]["id"])) == [
-        "550 no history entry %d" % mine[1]["id"]]
+        "550 no history entry %d" % mine[1]["id"]
+    ]
     # An admin may read, delete and clear anyone's, and still sees what was
     # deleted or cleared (nobody erases their own audit trail).
     admin = yield _admin(rt, srv)
@@ -189,8 +207,8 @@ def test_history_ownership_delete_and_clear(db_runtime):
     assert {"alice", "bob", "boss"} <= {e["user"] for e in everyone}
     visible = len(history((yield alice.cmd("HISTORY"))))
     (line,) = yield admin.cmd("HISTORY CLEAR user=alice")
-    assert line == "200 %d deleted" % (visible + 1)      # + her HISTORY just now
-    assert history((yield alice.cmd("HISTORY")))[1:] == []   # only that HISTORY itself
+    assert line == "200 %d deleted" % (visible + 1)  # + her HISTORY just now
+    assert history((yield alice.cmd("HISTORY")))[1:] == []  # only that HISTORY itself
     kept = history((yield admin.cmd("HISTORY user=alice limit=1000")))
     assert {e["id"] for e in mine} <= {e["id"] for e in kept}
     # A clear is itself recorded, as exactly one new entry.
@@ -214,20 +232,24 @@ def test_a_password_typed_as_the_user_name_is_never_recorded(make_runtime, capsy
     yield add_account(rt, "alice", "Sekret-Alice-1")
     srv = yield listen(rt, CommandProtocol)
     c = yield srv.raw()
-    assert (yield c.cmd("LOGIN Sekret-Alice-1"))[0].startswith("501 ")           # alone
+    assert (yield c.cmd("LOGIN Sekret-Alice-1"))[0].startswith("501 ")  # alone
     assert (yield c.cmd("LOGIN Sekret-Alice-1 alice")) == ["535 bad credentials"]  # swapped
     assert (yield c.cmd("LOGIN SekretTypo4 Sekret-Typo-4")) == ["535 bad credentials"]
     assert (yield c.cmd("LOGIN alice Sekret-Typo-4")) == ["535 bad credentials"]
-    assert (yield c.cmd("REGISTER Sekret-Reg-5 carol"))[0].startswith("553 ")   # swapped
+    assert (yield c.cmd("REGISTER Sekret-Reg-5 carol"))[0].startswith("553 ")  # swapped
     assert (yield c.cmd("REGISTER alice Sekret-Reg-5"))[0].startswith("555 ")
     boss = yield _admin(rt, srv)
     lines = yield boss.cmd("HISTORY user=- limit=20")
     assert_no_secret("\n".join(lines))
-    assert "SekretTypo4" not in "\n".join(lines)   # a valid name, but no account's
+    assert "SekretTypo4" not in "\n".join(lines)  # a valid name, but no account's
     assert [(e["command"], e["code"]) for e in history(lines)] == [
-        ("REGISTER alice ***", 555), ("REGISTER <unknown user> ***", 553),
-        ("LOGIN alice ***", 535), ("LOGIN <unknown user> ***", 535),
-        ("LOGIN <unknown user> ***", 535), ("LOGIN ***", 501)]
+        ("REGISTER alice ***", 555),
+        ("REGISTER <unknown user> ***", 553),
+        ("LOGIN alice ***", 535),
+        ("LOGIN <unknown user> ***", 535),
+        ("LOGIN <unknown user> ***", 535),
+        ("LOGIN ***", 501),
+    ]
     yield stop_runtime(rt)
     with open(os.path.join(rt.config.data, "logs", "netshare.jsonl"), encoding="utf-8") as f:
         logged = f.read()
@@ -267,6 +289,7 @@ def test_json_log_is_one_object_per_line_without_passwords(make_runtime):
 def test_history_batched_off_the_reactor_and_not_lost_on_a_clean_stop(db_runtime):
     rt = db_runtime
     import netshare.storage.history as storage_history
+
     # A flush interval far longer than the test: only the stop writes.
     rt.history.interval = 3600
     writes = []
@@ -294,6 +317,7 @@ def test_history_batched_off_the_reactor_and_not_lost_on_a_clean_stop(db_runtime
     import sqlalchemy as sa
 
     from netshare.storage.engine import create_engine
+
     engine = create_engine(rt.harness.db_url, rt.config.data)
     try:
         with engine.connect() as conn:
@@ -325,6 +349,7 @@ def test_history_query_is_answered_under_a_continuous_stream_of_records(runtime)
 
 # --- the KDF pool --------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_kdf_pool_refuses_beyond_its_bound_at_once():
     pool = KDFPool(threads=1, maxQueued=1)
@@ -345,11 +370,13 @@ def test_kdf_pool_refuses_beyond_its_bound_at_once():
 
 
 @pytest_twisted.inlineCallbacks
-def test_login_gets_429_when_the_kdf_queue_is_full_and_the_reactor_stays_free(make_runtime,
-                                                                              monkeypatch):
+def test_login_gets_429_when_the_kdf_queue_is_full_and_the_reactor_stays_free(
+    make_runtime, monkeypatch
+):
     rt = make_runtime(kdf_threads=1, kdf_queue=0, login_failure_delay=0.01)
     yield add_account(rt, "alice", "Sekret-Alice-1")
     import netshare.kdf as kdfmod
+
     gate = threading.Event()
     real = kdfmod.scrypt
 
@@ -378,8 +405,13 @@ def test_login_storm_does_not_stall_other_connections(make_runtime):
     keeps answering.  Generous bounds: the figures are in bench/.  (The
     per-address login penalties are set out of the way: this is about the
     hashing pool, not about who gets to hash.)"""
-    rt = make_runtime(scrypt_n=2**15, login_failure_delay=0.2, login_free=1000,
-                      login_timeout=600, kdf_per_source=100)
+    rt = make_runtime(
+        scrypt_n=2**15,
+        login_failure_delay=0.2,
+        login_free=1000,
+        login_timeout=600,
+        kdf_per_source=100,
+    )
     yield add_account(rt, "alice", "Sekret-Alice-1")
     srv = yield listen(rt, CommandProtocol)
     pinger = yield srv.raw()
@@ -404,6 +436,7 @@ def test_login_storm_does_not_stall_other_connections(make_runtime):
 
 
 # --- the history writer, driven by hand ------------------------------------------------
+
 
 class _ManualStore:
     """insert_many returns a Deferred the test fires."""
@@ -436,28 +469,30 @@ def test_history_flush_waits_only_for_what_was_recorded_before_it():
     from twisted.internet.task import Clock
 
     from netshare.services.history import HistoryRecorder
+
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=1000)
     _rec(h, 5)
-    assert store.calls == []             # nothing written on the recording path
-    clock.advance(0.2)                   # the batch timer: one INSERT for all five
+    assert store.calls == []  # nothing written on the recording path
+    clock.advance(0.2)  # the batch timer: one INSERT for all five
     assert [len(r) for r, _ in store.calls] == [5]
     flushed = h.flush()
-    _rec(h, 3, 5)                        # more keep coming during the write
+    _rec(h, 3, 5)  # more keep coming during the write
     store.succeed()
-    assert flushed.called                # not held up by the later three
+    assert flushed.called  # not held up by the later three
     assert [len(r) for r, _ in store.calls] == [5]
-    clock.advance(0.2)                   # they go in the next batch
+    clock.advance(0.2)  # they go in the next batch
     assert [len(r) for r, _ in store.calls] == [5, 3]
     store.succeed()
     assert [r["command"] for r in store.rows] == ["CMD %d" % i for i in range(8)]
-    assert h.flush().called              # nothing pending: at once
+    assert h.flush().called  # nothing pending: at once
 
 
 def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
     from twisted.internet.task import Clock
 
     from netshare.services.history import HistoryRecorder
+
     store, clock = _ManualStore(), Clock()
     h = HistoryRecorder(store, clock, interval=0.2, batch=4, max_buffered=10)
     _rec(h, 6)
@@ -467,16 +502,16 @@ def test_history_failed_write_keeps_order_and_retries_and_buffer_is_bounded():
     flushed.addErrback(errors.append)
     store.fail()
     assert errors and errors[0].check(DatabaseUnavailable)
-    clock.advance(1.0)                   # retried by the timer
+    clock.advance(1.0)  # retried by the timer
     assert [r["command"] for r in store.calls[-1][0]] == ["CMD 0", "CMD 1", "CMD 2", "CMD 3"]
     # The database stays slow: a write is in flight while records pour in;
     # memory stays bounded, the oldest waiting ones go, the batch in flight stays.
-    pending_flush = h.flush()            # waits for CMD 0..5
+    pending_flush = h.flush()  # waits for CMD 0..5
     _rec(h, 20, 6)
     assert len(h._pending) + len(h._inflight) == 10 and h.dropped == 16
-    assert not pending_flush.called      # CMD 0..3 are still in flight
+    assert not pending_flush.called  # CMD 0..3 are still in flight
     store.succeed()
-    assert pending_flush.called          # 0..3 written, 4 and 5 dropped
+    assert pending_flush.called  # 0..3 written, 4 and 5 dropped
     stop = h.stop()
     while not stop.called:
         store.succeed()
@@ -490,6 +525,7 @@ def test_kdf_is_standard_scrypt_so_existing_hashes_still_verify():
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     from netshare.kdf import scrypt
+
     for n, r, p, length in ((1024, 8, 1, 32), (2**14, 8, 1, 64), (2**17, 8, 1, 32)):
         salt = os.urandom(16)
         want = Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(b"pw \xc3\xa9")

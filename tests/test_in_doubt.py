@@ -39,11 +39,18 @@ from tests.inprocess import PrivateDatabase, add_account, listen, stop_runtime
 
 pytestmark = pytest.mark.timeout(120)
 
-KINDS = [k for k, env in (("postgres", "NETSHARE_TEST_POSTGRES"),
-                          ("mysql", "NETSHARE_TEST_MYSQL")) if os.environ.get(env)]
+KINDS = [
+    k
+    for k, env in (("postgres", "NETSHARE_TEST_POSTGRES"), ("mysql", "NETSHARE_TEST_MYSQL"))
+    if os.environ.get(env)
+]
 if not KINDS:
-    pytestmark = [pytestmark, pytest.mark.skip(
-        reason="needs NETSHARE_TEST_POSTGRES or NETSHARE_TEST_MYSQL (CI sets both)")]
+    pytestmark = [
+        pytestmark,
+        pytest.mark.skip(
+            reason="needs NETSHARE_TEST_POSTGRES or NETSHARE_TEST_MYSQL (CI sets both)"
+        ),
+    ]
 MODES = ["after", "before"]
 PW = {"alice": "pw-alice", "root": "pw-root"}
 
@@ -60,8 +67,7 @@ class Setup:
         self.db = PrivateDatabase(kind)
         u = make_url(self.db.url)
         self.proxy = CommitProxy(u.host or "127.0.0.1", u.port)
-        via = u.set(host="127.0.0.1", port=self.proxy.port).render_as_string(
-            hide_password=False)
+        via = u.set(host="127.0.0.1", port=self.proxy.port).render_as_string(hide_password=False)
         self.rt = make_runtime(db=via, **config)
         self.engine = sa.create_engine(self.db.url)
 
@@ -71,9 +77,13 @@ class Setup:
 
     def history(self, command_prefix):
         user = self.engine.dialect.identifier_preparer.quote("user")
-        return [tuple(r) for r in self.rows(
-            "SELECT command, code, %s FROM history WHERE command LIKE :p" % user,
-            p=command_prefix + "%")]
+        return [
+            tuple(r)
+            for r in self.rows(
+                "SELECT command, code, %s FROM history WHERE command LIKE :p" % user,
+                p=command_prefix + "%",
+            )
+        ]
 
     @defer.inlineCallbacks
     def close(self):
@@ -133,6 +143,7 @@ def blob_ids(app):
 
 # -- files ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest_twisted.inlineCallbacks
 def test_new_upload(setup, mode):
@@ -147,7 +158,8 @@ def test_new_upload(setup, mode):
     assert (yield download(alice, "victim-new.bin")) == data
     assert len(blob_ids(app)) == 1
     assert setup.history("UPLOAD victim-new.bin") == [
-        ("UPLOAD victim-new.bin %d" % len(data), 226, "alice")]
+        ("UPLOAD victim-new.bin %d" % len(data), 226, "alice")
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -160,11 +172,13 @@ def test_replace_upload(setup, mode):
     setup.proxy.arm(b"UPDATE files", mode)
     line = yield upload(alice, "doc", new, "replace=yes")
     assert setup.proxy.fired == 1
-    assert line.startswith("226 stored ") and json.loads(line[11:])["sha256"] == \
-        hashlib.sha256(new).hexdigest()
+    assert (
+        line.startswith("226 stored ")
+        and json.loads(line[11:])["sha256"] == hashlib.sha256(new).hexdigest()
+    )
     assert (yield download(alice, "doc")) == new
     assert setup.rows("SELECT COUNT(*) FROM files")[0][0] == 1
-    assert len(blob_ids(app)) == 1           # the old content went, the new one stayed
+    assert len(blob_ids(app)) == 1  # the old content went, the new one stayed
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -178,7 +192,7 @@ def test_delete(setup, mode):
     assert setup.proxy.fired == 1
     assert setup.rows("SELECT COUNT(*) FROM files")[0][0] == 0
     assert (yield alice.cmd("INFO gone.txt"))[0].startswith("550 ")
-    for _ in range(100):                     # the content goes after the row
+    for _ in range(100):  # the content goes after the row
         if not blob_ids(app):
             break
         yield deferLater(0.02)
@@ -187,6 +201,7 @@ def test_delete(setup, mode):
 
 
 # -- accounts ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest_twisted.inlineCallbacks
@@ -202,6 +217,7 @@ def test_register(setup, mode):
 
 
 # -- personnel -------------------------------------------------------------------------
+
 
 @defer.inlineCallbacks
 def personnel_server(setup):
@@ -229,7 +245,8 @@ def test_personnel_add_update_delete(setup, mode):
     assert setup.proxy.fired == 1
     assert setup.rows("SELECT COUNT(*) FROM personnel")[0][0] == 0
     assert [h[:2] for h in setup.history("ADD ssn=X1")] == [
-        ("ADD ssn=X1 name=Ada surname=Lovelace", 201)]
+        ("ADD ssn=X1 name=Ada surname=Lovelace", 201)
+    ]
     assert len(setup.history("UPDATE X1")) == 1 and len(setup.history("DELETE X1")) == 1
 
 
@@ -241,7 +258,7 @@ def test_personnel_send_and_ack(setup, mode):
     setup.proxy.arm(b"INSERT INTO outbox", mode)
     assert (yield root.cmd("SEND S1 alice")) == ["200 queued 1"]
     assert setup.proxy.fired == 1
-    assert setup.rows("SELECT seq FROM outbox") == [(1,)]       # queued once, not twice
+    assert setup.rows("SELECT seq FROM outbox") == [(1,)]  # queued once, not twice
     alice = yield logged_in(srv, "alice")
     assert (yield alice.cmd("SYNC")) == ["200 syncing"]
     push = yield alice.readline()
@@ -254,6 +271,7 @@ def test_personnel_send_and_ack(setup, mode):
 
 
 # -- ttweet and history -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest_twisted.inlineCallbacks
@@ -284,13 +302,14 @@ def test_history_clear(setup, mode):
     for _ in range(3):
         assert (yield alice.cmd("PING")) == ["200 pong"]
     yield rt.history.flush()
-    setup.proxy.arm(b"SET hidden", mode)            # `history` is quoted on MariaDB
+    setup.proxy.arm(b"SET hidden", mode)  # `history` is quoted on MariaDB
     assert (yield alice.cmd("HISTORY CLEAR")) == ["200 4 deleted"]
     assert setup.proxy.fired == 1
     assert setup.history("HISTORY CLEAR") == [("HISTORY CLEAR", 200, "alice")]
 
 
 # -- a slow COMMIT ------------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_a_commit_answered_late_within_the_grace_is_a_plain_success(make_runtime):
@@ -299,7 +318,7 @@ def test_a_commit_answered_late_within_the_grace_is_a_plain_success(make_runtime
     try:
         srv, app = yield files_server(s)
         alice = yield logged_in(srv, "alice")
-        s.proxy.arm(b"INSERT INTO files", "stall", stall=1.4)   # deadline 1 s, grace 1 s
+        s.proxy.arm(b"INSERT INTO files", "stall", stall=1.4)  # deadline 1 s, grace 1 s
         line = yield upload(alice, "slow.bin", b"slow but sure")
         assert line.startswith("226 stored "), line
         assert (yield download(alice, "slow.bin")) == b"slow but sure"
@@ -309,13 +328,14 @@ def test_a_commit_answered_late_within_the_grace_is_a_plain_success(make_runtime
 
 @pytest_twisted.inlineCallbacks
 def test_a_commit_answered_after_the_grace_is_outcome_unknown_and_a_retry_is_truthful(
-        make_runtime):
+    make_runtime,
+):
     kind = KINDS[0]
     s = Setup(make_runtime, kind, db_timeout=0.5)
     try:
         srv, app = yield files_server(s)
         alice = yield logged_in(srv, "alice")
-        s.proxy.arm(b"INSERT INTO files", "stall", stall=2.5)   # deadline 0.5 s + 0.5 s
+        s.proxy.arm(b"INSERT INTO files", "stall", stall=2.5)  # deadline 0.5 s + 0.5 s
         line = yield upload(alice, "late.bin", b"it did get stored")
         assert line.startswith("451 outcome unknown"), line
         # The COMMIT went through after all: the file is there, whole, and
@@ -335,15 +355,16 @@ def test_a_commit_answered_after_the_grace_is_outcome_unknown_and_a_retry_is_tru
 
 def deferLater(seconds):
     from twisted.internet import reactor, task
+
     return task.deferLater(reactor, seconds, lambda: None)
 
 
 # -- connections that stop answering -------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", KINDS or ["none"])
 @pytest_twisted.inlineCallbacks
-def test_connections_that_stop_answering_are_replaced_without_outside_help(make_runtime,
-                                                                           kind):
+def test_connections_that_stop_answering_are_replaced_without_outside_help(make_runtime, kind):
     """A middlebox silences every connection the pool holds (nothing passes,
     nothing closes) while new connections work: a call on a silenced
     connection is answered 451 at its 1 s deadline and that connection is cut
@@ -376,7 +397,7 @@ def test_connections_that_stop_answering_are_replaced_without_outside_help(make_
                 break
             yield deferLater(0.02)
         assert rt.pool.active == 0
-        for c in clients[1:]:                            # everyone is served again
+        for c in clients[1:]:  # everyone is served again
             assert (yield c.cmd("PING")) == ["200 pong"]
             assert (yield c.cmd("HISTORY limit=1"))[-1].startswith("210 ")
     finally:

@@ -39,7 +39,7 @@ class ManualThreadPool:
     def __init__(self):
         self.jobs = []
         self.started = self.stopped = False
-        self.most = 0             # the most jobs ever handed to it at once
+        self.most = 0  # the most jobs ever handed to it at once
 
     def start(self):
         self.started = True
@@ -101,6 +101,7 @@ def pw(source, i):
 
 # --- order ------------------------------------------------------------------------
 
+
 def test_a_new_source_is_served_after_one_turn_not_after_the_backlog():
     """threads=1: A asks for 20, then B for 1.  B's derivation runs third
     (after A's running one and one more of A's), not 21st; A's stay in order."""
@@ -110,7 +111,7 @@ def test_a_new_source_is_served_after_one_turn_not_after_the_backlog():
     assert (kdf.pending, kdf.sources) == (21, 2)
     order = []
     while fake.jobs:
-        assert len(fake.jobs) == 1          # never more than `threads` handed over
+        assert len(fake.jobs) == 1  # never more than `threads` handed over
         order.append(fake.run())
     assert order == [b"A0", b"A1", b"B0"] + [pw("A", i) for i in range(2, 20)]
     for password, d in ds.items():
@@ -148,11 +149,11 @@ def test_one_source_cannot_hold_every_thread_while_another_waits():
     kdf.derive(b"B0", SALT, N, R, P, source="B")
     kdf.derive(b"B1", SALT, N, R, P, source="B")
     assert fake.handed() == [b"A0", b"A1"]
-    fake.run(1)                                 # A1 ends, A0 still runs
+    fake.run(1)  # A1 ends, A0 still runs
     assert fake.handed() == [b"A0", b"B0"]
-    fake.run(1)                                 # B0 ends: A still runs one, B none
+    fake.run(1)  # B0 ends: A still runs one, B none
     assert fake.handed() == [b"A0", b"B1"]
-    fake.run(0)                                 # A0 ends: one each
+    fake.run(0)  # A0 ends: one each
     assert fake.handed() == [b"B1", b"A2"]
     while fake.jobs:
         fake.run()
@@ -174,7 +175,7 @@ def test_round_robin_with_real_threads():
                 d.addCallback(lambda key, password=password: order.append(password) or key)
                 ds.append((password, d))
         keys = yield defer.gatherResults([d for _, d in ds]).addTimeout(10, reactor())
-        assert order.index(b"10.0.0.20") == 2, order     # third, not 21st
+        assert order.index(b"10.0.0.20") == 2, order  # third, not 21st
         assert keys == [want(password) for password, _ in ds]
         assert (kdf.pending, kdf.sources) == (0, 0)
     finally:
@@ -183,21 +184,22 @@ def test_round_robin_with_real_threads():
 
 # --- bounds -----------------------------------------------------------------------
 
+
 def test_one_source_gets_429_past_its_share_while_another_gets_in():
     kdf, fake = manual(threads=1, maxQueued=64, maxPerSource=8)
     storm = [kdf.derive(pw("A", i), SALT, N, R, P, source="10.0.0.1") for i in range(8)]
-    assert not any(d.called for d in storm)                 # running or waiting
+    assert not any(d.called for d in storm)  # running or waiting
     assert_429_at_once(kdf.derive(b"A8", SALT, N, R, P, source="10.0.0.1"))
-    assert kdf.pending == 8                                 # the refusal took no place
+    assert kdf.pending == 8  # the refusal took no place
     legit = kdf.derive(b"B0", SALT, N, R, P, source="10.0.0.2")
     assert not legit.called
     assert (kdf.pending, kdf.sources) == (9, 2)
-    fake.run()                                              # one of the storm's ends...
+    fake.run()  # one of the storm's ends...
     assert outcome(storm[0]) == ("ok", want(b"A0"))
     again = kdf.derive(b"A9", SALT, N, R, P, source="10.0.0.1")
-    assert not again.called                                 # ...so it has a place again
-    assert fake.run() == b"A1"                              # handed over when A0 ended
-    assert fake.run() == b"B0"                              # then the other address's turn
+    assert not again.called  # ...so it has a place again
+    assert fake.run() == b"A1"  # handed over when A0 ended
+    assert fake.run() == b"B0"  # then the other address's turn
     assert outcome(legit) == ("ok", want(b"B0"))
     while fake.jobs:
         fake.run()
@@ -214,14 +216,16 @@ def test_refusals_are_counted_and_logged_once_until_there_is_room():
         kdf.derive(pw("A", i), SALT, N, R, P, source="10.0.0.1")
     for _ in range(50):
         assert_429_at_once(kdf.derive(b"x", SALT, N, R, P, source="10.0.0.1"))
-    kdf.derive(b"B0", SALT, N, R, P, source="10.0.0.2")    # the total is full now
+    kdf.derive(b"B0", SALT, N, R, P, source="10.0.0.2")  # the total is full now
     for _ in range(50):
         assert_429_at_once(kdf.derive(b"y", SALT, N, R, P, source="10.0.0.3"))
     assert kdf.refused == 100
     warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
-    assert warned == ["kdf: 10.0.0.1 has 2 derivations pending: refusing it until one ends",
-                      "kdf queue full (3 pending): refusing until one ends"]
-    fake.run()                                              # room for one more
+    assert warned == [
+        "kdf: 10.0.0.1 has 2 derivations pending: refusing it until one ends",
+        "kdf queue full (3 pending): refusing until one ends",
+    ]
+    fake.run()  # room for one more
     kdf.derive(b"A2", SALT, N, R, P, source="10.0.0.1")
     assert_429_at_once(kdf.derive(b"A3", SALT, N, R, P, source="10.0.0.1"))
     warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
@@ -270,14 +274,14 @@ def test_a_cancelled_waiting_derivation_frees_its_place_and_never_runs():
     kdf, fake = manual(threads=1, maxPerSource=3)
     ds = [kdf.derive(pw("A", i), SALT, N, R, P, source="A") for i in range(3)]
     assert_429_at_once(kdf.derive(b"A3", SALT, N, R, P, source="A"))
-    ds[1].cancel()                                          # waiting: leaves the queue
+    ds[1].cancel()  # waiting: leaves the queue
     assert outcome(ds[1])[1].check(defer.CancelledError)
     assert kdf.pending == 2
     ds.append(kdf.derive(b"A3", SALT, N, R, P, source="A"))
     assert not ds[3].called
-    ds[0].cancel()                                          # running: cannot be stopped
+    ds[0].cancel()  # running: cannot be stopped
     assert outcome(ds[0])[1].check(defer.CancelledError)
-    assert kdf.pending == 3                                 # it keeps its thread till it ends
+    assert kdf.pending == 3  # it keeps its thread till it ends
     order = []
     while fake.jobs:
         order.append(fake.run())
@@ -288,7 +292,7 @@ def test_a_cancelled_waiting_derivation_frees_its_place_and_never_runs():
 
 def test_a_failing_derivation_fails_its_caller_and_frees_its_place():
     kdf, fake = manual(threads=1)
-    bad = kdf.derive(b"bad", SALT, 3, R, P, source="A")     # N not a power of 2
+    bad = kdf.derive(b"bad", SALT, 3, R, P, source="A")  # N not a power of 2
     good = kdf.derive(b"good", SALT, N, R, P, source="A")
     fake.run()
     got = outcome(bad)
@@ -300,6 +304,7 @@ def test_a_failing_derivation_fails_its_caller_and_frees_its_place():
 
 # --- results and stop, with the real threads ---------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_results_are_standard_scrypt_and_pending_returns_to_zero():
     kdf = KDFPool(threads=2, maxQueued=64, maxPerSource=8)
@@ -309,8 +314,14 @@ def test_results_are_standard_scrypt_and_pending_returns_to_zero():
             for i in range(5):
                 password, salt, length = pw("s%d-" % s, i), SALT[: 8 + i], (32, 64)[i % 2]
                 source = "10.0.0.%d" % s if s else None
-                asked.append((password, salt, length,
-                              kdf.derive(password, salt, N, R, P, length, source=source)))
+                asked.append(
+                    (
+                        password,
+                        salt,
+                        length,
+                        kdf.derive(password, salt, N, R, P, length, source=source),
+                    )
+                )
         assert kdf.pending == 15 and kdf.sources == 3
         keys = yield defer.gatherResults([d for *_, d in asked]).addTimeout(10, reactor())
         assert keys == [want(password, salt, length=length) for password, salt, length, _ in asked]
@@ -326,11 +337,12 @@ def test_stop_fails_the_waiting_lets_the_running_finish_and_refuses_new_work():
         running = kdf.derive(b"first", SALT, N, R, P, source="A")
         waiting = [kdf.derive(pw("A", i), SALT, N, R, P, source="A") for i in range(3)]
         waiting += [kdf.derive(pw("B", i), SALT, N, R, P, source="B") for i in range(3)]
-        kdf.stop()          # joins the one running thread: the derivation is tiny
-        for d in waiting:   # failed at once, nothing left to hang on
+        kdf.stop()  # joins the one running thread: the derivation is tiny
+        for d in waiting:  # failed at once, nothing left to hang on
             assert_429_at_once(d, "server shutting down; try later")
-        assert_429_at_once(kdf.derive(b"late", SALT, N, R, P, source="C"),
-                           "server shutting down; try later")
+        assert_429_at_once(
+            kdf.derive(b"late", SALT, N, R, P, source="C"), "server shutting down; try later"
+        )
         key = yield running.addTimeout(10, reactor())
         assert key == want(b"first")
         assert (kdf.pending, kdf.sources) == (0, 0)

@@ -22,8 +22,7 @@ from tests.support import ROOT, ServerProcess, env, free_port, run_cli, twistd_c
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("manhole") / "data"
-    srv = ServerProcess(data, manhole=True,
-                        extra_args=["--login-failure-delay", "0.2"])
+    srv = ServerProcess(data, manhole=True, extra_args=["--login-failure-delay", "0.2"])
     r = run_cli("user", "add", "alice", "--data", str(data), NETSHARE_PASSWORD="alicepw")
     assert r.returncode == 0, r.stderr
     srv.start()
@@ -68,9 +67,14 @@ def test_fresh_namespace_per_session(server):
         second.close()
 
 
-@pytest.mark.parametrize("user,password", [("alice", "alicepw"),   # a user, not an admin
-                                           ("admin", "wrong"),      # wrong password
-                                           ("nobody", "whatever")])  # unknown name
+@pytest.mark.parametrize(
+    "user,password",
+    [
+        ("alice", "alicepw"),  # a user, not an admin
+        ("admin", "wrong"),  # wrong password
+        ("nobody", "whatever"),
+    ],
+)  # unknown name
 def test_refused_logins(server, user, password):
     c = TelnetClient(server.ports["manhole"])
     try:
@@ -151,8 +155,9 @@ def test_non_loopback_manhole_needs_opt_in(tmp_path):
     args = [a for a in srv.args()]
     i = args.index("--manhole")
     args[i + 1] = "tcp:0"  # every interface
-    r = subprocess.run(twistd_command(*args), cwd=ROOT, env=env(), capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        twistd_command(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30
+    )
     assert r.returncode != 0
     last = (r.stderr or r.stdout).strip().splitlines()[-1]
     assert "--manhole" in last and "allow-remote" in last
@@ -161,6 +166,7 @@ def test_non_loopback_manhole_needs_opt_in(tmp_path):
 def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from twisted.conch.ssh import keys
+
     good, bad = (keys.Key(ed25519.Ed25519PrivateKey.generate()) for _ in range(2))
     for name, key in (("good", good), ("bad", bad)):
         with open(tmp_path / name, "wb") as f:
@@ -169,10 +175,17 @@ def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
     with open(tmp_path / "authorized_keys", "wb") as f:
         f.write(good.public().toString("openssh") + b" operator\n")
     from tests.support import free_port
+
     port = free_port()
-    srv = ServerProcess(tmp_path / "data", extra_args=[
-        "--manhole-ssh", "tcp:%d:interface=127.0.0.1" % port,
-        "--manhole-keys", str(tmp_path / "authorized_keys")])
+    srv = ServerProcess(
+        tmp_path / "data",
+        extra_args=[
+            "--manhole-ssh",
+            "tcp:%d:interface=127.0.0.1" % port,
+            "--manhole-keys",
+            str(tmp_path / "authorized_keys"),
+        ],
+    )
     srv.ports["manhole-ssh"] = port
     srv.start()
     try:
@@ -182,15 +195,23 @@ def test_ssh_accepts_listed_key_and_refuses_another(tmp_path):
         assert ok["code"] == 0, ok
         assert "'connections'" in ok["output"]
         # SSH sessions are recorded too: the admin's account id, the client's address.
-        recorded = run_ssh(port, "admin", str(tmp_path / "good"), [
-            "x = 6 * 7",
-            "runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
-            ".addCallback(lambda a: runtime.history.store.list(5, own=a.id))"
-            ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
-            "for e in rows])"], "'x = 6 * 7', 200)")
+        recorded = run_ssh(
+            port,
+            "admin",
+            str(tmp_path / "good"),
+            [
+                "x = 6 * 7",
+                "runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
+                ".addCallback(lambda a: runtime.history.store.list(5, own=a.id))"
+                ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
+                "for e in rows])",
+            ],
+            "'x = 6 * 7', 200)",
+        )
         assert recorded["code"] == 0, recorded
-        assert re.search(r"\('manhole', 'admin', '127\.0\.0\.1:\d+', 'x = 6 \* 7', 200\)",
-                         recorded["output"]), recorded
+        assert re.search(
+            r"\('manhole', 'admin', '127\.0\.0\.1:\d+', 'x = 6 \* 7', 200\)", recorded["output"]
+        ), recorded
         refused = run_ssh(port, "admin", str(tmp_path / "bad"), ["stats()"], "'database'")
         assert refused["auth"] is None and refused["code"] == 3, refused
         # a listed key, but for a name that is not an admin account
@@ -207,6 +228,7 @@ def test_shell_send_reaches_a_connected_sync_client(server):
     import json
 
     from tests.support import LineConn
+
     port = server.ports["personnel"]
     admin = LineConn(port)
     sync = LineConn(port)
@@ -239,6 +261,7 @@ def test_shell_send_reaches_a_connected_sync_client(server):
 
 # -- the loopback rule is enforced on the address bound and on every peer -----------
 
+
 def test_an_endpoint_naming_a_second_interface_is_refused(tmp_path):
     """`interface=127.0.0.1:interface=0.0.0.0` binds the last one: refused
     before anyone can connect, and nothing is left listening."""
@@ -246,8 +269,9 @@ def test_an_endpoint_naming_a_second_interface_is_refused(tmp_path):
     args = srv.args()
     port = free_port()
     args[args.index("--manhole") + 1] = "tcp:%d:interface=127.0.0.1:interface=0.0.0.0" % port
-    r = subprocess.run(twistd_command(*args), cwd=ROOT, env=env(), capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        twistd_command(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30
+    )
     assert r.returncode != 0
     last = (r.stderr or r.stdout).strip().splitlines()[-1]
     assert last.startswith("netshare: ") and "0.0.0.0" in last and "allow-remote" in last
@@ -262,13 +286,16 @@ def test_the_address_actually_bound_is_checked():
 
     from netshare.listener import Listener, RefusedAddress
     from netshare.protocols.manhole import check_bound_address
-    wide = Listener("tcp:0:interface=0.0.0.0", protocol.ServerFactory(), reactor,
-                    check=check_bound_address)
+
+    wide = Listener(
+        "tcp:0:interface=0.0.0.0", protocol.ServerFactory(), reactor, check=check_bound_address
+    )
     with pytest.raises(RefusedAddress, match="bound 0.0.0.0"):
         wide.privilegedStartService()
-    assert wide.port is None              # the port was closed again
-    local = Listener("tcp:0:interface=127.0.0.1", protocol.ServerFactory(), reactor,
-                     check=check_bound_address)
+    assert wide.port is None  # the port was closed again
+    local = Listener(
+        "tcp:0:interface=127.0.0.1", protocol.ServerFactory(), reactor, check=check_bound_address
+    )
     local.privilegedStartService()
     assert local.port.getHost().host == "127.0.0.1"
     yield local.stopService()
@@ -282,12 +309,15 @@ def test_a_peer_off_loopback_is_refused_without_the_opt_in():
 
     from netshare.config import defaults
     from netshare.protocols.manhole_telnet import ManholeFactory
+
     runtime = SimpleNamespace(config=defaults(), reactor=MemoryReactorClock())
     factory = ManholeFactory(runtime, the_portal=None)
     assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is None
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000)) is not None
-    opened = ManholeFactory(SimpleNamespace(config=defaults(manhole_allow_remote=True),
-                                            reactor=MemoryReactorClock()), the_portal=None)
+    opened = ManholeFactory(
+        SimpleNamespace(config=defaults(manhole_allow_remote=True), reactor=MemoryReactorClock()),
+        the_portal=None,
+    )
     assert opened.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000)) is not None
 
 
@@ -324,9 +354,11 @@ def test_the_manhole_has_the_connection_caps_of_every_listener(tmp_path):
 
 # -- every manhole command in the request history, passwords redacted ----------------
 
+
 def _called_back(client, pattern=rb"called back: (\[[^\n]*\])\r*\n"):
     """Wait for a Deferred's result printed by the shell; return it parsed."""
     import ast
+
     start = client._pos
     client.expect(pattern)
     return ast.literal_eval(re.compile(pattern).search(client.text, start).group(1).decode())
@@ -336,10 +368,12 @@ def _my_manhole_entries(shell):
     """(service, user, peer, command, code) of the logged-in admin's own
     entries, found by account id (newest first; this query's own entry may
     be among them or not, depending on when the batch was written)."""
-    shell.send("runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
-               ".addCallback(lambda a: runtime.history.store.list(50, own=a.id))"
-               ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
-               "for e in rows])")
+    shell.send(
+        "runtime.history.flush().addCallback(lambda _: runtime.accounts.store.get(whoami))"
+        ".addCallback(lambda a: runtime.history.store.list(50, own=a.id))"
+        ".addCallback(lambda rows: [(e.service, e.user, e.peer, e.command, e.code) "
+        "for e in rows])"
+    )
     return _called_back(shell)
 
 
@@ -358,7 +392,7 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
         c.expect(rb"SyntaxError")
         c.send("1 / 0")
         c.expect(rb"ZeroDivisionError")
-        c.send("")          # blank lines are not recorded
+        c.send("")  # blank lines are not recorded
         c.send("   ")
         # A statement over two lines is one entry, recorded once complete.
         c.send("account_passwd('eve',")
@@ -394,9 +428,14 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
     while True:
         with open(log_path, encoding="utf-8") as f:
             events = [json.loads(line) for line in f if '"manhole"' in line]
-        codes = [e["code"] for e in events if e.get("event") == "command"
-                 and e.get("service") == "manhole" and e.get("user") == "admin"
-                 and e.get("peer") == peer]
+        codes = [
+            e["code"]
+            for e in events
+            if e.get("event") == "command"
+            and e.get("service") == "manhole"
+            and e.get("user") == "admin"
+            and e.get("peer") == peer
+        ]
         if len(codes) >= 6:
             break
         assert time.monotonic() < deadline, "no command events in the log: %r" % (events[-5:],)
@@ -410,45 +449,68 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
 def test_redaction_of_helper_passwords():
     from netshare.protocols.manhole_shell import UNTOKENIZABLE
     from netshare.protocols.manhole_shell import redact_command as redact
+
     # positional passwords: every string literal after the first argument
     assert redact('account_add("eve", "pw1")') == "account_add(\"eve\", '***')"
-    assert redact("account_add('eve', 'pw1', admin=True)") == \
-        "account_add('eve', '***', admin=True)"
+    assert (
+        redact("account_add('eve', 'pw1', admin=True)") == "account_add('eve', '***', admin=True)"
+    )
     assert redact("account_passwd('eve', 'pw' + 'x')") == "account_passwd('eve', '***' + '***')"
     assert redact("account_add(\"eve\", f'pw{1}')") == "account_add(\"eve\", '***')"
     # keyword passwords, anywhere, whatever the value
-    assert redact('account_add(name="eve", password="pw1")') == \
-        'account_add(name="eve", password=***)'
-    assert redact('account_add(password="pw1", name="eve")') == \
-        "account_add(password=***, name='***')"
+    assert (
+        redact('account_add(name="eve", password="pw1")')
+        == 'account_add(name="eve", password=***)'
+    )
+    assert (
+        redact('account_add(password="pw1", name="eve")')
+        == "account_add(password=***, name='***')"
+    )
     assert redact('f(password=g(1, "pw1"), other="kept")') == 'f(password=***, other="kept")'
     assert redact('password = "pw1"; y = "kept"') == 'password = ***; y = "kept"'
     # nested calls, inside and around the helpers
-    assert redact('print(account_add("eve", str("pw1")))') == \
-        "print(account_add(\"eve\", str('***')))"
-    assert redact('account_add(pick("a", "b"), "pw1")') == "account_add(pick(\"a\", \"b\"), '***')"
-    assert redact('[account_passwd("a", "pw1"), account_add("b", "pw2")]') == \
-        "[account_passwd(\"a\", '***'), account_add(\"b\", '***')]"
+    assert (
+        redact('print(account_add("eve", str("pw1")))')
+        == "print(account_add(\"eve\", str('***')))"
+    )
+    assert redact('account_add(pick("a", "b"), "pw1")') == 'account_add(pick("a", "b"), \'***\')'
+    assert (
+        redact('[account_passwd("a", "pw1"), account_add("b", "pw2")]')
+        == "[account_passwd(\"a\", '***'), account_add(\"b\", '***')]"
+    )
     assert redact('account_add(*["eve", "pw1"])') == "account_add(*['***', '***'])"
     assert redact("account_add('eve',\n    'pw1')") == "account_add('eve',\n    '***')"
     # other helpers and code are untouched
-    for line in ('history("admin", 5)', "send('555-01-0001', 'alice')",
-                 'x = {"password": 1}', "password == 'x'", 'account_remove("eve")',
-                 "s = 'a\\x00b'  # comment", "if True:\n    y = 'z'\n"):
+    for line in (
+        'history("admin", 5)',
+        "send('555-01-0001', 'alice')",
+        'x = {"password": 1}',
+        "password == 'x'",
+        'account_remove("eve")',
+        "s = 'a\\x00b'  # comment",
+        "if True:\n    y = 'z'\n",
+    ):
         assert redact(line) == line
     # what tokenize cannot split might hold anything
-    for line in ('account_add("eve", "pw1"', 'account_add("eve", "pw1', "x $ y",
-                 "'''open", "  x = 1\n y = 2"):
+    for line in (
+        'account_add("eve", "pw1"',
+        'account_add("eve", "pw1',
+        "x $ y",
+        "'''open",
+        "  x = 1\n y = 2",
+    ):
         assert redact(line) == UNTOKENIZABLE
 
 
 def test_the_helpers_taking_passwords_are_helpers():
     from netshare.admin import HELPERS, SECRET_HELPERS
+
     assert SECRET_HELPERS <= set(HELPERS)
 
 
 def test_recorded_command_text_is_escaped_and_bounded():
     from netshare.protocols.manhole_shell import MAX_COMMAND, command_text
+
     assert command_text("x = '\x1b[31m'") == "x = '\\x1b[31m'"
     long = command_text("x = " + "1" * 5000)
     assert len(long) < MAX_COMMAND + 40 and long.startswith("x = 111")
@@ -462,13 +524,30 @@ def test_the_interpreter_reports_each_statement_and_its_outcome():
     class Output:
         def addOutput(self, data, isAsync=None):
             pass
+
     done = []
     interp = RecordingInterpreter(Output(), {}, lambda source, code: done.append((source, code)))
-    for line in (b"x = 1", b"x", b"1 +* 2", b"1 / 0", b"undefined_name", b"if x:", b"    y = 2",
-                 b"", b"y"):
+    for line in (
+        b"x = 1",
+        b"x",
+        b"1 +* 2",
+        b"1 / 0",
+        b"undefined_name",
+        b"if x:",
+        b"    y = 2",
+        b"",
+        b"y",
+    ):
         interp.push(line)
-    assert done == [("x = 1", 200), ("x", 200), ("1 +* 2", 500), ("1 / 0", 451),
-                    ("undefined_name", 451), ("if x:\n    y = 2\n", 200), ("y", 200)]
+    assert done == [
+        ("x = 1", 200),
+        ("x", 200),
+        ("1 +* 2", 500),
+        ("1 / 0", 451),
+        ("undefined_name", 451),
+        ("if x:\n    y = 2\n", 200),
+        ("y", 200),
+    ]
 
 
 def test_files_helper_totals_per_owner():
@@ -477,10 +556,12 @@ def test_files_helper_totals_per_owner():
     from twisted.internet import defer
 
     from netshare.admin import Helpers
+
     public = [NS(owner="bob", size=10), NS(owner="alice", size=5)]
     hidden = [NS(owner="bob", size=7)]
-    store = NS(list_public=lambda: defer.succeed(public),
-               list_hidden=lambda: defer.succeed(hidden))
+    store = NS(
+        list_public=lambda: defer.succeed(public), list_hidden=lambda: defer.succeed(hidden)
+    )
     runtime = NS(apps={"files": NS(files=store)})
     result = []
     Helpers(runtime, "admin").files().addBoth(result.append)
@@ -495,13 +576,15 @@ def _answer(shell, name, call):
     value, or the result or failure of the Deferred it returned)."""
     # The marker is built at run time, so the echo of the typed line cannot
     # match it; the answer is printed as the repr of a tuple, then a prompt.
-    shell.send("__import__('twisted.internet.defer').internet.defer.maybeDeferred("
-               "lambda: %s).addBoth(lambda r: ('END' + '-%s', r))" % (call, name))
+    shell.send(
+        "__import__('twisted.internet.defer').internet.defer.maybeDeferred("
+        "lambda: %s).addBoth(lambda r: ('END' + '-%s', r))" % (call, name)
+    )
     marker = ("('END-%s', " % name).encode()
     shell.expect(re.escape(marker))
     start = shell.text.rindex(marker) + len(marker)
     shell.expect(rb"\n>>> ")
-    return shell.text[start:shell._pos].decode("utf-8", "replace").replace("\r", "")
+    return shell.text[start : shell._pos].decode("utf-8", "replace").replace("\r", "")
 
 
 def test_every_helper_answers_through_a_real_session(tmp_path):
@@ -511,6 +594,7 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
     shows the data the test put there."""
     from netshare.admin import HELPERS
     from tests.support import LineConn
+
     srv = ServerProcess(tmp_path / "data", manhole=True)
     srv.start()
     shell = tweeter = None
@@ -529,7 +613,7 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
         finally:
             admin.close()
             files.close()
-        tweeter = LineConn(srv.ports["ttweet"])     # online while the shell looks
+        tweeter = LineConn(srv.ports["ttweet"])  # online while the shell looks
         tweeter.readline()
         assert tweeter.cmd("LOGIN admin %s" % srv.admin_password)[0].startswith("230")
         shell = TelnetClient(srv.ports["manhole"])
@@ -545,12 +629,14 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
         assert all("\n  %-16s " % name in help_text for name in HELPERS), help_text
         assert "'manhole': {'connections': 1," in ask("stats", "stats()")
         assert "'database': {" in answers["stats"]
-        assert re.search(r"\('manhole', 'admin', '127\.0\.0\.1:\d+'\)",
-                         ask("connections", "connections()")), answers["connections"]
+        assert re.search(
+            r"\('manhole', 'admin', '127\.0\.0\.1:\d+'\)", ask("connections", "connections()")
+        ), answers["connections"]
         assert "('ttweet', 'admin', " in answers["connections"]
         assert "{'user': 'admin', 'role': 'admin'," in ask("accounts", "accounts()")
         assert "{'user': 'helperx', 'role': 'user'," in ask(
-            "account_add", "account_add('helperx', 'helper-pw-1')")
+            "account_add", "account_add('helperx', 'helper-pw-1')"
+        )
         assert ask("account_passwd", "account_passwd('helperx', 'helper-pw-2')") == "'ok')\n>>> "
         # The new password works (and helperx now has history of its own).
         helperx = LineConn(srv.ports["personnel"])
@@ -561,14 +647,17 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
             helperx.close()
         assert "'persons': [{'ssn': '555-02-0001', 'name': 'Ada'," in ask("show", "show()")
         assert "[{'ssn': '555-02-0001', 'name': 'Ada', 'surname': 'Lovelace'," in ask(
-            "personnel", "personnel()")
+            "personnel", "personnel()"
+        )
         # Each queues one message per person and client: one person, one client.
-        for name, call in (("send", "send('555-02-0001', 'helperx')"),
-                           ("send_to_all", "send_to_all('555-02-0001')"),
-                           ("send_all", "send_all('helperx')"),
-                           ("remove", "remove('555-02-0001', 'helperx')"),
-                           ("remove_from_all", "remove_from_all('555-02-0001')"),
-                           ("remove_all", "remove_all('helperx')")):
+        for name, call in (
+            ("send", "send('555-02-0001', 'helperx')"),
+            ("send_to_all", "send_to_all('555-02-0001')"),
+            ("send_all", "send_all('helperx')"),
+            ("remove", "remove('555-02-0001', 'helperx')"),
+            ("remove_from_all", "remove_from_all('555-02-0001')"),
+            ("remove_all", "remove_all('helperx')"),
+        ):
             assert ask(name, call).startswith("1)"), (name, answers[name])
         assert "'helperx'" in ask("clients", "clients()")
         messages = ask("messages", "messages('helperx')")
@@ -576,8 +665,9 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
             assert action in messages, messages
         assert "'service': 'manhole'" in ask("history", "history('*', 50)")
         assert "'user': 'helperx'" in answers["history"]
-        assert re.match(r"[1-9]\d*\)", ask("history_clear", "history_clear('helperx')")), \
-            answers["history_clear"]
+        assert re.match(r"[1-9]\d*\)", ask("history_clear", "history_clear('helperx')")), answers[
+            "history_clear"
+        ]
         assert "{'removed': 'helperx', " in ask("account_remove", "account_remove('helperx')")
         assert ask("files", "files()").startswith("{'admin': {'files': 1, 'bytes': 5}})")
         assert "'online': ['admin']" in ask("ttweet", "ttweet()")  # the names, not a count

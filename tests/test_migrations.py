@@ -21,35 +21,56 @@ def _seed_previous_release(engine):
     """Rows as schema 0004 held them: owners, history users and timeline
     recipients by name."""
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO accounts (name, name_key, role, password_hash, created_ms) VALUES "
-            "('admin', 'admin', 'admin', 'x', 1), ('alice', 'alice', 'user', 'x', 2), "
-            "('Bob', 'bob', 'user', 'x', 3)"))
-        conn.execute(sa.text(
-            "INSERT INTO files (name, name_key, owner, size, sha256, visibility, blob_id, "
-            "enc_meta, created_ms) VALUES "
-            "('a.txt', 'a.txt', 'alice', 1, :h, 'public', :b1, NULL, 10), "
-            "('b.txt', 'b.txt', 'Bob', 2, :h, 'hidden', :b2, NULL, 11), "
-            "('orphan', 'orphan', 'gone', 3, :h, 'public', :b3, NULL, 12)"),
-            {"h": "0" * 64, "b1": "1" * 32, "b2": "2" * 32, "b3": "3" * 32})
+        conn.execute(
+            sa.text(
+                "INSERT INTO accounts (name, name_key, role, password_hash, created_ms) VALUES "
+                "('admin', 'admin', 'admin', 'x', 1), ('alice', 'alice', 'user', 'x', 2), "
+                "('Bob', 'bob', 'user', 'x', 3)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO files (name, name_key, owner, size, sha256, visibility, blob_id, "
+                "enc_meta, created_ms) VALUES "
+                "('a.txt', 'a.txt', 'alice', 1, :h, 'public', :b1, NULL, 10), "
+                "('b.txt', 'b.txt', 'Bob', 2, :h, 'hidden', :b2, NULL, 11), "
+                "('orphan', 'orphan', 'gone', 3, :h, 'public', :b3, NULL, 12)"
+            ),
+            {"h": "0" * 64, "b1": "1" * 32, "b2": "2" * 32, "b3": "3" * 32},
+        )
         user = engine.dialect.identifier_preparer.quote("user")
-        conn.execute(sa.text(
-            "INSERT INTO history (ts_ms, service, %s, peer, command, code) VALUES "
-            "(1, 'files', 'alice', 'p', 'LIST', 210), (2, 'files', NULL, 'p', 'PING', 200), "
-            "(3, 'ttweet', 'Bob', 'p', 'TIMELINE', 210), (4, 'ttweet', 'guest7', 'p', 'LAST', 200)"
-            % user))
-        conn.execute(sa.text(
-            "INSERT INTO tweets (id, %s, message, hashtags, ts_ms) VALUES "
-            "(1, 'alice', 'hi', '#a', 5), (2, 'guest7', 'yo', '', 6)" % user))
-        conn.execute(sa.text(
-            "INSERT INTO timelines (%s, tweet_id) VALUES ('Bob', 1), ('alice', 2), "
-            "('gone', 1)" % user))
-        conn.execute(sa.text(
-            "INSERT INTO sync_clients (name, first_seen_ms, last_seen_ms, acked_seq, next_seq) "
-            "VALUES ('alice', 1, 1, 0, 2)"))
-        conn.execute(sa.text(
-            "INSERT INTO outbox (client, seq, action, ssn, payload, created_ms) VALUES "
-            "('alice', 1, 'DELETE_ALL', NULL, '{}', 1)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO history (ts_ms, service, %s, peer, command, code) VALUES "
+                "(1, 'files', 'alice', 'p', 'LIST', 210), (2, 'files', NULL, 'p', 'PING', 200), "
+                "(3, 'ttweet', 'Bob', 'p', 'TIMELINE', 210), "
+                "(4, 'ttweet', 'guest7', 'p', 'LAST', 200)" % user
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO tweets (id, %s, message, hashtags, ts_ms) VALUES "
+                "(1, 'alice', 'hi', '#a', 5), (2, 'guest7', 'yo', '', 6)" % user
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO timelines (%s, tweet_id) VALUES ('Bob', 1), ('alice', 2), "
+                "('gone', 1)" % user
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_clients (name, first_seen_ms, last_seen_ms, acked_seq, "
+                "next_seq) VALUES ('alice', 1, 1, 0, 2)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO outbox (client, seq, action, ssn, payload, created_ms) VALUES "
+                "('alice', 1, 'DELETE_ALL', NULL, '{}', 1)"
+            )
+        )
 
 
 def test_db_upgrade_from_the_previous_release_keeps_everything(db_url, tmp_path):
@@ -69,20 +90,30 @@ def test_db_upgrade_from_the_previous_release_keeps_everything(db_url, tmp_path)
 
         with engine.connect() as conn:
             ids = dict(conn.execute(sa.text("SELECT name, id FROM accounts")).all())
-            files = {r.name: (r.owner, r.owner_id) for r in conn.execute(
-                sa.text("SELECT name, owner, owner_id FROM files"))}
+            files = {
+                r.name: (r.owner, r.owner_id)
+                for r in conn.execute(sa.text("SELECT name, owner, owner_id FROM files"))
+            }
             user = engine.dialect.identifier_preparer.quote("user")
-            history = conn.execute(sa.text(
-                "SELECT command, %s, account_id, hidden FROM history ORDER BY id" % user)).all()
-            timelines = sorted(conn.execute(sa.text(
-                "SELECT account_id, tweet_id FROM timelines")).all())
+            history = conn.execute(
+                sa.text("SELECT command, %s, account_id, hidden FROM history ORDER BY id" % user)
+            ).all()
+            timelines = sorted(
+                conn.execute(sa.text("SELECT account_id, tweet_id FROM timelines")).all()
+            )
             tweets = conn.execute(sa.text("SELECT COUNT(*) FROM tweets")).scalar()
             outbox = conn.execute(sa.text("SELECT COUNT(*) FROM outbox")).scalar()
-        assert files == {"a.txt": ("alice", ids["alice"]), "b.txt": ("Bob", ids["Bob"]),
-                         "orphan": ("gone", None)}
+        assert files == {
+            "a.txt": ("alice", ids["alice"]),
+            "b.txt": ("Bob", ids["Bob"]),
+            "orphan": ("gone", None),
+        }
         assert [tuple(h) for h in history] == [
-            ("LIST", "alice", ids["alice"], False), ("PING", None, None, False),
-            ("TIMELINE", "Bob", ids["Bob"], False), ("LAST", "guest7", None, False)]
+            ("LIST", "alice", ids["alice"], False),
+            ("PING", None, None, False),
+            ("TIMELINE", "Bob", ids["Bob"], False),
+            ("LAST", "guest7", None, False),
+        ]
         # Timeline rows of names without an account could not be read by anyone.
         assert timelines == sorted([(ids["Bob"], 1), (ids["alice"], 2)])
         assert (tweets, outbox) == (2, 1)
@@ -91,9 +122,12 @@ def test_db_upgrade_from_the_previous_release_keeps_everything(db_url, tmp_path)
         with engine.begin() as conn:
             newest = max(ids.values())
             conn.execute(sa.text("DELETE FROM accounts WHERE id = :i"), {"i": newest})
-            conn.execute(sa.text(
-                "INSERT INTO accounts (name, name_key, role, password_hash, created_ms) "
-                "VALUES ('carol', 'carol', 'user', 'x', 4)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO accounts (name, name_key, role, password_hash, created_ms) "
+                    "VALUES ('carol', 'carol', 'user', 'x', 4)"
+                )
+            )
             carol = conn.execute(sa.text("SELECT id FROM accounts WHERE name = 'carol'")).scalar()
         assert carol > newest
     finally:

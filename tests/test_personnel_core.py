@@ -45,8 +45,9 @@ def test_good_ssn(ssn):
     assert check_ssn(ssn) == ssn
 
 
-@pytest.mark.parametrize("ssn", ["", "A" * 33, "12 34", "12_34", "'; DROP", "%", "é", None, 12,
-                                 "12\n", "*"])
+@pytest.mark.parametrize(
+    "ssn", ["", "A" * 33, "12 34", "12_34", "'; DROP", "%", "é", None, 12, "12\n", "*"]
+)
 def test_bad_ssn(ssn):
     with pytest.raises(BadArguments) as e:
         check_ssn(ssn)
@@ -55,15 +56,25 @@ def test_bad_ssn(ssn):
 
 def test_field_rules():
     assert check_field("name", "'; DROP TABLE personnel;--") == "'; DROP TABLE personnel;--"
-    assert check_field("name", " padded ") == " padded "          # stored literally
+    assert check_field("name", " padded ") == " padded "  # stored literally
     assert check_field("name", "x" * 255) == "x" * 255
     assert check_field("salary", 52000) == "52000"
     assert check_field("salary", "52000.00") == "52000.00"
     assert check_field("salary", "") == "" and check_field("job", "") == ""
-    for name, value in [("name", "x" * 256), ("salary", "1" * 33), ("name", ""),
-                        ("surname", "   "), ("name", "a\x00b"), ("job", "a\rb"),
-                        ("job", "\x1b[31mred"), ("name", "evil\u202egnp"), ("job", "a\u2028b"),
-                        ("name", 5), ("salary", True), ("nickname", "x")]:
+    for name, value in [
+        ("name", "x" * 256),
+        ("salary", "1" * 33),
+        ("name", ""),
+        ("surname", "   "),
+        ("name", "a\x00b"),
+        ("job", "a\rb"),
+        ("job", "\x1b[31mred"),
+        ("name", "evil\u202egnp"),
+        ("job", "a\u2028b"),
+        ("name", 5),
+        ("salary", True),
+        ("nickname", "x"),
+    ]:
         with pytest.raises(BadArguments):
             check_field(name, value)
 
@@ -139,8 +150,8 @@ class FakeStore:
 class FakeSink:
     def __init__(self, room=None):
         self.lines = []
-        self.writes = []          # push count of each sendPushes call
-        self.room = room          # pushes accepted before it stops being writable
+        self.writes = []  # push count of each sendPushes call
+        self.room = room  # pushes accepted before it stops being writable
         self.replaced = 0
         self.failed = 0
 
@@ -167,8 +178,16 @@ class FakeSink:
 def make_feed(store, sink, after=0, page_size=3, clock=None, chunk_bytes=1):
     # chunk_bytes=1: one push per write, so writability is checked before
     # every message (the block tests below use real block sizes).
-    return SyncFeed(store, "alice", sink, after, page_size=page_size,
-                    clock=clock or task.Clock(), retry_delay=5, chunk_bytes=chunk_bytes)
+    return SyncFeed(
+        store,
+        "alice",
+        sink,
+        after,
+        page_size=page_size,
+        clock=clock or task.Clock(),
+        retry_delay=5,
+        chunk_bytes=chunk_bytes,
+    )
 
 
 def test_push_lines_are_the_stored_payloads_and_unknown_actions_are_skipped():
@@ -181,8 +200,11 @@ def test_push_lines_are_the_stored_payloads_and_unknown_actions_are_skipped():
     ]
     feed = make_feed(store, sink, chunk_bytes=1024)
     feed.start()
-    assert sink.lines == ['610 1 SAVE {"ssn":"1"}', '611 2 DELETE {"ssn":"1"}',
-                          "612 4 DELETE_ALL {}"]
+    assert sink.lines == [
+        '610 1 SAVE {"ssn":"1"}',
+        '611 2 DELETE {"ssn":"1"}',
+        "612 4 DELETE_ALL {}",
+    ]
     assert sink.writes == [2, 1] and feed.lastSent == 4 and feed.sent == 3
 
 
@@ -190,7 +212,7 @@ def test_feed_pushes_pages_in_order_then_waits():
     store, sink = FakeStore(), FakeSink()
     store.queue("alice", 7)
     feed = make_feed(store, sink)
-    assert store.calls == []                          # nothing before start()
+    assert store.calls == []  # nothing before start()
     feed.start()
     assert sink.seqs() == [1, 2, 3, 4, 5, 6, 7]
     assert sink.lines[0] == '610 1 SAVE {"ssn":"p1"}'
@@ -215,13 +237,13 @@ def test_feed_pauses_on_backpressure_and_resumes():
     assert sink.seqs() == [1, 2, 3] and len(store.calls) == 3
     assert [m.seq for m in feed._backlog] == [4, 5, 6]
     assert [m.seq for m in feed._ahead] == [7, 8, 9]
-    feed.resume()                                     # still not writable
+    feed.resume()  # still not writable
     feed.notify()
     assert len(store.calls) == 3 and sink.seqs() == [1, 2, 3]
     sink.room = 6
     feed.resume()
     assert sink.seqs() == [1, 2, 3, 4, 5, 6] and len(store.calls) == 4
-    assert store.calls[-1] == ("alice", 9, 3)         # reads go on from the page ahead
+    assert store.calls[-1] == ("alice", 9, 3)  # reads go on from the page ahead
     sink.room = None
     feed.resume()
     assert sink.seqs() == list(range(1, 21)) and feed.caughtUp
@@ -250,7 +272,7 @@ def test_feed_picks_up_notify_while_caught_up():
     feed.start()
     assert feed.caughtUp and len(store.calls) == 1
     store.queue("alice", 2)
-    assert sink.seqs() == [1, 2]                      # nothing without a notify
+    assert sink.seqs() == [1, 2]  # nothing without a notify
     feed.notify()
     assert sink.seqs() == [1, 2, 3, 4] and store.calls[-1] == ("alice", 2, 3)
 
@@ -258,11 +280,11 @@ def test_feed_picks_up_notify_while_caught_up():
 def test_notify_during_a_read_is_not_lost():
     store, sink = FakeStore(manual=True), FakeSink()
     feed = make_feed(store, sink)
-    feed.start()                                      # reads an empty outbox...
-    store.queue("alice", 1)                           # ...while a message commits
+    feed.start()  # reads an empty outbox...
+    store.queue("alice", 1)  # ...while a message commits
     feed.notify()
-    assert len(store.waiting) == 1                    # no second read in parallel
-    store.release()                                   # the stale, empty page
+    assert len(store.waiting) == 1  # no second read in parallel
+    store.release()  # the stale, empty page
     assert sink.lines == [] and len(store.waiting) == 1
     store.release()
     assert sink.seqs() == [1] and feed.caughtUp
@@ -286,8 +308,9 @@ def test_stopped_feed_pushes_nothing():
     store, sink = FakeStore(manual=True), FakeSink()
     store.queue("alice", 2)
     stopped = []
-    feed = SyncFeed(store, "alice", sink, 0, page_size=3, clock=task.Clock(),
-                    on_stop=stopped.append)
+    feed = SyncFeed(
+        store, "alice", sink, 0, page_size=3, clock=task.Clock(), on_stop=stopped.append
+    )
     feed.start()
     feed.stop()
     feed.stop()
@@ -305,7 +328,7 @@ def test_feed_stops_mid_page_when_the_sink_drops_the_connection():
     class DroppingSink(FakeSink):
         def sendPushes(self, data, count):
             super().sendPushes(data, count)
-            feed.stop()                               # over its output limit
+            feed.stop()  # over its output limit
 
     sink = DroppingSink()
     feed = make_feed(store, sink)
@@ -384,7 +407,7 @@ def test_database_error_is_retried_after_a_delay():
     feed = make_feed(store, sink, clock=clock)
     feed.start()
     assert sink.lines == [] and len(store.calls) == 1
-    feed.notify()                                     # waits for the retry delay
+    feed.notify()  # waits for the retry delay
     assert len(store.calls) == 1
     clock.advance(4.9)
     assert len(store.calls) == 1
@@ -419,12 +442,13 @@ class SyncPool:
                 result = fn(conn, *args, **kwargs)
                 if journal:
                     from netshare.storage.schema import history
+
                     conn.execute(history.insert(), [journal])
                 return defer.succeed(result)
         except Exception:
             return defer.fail()
 
-    write = run     # one connection, no lost COMMIT answers: the same here
+    write = run  # one connection, no lost COMMIT answers: the same here
 
 
 @pytest.fixture
@@ -433,8 +457,11 @@ def engine():
     metadata.create_all(engine)
     with engine.begin() as conn:
         for name in ("alice", "bob", "carol"):
-            conn.execute(accounts.insert().values(name=name, name_key=name, role="user",
-                                                  password_hash="x", created_ms=0))
+            conn.execute(
+                accounts.insert().values(
+                    name=name, name_key=name, role="user", password_hash="x", created_ms=0
+                )
+            )
     yield engine
     engine.dispose()
 
@@ -459,15 +486,25 @@ def open_stream(service, client, after=0):
 
 
 def test_crud_returns_wire_objects(service):
-    person = result_of(service.add({"ssn": "A-1", "name": "Ann", "surname": "Lee",
-                                    "salary": "52000.00"}))
-    assert person == {"ssn": "A-1", "name": "Ann", "surname": "Lee", "job": "",
-                      "salary": "52000.00", "updated": "2023-11-14T22:13:20.000Z"}
+    person = result_of(
+        service.add({"ssn": "A-1", "name": "Ann", "surname": "Lee", "salary": "52000.00"})
+    )
+    assert person == {
+        "ssn": "A-1",
+        "name": "Ann",
+        "surname": "Lee",
+        "job": "",
+        "salary": "52000.00",
+        "updated": "2023-11-14T22:13:20.000Z",
+    }
     assert result_of(service.get("A-1")) == person
     service.clock.advance(1.5)
     person = result_of(service.update("A-1", {"job": "cook", "salary": 100}))
-    assert (person["job"], person["salary"], person["updated"]) == \
-        ("cook", "100", "2023-11-14T22:13:21.500Z")
+    assert (person["job"], person["salary"], person["updated"]) == (
+        "cook",
+        "100",
+        "2023-11-14T22:13:21.500Z",
+    )
     assert [p["ssn"] for p in result_of(service.list("COOK"))] == ["A-1"]
     assert result_of(service.list("nobody")) == []
     assert result_of(service.delete("A-1")) is None
@@ -477,17 +514,19 @@ def test_crud_returns_wire_objects(service):
 
 
 def test_validation_errors_are_failed_deferreds(service):
-    for d in [service.add({"ssn": "bad ssn", "name": "A", "surname": "B"}),
-              service.add({"ssn": "ok", "name": "A"}),
-              service.add({"ssn": "ok", "name": "A", "surname": "B", "age": "3"}),
-              service.update("ok", {"ssn": "other"}),
-              service.get("%"),
-              service.list(limit="many"),
-              service.list(offset="-1"),
-              service.send("x y", "alice"),
-              service.send("p1", "not a name"),
-              service.openSync("alice", FakeSink(), after="-1"),
-              service.ack("alice", "x")]:
+    for d in [
+        service.add({"ssn": "bad ssn", "name": "A", "surname": "B"}),
+        service.add({"ssn": "ok", "name": "A"}),
+        service.add({"ssn": "ok", "name": "A", "surname": "B", "age": "3"}),
+        service.update("ok", {"ssn": "other"}),
+        service.get("%"),
+        service.list(limit="many"),
+        service.list(offset="-1"),
+        service.send("x y", "alice"),
+        service.send("p1", "not a name"),
+        service.openSync("alice", FakeSink(), after="-1"),
+        service.ack("alice", "x"),
+    ]:
         assert failure_of(d, BadArguments).code == 501
 
 
@@ -502,7 +541,7 @@ def test_list_limits(service):
 def test_send_all_to_all_reaches_online_and_offline_clients(service):
     add_people(service, 6)
     feed, sink = open_stream(service, "alice")
-    result_of(service.store.register_client("bob", 0))    # known but offline
+    result_of(service.store.register_client("bob", 0))  # known but offline
     assert feed.caughtUp and sink.lines == []
     assert result_of(service.send("*", "*")) == 12
     # alice is online: the notify made her feed read the new pages now.
@@ -530,8 +569,9 @@ def test_target_by_name_before_first_sync(service):
     assert failure_of(service.send("p99", "carol"), NotFound).code == 550
     assert result_of(service.send("p00", "carol")) == 1
     clients = result_of(service.clients())
-    assert clients == [{"client": "carol", "online": False, "pending": 1, "acked": 0,
-                        "last_seen": None}]
+    assert clients == [
+        {"client": "carol", "online": False, "pending": 1, "acked": 0, "last_seen": None}
+    ]
     _, sink = open_stream(service, "carol")
     assert sink.seqs() == [1]
 
@@ -544,10 +584,10 @@ def test_ack_and_resend_on_next_sync(service):
     assert result_of(service.ack("alice", "2")) == 2
     assert result_of(service.ack("alice", 1)) == 2
     assert failure_of(service.ack("alice", 6), BadArguments).code == 501
-    feed.stop()                                       # the connection closed
+    feed.stop()  # the connection closed
     assert not service.isOnline("alice")
     _, again = open_stream(service, "alice")
-    assert again.seqs() == [3, 4, 5]                  # unacknowledged ones again
+    assert again.seqs() == [3, 4, 5]  # unacknowledged ones again
     _, later = open_stream(service, "alice", after=4)
     assert later.seqs() == [5]
     clients = result_of(service.clients())
@@ -560,7 +600,7 @@ def test_second_sync_replaces_the_first(service):
     second, sink2 = open_stream(service, "alice")
     assert first.stopped and sink1.replaced == 1 and not second.stopped
     assert service.onlineClients() == ["alice"]
-    first.stop()                                      # its connection closes later
+    first.stop()  # its connection closes later
     assert service.isOnline("alice")
     result_of(service.send("p00", "alice"))
     assert sink1.lines == [] and sink2.seqs() == [1]
@@ -574,8 +614,10 @@ def test_messages_and_overview(service):
     result_of(service.send("*", "alice"))
     result_of(service.ack("alice", 1))
     rows = result_of(service.messages())
-    assert [(m["seq"], m["ssn"], m["acked"]) for m in rows] == [(2, "p01", False),
-                                                                (1, "p00", True)]
+    assert [(m["seq"], m["ssn"], m["acked"]) for m in rows] == [
+        (2, "p01", False),
+        (1, "p00", True),
+    ]
     assert result_of(service.messages(client="*", limit="1"))[0]["seq"] == 2
     assert result_of(service.messages(client="bob")) == []
     view = result_of(service.overview(limit=1))
@@ -610,6 +652,7 @@ def threaded_service(tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_sync_stream_through_the_pool(threaded_service):
     from twisted.internet import reactor
+
     service = threaded_service
     for i in range(250):
         yield service.add({"ssn": "p%03d" % i, "name": "N", "surname": "S"})

@@ -33,11 +33,23 @@ from netshare.storage.pool import DBPool
 from netshare.storage.schema import metadata
 
 TIMEOUT = 20
-NASTY = ["'; DROP TABLE personnel;--", "100%", "under_score", "back\\slash", '"quoted"',
-         "Zoë Ünïcødé 😀"]
-ADMIN_VERBS = [("ADD", "ADD ssn=9 name=A surname=B"), ("UPDATE", "UPDATE p1 job=x"),
-               ("DELETE", "DELETE p1"), ("CLIENTS", "CLIENTS"), ("MESSAGES", "MESSAGES"),
-               ("SEND", "SEND * *"), ("REMOVE", "REMOVE * *")]
+NASTY = [
+    "'; DROP TABLE personnel;--",
+    "100%",
+    "under_score",
+    "back\\slash",
+    '"quoted"',
+    "Zoë Ünïcødé 😀",
+]
+ADMIN_VERBS = [
+    ("ADD", "ADD ssn=9 name=A surname=B"),
+    ("UPDATE", "UPDATE p1 job=x"),
+    ("DELETE", "DELETE p1"),
+    ("CLIENTS", "CLIENTS"),
+    ("MESSAGES", "MESSAGES"),
+    ("SEND", "SEND * *"),
+    ("REMOVE", "REMOVE * *"),
+]
 
 
 # -- an in-process server ---------------------------------------------------------
@@ -51,9 +63,14 @@ class Server:
         self.config = configmod.defaults(data=str(tmp_path), **settings)
         self.kdf = KDFPool(1, 16, reactor=reactor)
         self.kdf.start()
-        self.runtime = Runtime(config=self.config, reactor=reactor, pool=pool, kdf=self.kdf,
-                               accounts=AccountService(AccountStore(pool), self.kdf, 1024, 8, 1),
-                               history=HistoryRecorder(HistoryStore(pool), reactor, 0.05))
+        self.runtime = Runtime(
+            config=self.config,
+            reactor=reactor,
+            pool=pool,
+            kdf=self.kdf,
+            accounts=AccountService(AccountStore(pool), self.kdf, 1024, 8, 1),
+            history=HistoryRecorder(HistoryStore(pool), reactor, 0.05),
+        )
         self.factory = make_factory(self.runtime, "personnel")
         self.app = self.factory.app
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
@@ -124,6 +141,7 @@ def cmd(proto, *words):
 def until(predicate, timeout=TIMEOUT, interval=0.01):
     """A Deferred firing once C{predicate()} is true (checked every
     C{interval} s), failing after C{timeout} s."""
+
     @defer.inlineCallbacks
     def poll():
         waited = 0.0
@@ -132,6 +150,7 @@ def until(predicate, timeout=TIMEOUT, interval=0.01):
                 raise AssertionError("condition not met within %s s" % (timeout,))
             yield task.deferLater(reactor, interval, lambda: None)
             waited += interval
+
     return poll()
 
 
@@ -155,9 +174,12 @@ class Pushes:
 
 @defer.inlineCallbacks
 def add_people(admin, n, prefix="p"):
-    replies = yield defer.gatherResults([
-        cmd(admin, "ADD", "ssn=%s%d" % (prefix, i), "name=N%d" % i, "surname=S")
-        for i in range(1, n + 1)])
+    replies = yield defer.gatherResults(
+        [
+            cmd(admin, "ADD", "ssn=%s%d" % (prefix, i), "name=N%d" % i, "surname=S")
+            for i in range(1, n + 1)
+        ]
+    )
     assert {r.code for r in replies} == {201}
 
 
@@ -167,14 +189,21 @@ def add_people(admin, n, prefix="p"):
 @pytest_twisted.inlineCallbacks
 def test_roster_commands_and_literal_text(server):
     admin = yield server.client("admin")
-    r = yield cmd(admin, "ADD", "ssn=A-1", "name=Ann", "surname=Lee", "job=cook",
-                  "salary=52000.00")
+    r = yield cmd(
+        admin, "ADD", "ssn=A-1", "name=Ann", "surname=Lee", "job=cook", "salary=52000.00"
+    )
     assert r.code == 201
     assert {k: v for k, v in r.obj.items() if k != "updated"} == {
-        "ssn": "A-1", "name": "Ann", "surname": "Lee", "job": "cook", "salary": "52000.00"}
+        "ssn": "A-1",
+        "name": "Ann",
+        "surname": "Lee",
+        "job": "cook",
+        "salary": "52000.00",
+    }
     for i, text in enumerate(NASTY):
-        r = yield cmd(admin, "ADD", "ssn=n%d" % i, "name=" + text, "surname=" + text[::-1],
-                      "job=" + text)
+        r = yield cmd(
+            admin, "ADD", "ssn=n%d" % i, "name=" + text, "surname=" + text[::-1], "job=" + text
+        )
         assert r.code == 201 and r.obj["name"] == text and r.obj["job"] == text
     # Stored and found literally: % and _ are not wildcards, quotes are text.
     for i, text in enumerate(NASTY):
@@ -192,7 +221,7 @@ def test_roster_commands_and_literal_text(server):
     assert [p["ssn"] for p in r.items] == ["n0", "n1"]
     # The personnel table is still there and whole after the injection attempt.
     r = yield cmd(admin, "LIST", "COOK")
-    assert [p["ssn"] for p in r.items] == ["A-1"]           # case-insensitive on every DB
+    assert [p["ssn"] for p in r.items] == ["A-1"]  # case-insensitive on every DB
     r = yield cmd(admin, "UPDATE", "A-1", "job=chef", "salary=60000")
     assert r.code == 200 and (r.obj["job"], r.obj["salary"]) == ("chef", "60000")
     assert (yield cmd(admin, "GET", "A-1")).obj == r.obj
@@ -201,23 +230,34 @@ def test_roster_commands_and_literal_text(server):
     assert (yield cmd(admin, "DELETE", "A-1")).code == 550
     assert (yield cmd(admin, "UPDATE", "A-1", "job=x")).code == 550
     assert (yield cmd(admin, "ADD", "ssn=n0", "name=X", "surname=Y")).code == 555
-    for words in [("ADD", "ssn=bad ssn", "name=A", "surname=B"),
-                  ("ADD", "ssn=z", "name=A"),                       # no surname
-                  ("ADD", "name=A", "surname=B"),                   # no ssn
-                  ("ADD", "ssn=z", "name=A", "surname=B", "age=3"),
-                  ("ADD", "ssn=z", "name=A", "surname=B", "extra"),
-                  ("ADD", "ssn=z", "name=a\tb", "surname=B"),       # control character
-                  ("UPDATE", "n0"), ("UPDATE", "n0", "ssn=x"), ("UPDATE", "n0", "age=3"),
-                  ("GET",), ("GET", "a", "b"), ("LIST", "a", "b"), ("LIST", "limit=x"),
-                  ("LIST", "offset=-1"), ("SEND", "n0"), ("SEND", "n0", "bad name!"),
-                  ("MESSAGES", "limit=0x"), ("CLIENTS", "x")]:
+    for words in [
+        ("ADD", "ssn=bad ssn", "name=A", "surname=B"),
+        ("ADD", "ssn=z", "name=A"),  # no surname
+        ("ADD", "name=A", "surname=B"),  # no ssn
+        ("ADD", "ssn=z", "name=A", "surname=B", "age=3"),
+        ("ADD", "ssn=z", "name=A", "surname=B", "extra"),
+        ("ADD", "ssn=z", "name=a\tb", "surname=B"),  # control character
+        ("UPDATE", "n0"),
+        ("UPDATE", "n0", "ssn=x"),
+        ("UPDATE", "n0", "age=3"),
+        ("GET",),
+        ("GET", "a", "b"),
+        ("LIST", "a", "b"),
+        ("LIST", "limit=x"),
+        ("LIST", "offset=-1"),
+        ("SEND", "n0"),
+        ("SEND", "n0", "bad name!"),
+        ("MESSAGES", "limit=0x"),
+        ("CLIENTS", "x"),
+    ]:
         r = yield cmd(admin, *words)
         assert r.code == 501, (words, r.line)
-    assert (yield cmd(admin, "SEND", "nobody", "alice")).code == 550   # no such person
-    assert (yield cmd(admin, "SEND", "n0", "nobody")).code == 550      # no such account
+    assert (yield cmd(admin, "SEND", "nobody", "alice")).code == 550  # no such person
+    assert (yield cmd(admin, "SEND", "n0", "nobody")).code == 550  # no such account
     help_ = yield cmd(admin, "HELP")
-    assert {"SYNC", "ACK", "SEND", "REMOVE"} <= {line[4:].split()[0] for line in help_.lines
-                                                 if line.startswith("214-")}
+    assert {"SYNC", "ACK", "SEND", "REMOVE"} <= {
+        line[4:].split()[0] for line in help_.lines if line.startswith("214-")
+    }
 
 
 @pytest_twisted.inlineCallbacks
@@ -226,18 +266,31 @@ def test_a_user_reads_the_directory_view_and_an_admin_or_sync_stream_the_record(
     characters and no salary, and cannot search by ssn; admins and sync
     streams (what an admin sent to that client) get the whole record."""
     admin = yield server.client("admin")
-    assert (yield cmd(admin, "ADD", "ssn=123-45-6789", "name=Ada", "surname=Lovelace",
-                      "job=engineer", "salary=120000")).code == 201
+    assert (
+        yield cmd(
+            admin,
+            "ADD",
+            "ssn=123-45-6789",
+            "name=Ada",
+            "surname=Lovelace",
+            "job=engineer",
+            "salary=120000",
+        )
+    ).code == 201
     assert (yield cmd(admin, "ADD", "ssn=X12", "name=Short", "surname=Ssn")).code == 201
     alice = yield server.client("alice")
     (ada, short) = (yield cmd(alice, "LIST")).items
-    assert (ada["ssn"], ada["salary"], ada["name"], ada["job"]) == ("*******6789", None, "Ada",
-                                                                  "engineer")
+    assert (ada["ssn"], ada["salary"], ada["name"], ada["job"]) == (
+        "*******6789",
+        None,
+        "Ada",
+        "engineer",
+    )
     assert (short["ssn"], short["salary"]) == ("***", None)
     got = (yield cmd(alice, "GET", "123-45-6789")).obj
     assert (got["ssn"], got["salary"]) == ("*******6789", None)
     assert "120000" not in json.dumps((yield cmd(alice, "LIST", "Ada")).items)
-    for needle in ("123-4", "45-67", "6789"):      # no searching by ssn
+    for needle in ("123-4", "45-67", "6789"):  # no searching by ssn
         assert (yield cmd(alice, "LIST", needle)).items == []
     assert [p["ssn"] for p in (yield cmd(admin, "LIST", "45-67")).items] == ["123-45-6789"]
     full = (yield cmd(admin, "GET", "123-45-6789")).obj
@@ -291,10 +344,10 @@ def test_sync_stream_pushes_acks_and_sends_again(server, tmp_path):
     admin = yield server.client("admin")
     yield add_people(admin, 5)
     alice = yield server.client("alice")
-    assert (yield cmd(alice, "ACK", "1")).code == 503                  # not a sync stream
+    assert (yield cmd(alice, "ACK", "1")).code == 503  # not a sync stream
     pushes = Pushes(alice)
     assert (yield cmd(alice, "SYNC")).line == "200 syncing"
-    assert (yield cmd(alice, "SYNC")).code == 503                      # already one
+    assert (yield cmd(alice, "SYNC")).code == 503  # already one
     assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 5"
     yield pushes.wait(5)
     assert pushes.seqs() == [1, 2, 3, 4, 5]
@@ -302,15 +355,21 @@ def test_sync_stream_pushes_acks_and_sends_again(server, tmp_path):
     assert [i[3]["ssn"] for i in pushes.items] == ["p1", "p2", "p3", "p4", "p5"]
     first = list(pushes.items)
     assert (yield cmd(alice, "ACK", "3")).line == "200 ok"
-    assert (yield cmd(alice, "ACK", "2")).line == "200 ok"            # late ack: no change
+    assert (yield cmd(alice, "ACK", "2")).line == "200 ok"  # late ack: no change
     assert (yield cmd(alice, "ACK", "x")).code == 501
-    assert (yield cmd(alice, "ACK", "6")).code == 501                 # never sent
+    assert (yield cmd(alice, "ACK", "6")).code == 501  # never sent
     clients = (yield cmd(admin, "CLIENTS")).items
     assert [(c["client"], c["online"], c["pending"], c["acked"]) for c in clients] == [
-        ("alice", True, 2, 3)]
-    messages = (yield cmd(admin, "MESSAGES", "client=alice"))
+        ("alice", True, 2, 3)
+    ]
+    messages = yield cmd(admin, "MESSAGES", "client=alice")
     assert [(m["seq"], m["acked"]) for m in messages.items] == [
-        (5, False), (4, False), (3, True), (2, True), (1, True)]
+        (5, False),
+        (4, False),
+        (3, True),
+        (2, True),
+        (1, True),
+    ]
 
     # The client applies what it got, then loses its connection before
     # acknowledging 4 and 5: the next SYNC sends them again.
@@ -337,9 +396,11 @@ def test_sync_stream_pushes_acks_and_sends_again(server, tmp_path):
     assert (yield cmd(admin, "REMOVE", "ghost", "alice")).line == "200 queued 1"
     assert (yield cmd(admin, "REMOVE", "*", "*")).line == "200 queued 1"
     yield pushes.wait(5)
-    assert pushes.items[2:] == [(611, 6, "DELETE", {"ssn": "p2"}),
-                                (611, 7, "DELETE", {"ssn": "ghost"}),
-                                (612, 8, "DELETE_ALL", {})]
+    assert pushes.items[2:] == [
+        (611, 6, "DELETE", {"ssn": "p2"}),
+        (611, 7, "DELETE", {"ssn": "ghost"}),
+        (612, 8, "DELETE_ALL", {}),
+    ]
     # SYNC after= beyond anything queued: refused, not silently skipped.
     bob = yield server.client("bob")
     assert (yield cmd(bob, "SYNC", "after=1")).code == 501
@@ -354,9 +415,10 @@ def test_second_sync_replaces_the_first_and_offline_targets(server):
     # bob has never connected: he can be targeted by name, and is then known.
     assert (yield cmd(admin, "SEND", "p1", "bob")).line == "200 queued 1"
     clients = (yield cmd(admin, "CLIENTS")).items
-    assert clients == [{"client": "bob", "online": False, "pending": 1, "acked": 0,
-                        "last_seen": None}]
-    assert (yield cmd(admin, "SEND", "p2", "*")).line == "200 queued 1"   # only bob is known
+    assert clients == [
+        {"client": "bob", "online": False, "pending": 1, "acked": 0, "last_seen": None}
+    ]
+    assert (yield cmd(admin, "SEND", "p2", "*")).line == "200 queued 1"  # only bob is known
     old = yield server.client("bob")
     old_pushes = Pushes(old)
     assert (yield cmd(old, "SYNC")).line == "200 syncing"
@@ -366,7 +428,7 @@ def test_second_sync_replaces_the_first_and_offline_targets(server):
     assert (yield cmd(new, "SYNC")).line == "200 syncing"
     yield old.closed.addTimeout(TIMEOUT, reactor)
     assert (421, "stream replaced by a new SYNC") in old.pushes
-    yield new_pushes.wait(2)                    # nothing acknowledged: both again
+    yield new_pushes.wait(2)  # nothing acknowledged: both again
     assert new_pushes.seqs() == [1, 2]
     assert (yield cmd(admin, "SEND", "p1", "*")).line == "200 queued 1"
     yield new_pushes.wait(3)
@@ -411,6 +473,7 @@ class _Sink:
 class _Store:
     def __init__(self, n):
         from netshare.storage.personnel import Message
+
         self.rows = [Message("c", s, "SAVE", "x", '{"ssn":"x"}', 0) for s in range(1, n + 1)]
         self.calls = 0
 
@@ -450,15 +513,18 @@ def test_a_reader_that_stops_reading_is_paused_not_dropped(sqlite_pool, tmp_path
     srv = yield sqlite_server(sqlite_pool, tmp_path, sync_page=500)
     try:
         admin = yield srv.client("admin")
-        big = "\U0001F600" * 255            # 1020 bytes of UTF-8 per field: a page of
+        big = "\U0001f600" * 255  # 1020 bytes of UTF-8 per field: a page of
         #                                      500 such people is over the 1 MiB limit
-        yield defer.gatherResults([
-            cmd(admin, "ADD", "ssn=b%03d" % i, "name=" + big, "surname=" + big, "job=" + big)
-            for i in range(300)])
+        yield defer.gatherResults(
+            [
+                cmd(admin, "ADD", "ssn=b%03d" % i, "name=" + big, "surname=" + big, "job=" + big)
+                for i in range(300)
+            ]
+        )
         alice = yield srv.client("alice")
         pushes = Pushes(alice)
         assert (yield cmd(alice, "SYNC")).line == "200 syncing"
-        alice.pauseProducing()               # stop reading the socket
+        alice.pauseProducing()  # stop reading the socket
         feed = srv.app._streams["alice"]
         sink = feed.sink
         blocks_into_a_full_buffer = []
@@ -478,11 +544,11 @@ def test_a_reader_that_stops_reading_is_paused_not_dropped(sqlite_pool, tmp_path
 
         sink.writable, sink.sendPushes = writable, send
         rounds = 12
-        total = 300 * rounds                 # about 11 MB of pushes: more than the
+        total = 300 * rounds  # about 11 MB of pushes: more than the
         #                                      kernel's socket buffers take
         for _ in range(rounds):
             assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 300"
-        yield until(lambda: pauses)          # the feed met a full buffer and waited
+        yield until(lambda: pauses)  # the feed met a full buffer and waited
         assert srv.factory.stats.slow_drops == 0 and sink.transport.connected
         alice.resumeProducing()
         yield until(lambda: len(pushes.items) >= total)
@@ -506,8 +572,17 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
     def connector():
         return connect("127.0.0.1", port, reactor=reactor)
 
-    client = SyncClient(reactor, local, connector, "alice", "alicepw", retry_min=0.01,
-                        retry_max=0.05, batch_max=100, batch_delay=0.002)
+    client = SyncClient(
+        reactor,
+        local,
+        connector,
+        "alice",
+        "alicepw",
+        retry_min=0.01,
+        retry_max=0.05,
+        batch_max=100,
+        batch_delay=0.002,
+    )
     acks = []
     try:
         admin = yield srv.client("admin")
@@ -519,6 +594,7 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
         def spy(name, seq, **kwargs):
             acks.append(seq)
             return original(name, seq, **kwargs)
+
         srv.app.ack = spy
         assert (yield cmd(admin, "SEND", "*", "alice")).line == "200 queued 1000"
         yield until(lambda: local.last_seq() == 1000 and acks and acks[-1] == 1000)
@@ -541,7 +617,7 @@ def test_sync_client_batches_acks_and_resumes_after_a_disconnect(sqlite_pool, tm
         assert (yield cmd(admin, "UPDATE", "p7", "job=diver")).code == 200
         assert (yield cmd(admin, "SEND", "p7", "alice")).line == "200 queued 1"
         assert (yield cmd(admin, "REMOVE", "p8", "alice")).line == "200 queued 1"
-        yield until(lambda: client.applied == 1002)     # counted after the commit
+        yield until(lambda: client.applied == 1002)  # counted after the commit
         assert local.last_seq() == 1002
         people = {p["ssn"]: p for p in local.snapshot()}
         assert people["p7"]["job"] == "diver" and "p8" not in people
@@ -558,14 +634,24 @@ def _stream():
     out = [b"220 netshare personnel 1 ready"]
     for i in range(1, 301):
         name = NASTY[i % len(NASTY)]
-        out.append(("610 %d SAVE %s" % (i, json.dumps({"ssn": "p%d" % i, "name": name},
-                                                      ensure_ascii=False))).encode())
+        out.append(
+            (
+                "610 %d SAVE %s"
+                % (i, json.dumps({"ssn": "p%d" % i, "name": name}, ensure_ascii=False))
+            ).encode()
+        )
         if i % 37 == 0:
             out += [b'210-{"a":1}', b'210-{"a":"\xc3\xa9"}', b"210 2 items"]
         if i % 53 == 0:
             out += [b"200 ok", b"611 %d DELETE {}" % (1000 + i), b"612 %d DELETE_ALL {}" % i]
-    out += [b"6105 no space", b"61", b"", b"hello", b"610 \xff\xfe bad utf-8",
-            b"421 shutting down"]
+    out += [
+        b"6105 no space",
+        b"61",
+        b"",
+        b"hello",
+        b"610 \xff\xfe bad utf-8",
+        b"421 shutting down",
+    ]
     # CRLF mostly, a bare LF sometimes, as LineReceiver with delimiter LF sees both.
     return b"".join(line + (b"\n" if i % 11 == 0 else b"\r\n") for i, line in enumerate(out))
 
@@ -591,7 +677,7 @@ def _feed(data, seed, whole=False):
     i = 0
     while i < len(data):
         n = len(data) if whole else rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70000])
-        proto.dataReceived(data[i:i + n])
+        proto.dataReceived(data[i : i + n])
         i += n
         if proto.paused and rng.random() < 0.5:
             proto.resumeProducing()
@@ -615,8 +701,12 @@ def test_a_sync_stream_is_framed_the_same_in_any_pieces(seed):
 
 def test_sync_client_logs_each_change_in_one_event_per_batch():
     from twisted.logger import Logger, LogLevel, formatEvent
-    changes = [(7, "SAVE", {"ssn": "p1", "name": "Ann", "surname": "Lee"}),
-               (8, "DELETE", {"ssn": "p2"}), (9, "DELETE_ALL", {})]
+
+    changes = [
+        (7, "SAVE", {"ssn": "p1", "name": "Ann", "surname": "Lee"}),
+        (8, "DELETE", {"ssn": "p2"}),
+        (9, "DELETE_ALL", {}),
+    ]
     for log_each, debug in ((False, 0), (True, 3)):
         events = []
         client = SyncClient(task.Clock(), None, None, "alice", "pw", log_each=log_each)
@@ -630,18 +720,26 @@ def test_sync_client_logs_each_change_in_one_event_per_batch():
         assert formatEvent(e) == "applied 3 changes, seq 7..9: " + e["changes"]
         if debug:
             texts = [formatEvent(e) for e in events if e["log_level"] == LogLevel.debug]
-            assert texts == ["applied 7 SAVE p1 (Ann Lee)", "applied 8 DELETE p2",
-                             "applied 9 DELETE_ALL"]
+            assert texts == [
+                "applied 7 SAVE p1 (Ann Lee)",
+                "applied 8 DELETE p2",
+                "applied 9 DELETE_ALL",
+            ]
 
 
 def test_pushes_are_parsed_strictly_in_the_worker():
-    assert parse_pushes([(610, '4 SAVE {"ssn":"a b"}'), (611, '5 DELETE {"ssn":"a"}'),
-                         (612, "9 DELETE_ALL {}")]) == [
-        (4, "SAVE", '{"ssn":"a b"}'), (5, "DELETE", '{"ssn":"a"}'), (9, "DELETE_ALL", "{}")]
-    for bad in ([(610, "4 DELETE {}")], [(613, "4 SAVE {}")], [(610, "x SAVE {}")],
-                [(610, "4 SAVE")], [(610, "-4 SAVE {}")],
-                [(610, "5 SAVE {}"), (610, "5 SAVE {}")],       # seqs must rise
-                [(610, "5 SAVE {}"), (610, "4 SAVE {}")]):
+    assert parse_pushes(
+        [(610, '4 SAVE {"ssn":"a b"}'), (611, '5 DELETE {"ssn":"a"}'), (612, "9 DELETE_ALL {}")]
+    ) == [(4, "SAVE", '{"ssn":"a b"}'), (5, "DELETE", '{"ssn":"a"}'), (9, "DELETE_ALL", "{}")]
+    for bad in (
+        [(610, "4 DELETE {}")],
+        [(613, "4 SAVE {}")],
+        [(610, "x SAVE {}")],
+        [(610, "4 SAVE")],
+        [(610, "-4 SAVE {}")],
+        [(610, "5 SAVE {}"), (610, "5 SAVE {}")],  # seqs must rise
+        [(610, "5 SAVE {}"), (610, "4 SAVE {}")],
+    ):
         with pytest.raises(BadPush):
             parse_pushes(bad)
 
@@ -661,6 +759,7 @@ class _AckProto:
 
 def test_sync_client_keeps_one_ack_in_flight():
     from netshare.clients.protocol import Response
+
     client = SyncClient(task.Clock(), None, None, "alice", "pw")
     proto = _AckProto()
     session = client._session = SyncSession(proto)
@@ -672,23 +771,30 @@ def test_sync_client_keeps_one_ack_in_flight():
     # What committed meanwhile goes in one cumulative ACK.
     assert [line for line, _ in proto.sent] == ["ACK 100", "ACK 300"]
     proto.sent[1][1].callback(Response(200, "ok"))
-    client._ack(session, 250)                     # already covered
+    client._ack(session, 250)  # already covered
     assert len(proto.sent) == 2
     client._ack(session, 400)
     proto.sent[2][1].errback(ConnectionError("lost"))
     assert not session.ackInFlight and session.acked == 400
-    client._ack(session, 500)                     # a live session goes on
+    client._ack(session, 500)  # a live session goes on
     assert [line for line, _ in proto.sent][-1] == "ACK 500"
 
 
 @pytest_twisted.inlineCallbacks
 def test_sync_client_stops_on_a_wrong_password(sqlite_pool, tmp_path):
     from netshare.clients.personnel_sync import SyncFailed
+
     srv = yield sqlite_server(sqlite_pool, tmp_path)
     local = LocalStore(str(tmp_path / "x.db"))
     port = srv.port.getHost().port
-    client = SyncClient(reactor, local, lambda: connect("127.0.0.1", port, reactor=reactor),
-                        "alice", "wrong", retry_min=0.01)
+    client = SyncClient(
+        reactor,
+        local,
+        lambda: connect("127.0.0.1", port, reactor=reactor),
+        "alice",
+        "wrong",
+        retry_min=0.01,
+    )
     try:
         with pytest.raises(SyncFailed, match="535"):
             yield client.start().addTimeout(TIMEOUT, reactor)
@@ -723,18 +829,45 @@ class ScriptedInput:
 @pytest_twisted.inlineCallbacks
 def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
     from netshare.clients.personnel import Console
+
     srv = yield sqlite_server(sqlite_pool, tmp_path)
     try:
         admin = yield srv.client("admin")
         yield add_people(admin, 3)
-        yield cmd(admin, "SEND", "p1", "bob")              # bob becomes a known client
-        io = ScriptedInput(["", "8", "x", "1", "p2", "bob", "2", "p3", "3", "4", "p1", "alice",
-                            "5", "p1", "6", "1", "", "4", "p1", "", "1", "p1", "ghost", "0"])
-        yield defer.ensureDeferred(Console(admin, io).run())    # ends at the end of input
+        yield cmd(admin, "SEND", "p1", "bob")  # bob becomes a known client
+        io = ScriptedInput(
+            [
+                "",
+                "8",
+                "x",
+                "1",
+                "p2",
+                "bob",
+                "2",
+                "p3",
+                "3",
+                "4",
+                "p1",
+                "alice",
+                "5",
+                "p1",
+                "6",
+                "1",
+                "",
+                "4",
+                "p1",
+                "",
+                "1",
+                "p1",
+                "ghost",
+                "0",
+            ]
+        )
+        yield defer.ensureDeferred(Console(admin, io).run())  # ends at the end of input
         out = io.text()
         assert out.count("please choose a number from 0 to 7") == 2
-        assert out.count("queued 1 message\n") == 3           # 1, 2 (one client), 6
-        assert "queued 3 messages" in out                     # 3: three people, one client
+        assert out.count("queued 1 message\n") == 3  # 1, 2 (one client), 6
+        assert "queued 3 messages" in out  # 3: three people, one client
         # alice never synced, but she has an account: 4 targets her by name
         # and makes her a known client, so 5 and 6 reach bob and her.
         assert out.count("queued 2 messages") == 2
@@ -743,11 +876,21 @@ def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
         assert "personnel (first 20):" in out and "DELETE_ALL" in out
         messages = (yield cmd(admin, "MESSAGES", "client=bob")).items
         assert [(m["action"], m["ssn"]) for m in reversed(messages)] == [
-            ("SAVE", "p1"), ("SAVE", "p2"), ("SAVE", "p3"), ("SAVE", "p1"), ("SAVE", "p2"),
-            ("SAVE", "p3"), ("DELETE", "p1"), ("DELETE_ALL", None)]
+            ("SAVE", "p1"),
+            ("SAVE", "p2"),
+            ("SAVE", "p3"),
+            ("SAVE", "p1"),
+            ("SAVE", "p2"),
+            ("SAVE", "p3"),
+            ("DELETE", "p1"),
+            ("DELETE_ALL", None),
+        ]
         messages = (yield cmd(admin, "MESSAGES", "client=alice")).items
         assert [(m["action"], m["ssn"]) for m in reversed(messages)] == [
-            ("DELETE", "p1"), ("DELETE", "p1"), ("DELETE_ALL", None)]
+            ("DELETE", "p1"),
+            ("DELETE", "p1"),
+            ("DELETE_ALL", None),
+        ]
         # A user's console: every operation is answered 531, the menu goes on.
         alice = yield srv.client("alice")
         io = ScriptedInput(["3", "6", "7", "never read"])
@@ -760,11 +903,19 @@ def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
 
 def test_client_table_and_progress_helpers():
     from netshare.clients import common
-    table = common.format_table([{"a": "x", "b": None}, {"a": "long\x1b[2J", "b": True}],
-                                ["a", "b"])
-    assert table.splitlines() == ["a" + " " * 14 + "b", "-" * 13 + "  ---",
-                                  "x" + " " * 14 + "-", "long\\u001b[2J  yes"]
-    assert common.format_table([{"a": "abcdef"}], ["a"], max_width=4).splitlines()[2] == "abc\u2026"
+
+    table = common.format_table(
+        [{"a": "x", "b": None}, {"a": "long\x1b[2J", "b": True}], ["a", "b"]
+    )
+    assert table.splitlines() == [
+        "a" + " " * 14 + "b",
+        "-" * 13 + "  ---",
+        "x" + " " * 14 + "-",
+        "long\\u001b[2J  yes",
+    ]
+    assert (
+        common.format_table([{"a": "abcdef"}], ["a"], max_width=4).splitlines()[2] == "abc\u2026"
+    )
     assert common.format_object({"k": 1, "key": "v"}) == "k  : 1\nkey: v\n"
     ticks = iter([0.0, 0.1, 0.5, 1.0, 1.0])
     out = []
@@ -776,11 +927,12 @@ def test_client_table_and_progress_helpers():
         def flush(self):
             pass
 
-    bar = common.ProgressBar(2_000_000, "up", stream=Stream(), force=True,
-                             clock=lambda: next(ticks), width=10)
-    bar(500_000)                     # t=0.1: too soon to draw
-    bar(500_000)                     # t=0.5: drawn
-    bar(1_000_000)                   # t=1.0: drawn (done)
+    bar = common.ProgressBar(
+        2_000_000, "up", stream=Stream(), force=True, clock=lambda: next(ticks), width=10
+    )
+    bar(500_000)  # t=0.1: too soon to draw
+    bar(500_000)  # t=0.5: drawn
+    bar(1_000_000)  # t=1.0: drawn (done)
     bar.finish()
     assert len(out) == 4 and out[0] == "\rup [#####-----]  50%  2.0 MB/s"
     assert out[1] == out[2] == "\rup [##########] 100%  2.0 MB/s" and out[3] == "\n"

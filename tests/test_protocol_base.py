@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(60, method="thread")
 
 # --- the test-only protocol ------------------------------------------------
 
+
 class LabApp:
     """Test hooks shared by a listener's connections."""
 
@@ -39,9 +40,9 @@ class LabApp:
         self.sinks = []
         self.files = []
         self.senders = []
-        self.hold_uploads = False   # sinks pause their producer at the first byte
+        self.hold_uploads = False  # sinks pause their producer at the first byte
         self.hold_downloads = False  # senders stop after the first chunk until released
-        self.slow_uploads = False   # sinks pause at every chunk and resume a turn later
+        self.slow_uploads = False  # sinks pause at every chunk and resume a turn later
 
 
 @implementer(IConsumer)
@@ -104,7 +105,7 @@ class PatternFile:
         out, L = [], len(self.block)
         while n > 0:
             start = self.pos % L
-            piece = self.block[start:start + n]
+            piece = self.block[start : start + n]
             out.append(piece)
             self.pos += len(piece)
             n -= len(piece)
@@ -168,8 +169,16 @@ class _Sender:
 
 class LabProtocol(CommandProtocol):
     service = "lab"
-    PUBLIC = CommandProtocol.PUBLIC | {"ECHO", "BOOM", "BOOMLATER", "ITEMS", "OBJ", "PUT", "GET",
-                                       "EXEMPT"}
+    PUBLIC = CommandProtocol.PUBLIC | {
+        "ECHO",
+        "BOOM",
+        "BOOMLATER",
+        "ITEMS",
+        "OBJ",
+        "PUT",
+        "GET",
+        "EXEMPT",
+    }
 
     @property
     def app(self):
@@ -186,6 +195,7 @@ class LabProtocol(CommandProtocol):
     def cmd_BOOMLATER(self, args):
         def fail():
             raise KeyError("later")
+
         return task.deferLater(self.factory.reactor, 0.001, fail)
 
     def cmd_ITEMS(self, args):
@@ -223,6 +233,7 @@ def lab(rt, **kw):
 
 
 # --- greeting, commands, replies -------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_greeting_ping_help_and_case_insensitive_verbs(runtime):
@@ -279,6 +290,7 @@ def test_quit_says_bye_and_ignores_what_follows(runtime):
 
 # --- framing limits ----------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_4096_byte_line_accepted_4097_refused_and_closed(runtime):
     assert configmod.defaults().max_line == 4096
@@ -331,7 +343,7 @@ def test_invalid_utf8_and_bad_quoting_answer_500_and_the_session_goes_on(runtime
     for bad in ('ECHO "unbalanced', "ECHO 'x", "ECHO trailing\\"):
         (line,) = yield c.cmd(bad)
         assert line.startswith("500 bad quoting")
-    assert (yield c.cmd('ECHO "a b" c\\ d \'e f\'')) == ["200 a b c d e f"]
+    assert (yield c.cmd("ECHO \"a b\" c\\ d 'e f'")) == ["200 a b c d e f"]
     assert (yield c.cmd("ECHO h\u00e9llo \u2603")) == ["200 h\u00e9llo \u2603"]
     assert (yield c.cmd("PING")) == ["200 pong"]
 
@@ -378,10 +390,10 @@ def test_connection_caps_total_and_per_ip(make_runtime):
     srv = yield lab(rt)
     a1 = yield srv.raw()
     a2 = yield srv.raw()
-    a3 = yield srv.raw(greet=False)                  # third from 127.0.0.1: per-IP cap
+    a3 = yield srv.raw(greet=False)  # third from 127.0.0.1: per-IP cap
     assert (yield a3.readline()) == "421 too many connections"
     yield a3.wait_closed()
-    b1 = yield srv.raw(bind="127.0.0.2")             # another IP: admitted (3 in all)
+    b1 = yield srv.raw(bind="127.0.0.2")  # another IP: admitted (3 in all)
     assert b1.greeting.startswith("220 ")
     b2 = yield srv.raw(bind="127.0.0.2", greet=False)  # total cap
     assert (yield b2.readline()) == "421 too many connections"
@@ -391,11 +403,12 @@ def test_connection_caps_total_and_per_ip(make_runtime):
         assert (yield c.cmd("PING")) == ["200 pong"]
     a1.transport.loseConnection()
     yield wait_for(lambda: srv.factory.stats.connections == 2, what="slot released")
-    a4 = yield srv.raw()                              # a slot is free again
+    a4 = yield srv.raw()  # a slot is free again
     assert (yield a4.cmd("PING")) == ["200 pong"]
 
 
 # --- logins ------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_three_bad_logins_each_paused_then_421_and_nobody_else_waits(make_runtime):
@@ -458,6 +471,7 @@ def test_unknown_user_costs_the_same_as_a_wrong_password(make_runtime):
 
 # --- pipelining, errors --------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_100_pipelined_commands_answered_in_order(runtime):
     srv = yield lab(runtime)
@@ -496,11 +510,14 @@ def test_unexpected_handler_error_is_451_logged_once_and_the_connection_survives
         assert (yield c.cmd("PING")) == ["200 pong"]
     failures = [e for e in events if e.get("log_failure") is not None]
     assert [(e["verb"], e["log_failure"].type) for e in failures] == [
-        ("BOOM", RuntimeError), ("BOOMLATER", KeyError)]
+        ("BOOM", RuntimeError),
+        ("BOOMLATER", KeyError),
+    ]
     assert all(e["log_failure"].getTraceback() for e in failures)
 
 
 # --- raw mode -------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_upload_exact_bytes_then_line_mode_again(runtime):
@@ -509,19 +526,21 @@ def test_upload_exact_bytes_then_line_mode_again(runtime):
     # The body and the next commands in one write: exactly 5 bytes are raw.
     c.send(b"PUT 5\r\nhelloPING\r\nPUT 0\r\nPING\r\n")
     assert (yield c.reply()) == ["350 send 5 bytes"]
-    assert (yield c.reply()) == ["226 stored 5 bytes sha256=%s"
-                                 % hashlib.sha256(b"hello").hexdigest()]
+    assert (yield c.reply()) == [
+        "226 stored 5 bytes sha256=%s" % hashlib.sha256(b"hello").hexdigest()
+    ]
     assert (yield c.reply()) == ["200 pong"]
     assert (yield c.reply()) == ["350 send 0 bytes"]
     assert (yield c.reply()) == ["226 stored 0 bytes sha256=%s" % hashlib.sha256().hexdigest()]
     assert (yield c.reply()) == ["200 pong"]
     body = bytes(range(256)) * 4096 + b"\r\n"  # line breaks inside raw data are data
-    srv.factory.app.slow_uploads = True         # the consumer pushes back at every chunk
+    srv.factory.app.slow_uploads = True  # the consumer pushes back at every chunk
     c.send(b"PUT %d\r\n" % len(body))
     assert (yield c.reply()) == ["350 send %d bytes" % len(body)]
     c.send(body + b"PING\r\n")
-    assert (yield c.reply()) == ["226 stored %d bytes sha256=%s"
-                                 % (len(body), hashlib.sha256(body).hexdigest())]
+    assert (yield c.reply()) == [
+        "226 stored %d bytes sha256=%s" % (len(body), hashlib.sha256(body).hexdigest())
+    ]
     assert (yield c.reply()) == ["200 pong"]
     assert srv.factory.app.sinks[-1].pauses > 1
     (line,) = yield c.cmd("PUT -1")
@@ -549,8 +568,9 @@ def test_upload_backpressure_stops_reading_the_socket(runtime):
     assert sink.count < size // 2
     assert len(server._buffer) < 2**20
     sink.release()
-    assert (yield c.reply()) == ["226 stored %d bytes sha256=%s"
-                                 % (size, hashlib.sha256(body).hexdigest())]
+    assert (yield c.reply()) == [
+        "226 stored %d bytes sha256=%s" % (size, hashlib.sha256(body).hexdigest())
+    ]
     assert (yield c.cmd("PING")) == ["200 pong"]
     assert tcp in reactor().getReaders()
 
@@ -593,8 +613,9 @@ def test_download_exact_bytes_with_backpressure(runtime):
     size = 32 * 2**20
     c.transport.pauseProducing()  # a client that does not read yet
     c.send(b"GET %d 5\r\nPING\r\n" % size)
-    yield wait_for(lambda: srv.factory.app.files and srv.factory.app.files[0].pos > 0,
-                   what="transfer started")
+    yield wait_for(
+        lambda: srv.factory.app.files and srv.factory.app.files[0].pos > 0, what="transfer started"
+    )
     f = srv.factory.app.files[0]
     yield task.deferLater(reactor(), 0.2, lambda: None)
     # The producer only produces as the socket drains: most of the file
@@ -603,7 +624,9 @@ def test_download_exact_bytes_with_backpressure(runtime):
     c.transport.resumeProducing()
     expected = pattern(size, seed=5)
     assert (yield c.readline()) == "150 %d bytes sha256=%s" % (
-        size, hashlib.sha256(expected).hexdigest())
+        size,
+        hashlib.sha256(expected).hexdigest(),
+    )
     data = yield c.read_exactly(size, timeout=30)
     assert data == expected
     assert (yield c.reply()) == ["226 transfer complete"]
@@ -614,6 +637,7 @@ def test_download_exact_bytes_with_backpressure(runtime):
 
 
 # --- pushes ----------------------------------------------------------------------
+
 
 def _split_stream(buffer):
     """Parse a recorded byte stream into ('line', text) / ('raw', n) items,
@@ -644,8 +668,10 @@ def test_pushes_never_inside_a_listing_or_raw_data(runtime):
     server_a.sendPush("600 p1")
     srv.factory.app.hold_downloads = True
     a.send(b"GET %d 2\r\n" % size)
-    yield wait_for(lambda: srv.factory.app.senders and srv.factory.app.senders[0].waiting,
-                   what="download in flight")
+    yield wait_for(
+        lambda: srv.factory.app.senders and srv.factory.app.senders[0].waiting,
+        what="download in flight",
+    )
     server_a.sendPush("600 p2")
     server_a.sendPush("600 p3")
     srv.factory.app.senders[0].release()
@@ -654,14 +680,16 @@ def test_pushes_never_inside_a_listing_or_raw_data(runtime):
     yield wait_for(lambda: server_a.rawRemaining == 3, what="upload half done")
     server_a.sendPush("600 p4")
     a.send(b"def")
-    yield wait_for(lambda: b"226 stored 6" in a.buffer and b"600 p4" in a.buffer,
-                   what="upload done")
+    yield wait_for(
+        lambda: b"226 stored 6" in a.buffer and b"600 p4" in a.buffer, what="upload done"
+    )
     stream = _split_stream(a.buffer[start:])
     texts = [v if k == "line" else "<raw %d>" % len(v) for k, v in stream]
     # The listing is contiguous.
     first = texts.index('210-{"i":0,"pad":""}')
-    assert texts[first:first + 41] == ['210-{"i":%d,"pad":""}' % i for i in range(40)] + [
-        "210 40 items"]
+    assert texts[first : first + 41] == ['210-{"i":%d,"pad":""}' % i for i in range(40)] + [
+        "210 40 items"
+    ]
     # The raw data follows its 150 line directly, exactly, then 226.
     i150 = next(i for i, t in enumerate(texts) if t.startswith("150 "))
     assert texts[i150 + 1] == "<raw %d>" % size and texts[i150 + 2] == "226 transfer complete"
@@ -670,11 +698,16 @@ def test_pushes_never_inside_a_listing_or_raw_data(runtime):
     assert texts.index("600 p2") > i150 + 2 and texts.index("600 p3") > i150 + 2
     # The upload's push comes after the 350 and nothing ever splits a reply.
     assert texts.index("600 p4") > texts.index("350 send 6 bytes")
-    assert sorted(t for t in texts if t.startswith("600 ")) == ["600 p1", "600 p2", "600 p3",
-                                                               "600 p4"]
+    assert sorted(t for t in texts if t.startswith("600 ")) == [
+        "600 p1",
+        "600 p2",
+        "600 p3",
+        "600 p4",
+    ]
 
 
 # --- slow readers ------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_reader_that_never_reads_is_dropped_and_others_keep_being_served(make_runtime):
@@ -763,6 +796,7 @@ def test_stalled_download_is_dropped_after_the_idle_timeout(make_runtime):
 @pytest_twisted.inlineCallbacks
 def test_orderly_stop_answers_pending_commands_then_says_421(make_runtime):
     from tests.inprocess import stop_runtime
+
     rt = make_runtime(login_failure_delay=0.3)
     srv = yield lab(rt)
     idle = yield srv.raw()
@@ -771,22 +805,26 @@ def test_orderly_stop_answers_pending_commands_then_says_421(make_runtime):
     yield wait_for(lambda: srv.protocols[1]._current is not None, what="login pending")
     stopping = stop_runtime(rt, close_clients=False)
     assert (yield idle.reply()) == ["421 shutting down"]
-    assert (yield busy.reply()) == ["535 bad credentials"]   # answered first
+    assert (yield busy.reply()) == ["535 bad credentials"]  # answered first
     assert (yield busy.reply()) == ["421 shutting down"]
     yield idle.wait_closed()
     yield busy.wait_closed()
     yield stopping.addTimeout(10, reactor())
 
 
-
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab =#\t\r\n\xa0\u2028\u00e9\x0b\x0c\x1f-'\"\\")),
-               max_size=20))
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("ab =#\t\r\n\xa0\u2028\u00e9\x0b\x0c\x1f-'\"\\")),
+        max_size=20,
+    )
+)
 def test_tokenize_is_shlex_split(text):
     """The fast path must split exactly as shlex.split does (docs/protocol.md)."""
     import shlex
 
     from netshare.protocols.words import tokenize
+
     try:
         expected = shlex.split(text, posix=True)
     except ValueError:

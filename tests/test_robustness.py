@@ -67,12 +67,21 @@ pytestmark = pytest.mark.timeout(180)
 IDLE = 2.0
 MiB = 2**20
 PW = {"admin": "adminpw", "alice": "pw-alice", "syncer": "pw-syncer"}
-SERVER_ARGS = ["--idle-timeout", str(IDLE), "--login-failure-delay", "0.05", "--registration", "open",
-               "--max-file-size", "8MiB"]
+SERVER_ARGS = [
+    "--idle-timeout",
+    str(IDLE),
+    "--login-failure-delay",
+    "0.05",
+    "--registration",
+    "open",
+    "--max-file-size",
+    "8MiB",
+]
 C0 = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def status_kb(pid, field="VmRSS"):
     with open("/proc/%d/status" % pid) as f:
@@ -110,13 +119,14 @@ RECORD_START = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[", re.M)
 MANHOLE_NEGOTIATION = re.compile(
     rb"\S+ \[twisted\.conch\.telnet\.TelnetBootstrapProtocol#critical\] "
     rb"Error (do|setting will) b'[^\n]*'\n\tTraceback \(most recent call last\):\n"
-    rb"\tFailure: twisted\.conch\.telnet\.(OptionRefused|AlreadyEnabled): [^\n]*\n\t?\n?\Z")
+    rb"\tFailure: twisted\.conch\.telnet\.(OptionRefused|AlreadyEnabled): [^\n]*\n\t?\n?\Z"
+)
 
 
 def tracebacks(text: bytes, allow_manhole_negotiation=False):
     """Log records of the server's console output that hold a traceback."""
     starts = [m.start() for m in RECORD_START.finditer(text)] + [len(text)]
-    count = text[:starts[0]].count(b"Traceback")
+    count = text[: starts[0]].count(b"Traceback")
     for a, b in zip(starts, starts[1:], strict=False):
         record = text[a:b]
         if b"Traceback" in record or b"Unhandled Error" in record:
@@ -213,7 +223,7 @@ def json_log_lines(srv):
     assert raw.endswith(b"\n")
     lines = raw.split(b"\n")[:-1]
     for line in lines:
-        json.loads(line.decode("utf-8"))   # every line is one JSON object
+        json.loads(line.decode("utf-8"))  # every line is one JSON object
     return lines
 
 
@@ -241,15 +251,17 @@ class Shell:
         self.c.close()
 
 
-DB_STATE = ("(runtime.engine.pool.checkedout(), runtime.pool.active, runtime.pool.queued, "
-            "{n: f.stats.connections for n, f in runtime.factories.items()})")
+DB_STATE = (
+    "(runtime.engine.pool.checkedout(), runtime.pool.active, runtime.pool.queued, "
+    "{n: f.stats.connections for n, f in runtime.factories.items()})"
+)
 
 
 # --------------------------------------------------------------------------- servers
 
+
 def start_server(base, db=None, extra=()):
-    srv = ServerProcess(base / "data", db=db, extra_args=SERVER_ARGS + list(extra),
-                        manhole=True)
+    srv = ServerProcess(base / "data", db=db, extra_args=SERVER_ARGS + list(extra), manhole=True)
     srv.start()
     try:
         with sessions(session(srv, "personnel")) as (c,):
@@ -301,6 +313,7 @@ def kind_params():
 
 # --------------------------------------------------------------------------- A1
 
+
 @pytest.mark.parametrize("service", SERVICES + ("manhole",))
 def test_a1_10mb_without_newline_is_closed_at_the_cap(server, service):
     before = rss(server)
@@ -311,7 +324,7 @@ def test_a1_10mb_without_newline_is_closed_at_the_cap(server, service):
             s.sendall(block)
             sent += len(block)
     except (BrokenPipeError, ConnectionResetError):
-        pass   # closed before the 10 MB were all in the kernel's buffers
+        pass  # closed before the 10 MB were all in the kernel's buffers
     got, closed = read_until_closed(s)
     s.close()
     assert closed, "the connection was not closed"
@@ -329,6 +342,7 @@ def test_a1_10mb_without_newline_is_closed_at_the_cap(server, service):
 
 
 # --------------------------------------------------------------------------- A2
+
 
 def test_a2_a_line_dripped_slowly_is_closed_by_the_idle_timer(server):
     """One byte every 10 ms, never a newline, on every port at once: the
@@ -359,7 +373,7 @@ def test_a2_a_line_dripped_slowly_is_closed_by_the_idle_timer(server):
                 except ConnectionResetError:
                     closed_at[service] = time.monotonic() - t0
                 if not got[service] and service not in closed_at:
-                    sent[service] += s.send(b"x")   # stop once the server has spoken
+                    sent[service] += s.send(b"x")  # stop once the server has spoken
             time.sleep(0.01)
         cpu = cpu_seconds(server) - cpu0
     finally:
@@ -369,19 +383,29 @@ def test_a2_a_line_dripped_slowly_is_closed_by_the_idle_timer(server):
         assert service in closed_at, (service, got[service])
         assert got[service] == b"421 idle timeout\r\n", (service, got[service])
         assert IDLE - 0.3 <= closed_at[service] <= IDLE + 3, (service, closed_at[service])
-        assert sent[service] >= 50, sent      # it really was dripping all along
+        assert sent[service] >= 50, sent  # it really was dripping all along
     # Generous: a few hundred one-byte reads cost milliseconds, not seconds.
     assert cpu < 1.0, cpu
 
 
 # --------------------------------------------------------------------------- A3
 
-BAD_UTF8 = [b"\xff\xfe PING", b"PING \xc0\xaf", b"PING \xe0\x80\xaf", b"PING \xf0\x80\x80\xaf",
-            b"PING \xed\xa0\x80", b"PING \xed\xbf\xbf", b"PING caf\xe9", b"PING \xf4\x90\x80\x80",
-            b"\xfe\xff"]
-BAD_UTF8_FIELD = {"personnel": b"ADD ssn=u8 name=\xff surname=x",
-                  "files": b"UPLOAD \xc0\xaf.txt 1",
-                  "ttweet": b'TWEET "\xed\xa0\x80 surrogate"'}
+BAD_UTF8 = [
+    b"\xff\xfe PING",
+    b"PING \xc0\xaf",
+    b"PING \xe0\x80\xaf",
+    b"PING \xf0\x80\x80\xaf",
+    b"PING \xed\xa0\x80",
+    b"PING \xed\xbf\xbf",
+    b"PING caf\xe9",
+    b"PING \xf4\x90\x80\x80",
+    b"\xfe\xff",
+]
+BAD_UTF8_FIELD = {
+    "personnel": b"ADD ssn=u8 name=\xff surname=x",
+    "files": b"UPLOAD \xc0\xaf.txt 1",
+    "ttweet": b'TWEET "\xed\xa0\x80 surrogate"',
+}
 USER_OF = {"personnel": "admin", "files": "alice", "ttweet": "alice"}
 
 
@@ -403,8 +427,13 @@ def test_a3_invalid_utf8_is_a_clear_500_and_the_session_goes_on(server, service)
 
 # --------------------------------------------------------------------------- A4
 
-CONTROL = {"nul": "a\x00b", "cr": "a\rFORGED 200 ok", "esc": "\x1b[31mred\x1b[0m",
-           "line-separator": "a\u2028FORGED", "tab-esc": "\t\x1b]0;title\x07"}
+CONTROL = {
+    "nul": "a\x00b",
+    "cr": "a\rFORGED 200 ok",
+    "esc": "\x1b[31mred\x1b[0m",
+    "line-separator": "a\u2028FORGED",
+    "tab-esc": "\t\x1b]0;title\x07",
+}
 BIDI = "txt\u202eexe.doc"
 
 
@@ -440,6 +469,7 @@ def test_a4_control_characters_in_fields_are_refused_and_forge_nothing(server, s
     assert_listing(r)
     commands = [json.loads(line[4:])["command"] for line in r[:-1]]
     from netshare.text import escape_unsafe
+
     for value in values:
         # recorded with its unsafe characters escaped, never raw
         assert any(escape_unsafe(value) in cmd for cmd in commands), (value, commands)
@@ -469,12 +499,14 @@ def test_a4_login_names_with_control_characters_forge_no_console_line(own_server
             assert reply[0][:3] in ("535", "553"), reply
     manhole = TelnetClient(srv.ports["manhole"])
     try:
-        manhole.login(name.replace("\r", "\r\x00"), "pw")   # CR NUL: a bare CR in telnet
+        manhole.login(name.replace("\r", "\r\x00"), "pw")  # CR NUL: a bare CR in telnet
         manhole.expect(rb"Authentication failed")
     finally:
         manhole.close()
-    wait_until(lambda: output_bytes(srv)[start:].count(b"manhole login") >= 1,
-               what="the failed logins logged")
+    wait_until(
+        lambda: output_bytes(srv)[start:].count(b"manhole login") >= 1,
+        what="the failed logins logged",
+    )
     console = output_bytes(srv)[start:]
     assert b"\r" not in console and b"\x1b" not in console, console[-600:]
 
@@ -493,6 +525,7 @@ def test_a4_replies_never_carry_raw_control_characters(server):
 
 
 # --------------------------------------------------------------------------- A5
+
 
 def drive_random_binary(port, seed, seconds, stats):
     """Write seeded random bytes for C{seconds}, reading all the while;
@@ -528,8 +561,9 @@ def drive_random_binary(port, seed, seconds, stats):
                     dead = True
             *lines, buf = buf.split(b"\r\n")
             for line in lines:
-                stats["codes"][line[:3].decode("ascii", "replace")] = \
+                stats["codes"][line[:3].decode("ascii", "replace")] = (
                     stats["codes"].get(line[:3].decode("ascii", "replace"), 0) + 1
+                )
                 if not re.match(rb"[0-9]{3}[ -]", line):
                     stats["malformed"].append(line[:80])
             if dead:
@@ -556,22 +590,31 @@ def test_a5_random_binary_on_every_port_at_once(server):
     C{bench/fuzz.py}, not asserted here."""
     fds_at_rest = fd_count(server)
     warm = {svc: {"sent": 0, "closes": 0, "codes": {}, "malformed": []} for svc in SERVICES}
-    threads = [threading.Thread(target=drive_random_binary,
-                                args=(server.ports[svc], 2000 + i, 5.0, warm[svc]))
-               for i, svc in enumerate(SERVICES)]
+    threads = [
+        threading.Thread(
+            target=drive_random_binary, args=(server.ports[svc], 2000 + i, 5.0, warm[svc])
+        )
+        for i, svc in enumerate(SERVICES)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     with sessions(session(server, "personnel", "admin")) as (admin,):
-        assert admin.cmd("HISTORY limit=1")[-1].startswith("210 ")   # backlog written
-    wait_until(lambda: fd_count(server) <= fds_at_rest, timeout=30,
-               what="descriptors back to %d" % fds_at_rest)
+        assert admin.cmd("HISTORY limit=1")[-1].startswith("210 ")  # backlog written
+    wait_until(
+        lambda: fd_count(server) <= fds_at_rest,
+        timeout=30,
+        what="descriptors back to %d" % fds_at_rest,
+    )
     before = rss(server)
     stats = {svc: {"sent": 0, "closes": 0, "codes": {}, "malformed": []} for svc in SERVICES}
-    threads = [threading.Thread(target=drive_random_binary,
-                                args=(server.ports[svc], 1000 + i, 5.0, stats[svc]))
-               for i, svc in enumerate(SERVICES)]
+    threads = [
+        threading.Thread(
+            target=drive_random_binary, args=(server.ports[svc], 1000 + i, 5.0, stats[svc])
+        )
+        for i, svc in enumerate(SERVICES)
+    ]
     controls = [session(server, svc, USER_OF[svc]) for svc in SERVICES]
     worst = 0.0
     peak = before
@@ -592,7 +635,7 @@ def test_a5_random_binary_on_every_port_at_once(server):
         for c in controls:
             assert c.cmd("WHOAMI")[0].startswith("200 ")
     assert server.proc.poll() is None
-    assert worst < 2.0, worst     # generous: others were served throughout
+    assert worst < 2.0, worst  # generous: others were served throughout
     for svc in SERVICES:
         st = stats[svc]
         assert st["sent"] > 100_000, (svc, st["sent"])
@@ -602,16 +645,22 @@ def test_a5_random_binary_on_every_port_at_once(server):
     # HISTORY waits until everything recorded before it is written.
     with sessions(session(server, "personnel", "admin")) as (admin,):
         assert admin.cmd("HISTORY limit=1")[-1].startswith("210 ")
-    wait_until(lambda: fd_count(server) <= fds_at_rest, timeout=30,
-               what="descriptors back to %d" % fds_at_rest)
+    wait_until(
+        lambda: fd_count(server) <= fds_at_rest,
+        timeout=30,
+        what="descriptors back to %d" % fds_at_rest,
+    )
     peak = max(peak, rss(server))
     assert peak <= before + 64 * MiB, (before, peak)
 
 
 # --------------------------------------------------------------------------- A6
 
-WRONG_ORDER = {"personnel": ("SYNC", "ACK 1"), "files": ("UPLOAD a.txt 5", "LOGIN alice x"),
-               "ttweet": ('TWEET "hi"', "LOGIN alice x")}
+WRONG_ORDER = {
+    "personnel": ("SYNC", "ACK 1"),
+    "files": ("UPLOAD a.txt 5", "LOGIN alice x"),
+    "ttweet": ('TWEET "hi"', "LOGIN alice x"),
+}
 MISSING_ARGS = {"personnel": "GET", "files": "UPLOAD", "ttweet": "SUBSCRIBE"}
 
 
@@ -631,7 +680,9 @@ def test_a6_unknown_missing_and_out_of_order_commands_get_distinct_codes(server,
     assert unknown == ["500 unknown command FROBNICATE"]
     assert too_early[0].startswith("530 "), too_early
     assert missing[0].startswith("501 ") and missing_after[0].startswith("501 "), (
-        missing, missing_after)
+        missing,
+        missing_after,
+    )
     assert sequence[0].startswith("503 "), sequence
     assert len({r[0][:3] for r in (unknown, too_early, missing, sequence)}) == 4
 
@@ -639,8 +690,21 @@ def test_a6_unknown_missing_and_out_of_order_commands_get_distinct_codes(server,
 # --------------------------------------------------------------------------- A7
 
 #: Never a valid length or count.
-INVALID = [str(2**63), str(2**63 - 1), str(2**64), "9" * 19, "9" * 40, "-1", "-" + str(2**63),
-           "abc", "1e9", "0x10", "1.5", "", " "]
+INVALID = [
+    str(2**63),
+    str(2**63 - 1),
+    str(2**64),
+    "9" * 19,
+    "9" * 40,
+    "-1",
+    "-" + str(2**63),
+    "abc",
+    "1e9",
+    "0x10",
+    "1.5",
+    "",
+    " ",
+]
 #: Spellings Python's int() reads as a small number: a parser may refuse
 #: them or read them as that number (never anything else).
 LENIENT = ["+5", "\u0665", "1_000"]
@@ -655,7 +719,7 @@ def numeric_probes(service):
         out.append((quote("HISTORY", "limit=" + v), {"501", "210"}))
     out.append(("HISTORY limit=1001", {"501"}))
     for v in ("0", "-1", "-" + str(2**63), "abc", "1e9", "", str(2**63 - 1)):
-        out.append((quote("HISTORY", "DELETE", v), {"501", "550"}))   # 2**63 up: see below
+        out.append((quote("HISTORY", "DELETE", v), {"501", "550"}))  # 2**63 up: see below
     if service == "files":
         for v in INVALID + LENIENT:
             out.append((quote("UPLOAD", "a7.bin", v), {"501", "552"}))
@@ -664,7 +728,7 @@ def numeric_probes(service):
         out.append(("DOWNLOAD a7-present.bin offset=4", {"501"}))
     elif service == "personnel":
         for v in INVALID + LENIENT:
-            if v not in (str(2**63), "9" * 19):   # see the own-server test below
+            if v not in (str(2**63), "9" * 19):  # see the own-server test below
                 out.append((quote("LIST", "offset=" + v), {"501", "210"}))
             out.append((quote("LIST", "limit=" + v), {"501", "210"}))
             out.append((quote("MESSAGES", "limit=" + v), {"501", "210"}))
@@ -691,7 +755,7 @@ def test_a7_declared_lengths_out_of_range_are_refused_before_allocation(server, 
             reply = c.cmd(line)
             assert reply[-1][:3] in codes, (line, reply)
             if reply[-1].startswith("210"):
-                assert_listing(reply)        # a clamped listing, never an error
+                assert_listing(reply)  # a clamped listing, never an error
             if service == "files":
                 assert os.listdir(tmp_dir) == []
         assert rss(server) - before < 2 * MiB
@@ -715,14 +779,16 @@ def test_a7_offset_beyond_64_bits_is_refused_on_every_database(own_servers, kind
 
 # --------------------------------------------------------------------------- A9
 
+
 def test_a9_silent_connections_are_dropped_at_the_idle_timeout(server):
     """Connect, read the greeting, say nothing: every port closes the
     connection with C{421 idle timeout} (the manhole with its login
     timeout) about IDLE seconds later."""
     socks = {}
     for service in SERVICES + ("manhole",):
-        socks[service] = socket.create_connection(("127.0.0.1", server.ports[service]),
-                                                  timeout=IDLE + 5)
+        socks[service] = socket.create_connection(
+            ("127.0.0.1", server.ports[service]), timeout=IDLE + 5
+        )
     t0 = time.monotonic()
     results = {}
 
@@ -742,7 +808,9 @@ def test_a9_silent_connections_are_dropped_at_the_idle_timeout(server):
         assert IDLE - 0.3 <= elapsed <= IDLE + 3, (service, elapsed)
         last = got.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].strip()
         assert last == (b"421 login timeout" if service == "manhole" else b"421 idle timeout"), (
-            service, got)
+            service,
+            got,
+        )
 
 
 def test_a9_rst_mid_command_login_and_upload_leaks_nothing(server):
@@ -754,6 +822,7 @@ def test_a9_rst_mid_command_login_and_upload_leaks_nothing(server):
     tmp_dir = os.path.join(server.data, "files", "tmp")
     shell = Shell(server)
     try:
+
         def quiet_state():
             return shell.eval(DB_STATE)
 
@@ -772,28 +841,32 @@ def test_a9_rst_mid_command_login_and_upload_leaks_nothing(server):
         def scenarios(cut):
             """Every scenario once; C{cut(sock)} ends each connection."""
             for service in SERVICES:
-                c = session(server, service, USER_OF[service])     # mid-command (database)
+                c = session(server, service, USER_OF[service])  # mid-command (database)
                 c.send(b"HISTORY limit=1000\r\n")
                 cut(c.sock)
-                c = session(server, service)                        # mid-login (KDF)
+                c = session(server, service)  # mid-login (KDF)
                 c.send(quote("LOGIN", USER_OF[service], PW[USER_OF[service]]).encode() + b"\r\n")
                 cut(c.sock)
-                c = session(server, service)                        # mid-line
+                c = session(server, service)  # mid-line
                 c.send(b"HISTORY lim")
                 cut(c.sock)
-            c = session(server, "files", "alice")                   # mid-upload
+            c = session(server, "files", "alice")  # mid-upload
             assert c.cmd("UPLOAD rst.bin %d" % (4 * MiB)) == ["350 send %d bytes" % (4 * MiB)]
             c.send(os.urandom(MiB))
-            wait_until(lambda: any(os.path.getsize(os.path.join(tmp_dir, n)) > 0
-                                   for n in os.listdir(tmp_dir)), what="upload on disk")
+            wait_until(
+                lambda: any(
+                    os.path.getsize(os.path.join(tmp_dir, n)) > 0 for n in os.listdir(tmp_dir)
+                ),
+                what="upload on disk",
+            )
             cut(c.sock)
-            c = session(server, "ttweet")                           # subscribed guest
+            c = session(server, "ttweet")  # subscribed guest
             assert c.cmd("LOGIN rstguest")[0].startswith("230 ")
             assert c.cmd("SUBSCRIBE #rst") == ["200 operation success"]
             assert "rstguest" in ttweet_users()
             assert shell.eval("services['ttweet'].stats()['subscriptions']").get("#rst") == 1
             cut(c.sock)
-            c = session(server, "personnel", "syncer")              # sync stream
+            c = session(server, "personnel", "syncer")  # sync stream
             assert c.cmd("SYNC") == ["200 syncing"]
             wait_until(lambda: sync_online().get("syncer") is True, what="syncer online")
             cut(c.sock)
@@ -802,18 +875,27 @@ def test_a9_rst_mid_command_login_and_upload_leaks_nothing(server):
             # The checks open sessions of their own: the connection count
             # (only the shell's left) comes last.
             idle = {"personnel": 0, "files": 0, "ttweet": 0, "manhole": 1}
-            return (os.listdir(tmp_dir) == [] and "rstguest" not in ttweet_users()
-                    and sync_online().get("syncer") is False
-                    and wait_until(lambda: quiet_state() == (0, 0, 0, idle), timeout=5,
-                                   what="no connection, no database call"))
+            return (
+                os.listdir(tmp_dir) == []
+                and "rstguest" not in ttweet_users()
+                and sync_online().get("syncer") is False
+                and wait_until(
+                    lambda: quiet_state() == (0, 0, 0, idle),
+                    timeout=5,
+                    what="no connection, no database call",
+                )
+            )
 
-        scenarios(lambda sock: sock.close())              # warm-up: lazily opened files
+        scenarios(lambda sock: sock.close())  # warm-up: lazily opened files
         wait_until(settled, what="the warm-up round settled")
         baseline = fd_count(server)
         scenarios(rst)
         wait_until(settled, what="everything released after the resets")
-        wait_until(lambda: fd_count(server) <= baseline, timeout=5,
-                   what="file descriptors back to %d" % baseline)
+        wait_until(
+            lambda: fd_count(server) <= baseline,
+            timeout=5,
+            what="file descriptors back to %d" % baseline,
+        )
         assert shell.eval("services['ttweet'].stats()['subscriptions']").get("#rst", 0) == 0
         # The upload left nothing behind, and its name is free.
         with sessions(session(server, "files", "alice")) as (c,):
@@ -842,13 +924,13 @@ def test_a7_history_id_beyond_64_bits_is_refused_on_every_database(own_servers, 
 def db_sessions(srv):
     """Connections the database server holds for this netshare's database."""
     import sqlalchemy as sa
+
     db = srv.private_db
     with db._admin.connect() as conn:
         if db.kind == "postgres":
             q = "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s'" % db.name
         else:
-            q = ("SELECT count(*) FROM information_schema.processlist WHERE db = '%s'"
-                 % db.name)
+            q = "SELECT count(*) FROM information_schema.processlist WHERE db = '%s'" % db.name
         return conn.execute(sa.text(q)).scalar()
 
 
@@ -867,8 +949,10 @@ def test_a9_rst_mid_command_leaves_no_database_session(own_servers, kind):
                     c.send(line)
                     rst(c.sock)
         idle = {"personnel": 0, "files": 0, "ttweet": 0, "manhole": 1}
-        wait_until(lambda: shell.eval(DB_STATE) == (0, 0, 0, idle),
-                   what="no checked-out connection, no database call, no connection")
+        wait_until(
+            lambda: shell.eval(DB_STATE) == (0, 0, 0, idle),
+            what="no checked-out connection, no database call, no connection",
+        )
         assert db_sessions(srv) <= 5
         with sessions(session(srv, "personnel", "admin")) as (c,):
             assert_listing(c.cmd("HISTORY limit=5"))
@@ -877,8 +961,7 @@ def test_a9_rst_mid_command_leaves_no_database_session(own_servers, kind):
 
 
 @pytest.mark.parametrize("kind", db_kinds())
-def test_a4_nul_reaching_the_database_is_refused_or_stored_on_every_database(own_servers,
-                                                                             kind):
+def test_a4_nul_reaching_the_database_is_refused_or_stored_on_every_database(own_servers, kind):
     srv = own_servers(kind)
     start = len(output_bytes(srv))
     with sessions(session(srv, "personnel", "admin")) as (c,):
@@ -892,11 +975,14 @@ def test_a4_nul_reaching_the_database_is_refused_or_stored_on_every_database(own
         r = c.cmd("HISTORY limit=3")
     assert_listing(r)
     commands = [json.loads(line[4:])["command"] for line in r[:-1]]
-    assert commands[:2] == ["PING", "HELP 'a\\x00b'"], commands  # escaped (netshare.text.escape_unsafe)
+    assert commands[:2] == ["PING", "HELP 'a\\x00b'"], (
+        commands
+    )  # escaped (netshare.text.escape_unsafe)
     assert tracebacks(output_bytes(srv)[start:]) == 0
 
 
 # --------------------------------------------------------------------------- manhole
+
 
 def test_manhole_random_binary_leaves_no_traceback(own_servers):
     srv = own_servers("sqlite")
@@ -904,7 +990,7 @@ def test_manhole_random_binary_leaves_no_traceback(own_servers):
     stats = {"sent": 0, "closes": 0, "codes": {}, "malformed": []}
     drive_random_binary(srv.ports["manhole"], 7, 2.0, stats)
     assert srv.proc.poll() is None
-    shell = Shell(srv)                     # the manhole still works
+    shell = Shell(srv)  # the manhole still works
     shell.close()
     assert tracebacks(output_bytes(srv)[start:]) == 0
 
@@ -917,13 +1003,15 @@ def test_manhole_login_logs_no_traceback(own_servers):
         assert shell.eval("6 * 7") == 42
     finally:
         shell.close()
-    wait_until(lambda: b"manhole login admin -> 230" in output_bytes(srv)[start:],
-               what="the login logged")
-    time.sleep(0.2)   # the negotiation answers come right after the login
+    wait_until(
+        lambda: b"manhole login admin -> 230" in output_bytes(srv)[start:], what="the login logged"
+    )
+    time.sleep(0.2)  # the negotiation answers come right after the login
     assert tracebacks(output_bytes(srv)[start:]) == 0
 
 
 # --------------------------------------------------------------------------- after all
+
 
 def test_zz_after_all_every_port_serves_a_normal_session_and_no_traceback(server):
     """Last in the module: the server that went through everything above
@@ -947,7 +1035,7 @@ def test_zz_after_all_every_port_serves_a_normal_session_and_no_traceback(server
             chunk = c.sock.recv(65536)
             assert chunk
             c.buf += chunk
-        data, c.buf = c.buf[:len(body)], c.buf[len(body):]
+        data, c.buf = c.buf[: len(body)], c.buf[len(body) :]
         assert data == body
         assert c.readline() == "226 transfer complete"
         assert c.cmd("DELETE zz.bin") == ["200 deleted"]
@@ -965,5 +1053,6 @@ def test_zz_after_all_every_port_serves_a_normal_session_and_no_traceback(server
     finally:
         shell.close()
     out = output_bytes(server)
-    assert tracebacks(out, allow_manhole_negotiation=False) == 0, \
-        out.decode("utf-8", "replace")[-3000:]
+    assert tracebacks(out, allow_manhole_negotiation=False) == 0, out.decode("utf-8", "replace")[
+        -3000:
+    ]

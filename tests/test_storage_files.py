@@ -15,8 +15,18 @@ from netshare.errors import Conflict, LimitExceeded, NotFound, PermissionDenied
 from netshare.services.files.names import name_key, normalize_name
 from netshare.storage import files as S
 
-META = {"v": 1, "alg": "AES-256-GCM", "kdf": "scrypt", "n": 32768, "r": 8, "p": 1,
-        "salt": "00" * 16, "verifier": "ab" * 32, "nonce_prefix": "11" * 8, "chunk_size": 65536}
+META = {
+    "v": 1,
+    "alg": "AES-256-GCM",
+    "kdf": "scrypt",
+    "n": 32768,
+    "r": 8,
+    "p": 1,
+    "salt": "00" * 16,
+    "verifier": "ab" * 32,
+    "nonce_prefix": "11" * 8,
+    "chunk_size": 65536,
+}
 
 
 def run(engine, fn, *args, **kw):
@@ -28,13 +38,30 @@ def run(engine, fn, *args, **kw):
 IDS = {"alice": 1, "bob": 2, "nobody": 99, **{"user%d" % i: 10 + i for i in range(4)}}
 
 
-def row(name, owner="alice", size=10, blob=None, visibility="public", enc_meta=None, quota=None,
-        created_ms=1_700_000_000_123):
+def row(
+    name,
+    owner="alice",
+    size=10,
+    blob=None,
+    visibility="public",
+    enc_meta=None,
+    quota=None,
+    created_ms=1_700_000_000_123,
+):
     name = normalize_name(name)
-    return dict(name=name, name_key=name_key(name), owner=owner, owner_id=IDS[owner], size=size,
-                sha256="%064x" % size, visibility=visibility,
-                blob_id=blob or ("%032x" % abs(hash((name, owner, size))))[:32],
-                enc_meta=enc_meta, created_ms=created_ms, quota=quota)
+    return dict(
+        name=name,
+        name_key=name_key(name),
+        owner=owner,
+        owner_id=IDS[owner],
+        size=size,
+        sha256="%064x" % size,
+        visibility=visibility,
+        blob_id=blob or ("%032x" % abs(hash((name, owner, size))))[:32],
+        enc_meta=enc_meta,
+        created_ms=created_ms,
+        quota=quota,
+    )
 
 
 def test_insert_and_get(db_engine):
@@ -42,9 +69,15 @@ def test_insert_and_get(db_engine):
     assert rec.id > 0
     got = run(db_engine, S.thd_get, name_key("REPORT.TXT"))
     assert got == rec
-    assert got.to_wire() == {"name": "Report.txt", "size": 10, "sha256": "%064x" % 10,
-                             "owner": "alice", "visibility": "public", "protected": False,
-                             "created": "2023-11-14T22:13:20.123Z"}
+    assert got.to_wire() == {
+        "name": "Report.txt",
+        "size": 10,
+        "sha256": "%064x" % 10,
+        "owner": "alice",
+        "visibility": "public",
+        "protected": False,
+        "created": "2023-11-14T22:13:20.123Z",
+    }
     assert run(db_engine, S.thd_get, name_key("other")) is None
 
 
@@ -57,8 +90,14 @@ def test_enc_meta_round_trip(db_engine):
 
 
 def test_unicode_names_stored_exactly(db_engine):
-    names = ["\U0001F600" * 63, "\u00e9" * 127 + "a", "'; DROP TABLE files;--", "100%_x",
-             "caf\u00e9", "\u65e5\u672c\u8a9e.txt"]
+    names = [
+        "\U0001f600" * 63,
+        "\u00e9" * 127 + "a",
+        "'; DROP TABLE files;--",
+        "100%_x",
+        "caf\u00e9",
+        "\u65e5\u672c\u8a9e.txt",
+    ]
     for n in names:
         run(db_engine, S.thd_insert, **row(n))
     for n in names:
@@ -116,12 +155,22 @@ def test_parallel_inserts_of_one_name_exactly_one_wins(db_engine):
 
 def test_replace_by_owner_swaps_content(db_engine):
     old = run(db_engine, S.thd_insert, **row("doc", size=5, blob="1" * 32, visibility="hidden"))
-    new, old_blob = run(db_engine, S.thd_replace, **dict(
-        row("DOC", size=7, blob="2" * 32, enc_meta=META, created_ms=1_800_000_000_000),
-        visibility=None))
+    new, old_blob = run(
+        db_engine,
+        S.thd_replace,
+        **dict(
+            row("DOC", size=7, blob="2" * 32, enc_meta=META, created_ms=1_800_000_000_000),
+            visibility=None,
+        ),
+    )
     assert old_blob == "1" * 32
-    assert (new.id, new.name, new.size, new.blob_id, new.visibility) == \
-        (old.id, "DOC", 7, "2" * 32, "hidden")
+    assert (new.id, new.name, new.size, new.blob_id, new.visibility) == (
+        old.id,
+        "DOC",
+        7,
+        "2" * 32,
+        "hidden",
+    )
     assert run(db_engine, S.thd_get, "doc") == new
     assert new.enc_meta == META and new.created_ms == 1_800_000_000_000
 
@@ -187,7 +236,7 @@ def test_delete(db_engine):
     rec = run(db_engine, S.thd_delete, "d", IDS["alice"])
     assert rec.blob_id == "d" * 32 and run(db_engine, S.thd_get, "d") is None
     run(db_engine, S.thd_insert, **row("e", owner="alice"))
-    assert run(db_engine, S.thd_delete, "e", None).name == "e"       # admin
+    assert run(db_engine, S.thd_delete, "e", None).name == "e"  # admin
 
 
 def test_all_blob_ids(db_engine):
@@ -207,8 +256,9 @@ def test_migration_matches_the_table(db_engine):
         return table is not None and table.name == "files"
 
     with db_engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"include_object": only_files,
-                                                     "compare_type": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"include_object": only_files, "compare_type": True}
+        )
         diff = compare_metadata(ctx, S.files.metadata)
         columns = {c["name"]: c for c in sa.inspect(conn).get_columns("files")}
         uniques = sa.inspect(conn).get_unique_constraints("files")
@@ -216,14 +266,16 @@ def test_migration_matches_the_table(db_engine):
     assert diff == []
     assert set(columns) == {c.name for c in S.files.columns}
     assert columns["enc_meta"]["nullable"] and not columns["name_key"]["nullable"]
-    assert any(u["column_names"] == ["name_key"] for u in uniques) or \
-        any(i["column_names"] == ["name_key"] and i["unique"] for i in indexes)
+    assert any(u["column_names"] == ["name_key"] for u in uniques) or any(
+        i["column_names"] == ["name_key"] and i["unique"] for i in indexes
+    )
     assert any(i["column_names"] == ["owner_id"] for i in indexes)
 
 
 @pytest_twisted.inlineCallbacks
 def test_facade_through_the_pool(db_pool):
     from twisted.internet import reactor
+
     store = S.FileStore(db_pool)
     rec = yield store.insert(**row("f", size=4)).addTimeout(10, reactor)
     got = yield store.get("f").addTimeout(10, reactor)

@@ -28,20 +28,29 @@ def run(engine, fn, *args, **kwargs):
 
 
 def add(engine, ssn, name="Ann", surname="Lee", job="", salary="", now=NOW):
-    return run(engine, R.thd_add_person, ssn,
-               {"name": name, "surname": surname, "job": job, "salary": salary}, now)
+    return run(
+        engine,
+        R.thd_add_person,
+        ssn,
+        {"name": name, "surname": surname, "job": job, "salary": salary},
+        now,
+    )
 
 
 def make_account(engine, name, role="user"):
     with engine.begin() as conn:
-        conn.execute(sa.insert(accounts).values(name=name, name_key=name.lower(), role=role,
-                                                password_hash="x", created_ms=NOW))
+        conn.execute(
+            sa.insert(accounts).values(
+                name=name, name_key=name.lower(), role=role, password_hash="x", created_ms=NOW
+            )
+        )
 
 
 def outbox_rows(engine, client):
     with engine.connect() as conn:
-        return conn.execute(sa.select(O.outbox).where(O.outbox.c.client == client)
-                            .order_by(O.outbox.c.seq)).all()
+        return conn.execute(
+            sa.select(O.outbox).where(O.outbox.c.client == client).order_by(O.outbox.c.seq)
+        ).all()
 
 
 @pytest.fixture
@@ -51,8 +60,16 @@ def engine(db_engine):
 
 # -- the roster ---------------------------------------------------------------
 
-NASTY = ["'; DROP TABLE personnel;--", "%", "_", "100%_sure", "back\\slash", "sl/ash",
-         'quote"d', "Ünïcödé ✓"]
+NASTY = [
+    "'; DROP TABLE personnel;--",
+    "%",
+    "_",
+    "100%_sure",
+    "back\\slash",
+    "sl/ash",
+    'quote"d',
+    "Ünïcödé ✓",
+]
 
 
 def test_nasty_text_is_stored_and_found_literally(engine):
@@ -74,11 +91,11 @@ def test_nasty_text_is_stored_and_found_literally(engine):
     assert found("\\") == ["n4"]
     assert found("/") == ["n5"]
     assert found('"') == ["n6"]
-    assert found("'; drop table") == ["n0"]          # case-insensitive
+    assert found("'; drop table") == ["n0"]  # case-insensitive
     assert found("✓") == ["n7"]
     assert found("PLAIN") == ["plain"]
-    assert found("CLERK") == ["plain"]               # job matches too
-    assert found("PLA") == ["plain"]                 # ssn matches too (lowered)
+    assert found("CLERK") == ["plain"]  # job matches too
+    assert found("PLA") == ["plain"]  # ssn matches too (lowered)
     assert found("zzz") == []
 
 
@@ -88,8 +105,8 @@ def test_list_order_limit_offset_clamped(engine):
     ssns = [p.ssn for p in run(engine, R.thd_list_persons)]
     assert ssns == ["s%02d" % i for i in range(12)]
     assert [p.ssn for p in run(engine, R.thd_list_persons, None, 3, 4)] == ["s04", "s05", "s06"]
-    assert len(run(engine, R.thd_list_persons, None, 0)) == 1           # clamped up to 1
-    assert len(run(engine, R.thd_list_persons, None, 10**9)) == 12      # clamped to the max
+    assert len(run(engine, R.thd_list_persons, None, 0)) == 1  # clamped up to 1
+    assert len(run(engine, R.thd_list_persons, None, 10**9)) == 12  # clamped to the max
     assert [p.ssn for p in run(engine, R.thd_list_persons, None, 2, -5)] == ["s00", "s01"]
     assert R.clamp_limit(None) == 50 and R.clamp_limit(5000) == 1000
     assert run(engine, R.thd_count_persons) == 12
@@ -98,14 +115,24 @@ def test_list_order_limit_offset_clamped(engine):
 def test_add_conflict_update_delete(engine):
     person = add(engine, "A-1", name="Ann", salary="52000.00")
     assert person.salary == "52000.00" and person.job == "" and person.updated_ms == NOW
-    assert person.to_wire() == {"ssn": "A-1", "name": "Ann", "surname": "Lee", "job": "",
-                                "salary": "52000.00", "updated": "2023-11-14T22:13:20.000Z"}
+    assert person.to_wire() == {
+        "ssn": "A-1",
+        "name": "Ann",
+        "surname": "Lee",
+        "job": "",
+        "salary": "52000.00",
+        "updated": "2023-11-14T22:13:20.000Z",
+    }
     with pytest.raises(Conflict) as e:
         add(engine, "A-1")
     assert e.value.code == 555
     updated = run(engine, R.thd_update_person, "A-1", {"job": "boss", "salary": "1e6"}, NOW + 5)
-    assert (updated.name, updated.job, updated.salary, updated.updated_ms) == \
-        ("Ann", "boss", "1e6", NOW + 5)
+    assert (updated.name, updated.job, updated.salary, updated.updated_ms) == (
+        "Ann",
+        "boss",
+        "1e6",
+        NOW + 5,
+    )
     with pytest.raises(NotFound) as e:
         run(engine, R.thd_update_person, "nobody", {"job": "x"}, NOW)
     assert e.value.code == 550
@@ -124,7 +151,11 @@ def test_add_conflict_update_delete(engine):
 def test_register_client_keeps_first_seen(engine):
     info = run(engine, O.thd_register_client, "alice", NOW)
     assert (info.first_seen_ms, info.last_seen_ms, info.acked_seq, info.pending) == (
-        NOW, NOW, 0, 0)
+        NOW,
+        NOW,
+        0,
+        0,
+    )
     info = run(engine, O.thd_register_client, "alice", NOW + 1000)
     assert (info.first_seen_ms, info.last_seen_ms) == (NOW, NOW + 1000)
     assert [c.name for c in run(engine, O.thd_list_clients)] == ["alice"]
@@ -132,9 +163,20 @@ def test_register_client_keeps_first_seen(engine):
 
 def test_enqueue_10000_persons_to_10_clients_is_batched(engine):
     with engine.begin() as conn:
-        conn.execute(sa.insert(R.personnel),
-                     [{"ssn": "p%05d" % i, "name": "N%d" % i, "surname": "S", "job": "",
-                       "salary": str(i), "updated_ms": NOW} for i in range(10000)])
+        conn.execute(
+            sa.insert(R.personnel),
+            [
+                {
+                    "ssn": "p%05d" % i,
+                    "name": "N%d" % i,
+                    "surname": "S",
+                    "job": "",
+                    "salary": str(i),
+                    "updated_ms": NOW,
+                }
+                for i in range(10000)
+            ],
+        )
     clients = ["c%d" % i for i in range(10)]
     for c in clients:
         run(engine, O.thd_register_client, c, NOW)
@@ -186,7 +228,11 @@ def test_enqueue_actions_and_payloads(engine):
     run(engine, R.thd_update_person, "a1", {"name": "Changed"}, NOW + 1)
     rows = outbox_rows(engine, "alice")
     assert [(r.seq, r.action, r.ssn) for r in rows] == [
-        (1, "SAVE", "a1"), (2, "DELETE", "b2"), (3, "DELETE", "gone"), (4, "DELETE_ALL", None)]
+        (1, "SAVE", "a1"),
+        (2, "DELETE", "b2"),
+        (3, "DELETE", "gone"),
+        (4, "DELETE_ALL", None),
+    ]
     assert '"name":"Ann"' in rows[0].payload
     assert rows[1].payload == '{"ssn":"b2"}' and rows[3].payload == "{}"
 
@@ -194,10 +240,20 @@ def test_enqueue_actions_and_payloads(engine):
 def test_save_payloads_are_exactly_the_wire_json():
     """The fast payload builder gives the very text of wire.dumps(to_wire())
     (same keys, order, escapes): clients may compare payloads as text."""
-    tricky = NASTY + ["", "tab\there", "nl\nand\rcr", "ctl\x00\x1f\x7f", "line\u2028sep\u2029",
-                      "emoji \U0001F600", "\\\"", "\ud7ff\ue000"]
-    persons = [R.Person("s%d" % i, t, t[::-1], t + "job", t[:8], NOW + i * 7)
-               for i, t in enumerate(tricky)]
+    tricky = NASTY + [
+        "",
+        "tab\there",
+        "nl\nand\rcr",
+        "ctl\x00\x1f\x7f",
+        "line\u2028sep\u2029",
+        "emoji \U0001f600",
+        '\\"',
+        "\ud7ff\ue000",
+    ]
+    persons = [
+        R.Person("s%d" % i, t, t[::-1], t + "job", t[:8], NOW + i * 7)
+        for i, t in enumerate(tricky)
+    ]
     rows = [(p.ssn, p.name, p.surname, p.job, p.salary, p.updated_ms) for p in persons]
     assert R.save_payloads(rows) == [R.person_payload(p) for p in persons]
     assert all("\u2028" not in t and "\n" not in t for t in R.save_payloads(rows))
@@ -208,7 +264,7 @@ def test_enqueue_reads_the_roster_in_pages_and_writes_in_chunks(engine):
         add(engine, "p%02d" % i, name="N%d" % i, surname=NASTY[i % len(NASTY)], now=NOW + i)
     for c in ("alice", "bob", "carol"):
         run(engine, O.thd_register_client, c, NOW)
-    run(engine, O.thd_enqueue, "p03", "bob", O.SAVE, NOW)          # bob is one ahead
+    run(engine, O.thd_enqueue, "p03", "bob", O.SAVE, NOW)  # bob is one ahead
     statements = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
@@ -227,8 +283,8 @@ def test_enqueue_reads_the_roster_in_pages_and_writes_in_chunks(engine):
     expected = [R.person_payload(run(engine, R.thd_get_person, "p%02d" % i)) for i in range(23)]
     for c, first in (("alice", 1), ("bob", 2), ("carol", 1)):
         rows = [r for r in outbox_rows(engine, c) if r.seq >= first]
-        assert [r.seq for r in rows] == list(range(first, first + 23))      # no gap
-        assert [r.ssn for r in rows] == ["p%02d" % i for i in range(23)]     # ssn order
+        assert [r.seq for r in rows] == list(range(first, first + 23))  # no gap
+        assert [r.ssn for r in rows] == ["p%02d" % i for i in range(23)]  # ssn order
         assert [r.payload for r in rows] == expected
         assert {r.created_ms for r in rows} == {NOW + 100}
     infos = {c.name: c for c in run(engine, O.thd_list_clients)}
@@ -238,7 +294,8 @@ def test_enqueue_reads_the_roster_in_pages_and_writes_in_chunks(engine):
     run(engine, R.thd_delete_person, "p21")
     run(engine, R.thd_delete_person, "p20")
     assert run(engine, O.thd_enqueue, "*", "alice", O.SAVE, NOW, page=5).ranges == {
-        "alice": (24, 43)}
+        "alice": (24, 43)
+    }
 
 
 def test_enqueue_with_no_clients_or_no_persons(engine):
@@ -255,10 +312,10 @@ def test_named_target_that_never_connected(engine):
     with pytest.raises(NotFound) as e:
         run(engine, O.thd_enqueue, "a1", "bob", O.SAVE, NOW)
     assert e.value.text == "no such client bob"
-    assert run(engine, O.thd_list_clients) == []          # rolled back, nothing created
+    assert run(engine, O.thd_list_clients) == []  # rolled back, nothing created
     make_account(engine, "Bob")
     result = run(engine, O.thd_enqueue, "a1", "bob", O.SAVE, NOW)
-    assert result.ranges == {"Bob": (1, 1)}               # the account's own spelling
+    assert result.ranges == {"Bob": (1, 1)}  # the account's own spelling
     info = run(engine, O.thd_get_client, "Bob")
     assert info.last_seen_ms is None and info.pending == 1
     # Now a known client: included in "*" and found by its name.
@@ -283,12 +340,12 @@ def test_pending_page_and_cumulative_ack(engine):
     assert (msg.client, msg.action, msg.ssn) == ("alice", "SAVE", "p0")
 
     assert run(engine, O.thd_ack, "alice", 5) == 5
-    assert page(0) == [6, 7, 8]            # acknowledged ones are not sent again
-    assert page(7) == [8]                  # "after" above the ack wins
-    assert run(engine, O.thd_ack, "alice", 2) == 5     # a late, lower ack changes nothing
+    assert page(0) == [6, 7, 8]  # acknowledged ones are not sent again
+    assert page(7) == [8]  # "after" above the ack wins
+    assert run(engine, O.thd_ack, "alice", 2) == 5  # a late, lower ack changes nothing
     assert run(engine, O.thd_get_client, "alice").pending == 3
     with pytest.raises(BadArguments):
-        run(engine, O.thd_ack, "alice", 9)             # never queued
+        run(engine, O.thd_ack, "alice", 9)  # never queued
     with pytest.raises(NotFound):
         run(engine, O.thd_ack, "nobody", 1)
     assert run(engine, O.thd_ack, "alice", 8) == 8
@@ -307,19 +364,31 @@ def test_messages_listing_and_prune(engine):
 
     rows = run(engine, O.thd_list_messages)
     assert [(m.client, m.seq, m.action, m.acked) for m in rows] == [
-        ("alice", 2, "DELETE", False), ("bob", 2, "DELETE", False),
-        ("alice", 1, "SAVE", True), ("bob", 1, "SAVE", False)]
-    assert rows[1].to_wire() == {"seq": 2, "client": "bob", "action": "DELETE", "ssn": "a1",
-                                 "created": "2023-11-14T22:13:20.010Z", "acked": False}
+        ("alice", 2, "DELETE", False),
+        ("bob", 2, "DELETE", False),
+        ("alice", 1, "SAVE", True),
+        ("bob", 1, "SAVE", False),
+    ]
+    assert rows[1].to_wire() == {
+        "seq": 2,
+        "client": "bob",
+        "action": "DELETE",
+        "ssn": "a1",
+        "created": "2023-11-14T22:13:20.010Z",
+        "acked": False,
+    }
     assert [m.seq for m in run(engine, O.thd_list_messages, "alice")] == [2, 1]
     assert len(run(engine, O.thd_list_messages, None, 1)) == 1
 
     # Only acknowledged rows older than the cutoff go.
     assert run(engine, O.thd_prune_acked, NOW + 5) == 1
     assert [(m.client, m.seq) for m in run(engine, O.thd_list_messages)] == [
-        ("alice", 2), ("bob", 2), ("bob", 1)]
+        ("alice", 2),
+        ("bob", 2),
+        ("bob", 1),
+    ]
     run(engine, O.thd_ack, "alice", 2)
-    assert run(engine, O.thd_prune_acked, NOW + 5) == 0       # too new
+    assert run(engine, O.thd_prune_acked, NOW + 5) == 0  # too new
     assert run(engine, O.thd_prune_acked, NOW + 11) == 1
     assert run(engine, O.thd_get_client, "alice").pending == 0
 
@@ -368,8 +437,12 @@ def test_store_facade_through_the_pool(db_pool):
     assert (yield store.ack("alice", 1)) == 1
     clients = yield store.clients()
     assert clients[0].to_wire(online=False) == {
-        "client": "alice", "online": False, "pending": 0, "acked": 1,
-        "last_seen": "2023-11-14T22:13:20.000Z"}
+        "client": "alice",
+        "online": False,
+        "pending": 0,
+        "acked": 1,
+        "last_seen": "2023-11-14T22:13:20.000Z",
+    }
     try:
         yield store.add("x1", {"name": "Xi", "surname": "Yu"}, NOW)
     except Conflict:

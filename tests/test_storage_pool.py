@@ -43,11 +43,15 @@ def count_accounts(conn):
 
 # -- DBPool.run -------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_run_returns_plain_data(db_pool):
     def fn(conn, a, b=0):
-        return {"sum": conn.execute(sa.select(sa.literal(a) + sa.literal(b))).scalar_one(),
-                "thread": threading.current_thread().name}
+        return {
+            "sum": conn.execute(sa.select(sa.literal(a) + sa.literal(b))).scalar_one(),
+            "thread": threading.current_thread().name,
+        }
+
     result = yield timed(db_pool.run(fn, 2, b=3))
     assert result["sum"] == 5
     assert result["thread"] != threading.current_thread().name  # not the reactor thread
@@ -58,11 +62,13 @@ def test_run_returns_plain_data(db_pool):
 def test_returning_a_result_is_refused(db_pool):
     def leaky(conn):
         return conn.execute(sa.select(sa.literal(1)))
+
     with pytest.raises(AssertionError, match="plain data"):
         yield timed(db_pool.run(leaky))
 
     def leaky_row(conn):
         return conn.execute(sa.select(sa.literal(1).label("x"))).first()
+
     with pytest.raises(AssertionError, match="plain data"):
         yield timed(db_pool.run(leaky_row))
     # the pool goes on working
@@ -75,6 +81,7 @@ def test_netshare_error_propagates_and_rolls_back(db_pool):
         A.thd_create(conn, "carol", "user", "h")
         assert count_accounts(conn) == 1
         raise NotFound("no such thing")
+
     with pytest.raises(NotFound, match="no such thing"):
         yield timed(db_pool.run(create_then_refuse))
     assert (yield timed(db_pool.run(count_accounts))) == 0
@@ -89,6 +96,7 @@ def test_other_error_propagates_and_rolls_back(db_pool):
         calls.append(1)
         A.thd_create(conn, "dave", "user", "h")
         raise ValueError("a bug")
+
     with pytest.raises(ValueError, match="a bug"):
         yield timed(db_pool.run(buggy))
     assert calls == [1]  # a bug is not retried
@@ -109,6 +117,7 @@ def test_transient_error_is_retried(db_pool):
         if len(attempts) == 1:
             raise _operational_error()
         return count_accounts(conn)
+
     assert is_transient(_operational_error())
     assert (yield timed(db_pool.run(flaky, "erin"))) == 1
     assert attempts == ["erin", "erin"]
@@ -122,6 +131,7 @@ def test_persistent_transient_error_becomes_database_unavailable(db_pool):
     def down(conn):
         attempts.append(1)
         raise _operational_error()
+
     with pytest.raises(DatabaseUnavailable) as e:
         yield timed(db_pool.run(down))
     assert e.value.code == 451
@@ -140,6 +150,7 @@ def test_stop_waits_for_inflight_calls(db_pool):
         assert release.wait(20), "never released"
         order.append("call finished")
         return "done"
+
     call = db_pool.run(slow)
     call.addCallback(lambda r: order.append("call delivered") or r)
     yield timed(started)
@@ -167,6 +178,7 @@ def test_write_returns_plain_data_and_rolls_back_on_error(db_pool):
     def create_then_refuse(conn):
         A.thd_create(conn, "ivan", "user", "h")
         raise Conflict("refused")
+
     with pytest.raises(Conflict):
         yield timed(db_pool.write(create_then_refuse))
     assert (yield timed(db_pool.run(count_accounts))) == 1
@@ -177,6 +189,7 @@ def test_worker_threads_follow_the_engine():
     """One thread for SQLite (one writer); the connection pool's size for a
     server (no thread waits for a connection)."""
     from netshare.storage.engine import worker_threads
+
     engine = create_engine("sqlite://")
     try:
         assert worker_threads(engine) == 1
@@ -185,7 +198,7 @@ def test_worker_threads_follow_the_engine():
     finally:
         engine.dispose()
     server = create_engine("postgresql+psycopg://u@127.0.0.1:1/x", pool_size=4)
-    assert worker_threads(server) == 4         # no connection is made
+    assert worker_threads(server) == 4  # no connection is made
 
 
 @pytest_twisted.inlineCallbacks
@@ -198,6 +211,7 @@ def test_many_concurrent_calls(db_pool):
 
 
 # -- the accounts store --------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_accounts_store(db_pool):
@@ -234,6 +248,7 @@ def test_accounts_conflict_keeps_the_transaction_usable(db_pool):
             pass
         A.thd_create(conn, "grace", "user", "h")
         return _count_accounts(conn)
+
     assert (yield timed(db_pool.run(fn))) == 2
 
 
@@ -259,18 +274,31 @@ def _count_accounts(conn):
 
 # -- the history store ------------------------------------------------------------
 
+
 def _row(i, user, command="PING", code=200, service="files", account_id=None):
-    return H.journal_row((1_700_000_000_000 + i) * 1000, 1_700_000_000_000 + i, service, user,
-                         "127.0.0.1:%d" % (40000 + i), command, code, account_id)
+    return H.journal_row(
+        (1_700_000_000_000 + i) * 1000,
+        1_700_000_000_000 + i,
+        service,
+        user,
+        "127.0.0.1:%d" % (40000 + i),
+        command,
+        code,
+        account_id,
+    )
 
 
 @pytest_twisted.inlineCallbacks
 def test_history_store(db_pool):
     store = H.HistoryStore(db_pool)
     ann, bob = 11, 12
-    rows = [_row(0, "ann", account_id=ann), _row(1, None, "LOGIN ann ***", 535),
-            _row(2, "bob", account_id=bob), _row(3, "ann", "HISTORY", 210, "ttweet", ann),
-            _row(4, None)]
+    rows = [
+        _row(0, "ann", account_id=ann),
+        _row(1, None, "LOGIN ann ***", 535),
+        _row(2, "bob", account_id=bob),
+        _row(3, "ann", "HISTORY", 210, "ttweet", ann),
+        _row(4, None),
+    ]
     # Written out of order (a write's own entry goes before the batch): the
     # views still come back in the order the entries were made.
     assert (yield timed(store.insert_many(rows[2:]))) == 3
@@ -279,16 +307,23 @@ def test_history_store(db_pool):
     everything = yield timed(store.list(100))
     assert [e.command for e in everything] == [r["command"] for r in reversed(rows)]
     own = yield timed(store.list(100, own=ann))
-    assert [(e.command, e.code, e.service) for e in own] == [("HISTORY", 210, "ttweet"),
-                                                            ("PING", 200, "files")]
-    assert [e.command for e in (yield timed(store.list(100, user="ann")))] == [
-        "HISTORY", "PING"]
+    assert [(e.command, e.code, e.service) for e in own] == [
+        ("HISTORY", 210, "ttweet"),
+        ("PING", 200, "files"),
+    ]
+    assert [e.command for e in (yield timed(store.list(100, user="ann")))] == ["HISTORY", "PING"]
     assert len((yield timed(store.list(1, own=ann)))) == 1
     anon = yield timed(store.list(100, anonymous=True))
     assert [e.user for e in anon] == [None, None]
     wire = anon[-1].to_wire()
-    assert wire == {"id": anon[-1].id, "ts": "2023-11-14T22:13:20.001Z", "user": "-",
-                    "service": "files", "command": "LOGIN ann ***", "code": 535}
+    assert wire == {
+        "id": anon[-1].id,
+        "ts": "2023-11-14T22:13:20.001Z",
+        "user": "-",
+        "service": "files",
+        "command": "LOGIN ann ***",
+        "code": 535,
+    }
     entry, owner, hidden = yield timed(store.get(own[0].id))
     assert (entry, owner, hidden) == (own[0], ann, False)
     assert (yield timed(store.get(max(e.id for e in everything) + 1000))) is None
@@ -299,12 +334,14 @@ def test_history_store(db_pool):
     assert (yield timed(store.hide_all(own=ann))) == 1
     assert (yield timed(store.hide_all(own=ann))) == 0
     assert (yield timed(store.list(100, own=ann))) == []
-    assert len((yield timed(store.list(100, user="ann")))) == 2      # an admin's view
+    assert len((yield timed(store.list(100, user="ann")))) == 2  # an admin's view
     assert len((yield timed(store.list(100)))) == 5
     # Only the retention period deletes.
     assert (yield timed(store.purge(1_700_000_000_000 + 3))) == 3
-    assert [e.command for e in (yield timed(store.list(100)))] == [rows[4]["command"],
-                                                                  rows[3]["command"]]
+    assert [e.command for e in (yield timed(store.list(100)))] == [
+        rows[4]["command"],
+        rows[3]["command"],
+    ]
 
 
 @pytest_twisted.inlineCallbacks
@@ -324,8 +361,9 @@ def test_a_journaled_write_stores_its_entry_with_it(db_pool):
 @pytest_twisted.inlineCallbacks
 def test_history_text_is_stored_literally(db_pool):
     commands = ['TWEET "héllo wörld ✓ 🐍" #a', NASTY, "LIST 100%_", "GET 'a\"b'", "x" * 5000]
-    yield timed(db_pool.run(H.thd_insert_many, [_row(i, NASTY[:32], c)
-                                                for i, c in enumerate(commands)]))
+    yield timed(
+        db_pool.run(H.thd_insert_many, [_row(i, NASTY[:32], c) for i, c in enumerate(commands)])
+    )
     got = yield timed(db_pool.run(H.thd_list, 100, user=NASTY[:32]))
     assert [e.command for e in reversed(got)] == commands
     assert all(e.user == NASTY[:32] for e in got)
@@ -334,6 +372,7 @@ def test_history_text_is_stored_literally(db_pool):
 
 
 # -- the outage test: a TCP proxy between netshare and the database ------------------
+
 
 class TcpProxy:
     """
@@ -437,17 +476,26 @@ class TcpProxy:
 OUTAGE_KINDS = [k for k in ("postgres", "mysql") if os.environ.get(ENV[k])]
 
 
-@pytest.fixture(params=OUTAGE_KINDS or [pytest.param(None, marks=pytest.mark.skip(
-    reason="needs NETSHARE_TEST_POSTGRES or NETSHARE_TEST_MYSQL"))])
+@pytest.fixture(
+    params=OUTAGE_KINDS
+    or [
+        pytest.param(
+            None,
+            marks=pytest.mark.skip(reason="needs NETSHARE_TEST_POSTGRES or NETSHARE_TEST_MYSQL"),
+        )
+    ]
+)
 def proxied(request):
     """(direct URL of a private database, URL of the same through a proxy, proxy)."""
     with scratch_database(os.environ[ENV[request.param]]) as direct:
         u = make_url(direct)
-        proxy = TcpProxy(u.host or "127.0.0.1", u.port or (5432 if "postgres" in direct
-                                                             else 3306))
+        proxy = TcpProxy(u.host or "127.0.0.1", u.port or (5432 if "postgres" in direct else 3306))
         try:
-            yield direct, u.set(host="127.0.0.1", port=proxy.port).render_as_string(
-                hide_password=False), proxy
+            yield (
+                direct,
+                u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+                proxy,
+            )
         finally:
             proxy.close()
 
@@ -465,18 +513,20 @@ def test_database_outage_fails_fast_and_recovers(proxied):
     pool = DBPool(engine)  # production retry delays
     pool.start()
     try:
+
         def select_one(conn):
             return conn.execute(sa.text("SELECT 1")).scalar_one()
+
         assert (yield timed(pool.run(select_one))) == 1
         # several pooled connections, all through the proxy
-        assert (yield timed(defer.gatherResults([pool.run(select_one) for _ in range(4)]))) \
-            == [1] * 4
+        assert (yield timed(defer.gatherResults([pool.run(select_one) for _ in range(4)]))) == [
+            1
+        ] * 4
         assert proxy.accepted >= 1
 
         yield threads.deferToThread(proxy.cut)
         failure, elapsed = yield timed(_deferred_elapsed(pool.run(select_one)))
-        print("\n%s: database work failed %.2f s after the cut"
-              % (engine.dialect.name, elapsed))
+        print("\n%s: database work failed %.2f s after the cut" % (engine.dialect.name, elapsed))
         assert isinstance(failure.value, DatabaseUnavailable), failure
         assert failure.value.code == 451
         assert elapsed < 10
@@ -487,8 +537,10 @@ def test_database_outage_fails_fast_and_recovers(proxied):
         before = proxy.accepted
         proxy.restore()
         result, elapsed3 = yield timed(_deferred_elapsed(pool.run(select_one)))
-        print("%s: first call after the path came back: %r in %.2f s"
-              % (engine.dialect.name, result, elapsed3))
+        print(
+            "%s: first call after the path came back: %r in %.2f s"
+            % (engine.dialect.name, result, elapsed3)
+        )
         assert result == 1
         assert proxy.accepted > before  # a new connection through the restored path
         assert pool.engine is engine and pool.running  # nothing was rebuilt
@@ -503,8 +555,12 @@ def test_outage_through_the_protocol(proxied, tmp_path):
     data = tmp_path / "data"
     r = run_cli("init", "--data", str(data), "--db", direct, "--admin-password", "adminpw")
     assert r.returncode == 0, r.stderr
-    server = ServerProcess(data, db=via_proxy, init=False,
-                           extra_args=["--history-flush", "0.05", "--shutdown-timeout", "3"])
+    server = ServerProcess(
+        data,
+        db=via_proxy,
+        init=False,
+        extra_args=["--history-flush", "0.05", "--shutdown-timeout", "3"],
+    )
     server.start()
     conn = None
     try:
@@ -527,8 +583,10 @@ def test_outage_through_the_protocol(proxied, tmp_path):
         proxy.restore()
         start = time.monotonic()
         listing = conn.cmd("HISTORY")
-        print("HISTORY after the restore: %d lines in %.2f s"
-              % (len(listing), time.monotonic() - start))
+        print(
+            "HISTORY after the restore: %d lines in %.2f s"
+            % (len(listing), time.monotonic() - start)
+        )
         assert listing[-1].startswith("210 "), listing
         # the commands answered during the cut were kept and written later
         commands = [line for line in listing if '"command":"PING"' in line]
@@ -545,6 +603,7 @@ def test_outage_through_the_protocol(proxied, tmp_path):
 
 # -- a full disk ------------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
     """SQLite's SQLITE_FULL (here from a page limit, as a full file system
@@ -553,6 +612,7 @@ def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
     from sqlalchemy import event
 
     from netshare.errors import InsufficientStorage
+
     engine = create_engine("sqlite:///" + str(tmp_path / "full.db"))
     migrate.upgrade(engine)
 
@@ -568,8 +628,8 @@ def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
         with pytest.raises(InsufficientStorage) as e:
             yield timed(pool.write(H.thd_insert_many, rows))
         assert e.value.code == 452
-        assert pool.failures == 0                  # not counted as an outage, not retried
-        assert (yield timed(pool.run(H.thd_list, 10))) == []   # reads still answer
+        assert pool.failures == 0  # not counted as an outage, not retried
+        assert (yield timed(pool.run(H.thd_list, 10))) == []  # reads still answer
     finally:
         yield pool.stop()
         engine.dispose()
@@ -578,6 +638,7 @@ def test_a_full_sqlite_disk_is_452_at_once_not_an_outage(tmp_path):
 def test_the_sqlite_files_are_private(tmp_path):
     """netshare.db and its -wal/-shm files: readable by their owner only."""
     import stat
+
     path = tmp_path / "netshare.db"
     path.touch(mode=0o644)
     os.chmod(path, 0o644)
@@ -586,7 +647,7 @@ def test_the_sqlite_files_are_private(tmp_path):
         migrate.upgrade(engine)
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE t (a int)")
-        with engine.connect() as conn:          # while open, the WAL files exist
+        with engine.connect() as conn:  # while open, the WAL files exist
             conn.exec_driver_sql("SELECT * FROM t").all()
             for suffix in ("", "-wal", "-shm"):
                 mode = stat.S_IMODE(os.stat(str(path) + suffix).st_mode)

@@ -17,8 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def save(seq, ssn, name="N", **extra):
-    person = {"ssn": ssn, "name": name, "surname": "S", "job": "", "salary": "",
-              "updated": "2026-01-01T00:00:00.000Z"}
+    person = {
+        "ssn": ssn,
+        "name": name,
+        "surname": "S",
+        "job": "",
+        "salary": "",
+        "updated": "2026-01-01T00:00:00.000Z",
+    }
     person.update(extra)
     return (seq, "SAVE", json.dumps(person))
 
@@ -34,19 +40,36 @@ def test_fresh_store(store):
     assert store.last_seq() == 0 and store.snapshot() == [] and store.count() == 0
     mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
     sync = store._db.execute("PRAGMA synchronous").fetchone()[0]
-    assert (mode, sync) == ("wal", 2)                 # 2 = FULL
+    assert (mode, sync) == ("wal", 2)  # 2 = FULL
 
 
 def test_apply_and_snapshot(store):
-    assert store.apply_batch([save(1, "b", salary="52000.00"), save(2, "a"),
-                              save(3, "b", name="Bea")]) == 3
+    assert (
+        store.apply_batch(
+            [save(1, "b", salary="52000.00"), save(2, "a"), save(3, "b", name="Bea")]
+        )
+        == 3
+    )
     assert store.last_seq() == 3
     assert store.snapshot() == [
-        {"ssn": "a", "name": "N", "surname": "S", "job": "", "salary": "",
-         "updated": "2026-01-01T00:00:00.000Z"},
+        {
+            "ssn": "a",
+            "name": "N",
+            "surname": "S",
+            "job": "",
+            "salary": "",
+            "updated": "2026-01-01T00:00:00.000Z",
+        },
         # A SAVE carries the whole person: the later one replaces every field.
-        {"ssn": "b", "name": "Bea", "surname": "S", "job": "", "salary": "",
-         "updated": "2026-01-01T00:00:00.000Z"}]
+        {
+            "ssn": "b",
+            "name": "Bea",
+            "surname": "S",
+            "job": "",
+            "salary": "",
+            "updated": "2026-01-01T00:00:00.000Z",
+        },
+    ]
 
 
 def test_applying_twice_changes_nothing(store):
@@ -66,16 +89,32 @@ def test_applying_twice_changes_nothing(store):
 
 def test_delete_unknown_and_delete_all_in_order(store):
     assert store.apply_batch([(1, "DELETE", {"ssn": "ghost"})]) == 1
-    assert store.apply_batch([save(2, "a"), save(3, "b"), (4, "DELETE_ALL", "{}"), save(5, "c"),
-                              (6, "DELETE", {"ssn": "c"}), save(7, "d")]) == 6
+    assert (
+        store.apply_batch(
+            [
+                save(2, "a"),
+                save(3, "b"),
+                (4, "DELETE_ALL", "{}"),
+                save(5, "c"),
+                (6, "DELETE", {"ssn": "c"}),
+                save(7, "d"),
+            ]
+        )
+        == 6
+    )
     assert [p["ssn"] for p in store.snapshot()] == ["d"] and store.last_seq() == 7
     assert store.apply_batch([]) == 0 and store.last_seq() == 7
 
 
 def test_malformed_message_rolls_back_the_whole_batch(store):
     store.apply_batch([save(1, "a")])
-    for bad in [(3, "SAVE", '{"ssn":"x"}'), (3, "DELETE", "{}"), (3, "RENAME", "{}"),
-                (3, "SAVE", "not json"), (3, "SAVE", "[1]")]:
+    for bad in [
+        (3, "SAVE", '{"ssn":"x"}'),
+        (3, "DELETE", "{}"),
+        (3, "RENAME", "{}"),
+        (3, "SAVE", "not json"),
+        (3, "SAVE", "[1]"),
+    ]:
         with pytest.raises(ValueError):
             store.apply_batch([save(2, "b"), bad, save(4, "c")])
         assert [p["ssn"] for p in store.snapshot()] == ["a"] and store.last_seq() == 1
@@ -89,12 +128,16 @@ def test_large_batches_match_one_statement_per_message(store, tmp_path):
     import random
 
     from netshare.clients import syncdb
+
     rng = random.Random(7)
     batch, seq = [], 0
     for _run in range(12):
         kind = rng.choice(["SAVE", "SAVE", "SAVE", "DELETE", "DELETE_ALL"])
-        for _ in range(rng.choice([1, 5, syncdb.UPSERT_ROWS - 1, syncdb.UPSERT_ROWS,
-                                   syncdb.UPSERT_ROWS * 2 + 3])):
+        for _ in range(
+            rng.choice(
+                [1, 5, syncdb.UPSERT_ROWS - 1, syncdb.UPSERT_ROWS, syncdb.UPSERT_ROWS * 2 + 3]
+            )
+        ):
             seq += 1
             ssn = "p%d" % rng.randrange(150)
             if kind == "SAVE":
@@ -104,7 +147,7 @@ def test_large_batches_match_one_statement_per_message(store, tmp_path):
             else:
                 batch.append((seq, "DELETE_ALL", "{}"))
                 break
-    for _ in range(syncdb.UPSERT_ROWS + 7):                # end with people left
+    for _ in range(syncdb.UPSERT_ROWS + 7):  # end with people left
         seq += 1
         batch.append(save(seq, "p%d" % rng.randrange(150), name="v%d" % seq))
     assert sum(1 for m in batch if m[1] == "SAVE") > 3 * syncdb.UPSERT_ROWS
@@ -144,7 +187,7 @@ def test_exception_mid_batch_applies_nothing(store):
     with pytest.raises(RuntimeError):
         store.apply_batch(messages())
     assert [p["ssn"] for p in store.snapshot()] == ["a"] and store.last_seq() == 1
-    assert store.apply_batch([save(2, "b")]) == 1     # and the store still works
+    assert store.apply_batch([save(2, "b")]) == 1  # and the store still works
 
 
 def test_survives_reopen(tmp_path):
@@ -179,8 +222,13 @@ def test_kill_9_mid_batch_loses_nothing_applies_nothing_twice(tmp_path):
     path = str(tmp_path / "crash.db")
     env = dict(os.environ, PYTHONPATH=ROOT)
     for round_ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", _CRASH_CHILD, path], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CRASH_CHILD, path],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert child.stdout.readline().strip() == "ready"
             time.sleep(0.3 + 0.2 * round_)
@@ -206,14 +254,15 @@ def test_apply_rate_100k(store):
     """The sync client aims at >= 100k rows/s (bench/README.md); printed, not asserted
     (the machine is shared and noisy)."""
     n = 100_000
-    batch = [save(i + 1, "p%06d" % i, name="Name %d" % i, job="clerk", salary=str(i))
-             for i in range(n)]
+    batch = [
+        save(i + 1, "p%06d" % i, name="Name %d" % i, job="clerk", salary=str(i)) for i in range(n)
+    ]
     started = time.perf_counter()
     assert store.apply_batch(batch) == n
     elapsed = time.perf_counter() - started
     print("\nsyncdb: applied %d SAVE messages in %.3f s = %.0f rows/s" % (n, elapsed, n / elapsed))
     started = time.perf_counter()
-    assert store.apply_batch([(s + n, a, p) for s, a, p in batch]) == n    # all updates
+    assert store.apply_batch([(s + n, a, p) for s, a, p in batch]) == n  # all updates
     elapsed = time.perf_counter() - started
     print("syncdb: re-applied %d as upserts in %.3f s = %.0f rows/s" % (n, elapsed, n / elapsed))
     assert store.count() == n and store.last_seq() == 2 * n

@@ -15,7 +15,7 @@ from netshare.throttle import Penalties
 def make(**kw):
     clock = Clock()
     clock.advance(1000)
-    kw.setdefault("decay", 0)        # no forgetting unless a test wants it
+    kw.setdefault("decay", 0)  # no forgetting unless a test wants it
     return Penalties(clock, **kw), clock
 
 
@@ -24,7 +24,7 @@ def test_free_attempts_then_a_doubling_capped_delay():
     waits = []
     for _ in range(9):
         waits.append(p.attempt("k"))
-        clock.advance(waits[-1])          # each attempt runs when its slot comes
+        clock.advance(waits[-1])  # each attempt runs when its slot comes
     assert waits == [0, 0, 0, 1, 2, 4, 8, 8, 8]
 
 
@@ -39,9 +39,9 @@ def test_parallel_attempts_are_counted_at_once_and_queue_one_after_another():
 def test_every_key_of_an_attempt_counts_and_the_slowest_decides():
     p, clock = make(free=1, base=1, max_delay=100, max_wait=1000)
     assert p.attempt(("account", 1), ("address", "a")) == 0
-    assert p.attempt(("account", 1), ("address", "b")) == 1     # the account is known
-    assert p.attempt(("account", 2), ("address", "a")) == 1     # the address is known
-    assert p.attempt(("account", 3), ("address", "c")) == 0     # someone else entirely
+    assert p.attempt(("account", 1), ("address", "b")) == 1  # the account is known
+    assert p.attempt(("account", 2), ("address", "a")) == 1  # the address is known
+    assert p.attempt(("account", 3), ("address", "c")) == 0  # someone else entirely
 
 
 def test_beyond_the_longest_wait_it_is_429_and_not_counted():
@@ -53,7 +53,7 @@ def test_beyond_the_longest_wait_it_is_429_and_not_counted():
     assert e.value.code == 429 and "try again in" in e.value.text
     assert p.failures("k") == 2 and p.refused == 1
     clock.advance(20)
-    assert p.attempt("k") == 10            # the queue moved on
+    assert p.attempt("k") == 10  # the queue moved on
 
 
 def test_success_takes_the_count_back():

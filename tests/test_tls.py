@@ -38,6 +38,7 @@ def test_client_connects_with_the_certificate_by_ip_and_by_name(runtime):
         assert [i["command"] for i in hist.items] == ["WHOAMI", "LOGIN alice ***"]
         yield c.close().addTimeout(10, reactor())
     from twisted.internet.interfaces import ISSLTransport
+
     assert all(ISSLTransport.providedBy(p.transport) for p in srv.protocols)
 
 
@@ -54,7 +55,7 @@ def test_wrong_hostname_fails_before_any_command(runtime):
 @pytest_twisted.inlineCallbacks
 def test_untrusted_certificate_fails_before_any_command(runtime, tmp_path):
     srv = yield listen(runtime, CommandProtocol, tls=True)
-    other_ca, _, _ = make_certificates(str(tmp_path))   # same names, another CA: not trusted
+    other_ca, _, _ = make_certificates(str(tmp_path))  # same names, another CA: not trusted
     with pytest.raises(TLS_REFUSED):
         yield srv.connect(cafile=other_ca)
     yield wait_for(lambda: srv.protocols and all(p.lost.called for p in srv.protocols))
@@ -78,6 +79,7 @@ def test_raw_transfers_pushes_and_close_over_tls(runtime, tmp_path):
     import hashlib
 
     from tests.test_protocol_base import LabApp, LabProtocol, pattern
+
     srv = yield listen(runtime, LabProtocol, app=LabApp(), tls=True)
     c = yield srv.connect()
     got = []
@@ -90,7 +92,9 @@ def test_raw_transfers_pushes_and_close_over_tls(runtime, tmp_path):
     with open(tmp_path / "u.bin", "rb") as f:
         resp = yield c.upload("PUT %d" % size, f)
     assert resp.text == "stored %d bytes sha256=%s" % (
-        size, hashlib.sha256(pattern(size, seed=9)).hexdigest())
+        size,
+        hashlib.sha256(pattern(size, seed=9)).hexdigest(),
+    )
     srv.protocols[0].sendPush("600 hello")
     assert (yield c.command("PING")).line == "200 pong"
     yield wait_for(lambda: got == [600])
@@ -133,13 +137,16 @@ def test_reader_that_never_reads_over_tls_is_dropped(make_runtime):
 def tls_server(tmp_path):
     """The real server, its files listener on TLS with the init certificate."""
     from tests.support import ServerProcess, free_port
+
     data = tmp_path / "data"
     sp = ServerProcess(data, admin_password="Sekret-Admin-9")
     cert, key = str(data / "tls" / "cert.pem"), str(data / "tls" / "key.pem")
     assert os.path.exists(cert) and os.path.exists(key)
     sp.ports["files"] = free_port()
-    sp.extra_args += ["--files", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"
-                      % (sp.ports["files"], key, cert)]
+    sp.extra_args += [
+        "--files",
+        "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (sp.ports["files"], key, cert),
+    ]
     sp.start()
     yield sp, str(data / "tls" / "ca.pem")
     try:
@@ -153,8 +160,9 @@ def tls_server(tmp_path):
 def test_real_server_tls_listener_with_the_init_certificate(tls_server):
     sp, cafile = tls_server
     port = sp.ports["files"]
-    c = yield connect("127.0.0.1", port, tls=True, cafile=cafile, hostname="localhost",
-                      reactor=reactor())
+    c = yield connect(
+        "127.0.0.1", port, tls=True, cafile=cafile, hostname="localhost", reactor=reactor()
+    )
     with_timeouts(c)
     try:
         assert (yield login(c, "admin", "Sekret-Admin-9")).code == 230
@@ -164,9 +172,10 @@ def test_real_server_tls_listener_with_the_init_certificate(tls_server):
         assert all("Sekret" not in i["command"] for i in hist.items)
     finally:
         yield c.close().addTimeout(10, reactor())
-    with pytest.raises(VerificationError):       # the name does not match
-        yield connect("127.0.0.1", port, tls=True, cafile=cafile, hostname="other.example",
-                      reactor=reactor())
+    with pytest.raises(VerificationError):  # the name does not match
+        yield connect(
+            "127.0.0.1", port, tls=True, cafile=cafile, hostname="other.example", reactor=reactor()
+        )
     # Plain text against it: no greeting.
     with pytest.raises(defer.TimeoutError):
         yield connect("127.0.0.1", port, tls=False, reactor=reactor(), timeout=1)
@@ -175,6 +184,7 @@ def test_real_server_tls_listener_with_the_init_certificate(tls_server):
     yield task.deferLater(reactor(), 0.05, lambda: None)
     # The JSON log of the real server: one object per line, no password.
     import json
+
     with open(os.path.join(sp.data, "logs", "netshare.jsonl"), encoding="utf-8") as f:
         text = f.read()
     assert "Sekret" not in text
@@ -184,11 +194,13 @@ def test_real_server_tls_listener_with_the_init_certificate(tls_server):
 
 # --- hardening: suites, versions, the handshake deadline, the certificates ---------------
 
+
 def _handshake(port, **context):
     """A stdlib TLS client handshake: the negotiated (version, cipher), or
     the SSLError."""
     import socket
     import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -209,17 +221,22 @@ def test_only_aead_suites_over_tls_1_2_or_1_3(tls_server):
     """CBC suites with SHA-1 (or any CBC) are refused over TLS 1.2; AEAD
     suites and TLS 1.3 work; TLS 1.1 is refused."""
     import ssl
+
     port = tls_server[0].ports["files"]
     for cbc in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-SHA"):
         got = _handshake(port, ciphers=cbc, maximum_version=ssl.TLSVersion.TLSv1_2)
         assert isinstance(got, ssl.SSLError), (cbc, got)
-    assert _handshake(port, maximum_version=ssl.TLSVersion.TLSv1_2,
-                      ciphers="ECDHE-ECDSA-AES128-GCM-SHA256") == (
-        "TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert _handshake(
+        port, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"
+    ) == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
     version, cipher = _handshake(port, minimum_version=ssl.TLSVersion.TLSv1_3)
     assert version == "TLSv1.3" and ("GCM" in cipher or "CHACHA20" in cipher)
-    old = _handshake(port, minimum_version=ssl.TLSVersion.TLSv1,
-                     maximum_version=ssl.TLSVersion.TLSv1_1, ciphers="DEFAULT:@SECLEVEL=0")
+    old = _handshake(
+        port,
+        minimum_version=ssl.TLSVersion.TLSv1,
+        maximum_version=ssl.TLSVersion.TLSv1_1,
+        ciphers="DEFAULT:@SECLEVEL=0",
+    )
     assert isinstance(old, ssl.SSLError), old
 
 
@@ -231,7 +248,7 @@ def test_a_handshake_that_never_finishes_is_cut_at_its_deadline(make_runtime):
     rt = make_runtime(tls_handshake_timeout=0.5, idle_timeout=60)
     srv = yield listen(rt, CommandProtocol, tls=True)
     raw = yield srv.raw(greet=False)
-    raw.send(b"\x16\x03\x01\x00")               # the start of a ClientHello, no more
+    raw.send(b"\x16\x03\x01\x00")  # the start of a ClientHello, no more
     started = reactor().seconds()
     yield raw.wait_closed(timeout=10)
     assert reactor().seconds() - started >= 0.4
@@ -244,6 +261,7 @@ def test_a_handshake_that_never_finishes_is_cut_at_its_deadline(make_runtime):
 def test_init_makes_a_local_ca_and_a_server_certificate_that_is_not_a_ca(tmp_path):
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
+
     ca_path, cert_path, key_path = make_certificates(str(tmp_path))
     with open(ca_path, "rb") as f:
         ca = x509.load_pem_x509_certificate(f.read())
@@ -253,11 +271,17 @@ def test_init_makes_a_local_ca_and_a_server_certificate_that_is_not_a_ca(tmp_pat
     leaf = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert leaf.ca is False
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is False
-    assert ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(
-        x509.ExtendedKeyUsage).value
+    assert (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
     assert cert.issuer == ca.subject and cert.subject != ca.subject
-    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                           __import__("cryptography.hazmat.primitives.asymmetric.ec",
-                                      fromlist=["ECDSA"]).ECDSA(cert.signature_hash_algorithm))
+    ca.public_key().verify(
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
+            cert.signature_hash_algorithm
+        ),
+    )
     for path in (key_path, os.path.join(str(tmp_path), "ca-key.pem")):
         assert os.stat(path).st_mode & 0o777 == 0o600

@@ -37,8 +37,9 @@ ACCOUNT_IDS = {}
 class FakeSession:
     def __init__(self, name, registered=False):
         self.username = name
-        self.account_id = ACCOUNT_IDS.setdefault(name, len(ACCOUNT_IDS) + 1) \
-            if registered else None
+        self.account_id = (
+            ACCOUNT_IDS.setdefault(name, len(ACCOUNT_IDS) + 1) if registered else None
+        )
         self.pushes = []
 
     def sendPush(self, data):
@@ -107,8 +108,9 @@ class FakeStore:
         return succeed(rows[-limit:])
 
     def user_known(self, user):
-        return succeed(user.lower() in self.accounts
-                       or any(t["user"] == user for t in self.tweets.values()))
+        return succeed(
+            user.lower() in self.accounts or any(t["user"] == user for t in self.tweets.values())
+        )
 
 
 def result_of(d):
@@ -149,6 +151,7 @@ def online(hub, *names, registered=False):
 
 # --- validation --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["a", "A1", "x" * 32, "abcXYZ0189"])
 def test_username_ok(name):
     assert rules.check_username(name) == name
@@ -169,11 +172,11 @@ def test_message_150_code_points_ok_151_not():
 
 
 def test_message_150_emoji_counts_code_points_not_bytes():
-    msg = "\U0001F600" * 150
+    msg = "\U0001f600" * 150
     assert len(msg.encode("utf-8")) == 600
     assert rules.check_message(msg) == msg
     with pytest.raises(LimitExceeded):
-        rules.check_message(msg + "\U0001F600")
+        rules.check_message(msg + "\U0001f600")
 
 
 def test_message_combining_marks_are_code_points():
@@ -201,23 +204,42 @@ def test_message_allows_ordinary_unicode():
     assert rules.check_message("héllo 世界 \u200d zwj") == "héllo 世界 \u200d zwj"
 
 
-@pytest.mark.parametrize("s,tags", [
-    ("", ()),
-    (None, ()),
-    ("#cs", ("#cs",)),
-    ("#cs#3251", ("#cs", "#3251")),
-    ("#a#b#c#d#e", ("#a", "#b", "#c", "#d", "#e")),
-    ("#" + "x" * 14, ("#" + "x" * 14,)),
-    ("#all#All", ("#all", "#All")),
-])
+@pytest.mark.parametrize(
+    "s,tags",
+    [
+        ("", ()),
+        (None, ()),
+        ("#cs", ("#cs",)),
+        ("#cs#3251", ("#cs", "#3251")),
+        ("#a#b#c#d#e", ("#a", "#b", "#c", "#d", "#e")),
+        ("#" + "x" * 14, ("#" + "x" * 14,)),
+        ("#all#All", ("#all", "#All")),
+    ],
+)
 def test_hashtags_ok(s, tags):
     assert rules.parse_hashtags(s) == tags
 
 
-@pytest.mark.parametrize("s", [
-    "#", "##", "#a##b", "#a#", "cs", "#cs #b", "#a#b#c#d#e#f", "#" + "x" * 15,
-    "#ALL", "#cs#ALL", "#é", "#a-b", "#" + "a" * 1000, "#a" * 50, " #a",
-])
+@pytest.mark.parametrize(
+    "s",
+    [
+        "#",
+        "##",
+        "#a##b",
+        "#a#",
+        "cs",
+        "#cs #b",
+        "#a#b#c#d#e#f",
+        "#" + "x" * 15,
+        "#ALL",
+        "#cs#ALL",
+        "#é",
+        "#a-b",
+        "#" + "a" * 1000,
+        "#a" * 50,
+        " #a",
+    ],
+)
 def test_hashtags_illegal(s):
     with pytest.raises(NameNotAllowed) as e:
         rules.parse_hashtags(s)
@@ -238,6 +260,7 @@ def test_subscription_tag_illegal(tag):
 
 # --- login and subscriptions ----------------------------------------------------
 
+
 def test_login_name_online_is_conflict_and_logout_frees_it():
     hub, _, _ = make_hub()
     (a,) = online(hub, "alice")
@@ -248,7 +271,7 @@ def test_login_name_online_is_conflict_and_logout_frees_it():
         hub.login(FakeSession("bad name"))
     assert hub.online_users() == ["alice"]
     hub.logout(a)
-    hub.logout(a)                                   # idempotent
+    hub.logout(a)  # idempotent
     assert hub.online_users() == []
     hub.login(FakeSession("alice"))
     assert hub.online_users() == ["alice"]
@@ -274,7 +297,8 @@ def test_three_subscriptions_all_counts_as_one():
     with pytest.raises(LimitExceeded) as e:
         hub.subscribe(s, "#c")
     assert e.value.replyLine() == (
-        "552 operation failed: sub #c failed, already exists or exceeds 3 limitation")
+        "552 operation failed: sub #c failed, already exists or exceeds 3 limitation"
+    )
     assert hub.subscriptions(s) == ["#ALL", "#a", "#b"]
 
 
@@ -284,8 +308,9 @@ def test_subscribe_twice_fails_with_exact_text():
     hub.subscribe(s, "#cs")
     with pytest.raises(LimitExceeded) as e:
         hub.subscribe(s, "#cs")
-    assert e.value.text == ("operation failed: sub #cs failed, already exists or exceeds 3 "
-                            "limitation")
+    assert e.value.text == (
+        "operation failed: sub #cs failed, already exists or exceeds 3 limitation"
+    )
     with pytest.raises(NameNotAllowed):
         hub.subscribe(s, "#a#b")
     assert hub.subscriptions(s) == ["#cs"]
@@ -323,22 +348,23 @@ def test_logout_drops_subscriptions_from_index():
 
 # --- fan-out -------------------------------------------------------------------------
 
+
 def test_fan_out_overlapping_subscriptions_exactly_once_same_bytes():
     hub, _, _ = make_hub()
     s1, s2, s3, s4, s5 = online(hub, "u1", "u2", "u3", "u4", "u5")
     hub.subscribe(s1, "#a")
-    hub.subscribe(s1, "#b")                  # both tags of tweet 1
+    hub.subscribe(s1, "#b")  # both tags of tweet 1
     hub.subscribe(s2, "#ALL")
-    hub.subscribe(s2, "#a")                  # ALL and a tag
+    hub.subscribe(s2, "#a")  # ALL and a tag
     hub.subscribe(s3, "#b")
     hub.subscribe(s4, "#c")
     # s5 subscribes to nothing, and is the sender of tweet 2
     hub.subscribe(s3, "#c")
 
-    hub.publish(s5, "one", "#a#b")           # -> s1, s2, s3
-    hub.publish(s5, "two", "#c#c")           # -> s2, s3, s4 (tag repeated)
-    hub.publish(s1, "three", "#b")           # -> s1 (sender, subscribed), s2, s3
-    hub.publish(s4, "four")                  # no tags -> #ALL only: s2
+    hub.publish(s5, "one", "#a#b")  # -> s1, s2, s3
+    hub.publish(s5, "two", "#c#c")  # -> s2, s3, s4 (tag repeated)
+    hub.publish(s1, "three", "#b")  # -> s1 (sender, subscribed), s2, s3
+    hub.publish(s4, "four")  # no tags -> #ALL only: s2
 
     def msgs(s):
         return [t["message"] for t in s.tweets()]
@@ -359,10 +385,10 @@ def test_push_line_format():
     hub, _, clock = make_hub()
     (s,) = online(hub, "alice")
     hub.subscribe(s, "#x")
-    hub.publish(s, "héllo \U0001F600", "#x")
+    hub.publish(s, "héllo \U0001f600", "#x")
     line = s.pushes[0]
     assert line.startswith(b"600 {") and line.endswith(b"}\r\n") and line.count(b"\n") == 1
-    assert "héllo \U0001F600".encode("utf-8") in line           # UTF-8, not \u escapes
+    assert "héllo \U0001f600".encode("utf-8") in line  # UTF-8, not \u escapes
     t = json.loads(line[4:-2])
     assert set(t) == {"id", "user", "message", "hashtags", "ts"}
     assert (t["id"], t["user"], t["hashtags"]) == (1, "alice", "#x")
@@ -429,8 +455,12 @@ def test_invalid_tweets_publish_nothing():
     hub, store, clock = make_hub()
     a, b = online(hub, "a", "b")
     hub.subscribe(b, "#ALL")
-    for msg, tags, exc in [("", "", BadArguments), ("x" * 151, "", LimitExceeded),
-                           ("ok", "#ALL", NameNotAllowed), ("ok", "##", NameNotAllowed)]:
+    for msg, tags, exc in [
+        ("", "", BadArguments),
+        ("x" * 151, "", LimitExceeded),
+        ("ok", "#ALL", NameNotAllowed),
+        ("ok", "##", NameNotAllowed),
+    ]:
         with pytest.raises(exc):
             hub.publish(a, msg, tags)
     clock.advance(1)
@@ -439,16 +469,17 @@ def test_invalid_tweets_publish_nothing():
 
 # --- flood limit ----------------------------------------------------------------------
 
+
 def test_flood_limiter_burst_then_rate():
     clock = Clock()
     f = TokenBuckets(clock, burst=50, rate=20.0)
     assert all(f.allow("u") for _ in range(50))
     assert not f.allow("u")
-    assert f.allow("other")                 # per key
-    clock.advance(0.05)                     # one token at 20/s
+    assert f.allow("other")  # per key
+    clock.advance(0.05)  # one token at 20/s
     assert f.allow("u")
     assert not f.allow("u")
-    clock.advance(100)                      # refills only up to the burst
+    clock.advance(100)  # refills only up to the burst
     assert sum(f.allow("u") for _ in range(60)) == 50
 
 
@@ -473,7 +504,7 @@ def test_hub_rate_limits_per_user_with_429():
     with pytest.raises(RateLimited) as e:
         hub.publish(a, "x")
     assert e.value.code == 429
-    hub.publish(b, "y")                     # others unaffected
+    hub.publish(b, "y")  # others unaffected
     clock.advance(1.0)
     hub.publish(a, "x")
     assert hub.stats()["rate_limited"] == 1
@@ -481,18 +512,19 @@ def test_hub_rate_limits_per_user_with_429():
 
 # --- batch writer -------------------------------------------------------------------
 
+
 def test_publish_fires_after_batch_is_stored_fan_out_does_not_wait():
     hub, store, clock = make_hub(batch_interval=0.05)
     a, b = online(hub, "a", "b")
     hub.subscribe(b, "#t")
     d1 = hub.publish(a, "one", "#t")
     d2 = hub.publish(a, "two")
-    assert len(b.pushes) == 1               # pushed at once
+    assert len(b.pushes) == 1  # pushed at once
     assert not d1.called and store.batches == []
     clock.advance(0.049)
     assert store.batches == []
     clock.advance(0.001)
-    assert len(store.batches) == 1          # one store call for both
+    assert len(store.batches) == 1  # one store call for both
     assert [t["message"] for t in store.batches[0][0]] == ["one", "two"]
     assert result_of(d1)["message"] == "one" and result_of(d2)["id"] == 2
     assert hub.stats()["stored"] == 2
@@ -517,7 +549,7 @@ def test_at_most_one_flush_in_flight_and_batches_keep_order():
     clock.advance(0.05)
     assert len(store.calls) == 1 and [t["id"] for t in store.calls[0][1]] == [1, 2]
     clock.advance(10)
-    assert len(store.calls) == 1            # waits for the one in flight
+    assert len(store.calls) == 1  # waits for the one in flight
     d, rows, entries = store.calls[0]
     store.apply(rows, entries)
     d.callback(2)
@@ -535,12 +567,12 @@ def test_failed_batch_is_retried_with_backoff_and_nothing_lost():
     assert len(store.batches) == 1 and not d.called
     clock.advance(0.09)
     assert len(store.batches) == 1
-    clock.advance(0.01)                      # first backoff 0.1 s
+    clock.advance(0.01)  # first backoff 0.1 s
     assert len(store.batches) == 2
-    d2 = hub.publish(a, "later")             # queued behind the retry
+    d2 = hub.publish(a, "later")  # queued behind the retry
     clock.advance(0.49)
     assert len(store.batches) == 2
-    clock.advance(0.01)                      # second backoff 0.5 s
+    clock.advance(0.01)  # second backoff 0.5 s
     assert len(store.batches) == 3
     assert [t["message"] for t in store.batches[2][0]] == ["kept", "later"]
     assert result_of(d)["message"] == "kept" and d2.called
@@ -584,7 +616,7 @@ def test_stop_flushes_everything_and_refuses_new_tweets():
     assert all(x.called for x in ds)
     with pytest.raises(TemporaryError):
         hub.publish(a, "late")
-    assert result_of(hub.stop()) is None     # again: fires at once
+    assert result_of(hub.stop()) is None  # again: fires at once
 
 
 def test_stop_gives_up_after_timeout_and_fails_waiters():
@@ -618,6 +650,7 @@ def test_last_is_none_when_no_tweets():
 
 # --- timelines and GETTWEETS -----------------------------------------------------------------
 
+
 def test_guest_timeline_in_memory_bounded_and_ends_with_session():
     hub, store, clock = make_hub(timeline_limit=3)
     (g,) = online(hub, "guest")
@@ -627,7 +660,7 @@ def test_guest_timeline_in_memory_bounded_and_ends_with_session():
         hub.publish(p, str(i))
     clock.advance(1)
     assert [t["message"] for t in result_of(hub.timeline(g))] == ["2", "3", "4"]
-    assert store.timelines == []             # guests are never stored
+    assert store.timelines == []  # guests are never stored
     hub.logout(g)
     g2 = FakeSession("guest")
     hub.login(g2)
@@ -643,12 +676,12 @@ def test_registered_timeline_from_store_plus_unflushed():
     hub.subscribe(r, "#t")
     hub.publish(p, "a", "#t")
     hub.publish(p, "not for reg", "#other")
-    clock.advance(0.05)                      # batch 1 in flight
-    hub.publish(p, "b", "#t")                # queued behind it
+    clock.advance(0.05)  # batch 1 in flight
+    hub.publish(p, "b", "#t")  # queued behind it
     assert [t["message"] for t in result_of(hub.timeline(r))] == ["a", "b"]
     d, rows, entries = store.calls[0]
     assert entries == [(1, [r.account_id])]
-    store.apply(rows, entries)               # stored, but not yet acknowledged
+    store.apply(rows, entries)  # stored, but not yet acknowledged
     assert [t["message"] for t in result_of(hub.timeline(r))] == ["a", "b"]
     d.callback(2)
     clock.advance(0.05)
@@ -679,8 +712,8 @@ def test_tweets_by_unknown_and_known_users():
     hub, store, _ = make_hub()
     store.accounts.add("carol")
     (a,) = online(hub, "alice")
-    assert result_of(hub.tweets_by("alice")) == []          # online, no tweets
-    assert result_of(hub.tweets_by("Carol")) == []          # has an account
+    assert result_of(hub.tweets_by("alice")) == []  # online, no tweets
+    assert result_of(hub.tweets_by("Carol")) == []  # has an account
     e = failure_of(hub.tweets_by("nobody"))
     assert isinstance(e, NotFound) and e.replyLine() == "550 no user nobody in the system"
     with pytest.raises(NameNotAllowed):

@@ -34,8 +34,13 @@ from tests.inprocess import (
 pytestmark = pytest.mark.timeout(120)
 
 #: Quick failures and batches; a flood limit out of the way unless a test sets one.
-FAST = dict(login_failure_delay=0.05, flood_burst=100000, flood_rate=100000.0,
-            flood_address_burst=100000, flood_address_rate=100000.0)
+FAST = dict(
+    login_failure_delay=0.05,
+    flood_burst=100000,
+    flood_rate=100000.0,
+    flood_address_burst=100000,
+    flood_address_rate=100000.0,
+)
 
 
 @defer.inlineCallbacks
@@ -95,7 +100,7 @@ def serve_gated(rt):
     hub.store = GatedStore(hub.store)
     stop = hub.stop
 
-    def release_and_stop():      # a failed test must not leave a batch hanging
+    def release_and_stop():  # a failed test must not leave a batch hanging
         hub.store.release()
         return stop()
 
@@ -116,6 +121,7 @@ def lines(r):
 
 
 # --- login ------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_login_guest_registered_and_refusals(make_runtime):
@@ -152,12 +158,14 @@ def test_login_guest_registered_and_refusals(make_runtime):
 
     third = yield srv.connect()
     r = yield third.command(quote("LOGIN", "ALICE", "pw-alice"))
-    assert lines(r) == (230, "logged in as alice (user)")   # the account's own spelling
+    assert lines(r) == (230, "logged in as alice (user)")  # the account's own spelling
     assert lines((yield third.command("WHOAMI"))) == (200, "alice user")
     assert (yield third.command("HISTORY limit=5")).code == 210
     fourth = yield srv.connect()
-    assert lines((yield fourth.command(quote("LOGIN", "alice", "pw-alice")))) == \
-        (555, "username illegal")
+    assert lines((yield fourth.command(quote("LOGIN", "alice", "pw-alice")))) == (
+        555,
+        "username illegal",
+    )
     assert hub.online_users() == ["bob", "alice"]
     assert fourth.transport.connected
 
@@ -176,13 +184,18 @@ def test_history_records_ttweet_commands_without_passwords(make_runtime):
     yield c.command("SUBSCRIBE #a")
     r = yield c.command("HISTORY limit=10")
     entries = [(e["command"], e["code"]) for e in r.items]
-    assert entries[:4] == [("SUBSCRIBE '#a'", 200), ("TWEET", 501), ("TWEET one '#a'", 200),
-                           ("LOGIN alice ***", 230)]
+    assert entries[:4] == [
+        ("SUBSCRIBE '#a'", 200),
+        ("TWEET", 501),
+        ("TWEET one '#a'", 200),
+        ("LOGIN alice ***", 230),
+    ]
     assert "pw-alice" not in json.dumps(r.items)
     assert all(e["service"] == "ttweet" and e["user"] == "alice" for e in r.items)
 
 
 # --- tweets -----------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_tweet_validation_codes(make_runtime):
@@ -193,23 +206,41 @@ def test_tweet_validation_codes(make_runtime):
     c = yield guest(srv, "alice")
     ok = (200, "ok")
     assert lines((yield c.command(quote("TWEET", "m" * 150, "#a")))) == ok
-    assert lines((yield c.command(quote("TWEET", "\U0001F600" * 150)))) == ok   # 600 bytes
+    assert lines((yield c.command(quote("TWEET", "\U0001f600" * 150)))) == ok  # 600 bytes
     assert lines((yield c.command(quote("TWEET", "e\u0301" * 75, "#b")))) == ok  # 150 points
-    assert lines((yield c.command(quote("TWEET", "m" * 151, "#a")))) == \
-        (552, "message length illegal")
-    assert lines((yield c.command(quote("TWEET", "e\u0301" * 76)))) == \
-        (552, "message length illegal")
+    assert lines((yield c.command(quote("TWEET", "m" * 151, "#a")))) == (
+        552,
+        "message length illegal",
+    )
+    assert lines((yield c.command(quote("TWEET", "e\u0301" * 76)))) == (
+        552,
+        "message length illegal",
+    )
     for empty in ('TWEET ""', 'TWEET "" #a', "TWEET", 'TWEET "   " #a', quote("TWEET", "a\tb")):
         assert lines((yield c.command(empty))) == (501, "message format illegal"), empty
     assert (yield c.command('TWEET "a" #b extra')).code == 501
     good_tags = ["#a", "#cs#3251", "#a#b#c#d#e", "#" + "x" * 14, "#all", "#a#a", "#CS"]
     for tags in good_tags:
         assert lines((yield c.command(quote("TWEET", "t", tags)))) == ok, tags
-    bad_tags = ["#", "##", "#a#", "a", "#a#b#c#d#e#f", "#" + "x" * 15, "#ALL", "#a#ALL",
-                "#a b", "#caf\u00e9", "#a-b", "#" + "a" * 1000]
+    bad_tags = [
+        "#",
+        "##",
+        "#a#",
+        "a",
+        "#a#b#c#d#e#f",
+        "#" + "x" * 15,
+        "#ALL",
+        "#a#ALL",
+        "#a b",
+        "#caf\u00e9",
+        "#a-b",
+        "#" + "a" * 1000,
+    ]
     for tags in bad_tags:
-        assert lines((yield c.command(quote("TWEET", "t", tags)))) == \
-            (553, "hashtag illegal format"), tags
+        assert lines((yield c.command(quote("TWEET", "t", tags)))) == (
+            553,
+            "hashtag illegal format",
+        ), tags
     # length is checked before the hashtags, as the assignment does
     assert (yield c.command(quote("TWEET", "m" * 151, "#ALL"))).code == 552
     assert lines((yield c.command("LAST"))) == (200, "t")
@@ -225,15 +256,21 @@ def test_subscriptions_limits_and_unsubscribe(make_runtime):
     c = yield guest(srv, "alice")
     success = (200, "operation success")
     assert lines((yield c.command("SUBSCRIBE #a"))) == success
-    assert lines((yield c.command("SUBSCRIBE #a"))) == \
-        (552, "operation failed: sub #a failed, already exists or exceeds 3 limitation")
+    assert lines((yield c.command("SUBSCRIBE #a"))) == (
+        552,
+        "operation failed: sub #a failed, already exists or exceeds 3 limitation",
+    )
     assert lines((yield c.command("SUBSCRIBE #ALL"))) == success
     assert lines((yield c.command("SUBSCRIBE #b"))) == success
-    assert lines((yield c.command("SUBSCRIBE #c"))) == \
-        (552, "operation failed: sub #c failed, already exists or exceeds 3 limitation")
+    assert lines((yield c.command("SUBSCRIBE #c"))) == (
+        552,
+        "operation failed: sub #c failed, already exists or exceeds 3 limitation",
+    )
     for bad in ("a", "#", "#a#b", "#" + "x" * 15, "#\u00e9"):
-        assert lines((yield c.command(quote("SUBSCRIBE", bad)))) == \
-            (553, "hashtag illegal format"), bad
+        assert lines((yield c.command(quote("SUBSCRIBE", bad)))) == (
+            553,
+            "hashtag illegal format",
+        ), bad
         assert (yield c.command(quote("UNSUBSCRIBE", bad))).code == 553
     assert (yield c.command("SUBSCRIBE")).code == 501
     assert lines((yield c.command("UNSUBSCRIBE #zzz"))) == success
@@ -253,37 +290,50 @@ def test_five_clients_overlapping_subscriptions(make_runtime):
     exactly once each; the sender gets its own tweet only when subscribed."""
     rt = make_runtime(**FAST)
     srv, hub = yield serve(rt)
-    subs = {"c1": ["#a"], "c2": ["#a", "#b"], "c3": ["#ALL"], "c4": ["#b", "#c", "#d"],
-            "c5": []}
+    subs = {"c1": ["#a"], "c2": ["#a", "#b"], "c3": ["#ALL"], "c4": ["#b", "#c", "#d"], "c5": []}
     clients = {}
     for name, tags in subs.items():
         clients[name] = yield guest(srv, name)
         for tag in tags:
             assert (yield clients[name].command("SUBSCRIBE " + tag)).code == 200
-    plan = [("c1", "#a"), ("c1", "#b"), ("c2", "#a#b"), ("c3", "#c#d#a"), ("c5", "#e"),
-            ("c4", "#b#b"), ("c5", ""), ("c3", "#zz"), ("c2", "#d#a#b#c")]
+    plan = [
+        ("c1", "#a"),
+        ("c1", "#b"),
+        ("c2", "#a#b"),
+        ("c3", "#c#d#a"),
+        ("c5", "#e"),
+        ("c4", "#b#b"),
+        ("c5", ""),
+        ("c3", "#zz"),
+        ("c2", "#d#a#b#c"),
+    ]
     for i, (sender, tags) in enumerate(plan):
-        r = yield clients[sender].command(quote("TWEET", "m%d" % i, tags) if tags
-                                          else quote("TWEET", "m%d" % i))
+        r = yield clients[sender].command(
+            quote("TWEET", "m%d" % i, tags) if tags else quote("TWEET", "m%d" % i)
+        )
         assert lines(r) == (200, "ok")
 
     def expected(name):
         mine = set(subs[name])
-        return ["m%d" % i for i, (_, tags) in enumerate(plan)
-                if "#ALL" in mine or mine & set("#" + t for t in tags.split("#") if t)]
+        return [
+            "m%d" % i
+            for i, (_, tags) in enumerate(plan)
+            if "#ALL" in mine or mine & set("#" + t for t in tags.split("#") if t)
+        ]
 
     # the rule above, spelled out by hand for this plan
     assert {n: expected(n) for n in subs} == {
         "c1": ["m0", "m2", "m3", "m8"],
-        "c2": ["m0", "m1", "m2", "m3", "m5", "m8"],       # its own m2 and m8
-        "c3": ["m%d" % i for i in range(9)],               # #ALL
-        "c4": ["m1", "m2", "m3", "m5", "m8"],              # m3 (#c#d) and m5 (#b#b) once
-        "c5": [],                                          # not even its own m4, m6
+        "c2": ["m0", "m1", "m2", "m3", "m5", "m8"],  # its own m2 and m8
+        "c3": ["m%d" % i for i in range(9)],  # #ALL
+        "c4": ["m1", "m2", "m3", "m5", "m8"],  # m3 (#c#d) and m5 (#b#b) once
+        "c5": [],  # not even its own m4, m6
     }
     total = sum(len(expected(n)) for n in subs)
-    yield wait_for(lambda: sum(len(c.pushes) for c in clients.values()) >= total,
-                   what="all deliveries")
-    for c in clients.values():   # a later ping proves nothing more was on its way
+    yield wait_for(
+        lambda: sum(len(c.pushes) for c in clients.values()) >= total, what="all deliveries"
+    )
+    for c in clients.values():  # a later ping proves nothing more was on its way
         yield c.command("PING")
     for name, c in clients.items():
         got = tweets_of(c)
@@ -315,11 +365,13 @@ def test_getusers_gettweets_last(make_runtime):
     for m in ("first", "second"):
         yield a.command(quote("TWEET", m, "#t"))
     r = yield b.command("GETTWEETS alice")
-    assert [(t["user"], t["message"], t["hashtags"]) for t in r.items] == \
-        [("alice", "first", "#t"), ("alice", "second", "#t")]
+    assert [(t["user"], t["message"], t["hashtags"]) for t in r.items] == [
+        ("alice", "first", "#t"),
+        ("alice", "second", "#t"),
+    ]
     assert set(r.items[0]) == {"id", "user", "message", "hashtags", "ts"}
-    assert (yield b.command("GETTWEETS bob")).items == []          # online, no tweets
-    assert (yield b.command("GETTWEETS reg")).items == []          # an account, offline
+    assert (yield b.command("GETTWEETS bob")).items == []  # online, no tweets
+    assert (yield b.command("GETTWEETS reg")).items == []  # an account, offline
     assert lines((yield b.command("GETTWEETS nobody"))) == (550, "no user nobody in the system")
     assert lines((yield b.command("GETTWEETS no-body"))) == (553, "username has wrong format")
     assert (yield b.command("GETTWEETS")).code == 501
@@ -338,6 +390,7 @@ def test_getusers_gettweets_last(make_runtime):
 
 # --- acknowledgements, ordering, flood limit, idle --------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_pipelined_tweets_are_acknowledged_in_order_once_durable(make_runtime):
     """A publisher that pipelines is not held to one tweet per commit: every
@@ -352,11 +405,13 @@ def test_pipelined_tweets_are_acknowledged_in_order_once_durable(make_runtime):
     raw.send(b"LOGIN pub\r\n")
     assert (yield raw.readline()) == "230 logged in as pub (guest)"
     n = 300
-    raw.send(b"".join(b'TWEET "p%d" #x\r\n' % i for i in range(n)) + b"PING\r\nTWEET\r\n"
-             b"GETUSERS\r\nLAST\r\nQUIT\r\n")
+    raw.send(
+        b"".join(b'TWEET "p%d" #x\r\n' % i for i in range(n)) + b"PING\r\nTWEET\r\n"
+        b"GETUSERS\r\nLAST\r\nQUIT\r\n"
+    )
     yield wait_for(lambda: len(sub.pushes) == n, what="fan-out")
     assert hub.stored == 0
-    yield sub.command("PING")            # a round trip: nothing else is on its way
+    yield sub.command("PING")  # a round trip: nothing else is on its way
     assert raw.buffer == b"" and not raw.closed.called
     store = TweetStore(rt.pool)
     assert (yield store.max_tweet_id()) == 0
@@ -386,7 +441,7 @@ def test_held_replies_are_bounded(make_runtime):
     raw.send(b"".join(b'TWEET "p%d"\r\n' % i for i in range(n)))
     yield wait_for(lambda: hub.published >= MAX_HELD, what="held queue full")
     other = yield guest(srv, "other")
-    yield other.command("PING")          # the reactor went round: still stopped
+    yield other.command("PING")  # the reactor went round: still stopped
     assert hub.published == MAX_HELD and srv.protocols[0]._held.paused
     hub.store.release()
     replies = yield read_lines(raw, n)
@@ -442,6 +497,7 @@ def test_idle_timeout_only_without_subscriptions(make_runtime):
 
 # --- slow subscribers ---------------------------------------------------------
 
+
 class SmallBufferProtocol(TtweetProtocol):
     """A tiny kernel send buffer, so a stalled reader reaches the output
     limit after a few hundred tweets instead of megabytes (test speed only;
@@ -477,14 +533,21 @@ def test_stalled_subscriber_dropped_others_keep_receiving(make_runtime):
     stalled.connect((srv.host, srv.number))
     stalled.sendall(b"LOGIN stalled\r\nSUBSCRIBE #news\r\n")
     try:
-        yield wait_for(lambda: "stalled" in hub.online_users() and
-                       hub.stats()["subscriptions"].get("#news") == 101, what="subscribed")
+        yield wait_for(
+            lambda: (
+                "stalled" in hub.online_users()
+                and hub.stats()["subscriptions"].get("#news") == 101
+            ),
+            what="subscribed",
+        )
         pub = yield guest(srv, "pub")
         sent = 0
         dropped_at = None
         while sent < 3000 and (dropped_at is None or sent < dropped_at + 200):
-            burst = [pub.command(quote("TWEET", "%05d " % (sent + i) + "z" * 140, "#news"))
-                     for i in range(50)]
+            burst = [
+                pub.command(quote("TWEET", "%05d " % (sent + i) + "z" * 140, "#news"))
+                for i in range(50)
+            ]
             replies = yield defer.gatherResults(burst)
             assert [r.code for r in replies] == [200] * 50
             sent += 50
@@ -493,8 +556,11 @@ def test_stalled_subscriber_dropped_others_keep_receiving(make_runtime):
         assert dropped_at is not None, "the stalled subscriber was never dropped"
         assert srv.factory.stats.slow_drops == 1
         assert "stalled" not in hub.online_users()
-        yield wait_for(lambda: all(len(c.pushes) == sent for c in healthy), timeout=30,
-                       what="every healthy subscriber has every tweet")
+        yield wait_for(
+            lambda: all(len(c.pushes) == sent for c in healthy),
+            timeout=30,
+            what="every healthy subscriber has every tweet",
+        )
         for c in healthy:
             got = [t["message"][:5] for t in tweets_of(c)]
             assert got == ["%05d" % i for i in range(sent)]
@@ -510,6 +576,7 @@ def test_stalled_subscriber_dropped_others_keep_receiving(make_runtime):
 
 
 # --- persistence and restart ------------------------------------------------
+
 
 @pytest.mark.parametrize("db", db_kinds())
 @pytest_twisted.inlineCallbacks
@@ -549,9 +616,11 @@ def test_tweets_and_registered_timeline_survive_restart(tmp_path, db):
         assert lines((yield c.command("LAST"))) == (200, "t3")
         yield c.command(quote("LOGIN", "reg", "pw-reg"))
         r = yield c.command("TIMELINE")
-        assert [(t["user"], t["message"], t["hashtags"]) for t in r.items] == \
-            [("pub", "t0", "#a"), ("pub", "t2", "#a#b")]
-        r = yield c.command("GETTWEETS pub")       # pub is offline now
+        assert [(t["user"], t["message"], t["hashtags"]) for t in r.items] == [
+            ("pub", "t0", "#a"),
+            ("pub", "t2", "#a#b"),
+        ]
+        r = yield c.command("GETTWEETS pub")  # pub is offline now
         assert [t["message"] for t in r.items] == ["t0", "t1", "t2", "t3"]
         g2 = yield guest(srv2, "gst")
         assert (yield g2.command("TIMELINE")).items == []
@@ -586,11 +655,12 @@ def test_orderly_stop_acknowledges_pending_tweets_first(make_runtime):
     assert (yield raw.readline()) == "421 shutting down"
     yield raw.wait_closed()
     yield stopping
-    rt.harness.stopped = True              # stopped here; nothing left to clean
+    rt.harness.stopped = True  # stopped here; nothing left to clean
     assert hub.stored == 1
 
 
 # --- the hub's batch writer under re-entrant callbacks --------------------------
+
 
 class ManualStore:
     """save_batch answers only when the test says so (no database)."""
@@ -630,6 +700,7 @@ def test_hub_stop_and_batches_with_reentrant_callbacks():
     from twisted.internet.task import Clock
 
     from netshare.services.ttweet.hub import Hub
+
     clock, store = Clock(), ManualStore()
     hub = Hub(store, clock=clock, batch_rows=2, batch_interval=0.05)
     hub.start()
@@ -638,21 +709,21 @@ def test_hub_stop_and_batches_with_reentrant_callbacks():
     stopped = []
 
     def again(_):
-        hub.publish(poster, "b")                 # queued ...
-        hub.publish(poster, "c")                 # ... batch_rows reached: a batch starts
+        hub.publish(poster, "b")  # queued ...
+        hub.publish(poster, "c")  # ... batch_rows reached: a batch starts
         hub.publish(poster, "d")
-        hub.publish(poster, "e")                 # 2 rows queued again
+        hub.publish(poster, "e")  # 2 rows queued again
         hub.stop().addCallback(stopped.append)
 
     hub.publish(poster, "a").addCallback(again)
     clock.advance(0.05)
     assert store.pending() == [["a"]]
-    store.calls[0][0].callback(1)                # "a" is stored: its callback runs
-    assert store.pending() == [["b", "c"]]       # one batch in flight, not two
+    store.calls[0][0].callback(1)  # "a" is stored: its callback runs
+    assert store.pending() == [["b", "c"]]  # one batch in flight, not two
     assert stopped == []
     store.calls[1][0].callback(2)
     assert store.pending() == [["d", "e"]]
-    assert stopped == []                          # "d" and "e" are not written yet
+    assert stopped == []  # "d" and "e" are not written yet
     store.calls[2][0].callback(2)
     assert store.pending() == [] and stopped == [None]
     assert hub.stored == 5

@@ -78,9 +78,9 @@ from netshare.clients.protocol import (
 
 #: Exit statuses of every client program.
 EXIT_OK = 0
-EXIT_REFUSED = 1      # the server refused a command (4xx/5xx), reply on stderr
-EXIT_USAGE = 2        # bad command line (argparse uses 2 as well)
-EXIT_CONNECT = 3      # cannot connect, TLS failure, connection lost
+EXIT_REFUSED = 1  # the server refused a command (4xx/5xx), reply on stderr
+EXIT_USAGE = 2  # bad command line (argparse uses 2 as well)
+EXIT_CONNECT = 3  # cannot connect, TLS failure, connection lost
 EXIT_INTERRUPTED = 130
 
 
@@ -98,32 +98,56 @@ def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -
     """
     env = os.environ
     g = parser.add_argument_group("connection")
-    g.add_argument("--host", default=env.get("NETSHARE_HOST", "127.0.0.1"),
-                   help="server address [default: %(default)s; env NETSHARE_HOST]")
-    g.add_argument("--port", type=_port, default=_port(env.get("NETSHARE_PORT", default_port)),
-                   help="server port [default: %(default)s; env NETSHARE_PORT]")
-    g.add_argument("--user", default=env.get("NETSHARE_USER"),
-                   help="account name [env NETSHARE_USER]; the password comes from "
-                        "NETSHARE_PASSWORD or a prompt")
-    g.add_argument("--tls", action="store_true",
-                   help="connect with TLS, verifying the certificate and host name")
-    g.add_argument("--cafile", help="CA certificate (PEM) to trust with --tls "
-                                    "[default: the system trust store]")
+    g.add_argument(
+        "--host",
+        default=env.get("NETSHARE_HOST", "127.0.0.1"),
+        help="server address [default: %(default)s; env NETSHARE_HOST]",
+    )
+    g.add_argument(
+        "--port",
+        type=_port,
+        default=_port(env.get("NETSHARE_PORT", default_port)),
+        help="server port [default: %(default)s; env NETSHARE_PORT]",
+    )
+    g.add_argument(
+        "--user",
+        default=env.get("NETSHARE_USER"),
+        help="account name [env NETSHARE_USER]; the password comes from "
+        "NETSHARE_PASSWORD or a prompt",
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, verifying the certificate and host name",
+    )
+    g.add_argument(
+        "--cafile",
+        help="CA certificate (PEM) to trust with --tls [default: the system trust store]",
+    )
     g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
-    g.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to wait for the connection and greeting [default: %(default)s]")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the connection and greeting [default: %(default)s]",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
     """C{--json}.  Give C{suppress=True} on sub-parsers so that a C{--json}
     before the command is not reset by the sub-parser's default."""
-    parser.add_argument("--json", action="store_true",
-                        default=argparse.SUPPRESS if suppress else False,
-                        help="print JSON instead of tables")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print JSON instead of tables",
+    )
 
 
 def command_parser(
-        prog: str, description: str, default_port: int,
+    prog: str,
+    description: str,
+    default_port: int,
 ) -> tuple[argparse.ArgumentParser, Callable[[str, str], argparse.ArgumentParser]]:
     """
     The command line every sub-command client shares: connection and output
@@ -164,16 +188,24 @@ def password(args: argparse.Namespace, prompt: str | None = None) -> str:
 # -- sessions -------------------------------------------------------------------
 
 
-async def open_session(reactor: Any, args: argparse.Namespace,
-                       secret: str | None = None) -> ClientProtocol:
+async def open_session(
+    reactor: Any, args: argparse.Namespace, secret: str | None = None
+) -> ClientProtocol:
     """Connect, wait for the greeting and LOGIN as C{args.user}.
     @return: a logged-in L{netshare.clients.protocol.ClientProtocol}."""
     if not args.user:
         raise UsageError("--user is required (or set NETSHARE_USER)")
     if secret is None:
         secret = password(args)
-    proto = await connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
-                          hostname=args.hostname, reactor=reactor, timeout=args.timeout)
+    proto = await connect(
+        args.host,
+        args.port,
+        tls=args.tls,
+        cafile=args.cafile,
+        hostname=args.hostname,
+        reactor=reactor,
+        timeout=args.timeout,
+    )
     try:
         await login(proto, args.user, secret)
     except BaseException:
@@ -213,8 +245,11 @@ async def one_command(reactor: Any, args: argparse.Namespace, line: str) -> Resp
         await close(proto)
 
 
-def run(args: argparse.Namespace, main: Callable[[Any], Awaitable[int | None] | int | None],
-        prog: str | None = None) -> None:
+def run(
+    args: argparse.Namespace,
+    main: Callable[[Any], Awaitable[int | None] | int | None],
+    prog: str | None = None,
+) -> None:
     """
     Run C{main(reactor)} (a coroutine function or one returning a Deferred)
     under L{twisted.internet.task.react} and exit with its status: the int
@@ -222,6 +257,7 @@ def run(args: argparse.Namespace, main: Callable[[Any], Awaitable[int | None] | 
     docstring).  Never returns.
     """
     from twisted.internet import task
+
     prog = prog or os.path.basename(sys.argv[0]) or "netshare"
 
     async def wrapped(reactor: Any) -> None:
@@ -233,8 +269,15 @@ def run(args: argparse.Namespace, main: Callable[[Any], Awaitable[int | None] | 
         except UsageError as e:
             _err(prog, str(e))
             code = EXIT_USAGE
-        except (ConnectionError, ierror.ConnectError, ierror.ConnectionLost,
-                ierror.ConnectionDone, defer.TimeoutError, ierror.TimeoutError, OSError) as e:
+        except (
+            ConnectionError,
+            ierror.ConnectError,
+            ierror.ConnectionLost,
+            ierror.ConnectionDone,
+            defer.TimeoutError,
+            ierror.TimeoutError,
+            OSError,
+        ) as e:
             _err(prog, "cannot talk to %s:%s: %s" % (args.host, args.port, _reason(e)))
             code = EXIT_CONNECT
         except Exception as e:
@@ -270,8 +313,9 @@ def start_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None
     else:
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],
-                                     redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
+    )
 
 
 # -- output ----------------------------------------------------------------------
@@ -290,9 +334,12 @@ def printable(value: object) -> str:
     return "".join(c if unicodedata.category(c)[0] != "C" else "\\u%04x" % ord(c) for c in text)
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str],
-                 headers: dict[str, str] | None = None,
-                 max_width: int | None = None) -> str:
+def format_table(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    headers: dict[str, str] | None = None,
+    max_width: int | None = None,
+) -> str:
     """
     A plain-text table: a header line, a rule, one line per row.  Cells
     longer than C{max_width} are cut with an ellipsis (C{None}: never).
@@ -300,14 +347,19 @@ def format_table(rows: list[dict[str, Any]], columns: list[str],
     headers = headers or {}
     cells = [[printable(row.get(c)) for c in columns] for row in rows]
     if max_width:
-        cells = [[c if len(c) <= max_width else c[:max_width - 1] + "\u2026" for c in line]
-                 for line in cells]
+        cells = [
+            [c if len(c) <= max_width else c[: max_width - 1] + "\u2026" for c in line]
+            for line in cells
+        ]
     titles = [headers.get(c, c) for c in columns]
     widths = [max([len(t)] + [len(line[i]) for line in cells]) for i, t in enumerate(titles)]
-    out = ["  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip(),
-           "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-            for line in cells]
+    out = [
+        "  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    out += [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -318,8 +370,13 @@ def format_object(obj: dict[str, Any], columns: list[str] | None = None) -> str:
     return "".join("%s: %s\n" % (k.ljust(width), printable(obj.get(k))) for k in keys)
 
 
-def emit(args: argparse.Namespace, data: Any, columns: list[str] | None = None,
-         out: IO[str] | None = None, text: str | None = None) -> None:
+def emit(
+    args: argparse.Namespace,
+    data: Any,
+    columns: list[str] | None = None,
+    out: IO[str] | None = None,
+    text: str | None = None,
+) -> None:
     """
     Print a result: JSON with C{args.json}; otherwise C{text} if given, a
     table for a list, C{key: value} lines for a dict.
@@ -331,8 +388,13 @@ def emit(args: argparse.Namespace, data: Any, columns: list[str] | None = None,
         out.write(text if text.endswith("\n") else text + "\n")
     elif isinstance(data, list):
         if data or columns:
-            out.write(format_table(data, columns or sorted({k for d in data for k in d}),
-                                   max_width=_cell_width(out)))
+            out.write(
+                format_table(
+                    data,
+                    columns or sorted({k for d in data for k in d}),
+                    max_width=_cell_width(out),
+                )
+            )
         out.write("(%d item%s)\n" % (len(data), "" if len(data) == 1 else "s"))
     elif isinstance(data, dict):
         out.write(format_object(data, columns))
@@ -423,9 +485,15 @@ class ProgressBar:
     L{netshare.clients.protocol.ClientProtocol.upload}/C{download}); L{finish} at the end.
     """
 
-    def __init__(self, total: int, label: str = "", stream: IO[str] | None = None,
-                 force: bool = False, clock: Callable[[], float] = time.monotonic,
-                 width: int = 30) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        stream: IO[str] | None = None,
+        force: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        width: int = 30,
+    ) -> None:
         self.total = max(0, int(total))
         self.label = label
         self.stream = stream or sys.stderr
@@ -449,9 +517,13 @@ class ProgressBar:
         filled = int(frac * self.width)
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed / 1e6
-        return "%s[%s%s] %3d%%  %.1f MB/s" % (self.label + " " if self.label else "",
-                                              "#" * filled, "-" * (self.width - filled),
-                                              int(frac * 100), rate)
+        return "%s[%s%s] %3d%%  %.1f MB/s" % (
+            self.label + " " if self.label else "",
+            "#" * filled,
+            "-" * (self.width - filled),
+            int(frac * 100),
+            rate,
+        )
 
     def _draw(self, now: float) -> None:
         self.stream.write("\r" + self.render(now))

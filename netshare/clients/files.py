@@ -104,8 +104,10 @@ def file_password(confirm: bool = False) -> str:
     if env is not None:
         return env
     if not sys.stdin.isatty():
-        raise LocalFailure("a file password is needed: set NETSHARE_FILE_PASSWORD or run "
-                           "on a terminal", common.EXIT_USAGE)
+        raise LocalFailure(
+            "a file password is needed: set NETSHARE_FILE_PASSWORD or run on a terminal",
+            common.EXIT_USAGE,
+        )
     first = getpass.getpass("File password: ")
     if confirm and getpass.getpass("File password again: ") != first:
         raise LocalFailure("file passwords do not match", common.EXIT_USAGE)
@@ -181,9 +183,12 @@ async def cmd_checksum(reactor: Any, args: argparse.Namespace) -> int | None:
         return None
     local = sha256_of(_regular_file(args.path)).hexdigest()
     same = local == remote
-    common.emit(args, {"name": args.name, "sha256": remote, "local": local, "match": same},
-                text="%s: %s (server %s, %s %s)" % (args.name, "match" if same else "DIFFERENT",
-                                                    remote, args.path, local))
+    common.emit(
+        args,
+        {"name": args.name, "sha256": remote, "local": local, "match": same},
+        text="%s: %s (server %s, %s %s)"
+        % (args.name, "match" if same else "DIFFERENT", remote, args.path, local),
+    )
     if not same:
         return common.EXIT_REFUSED
     return None
@@ -197,8 +202,15 @@ async def cmd_register(reactor: Any, args: argparse.Namespace) -> None:
         secret = getpass.getpass("New password for %s: " % (args.user,))
         if getpass.getpass("Again: ") != secret:
             raise LocalFailure("passwords do not match", common.EXIT_USAGE)
-    proto = await connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
-                          hostname=args.hostname, reactor=reactor, timeout=args.timeout)
+    proto = await connect(
+        args.host,
+        args.port,
+        tls=args.tls,
+        cafile=args.cafile,
+        hostname=args.hostname,
+        reactor=reactor,
+        timeout=args.timeout,
+    )
     try:
         resp = common.checked(await proto.command(quote("REGISTER", args.user, secret)))
     finally:
@@ -259,9 +271,12 @@ async def cmd_upload(reactor: Any, args: argparse.Namespace) -> None:
     finally:
         await common.close(proto)
     stored = resp.obj or {}
-    common.emit(args, stored, text="stored %s (%d bytes, sha256 %s)"
-                % (stored.get("name", name), stored.get("size", size),
-                   stored.get("sha256", digest)))
+    common.emit(
+        args,
+        stored,
+        text="stored %s (%d bytes, sha256 %s)"
+        % (stored.get("name", name), stored.get("size", size), stored.get("sha256", digest)),
+    )
 
 
 async def cmd_download(reactor: Any, args: argparse.Namespace) -> None:
@@ -272,14 +287,14 @@ async def cmd_download(reactor: Any, args: argparse.Namespace) -> None:
         await common.close(proto)
 
 
-async def _download(proto: ClientProtocol, args: argparse.Namespace,
-                    retry: bool = True) -> None:
+async def _download(proto: ClientProtocol, args: argparse.Namespace, retry: bool = True) -> None:
     info = common.checked(await proto.command(quote("INFO", args.name))).obj
     secret = file_password() if info.get("protected") else None
     if info.get("sha256") is None and secret is not None:
         # A protected file of someone else's: its checksum needs its password.
-        info = common.checked(await proto.command(
-            quote("INFO", args.name, "password=" + secret))).obj
+        info = common.checked(
+            await proto.command(quote("INFO", args.name, "password=" + secret))
+        ).obj
     expected, size = info["sha256"], int(info["size"])
     dest = args.output if args.output is not None else info["name"]
     if os.path.isdir(dest):
@@ -308,10 +323,12 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace,
         except ConnectionError as e:
             bar.abort()
             f.flush()
-            raise LocalFailure("connection lost after %d of %d bytes (%s); the partial file %s "
-                               "is kept: run the same command again to resume"
-                               % (offset + writer.written, size, e, part),
-                               common.EXIT_CONNECT) from None
+            raise LocalFailure(
+                "connection lost after %d of %d bytes (%s); the partial file %s "
+                "is kept: run the same command again to resume"
+                % (offset + writer.written, size, e, part),
+                common.EXIT_CONNECT,
+            ) from None
         f.flush()
         os.fsync(f.fileno())
     if not resp.ok:
@@ -327,19 +344,24 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace,
         os.unlink(part)
         if retry:
             return await _download(proto, args, retry=False)
-        raise LocalFailure("%s changed on the server during the download; try again"
-                           % (args.name,))
+        raise LocalFailure(
+            "%s changed on the server during the download; try again" % (args.name,)
+        )
     got = hasher.hexdigest()
     if got != expected or offset + writer.written != size:
         os.unlink(part)
-        raise LocalFailure("checksum mismatch for %s: expected %s, got %s (partial file removed)"
-                           % (args.name, expected, got))
+        raise LocalFailure(
+            "checksum mismatch for %s: expected %s, got %s (partial file removed)"
+            % (args.name, expected, got)
+        )
     os.replace(part, dest)
     fsync_dir(os.path.dirname(os.path.abspath(dest)))
-    common.emit(args, {"name": info["name"], "path": dest, "size": size, "sha256": got,
-                       "resumed_from": offset},
-                text="downloaded %s to %s (%d bytes%s, sha256 verified)"
-                % (info["name"], dest, size, ", resumed at %d" % offset if offset else ""))
+    common.emit(
+        args,
+        {"name": info["name"], "path": dest, "size": size, "sha256": got, "resumed_from": offset},
+        text="downloaded %s to %s (%d bytes%s, sha256 verified)"
+        % (info["name"], dest, size, ", resumed at %d" % offset if offset else ""),
+    )
 
 
 def _remove_stale_partials(dest: str, keep: str) -> None:
@@ -352,8 +374,12 @@ def _remove_stale_partials(dest: str, keep: str) -> None:
         return
     for n in names:
         p = os.path.join(folder, n)
-        if n.startswith(prefix) and n.endswith(".part") and len(n) == len(prefix) + 21 \
-                and p != keep:
+        if (
+            n.startswith(prefix)
+            and n.endswith(".part")
+            and len(n) == len(prefix) + 21
+            and p != keep
+        ):
             try:
                 os.unlink(p)
             except OSError:
@@ -374,8 +400,13 @@ def fsync_dir(path: str) -> None:
 
 
 COMMANDS = {
-    "list": cmd_list, "info": cmd_info, "upload": cmd_upload, "download": cmd_download,
-    "delete": cmd_delete, "checksum": cmd_checksum, "register": cmd_register,
+    "list": cmd_list,
+    "info": cmd_info,
+    "upload": cmd_upload,
+    "download": cmd_download,
+    "delete": cmd_delete,
+    "checksum": cmd_checksum,
+    "register": cmd_register,
     "history": cmd_history,
 }
 
@@ -397,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser, command = common.command_parser(
         PROG,
         "netshare files client. The account password comes from NETSHARE_PASSWORD "
-        "or a prompt; a file password from NETSHARE_FILE_PASSWORD or a prompt.", DEFAULT_PORT)
+        "or a prompt; a file password from NETSHARE_FILE_PASSWORD or a prompt.",
+        DEFAULT_PORT,
+    )
 
     p = command("list", "list public files")
     which = p.add_mutually_exclusive_group()
@@ -410,10 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("upload", "upload a file")
     p.add_argument("path")
     p.add_argument("--name", help="name on the server [default: the file's name]")
-    p.add_argument("--hidden", action="store_true",
-                   help="hidden: never listed, reachable by its exact name")
-    p.add_argument("--protect", action="store_true",
-                   help="protect with a file password (asked for; stored encrypted)")
+    p.add_argument(
+        "--hidden", action="store_true", help="hidden: never listed, reachable by its exact name"
+    )
+    p.add_argument(
+        "--protect",
+        action="store_true",
+        help="protect with a file password (asked for; stored encrypted)",
+    )
     p.add_argument("--replace", action="store_true", help="replace your existing file")
 
     p = command("download", "download a file (verified, resumable)")

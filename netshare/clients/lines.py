@@ -54,10 +54,10 @@ class LinearLineReceiver(Protocol):
     def __init__(self) -> None:
         self.paused = False
         self._lineMode = True
-        self._tail: list[bytes] = []    # the unfinished line: pieces with no LF
+        self._tail: list[bytes] = []  # the unfinished line: pieces with no LF
         self._tailSize = 0
-        self._unread = b""              # received, not framed yet (follows the tail)
-        self._busy = False              # inside dataReceived: re-entry only queues
+        self._unread = b""  # received, not framed yet (follows the tail)
+        self._busy = False  # inside dataReceived: re-entry only queues
 
     # -- what subclasses implement
 
@@ -143,7 +143,7 @@ class LinearLineReceiver(Protocol):
                     self._passRaw(data)
                     continue
                 rest = self._frame(data)
-                if rest is None:        # a line too long: everything went with it
+                if rest is None:  # a line too long: everything went with it
                     return
                 if rest:
                     self._unread = rest + self._unread
@@ -197,7 +197,7 @@ class LinearLineReceiver(Protocol):
                 self._exceeded(data[start:])
                 return None
             if end > start and data[end - 1] == _CR:
-                line = data[start:end - 1]
+                line = data[start : end - 1]
             else:
                 line = data[start:end]
             start = end + 1

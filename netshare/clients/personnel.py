@@ -62,6 +62,7 @@ HISTORY_COLUMNS = ["id", "ts", "user", "service", "command", "code"]
 
 async def cmd_sync(reactor: Any, args: argparse.Namespace) -> int:
     from netshare.clients.syncdb import LocalStore
+
     if not args.user:
         raise common.UsageError("--user is required (or set NETSHARE_USER)")
     secret = common.password(args)
@@ -72,13 +73,28 @@ async def cmd_sync(reactor: Any, args: argparse.Namespace) -> int:
         raise common.UsageError("cannot open --db %s: %s" % (args.db, e)) from None
 
     def connector() -> defer.Deferred[ClientProtocol]:
-        return connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
-                       hostname=args.hostname, reactor=reactor, timeout=args.timeout)
+        return connect(
+            args.host,
+            args.port,
+            tls=args.tls,
+            cafile=args.cafile,
+            hostname=args.hostname,
+            reactor=reactor,
+            timeout=args.timeout,
+        )
 
-    client = SyncClient(reactor, store, connector, args.user, secret,
-                        retry_min=args.retry_min, retry_max=args.retry_max,
-                        batch_max=args.batch_max, batch_delay=args.batch_delay,
-                        log_each=args.log_level == "debug")
+    client = SyncClient(
+        reactor,
+        store,
+        connector,
+        args.user,
+        secret,
+        retry_min=args.retry_min,
+        retry_max=args.retry_max,
+        batch_max=args.batch_max,
+        batch_delay=args.batch_delay,
+        log_each=args.log_level == "debug",
+    )
     log = Logger(namespace="netshare.services.personnel.sync")
     log.info("sync client {user} on {db}", user=args.user, db=args.db)
 
@@ -93,8 +109,11 @@ async def cmd_sync(reactor: Any, args: argparse.Namespace) -> int:
         if not done:
             done.append(True)
             store.close()
-            log.info("sync client stopped: {applied} changes applied in {batches} batches",
-                     applied=client.applied, batches=client.batches)
+            log.info(
+                "sync client stopped: {applied} changes applied in {batches} batches",
+                applied=client.applied,
+                batches=client.batches,
+            )
 
     trigger = reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     code = common.EXIT_OK
@@ -176,8 +195,9 @@ async def cmd_messages(reactor: Any, args: argparse.Namespace) -> None:
 async def _queue(reactor: Any, args: argparse.Namespace, verb: str) -> None:
     resp = await _one(reactor, args, quote(verb, args.ssn, args.client))
     count = int(resp.text.split()[-1])
-    common.emit(args, {"queued": count}, text="queued %d message%s"
-                % (count, "" if count == 1 else "s"))
+    common.emit(
+        args, {"queued": count}, text="queued %d message%s" % (count, "" if count == 1 else "s")
+    )
 
 
 async def cmd_send(reactor: Any, args: argparse.Namespace) -> None:
@@ -290,8 +310,7 @@ class Console:
     async def show(self) -> None:
         people = common.checked(await self.proto.command("LIST limit=%d" % self.show_limit))
         clients = common.checked(await self.proto.command("CLIENTS"))
-        messages = common.checked(await self.proto.command("MESSAGES limit=%d"
-                                                           % self.show_limit))
+        messages = common.checked(await self.proto.command("MESSAGES limit=%d" % self.show_limit))
         self.say("personnel (first %d):" % (self.show_limit,))
         self.say(common.format_table(people.items or [], PERSON_COLUMNS[:5]).rstrip("\n"))
         self.say("clients:")
@@ -302,6 +321,7 @@ class Console:
 
 async def cmd_console(reactor: Any, args: argparse.Namespace) -> None:
     from twisted.internet import stdio
+
     proto = await common.open_session(reactor, args)
     io = common.LineInput()
     stdio.StandardIO(io, reactor=reactor)
@@ -317,9 +337,18 @@ async def cmd_console(reactor: Any, args: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "sync": cmd_sync, "console": cmd_console, "list": cmd_list, "get": cmd_get,
-    "add": cmd_add, "update": cmd_update, "delete": cmd_delete, "clients": cmd_clients,
-    "messages": cmd_messages, "send": cmd_send, "remove": cmd_remove, "history": cmd_history,
+    "sync": cmd_sync,
+    "console": cmd_console,
+    "list": cmd_list,
+    "get": cmd_get,
+    "add": cmd_add,
+    "update": cmd_update,
+    "delete": cmd_delete,
+    "clients": cmd_clients,
+    "messages": cmd_messages,
+    "send": cmd_send,
+    "remove": cmd_remove,
+    "history": cmd_history,
 }
 
 
@@ -347,28 +376,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser, command = common.command_parser(
         "netshare-personnel",
         "netshare personnel client: one-shot commands, the operator console and "
-        "the sync client. The password comes from NETSHARE_PASSWORD or a prompt.", DEFAULT_PORT)
+        "the sync client. The password comes from NETSHARE_PASSWORD or a prompt.",
+        DEFAULT_PORT,
+    )
 
     p = command("sync", "keep a local SQLite copy of what the server sends this account")
     p.add_argument("--db", required=True, help="local SQLite file (created if missing)")
-    p.add_argument("--retry-min", type=_seconds, default=1.0,
-                   help="first reconnect delay, doubled after each failure [%(default)s s]")
-    p.add_argument("--retry-max", type=_seconds, default=30.0,
-                   help="longest reconnect delay [%(default)s s]")
-    p.add_argument("--batch-max", type=_positive, default=500,
-                   help="most messages applied in one local transaction [%(default)s]")
-    p.add_argument("--batch-delay", type=_seconds, default=0.005,
-                   help="wait this long for more pushes before applying a batch "
-                        "[%(default)s s]")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"],
-                   help="log level on stderr [%(default)s]")
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="log format on stderr [%(default)s]")
+    p.add_argument(
+        "--retry-min",
+        type=_seconds,
+        default=1.0,
+        help="first reconnect delay, doubled after each failure [%(default)s s]",
+    )
+    p.add_argument(
+        "--retry-max", type=_seconds, default=30.0, help="longest reconnect delay [%(default)s s]"
+    )
+    p.add_argument(
+        "--batch-max",
+        type=_positive,
+        default=500,
+        help="most messages applied in one local transaction [%(default)s]",
+    )
+    p.add_argument(
+        "--batch-delay",
+        type=_seconds,
+        default=0.005,
+        help="wait this long for more pushes before applying a batch [%(default)s s]",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="log level on stderr [%(default)s]",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log format on stderr [%(default)s]",
+    )
 
-    p = command("console", "the operator menu (send/delete one or all people to one or all "
-                           "clients)")
-    p.add_argument("--show-limit", type=_positive, default=20,
-                   help="rows of each table shown by choice 0 [%(default)s]")
+    p = command(
+        "console", "the operator menu (send/delete one or all people to one or all clients)"
+    )
+    p.add_argument(
+        "--show-limit",
+        type=_positive,
+        default=20,
+        help="rows of each table shown by choice 0 [%(default)s]",
+    )
 
     p = command("list", "list people (TEXT matches name, surname, ssn or job)")
     p.add_argument("text", nargs="?")
@@ -399,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client")
     p.add_argument("--limit", type=_positive)
 
-    for name, verb in (("send", "queue SAVE of one person or * to one client or *"),
-                       ("remove", "queue DELETE of one person or * from one client or *")):
+    for name, verb in (
+        ("send", "queue SAVE of one person or * to one client or *"),
+        ("remove", "queue DELETE of one person or * from one client or *"),
+    ):
         p = command(name, verb + " (admin)")
         p.add_argument("ssn", help="an ssn, or * for everyone")
         p.add_argument("client", help="a client (account) name, or * for every known client")
@@ -419,4 +477,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

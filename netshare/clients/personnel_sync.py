@@ -97,11 +97,11 @@ class SyncSession:
 
     def __init__(self, proto: ClientProtocol) -> None:
         self.proto = proto
-        self.buffer: list[tuple[int, str]] = []   # (code, text) of each push, unparsed
+        self.buffer: list[tuple[int, str]] = []  # (code, text) of each push, unparsed
         self.flushCall: IDelayedCall | None = None
         self.paused = False
-        self.acked = 0           # the highest seq an ACK was sent for
-        self.ackWanted = 0       # the highest seq committed locally
+        self.acked = 0  # the highest seq an ACK was sent for
+        self.ackWanted = 0  # the highest seq committed locally
         self.ackInFlight = False
 
     @property
@@ -125,12 +125,22 @@ class SyncClient:
 
     log = Logger(namespace="netshare.services.personnel.sync")
 
-    def __init__(self, reactor: Any, store: LocalCopy,
-                 connector: Callable[[], defer.Deferred[ClientProtocol]], user: str,
-                 password: str, *, retry_min: float = 1.0, retry_max: float = 30.0,
-                 batch_max: int = 500, batch_delay: float = 0.005,
-                 command_timeout: float = 60.0, rng: random.Random | None = None,
-                 log_each: bool = False) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        store: LocalCopy,
+        connector: Callable[[], defer.Deferred[ClientProtocol]],
+        user: str,
+        password: str,
+        *,
+        retry_min: float = 1.0,
+        retry_max: float = 30.0,
+        batch_max: int = 500,
+        batch_delay: float = 0.005,
+        command_timeout: float = 60.0,
+        rng: random.Random | None = None,
+        log_each: bool = False,
+    ) -> None:
         self.reactor = reactor
         self.store = store
         self.connector = connector
@@ -142,13 +152,13 @@ class SyncClient:
         self.batch_delay = batch_delay
         self.command_timeout = command_timeout
         self.rng = rng or random.Random()
-        self.log_each = log_each    # one debug event per change as well
+        self.log_each = log_each  # one debug event per change as well
         self.applied = 0
         self.batches = 0
         self.connections = 0
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="netshare-syncdb")
         self._session: SyncSession | None = None
-        self._applying: defer.Deferred[None] | None = None   # the batch being applied
+        self._applying: defer.Deferred[None] | None = None  # the batch being applied
         self._sleep: defer.Deferred[None] | None = None
         self._stopping = False
         self._stopped = False
@@ -199,12 +209,14 @@ class SyncClient:
                 self.connections += 1
                 # A server that accepts but never answers must not hang us.
                 await login(proto, self.user, self.password).addTimeout(
-                    self.command_timeout, self.reactor)
+                    self.command_timeout, self.reactor
+                )
                 last = await self._db(self.store.last_seq)
                 session = self._session = SyncSession(proto)
                 proto.onPush = functools.partial(self._onPush, session)
                 resp = await proto.command("SYNC after=%d" % (last,)).addTimeout(
-                    self.command_timeout, self.reactor)
+                    self.command_timeout, self.reactor
+                )
                 if resp.code != 200:
                     raise CommandFailed(resp)
                 self.log.info("syncing as {user} after seq {seq}", user=self.user, seq=last)
@@ -275,8 +287,8 @@ class SyncClient:
         self._cancelFlush(session)
         if self._applying is not None or not session.buffer or session is not self._session:
             return
-        batch = session.buffer[:self.batch_max]
-        del session.buffer[:self.batch_max]
+        batch = session.buffer[: self.batch_max]
+        del session.buffer[: self.batch_max]
         applying = self._applyBatch(session, batch)
         if not applying.called:
             # (A batch that failed at once has already cleared _applying,
@@ -368,22 +380,39 @@ class SyncClient:
         if self.log_each:
             for seq, action, payload in changes:
                 if action == "SAVE":
-                    self.log.debug("applied {seq} SAVE {ssn} ({name} {surname})", seq=seq,
-                                   action=action, ssn=payload.get("ssn"),
-                                   name=payload.get("name"), surname=payload.get("surname"))
+                    self.log.debug(
+                        "applied {seq} SAVE {ssn} ({name} {surname})",
+                        seq=seq,
+                        action=action,
+                        ssn=payload.get("ssn"),
+                        name=payload.get("name"),
+                        surname=payload.get("surname"),
+                    )
                 elif action == "DELETE":
-                    self.log.debug("applied {seq} DELETE {ssn}", seq=seq, action=action,
-                                   ssn=payload.get("ssn"))
+                    self.log.debug(
+                        "applied {seq} DELETE {ssn}",
+                        seq=seq,
+                        action=action,
+                        ssn=payload.get("ssn"),
+                    )
                 else:
                     self.log.debug("applied {seq} DELETE_ALL", seq=seq, action=action, ssn=None)
         # One string, not a list of lists: a JSON log observer encodes a
         # 5000-item list per batch at ~1 us an item (as much as the apply),
         # a string at memory speed; "%d %s %s" per change is the only cost.
-        listed = ", ".join(["%d %s %s" % (seq, action, payload.get("ssn", "*"))
-                            for seq, action, payload in changes])
-        self.log.info("applied {count} changes, seq {first}..{last}: {changes}",
-                      count=len(changes), first=changes[0][0], last=changes[-1][0],
-                      changes=listed)
+        listed = ", ".join(
+            [
+                "%d %s %s" % (seq, action, payload.get("ssn", "*"))
+                for seq, action, payload in changes
+            ]
+        )
+        self.log.info(
+            "applied {count} changes, seq {first}..{last}: {changes}",
+            count=len(changes),
+            first=changes[0][0],
+            last=changes[-1][0],
+            changes=listed,
+        )
 
 
 def parse_pushes(pushes: Sequence[tuple[int, str]]) -> list[Message]:

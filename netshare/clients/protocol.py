@@ -78,9 +78,9 @@ class CommandFailed(Exception):
 class Response:
     code: int
     text: str
-    lines: list[str] = field(default_factory=list)   # every line's text, in order
-    items: list[Any] | None = None                   # a 210 listing, parsed
-    bytes: int = 0                                   # raw bytes transferred
+    lines: list[str] = field(default_factory=list)  # every line's text, in order
+    items: list[Any] | None = None  # a 210 listing, parsed
+    bytes: int = 0  # raw bytes transferred
 
     @property
     def line(self) -> str:
@@ -105,8 +105,14 @@ def quote(*words: object) -> str:
 class _Pending:
     """A command sent (or waiting to be sent) and the reply lines so far."""
 
-    def __init__(self, line: str, kind: str = "line", source: Source | None = None,
-                 sink: Sink | None = None, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        line: str,
+        kind: str = "line",
+        source: Source | None = None,
+        sink: Sink | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.line = line
         self.kind = kind
         self.source = source
@@ -145,8 +151,8 @@ class ClientProtocol(LinearLineReceiver):
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.onPush: Callable[[int, str], object] | None = None
         self.pushes: list[tuple[int, str]] = []
-        self._queue: list[_Pending] = []   # commands sent (or waiting to be sent), in order
-        self._blocked = False               # an upload is between its command and its last byte
+        self._queue: list[_Pending] = []  # commands sent (or waiting to be sent), in order
+        self._blocked = False  # an upload is between its command and its last byte
         self._receiving: _Download | None = None
         self._greeted = False
 
@@ -192,8 +198,9 @@ class ClientProtocol(LinearLineReceiver):
         """Send one command line; fire with its L{Response} (any code)."""
         return self._enqueue(_Pending(line))
 
-    def upload(self, line: str, source: Source,
-               progress: Progress | None = None) -> defer.Deferred[Response]:
+    def upload(
+        self, line: str, source: Source, progress: Progress | None = None
+    ) -> defer.Deferred[Response]:
         """
         Send an UPLOAD-style command; after C{350 send <n> bytes}, stream
         exactly n bytes from the binary file C{source}.  Fires with the final
@@ -201,8 +208,9 @@ class ClientProtocol(LinearLineReceiver):
         """
         return self._enqueue(_Pending(line, "upload", source=source, progress=progress))
 
-    def download(self, line: str, sink: Sink,
-                 progress: Progress | None = None) -> defer.Deferred[Response]:
+    def download(
+        self, line: str, sink: Sink, progress: Progress | None = None
+    ) -> defer.Deferred[Response]:
         """
         Send a DOWNLOAD-style command; after C{150 <n> bytes sha256=<hex>},
         write exactly n bytes to C{sink} (a binary file).  Fires with the
@@ -234,7 +242,7 @@ class ClientProtocol(LinearLineReceiver):
     # -- receiving
 
     def lineReceived(self, line: bytes) -> None:
-        if (line[:1] == b"6" and line[3:4] == b" " and line[1:3].isdigit() and self._greeted):
+        if line[:1] == b"6" and line[3:4] == b" " and line[1:3].isdigit() and self._greeted:
             # A push, the bulk of a sync connection: no more work than this.
             code, rest = int(line[:3]), line[4:].decode("utf-8", "replace")
             if self.onPush is not None:
@@ -311,8 +319,11 @@ class ClientProtocol(LinearLineReceiver):
             return
         p.rawResponse = counter.count
         if counter.count != size:
-            self.log.error("upload source gave {got} bytes, server expects {size}",
-                           got=counter.count, size=size)
+            self.log.error(
+                "upload source gave {got} bytes, server expects {size}",
+                got=counter.count,
+                size=size,
+            )
             transport.loseConnection()
 
     # -- raw download
@@ -396,9 +407,15 @@ class _ClientFactory(Factory):
 
 
 @deferred
-async def connect(host: str = "127.0.0.1", port: int = 7001, tls: bool = False,
-                  cafile: str | None = None, hostname: str | None = None,
-                  reactor: Any = None, timeout: float = 10) -> ClientProtocol:
+async def connect(
+    host: str = "127.0.0.1",
+    port: int = 7001,
+    tls: bool = False,
+    cafile: str | None = None,
+    hostname: str | None = None,
+    reactor: Any = None,
+    timeout: float = 10,
+) -> ClientProtocol:
     """
     Connect and wait for the greeting.
 
@@ -408,11 +425,13 @@ async def connect(host: str = "127.0.0.1", port: int = 7001, tls: bool = False,
     @return: Deferred[ClientProtocol]
     """
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
     if reactor is None:
         from twisted.internet import reactor
     ep: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     if tls:
         from netshare.tls import client_options
+
         ep = wrapClientTLS(client_options(hostname or host, cafile), ep)
     proto = cast(ClientProtocol, await ep.connect(_ClientFactory()))
     proto.greeting.addTimeout(timeout, reactor)
@@ -439,4 +458,5 @@ def password_from_env_or_prompt(prompt: str = "Password: ") -> str:
     if env is not None:
         return env
     import getpass
+
     return getpass.getpass(prompt)

@@ -142,12 +142,13 @@ class LocalStore:
             return applied
 
     @staticmethod
-    def _apply(db: sqlite3.Connection, messages: Sequence[Message],
-               last: int) -> tuple[list[Change], int]:
+    def _apply(
+        db: sqlite3.Connection, messages: Sequence[Message], last: int
+    ) -> tuple[list[Change], int]:
         applied: list[Change] = []
         append = applied.append
         run_kind: str | None = None
-        run_rows: list[Any] = []      # statement parameters of one run of a kind
+        run_rows: list[Any] = []  # statement parameters of one run of a kind
 
         def flush() -> None:
             if run_kind == "SAVE":
@@ -216,7 +217,7 @@ def _upsert(db: sqlite3.Connection, rows: list[Any]) -> None:
     if full:
         flat = [v for row in rows[:full] for v in row]
         width = 6 * UPSERT_ROWS
-        db.executemany(_UPSERT_MANY, [flat[i:i + width] for i in range(0, len(flat), width)])
+        db.executemany(_UPSERT_MANY, [flat[i : i + width] for i in range(0, len(flat), width)])
     if full < len(rows):
         db.executemany(_UPSERT, rows[full:])
 
@@ -230,9 +231,14 @@ def _row_for(action: str, payload: Any) -> tuple[Any, ...] | None:
         raise ValueError("message payload is not a JSON object")
     if action == "SAVE":
         try:
-            return (str(payload["ssn"]), str(payload["name"]), str(payload["surname"]),
-                    _text(payload.get("job")), _text(payload.get("salary")),
-                    payload.get("updated"))
+            return (
+                str(payload["ssn"]),
+                str(payload["name"]),
+                str(payload["surname"]),
+                _text(payload.get("job")),
+                _text(payload.get("salary")),
+                payload.get("updated"),
+            )
         except KeyError as e:
             raise ValueError("SAVE message without %s" % (e.args[0],)) from None
     if action == "DELETE":

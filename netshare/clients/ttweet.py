@@ -81,15 +81,17 @@ HASHTAG_FORMAT = "hashtag illegal format, connection refused."
 SUCCESS = "operation success"
 NO_USER = "no user %s in the system"
 BYE = "bye bye"
-USAGE = "\n".join([
-    "usage: netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>",
-    "       netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort>"
-    ' "<message>"',
-    "       netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>",
-    'commands: tweet "<message>" <Hashtag> | subscribe <Hashtag> | unsubscribe <Hashtag>',
-    "          | timeline | getusers | gettweets <Username> | exit",
-    "password of a registered name: NETSHARE_PASSWORD, else asked on the terminal",
-])
+USAGE = "\n".join(
+    [
+        "usage: netshare-ttweet [--tls] [--cafile CA.pem] <ServerIP> <ServerPort> <Username>",
+        "       netshare-ttweet [--tls] [--cafile CA.pem] [--user NAME] -u <ServerIP> <ServerPort>"
+        ' "<message>"',
+        "       netshare-ttweet [--tls] [--cafile CA.pem] -d <ServerIP> <ServerPort>",
+        'commands: tweet "<message>" <Hashtag> | subscribe <Hashtag> | unsubscribe <Hashtag>',
+        "          | timeline | getusers | gettweets <Username> | exit",
+        "password of a registered name: NETSHARE_PASSWORD, else asked on the terminal",
+    ]
+)
 
 
 class Refused(Exception):
@@ -102,6 +104,7 @@ class Refused(Exception):
 
 
 # --- arguments -------------------------------------------------------------
+
 
 class Arguments:
     """The command line, checked."""
@@ -144,8 +147,11 @@ def parse_args(argv: list[str]) -> Arguments:
         a.mode = "upload" if flag == "-u" else "download"
     wanted = {"interactive": 3, "upload": 3, "download": 2}[a.mode]
     if len(argv) != wanted:
-        raise Refused({"interactive": ARGS_INTERACTIVE, "upload": ARGS_UPLOAD,
-                       "download": ARGS_DOWNLOAD}[a.mode])
+        raise Refused(
+            {"interactive": ARGS_INTERACTIVE, "upload": ARGS_UPLOAD, "download": ARGS_DOWNLOAD}[
+                a.mode
+            ]
+        )
     a.host = check_host(argv[0])
     a.port = check_port(argv[1])
     if a.mode == "interactive":
@@ -168,8 +174,11 @@ def check_host(text: str) -> str:
     except ValueError:
         pass
     labels = text.rstrip(".").split(".")
-    if (0 < len(text) <= 253 and all(HOST_LABEL_RE.fullmatch(x) for x in labels)
-            and not labels[-1].isdigit()):
+    if (
+        0 < len(text) <= 253
+        and all(HOST_LABEL_RE.fullmatch(x) for x in labels)
+        and not labels[-1].isdigit()
+    ):
         return text
     raise Refused(IP_INVALID)
 
@@ -207,15 +216,22 @@ def format_tweet(tweet: dict[str, Any]) -> str:
 
 # --- connecting and logging in -------------------------------------------
 
+
 async def open_session(reactor: Any, args: Arguments) -> ClientProtocol:
     """Connect; map connection failures to the assignment's messages."""
     try:
-        proto = await connect(args.host, args.port, tls=args.tls, cafile=args.cafile,
-                              reactor=reactor)
+        proto = await connect(
+            args.host, args.port, tls=args.tls, cafile=args.cafile, reactor=reactor
+        )
     except net_error.DNSLookupError:
         raise Refused(IP_INVALID) from None
-    except (net_error.ConnectError, net_error.ConnectionLost, net_error.ConnectionDone,
-            defer.TimeoutError, OSError) as e:
+    except (
+        net_error.ConnectError,
+        net_error.ConnectionLost,
+        net_error.ConnectionDone,
+        defer.TimeoutError,
+        OSError,
+    ) as e:
         raise Refused(PORT_INVALID, _reason(e)) from None
     except Exception as e:  # TLS verification and the like
         raise Refused("error: cannot connect: %s, connection refused." % (_reason(e),)) from None
@@ -251,6 +267,7 @@ async def log_in(proto: ClientProtocol, name: str) -> Response:
 
 
 # --- one-shot modes --------------------------------------------------------
+
 
 async def run_upload(reactor: Any, args: Arguments, out: Callable[[str], None]) -> None:
     proto = await open_session(reactor, args)
@@ -298,6 +315,7 @@ def _tweet_error(resp: Response) -> str:
 
 # --- interactive mode ------------------------------------------------------
 
+
 @implementer(IHalfCloseableProtocol)
 class Console(LinearLineReceiver):
     """
@@ -310,7 +328,7 @@ class Console(LinearLineReceiver):
     def __init__(self, conn: ClientProtocol, done: defer.Deferred[int]) -> None:
         super().__init__()
         self.conn = conn
-        self.done = done            # fires with the exit status
+        self.done = done  # fires with the exit status
         # The commands typed, in order: each is chained behind the one
         # before it (a queue of Deferreds, whatever the typing speed), so
         # their output never interleaves.
@@ -371,13 +389,14 @@ class Console(LinearLineReceiver):
             self._exiting = True
             self._status = 1
             reason = " ".join(text for code, text in self.conn.pushes if code == 421)
-            self.say("error: connection closed by the server%s"
-                     % ((" (%s)" % reason) if reason else ""))
+            self.say(
+                "error: connection closed by the server%s" % ((" (%s)" % reason) if reason else "")
+            )
             self._closeConsole()
 
     def _closeConsole(self) -> None:
         if self.transport is not None:
-            self.transport.loseConnection()   # flushes what is written, then closes
+            self.transport.loseConnection()  # flushes what is written, then closes
         else:
             self._finish(self._status)
 
@@ -391,8 +410,10 @@ class Console(LinearLineReceiver):
         word, _, rest = text.strip().partition(" ")
         handler = getattr(self, "do_" + word.lower(), None)
         if handler is None:
-            self.say("error: unknown command %s (commands: tweet, subscribe, unsubscribe, "
-                     "timeline, getusers, gettweets, exit)" % (word[:40],))
+            self.say(
+                "error: unknown command %s (commands: tweet, subscribe, unsubscribe, "
+                "timeline, getusers, gettweets, exit)" % (word[:40],)
+            )
             return
         await handler(rest.strip())
 
@@ -404,7 +425,7 @@ class Console(LinearLineReceiver):
         if not rest.startswith('"') or first == last:
             self.say(MESSAGE_FORMAT)
             return
-        message, hashtag = rest[first + 1:last], rest[last + 1:].strip()
+        message, hashtag = rest[first + 1 : last], rest[last + 1 :].strip()
         if len(message) > MAX_MESSAGE:
             self.say(MESSAGE_LENGTH)
             return
@@ -436,8 +457,9 @@ class Console(LinearLineReceiver):
     async def do_unsubscribe(self, rest: str) -> None:
         await self._subscription("UNSUBSCRIBE", rest)
 
-    async def _listing(self, line: str, show: Callable[[dict[str, Any]], str],
-                       missing: str | None = None) -> None:
+    async def _listing(
+        self, line: str, show: Callable[[dict[str, Any]], str], missing: str | None = None
+    ) -> None:
         resp = await self._send(line)
         if resp.code == 210:
             for item in resp.items or []:
@@ -491,6 +513,7 @@ async def run_interactive(reactor: Any, args: Arguments, out: Callable[[str], No
 
 # --- entry point -----------------------------------------------------------
 
+
 def _print(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -500,8 +523,11 @@ Runner = Callable[[Any, Arguments, Callable[[str], None]], Awaitable[None]]
 
 
 async def _main(reactor: Any, args: Arguments) -> None:
-    runners: dict[str, Runner] = {"interactive": run_interactive, "upload": run_upload,
-                                  "download": run_download}
+    runners: dict[str, Runner] = {
+        "interactive": run_interactive,
+        "upload": run_upload,
+        "download": run_download,
+    }
     try:
         await runners[args.mode](reactor, args, _print)
     except Refused as e:

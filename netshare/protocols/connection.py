@@ -91,6 +91,7 @@ class StreamTransport(Protocol):
 @dataclass
 class Command:
     """The command in progress, as it will be recorded."""
+
     verb: str
     recorded: str
     started: float
@@ -127,13 +128,13 @@ class LineConnection(LineReceiver, TimeoutMixin):
         self._idleExempt = False
         self._receiving: RawReceive | None = None
         self._sendingRaw: SendRaw | None = None
-        self.output: Output | None = None          # set once connected
+        self.output: Output | None = None  # set once connected
         self._waitingForDrain = False
         self._abortCall: Any = None
         self._refused = False
         self._handshakeTimer: Any = None  # a TLS handshake's deadline
         self._held = HeldReplies(self._writeNow)  # replies behind a Later
-        self._closePending = False   # a close waits for the held replies
+        self._closePending = False  # a close waits for the held replies
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     # -- what the layers above read and override
@@ -180,8 +181,16 @@ class LineConnection(LineReceiver, TimeoutMixin):
         """Hook: may C{verb} run now? (No: C{530 login required}.)"""
         return True
 
-    def recordCommand(self, verb: str, recorded: str, code: int, started: float | None = None,
-                      ts_ms: int | None = None, nbytes: int = 0, written: bool = False) -> None:
+    def recordCommand(
+        self,
+        verb: str,
+        recorded: str,
+        code: int,
+        started: float | None = None,
+        ts_ms: int | None = None,
+        nbytes: int = 0,
+        written: bool = False,
+    ) -> None:
         """Hook: a command was answered with C{code} (history, logs)."""
 
     def afterCommand(self) -> str | None:
@@ -211,8 +220,9 @@ class LineConnection(LineReceiver, TimeoutMixin):
             self._closing = True
             self.transport.write(("421 %s" % refusal).encode() + CRLF)
             self.transport.loseConnection()
-            self.log.warn("refused {peer}: {reason}", service=self.service, peer=self.peer,
-                          reason=refusal)
+            self.log.warn(
+                "refused {peer}: {reason}", service=self.service, peer=self.peer, reason=refusal
+            )
             return
         if hasattr(self.transport, "setTcpNoDelay"):
             try:
@@ -225,7 +235,8 @@ class LineConnection(LineReceiver, TimeoutMixin):
         self.setTimeout(self.config.idle_timeout)
         if ISSLTransport.providedBy(self.transport):
             self._handshakeTimer = self.factory.reactor.callLater(
-                self.config.tls_handshake_timeout, self._handshakeExpired)
+                self.config.tls_handshake_timeout, self._handshakeExpired
+            )
         self._write(["220 netshare %s %s ready" % (self.service, __version__)])
         self.connectionReady()
 
@@ -244,8 +255,11 @@ class LineConnection(LineReceiver, TimeoutMixin):
         """A TLS handshake not done in C{--tls-handshake-timeout}: cut (nothing
         can be said to a peer that never finished the handshake)."""
         self._handshakeTimer = None
-        self.log.info("TLS handshake with {peer} not done in time: closing",
-                      service=self.service, peer=self.peer)
+        self.log.info(
+            "TLS handshake with {peer} not done in time: closing",
+            service=self.service,
+            peer=self.peer,
+        )
         self._closing = True
         self.transport.abortConnection()
 
@@ -282,8 +296,12 @@ class LineConnection(LineReceiver, TimeoutMixin):
             # Nothing was written for a whole timeout: the client stopped
             # reading mid-transfer (or the producer is stuck).  No line can be
             # sent inside raw data, so just cut it.
-            self.log.info("stalled download to {peer}, closing", service=self.service,
-                          peer=self.peer, user=self.user)
+            self.log.info(
+                "stalled download to {peer}, closing",
+                service=self.service,
+                peer=self.peer,
+                user=self.user,
+            )
             self._closing = True
             self.transport.abortConnection()
             return
@@ -292,8 +310,7 @@ class LineConnection(LineReceiver, TimeoutMixin):
             # check, a slow database): wait for the answer, then time again.
             self.setTimeout(self.timeOut)
             return
-        self.log.info("idle timeout {peer}", service=self.service, peer=self.peer,
-                      user=self.user)
+        self.log.info("idle timeout {peer}", service=self.service, peer=self.peer, user=self.user)
         self.closeWith("421 idle timeout")
 
     def setIdleExempt(self, exempt: bool) -> None:
@@ -441,8 +458,14 @@ class LineConnection(LineReceiver, TimeoutMixin):
         err = failure.value
         if isinstance(err, NetshareError):
             return err.replyLine()
-        self.log.failure("internal error in {verb}", failure, service=self.service,
-                         verb=verb, user=self.user, peer=self.peer)
+        self.log.failure(
+            "internal error in {verb}",
+            failure,
+            service=self.service,
+            verb=verb,
+            user=self.user,
+            peer=self.peer,
+        )
         return "451 internal error"
 
     def _deliverError(self, failure: Failure) -> None:
@@ -458,8 +481,15 @@ class LineConnection(LineReceiver, TimeoutMixin):
         if not self._idleExempt and self._sendingRaw is None:
             self.resetTimeout()  # idle time counts from the last answer
         if cmd is not None:
-            self.recordCommand(cmd.verb, cmd.recorded, cmd.code, cmd.started, cmd.ts_ms,
-                               cmd.bytes, written=cmd.journaled == cmd.code)
+            self.recordCommand(
+                cmd.verb,
+                cmd.recorded,
+                cmd.code,
+                cmd.started,
+                cmd.ts_ms,
+                cmd.bytes,
+                written=cmd.journaled == cmd.code,
+            )
             self.factory.stats.commands += 1
         if self._closing:
             return
@@ -479,7 +509,7 @@ class LineConnection(LineReceiver, TimeoutMixin):
     # -- replies that come later, in order (Later)
 
     def _hold(self, later: Later) -> Any:
-        if later.result.called:      # already known: answer as usual
+        if later.result.called:  # already known: answer as usual
             return later.result.addCallback(self._deliver)
         assert self._current is not None
         self._current.code = later.code
@@ -499,16 +529,26 @@ class LineConnection(LineReceiver, TimeoutMixin):
 
     def _lateError(self, failure: Failure, verb: str) -> list[str]:
         line = self._errorLine(failure, verb)
-        self.log.warn("reply to {verb} came late with {line}", service=self.service,
-                      user=self.user, peer=self.peer, verb=verb, line=line)
+        self.log.warn(
+            "reply to {verb} came late with {line}",
+            service=self.service,
+            user=self.user,
+            peer=self.peer,
+            verb=verb,
+            line=line,
+        )
         return [line]
 
     def _heldReleased(self) -> None:
         """Some held replies went out: read again once few enough wait."""
         if self._held.paused and len(self._held) < MAX_HELD // 2:
             self._held.paused = False
-            if not (self._closePending or self._closing or self._waitingForDrain
-                    or self._current is not None):
+            if not (
+                self._closePending
+                or self._closing
+                or self._waitingForDrain
+                or self._current is not None
+            ):
                 self.resumeProducing()
 
     # -- output
@@ -538,7 +578,7 @@ class LineConnection(LineReceiver, TimeoutMixin):
     def _writeNow(self, lines: list[str]) -> None:
         if self._lost or self.output is None:
             return
-        self.output.writeTurnPushes()   # pushes gathered before it go first
+        self.output.writeTurnPushes()  # pushes gathered before it go first
         self.output.send(CRLF.join(line.encode("utf-8") for line in lines) + CRLF)
 
     def sendPush(self, data: bytes | str, count: int = 1) -> None:
@@ -563,8 +603,12 @@ class LineConnection(LineReceiver, TimeoutMixin):
     def writable(self) -> bool:
         """False while the transport's buffer is full: producers should wait
         for L{onDrain} before sending more."""
-        return (self.output is not None and not self.output.full and self._sendingRaw is None
-                and not self._closing)
+        return (
+            self.output is not None
+            and not self.output.full
+            and self._sendingRaw is None
+            and not self._closing
+        )
 
     def _flushPushes(self) -> None:
         if self.output is None:
@@ -618,8 +662,9 @@ class LineConnection(LineReceiver, TimeoutMixin):
         if self.output is not None:
             self.output.unregister()
         d = raw.producer.beginFileTransfer(CountingConsumer(self.transport, self._rawSent))
-        d.addCallbacks(self._rawSendDone, self._rawSendFailed, callbackArgs=(raw,),
-                       errbackArgs=(raw,))
+        d.addCallbacks(
+            self._rawSendDone, self._rawSendFailed, callbackArgs=(raw,), errbackArgs=(raw,)
+        )
         return d
 
     def _rawSent(self, nbytes: int) -> None:
@@ -647,11 +692,21 @@ class LineConnection(LineReceiver, TimeoutMixin):
         # The byte count promised in the 150 line cannot be kept: the only
         # honest thing left is to close the connection.
         if not self.transport.connected:  # the client hung up: not a bug
-            self.log.info("raw send to {peer} cut short: {why}", service=self.service,
-                          peer=self.peer, user=self.user, why=f.getErrorMessage())
+            self.log.info(
+                "raw send to {peer} cut short: {why}",
+                service=self.service,
+                peer=self.peer,
+                user=self.user,
+                why=f.getErrorMessage(),
+            )
         else:
-            self.log.failure("raw send failed, closing {peer}", f, service=self.service,
-                             peer=self.peer, user=self.user)
+            self.log.failure(
+                "raw send failed, closing {peer}",
+                f,
+                service=self.service,
+                peer=self.peer,
+                user=self.user,
+            )
         if self._current is not None:
             self._current.code = 451
         self._closing = True

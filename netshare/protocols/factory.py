@@ -36,7 +36,7 @@ class ConnectionLimits:
         self.max_total = max_total
         self.max_per_host = max_per_host
         self.stats = stats
-        self._hosts: dict[Any, str] = {}   # connection -> the address it was counted under
+        self._hosts: dict[Any, str] = {}  # connection -> the address it was counted under
         self._perHost: dict[str, int] = {}
 
     def __len__(self):
@@ -50,8 +50,7 @@ class ConnectionLimits:
 
     def admit(self, conn, host) -> str | None:
         """Count a new connection; return a refusal reason or None."""
-        if len(self._hosts) >= self.max_total or \
-                self._perHost.get(host, 0) >= self.max_per_host:
+        if len(self._hosts) >= self.max_total or self._perHost.get(host, 0) >= self.max_per_host:
             if self.stats is not None:
                 self.stats.refused += 1
             return "too many connections"
@@ -86,10 +85,10 @@ class ConnectionLimits:
 
     def _abortAll(self, service):
         for c in self:
-            self.log.warn("aborting {peer} at shutdown", peer=getattr(c, "peer", "?"),
-                          service=service)
+            self.log.warn(
+                "aborting {peer} at shutdown", peer=getattr(c, "peer", "?"), service=service
+            )
             c.transport.abortConnection()
-
 
 
 class CommandFactory(Factory):
@@ -114,8 +113,9 @@ class CommandFactory(Factory):
         self.service = self.protocol.service
         self.stats = ServiceStats()
         cfg = runtime.config
-        self.connections = ConnectionLimits(self.reactor, cfg.max_connections, cfg.max_per_ip,
-                                            self.stats)
+        self.connections = ConnectionLimits(
+            self.reactor, cfg.max_connections, cfg.max_per_ip, self.stats
+        )
         self._endOfTurn: list[Callable[[], None]] = []
         self._endOfTurnCall: Any = None
 

@@ -48,20 +48,23 @@ def _name_and_options(args, allowed, fixed, usage):
 
 class FilesProtocol(CommandProtocol):
     service = "files"
-    HELP = dict(CommandProtocol.HELP, **{
-        "LIST": "LIST [mine|hidden]: public files, your own public files, or hidden files "
-                "(your own; an admin's: all)",
-        "INFO": "INFO <name> [password=P]: a protected file's sha256 needs its password "
-                "unless it is yours",
-        "CHECKSUM": "CHECKSUM <name> [password=P]: 200 sha256 <hex>",
-        "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] [sha256=HEX] "
-                  "[replace=yes]: 350, then exactly <size> raw bytes, then 226 stored {file}",
-        "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
-                    "n raw bytes, 226",
-        "DELETE": "DELETE <name>: owner or admin",
-        "QUOTA": "QUOTA: 200 {files, bytes, quota, max_file_size}: what you store "
-                 "(hidden and protected files too) and your limits",
-    })
+    HELP = dict(
+        CommandProtocol.HELP,
+        **{
+            "LIST": "LIST [mine|hidden]: public files, your own public files, or hidden files "
+            "(your own; an admin's: all)",
+            "INFO": "INFO <name> [password=P]: a protected file's sha256 needs its password "
+            "unless it is yours",
+            "CHECKSUM": "CHECKSUM <name> [password=P]: 200 sha256 <hex>",
+            "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] [sha256=HEX] "
+            "[replace=yes]: 350, then exactly <size> raw bytes, then 226 stored {file}",
+            "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
+            "n raw bytes, 226",
+            "DELETE": "DELETE <name>: owner or admin",
+            "QUOTA": "QUOTA: 200 {files, bytes, quota, max_file_size}: what you store "
+            "(hidden and protected files too) and your limits",
+        },
+    )
 
     @property
     def files(self) -> FilesService:
@@ -97,8 +100,9 @@ class FilesProtocol(CommandProtocol):
         replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
         visibility = opts.get("visibility")
         await self.files.whenReady()
-        up = await self.files.begin_upload(self.caller, name, size, visibility,
-                                           opts.get("password"), opts.get("sha256"), replace)
+        up = await self.files.begin_upload(
+            self.caller, name, size, visibility, opts.get("password"), opts.get("sha256"), replace
+        )
         if self.transport is None or not self.transport.connected:
             up.abort()
             raise TemporaryError("connection lost before the upload started")
@@ -108,7 +112,8 @@ class FilesProtocol(CommandProtocol):
         def finish():
             restore()
             return up.complete(journal=self.journal(226)).addCallback(
-                lambda rec: Reply(226, "stored " + dumps(rec.to_wire())))
+                lambda rec: Reply(226, "stored " + dumps(rec.to_wire()))
+            )
 
         def abort():
             restore()
@@ -137,13 +142,13 @@ class FilesProtocol(CommandProtocol):
     async def cmd_DOWNLOAD(self, args: list[str]) -> SendRaw:
         (name,), opts = _name_and_options(args, DOWNLOAD_OPTIONS, 1, self.HELP["DOWNLOAD"])
         offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
-        prepared = await self.files.open_download(self.caller, name, opts.get("password"),
-                                                  offset)
+        prepared = await self.files.open_download(self.caller, name, opts.get("password"), offset)
         if self.transport is None or not self.transport.connected:
             prepared.reader.close()
             raise TemporaryError("connection lost before the download started")
-        return SendRaw(prepared.remaining, prepared.sha256, prepared.reader,
-                       done=prepared.reader.close)
+        return SendRaw(
+            prepared.remaining, prepared.sha256, prepared.reader, done=prepared.reader.close
+        )
 
     def cmd_DELETE(self, args):
         if len(args) != 1:

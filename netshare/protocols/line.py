@@ -58,21 +58,23 @@ class CommandProtocol(LineConnection):
     #: Verbs allowed before LOGIN; every other verb answers 530 until then.
     PUBLIC = frozenset({"HELP", "PING", "LOGIN", "REGISTER", "WHOAMI", "QUIT"})
     HELP = dict(LineConnection.HELP)
-    HELP.update({
-        "LOGIN": "LOGIN <user> <password>",
-        "REGISTER": "REGISTER <user> <password>",
-        "WHOAMI": "WHOAMI",
-        "HISTORY": "HISTORY [limit=N] [user=NAME|*] | HISTORY DELETE <id> | "
-                   "HISTORY CLEAR [user=NAME|*]",
-    })
+    HELP.update(
+        {
+            "LOGIN": "LOGIN <user> <password>",
+            "REGISTER": "REGISTER <user> <password>",
+            "WHOAMI": "WHOAMI",
+            "HISTORY": "HISTORY [limit=N] [user=NAME|*] | HISTORY DELETE <id> | "
+            "HISTORY CLEAR [user=NAME|*]",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self.account: Any = None
         self._loginFailures = 0
-        self._loginTimer: Any = None   # the login deadline (cancelled by loginDone)
-        self._loginLate = False        # the deadline passed during a command
-        self._unrecorded = 0           # pre-login commands over the history rate
+        self._loginTimer: Any = None  # the login deadline (cancelled by loginDone)
+        self._loginLate = False  # the deadline passed during a command
+        self._unrecorded = 0  # pre-login commands over the history rate
 
     # -- who is connected
 
@@ -109,8 +111,9 @@ class CommandProtocol(LineConnection):
     def connectionMade(self) -> None:
         super().connectionMade()
         if not self.refused:
-            self._loginTimer = self.factory.reactor.callLater(self.config.login_timeout,
-                                                              self._loginExpired)
+            self._loginTimer = self.factory.reactor.callLater(
+                self.config.login_timeout, self._loginExpired
+            )
 
     def isLoggedIn(self) -> bool:
         """Whether this connection has logged in (ttweet: as a guest too)."""
@@ -148,14 +151,23 @@ class CommandProtocol(LineConnection):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.loginDone()
         if not self.refused:
-            self.runtime.history.recordUnrecorded(id(self), self._unrecorded, now_ms(),
-                                                  self.service, self.peer)
+            self.runtime.history.recordUnrecorded(
+                id(self), self._unrecorded, now_ms(), self.service, self.peer
+            )
         super().connectionLost(reason)
 
     # -- history and logs
 
-    def recordCommand(self, verb: str, recorded: str, code: int, started: float | None = None,
-                      ts_ms: int | None = None, nbytes: int = 0, written: bool = False) -> None:
+    def recordCommand(
+        self,
+        verb: str,
+        recorded: str,
+        code: int,
+        started: float | None = None,
+        ts_ms: int | None = None,
+        nbytes: int = 0,
+        written: bool = False,
+    ) -> None:
         """The history entry (unless C{written} with the command's write
         already) and the per-command log event."""
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
@@ -163,17 +175,32 @@ class CommandProtocol(LineConnection):
         if written:
             pass
         elif self.account is not None:
-            history.record(ts_ms or now_ms(), self.service, self.user, self.peer, recorded, code,
-                           self.account.id)
+            history.record(
+                ts_ms or now_ms(),
+                self.service,
+                self.user,
+                self.peer,
+                recorded,
+                code,
+                self.account.id,
+            )
         elif history.admitPrelogin(id(self), self.host):
             # Before login: a bounded form, at a bounded rate (see admitPrelogin).
-            history.record(ts_ms or now_ms(), self.service, None, self.peer, bounded(recorded),
-                           code)
+            history.record(
+                ts_ms or now_ms(), self.service, None, self.peer, bounded(recorded), code
+            )
         else:
             self._unrecorded += 1
         (self.runtime.commandLog or self.log).info(
-            "{verb} -> {code}", service=self.service, user=self.user or "-", peer=self.peer,
-            verb=verb, code=code, duration_ms=round(duration, 3), bytes=nbytes)
+            "{verb} -> {code}",
+            service=self.service,
+            user=self.user or "-",
+            peer=self.peer,
+            verb=verb,
+            code=code,
+            duration_ms=round(duration, 3),
+            bytes=nbytes,
+        )
 
     def journal(self, code: int) -> dict | None:
         """
@@ -188,9 +215,15 @@ class CommandProtocol(LineConnection):
         if cmd is None:
             return None
         cmd.journaled = code
-        return self.runtime.history.row(cmd.ts_ms, self.service, self.user, self.peer,
-                                        cmd.recorded, code,
-                                        self.account.id if self.account is not None else None)
+        return self.runtime.history.row(
+            cmd.ts_ms,
+            self.service,
+            self.user,
+            self.peer,
+            cmd.recorded,
+            code,
+            self.account.id if self.account is not None else None,
+        )
 
     def recordAs(self, command: str) -> None:
         """Record the command in progress as C{command} (escaped) instead of
@@ -238,8 +271,7 @@ class CommandProtocol(LineConnection):
         """Pause (without blocking anyone else), then count the failure."""
         self._loginFailures += 1
         self.factory.stats.login_failures += 1
-        await task.deferLater(self.factory.reactor, self.config.login_failure_delay,
-                              lambda: None)
+        await task.deferLater(self.factory.reactor, self.config.login_failure_delay, lambda: None)
         if self._loginFailures >= self.config.max_login_failures:
             raise ClosingConnection("too many failures")
 
@@ -254,10 +286,11 @@ class CommandProtocol(LineConnection):
         # with the write (and undo that below if the write fails).
         self.recordAs("REGISTER %s ***" % (args[0],))
         try:
-            account = await self.runtime.accounts.register(args[0], args[1],
-                                                           journal=self.journal(201))
+            account = await self.runtime.accounts.register(
+                args[0], args[1], journal=self.journal(201)
+            )
         except Conflict:
-            self.recordAs("REGISTER %s ***" % (args[0],))   # an existing account's name
+            self.recordAs("REGISTER %s ***" % (args[0],))  # an existing account's name
             raise
         except NetshareError:
             self.recordAs("REGISTER %s ***" % (UNKNOWN_USER,))
@@ -280,7 +313,11 @@ class CommandProtocol(LineConnection):
             n = await history.clear(self.account, opts.get("user"), journal=self.journal(200))
             return Reply(200, "%d deleted" % (n,))
         _, opts = split_options(args, allowed=("limit", "user"), positional=(0, 0))
-        limit = parse_int(opts.get("limit", str(self.config.history_default)), "limit", 1,
-                          self.config.history_max)
+        limit = parse_int(
+            opts.get("limit", str(self.config.history_default)),
+            "limit",
+            1,
+            self.config.history_max,
+        )
         entries = await history.query(self.account, opts.get("user"), limit)
         return Listing([e.to_wire() for e in entries])

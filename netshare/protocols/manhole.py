@@ -52,10 +52,12 @@ def check_config(config: Config) -> None:
         if endpoint and not is_loopback_endpoint(endpoint) and not config.manhole_allow_remote:
             raise ManholeConfigError(
                 "setting %s: %s is not loopback-only; the manhole runs arbitrary Python, so "
-                "binding it elsewhere needs --manhole-allow-remote yes" % (option, endpoint))
+                "binding it elsewhere needs --manhole-allow-remote yes" % (option, endpoint)
+            )
     if config.manhole_ssh and not config.manhole_keys:
-        raise ManholeConfigError("setting --manhole-ssh: needs --manhole-keys "
-                                 "(an authorized_keys file)")
+        raise ManholeConfigError(
+            "setting --manhole-ssh: needs --manhole-keys (an authorized_keys file)"
+        )
 
 
 def check_bound_address(address: IAddress) -> None:
@@ -65,13 +67,14 @@ def check_bound_address(address: IAddress) -> None:
     @raise RefusedAddress: naming the bound address.
     """
     host = getattr(address, "host", None)
-    if host is None:          # a Unix socket: local by construction
+    if host is None:  # a Unix socket: local by construction
         return
     if not is_loopback_host(host):
         raise RefusedAddress(
             "manhole: bound %s:%s, which is not loopback; the manhole runs arbitrary Python, "
             "so binding it elsewhere needs --manhole-allow-remote yes"
-            % (host, getattr(address, "port", "?")))
+            % (host, getattr(address, "port", "?"))
+        )
 
 
 def makeListeners(runtime: AdminRuntime) -> list[tuple[str, Service]]:
@@ -90,19 +93,28 @@ def makeListeners(runtime: AdminRuntime) -> list[tuple[str, Service]]:
     if cfg.manhole:
         if not is_loopback_endpoint(cfg.manhole) and not cfg.manhole.lower().startswith("ssl:"):
             for _ in range(3):
-                log.critical("WARNING: the manhole (a Python shell into this server) listens on "
-                             "{endpoint} WITHOUT TLS: passwords and commands cross the network "
-                             "in clear. Use ssl: or --manhole-ssh.", endpoint=cfg.manhole)
+                log.critical(
+                    "WARNING: the manhole (a Python shell into this server) listens on "
+                    "{endpoint} WITHOUT TLS: passwords and commands cross the network "
+                    "in clear. Use ssl: or --manhole-ssh.",
+                    endpoint=cfg.manhole,
+                )
         the_portal = portal.Portal(TelnetRealm(runtime), [AdminPasswordChecker(runtime.accounts)])
         factory = ManholeFactory(runtime, the_portal)
         runtime.factories["manhole"] = factory
-        telnet = Listener(cfg.manhole, factory, runtime.reactor, backlog=cfg.listen_backlog,
-                          check=check)
+        telnet = Listener(
+            cfg.manhole, factory, runtime.reactor, backlog=cfg.listen_backlog, check=check
+        )
         telnet.setName("manhole")
         out.append(("manhole", telnet))
-    if cfg.manhole_ssh and cfg.manhole_keys:   # both or neither: check_config
-        ssh = Listener(cfg.manhole_ssh, ssh_factory(runtime, cfg.manhole_keys), runtime.reactor,
-                       backlog=cfg.listen_backlog, check=check)
+    if cfg.manhole_ssh and cfg.manhole_keys:  # both or neither: check_config
+        ssh = Listener(
+            cfg.manhole_ssh,
+            ssh_factory(runtime, cfg.manhole_keys),
+            runtime.reactor,
+            backlog=cfg.listen_backlog,
+            check=check,
+        )
         ssh.setName("manhole-ssh")
         out.append(("manhole-ssh", ssh))
     return out

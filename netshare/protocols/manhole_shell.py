@@ -49,10 +49,11 @@ _OPEN, _CLOSE = frozenset("([{"), frozenset(")]}")
 _SKIPPED = frozenset({tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT})
 # Python 3.12 splits f-strings into tokens (3.14 t-strings too): one
 # literal runs from a *_START to its matching *_END.
-_LITERAL_STARTS = {getattr(tokenize, start): getattr(tokenize, end)
-                   for start, end in (("FSTRING_START", "FSTRING_END"),
-                                      ("TSTRING_START", "TSTRING_END"))
-                   if hasattr(tokenize, start)}
+_LITERAL_STARTS = {
+    getattr(tokenize, start): getattr(tokenize, end)
+    for start, end in (("FSTRING_START", "FSTRING_END"), ("TSTRING_START", "TSTRING_END"))
+    if hasattr(tokenize, start)
+}
 
 
 def redact_command(source: str) -> str:
@@ -76,29 +77,39 @@ def redact_command(source: str) -> str:
     """
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError, ValueError):   # IndentationError is a SyntaxError
+    except (tokenize.TokenError, SyntaxError, ValueError):  # IndentationError is a SyntaxError
         return UNTOKENIZABLE
     if any(t.type == tokenize.ERRORTOKEN for t in tokens):
-        return UNTOKENIZABLE   # e.g. an unterminated '...' on Python 3.11
+        return UNTOKENIZABLE  # e.g. an unterminated '...' on Python 3.11
     edits: list[_Edit] = []
     # per open bracket: [call to a secret helper, argument index, unpacked]
     frames: list[list[Any]] = []
-    prev = None       # the previous significant token
+    prev = None  # the previous significant token
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         kind, text = tok.type, tok.string
         if kind == tokenize.OP and text in _OPEN:
-            secret = (text == "(" and prev is not None and prev.type == tokenize.NAME
-                      and prev.string in SECRET_HELPERS)
+            secret = (
+                text == "("
+                and prev is not None
+                and prev.type == tokenize.NAME
+                and prev.string in SECRET_HELPERS
+            )
             frames.append([secret, 0, False])
         elif kind == tokenize.OP and text in _CLOSE:
             if frames:
                 frames.pop()
         elif kind == tokenize.OP and text == "," and frames:
             frames[-1][1] += 1
-        elif kind == tokenize.OP and text in ("*", "**") and frames and frames[-1][0] \
-                and prev is not None and prev.string in ("(", ","):
+        elif (
+            kind == tokenize.OP
+            and text in ("*", "**")
+            and frames
+            and frames[-1][0]
+            and prev is not None
+            and prev.string in ("(", ",")
+        ):
             frames[-1][2] = True
         elif kind == tokenize.NAME and text in SECRET_KEYWORDS:
             j = _next_significant(tokens, i + 1)
@@ -156,8 +167,10 @@ def _value_end(tokens: list[tokenize.TokenInfo], i: int) -> int:
             if depth == 0:
                 return k
             depth -= 1
-        elif depth == 0 and (kind in (tokenize.NEWLINE, tokenize.ENDMARKER)
-                             or (kind == tokenize.OP and text in (",", ";"))):
+        elif depth == 0 and (
+            kind in (tokenize.NEWLINE, tokenize.ENDMARKER)
+            or (kind == tokenize.OP and text in (",", ";"))
+        ):
             return k
     return len(tokens)
 
@@ -167,7 +180,7 @@ def _apply(source: str, edits: list[_Edit]) -> str:
     coordinates, replaced."""
     if not edits:
         return source
-    starts, offset = [0, 0], 0     # rows count from 1
+    starts, offset = [0, 0], 0  # rows count from 1
     for line in io.StringIO(source):
         offset += len(line)
         starts.append(offset)
@@ -205,8 +218,12 @@ class RecordingInterpreter(ManholeInterpreter):
     yet: it is reported, whole, once its last line arrives.
     """
 
-    def __init__(self, handler: ColoredManhole, locals: dict[str, object] | None,
-                 done: Callable[[str, int], None]):
+    def __init__(
+        self,
+        handler: ColoredManhole,
+        locals: dict[str, object] | None,
+        done: Callable[[str, int], None],
+    ):
         super().__init__(handler, locals)
         self._done = done
         self._outcome = RAN
@@ -215,7 +232,7 @@ class RecordingInterpreter(ManholeInterpreter):
         self._outcome = RAN
         try:
             more = super().runsource(source, filename, symbol)
-        except BaseException:      # SystemExit: runcode lets it through
+        except BaseException:  # SystemExit: runcode lets it through
             self._done(source, RAISED)
             raise
         if not more:
@@ -250,15 +267,23 @@ class RecordedManhole(ColoredManhole):
 
     fallbackLog = Logger()
 
-    def __init__(self, namespace: dict[str, object], *, history: HistoryRecorder, user: str,
-                 account_id: int | None, peer: str, log: Logger | None = None):
+    def __init__(
+        self,
+        namespace: dict[str, object],
+        *,
+        history: HistoryRecorder,
+        user: str,
+        account_id: int | None,
+        peer: str,
+        log: Logger | None = None,
+    ):
         super().__init__(namespace)
         self.history = history
         self.user = user
         self.account_id = account_id
         self.peer = peer
         self.commandLog = log
-        self._started = (now_ms(), time.monotonic())   # of the line being run
+        self._started = (now_ms(), time.monotonic())  # of the line being run
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -272,26 +297,47 @@ class RecordedManhole(ColoredManhole):
         if not source.strip():
             return
         ts_ms, started = self._started
-        self.history.record(ts_ms, SERVICE, self.user, self.peer,
-                            command_text(source.rstrip("\n")), code, self.account_id)
+        self.history.record(
+            ts_ms,
+            SERVICE,
+            self.user,
+            self.peer,
+            command_text(source.rstrip("\n")),
+            code,
+            self.account_id,
+        )
         # The statement itself stays out of the log: the history holds it.
         (self.commandLog or self.fallbackLog).info(
-            "{verb} -> {code}", service=SERVICE, user=self.user, peer=self.peer, verb="python",
-            code=code, duration_ms=round((time.monotonic() - started) * 1000.0, 3), bytes=0)
+            "{verb} -> {code}",
+            service=SERVICE,
+            user=self.user,
+            peer=self.peer,
+            verb="python",
+            code=code,
+            duration_ms=round((time.monotonic() - started) * 1000.0, 3),
+            bytes=0,
+        )
 
 
 def peer_text(address: object) -> str:
     """C{host:port} of a peer (an SSH address is unwrapped first)."""
-    address = getattr(address, "address", address)   # SSHTransportAddress
+    address = getattr(address, "address", address)  # SSHTransportAddress
     return "%s:%s" % (getattr(address, "host", "?"), getattr(address, "port", "?"))
 
 
-def shell_protocol(runtime: AdminRuntime, user: str, account_id: int | None,
-                   peer: str) -> insults.ServerProtocol:
+def shell_protocol(
+    runtime: AdminRuntime, user: str, account_id: int | None, peer: str
+) -> insults.ServerProtocol:
     """The terminal protocol of one admin session."""
     return insults.ServerProtocol(
-        RecordedManhole, namespace(runtime, user), history=runtime.history, user=user,
-        account_id=account_id, peer=peer, log=runtime.commandLog)
+        RecordedManhole,
+        namespace(runtime, user),
+        history=runtime.history,
+        user=user,
+        account_id=account_id,
+        peer=peer,
+        log=runtime.commandLog,
+    )
 
 
 @deferred

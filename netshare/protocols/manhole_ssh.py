@@ -86,9 +86,9 @@ class _ShellSession(conch_manhole.TerminalSession):
             peer = peer_text(proto.getPeer())
         except Exception:
             peer = "?"
-        conch_manhole.TerminalSessionTransport(proto, self.shell(peer),
-                                               IConchUser(self.original), self.width,
-                                               self.height)
+        conch_manhole.TerminalSessionTransport(
+            proto, self.shell(peer), IConchUser(self.original), self.width, self.height
+        )
 
 
 @implementer(portal.IRealm)
@@ -105,8 +105,9 @@ class SSHRealm:
         self.runtime = runtime
 
     @deferred
-    async def requestAvatar(self, avatarId: bytes | tuple[()], mind: object,
-                            *interfaces: type[Interface]) -> Avatar:
+    async def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
+    ) -> Avatar:
         if IConchUser not in interfaces or not isinstance(avatarId, bytes):
             raise NotImplementedError("the SSH manhole serves admins' conch users only")
         user = avatarId.decode("utf-8")

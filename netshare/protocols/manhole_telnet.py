@@ -120,8 +120,9 @@ class TelnetRealm:
         self.runtime = runtime
 
     @deferred
-    async def requestAvatar(self, avatarId: bytes | tuple[()], mind: object,
-                            *interfaces: type[Interface]) -> Avatar:
+    async def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
+    ) -> Avatar:
         if ITelnetProtocol not in interfaces or not isinstance(avatarId, bytes):
             raise NotImplementedError("the telnet manhole serves admins' telnet sessions only")
         user = avatarId.decode("utf-8")
@@ -130,6 +131,7 @@ class TelnetRealm:
 
         def shell(peer: str) -> insults.ServerProtocol:
             return shell_protocol(self.runtime, user, account_id, peer)
+
         return ITelnetProtocol, _QuietBootstrap(shell, user, account), lambda: None
 
 
@@ -148,7 +150,7 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         self.stats = stats
         self.failures = 0
         self.username = b""
-        self._timer: Any = None     # IDelayedCall of the login timeout
+        self._timer: Any = None  # IDelayedCall of the login timeout
 
     @property
     def connection(self) -> "ManholeConnection":
@@ -164,8 +166,9 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         # At the prompt a connection is both idle and not logged in: the
         # shorter of the two limits ends it.
         cfg = self.runtime.config
-        self._timer = self.runtime.reactor.callLater(min(cfg.login_timeout, cfg.idle_timeout),
-                                                     self._loginTimeout)
+        self._timer = self.runtime.reactor.callLater(
+            min(cfg.login_timeout, cfg.idle_timeout), self._loginTimeout
+        )
         self.connection.write(b"netshare manhole: admin accounts only\n")
         super().connectionMade()
 
@@ -204,13 +207,20 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
     def _record(self, name: str | None, code: int) -> None:
         """Every attempt in the history, the name only if it is an account's."""
         name = name or UNKNOWN_USER
-        self.runtime.history.record(now_ms(), SERVICE, name if code == 230 else None,
-                                    self.peer, "LOGIN %s ***" % (name,), code)
-        self.log.info("manhole login {user} -> {code}", service=SERVICE, user=name,
-                      peer=self.peer, code=code)
+        self.runtime.history.record(
+            now_ms(),
+            SERVICE,
+            name if code == 230 else None,
+            self.peer,
+            "LOGIN %s ***" % (name,),
+            code,
+        )
+        self.log.info(
+            "manhole login {user} -> {code}", service=SERVICE, user=name, peer=self.peer, code=code
+        )
 
     def _ok(self, ial: Avatar) -> None:
-        bootstrap = cast(_QuietBootstrap, ial[1])   # what TelnetRealm gives
+        bootstrap = cast(_QuietBootstrap, ial[1])  # what TelnetRealm gives
         # The account itself (read by the realm): removing it closes this shell.
         self.connection.loggedIn(bootstrap.admin, bootstrap.account)
         self._record(bootstrap.admin, 230)
@@ -223,8 +233,9 @@ class ManholeLogin(AuthenticatingTelnetProtocol):
         self.failures += 1
         self.stats.login_failures += 1
         self._record(account, 535)
-        await task.deferLater(self.runtime.reactor, self.runtime.config.login_failure_delay,
-                              lambda: None)
+        await task.deferLater(
+            self.runtime.reactor, self.runtime.config.login_failure_delay, lambda: None
+        )
         if self.connection.lost.called:
             return
         self.connection.wont(ECHO).addErrback(lambda f: None)
@@ -249,14 +260,15 @@ class _QuietBootstrap(TelnetBootstrapProtocol):
 
     log = Logger()
 
-    def __init__(self, shell: Callable[[str], insults.ServerProtocol], admin: str,
-                 account: Account | None):
+    def __init__(
+        self, shell: Callable[[str], insults.ServerProtocol], admin: str, account: Account | None
+    ):
         super().__init__(shell)
         self.admin = admin
         self.account = account
 
     def connectionMade(self) -> None:
-        telnet = cast(TelnetTransport, self.transport)   # a ManholeConnection
+        telnet = cast(TelnetTransport, self.transport)  # a ManholeConnection
         telnet.negotiationMap[NAWS] = self.telnet_NAWS
         telnet.negotiationMap[LINEMODE] = self.telnet_LINEMODE
         for opt in (LINEMODE, NAWS, SGA):
@@ -268,8 +280,9 @@ class _QuietBootstrap(TelnetBootstrapProtocol):
         self.protocol.makeConnection(self)
 
     def _refused(self, failure: Failure, opt: bytes) -> None:
-        self.log.debug("telnet option {opt!r} not negotiated: {why}", opt=opt,
-                       why=failure.getErrorMessage())
+        self.log.debug(
+            "telnet option {opt!r} not negotiated: {why}", opt=opt, why=failure.getErrorMessage()
+        )
 
 
 class ManholeConnection(TelnetTransport):
@@ -351,8 +364,11 @@ class ManholeConnection(TelnetTransport):
         try:
             TelnetTransport.dataReceived(self, data)
         except ValueError as e:
-            self.log.info("manhole: dropping {peer}: telnet protocol error ({error})",
-                          peer=self.peer, error=str(e)[:80])
+            self.log.info(
+                "manhole: dropping {peer}: telnet protocol error ({error})",
+                peer=self.peer,
+                error=str(e)[:80],
+            )
             self.transport.abortConnection()
 
 
@@ -373,13 +389,17 @@ class ManholeFactory(protocol.ServerFactory[ManholeConnection]):
         self.portal = the_portal
         self.stats = ServiceStats()
         cfg = runtime.config
-        self.connections = ConnectionLimits(runtime.reactor, cfg.max_connections, cfg.max_per_ip,
-                                            self.stats)
+        self.connections = ConnectionLimits(
+            runtime.reactor, cfg.max_connections, cfg.max_per_ip, self.stats
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> ManholeConnection | None:
         host = getattr(addr, "host", None)
-        if host is not None and not self.runtime.config.manhole_allow_remote \
-                and not is_loopback_host(host):
+        if (
+            host is not None
+            and not self.runtime.config.manhole_allow_remote
+            and not is_loopback_host(host)
+        ):
             self.log.warn("manhole: refused a connection from {host}, not loopback", host=host)
             self.stats.refused += 1
             return None

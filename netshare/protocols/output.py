@@ -64,7 +64,7 @@ class Output:
         self.full = False
         self.queuedWhileFull = 0
         self.registered = False
-        self._pushQueue: list[bytes] = []    # pushes held back by raw data
+        self._pushQueue: list[bytes] = []  # pushes held back by raw data
         self._pushQueued = 0
         self._turnPushes: list[bytes] | None = None
 
@@ -170,9 +170,13 @@ class Output:
         writer = self.writer
         if writer.closing:
             return
-        self.log.warn("dropping slow reader {peer}: more than {limit} bytes queued",
-                      service=writer.service, peer=writer.peer, user=writer.user,
-                      limit=self.max_output)
+        self.log.warn(
+            "dropping slow reader {peer}: more than {limit} bytes queued",
+            service=writer.service,
+            peer=writer.peer,
+            user=writer.user,
+            limit=self.max_output,
+        )
         writer.factory.stats.slow_drops += 1
         self.discard()
         writer.dropped()

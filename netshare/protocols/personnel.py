@@ -33,7 +33,7 @@ from netshare.services.personnel.syncfeed import SyncFeed
 
 HELP = {
     "LIST": "LIST [<text>] [limit=N] [offset=N]: people whose name, surname, ssn or job "
-            "contains text",
+    "contains text",
     "GET": "GET <ssn>",
     "ADD": "ADD ssn=.. name=.. surname=.. [job=..] [salary=..] (admin)",
     "UPDATE": "UPDATE <ssn> field=value ... (admin; fields: name, surname, job, salary)",
@@ -53,9 +53,9 @@ class PersonnelProtocol(CommandProtocol):
 
     def __init__(self):
         super().__init__()
-        self.feed: SyncFeed | None = None   # once SYNC succeeded
-        self._syncing = False    # SYNC asked for (pending or open) on this connection
-        self._gone = False       # connectionClosed ran
+        self.feed: SyncFeed | None = None  # once SYNC succeeded
+        self._syncing = False  # SYNC asked for (pending or open) on this connection
+        self._gone = False  # connectionClosed ran
 
     @property
     def app(self) -> PersonnelService:
@@ -68,8 +68,12 @@ class PersonnelProtocol(CommandProtocol):
 
     def cmd_LIST(self, args):
         pos, opts = split_options(args, allowed=("limit", "offset"), positional=(0, 1))
-        d = self.app.list(pos[0] if pos else None, opts.get("limit"), opts.get("offset"),
-                          full=self.account.is_admin)
+        d = self.app.list(
+            pos[0] if pos else None,
+            opts.get("limit"),
+            opts.get("offset"),
+            full=self.account.is_admin,
+        )
         return d.addCallback(Listing)
 
     def cmd_GET(self, args):
@@ -84,7 +88,8 @@ class PersonnelProtocol(CommandProtocol):
         if "ssn" not in opts:
             raise BadArguments("usage: ADD ssn=.. name=.. surname=.. [job=..] [salary=..]")
         return self.app.add(opts, journal=self.journal(201)).addCallback(
-            lambda person: ObjectReply(person, code=201))
+            lambda person: ObjectReply(person, code=201)
+        )
 
     def cmd_UPDATE(self, args):
         self._admin("UPDATE")
@@ -95,7 +100,8 @@ class PersonnelProtocol(CommandProtocol):
         self._admin("DELETE")
         pos, _ = split_options(args, positional=(1, 1))
         return self.app.delete(pos[0], journal=self.journal(200)).addCallback(
-            lambda _: Reply(200, "deleted"))
+            lambda _: Reply(200, "deleted")
+        )
 
     # -- operator commands (admin)
 
@@ -117,8 +123,7 @@ class PersonnelProtocol(CommandProtocol):
     def cmd_REMOVE(self, args):
         self._admin("REMOVE")
         pos, _ = split_options(args, positional=(2, 2))
-        return self.app.remove(pos[0], pos[1], journal=self.journal(200)).addCallback(
-            self._queued)
+        return self.app.remove(pos[0], pos[1], journal=self.journal(200)).addCallback(self._queued)
 
     @staticmethod
     def _queued(count):
@@ -162,10 +167,13 @@ class PersonnelProtocol(CommandProtocol):
         if self.feed is None:
             raise BadSequence("ACK needs a sync stream: send SYNC first")
         if seq > self.feed.lastSent:
-            raise BadArguments("seq %d has not been sent on this stream (last sent %d)"
-                               % (seq, self.feed.lastSent))
+            raise BadArguments(
+                "seq %d has not been sent on this stream (last sent %d)"
+                % (seq, self.feed.lastSent)
+            )
         return self.app.ack(self.accountName, seq, journal=self.journal(200)).addCallback(
-            lambda _: Reply(200, "ok"))
+            lambda _: Reply(200, "ok")
+        )
 
     # -- the sink interface of SyncFeed (writable comes from the base)
 
@@ -177,8 +185,12 @@ class PersonnelProtocol(CommandProtocol):
 
     def streamReplaced(self):
         self.feed = None
-        self.log.info("sync stream of {user} replaced; closing {peer}", service=self.service,
-                      user=self.user, peer=self.peer)
+        self.log.info(
+            "sync stream of {user} replaced; closing {peer}",
+            service=self.service,
+            user=self.user,
+            peer=self.peer,
+        )
         self.closeWith("421 stream replaced by a new SYNC")
 
     def streamFailed(self):

@@ -20,6 +20,7 @@ from netshare.wire import dumps
 @dataclass
 class Reply:
     """One line: C{<code> <text>}."""
+
     code: int
     text: str
 
@@ -30,6 +31,7 @@ class Reply:
 @dataclass
 class ObjectReply:
     """One line carrying a JSON object: C{200 <json>}."""
+
     obj: Any
     code: int = 200
     prefix: str = ""
@@ -41,6 +43,7 @@ class ObjectReply:
 @dataclass
 class Listing:
     """C{210-<json>} per item, then C{210 <n> items}."""
+
     items: list
 
     def lines(self) -> list[str]:
@@ -52,6 +55,7 @@ class Listing:
 @dataclass
 class Lines:
     """A reply made of ready lines (HELP's C{214-} lines)."""
+
     code: int
     ready: list[str]
 
@@ -61,6 +65,7 @@ class Lines:
 
 class NoReply:
     """The handler wrote its own last line (QUIT's C{221 bye})."""
+
     code = 221
 
     def lines(self) -> list[str]:
@@ -81,6 +86,7 @@ class ReceiveRaw:
         final reply (or a Deferred of it).
     @ivar abort: called if the connection is lost before the last byte.
     """
+
     size: int
     consumer: Any
     finish: Callable[[], Any]
@@ -96,6 +102,7 @@ class SendRaw:
         C{stopProducing()}, like L{twisted.protocols.basic.FileSender}.
     @ivar done: optional callable run after the transfer (success or not).
     """
+
     size: int
     sha256: str
     producer: Any
@@ -120,6 +127,7 @@ class Later:
     @ivar code: the code the command is recorded with (history, logs): what
         it had when accepted.
     """
+
     result: Deferred
     code: int = 200
 

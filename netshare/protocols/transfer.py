@@ -76,7 +76,7 @@ class RawReceive:
     def feed(self, data: bytes) -> tuple[int, bytes]:
         """Give the consumer what belongs to the upload.
         @return: (bytes taken, the rest: the next pipelined lines)."""
-        chunk, rest = data[:self.remaining], data[self.remaining:]
+        chunk, rest = data[: self.remaining], data[self.remaining :]
         self.remaining -= len(chunk)
         self.raw.consumer.write(chunk)
         return len(chunk), rest

@@ -59,8 +59,10 @@ from netshare.services.accounts import UNKNOWN_USER
 from netshare.services.ttweet import rules
 
 #: The verbs a logged-in guest may use (besides the base's PUBLIC ones).
-TTWEET_VERBS = frozenset({"TWEET", "SUBSCRIBE", "UNSUBSCRIBE", "TIMELINE", "GETUSERS",
-                          "GETTWEETS", "LAST"})
+TTWEET_VERBS = frozenset(
+    {"TWEET", "SUBSCRIBE", "UNSUBSCRIBE", "TIMELINE", "GETUSERS", "GETTWEETS", "LAST"}
+)
+
 
 def _ok_reply(_: object) -> Reply:
     return Reply(200, "ok")
@@ -73,18 +75,20 @@ class TtweetProtocol(CommandProtocol):
     service = "ttweet"
     batchPushes = True
     HELP = dict(CommandProtocol.HELP)
-    HELP.update({
-        "LOGIN": "LOGIN <user> [password]: a registered name needs its password; "
-                 "any other name logs in as a guest",
-        "WHOAMI": "WHOAMI: 200 <user> <role|guest>",
-        "TWEET": 'TWEET "<message>" [<#tag#tag...>]: 1-150 characters, 1-5 tags',
-        "SUBSCRIBE": "SUBSCRIBE <#tag>: at most 3 (#ALL: every tweet); pushes 600 <tweet>",
-        "UNSUBSCRIBE": "UNSUBSCRIBE <#tag>: #ALL drops every subscription",
-        "TIMELINE": "TIMELINE: the tweets delivered to you, oldest first",
-        "GETUSERS": "GETUSERS: the users online",
-        "GETTWEETS": "GETTWEETS <user>: that user's tweets, oldest first",
-        "LAST": "LAST: the most recent message (no login needed)",
-    })
+    HELP.update(
+        {
+            "LOGIN": "LOGIN <user> [password]: a registered name needs its password; "
+            "any other name logs in as a guest",
+            "WHOAMI": "WHOAMI: 200 <user> <role|guest>",
+            "TWEET": 'TWEET "<message>" [<#tag#tag...>]: 1-150 characters, 1-5 tags',
+            "SUBSCRIBE": "SUBSCRIBE <#tag>: at most 3 (#ALL: every tweet); pushes 600 <tweet>",
+            "UNSUBSCRIBE": "UNSUBSCRIBE <#tag>: #ALL drops every subscription",
+            "TIMELINE": "TIMELINE: the tweets delivered to you, oldest first",
+            "GETUSERS": "GETUSERS: the users online",
+            "GETTWEETS": "GETTWEETS <user>: that user's tweets, oldest first",
+            "LAST": "LAST: the most recent message (no login needed)",
+        }
+    )
 
     def __init__(self):
         super().__init__()
@@ -136,7 +140,7 @@ class TtweetProtocol(CommandProtocol):
     def loggedIn(self):
         # The base's authenticate() just set self.account.
         try:
-            if self._gone:            # closed while the password was checked
+            if self._gone:  # closed while the password was checked
                 raise BadSequence("connection closed")
             self._enterHub(self.account.name)
         except NetshareError:
@@ -154,7 +158,7 @@ class TtweetProtocol(CommandProtocol):
     def _enterHub(self, name):
         self.username = name
         try:
-            self.hub.login(self)      # 555 username illegal when online already
+            self.hub.login(self)  # 555 username illegal when online already
         except NetshareError:
             self.username = None
             raise
@@ -177,8 +181,9 @@ class TtweetProtocol(CommandProtocol):
             raise BadArguments("message format illegal")
         if len(args) > 2:
             raise BadArguments('usage: TWEET "<message>" [<hashtags>]')
-        d = self.hub.publish(self, args[0], args[1] if len(args) == 2 else "",
-                             journal=self.journal(200))
+        d = self.hub.publish(
+            self, args[0], args[1] if len(args) == 2 else "", journal=self.journal(200)
+        )
         # The reply waits for the tweet's batch to commit; the next command
         # does not (see the module docstring).  A callback: once per tweet.
         return Later(d.addCallback(_ok_reply))
@@ -217,4 +222,5 @@ class TtweetProtocol(CommandProtocol):
         if args:
             raise BadArguments("usage: LAST")
         return self.hub.last().addCallback(
-            lambda message: Reply(200, "Empty Message" if message is None else message))
+            lambda message: Reply(200, "Empty Message" if message is None else message)
+        )

@@ -38,9 +38,11 @@ def tokenize(text: str) -> list[str]:
     return shlex.split(text, posix=True)
 
 
-def split_options(words: Iterable[str], allowed: Sequence[str] = (),
-                  positional: tuple[int, int | None] = (0, None)
-                  ) -> tuple[list[str], dict[str, str]]:
+def split_options(
+    words: Iterable[str],
+    allowed: Sequence[str] = (),
+    positional: tuple[int, int | None] = (0, None),
+) -> tuple[list[str], dict[str, str]]:
     """
     Separate C{key=value} options from positional words.
 
@@ -63,8 +65,9 @@ def split_options(words: Iterable[str], allowed: Sequence[str] = (),
     if hi is not None and len(args) > hi and allowed:
         extra = args[hi]
         if _OPTION_LIKE.fullmatch(extra):
-            raise BadArguments("unknown option %s (allowed: %s)"
-                               % (extra.partition("=")[0], ", ".join(allowed)))
+            raise BadArguments(
+                "unknown option %s (allowed: %s)" % (extra.partition("=")[0], ", ".join(allowed))
+            )
     if len(args) < lo or (hi is not None and len(args) > hi):
         if hi == lo:
             raise BadArguments("expected %d argument%s" % (lo, "" if lo == 1 else "s"))

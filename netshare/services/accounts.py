@@ -100,8 +100,9 @@ class AccountStore(AccountIds, Protocol):
 
     def get(self, name: str, /) -> Deferred[Account | None]: ...
 
-    def create(self, name: str, role: str, password_hash: str, /, *,
-               journal: JournalRow | None) -> Deferred[Account]: ...
+    def create(
+        self, name: str, role: str, password_hash: str, /, *, journal: JournalRow | None
+    ) -> Deferred[Account]: ...
 
     def set_password(self, name: str, password_hash: str, /) -> Deferred[None]: ...
 
@@ -109,14 +110,17 @@ class AccountStore(AccountIds, Protocol):
 
     def list(self) -> Deferred[builtins.list[Account]]: ...
 
-    def login_attempt(self, keys: Sequence[tuple[str, bool]], now_ms: int,
-                      policy: LoginPolicy, /) -> Deferred[float]: ...
+    def login_attempt(
+        self, keys: Sequence[tuple[str, bool]], now_ms: int, policy: LoginPolicy, /
+    ) -> Deferred[float]: ...
 
-    def login_succeeded(self, keys: Sequence[str], now_ms: int,
-                        policy: LoginPolicy, /) -> Deferred[None]: ...
+    def login_succeeded(
+        self, keys: Sequence[str], now_ms: int, policy: LoginPolicy, /
+    ) -> Deferred[None]: ...
 
-    def login_penalties(self, now_ms: int,
-                        policy: LoginPolicy, /) -> Deferred[builtins.list[dict[str, Any]]]: ...
+    def login_penalties(
+        self, now_ms: int, policy: LoginPolicy, /
+    ) -> Deferred[builtins.list[dict[str, Any]]]: ...
 
     def lift_penalty(self, who: str, /) -> Deferred[int]: ...
 
@@ -172,10 +176,18 @@ class AccountService:
 
     log = Logger()
 
-    def __init__(self, store: AccountStore, kdf: KDFPool, n: int = 2**17, r: int = 8,
-                 p: int = 1, registration_open: bool = True, policy: LoginPolicy | None = None,
-                 lockout_exempt: Iterable[str] = ("127.0.0.0/8", "::1/128"),
-                 clock: IReactorTime | None = None):
+    def __init__(
+        self,
+        store: AccountStore,
+        kdf: KDFPool,
+        n: int = 2**17,
+        r: int = 8,
+        p: int = 1,
+        registration_open: bool = True,
+        policy: LoginPolicy | None = None,
+        lockout_exempt: Iterable[str] = ("127.0.0.0/8", "::1/128"),
+        clock: IReactorTime | None = None,
+    ):
         self.store = store
         self.kdf = kdf
         self.clock = default_clock(clock)
@@ -202,8 +214,9 @@ class AccountService:
     async def verify(self, password: str, stored: str, source: str | None = None) -> bool:
         parsed = parse_hash(stored)
         n, r, p, salt, key = parsed or self._dummy_params
-        got = await self.kdf.derive(password.encode("utf-8"), salt, n, r, p, len(key),
-                                    source=source)
+        got = await self.kdf.derive(
+            password.encode("utf-8"), salt, n, r, p, len(key), source=source
+        )
         return hmac.compare_digest(got, key) and parsed is not None
 
     def _lockable(self, source: str | None) -> bool:
@@ -218,8 +231,7 @@ class AccountService:
         return not any(address in net for net in self.lockout_exempt)
 
     @deferred
-    async def authenticate(self, name: str, password: str,
-                           source: str | None = None) -> Account:
+    async def authenticate(self, name: str, password: str, source: str | None = None) -> Account:
         """
         Check a password, at the pace failed logins allow: failures count per
         account and per client address (C{source}) across connections and
@@ -249,16 +261,22 @@ class AccountService:
             try:
                 wait = await self.store.login_attempt(keys, self._now_ms(), self.policy)
             except RateLimited as e:
-                self.log.warn("login for {user} from {source} refused: {why}",
-                              user=known or UNKNOWN_USER, source=source, why=e.text)
+                self.log.warn(
+                    "login for {user} from {source} refused: {why}",
+                    user=known or UNKNOWN_USER,
+                    source=source,
+                    why=e.text,
+                )
                 raise LoginThrottled(e.text, account=known) from e
             if wait:
                 await task.deferLater(self.clock, wait, lambda: None)
-        ok = await self.verify(password[:MAX_PASSWORD],
-                               account.password_hash if account else self._dummy, source)
+        ok = await self.verify(
+            password[:MAX_PASSWORD], account.password_hash if account else self._dummy, source
+        )
         if account is None or not ok:
-            self.log.info("failed login for {user} from {source}", user=known or UNKNOWN_USER,
-                          source=source)
+            self.log.info(
+                "failed login for {user} from {source}", user=known or UNKNOWN_USER, source=source
+            )
             raise BadCredentials("bad credentials", account=known)
         if keys:
             await self.store.login_succeeded([k for k, _ in keys], self._now_ms(), self.policy)
@@ -279,15 +297,17 @@ class AccountService:
         return n
 
     @deferred
-    async def register(self, name: str, password: str,
-                       journal: JournalRow | None = None) -> Account:
+    async def register(
+        self, name: str, password: str, journal: JournalRow | None = None
+    ) -> Account:
         if not self.registration_open:
             raise PermissionDenied("registration is closed")
         return await self.add(name, password, "user", journal=journal)
 
     @deferred
-    async def add(self, name: str, password: str, role: str = "user",
-                  journal: JournalRow | None = None) -> Account:
+    async def add(
+        self, name: str, password: str, role: str = "user", journal: JournalRow | None = None
+    ) -> Account:
         """Create an account.  C{journal}: the history row of the command
         that creates it, written in the same transaction."""
         check_username(name)
@@ -313,10 +333,14 @@ class AccountService:
         removal listener is told.  @return: Deferred[RemovedAccount].
         """
         removed = await self.store.remove(name, transfer_to)
-        self.log.info("account {user} removed: {files} files deleted, {moved} given away, "
-                      "{messages} pending sync records dropped", user=removed.account.name,
-                      files=removed.files_deleted, moved=removed.files_transferred,
-                      messages=removed.sync_messages_deleted)
+        self.log.info(
+            "account {user} removed: {files} files deleted, {moved} given away, "
+            "{messages} pending sync records dropped",
+            user=removed.account.name,
+            files=removed.files_deleted,
+            moved=removed.files_transferred,
+            messages=removed.sync_messages_deleted,
+        )
         for listener in list(self.removal_listeners):
             try:
                 listener(removed)
@@ -359,8 +383,13 @@ class AccountWatch:
 
     log = Logger()
 
-    def __init__(self, store: AccountIds, clock: IReactorTime, interval: float,
-                 connections: Callable[[], Iterable[AccountConnection]]):
+    def __init__(
+        self,
+        store: AccountIds,
+        clock: IReactorTime,
+        interval: float,
+        connections: Callable[[], Iterable[AccountConnection]],
+    ):
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -372,7 +401,8 @@ class AccountWatch:
             self._loop = task.LoopingCall(self.check)
             self._loop.clock = self.clock
             self._loop.start(self.interval, now=False).addErrback(
-                lambda f: self.log.failure("account watch stopped", f))
+                lambda f: self.log.failure("account watch stopped", f)
+            )
 
     def stop(self) -> None:
         loop, self._loop = self._loop, None
@@ -388,23 +418,27 @@ class AccountWatch:
         try:
             existing = await self.store.existing_ids({a.id for _, a in live})
         except Exception as e:
-            self.log.warn("account watch: cannot check accounts now: {error}",
-                          error=str(e)[:200])
+            self.log.warn("account watch: cannot check accounts now: {error}", error=str(e)[:200])
             return 0
         return self.close(c for c, a in live if a.id not in existing)
 
     def closeAccount(self, account_id: int) -> int:
         """Close the connections of one account (just removed here)."""
-        return self.close(c for c in self.connections()
-                          if (a := _account_of(c)) is not None and a.id == account_id)
+        return self.close(
+            c
+            for c in self.connections()
+            if (a := _account_of(c)) is not None and a.id == account_id
+        )
 
     def close(self, connections: Iterable[AccountConnection]) -> int:
         n = 0
         for c in connections:
             account = _account_of(c)
-            self.log.info("closing {peer}: account {user} was removed",
-                          peer=getattr(c, "peer", "?"),
-                          user=account.name if account is not None else None)
+            self.log.info(
+                "closing {peer}: account {user} was removed",
+                peer=getattr(c, "peer", "?"),
+                user=account.name if account is not None else None,
+            )
             c.accountRemoved()
             n += 1
         return n

@@ -58,15 +58,28 @@ class HistoryStore(Protocol):
 
     def insert_many(self, rows: builtins.list[JournalRow], /) -> Deferred[int]: ...
 
-    def list(self, limit: int, /, *, own: int | None = ..., user: str | None = ...,
-             anonymous: bool = ...) -> Deferred[builtins.list[HistoryEntry]]: ...
+    def list(
+        self,
+        limit: int,
+        /,
+        *,
+        own: int | None = ...,
+        user: str | None = ...,
+        anonymous: bool = ...,
+    ) -> Deferred[builtins.list[HistoryEntry]]: ...
 
     def get(self, entry_id: int, /) -> Deferred[tuple[HistoryEntry, int | None, bool] | None]: ...
 
     def hide(self, entry_id: int, /, *, journal: JournalRow | None) -> Deferred[int]: ...
 
-    def hide_all(self, *, own: int | None = ..., user: str | None = ..., anonymous: bool = ...,
-                 journal: JournalRow | None) -> Deferred[int]: ...
+    def hide_all(
+        self,
+        *,
+        own: int | None = ...,
+        user: str | None = ...,
+        anonymous: bool = ...,
+        journal: JournalRow | None,
+    ) -> Deferred[int]: ...
 
     def purge(self, before_ms: int, /) -> Deferred[int]: ...
 
@@ -80,10 +93,17 @@ class HistoryRecorder:
 
     log = Logger()
 
-    def __init__(self, store: HistoryStore, clock: IReactorTime | None = None,
-                 interval: float = 0.2, batch: int = 1000, max_buffered: int = MAX_BUFFERED,
-                 prelogin: tuple[float, float] = (10, 1.0),
-                 prelogin_address: tuple[float, float] = (50, 5.0), max_entries: int = 0):
+    def __init__(
+        self,
+        store: HistoryStore,
+        clock: IReactorTime | None = None,
+        interval: float = 0.2,
+        batch: int = 1000,
+        max_buffered: int = MAX_BUFFERED,
+        prelogin: tuple[float, float] = (10, 1.0),
+        prelogin_address: tuple[float, float] = (50, 5.0),
+        max_entries: int = 0,
+    ):
         clock = default_clock(clock)
         self.store = store
         self.clock = clock
@@ -110,8 +130,16 @@ class HistoryRecorder:
         self.dropped = 0
         self.unrecorded = 0  # pre-login commands over the rate, counted only
 
-    def row(self, ts_ms: int, service: str, user: str | None, peer: str, command: str,
-            code: int, account_id: int | None = None) -> JournalRow:
+    def row(
+        self,
+        ts_ms: int,
+        service: str,
+        user: str | None,
+        peer: str,
+        command: str,
+        code: int,
+        account_id: int | None = None,
+    ) -> JournalRow:
         """
         A history row, numbered in the order entries are made: its C{seq}
         is the wall clock in microseconds, but always above the last one
@@ -141,32 +169,55 @@ class HistoryRecorder:
         self.unrecorded += 1
         return False
 
-    def recordUnrecorded(self, connection: Hashable, n: int, ts_ms: int, service: str,
-                         peer: str) -> None:
+    def recordUnrecorded(
+        self, connection: Hashable, n: int, ts_ms: int, service: str, peer: str
+    ) -> None:
         """One entry saying how many commands of a connection were over the
         pre-login rate (so the trail shows they happened), and forget the
         connection's bucket."""
         self._prelogin.forget(("connection", connection))
         if n:
-            self.record(ts_ms, service, None, peer,
-                        "<%d commands before login not recorded: over the rate>" % (n,), 429)
-            self.log.info("{n} commands from {peer} before login were over the rate and not "
-                          "recorded one by one", n=n, peer=peer)
+            self.record(
+                ts_ms,
+                service,
+                None,
+                peer,
+                "<%d commands before login not recorded: over the rate>" % (n,),
+                429,
+            )
+            self.log.info(
+                "{n} commands from {peer} before login were over the rate and not "
+                "recorded one by one",
+                n=n,
+                peer=peer,
+            )
 
     def stats(self) -> dict[str, int]:
         """For the operator: what waits, what was dropped, what was counted only."""
-        return {"pending": len(self._pending) + len(self._inflight), "dropped": self.dropped,
-                "unrecorded_prelogin": self.unrecorded}
+        return {
+            "pending": len(self._pending) + len(self._inflight),
+            "dropped": self.dropped,
+            "unrecorded_prelogin": self.unrecorded,
+        }
 
-    def record(self, ts_ms: int, service: str, user: str | None, peer: str, command: str,
-               code: int, account_id: int | None = None) -> None:
+    def record(
+        self,
+        ts_ms: int,
+        service: str,
+        user: str | None,
+        peer: str,
+        command: str,
+        code: int,
+        account_id: int | None = None,
+    ) -> None:
         """
         @param user: the name shown (an account's, a ttweet guest's), or None
             before login.
         @param account_id: the account that sent it, or None.
         """
-        self._pending.append((self._recorded, self.row(ts_ms, service, user, peer, command,
-                                                       code, account_id)))
+        self._pending.append(
+            (self._recorded, self.row(ts_ms, service, user, peer, command, code, account_id))
+        )
         self._recorded += 1
         excess = len(self._pending) + len(self._inflight) - self.max_buffered
         if excess > 0 and self._pending:
@@ -175,8 +226,10 @@ class HistoryRecorder:
             excess = min(excess, len(self._pending))
             del self._pending[:excess]
             if self.dropped == 0 or (self.dropped + excess) // 10000 > self.dropped // 10000:
-                self.log.error("history buffer full: {dropped} oldest entries dropped so far",
-                               dropped=self.dropped + excess)
+                self.log.error(
+                    "history buffer full: {dropped} oldest entries dropped so far",
+                    dropped=self.dropped + excess,
+                )
             self.dropped += excess
             self._wakeWaiters()
         if self._timer is None and not self._writing and not self._stopped:
@@ -223,8 +276,8 @@ class HistoryRecorder:
         if not self._pending:
             return
         self._writing = True
-        batch = self._inflight = self._pending[:self.batch]
-        del self._pending[:len(batch)]
+        batch = self._inflight = self._pending[: self.batch]
+        del self._pending[: len(batch)]
         self._write(batch)
 
     @deferred
@@ -258,8 +311,11 @@ class HistoryRecorder:
         self._inflight = []
         self._writing = False
         self._pending[:0] = batch  # back in front, in order, to be retried
-        self.log.warn("history write failed ({n} entries kept, retrying): {error}",
-                      n=len(self._pending), error=failure.getErrorMessage())
+        self.log.warn(
+            "history write failed ({n} entries kept, retrying): {error}",
+            n=len(self._pending),
+            error=failure.getErrorMessage(),
+        )
         if self._timer is None and not self._stopped:
             self._timer = self.clock.callLater(max(1.0, self.interval), self._tick)
         waiters, self._waiters = self._waiters, []
@@ -278,9 +334,13 @@ class HistoryRecorder:
                 raise
             except Exception as e:
                 self.dropped += 1
-                self.log.error("history: the database refused an entry ({service}, code "
-                               "{code}): dropped: {error}", service=row.get("service"),
-                               code=row.get("code"), error=str(e).splitlines()[0][:200])
+                self.log.error(
+                    "history: the database refused an entry ({service}, code "
+                    "{code}): dropped: {error}",
+                    service=row.get("service"),
+                    code=row.get("code"),
+                    error=str(e).splitlines()[0][:200],
+                )
         del batch[:]
 
     @deferred
@@ -298,8 +358,10 @@ class HistoryRecorder:
             except Exception:
                 pass  # logged by the write; try again
         if self._pending or self._inflight:
-            self.log.error("history: {n} entries could not be written at shutdown",
-                           n=len(self._pending) + len(self._inflight))
+            self.log.error(
+                "history: {n} entries could not be written at shutdown",
+                n=len(self._pending) + len(self._inflight),
+            )
 
     # -- retention
 
@@ -312,7 +374,8 @@ class HistoryRecorder:
         self._purger = task.LoopingCall(self.purgeExpired)
         self._purger.clock = self.clock
         self._purger.start(interval, now=True).addErrback(
-            lambda f: self.log.failure("history retention stopped", f))
+            lambda f: self.log.failure("history retention stopped", f)
+        )
 
     def stopRetention(self) -> None:
         purger, self._purger = self._purger, None
@@ -334,12 +397,18 @@ class HistoryRecorder:
             if self.max_entries:
                 total += await self.store.purge_beyond(self.max_entries)
         except Exception as e:
-            self.log.warn("history retention: purge failed, retrying later: {error}",
-                          error=str(e).splitlines()[0][:200] if str(e) else repr(e))
+            self.log.warn(
+                "history retention: purge failed, retrying later: {error}",
+                error=str(e).splitlines()[0][:200] if str(e) else repr(e),
+            )
         if total:
-            self.log.info("history retention: {n} entries purged (older than {days} days, or "
-                          "beyond {cap} entries)", n=total, days=round(self._retention / 86400, 2),
-                          cap=self.max_entries or "no")
+            self.log.info(
+                "history retention: {n} entries purged (older than {days} days, or "
+                "beyond {cap} entries)",
+                n=total,
+                days=round(self._retention / 86400, 2),
+                cap=self.max_entries or "no",
+            )
         return total
 
     # -- views
@@ -364,15 +433,17 @@ class HistoryRecorder:
         return {"user": user}
 
     @deferred
-    async def query(self, caller: HistoryCaller, user: str | None,
-                    limit: int) -> list[HistoryEntry]:
+    async def query(
+        self, caller: HistoryCaller, user: str | None, limit: int
+    ) -> list[HistoryEntry]:
         view = self._view(caller, user)
         await self.flush()
         return await self.store.list(limit, **view)
 
     @deferred
-    async def delete(self, caller: HistoryCaller, entry_id: int,
-                     journal: JournalRow | None = None) -> None:
+    async def delete(
+        self, caller: HistoryCaller, entry_id: int, journal: JournalRow | None = None
+    ) -> None:
         """Take one entry out of its owner's view (an admin may do so for
         anyone's): 550 if there is none the caller could see.
         C{journal}: this command's own history row, written with the change."""
@@ -389,8 +460,9 @@ class HistoryRecorder:
         await self.store.hide(entry_id, journal=journal)
 
     @deferred
-    async def clear(self, caller: HistoryCaller, user: str | None,
-                    journal: JournalRow | None = None) -> int:
+    async def clear(
+        self, caller: HistoryCaller, user: str | None, journal: JournalRow | None = None
+    ) -> int:
         """Take a view's entries out of their owners' views; the clear's own
         entry (C{journal}) is written in the same transaction, after them.
         @return: Deferred[int] how many were taken out."""

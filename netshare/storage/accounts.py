@@ -85,17 +85,26 @@ def thd_create(conn: Connection, name: str, role: str, password_hash: str) -> Ac
     created = now_ms()
     try:
         with conn.begin_nested():
-            result = conn.execute(accounts.insert().values(
-                name=name, name_key=name.lower(), role=role, password_hash=password_hash,
-                created_ms=created))
+            result = conn.execute(
+                accounts.insert().values(
+                    name=name,
+                    name_key=name.lower(),
+                    role=role,
+                    password_hash=password_hash,
+                    created_ms=created,
+                )
+            )
     except sa_exc.IntegrityError:
         raise Conflict("account %s exists" % (name,)) from None
     return Account(inserted_id(result), name, role, password_hash, created)
 
 
 def thd_set_password(conn: Connection, name: str, password_hash: str) -> None:
-    n = conn.execute(accounts.update().where(accounts.c.name_key == name.lower())
-                     .values(password_hash=password_hash)).rowcount
+    n = conn.execute(
+        accounts.update()
+        .where(accounts.c.name_key == name.lower())
+        .values(password_hash=password_hash)
+    ).rowcount
     if not n:
         raise NotFound("no account %s" % (name,))
 
@@ -123,13 +132,15 @@ def thd_remove(conn: Connection, name: str, transfer_to: str | None = None) -> R
     blob_ids: list[str] = []
     deleted = transferred = 0
     if heir is not None:
-        transferred = conn.execute(files.update().where(owned).values(
-            owner_id=heir.id, owner=heir.name)).rowcount
+        transferred = conn.execute(
+            files.update().where(owned).values(owner_id=heir.id, owner=heir.name)
+        ).rowcount
     else:
         blob_ids = [r.blob_id for r in conn.execute(sa.select(files.c.blob_id).where(owned))]
         deleted = conn.execute(files.delete().where(owned)).rowcount
-    timeline = conn.execute(timelines.delete()
-                            .where(timelines.c.account_id == account.id)).rowcount
+    timeline = conn.execute(
+        timelines.delete().where(timelines.c.account_id == account.id)
+    ).rowcount
     messages = conn.execute(outbox.delete().where(outbox.c.client == account.name)).rowcount
     conn.execute(sync_clients.delete().where(sync_clients.c.name == account.name))
     conn.execute(accounts.delete().where(accounts.c.id == account.id))
@@ -146,8 +157,12 @@ def thd_existing_ids(conn: Connection, ids: Iterable[int]) -> set[int]:
     wanted = list(ids)
     found: set[int] = set()
     for i in range(0, len(wanted), 500):
-        found.update(int(r.id) for r in conn.execute(
-            sa.select(accounts.c.id).where(accounts.c.id.in_(wanted[i:i + 500]))))
+        found.update(
+            int(r.id)
+            for r in conn.execute(
+                sa.select(accounts.c.id).where(accounts.c.id.in_(wanted[i : i + 500]))
+            )
+        )
     return found
 
 
@@ -162,17 +177,20 @@ def _penalty_row(conn: Connection, key: str, now_ms: int) -> AnyRow:
     if row is None:
         try:
             with conn.begin_nested():
-                conn.execute(login_penalties.insert().values(
-                    key=key, failures=0.0, updated_ms=now_ms, next_slot_ms=0,
-                    locked_until_ms=0))
-        except sa_exc.IntegrityError:      # another attempt created it just now
+                conn.execute(
+                    login_penalties.insert().values(
+                        key=key, failures=0.0, updated_ms=now_ms, next_slot_ms=0, locked_until_ms=0
+                    )
+                )
+        except sa_exc.IntegrityError:  # another attempt created it just now
             pass
         row = conn.execute(q).one()
     return row
 
 
-def thd_login_attempt(conn: Connection, keys: Sequence[tuple[str, bool]], now_ms: int,
-                      policy: LoginPolicy) -> float:
+def thd_login_attempt(
+    conn: Connection, keys: Sequence[tuple[str, bool]], now_ms: int, policy: LoginPolicy
+) -> float:
     """
     Start one login attempt under C{keys} (C{(key, lockable)} pairs): count
     it as a failure until L{thd_login_succeeded} takes that back (so a burst
@@ -185,16 +203,19 @@ def thd_login_attempt(conn: Connection, keys: Sequence[tuple[str, bool]], now_ms
     start, cost = now_ms, 0.0
     for _key, lockable, row in rows:
         if lockable and row.locked_until_ms > now_ms:
-            raise RateLimited("account locked after too many failed logins; try again in %d s"
-                              % math.ceil((row.locked_until_ms - now_ms) / 1000.0))
+            raise RateLimited(
+                "account locked after too many failed logins; try again in %d s"
+                % math.ceil((row.locked_until_ms - now_ms) / 1000.0)
+            )
         d = policy.delay(policy.decayed(row.failures, row.updated_ms, now_ms))
         if d:
             start = max(start, row.next_slot_ms)
             cost = max(cost, d)
     wait = (start - now_ms) / 1000.0 + cost
     if wait > policy.max_wait:
-        raise RateLimited("too many failed logins; try again in %d s"
-                          % max(1, math.ceil(wait - policy.max_wait)))
+        raise RateLimited(
+            "too many failed logins; try again in %d s" % max(1, math.ceil(wait - policy.max_wait))
+        )
     for key, lockable, row in rows:
         prior = policy.decayed(row.failures, row.updated_ms, now_ms)
         failures = prior + 1
@@ -204,25 +225,30 @@ def thd_login_attempt(conn: Connection, keys: Sequence[tuple[str, bool]], now_ms
         # Whole failures: a few seconds of forgetting must not let one more in.
         if lockable and round(prior) + 1 >= policy.lockout:
             values["locked_until_ms"] = now_ms + int(policy.lockout_seconds * 1000)
-        conn.execute(login_penalties.update().where(login_penalties.c.key == key)
-                     .values(**values))
+        conn.execute(login_penalties.update().where(login_penalties.c.key == key).values(**values))
     return wait
 
 
-def thd_login_succeeded(conn: Connection, keys: Sequence[str], now_ms: int,
-                        policy: LoginPolicy) -> None:
+def thd_login_succeeded(
+    conn: Connection, keys: Sequence[str], now_ms: int, policy: LoginPolicy
+) -> None:
     """The attempt started by L{thd_login_attempt} had the right password."""
     for key in keys:
-        row = conn.execute(sa.select(login_penalties).where(login_penalties.c.key == key)
-                           .with_for_update()).first()
+        row = conn.execute(
+            sa.select(login_penalties).where(login_penalties.c.key == key).with_for_update()
+        ).first()
         if row is not None:
             failures = max(0.0, policy.decayed(row.failures, row.updated_ms, now_ms) - 1)
-            conn.execute(login_penalties.update().where(login_penalties.c.key == key)
-                         .values(failures=failures, updated_ms=now_ms))
+            conn.execute(
+                login_penalties.update()
+                .where(login_penalties.c.key == key)
+                .values(failures=failures, updated_ms=now_ms)
+            )
 
 
-def thd_login_penalties(conn: Connection, now_ms: int,
-                        policy: LoginPolicy) -> list[dict[str, Any]]:
+def thd_login_penalties(
+    conn: Connection, now_ms: int, policy: LoginPolicy
+) -> list[dict[str, Any]]:
     """Every key that costs something now: C{{"key","who","failures","delay","locked_for"}},
     account keys shown with the account's name."""
     names: dict[str, str] = {}
@@ -234,9 +260,15 @@ def thd_login_penalties(conn: Connection, now_ms: int,
         failures = policy.decayed(r.failures, r.updated_ms, now_ms)
         locked = max(0, r.locked_until_ms - now_ms) / 1000.0
         if policy.delay(failures) or locked:
-            out.append({"key": r.key, "who": names.get(r.key, r.key.partition(":")[2]),
-                        "failures": round(failures, 2), "delay": policy.delay(failures),
-                        "locked_for": round(locked)})
+            out.append(
+                {
+                    "key": r.key,
+                    "who": names.get(r.key, r.key.partition(":")[2]),
+                    "failures": round(failures, 2),
+                    "delay": policy.delay(failures),
+                    "locked_for": round(locked),
+                }
+            )
     return out
 
 
@@ -253,9 +285,11 @@ def thd_lift_penalty(conn: Connection, who: str) -> int:
 def thd_purge_penalties(conn: Connection, now_ms: int, policy: LoginPolicy) -> int:
     """Forget keys whose failures have all been forgotten (bounded table)."""
     stale = now_ms - int((policy.forget or 0) * 1000 * (policy.lockout + 1))
-    return conn.execute(login_penalties.delete().where(
-        login_penalties.c.updated_ms < stale,
-        login_penalties.c.locked_until_ms < now_ms)).rowcount
+    return conn.execute(
+        login_penalties.delete().where(
+            login_penalties.c.updated_ms < stale, login_penalties.c.locked_until_ms < now_ms
+        )
+    ).rowcount
 
 
 class AccountStore:
@@ -272,8 +306,9 @@ class AccountStore:
     # and removing would answer "exists" or "no such account" for what they
     # did themselves.
 
-    def create(self, name: str, role: str, password_hash: str,
-               journal: JournalRow | None = None) -> Deferred[Account]:
+    def create(
+        self, name: str, role: str, password_hash: str, journal: JournalRow | None = None
+    ) -> Deferred[Account]:
         return self.pool.write(journaled(thd_create, journal), name, role, password_hash)
 
     def set_password(self, name: str, password_hash: str) -> Deferred[None]:
@@ -290,16 +325,19 @@ class AccountStore:
 
     # Writes: an attempt counted twice would cost a failure it never made.
 
-    def login_attempt(self, keys: Sequence[tuple[str, bool]], now_ms: int,
-                      policy: LoginPolicy) -> Deferred[float]:
+    def login_attempt(
+        self, keys: Sequence[tuple[str, bool]], now_ms: int, policy: LoginPolicy
+    ) -> Deferred[float]:
         return self.pool.write(thd_login_attempt, keys, now_ms, policy)
 
-    def login_succeeded(self, keys: Sequence[str], now_ms: int,
-                        policy: LoginPolicy) -> Deferred[None]:
+    def login_succeeded(
+        self, keys: Sequence[str], now_ms: int, policy: LoginPolicy
+    ) -> Deferred[None]:
         return self.pool.write(thd_login_succeeded, keys, now_ms, policy)
 
-    def login_penalties(self, now_ms: int,
-                        policy: LoginPolicy) -> Deferred[builtins.list[dict[str, Any]]]:
+    def login_penalties(
+        self, now_ms: int, policy: LoginPolicy
+    ) -> Deferred[builtins.list[dict[str, Any]]]:
         return self.pool.run(thd_login_penalties, now_ms, policy)
 
     def lift_penalty(self, who: str) -> Deferred[int]:

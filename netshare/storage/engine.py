@@ -41,9 +41,16 @@ def resolve_url(url: str, data_dir: str | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: str = "FULL",
-                  busy_timeout_ms: int = 5000, pool_size: int = 5, connect_timeout: int = 3,
-                  call_timeout: float | None = None) -> Engine:
+def create_engine(
+    url: str,
+    data_dir: str | None = None,
+    *,
+    sqlite_synchronous: str = "FULL",
+    busy_timeout_ms: int = 5000,
+    pool_size: int = 5,
+    connect_timeout: int = 3,
+    call_timeout: float | None = None,
+) -> Engine:
     """
     Build the engine for C{url} (L{worker_threads} says how many threads
     should use it).
@@ -61,8 +68,12 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
         # fresh one (SQLAlchemy then discards the whole stale pool); and a
         # ping of a connection that stopped answering would block outside
         # the reach of the pool's deadline.
-        kw: dict[str, Any] = dict(pool_recycle=1800, pool_size=pool_size, max_overflow=0,
-                                  pool_timeout=connect_timeout + 2)
+        kw: dict[str, Any] = dict(
+            pool_recycle=1800,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=connect_timeout + 2,
+        )
         # A connection that stops answering fails on its own within a call's
         # deadline and grace (the pool also cuts its socket at the deadline):
         # TCP keepalive for an idle peer that vanished, and a bound on how
@@ -70,17 +81,27 @@ def create_engine(url: str, data_dir: str | None = None, *, sqlite_synchronous: 
         # (MariaDB).
         patience = int(2 * call_timeout + 5) if call_timeout else 30
         if backend == "postgresql":
-            kw["connect_args"] = {"connect_timeout": connect_timeout, "keepalives": 1,
-                                  "keepalives_idle": 10, "keepalives_interval": 5,
-                                  "keepalives_count": 3, "tcp_user_timeout": patience * 1000}
+            kw["connect_args"] = {
+                "connect_timeout": connect_timeout,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": patience * 1000,
+            }
         else:
-            kw["connect_args"] = {"connect_timeout": connect_timeout, "read_timeout": patience,
-                                  "write_timeout": patience, "charset": "utf8mb4"}
+            kw["connect_args"] = {
+                "connect_timeout": connect_timeout,
+                "read_timeout": patience,
+                "write_timeout": patience,
+                "charset": "utf8mb4",
+            }
         try:
             engine = sa.create_engine(u, **kw)
         except Exception as e:
-            raise EngineError("cannot use database URL %s: %s"
-                              % (u.render_as_string(), e)) from None
+            raise EngineError(
+                "cannot use database URL %s: %s" % (u.render_as_string(), e)
+            ) from None
     else:
         raise EngineError("unsupported database %r (use sqlite, postgresql or mysql)" % (backend,))
     return engine
@@ -106,16 +127,20 @@ def _sqlite_engine(u: URL, synchronous: str, busy_timeout_ms: int) -> Engine:
     memory = not path
     if not path:
         # One shared connection, or every checkout would see a new empty db.
-        engine = sa.create_engine(u, poolclass=StaticPool,
-                                  connect_args={"check_same_thread": False})
+        engine = sa.create_engine(
+            u, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
     else:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise EngineError("SQLite directory %s does not exist" % (directory,))
         private_file(path)
-        engine = sa.create_engine(u, pool_size=1, max_overflow=2,
-                                  connect_args={"check_same_thread": False,
-                                                "timeout": busy_timeout_ms / 1000.0})
+        engine = sa.create_engine(
+            u,
+            pool_size=1,
+            max_overflow=2,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000.0},
+        )
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, record: object) -> None:

@@ -38,7 +38,7 @@ files = sa.Table(
     sa.Column("id", ID, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("name_key", sa.String(255), nullable=False),
-    sa.Column("owner", sa.String(32), nullable=False),         # the name shown
+    sa.Column("owner", sa.String(32), nullable=False),  # the name shown
     # The owning account: ownership is decided by id, never by name.  NULL
     # only for files migrated from before ids whose owner had no account.
     sa.Column("owner_id", sa.BigInteger, nullable=True),
@@ -63,7 +63,7 @@ class FileRecord:
     id: int
     name: str
     name_key: str
-    owner: str           # the owner's name, as shown
+    owner: str  # the owner's name, as shown
     owner_id: int | None  # the owning account: what ownership is decided by
     size: int
     sha256: str
@@ -84,10 +84,15 @@ class FileRecord:
         """The file object of docs/protocol.md section 2 (no blob id, no
         encryption details); C{sha256} null unless C{reveal_sha256} (see the
         files service)."""
-        return {"name": self.name, "size": self.size,
-                "sha256": self.sha256 if reveal_sha256 else None,
-                "owner": self.owner, "visibility": self.visibility,
-                "protected": self.protected, "created": iso_ms(self.created_ms)}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256 if reveal_sha256 else None,
+            "owner": self.owner,
+            "visibility": self.visibility,
+            "protected": self.protected,
+            "created": iso_ms(self.created_ms),
+        }
 
 
 def _dump_meta(meta: dict[str, Any] | None) -> str | None:
@@ -96,9 +101,19 @@ def _dump_meta(meta: dict[str, Any] | None) -> str | None:
 
 def _record(r: AnyRow) -> FileRecord:
     meta = json.loads(r.enc_meta) if r.enc_meta is not None else None
-    return FileRecord(int(r.id), r.name, r.name_key, r.owner,
-                      int(r.owner_id) if r.owner_id is not None else None, int(r.size),
-                      r.sha256, r.visibility, r.blob_id, meta, int(r.created_ms))
+    return FileRecord(
+        int(r.id),
+        r.name,
+        r.name_key,
+        r.owner,
+        int(r.owner_id) if r.owner_id is not None else None,
+        int(r.size),
+        r.sha256,
+        r.visibility,
+        r.blob_id,
+        meta,
+        int(r.created_ms),
+    )
 
 
 def thd_get(conn: Connection, name_key: str) -> FileRecord | None:
@@ -106,20 +121,23 @@ def thd_get(conn: Connection, name_key: str) -> FileRecord | None:
     return _record(r) if r is not None else None
 
 
-def thd_list_public(conn: Connection, owner_id: int | None = None,
-                    limit: int | None = None) -> list[FileRecord]:
+def thd_list_public(
+    conn: Connection, owner_id: int | None = None, limit: int | None = None
+) -> list[FileRecord]:
     """Public files (of one owner, or everyone's), by name key."""
     return _list(conn, "public", owner_id, limit)
 
 
-def thd_list_hidden(conn: Connection, owner_id: int | None = None,
-                    limit: int | None = None) -> list[FileRecord]:
+def thd_list_hidden(
+    conn: Connection, owner_id: int | None = None, limit: int | None = None
+) -> list[FileRecord]:
     """Hidden files (of one owner, or everyone's: admins), by name key."""
     return _list(conn, "hidden", owner_id, limit)
 
 
-def _list(conn: Connection, visibility: str, owner_id: int | None,
-          limit: int | None) -> list[FileRecord]:
+def _list(
+    conn: Connection, visibility: str, owner_id: int | None, limit: int | None
+) -> list[FileRecord]:
     q = sa.select(files).where(files.c.visibility == visibility)
     if owner_id is not None:
         q = q.where(files.c.owner_id == owner_id)
@@ -131,8 +149,11 @@ def _list(conn: Connection, visibility: str, owner_id: int | None,
 
 def thd_usage(conn: Connection, owner_id: int) -> int:
     """Bytes stored by the account C{owner_id} (the quota measure: plaintext sizes)."""
-    total: int = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
-                              .where(files.c.owner_id == owner_id)).scalar_one()
+    total: int = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0)).where(
+            files.c.owner_id == owner_id
+        )
+    ).scalar_one()
     return int(total)
 
 
@@ -148,13 +169,17 @@ class Usage:
 def thd_account_usage(conn: Connection, owner_id: int) -> Usage:
     """The account C{owner_id}'s file count and bytes, in one SELECT (so the
     two always describe the same moment)."""
-    row = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(files.c.size), 0))
-                       .select_from(files).where(files.c.owner_id == owner_id)).one()
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(files.c.size), 0))
+        .select_from(files)
+        .where(files.c.owner_id == owner_id)
+    ).one()
     return Usage(int(row[0]), int(row[1]))
 
 
-def _check_quota(conn: Connection, owner_id: int, size: int, quota: int | None,
-                 freed: int = 0) -> None:
+def _check_quota(
+    conn: Connection, owner_id: int, size: int, quota: int | None, freed: int = 0
+) -> None:
     """Re-check the quota inside the writing transaction (the check before
     C{350} can be raced by a parallel upload of the same user)."""
     if quota is None:
@@ -164,32 +189,74 @@ def _check_quota(conn: Connection, owner_id: int, size: int, quota: int | None,
         raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, quota))
 
 
-def thd_insert(conn: Connection, *, name: str, name_key: str, owner: str, owner_id: int,
-               size: int, sha256: str, visibility: str, blob_id: str,
-               enc_meta: dict[str, Any] | None,
-               created_ms: int, quota: int | None = None) -> FileRecord:
+def thd_insert(
+    conn: Connection,
+    *,
+    name: str,
+    name_key: str,
+    owner: str,
+    owner_id: int,
+    size: int,
+    sha256: str,
+    visibility: str,
+    blob_id: str,
+    enc_meta: dict[str, Any] | None,
+    created_ms: int,
+    quota: int | None = None,
+) -> FileRecord:
     """
     Add a new file.  @raise Conflict: (555) the name key exists, including
     when a parallel upload of the same name committed first.
     @raise LimitExceeded: (552) over C{quota}.
     """
     _check_quota(conn, owner_id, size, quota)
-    values = dict(name=name, name_key=name_key, owner=owner, owner_id=owner_id, size=size,
-                  sha256=sha256, visibility=visibility, blob_id=blob_id,
-                  enc_meta=_dump_meta(enc_meta), created_ms=created_ms)
+    values = dict(
+        name=name,
+        name_key=name_key,
+        owner=owner,
+        owner_id=owner_id,
+        size=size,
+        sha256=sha256,
+        visibility=visibility,
+        blob_id=blob_id,
+        enc_meta=_dump_meta(enc_meta),
+        created_ms=created_ms,
+    )
     try:
         with conn.begin_nested():
             result = conn.execute(files.insert().values(**values))
     except sa_exc.IntegrityError:
         raise Conflict("file exists") from None
-    return FileRecord(inserted_id(result), name, name_key, owner, owner_id, size, sha256,
-                      visibility, blob_id, enc_meta, created_ms)
+    return FileRecord(
+        inserted_id(result),
+        name,
+        name_key,
+        owner,
+        owner_id,
+        size,
+        sha256,
+        visibility,
+        blob_id,
+        enc_meta,
+        created_ms,
+    )
 
 
-def thd_replace(conn: Connection, *, name: str, name_key: str, owner: str, owner_id: int,
-                size: int, sha256: str, visibility: str | None, blob_id: str,
-                enc_meta: dict[str, Any] | None,
-                created_ms: int, quota: int | None = None) -> tuple[FileRecord, str | None]:
+def thd_replace(
+    conn: Connection,
+    *,
+    name: str,
+    name_key: str,
+    owner: str,
+    owner_id: int,
+    size: int,
+    sha256: str,
+    visibility: str | None,
+    blob_id: str,
+    enc_meta: dict[str, Any] | None,
+    created_ms: int,
+    quota: int | None = None,
+) -> tuple[FileRecord, str | None]:
     """
     Point an existing file of C{owner} at new content, in one transaction
     (the row is locked, so a parallel replace or delete waits), or insert it
@@ -201,22 +268,55 @@ def thd_replace(conn: Connection, *, name: str, name_key: str, owner: str, owner
     @return: (the new record, the old blob id to delete or None).
     @raise Conflict: (555) the file belongs to someone else.
     """
-    old = conn.execute(sa.select(files).where(files.c.name_key == name_key)
-                       .with_for_update()).first()
+    old = conn.execute(
+        sa.select(files).where(files.c.name_key == name_key).with_for_update()
+    ).first()
     if old is None:
-        rec = thd_insert(conn, name=name, name_key=name_key, owner=owner, owner_id=owner_id,
-                         size=size, sha256=sha256, visibility=visibility or "public",
-                         blob_id=blob_id, enc_meta=enc_meta, created_ms=created_ms, quota=quota)
+        rec = thd_insert(
+            conn,
+            name=name,
+            name_key=name_key,
+            owner=owner,
+            owner_id=owner_id,
+            size=size,
+            sha256=sha256,
+            visibility=visibility or "public",
+            blob_id=blob_id,
+            enc_meta=enc_meta,
+            created_ms=created_ms,
+            quota=quota,
+        )
         return rec, None
     if old.owner_id != owner_id:
         raise Conflict("file exists and belongs to someone else")
     _check_quota(conn, owner_id, size, quota, freed=int(old.size))
     visibility = visibility or old.visibility
-    conn.execute(files.update().where(files.c.id == old.id).values(
-        name=name, size=size, sha256=sha256, visibility=visibility, blob_id=blob_id,
-        enc_meta=_dump_meta(enc_meta), created_ms=created_ms))
-    rec = FileRecord(int(old.id), name, name_key, owner, owner_id, size, sha256, visibility,
-                     blob_id, enc_meta, created_ms)
+    conn.execute(
+        files.update()
+        .where(files.c.id == old.id)
+        .values(
+            name=name,
+            size=size,
+            sha256=sha256,
+            visibility=visibility,
+            blob_id=blob_id,
+            enc_meta=_dump_meta(enc_meta),
+            created_ms=created_ms,
+        )
+    )
+    rec = FileRecord(
+        int(old.id),
+        name,
+        name_key,
+        owner,
+        owner_id,
+        size,
+        sha256,
+        visibility,
+        blob_id,
+        enc_meta,
+        created_ms,
+    )
     return rec, old.blob_id
 
 
@@ -228,8 +328,9 @@ def thd_delete(conn: Connection, name_key: str, owner_id: int | None = None) -> 
     @return: the deleted record (its C{blob_id} is for the caller to unlink).
     @raise NotFound: (550).  @raise PermissionDenied: (531) not the owner.
     """
-    r = conn.execute(sa.select(files).where(files.c.name_key == name_key)
-                     .with_for_update()).first()
+    r = conn.execute(
+        sa.select(files).where(files.c.name_key == name_key).with_for_update()
+    ).first()
     if r is None:
         raise NotFound("no such file")
     if owner_id is not None and r.owner_id != owner_id:
@@ -243,8 +344,12 @@ def thd_names_of_blobs(conn: Connection, blob_ids: Iterable[str]) -> list[str]:
     names: list[str] = []
     ids = list(blob_ids)
     for i in range(0, len(ids), 500):
-        names += [r.name for r in conn.execute(
-            sa.select(files.c.name).where(files.c.blob_id.in_(ids[i:i + 500])))]
+        names += [
+            r.name
+            for r in conn.execute(
+                sa.select(files.c.name).where(files.c.blob_id.in_(ids[i : i + 500]))
+            )
+        ]
     return sorted(names)
 
 
@@ -263,12 +368,14 @@ class FileStore:
     def get(self, name_key: str) -> Deferred[FileRecord | None]:
         return self.pool.run(thd_get, name_key)
 
-    def list_public(self, owner_id: int | None = None,
-                    limit: int | None = None) -> Deferred[list[FileRecord]]:
+    def list_public(
+        self, owner_id: int | None = None, limit: int | None = None
+    ) -> Deferred[list[FileRecord]]:
         return self.pool.run(thd_list_public, owner_id, limit)
 
-    def list_hidden(self, owner_id: int | None = None,
-                    limit: int | None = None) -> Deferred[list[FileRecord]]:
+    def list_hidden(
+        self, owner_id: int | None = None, limit: int | None = None
+    ) -> Deferred[list[FileRecord]]:
         return self.pool.run(thd_list_hidden, owner_id, limit)
 
     def usage(self, owner_id: int) -> Deferred[int]:
@@ -285,13 +392,15 @@ class FileStore:
         """See L{thd_insert} for the keywords."""
         return self.pool.write(journaled(thd_insert, journal), **row)
 
-    def replace(self, journal: JournalRow | None = None,
-                **row: Any) -> Deferred[tuple[FileRecord, str | None]]:
+    def replace(
+        self, journal: JournalRow | None = None, **row: Any
+    ) -> Deferred[tuple[FileRecord, str | None]]:
         """(the new record, the old blob id or None); see L{thd_replace}."""
         return self.pool.write(journaled(thd_replace, journal), **row)
 
-    def delete(self, name_key: str, owner_id: int | None = None,
-               journal: JournalRow | None = None) -> Deferred[FileRecord]:
+    def delete(
+        self, name_key: str, owner_id: int | None = None, journal: JournalRow | None = None
+    ) -> Deferred[FileRecord]:
         """The deleted row (its blob is the caller's to unlink)."""
         return self.pool.write(journaled(thd_delete, journal), name_key, owner_id)
 

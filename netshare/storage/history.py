@@ -46,24 +46,47 @@ class HistoryEntry:
     code: int
 
     def to_wire(self) -> dict[str, object]:
-        return {"id": self.id, "ts": iso_ms(self.ts_ms), "user": self.user or "-",
-                "service": self.service, "command": self.command, "code": self.code}
+        return {
+            "id": self.id,
+            "ts": iso_ms(self.ts_ms),
+            "user": self.user or "-",
+            "service": self.service,
+            "command": self.command,
+            "code": self.code,
+        }
 
 
 def _entry(r: sa.Row[Any]) -> HistoryEntry:
     return HistoryEntry(r.id, r.ts_ms, r.service, r.user, r.peer, r.command, r.code)
 
 
-def journal_row(seq: int, ts_ms: int, service: str, user: str | None, peer: str, command: str,
-                code: int, account_id: int | None = None) -> JournalRow:
+def journal_row(
+    seq: int,
+    ts_ms: int,
+    service: str,
+    user: str | None,
+    peer: str,
+    command: str,
+    code: int,
+    account_id: int | None = None,
+) -> JournalRow:
     """A history row as L{thd_insert_many} and L{journaled} take it (C{seq}:
     see L{netshare.services.history.HistoryRecorder.row})."""
-    return {"seq": seq, "ts_ms": ts_ms, "service": service, "user": user,
-            "account_id": account_id, "peer": peer[:64], "command": command, "code": code}
+    return {
+        "seq": seq,
+        "ts_ms": ts_ms,
+        "service": service,
+        "user": user,
+        "account_id": account_id,
+        "peer": peer[:64],
+        "command": command,
+        "code": code,
+    }
 
 
-def journaled(fn: Callable[Concatenate[Connection, P], T],
-              journal: JournalRow | None) -> Callable[Concatenate[Connection, P], T]:
+def journaled(
+    fn: Callable[Concatenate[Connection, P], T], journal: JournalRow | None
+) -> Callable[Concatenate[Connection, P], T]:
     """
     C{fn} that also inserts C{journal}, the history entry of the command
     that asked for it, in the same transaction once C{fn} succeeded: an
@@ -91,8 +114,9 @@ def thd_insert_many(conn: Connection, rows: list[JournalRow]) -> int:
     return len(rows)
 
 
-def _where(own: int | None = None, user: str | None = ALL,
-           anonymous: bool = False) -> list[ColumnElement[bool]]:
+def _where(
+    own: int | None = None, user: str | None = ALL, anonymous: bool = False
+) -> list[ColumnElement[bool]]:
     """The rows a view shows: C{own} (an account id: that account's own view,
     hidden entries left out), or an admin's view of C{user} (a name, or
     L{ALL}) or of the C{anonymous} entries (commands sent before login)."""
@@ -105,8 +129,13 @@ def _where(own: int | None = None, user: str | None = ALL,
     return []
 
 
-def thd_list(conn: Connection, limit: int, own: int | None = None, user: str | None = ALL,
-             anonymous: bool = False) -> list[HistoryEntry]:
+def thd_list(
+    conn: Connection,
+    limit: int,
+    own: int | None = None,
+    user: str | None = ALL,
+    anonymous: bool = False,
+) -> list[HistoryEntry]:
     """Newest first; see L{_where} for which rows."""
     q = sa.select(history).where(*_where(own, user, anonymous))
     q = q.order_by(history.c.seq.desc()).limit(limit)
@@ -121,16 +150,18 @@ def thd_get(conn: Connection, entry_id: int) -> tuple[HistoryEntry, int | None, 
 
 def thd_hide(conn: Connection, entry_id: int) -> int:
     """Take one entry out of its owner's view."""
-    return conn.execute(history.update().where(history.c.id == entry_id)
-                        .values(hidden=True)).rowcount
+    return conn.execute(
+        history.update().where(history.c.id == entry_id).values(hidden=True)
+    ).rowcount
 
 
-def thd_hide_all(conn: Connection, own: int | None = None, user: str | None = ALL,
-                 anonymous: bool = False) -> int:
+def thd_hide_all(
+    conn: Connection, own: int | None = None, user: str | None = ALL, anonymous: bool = False
+) -> int:
     """Take the entries of a view out of their owners' views (admins still
     see them).  @return: how many were visible to their owners before."""
     where = _where(own, user, anonymous)
-    if own is None:                   # an own view leaves hidden ones out already
+    if own is None:  # an own view leaves hidden ones out already
         where.append(history.c.hidden == sa.false())
     return conn.execute(history.update().where(*where).values(hidden=True)).rowcount
 
@@ -138,9 +169,15 @@ def thd_hide_all(conn: Connection, own: int | None = None, user: str | None = AL
 def thd_purge(conn: Connection, before_ms: int, batch: int = 10_000) -> int:
     """Delete entries made before C{before_ms} (the retention period), in
     batches so one run never holds a huge transaction.  @return: rows deleted."""
-    ids = [r.id for r in conn.execute(sa.select(history.c.id)
-                                      .where(history.c.seq < before_ms * 1000)
-                                      .order_by(history.c.seq).limit(batch))]
+    ids = [
+        r.id
+        for r in conn.execute(
+            sa.select(history.c.id)
+            .where(history.c.seq < before_ms * 1000)
+            .order_by(history.c.seq)
+            .limit(batch)
+        )
+    ]
     if not ids:
         return 0
     return conn.execute(history.delete().where(history.c.id.in_(ids))).rowcount
@@ -149,14 +186,19 @@ def thd_purge(conn: Connection, before_ms: int, batch: int = 10_000) -> int:
 def thd_purge_beyond(conn: Connection, keep: int) -> int:
     """Delete every entry but the newest C{keep} (the size cap).  The cut is
     found on the C{seq} index; rows go in batches.  @return: rows deleted."""
-    edge = conn.execute(sa.select(history.c.seq).order_by(history.c.seq.desc())
-                        .offset(keep).limit(1)).scalar()
+    edge = conn.execute(
+        sa.select(history.c.seq).order_by(history.c.seq.desc()).offset(keep).limit(1)
+    ).scalar()
     if edge is None:
         return 0
     deleted = 0
     while True:
-        ids = [r.id for r in conn.execute(sa.select(history.c.id).where(history.c.seq <= edge)
-                                          .limit(10_000))]
+        ids = [
+            r.id
+            for r in conn.execute(
+                sa.select(history.c.id).where(history.c.seq <= edge).limit(10_000)
+            )
+        ]
         if not ids:
             return deleted
         deleted += conn.execute(history.delete().where(history.c.id.in_(ids))).rowcount
@@ -173,8 +215,9 @@ class HistoryStore:
         # A write: a batch run twice would be recorded twice.
         return self.pool.write(thd_insert_many, rows)
 
-    def list(self, limit: int, own: int | None = None, user: str | None = ALL,
-             anonymous: bool = False) -> Deferred[list[HistoryEntry]]:
+    def list(
+        self, limit: int, own: int | None = None, user: str | None = ALL, anonymous: bool = False
+    ) -> Deferred[list[HistoryEntry]]:
         return self.pool.run(thd_list, limit, own, user, anonymous)
 
     def get(self, entry_id: int) -> Deferred[tuple[HistoryEntry, int | None, bool] | None]:
@@ -185,8 +228,13 @@ class HistoryStore:
     def hide(self, entry_id: int, journal: JournalRow | None = None) -> Deferred[int]:
         return self.pool.write(journaled(thd_hide, journal), entry_id)
 
-    def hide_all(self, own: int | None = None, user: str | None = ALL, anonymous: bool = False,
-                 journal: JournalRow | None = None) -> Deferred[int]:
+    def hide_all(
+        self,
+        own: int | None = None,
+        user: str | None = ALL,
+        anonymous: bool = False,
+        journal: JournalRow | None = None,
+    ) -> Deferred[int]:
         return self.pool.write(journaled(thd_hide_all, journal), own, user, anonymous)
 
     def purge(self, before_ms: int) -> Deferred[int]:

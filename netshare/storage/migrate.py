@@ -33,7 +33,7 @@ def head() -> str:
     """The newest revision this netshare knows."""
     rev = _scripts().get_current_head()
     if rev is None:
-        raise SchemaError("netshare has no migrations")     # a broken installation
+        raise SchemaError("netshare has no migrations")  # a broken installation
     return rev
 
 
@@ -51,8 +51,10 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | Non
     """Migrate to C{target}; return (revision before, revision after)."""
     before = current(engine)
     if status(engine) == "newer":
-        raise SchemaError("database schema %s is newer than this netshare (%s): "
-                          "upgrade netshare" % (before, head()))
+        raise SchemaError(
+            "database schema %s is newer than this netshare (%s): "
+            "upgrade netshare" % (before, head())
+        )
     with engine.begin() as conn:
         command.upgrade(_config(conn), target)
     return before, current(engine)
@@ -74,8 +76,12 @@ def check(engine: Engine) -> None:
     if state == "missing":
         raise SchemaError("database has no netshare schema: run `netshare init` first")
     if state == "old":
-        raise SchemaError("database schema %s is older than this netshare (%s): "
-                          "run `netshare db upgrade`" % (current(engine), head()))
+        raise SchemaError(
+            "database schema %s is older than this netshare (%s): "
+            "run `netshare db upgrade`" % (current(engine), head())
+        )
     if state == "newer":
-        raise SchemaError("database schema %s is newer than this netshare (%s): "
-                          "upgrade netshare" % (current(engine), head()))
+        raise SchemaError(
+            "database schema %s is newer than this netshare (%s): "
+            "upgrade netshare" % (current(engine), head())
+        )

@@ -107,8 +107,14 @@ class MessageInfo:
     acked: bool
 
     def to_wire(self) -> dict[str, object]:
-        return {"seq": self.seq, "client": self.client, "action": self.action,
-                "ssn": self.ssn, "created": wire.iso_ms(self.created_ms), "acked": self.acked}
+        return {
+            "seq": self.seq,
+            "client": self.client,
+            "action": self.action,
+            "ssn": self.ssn,
+            "created": wire.iso_ms(self.created_ms),
+            "acked": self.acked,
+        }
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,13 @@ class ClientInfo:
 
     def to_wire(self, online: bool) -> dict[str, object]:
         last = wire.iso_ms(self.last_seen_ms) if self.last_seen_ms is not None else None
-        return {"client": self.name, "online": online, "pending": self.pending,
-                "acked": self.acked_seq, "last_seen": last}
+        return {
+            "client": self.name,
+            "online": online,
+            "pending": self.pending,
+            "acked": self.acked_seq,
+            "last_seen": last,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,8 +185,9 @@ def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) ->
 # Sync clients
 
 
-def thd_register_client(conn: Connection, name: str, now_ms: int,
-                        account_id: int | None = None) -> ClientInfo:
+def thd_register_client(
+    conn: Connection, name: str, now_ms: int, account_id: int | None = None
+) -> ClientInfo:
     """
     Record that C{name} opened a SYNC stream (creating it if new).
 
@@ -184,13 +196,26 @@ def thd_register_client(conn: Connection, name: str, now_ms: int,
         connection of a removed account can never attach to the queue of a
         later account with the same name.
     """
-    if account_id is not None and conn.execute(
-            sa.select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
+    if (
+        account_id is not None
+        and conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id)).first()
+        is None
+    ):
         raise ClosingConnection("account removed")
-    _insert_ignore(conn, sync_clients, {"name": name, "first_seen_ms": now_ms,
-                                        "last_seen_ms": now_ms, "acked_seq": 0, "next_seq": 1})
-    conn.execute(sa.update(sync_clients).where(sync_clients.c.name == name)
-                 .values(last_seen_ms=now_ms))
+    _insert_ignore(
+        conn,
+        sync_clients,
+        {
+            "name": name,
+            "first_seen_ms": now_ms,
+            "last_seen_ms": now_ms,
+            "acked_seq": 0,
+            "next_seq": 1,
+        },
+    )
+    conn.execute(
+        sa.update(sync_clients).where(sync_clients.c.name == name).values(last_seen_ms=now_ms)
+    )
     return _client(conn.execute(sa.select(sync_clients).where(sync_clients.c.name == name)).one())
 
 
@@ -213,12 +238,22 @@ def _resolve_target(conn: Connection, name: str, now_ms: int) -> str:
     row = conn.execute(sa.select(sync_clients.c.name).where(sync_clients.c.name == name)).first()
     if row is not None:
         return str(row.name)
-    account = conn.execute(sa.select(accounts.c.name)
-                           .where(accounts.c.name_key == name.lower())).first()
+    account = conn.execute(
+        sa.select(accounts.c.name).where(accounts.c.name_key == name.lower())
+    ).first()
     if account is None:
         raise NotFound("no such client %s" % (name,))
-    _insert_ignore(conn, sync_clients, {"name": account.name, "first_seen_ms": now_ms,
-                                        "last_seen_ms": None, "acked_seq": 0, "next_seq": 1})
+    _insert_ignore(
+        conn,
+        sync_clients,
+        {
+            "name": account.name,
+            "first_seen_ms": now_ms,
+            "last_seen_ms": None,
+            "acked_seq": 0,
+            "next_seq": 1,
+        },
+    )
     return str(account.name)
 
 
@@ -239,8 +274,9 @@ def _lock_clients(conn: Connection, names: list[str] | None) -> list[tuple[str, 
 # Queueing
 
 
-def _message_pages(conn: Connection, persons: str, action: str,
-                   page: int) -> Iterator[list[Draft]]:
+def _message_pages(
+    conn: Connection, persons: str, action: str, page: int
+) -> Iterator[list[Draft]]:
     """
     The (action, ssn, payload) lists each target client gets, a page at a
     time: SAVE of everyone reads the roster in ssn order, C{page} persons per
@@ -270,8 +306,15 @@ def _message_pages(conn: Connection, persons: str, action: str,
         raise ValueError("unknown action %r" % (action,))
 
 
-def thd_enqueue(conn: Connection, persons: str, clients: str, action: str, now_ms: int,
-                chunk: int = ENQUEUE_CHUNK, page: int = ENQUEUE_PAGE) -> EnqueueResult:
+def thd_enqueue(
+    conn: Connection,
+    persons: str,
+    clients: str,
+    action: str,
+    now_ms: int,
+    chunk: int = ENQUEUE_CHUNK,
+    page: int = ENQUEUE_PAGE,
+) -> EnqueueResult:
     """
     Queue C{action} (L{SAVE} or L{DELETE}) of one person or C{"*"} (every
     person at this moment; C{DELETE} of C{"*"} is a single L{DELETE_ALL})
@@ -296,23 +339,29 @@ def thd_enqueue(conn: Connection, persons: str, clients: str, action: str, now_m
         for _ in _message_pages(conn, persons, action, 1):
             break
         return EnqueueResult(0, {})
-    insert = _BulkInsert(conn, outbox, ("client", "seq", "action", "ssn", "payload",
-                                        "created_ms"))
+    insert = _BulkInsert(conn, outbox, ("client", "seq", "action", "ssn", "payload", "created_ms"))
     n = 0
     for msgs in _message_pages(conn, persons, action, page):
         for name, first in targets:
             base = first + n
-            insert.add([(name, base + i, act, ssn, payload, now_ms)
-                        for i, (act, ssn, payload) in enumerate(msgs)], chunk)
+            insert.add(
+                [
+                    (name, base + i, act, ssn, payload, now_ms)
+                    for i, (act, ssn, payload) in enumerate(msgs)
+                ],
+                chunk,
+            )
         n += len(msgs)
     insert.flush()
     if not n:
         return EnqueueResult(0, {})
     ranges = {name: (first, first + n - 1) for name, first in targets}
-    conn.execute(sa.update(sync_clients)
-                 .where(sync_clients.c.name == sa.bindparam("b_name"))
-                 .values(next_seq=sa.bindparam("b_next")),
-                 [{"b_name": name, "b_next": last + 1} for name, (_, last) in ranges.items()])
+    conn.execute(
+        sa.update(sync_clients)
+        .where(sync_clients.c.name == sa.bindparam("b_name"))
+        .values(next_seq=sa.bindparam("b_next")),
+        [{"b_name": name, "b_next": last + 1} for name, (_, last) in ranges.items()],
+    )
     return EnqueueResult(n * len(ranges), ranges)
 
 
@@ -328,8 +377,11 @@ class _BulkInsert:
 
     def __init__(self, conn: Connection, table: sa.Table, columns: Sequence[str]):
         self.conn = conn
-        compiled = sa.insert(table).values({c: sa.bindparam(c) for c in columns}).compile(
-            dialect=conn.dialect)
+        compiled = (
+            sa.insert(table)
+            .values({c: sa.bindparam(c) for c in columns})
+            .compile(dialect=conn.dialect)
+        )
         assert isinstance(compiled, SQLCompiler)
         self.sql = str(compiled)
         order = compiled.positiontup if compiled.positional else None
@@ -375,13 +427,23 @@ def thd_pending_page(conn: Connection, client: str, after_seq: int, limit: int) 
     sync stream reads one page at a time, so a client with a million queued
     messages never has them all in memory.
     """
-    acked = conn.execute(sa.select(sync_clients.c.acked_seq)
-                         .where(sync_clients.c.name == client)).scalar()
+    acked = conn.execute(
+        sa.select(sync_clients.c.acked_seq).where(sync_clients.c.name == client)
+    ).scalar()
     start = max(int(after_seq), acked or 0)
-    q = (sa.select(outbox.c.client, outbox.c.seq, outbox.c.action, outbox.c.ssn,
-                   outbox.c.payload, outbox.c.created_ms)
-         .where(outbox.c.client == client, outbox.c.seq > start)
-         .order_by(outbox.c.seq).limit(max(1, int(limit))))
+    q = (
+        sa.select(
+            outbox.c.client,
+            outbox.c.seq,
+            outbox.c.action,
+            outbox.c.ssn,
+            outbox.c.payload,
+            outbox.c.created_ms,
+        )
+        .where(outbox.c.client == client, outbox.c.seq > start)
+        .order_by(outbox.c.seq)
+        .limit(max(1, int(limit)))
+    )
     return list(map(Message._make, conn.execute(q)))
 
 
@@ -404,32 +466,46 @@ def thd_ack(conn: Connection, client: str, seq: int) -> int:
     if seq <= info.acked_seq:
         return info.acked_seq
     # The WHERE keeps a concurrent larger ack from being moved backwards.
-    conn.execute(sa.update(sync_clients)
-                 .where(sync_clients.c.name == client, sync_clients.c.acked_seq < seq)
-                 .values(acked_seq=seq))
+    conn.execute(
+        sa.update(sync_clients)
+        .where(sync_clients.c.name == client, sync_clients.c.acked_seq < seq)
+        .values(acked_seq=seq)
+    )
     return seq
 
 
-def thd_list_messages(conn: Connection, client: str | None = None,
-                      limit: int | str | None = None) -> list[MessageInfo]:
+def thd_list_messages(
+    conn: Connection, client: str | None = None, limit: int | str | None = None
+) -> list[MessageInfo]:
     """Outbox rows, newest first, with whether their client acknowledged them."""
-    q = (sa.select(outbox.c.seq, outbox.c.client, outbox.c.action, outbox.c.ssn,
-                   outbox.c.created_ms, sync_clients.c.acked_seq)
-         .select_from(outbox.join(sync_clients, outbox.c.client == sync_clients.c.name)))
+    q = sa.select(
+        outbox.c.seq,
+        outbox.c.client,
+        outbox.c.action,
+        outbox.c.ssn,
+        outbox.c.created_ms,
+        sync_clients.c.acked_seq,
+    ).select_from(outbox.join(sync_clients, outbox.c.client == sync_clients.c.name))
     if client is not None:
         q = q.where(outbox.c.client == client).order_by(outbox.c.seq.desc())
     else:
         q = q.order_by(outbox.c.created_ms.desc(), outbox.c.seq.desc(), outbox.c.client)
     q = q.limit(clamp_limit(limit))
-    return [MessageInfo(r.seq, r.client, r.action, r.ssn, r.created_ms, r.seq <= r.acked_seq)
-            for r in conn.execute(q)]
+    return [
+        MessageInfo(r.seq, r.client, r.action, r.ssn, r.created_ms, r.seq <= r.acked_seq)
+        for r in conn.execute(q)
+    ]
 
 
 def thd_prune_acked(conn: Connection, before_ms: int) -> int:
     """Delete acknowledged outbox rows created before C{before_ms}; pending
     rows are never touched.  @return: the number of rows deleted."""
-    acked = (sa.select(sync_clients.c.acked_seq)
-             .where(sync_clients.c.name == outbox.c.client).scalar_subquery())
-    result = conn.execute(sa.delete(outbox).where(outbox.c.created_ms < before_ms,
-                                                  outbox.c.seq <= acked))
+    acked = (
+        sa.select(sync_clients.c.acked_seq)
+        .where(sync_clients.c.name == outbox.c.client)
+        .scalar_subquery()
+    )
+    result = conn.execute(
+        sa.delete(outbox).where(outbox.c.created_ms < before_ms, outbox.c.seq <= acked)
+    )
     return result.rowcount

@@ -55,8 +55,13 @@ class PersonnelStore:
     def __init__(self, pool: DBPool):
         self.pool = pool
 
-    def list(self, text: str | None = None, limit: int | str | None = None,
-             offset: int | str | None = None, search_ssn: bool = True) -> Deferred[list[Person]]:
+    def list(
+        self,
+        text: str | None = None,
+        limit: int | str | None = None,
+        offset: int | str | None = None,
+        search_ssn: bool = True,
+    ) -> Deferred[list[Person]]:
         return self.pool.run(thd_list_persons, text, limit, offset, search_ssn)
 
     def count(self) -> Deferred[int]:
@@ -68,12 +73,14 @@ class PersonnelStore:
     # Writes (DBPool.write): run twice after a lost COMMIT answer, an ADD
     # would answer "exists", a DELETE "no such person", a SEND queue twice.
 
-    def add(self, ssn: str, fields: Mapping[str, str], now_ms: int,
-            journal: JournalRow | None = None) -> Deferred[Person]:
+    def add(
+        self, ssn: str, fields: Mapping[str, str], now_ms: int, journal: JournalRow | None = None
+    ) -> Deferred[Person]:
         return self.pool.write(journaled(thd_add_person, journal), ssn, fields, now_ms)
 
-    def update(self, ssn: str, fields: Mapping[str, str], now_ms: int,
-               journal: JournalRow | None = None) -> Deferred[Person]:
+    def update(
+        self, ssn: str, fields: Mapping[str, str], now_ms: int, journal: JournalRow | None = None
+    ) -> Deferred[Person]:
         return self.pool.write(journaled(thd_update_person, journal), ssn, fields, now_ms)
 
     def delete(self, ssn: str, journal: JournalRow | None = None) -> Deferred[None]:
@@ -82,20 +89,29 @@ class PersonnelStore:
     def clients(self) -> Deferred[builtins.list[ClientInfo]]:
         return self.pool.run(thd_list_clients)
 
-    def messages(self, client: str | None = None,
-                 limit: int | str | None = None) -> Deferred[builtins.list[MessageInfo]]:
+    def messages(
+        self, client: str | None = None, limit: int | str | None = None
+    ) -> Deferred[builtins.list[MessageInfo]]:
         return self.pool.run(thd_list_messages, client, limit)
 
-    def enqueue(self, persons: str, clients: str, action: str, now_ms: int,
-                journal: JournalRow | None = None) -> Deferred[EnqueueResult]:
+    def enqueue(
+        self,
+        persons: str,
+        clients: str,
+        action: str,
+        now_ms: int,
+        journal: JournalRow | None = None,
+    ) -> Deferred[EnqueueResult]:
         return self.pool.write(journaled(thd_enqueue, journal), persons, clients, action, now_ms)
 
-    def register_client(self, name: str, now_ms: int,
-                        account_id: int | None = None) -> Deferred[ClientInfo]:
+    def register_client(
+        self, name: str, now_ms: int, account_id: int | None = None
+    ) -> Deferred[ClientInfo]:
         return self.pool.run(thd_register_client, name, now_ms, account_id)
 
-    def pending_page(self, client: str, after_seq: int,
-                     limit: int) -> Deferred[builtins.list[Message]]:
+    def pending_page(
+        self, client: str, after_seq: int, limit: int
+    ) -> Deferred[builtins.list[Message]]:
         return self.pool.run(thd_pending_page, client, after_seq, limit)
 
     def ack(self, client: str, seq: int, journal: JournalRow | None = None) -> Deferred[int]:

@@ -52,6 +52,7 @@ checked against C{fn(conn, *args)} and gives a C{Deferred} of what C{fn}
 returns.  They take no options of their own for that reason: what varies
 between calls is the method (C{run} or C{write}) or the function.
 """
+
 import secrets
 import socket
 import threading
@@ -92,8 +93,7 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError,
-                              sa_exc.TimeoutError))
+    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
 
 
 #: How each database says its disk is full: SQLite's SQLITE_FULL, the SQLSTATE
@@ -124,8 +124,13 @@ def _storage_error(error: Exception) -> None:
 
 
 # The phases of a call, as the worker moves it along.
-QUEUED, RUNNING, COMMITTING, RESOLVING, DONE = "queued", "running", "committing", \
-    "resolving", "done"
+QUEUED, RUNNING, COMMITTING, RESOLVING, DONE = (
+    "queued",
+    "running",
+    "committing",
+    "resolving",
+    "done",
+)
 
 
 class _Abandoned(Exception):
@@ -187,7 +192,7 @@ class _Outcome(Generic[T]):
     """The final result of a call, for any number of late listeners."""
 
     def __init__(self) -> None:
-        self._outcome: tuple[T | Failure] | None = None     # (result,) once fired
+        self._outcome: tuple[T | Failure] | None = None  # (result,) once fired
         self._waiting: list[Deferred[T]] = []
 
     def listen(self) -> Deferred[T]:
@@ -222,10 +227,14 @@ class DBPool:
 
     log = Logger()
 
-    def __init__(self, engine: Engine, threads: int | None = None,
-                 reactor: IReactorTime | None = None,
-                 retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
-                 call_timeout: float | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        threads: int | None = None,
+        reactor: IReactorTime | None = None,
+        retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+        call_timeout: float | None = None,
+    ):
         """
         @param threads: worker threads; by default what the engine wants
             (L{netshare.storage.engine.worker_threads}).
@@ -235,6 +244,7 @@ class DBPool:
         """
         if reactor is None:
             from twisted.internet import reactor as global_reactor
+
             reactor = IReactorTime(global_reactor)
         self.engine = engine
         self._reactor = reactor
@@ -265,12 +275,14 @@ class DBPool:
             self._pruner = LoopingCall(self._pruneMarks)
             self._pruner.clock = self._reactor
             self._pruner.start(MARK_TTL / 4, now=False).addErrback(
-                lambda f: self.log.failure("pruning write ids stopped", f))
+                lambda f: self.log.failure("pruning write ids stopped", f)
+            )
 
     # -- the two entry points (the hot path: no coroutine per call)
 
-    def run(self, fn: Callable[Concatenate[Connection, P], T], /,
-            *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+    def run(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Deferred[T]:
         """
         Run C{fn(conn, *args, **kwargs)} in a worker, in one transaction:
         reads, and writes that are safe to run twice (replay-safe by their
@@ -281,8 +293,9 @@ class DBPool:
         """
         return self._submit(_Call(write=False), fn, args, kwargs)
 
-    def write(self, fn: Callable[Concatenate[Connection, P], T], /,
-              *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+    def write(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Deferred[T]:
         """
         Run a write that must happen at most once: as L{run}, but the
         transaction stores an id of its own, so a COMMIT whose answer is lost
@@ -293,15 +306,17 @@ class DBPool:
         """
         return self._submit(_Call(write=True), fn, args, kwargs)
 
-    def _submit(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Deferred[T]:
+    def _submit(
+        self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Deferred[T]:
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
-        inner = deferToThreadPool(self._fromThreads, self._pool, self._thd_call, call, fn, args,
-                                  kwargs)
+        inner = deferToThreadPool(
+            self._fromThreads, self._pool, self._thd_call, call, fn, args, kwargs
+        )
         self._inflight.add(inner)
         outer: Deferred[T] = Deferred()
-        settled: _Outcome[T] = _Outcome()       # the worker's final word, for OutcomeUnknown
+        settled: _Outcome[T] = _Outcome()  # the worker's final word, for OutcomeUnknown
         timers: list[IDelayedCall] = []
 
         def finished(result: T | Failure) -> None:
@@ -317,19 +332,26 @@ class DBPool:
                     outer.callback(result)
             elif not isinstance(result, Failure) or call.phase != QUEUED:
                 outcome = result.getErrorMessage() if isinstance(result, Failure) else "ok"
-                self.log.info("a database call answered late ({outcome}) after its "
-                              "caller was told {told}", outcome=outcome, told="451")
+                self.log.info(
+                    "a database call answered late ({outcome}) after its caller was told {told}",
+                    outcome=outcome,
+                    told="451",
+                )
             settled.fire(result)
 
         # A callback, not a coroutine: this is every database call's path.
         inner.addBoth(finished)
         if self.call_timeout:
-            timers.append(self._reactor.callLater(self.call_timeout, self._deadline, call,
-                                                  outer, settled, timers))
+            timers.append(
+                self._reactor.callLater(
+                    self.call_timeout, self._deadline, call, outer, settled, timers
+                )
+            )
         return outer
 
-    def _deadline(self, call: _Call, outer: Deferred[T], settled: _Outcome[T],
-                  timers: list[IDelayedCall]) -> None:
+    def _deadline(
+        self, call: _Call, outer: Deferred[T], settled: _Outcome[T], timers: list[IDelayedCall]
+    ) -> None:
         """The call's deadline: abandon it if it has not reached its COMMIT;
         give a COMMIT in flight as long again to settle."""
         if outer.called:
@@ -341,28 +363,35 @@ class DBPool:
         self.timeouts += 1
         if not committing:
             cut = call.phase == RUNNING and call.cut()
-            self.log.error("database call exceeded {timeout}s: answering 451{cut}",
-                           timeout=self.call_timeout,
-                           cut="; its connection was cut" if cut else "")
+            self.log.error(
+                "database call exceeded {timeout}s: answering 451{cut}",
+                timeout=self.call_timeout,
+                cut="; its connection was cut" if cut else "",
+            )
             outer.errback(Failure(DatabaseUnavailable("database not answering; try later")))
             return
-        assert self.call_timeout is not None        # a deadline was set
-        timers.append(self._reactor.callLater(self.call_timeout, self._unknown, call, outer,
-                                              settled))
+        assert self.call_timeout is not None  # a deadline was set
+        timers.append(
+            self._reactor.callLater(self.call_timeout, self._unknown, call, outer, settled)
+        )
 
     def _unknown(self, call: _Call, outer: Deferred[T], settled: _Outcome[T]) -> None:
         if outer.called:
             return
-        call.cut()      # a COMMIT still unanswered: its answer will not come
+        call.cut()  # a COMMIT still unanswered: its answer will not come
         self.outcome_unknown += 1
-        self.log.error("a write's COMMIT is still unconfirmed after {timeout}s: answering "
-                       "451 outcome unknown", timeout=2 * (self.call_timeout or 0))
+        self.log.error(
+            "a write's COMMIT is still unconfirmed after {timeout}s: answering "
+            "451 outcome unknown",
+            timeout=2 * (self.call_timeout or 0),
+        )
         outer.errback(Failure(OutcomeUnknown(settled=settled.listen)))
 
     # -- in the worker
 
-    def _thd_call(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> T:
+    def _thd_call(
+        self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         self.active += 1
         try:
             call.enter(RUNNING)
@@ -381,15 +410,22 @@ class DBPool:
         delay = next(delays, None)
         if delay is None or self.stopping:
             self.failures += 1
-            self.log.error("database unavailable after retries: {error}",
-                           error=_short(error), function=getattr(fn, "__name__", repr(fn)))
+            self.log.error(
+                "database unavailable after retries: {error}",
+                error=_short(error),
+                function=getattr(fn, "__name__", repr(fn)),
+            )
             raise DatabaseUnavailable() from error
-        self.log.warn("transient database error, retrying in {delay}s: {error}",
-                      delay=delay, error=_short(error))
+        self.log.warn(
+            "transient database error, retrying in {delay}s: {error}",
+            delay=delay,
+            error=_short(error),
+        )
         time.sleep(delay)
 
-    def _thd_read(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> T:
+    def _thd_read(
+        self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         delays = iter(self.retry_delays)
         while True:
             try:
@@ -404,14 +440,15 @@ class DBPool:
                 _storage_error(e)
                 if not is_transient(e):
                     raise
-                if call.abandoned:          # answered at the deadline: do not start over
+                if call.abandoned:  # answered at the deadline: do not start over
                     raise _Abandoned() from e
                 self._retrying(e, delays, fn)
             finally:
                 call.conn = None
 
-    def _thd_write(self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> T:
+    def _thd_write(
+        self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         delays = iter(self.retry_delays)
         reruns = 0
         while True:
@@ -431,15 +468,15 @@ class DBPool:
                     _storage_error(e)
                     if isinstance(e, (NetshareError, _Abandoned)) or not is_transient(e):
                         raise
-                    if call.abandoned:      # answered at the deadline: do not start over
+                    if call.abandoned:  # answered at the deadline: do not start over
                         raise _Abandoned() from e
-                    self._retrying(e, delays, fn)       # before COMMIT: safe to run again
+                    self._retrying(e, delays, fn)  # before COMMIT: safe to run again
                     continue
                 try:
                     trans.commit()
                     return result
                 except Exception as e:
-                    _storage_error(e)       # a full disk fails the COMMIT: rolled back
+                    _storage_error(e)  # a full disk fails the COMMIT: rolled back
                     if not is_transient(e):
                         raise
                     first_error = e
@@ -449,8 +486,10 @@ class DBPool:
             # The COMMIT was sent and its answer lost: in doubt.
             self.in_doubt += 1
             call.phase = RESOLVING
-            self.log.warn("a write's COMMIT answer was lost ({error}): checking whether "
-                          "it committed", error=_short(first_error))
+            self.log.warn(
+                "a write's COMMIT answer was lost ({error}): checking whether it committed",
+                error=_short(first_error),
+            )
             if self._thd_committed(wid, fn):
                 self.log.info("the write had committed: answering with its result")
                 return result
@@ -476,8 +515,7 @@ class DBPool:
                     trans = conn.begin()
                     restore = _bound_lock_wait(conn)
                     try:
-                        conn.execute(write_marks.insert(), [{"id": wid,
-                                                              "created_ms": _now_ms()}])
+                        conn.execute(write_marks.insert(), [{"id": wid, "created_ms": _now_ms()}])
                         committed = False
                     except sa_exc.IntegrityError:
                         committed = True
@@ -515,24 +553,30 @@ class DBPool:
         self.running = False
 
     def stats(self) -> dict[str, int]:
-        return {"threads": self.threads, "active": self.active, "queued": self.queued,
-                "calls": self.calls, "failures": self.failures, "timeouts": self.timeouts,
-                "in_doubt": self.in_doubt, "outcome_unknown": self.outcome_unknown}
+        return {
+            "threads": self.threads,
+            "active": self.active,
+            "queued": self.queued,
+            "calls": self.calls,
+            "failures": self.failures,
+            "timeouts": self.timeouts,
+            "in_doubt": self.in_doubt,
+            "outcome_unknown": self.outcome_unknown,
+        }
 
 
 def _thd_prune_marks(conn: Connection, before_ms: int) -> int:
     """Forget the ids of writes older than C{before_ms} (resolved long ago)."""
-    return conn.execute(write_marks.delete().where(
-        write_marks.c.created_ms < before_ms)).rowcount
+    return conn.execute(write_marks.delete().where(write_marks.c.created_ms < before_ms)).rowcount
 
 
 def _socket_fd(dbapi_connection: object) -> int | None:
     """The file descriptor of a DB-API connection's socket, or None: psycopg
     and PyMySQL expose it; SQLite has none."""
-    fileno = getattr(dbapi_connection, "fileno", None)     # psycopg 3
+    fileno = getattr(dbapi_connection, "fileno", None)  # psycopg 3
     if callable(fileno):
         return int(fileno())
-    sock = getattr(dbapi_connection, "_sock", None)        # PyMySQL
+    sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
     if sock is not None:
         return int(sock.fileno())
     return None
@@ -540,14 +584,15 @@ def _socket_fd(dbapi_connection: object) -> int | None:
 
 def _check_plain(fn: Callable[..., Any], result: object) -> None:
     assert not isinstance(result, (Result, CursorResult, Row)), (
-        "%r returned a %s: build plain data inside the thread" % (fn, type(result)))
+        "%r returned a %s: build plain data inside the thread" % (fn, type(result))
+    )
 
 
 def _bound_lock_wait(conn: Connection) -> Callable[[], object]:
     """Make the probe's wait for an in-flight transaction's lock bounded.
     @return: what puts the connection's own setting back (it is pooled)."""
     name = conn.dialect.name
-    if name == "postgresql":       # LOCAL: ends with the probe's transaction
+    if name == "postgresql":  # LOCAL: ends with the probe's transaction
         conn.exec_driver_sql("SET LOCAL lock_timeout = '%ds'" % PROBE_LOCK_WAIT)
     elif name in ("mysql", "mariadb"):
         conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = %d" % PROBE_LOCK_WAIT)

@@ -51,8 +51,14 @@ personnel = sa.Table(
 )
 
 #: A person's columns in the order L{save_payloads} takes them.
-PERSON_COLUMNS = (personnel.c.ssn, personnel.c.name, personnel.c.surname, personnel.c.job,
-                  personnel.c.salary, personnel.c.updated_ms)
+PERSON_COLUMNS = (
+    personnel.c.ssn,
+    personnel.c.name,
+    personnel.c.surname,
+    personnel.c.job,
+    personnel.c.salary,
+    personnel.c.updated_ms,
+)
 
 #: One person as L{PERSON_COLUMNS} reads it: (ssn, name, surname, job,
 #: salary, updated_ms).
@@ -70,12 +76,19 @@ class Person:
 
     def to_wire(self) -> dict[str, str]:
         """The person object of docs/protocol.md section 4."""
-        return {"ssn": self.ssn, "name": self.name, "surname": self.surname,
-                "job": self.job, "salary": self.salary, "updated": wire.iso_ms(self.updated_ms)}
+        return {
+            "ssn": self.ssn,
+            "name": self.name,
+            "surname": self.surname,
+            "job": self.job,
+            "salary": self.salary,
+            "updated": wire.iso_ms(self.updated_ms),
+        }
 
 
-def clamp_limit(limit: int | str | None, default: int = DEFAULT_LIST_LIMIT,
-                maximum: int = MAX_LIST_LIMIT) -> int:
+def clamp_limit(
+    limit: int | str | None, default: int = DEFAULT_LIST_LIMIT, maximum: int = MAX_LIST_LIMIT
+) -> int:
     """A listing size between 1 and C{maximum}; C{None} means the default."""
     if limit is None:
         return default
@@ -125,8 +138,13 @@ def _person(row: AnyRow) -> Person:
     return Person(row.ssn, row.name, row.surname, row.job, row.salary, row.updated_ms)
 
 
-def thd_list_persons(conn: Connection, text: str | None = None, limit: int | str | None = None,
-                     offset: int | str | None = None, search_ssn: bool = True) -> list[Person]:
+def thd_list_persons(
+    conn: Connection,
+    text: str | None = None,
+    limit: int | str | None = None,
+    offset: int | str | None = None,
+    search_ssn: bool = True,
+) -> list[Person]:
     """
     Persons ordered by ssn; C{text} matches a substring of name, surname,
     job and (with C{search_ssn}) ssn, case-insensitively.
@@ -180,8 +198,7 @@ def thd_person_page(conn: Connection, after: str | None, page: int) -> list[Pers
     return list(conn.execute(q).all())
 
 
-def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str],
-                   now_ms: int) -> Person:
+def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms: int) -> Person:
     """Insert a new person; L{Conflict} (555) if the ssn exists."""
     values: dict[str, str | int] = {"job": "", "salary": ""}
     values.update(_only_person_fields(fields))
@@ -197,8 +214,9 @@ def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str],
     return thd_get_person(conn, ssn)
 
 
-def thd_update_person(conn: Connection, ssn: str, fields: Mapping[str, str],
-                      now_ms: int) -> Person:
+def thd_update_person(
+    conn: Connection, ssn: str, fields: Mapping[str, str], now_ms: int
+) -> Person:
     """Change some fields of a person; L{NotFound} (550) if there is none."""
     values: dict[str, str | int] = dict(_only_person_fields(fields))
     values["updated_ms"] = now_ms
@@ -215,8 +233,11 @@ def thd_delete_person(conn: Connection, ssn: str) -> None:
         raise NotFound("no such person %s" % (ssn,))
 
 
-def thd_demo_people(conn: Connection, people: Iterable[tuple[str, str, str, str, object]],
-                    now_ms: int | None = None) -> int:
+def thd_demo_people(
+    conn: Connection,
+    people: Iterable[tuple[str, str, str, str, object]],
+    now_ms: int | None = None,
+) -> int:
     """
     Insert sample persons for C{netshare init --demo}: C{people} is a list of
     C{(ssn, name, surname, job, salary)}; those whose ssn is already there
@@ -225,11 +246,24 @@ def thd_demo_people(conn: Connection, people: Iterable[tuple[str, str, str, str,
     if now_ms is None:
         now_ms = wire.now_ms()
     people = list(people)
-    existing = {r.ssn for r in conn.execute(
-        sa.select(personnel.c.ssn).where(personnel.c.ssn.in_([p[0] for p in people])))}
-    rows = [{"ssn": ssn, "name": name, "surname": surname, "job": job, "salary": str(salary),
-             "updated_ms": now_ms}
-            for ssn, name, surname, job, salary in people if ssn not in existing]
+    existing = {
+        r.ssn
+        for r in conn.execute(
+            sa.select(personnel.c.ssn).where(personnel.c.ssn.in_([p[0] for p in people]))
+        )
+    }
+    rows = [
+        {
+            "ssn": ssn,
+            "name": name,
+            "surname": surname,
+            "job": job,
+            "salary": str(salary),
+            "updated_ms": now_ms,
+        }
+        for ssn, name, surname, job, salary in people
+        if ssn not in existing
+    ]
     if rows:
         conn.execute(sa.insert(personnel), rows)
     return len(rows)

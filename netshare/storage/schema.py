@@ -32,8 +32,9 @@ metadata = sa.MetaData(
 )
 
 # Dialect options are free keywords of Table (typed Any there).
-TABLE_KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
-                                mysql_collate="utf8mb4_bin")
+TABLE_KW: dict[str, Any] = dict(
+    mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin"
+)
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -49,6 +50,7 @@ def inserted_id(result: sa.CursorResult[Unpack[tuple[Any, ...]]]) -> int:
     key = result.inserted_primary_key
     assert key is not None, "not the result of an INSERT of one row"
     return int(key[0])
+
 
 accounts = sa.Table(
     "accounts",

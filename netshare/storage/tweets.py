@@ -38,7 +38,7 @@ E = TypeVar("E")
 
 # Column sizes, shared with the validation in netshare.services.ttweet.
 USER_LEN = 32
-HASHTAGS_LEN = 80          # 5 units of at most 15 characters = 75
+HASHTAGS_LEN = 80  # 5 units of at most 15 characters = 75
 # Upper bound of any listing limit, whatever a caller passes.
 MAX_LIMIT = 100_000
 # Ids per IN (...) clause: far below every backend's bound-parameter limit.
@@ -88,7 +88,7 @@ def _limit(limit: int | str) -> int:
 
 def _chunks(seq: Sequence[E], n: int) -> Iterator[Sequence[E]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 _TWEET_COLS = (tweets.c.id, tweets.c.user, tweets.c.message, tweets.c.hashtags, tweets.c.ts_ms)
@@ -98,9 +98,12 @@ def _rows(result: Iterable[sa.Row[int, str, str, str, int]]) -> list[TweetRow]:
     return [TweetRow(r[0], r[1], r[2], r[3], r[4]) for r in result]
 
 
-def thd_save_batch(conn: Connection, tweet_rows: Sequence[dict[str, Any]],
-                   timeline_entries: Sequence[tuple[int, Sequence[int]]],
-                   journals: Sequence[tuple[int, JournalRow]] = ()) -> int:
+def thd_save_batch(
+    conn: Connection,
+    tweet_rows: Sequence[dict[str, Any]],
+    timeline_entries: Sequence[tuple[int, Sequence[int]]],
+    journals: Sequence[tuple[int, JournalRow]] = (),
+) -> int:
     """
     Store one batch in the caller's transaction.
 
@@ -117,15 +120,30 @@ def thd_save_batch(conn: Connection, tweet_rows: Sequence[dict[str, Any]],
     ids = [t["id"] for t in tweet_rows]
     present: set[int] = set()
     for chunk in _chunks(ids, _IN_CHUNK):
-        present.update(conn.execute(sa.select(tweets.c.id).where(tweets.c.id.in_(chunk))).scalars())
+        present.update(
+            conn.execute(sa.select(tweets.c.id).where(tweets.c.id.in_(chunk))).scalars()
+        )
     new = [t for t in tweet_rows if t["id"] not in present] if present else list(tweet_rows)
     if new:
-        conn.execute(tweets.insert(), [
-            {"id": t["id"], "user": t["user"], "message": t["message"],
-             "hashtags": t["hashtags"], "ts_ms": t["ts_ms"]} for t in new])
-    entries = [{"account_id": account_id, "tweet_id": tid}
-               for tid, account_ids in timeline_entries if tid not in present
-               for account_id in account_ids]
+        conn.execute(
+            tweets.insert(),
+            [
+                {
+                    "id": t["id"],
+                    "user": t["user"],
+                    "message": t["message"],
+                    "hashtags": t["hashtags"],
+                    "ts_ms": t["ts_ms"],
+                }
+                for t in new
+            ],
+        )
+    entries = [
+        {"account_id": account_id, "tweet_id": tid}
+        for tid, account_ids in timeline_entries
+        if tid not in present
+        for account_id in account_ids
+    ]
     if entries:
         conn.execute(timelines.insert(), entries)
     rows = [row for tid, row in journals if tid not in present]
@@ -141,8 +159,12 @@ def thd_max_tweet_id(conn: Connection) -> int:
 
 def thd_tweets_by(conn: Connection, user: str, limit: int) -> list[TweetRow]:
     """The C{limit} most recent tweets of C{user} (exact name), oldest first."""
-    q = (sa.select(*_TWEET_COLS).where(tweets.c.user == user)
-         .order_by(tweets.c.id.desc()).limit(_limit(limit)))
+    q = (
+        sa.select(*_TWEET_COLS)
+        .where(tweets.c.user == user)
+        .order_by(tweets.c.id.desc())
+        .limit(_limit(limit))
+    )
     rows = _rows(conn.execute(q))
     rows.reverse()
     return rows
@@ -155,10 +177,13 @@ def thd_last_message(conn: Connection) -> str | None:
 
 def thd_timeline(conn: Connection, account_id: int, limit: int) -> list[TweetRow]:
     """The C{limit} most recent tweets delivered to the account, oldest first."""
-    q = (sa.select(*_TWEET_COLS)
-         .select_from(timelines.join(tweets, tweets.c.id == timelines.c.tweet_id))
-         .where(timelines.c.account_id == account_id)
-         .order_by(timelines.c.id.desc()).limit(_limit(limit)))
+    q = (
+        sa.select(*_TWEET_COLS)
+        .select_from(timelines.join(tweets, tweets.c.id == timelines.c.tweet_id))
+        .where(timelines.c.account_id == account_id)
+        .order_by(timelines.c.id.desc())
+        .limit(_limit(limit))
+    )
     rows = _rows(conn.execute(q))
     rows.reverse()
     return rows
@@ -186,9 +211,12 @@ class TweetStore:
     def __init__(self, pool: DBPool):
         self.pool = pool
 
-    def save_batch(self, tweet_rows: Sequence[dict[str, Any]],
-                   timeline_entries: Sequence[tuple[int, Sequence[int]]],
-                   journals: Sequence[tuple[int, JournalRow]] = ()) -> Deferred[int]:
+    def save_batch(
+        self,
+        tweet_rows: Sequence[dict[str, Any]],
+        timeline_entries: Sequence[tuple[int, Sequence[int]]],
+        journals: Sequence[tuple[int, JournalRow]] = (),
+    ) -> Deferred[int]:
         # Not a write (DBPool.write): a batch is replay-safe by its tweet ids.
         return self.pool.run(thd_save_batch, tweet_rows, timeline_entries, journals)
 

@@ -63,14 +63,22 @@ class BlobStore:
 
     log = Logger()
 
-    def __init__(self, root: str, threadpool: ThreadPool | None = None, reactor: Any = None,
-                 fsync: bool = True, high_water: int = HIGH_WATER, read_size: int = READ_CHUNK,
-                 threads: int = 4, write_behind: bool = True):
+    def __init__(
+        self,
+        root: str,
+        threadpool: ThreadPool | None = None,
+        reactor: Any = None,
+        fsync: bool = True,
+        high_water: int = HIGH_WATER,
+        read_size: int = READ_CHUNK,
+        threads: int = 4,
+        write_behind: bool = True,
+    ):
         self.root = os.path.abspath(root)
         self.write_behind = write_behind
         self.blobs_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
-        os.makedirs(self.root, mode=0o700, exist_ok=True)   # may be a symlink (operator's choice)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)  # may be a symlink (operator's choice)
         for path in (self.blobs_dir, self.tmp_dir):
             ensure_real_dir(path)
         self.fsync = fsync
@@ -103,7 +111,8 @@ class BlobStore:
             self._own_pool.start()
             self._started = True
             self._trigger = self._get_reactor().addSystemEventTrigger(
-                "during", "shutdown", self.stop)
+                "during", "shutdown", self.stop
+            )
         return self._own_pool
 
     def stop(self) -> None:
@@ -117,8 +126,9 @@ class BlobStore:
                     pass
                 self._trigger = None
             self._own_pool.stop()
-            self._own_pool = ThreadPool(minthreads=0, maxthreads=self._threads,
-                                        name="netshare-blobs")
+            self._own_pool = ThreadPool(
+                minthreads=0, maxthreads=self._threads, name="netshare-blobs"
+            )
 
     def _run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         return deferToThreadPool(self._get_reactor(), self._pool(), fn, *args)
@@ -155,8 +165,9 @@ class BlobStore:
                 if blob_id in self._held:
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    self.log.warn("sweep: leaving unexpected directory {name} in tmp",
-                                  name=entry.name)
+                    self.log.warn(
+                        "sweep: leaving unexpected directory {name} in tmp", name=entry.name
+                    )
                     continue
                 try:
                     os.unlink(entry.path)
@@ -221,25 +232,48 @@ class BlobStore:
         free = st.f_bavail * st.f_frsize
         reserved = sum(max(0, s.size - s.received) for s in self._uploading.values())
         if free - reserved - size < total * (min_free_percent / 100.0):
-            self.log.warn("refusing {size} bytes: {free} free of {total}, {reserved} reserved",
-                          size=size, free=free, total=total, reserved=reserved)
+            self.log.warn(
+                "refusing {size} bytes: {free} free of {total}, {reserved} reserved",
+                size=size,
+                free=free,
+                total=total,
+                reserved=reserved,
+            )
             raise InsufficientStorage("insufficient storage")
 
     # upload
 
-    def open_upload(self, size: int, sha256_hex: str | None = None,
-                    encryption: EncryptionParams | None = None,
-                    reactor: Any = None) -> UploadSink:
+    def open_upload(
+        self,
+        size: int,
+        sha256_hex: str | None = None,
+        encryption: EncryptionParams | None = None,
+        reactor: Any = None,
+    ) -> UploadSink:
         """Start receiving a blob of exactly C{size} plaintext bytes."""
         if not isinstance(size, int) or size < 0:
             raise BadArguments("size must be a whole number of bytes")
         expected = check_sha256(sha256_hex)
         blob_id = self.new_id()
-        writer = BlobWriter(self._tmp_path(blob_id), os.path.dirname(self.path_of(blob_id)),
-                             self.path_of(blob_id), blob_id, size, encryption, self.fsync,
-                             self.write_behind)
-        sink = UploadSink(writer, expected, self._get_reactor(reactor), self._pool(),
-                          self.high_water, self.blobs_dir, self._upload_settled)
+        writer = BlobWriter(
+            self._tmp_path(blob_id),
+            os.path.dirname(self.path_of(blob_id)),
+            self.path_of(blob_id),
+            blob_id,
+            size,
+            encryption,
+            self.fsync,
+            self.write_behind,
+        )
+        sink = UploadSink(
+            writer,
+            expected,
+            self._get_reactor(reactor),
+            self._pool(),
+            self.high_water,
+            self.blobs_dir,
+            self._upload_settled,
+        )
         self._uploading[blob_id] = sink
         self._held.add(blob_id)
         return sink
@@ -257,8 +291,13 @@ class BlobStore:
 
     # download
 
-    def open_download(self, blob_id: str, offset: int = 0, key: bytes | None = None,
-                      expected_size: int | None = None) -> BlobReader:
+    def open_download(
+        self,
+        blob_id: str,
+        offset: int = 0,
+        key: bytes | None = None,
+        expected_size: int | None = None,
+    ) -> BlobReader:
         """
         Open a blob for streaming from C{offset} (plaintext position).
 
@@ -284,8 +323,9 @@ class BlobStore:
             os.close(fd)
             raise
 
-    def _reader(self, fd: int, blob_id: str, offset: int, key: bytes | None,
-                expected_size: int | None) -> BlobReader:
+    def _reader(
+        self, fd: int, blob_id: str, offset: int, key: bytes | None, expected_size: int | None
+    ) -> BlobReader:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IntegrityFailure("stored file is damaged")
@@ -296,18 +336,33 @@ class BlobStore:
             header = BlobHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
             size = header.size
             if st.st_size != encrypted_size(size, header.chunk_size):
-                self.log.error("blob {blob} has {actual} bytes, expected {expected}",
-                               blob=blob_id, actual=st.st_size,
-                               expected=encrypted_size(size, header.chunk_size))
+                self.log.error(
+                    "blob {blob} has {actual} bytes, expected {expected}",
+                    blob=blob_id,
+                    actual=st.st_size,
+                    expected=encrypted_size(size, header.chunk_size),
+                )
                 raise IntegrityFailure("stored file is truncated or damaged")
         if expected_size is not None and size != expected_size:
-            self.log.error("blob {blob} holds {actual} bytes, its row says {expected}",
-                           blob=blob_id, actual=size, expected=expected_size)
+            self.log.error(
+                "blob {blob} holds {actual} bytes, its row says {expected}",
+                blob=blob_id,
+                actual=size,
+                expected=expected_size,
+            )
             raise IntegrityFailure("stored file has the wrong size")
         if not isinstance(offset, int) or not 0 <= offset <= size:
             raise BadArguments("bad offset: must be from 0 to %d" % size)
-        return BlobReader(fd, size, offset, self.read_size, key, header, pool=self._pool(),
-                          reactor=self._get_reactor())
+        return BlobReader(
+            fd,
+            size,
+            offset,
+            self.read_size,
+            key,
+            header,
+            pool=self._pool(),
+            reactor=self._get_reactor(),
+        )
 
     # delete
 

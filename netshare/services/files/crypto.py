@@ -72,7 +72,7 @@ _MAGIC = b"NSFE"
 _FORMAT_VERSION = 1
 _ALG_AES256GCM = 1
 _HEADER = struct.Struct(">4sBBHIQ16s8s")
-HEADER_SIZE = _HEADER.size      # 44
+HEADER_SIZE = _HEADER.size  # 44
 TAG_SIZE = 16
 _VERIFIER_CONTEXT = b"netshare file password verifier v1\x00"
 
@@ -96,9 +96,15 @@ class EncryptionParams:
     def meta(self) -> dict:
         """The JSON-able C{enc_meta} for the database (no key, no password)."""
         return {
-            "v": _FORMAT_VERSION, "alg": "AES-256-GCM", "kdf": "scrypt",
-            "n": self.n, "r": self.r, "p": self.p, "salt": self.salt.hex(),
-            "verifier": self.verifier, "nonce_prefix": self.nonce_prefix.hex(),
+            "v": _FORMAT_VERSION,
+            "alg": "AES-256-GCM",
+            "kdf": "scrypt",
+            "n": self.n,
+            "r": self.r,
+            "p": self.p,
+            "salt": self.salt.hex(),
+            "verifier": self.verifier,
+            "nonce_prefix": self.nonce_prefix.hex(),
             "chunk_size": self.chunk_size,
         }
 
@@ -112,10 +118,15 @@ def _split_derived(derived: bytes) -> tuple[bytes, str]:
 
 
 @deferred
-async def prepare_encryption(password: str, kdf: KDFPool, n: int = FILE_SCRYPT[0],
-                             r: int = FILE_SCRYPT[1], p: int = FILE_SCRYPT[2],
-                             chunk_size: int = ENC_CHUNK,
-                             source: str | None = None) -> EncryptionParams:
+async def prepare_encryption(
+    password: str,
+    kdf: KDFPool,
+    n: int = FILE_SCRYPT[0],
+    r: int = FILE_SCRYPT[1],
+    p: int = FILE_SCRYPT[2],
+    chunk_size: int = ENC_CHUNK,
+    source: str | None = None,
+) -> EncryptionParams:
     """
     Derive a fresh key for a new protected upload (fresh salt and nonce
     prefix), in the KDF pool.
@@ -149,8 +160,9 @@ def _meta_params(meta: Any) -> tuple[bytes, int, int, int, str]:
 
 
 @deferred
-async def unlock(enc_meta: dict[str, Any] | None, password: str, kdf: KDFPool,
-                 source: str | None = None) -> bytes:
+async def unlock(
+    enc_meta: dict[str, Any] | None, password: str, kdf: KDFPool, source: str | None = None
+) -> bytes:
     """
     Check a file password against a protected file's stored verifier.
 
@@ -189,16 +201,29 @@ class BlobHeader:
     nonce_prefix: bytes
 
     def pack(self) -> bytes:
-        return _HEADER.pack(_MAGIC, _FORMAT_VERSION, _ALG_AES256GCM, 0, self.chunk_size,
-                            self.size, self.salt, self.nonce_prefix)
+        return _HEADER.pack(
+            _MAGIC,
+            _FORMAT_VERSION,
+            _ALG_AES256GCM,
+            0,
+            self.chunk_size,
+            self.size,
+            self.salt,
+            self.nonce_prefix,
+        )
 
     @classmethod
     def unpack(cls, data: bytes) -> "BlobHeader":
         if len(data) != HEADER_SIZE:
             raise IntegrityFailure("stored file is truncated")
         magic, version, alg, reserved, chunk, size, salt, prefix = _HEADER.unpack(data)
-        if magic != _MAGIC or version != _FORMAT_VERSION or alg != _ALG_AES256GCM or reserved \
-                or chunk < 1:
+        if (
+            magic != _MAGIC
+            or version != _FORMAT_VERSION
+            or alg != _ALG_AES256GCM
+            or reserved
+            or chunk < 1
+        ):
             raise IntegrityFailure("stored file has an unknown format")
         return cls(chunk, size, salt, prefix)
 
@@ -238,8 +263,9 @@ class ChunkEncryptor:
     def _seal(self, plain: bytes, last: bool) -> bytes:
         i = self._index
         self._index += 1
-        return self._aead.encrypt(_nonce(self._header.nonce_prefix, i), plain,
-                                  _aad(self.header_bytes, i, last))
+        return self._aead.encrypt(
+            _nonce(self._header.nonce_prefix, i), plain, _aad(self.header_bytes, i, last)
+        )
 
     def feed(self, data: bytes) -> list[bytes]:
         """Buffer C{data}; return the chunks now complete.  A full chunk is
@@ -259,11 +285,13 @@ class ChunkEncryptor:
         return last
 
 
-def open_chunk(aead: AESGCM, header: BlobHeader, header_bytes: bytes, index: int,
-                sealed: bytes) -> bytes:
+def open_chunk(
+    aead: AESGCM, header: BlobHeader, header_bytes: bytes, index: int, sealed: bytes
+) -> bytes:
     last = index == header.chunks - 1
     try:
-        return aead.decrypt(_nonce(header.nonce_prefix, index), sealed,
-                            _aad(header_bytes, index, last))
+        return aead.decrypt(
+            _nonce(header.nonce_prefix, index), sealed, _aad(header_bytes, index, last)
+        )
     except InvalidTag:
         raise IntegrityFailure("stored file failed authentication (chunk %d)" % index) from None

@@ -50,6 +50,7 @@ def _load_sync_file_range():
     try:
         import ctypes
         import ctypes.util
+
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError, TypeError):
@@ -63,8 +64,8 @@ _sync_file_range = _load_sync_file_range()
 fadvise = getattr(os, "posix_fadvise", None)
 RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
-WRITE_BEHIND_STEP = 8 * MiB     # an upload is handed to the disk in pieces of this size
-WRITE_BEHIND_LAG = 8            # pieces in flight before the oldest is waited for and dropped
+WRITE_BEHIND_STEP = 8 * MiB  # an upload is handed to the disk in pieces of this size
+WRITE_BEHIND_LAG = 8  # pieces in flight before the oldest is waited for and dropped
 
 
 class WriteBehind:
@@ -86,7 +87,7 @@ class WriteBehind:
 
     def __init__(self, fd: int, start: int):
         self.fd = fd
-        self.next = start           # everything before this was handed to the disk
+        self.next = start  # everything before this was handed to the disk
         self.in_flight: deque = deque()
         self.dropped = False
 
@@ -100,8 +101,12 @@ class WriteBehind:
             self.next += WRITE_BEHIND_STEP
             if len(self.in_flight) > WRITE_BEHIND_LAG:
                 old = self.in_flight.popleft()
-                _sync_file_range(self.fd, old, WRITE_BEHIND_STEP,
-                                 _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+                _sync_file_range(
+                    self.fd,
+                    old,
+                    WRITE_BEHIND_STEP,
+                    _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER,
+                )
                 if fadvise is not None:
                     fadvise(self.fd, old, WRITE_BEHIND_STEP, os.POSIX_FADV_DONTNEED)
                 self.dropped = True

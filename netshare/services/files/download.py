@@ -69,9 +69,17 @@ class BlobReader:
     @ivar size: the whole file's plaintext size.
     """
 
-    def __init__(self, fd: int, size: int, offset: int, read_size: int = READ_CHUNK,
-                 key: bytes | None = None, header: BlobHeader | None = None,
-                 pool: ThreadPool | None = None, reactor: IReactorFromThreads | None = None):
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        offset: int,
+        read_size: int = READ_CHUNK,
+        key: bytes | None = None,
+        header: BlobHeader | None = None,
+        pool: ThreadPool | None = None,
+        reactor: IReactorFromThreads | None = None,
+    ):
         self._fd = fd
         self.size = size
         self.offset = offset
@@ -95,8 +103,8 @@ class BlobReader:
             pos = offset
         os.lseek(fd, pos, os.SEEK_SET)
         if fadvise is not None and self.remaining:
-            fadvise(fd, pos, 0, os.POSIX_FADV_SEQUENTIAL)   # a wider kernel read-ahead
-        self._pos = pos                 # file offset of the next read
+            fadvise(fd, pos, 0, os.POSIX_FADV_SEQUENTIAL)  # a wider kernel read-ahead
+        self._pos = pos  # file offset of the next read
         self._probe = bytearray(1)
         # Workers wait for the disk only where a probe can tell and where
         # the reactor can be woken; otherwise reads happen as in FileSender.
@@ -153,7 +161,7 @@ class BlobReader:
         except BlockingIOError:
             return False
         except OSError:
-            self._pool = None           # not supported here: read like FileSender
+            self._pool = None  # not supported here: read like FileSender
             return True
 
     def _next(self) -> bytes:
@@ -171,9 +179,9 @@ class BlobReader:
             self._index += 1
         data = b"".join(plain)
         if self._skip:
-            data = data[self._skip:]
+            data = data[self._skip :]
             self._skip = 0
-        return data[:self.remaining]
+        return data[: self.remaining]
 
     def _await_pages(self, pos: int) -> None:
         """Worker: wait until the kernel has read in the piece at C{pos}
@@ -182,9 +190,9 @@ class BlobReader:
             closing = self._closing
         if not closing:
             try:
-                os.pread(self._fd, 1, pos)              # blocks until it is read in
+                os.pread(self._fd, 1, pos)  # blocks until it is read in
             except OSError:
-                pass                                    # the real read will say
+                pass  # the real read will say
         with self._lock:
             self._waiting = False
             if self._closing:

@@ -40,8 +40,14 @@ class PasswordLockout:
     the least recently touched ones are evicted.
     """
 
-    def __init__(self, clock: IReactorTime, max_failures: int = 5, window: float = 900.0,
-                 lockout: float = 900.0, max_entries: int = 100_000):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_failures: int = 5,
+        window: float = 900.0,
+        lockout: float = 900.0,
+        max_entries: int = 100_000,
+    ):
         self.clock = clock
         self.max_failures = max_failures
         self.window = window
@@ -72,8 +78,9 @@ class PasswordLockout:
             if entry is not None:
                 recent = sum(1 for t in entry.times if t > now - self.window)
             if recent + inflight >= self.max_failures:
-                raise RateLimited("too many password attempts for this file at once; "
-                                  "try again in a moment")
+                raise RateLimited(
+                    "too many password attempts for this file at once; try again in a moment"
+                )
 
     def begin(self, user: Hashable, key: str) -> None:
         """An attempt is being checked (L{end} when it is decided)."""
@@ -110,8 +117,11 @@ class PasswordLockout:
         if len(self._entries) <= self.max_entries and now - self._last_prune < self.window:
             return
         self._last_prune = now
-        for k in [k for k, e in self._entries.items()
-                  if e.locked_until <= now and (not e.times or e.times[-1] <= now - self.window)]:
+        for k in [
+            k
+            for k, e in self._entries.items()
+            if e.locked_until <= now and (not e.times or e.times[-1] <= now - self.window)
+        ]:
             del self._entries[k]
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

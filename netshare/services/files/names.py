@@ -22,7 +22,7 @@ from netshare.errors import BadArguments, NameNotAllowed
 from netshare.text import first_unsafe
 
 MAX_NAME_BYTES = 255
-MAX_PASSWORD_CHARS = 128        # like account passwords (docs/protocol.md section 1)
+MAX_PASSWORD_CHARS = 128  # like account passwords (docs/protocol.md section 1)
 VISIBILITIES = ("public", "hidden")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)

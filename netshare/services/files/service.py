@@ -64,11 +64,13 @@ class FileStore(Protocol):
 
     def get(self, name_key: str, /) -> Deferred[FileRecord | None]: ...
 
-    def list_public(self, *,
-                    owner_id: int | None = ...) -> Deferred[builtins.list[FileRecord]]: ...
+    def list_public(
+        self, *, owner_id: int | None = ...
+    ) -> Deferred[builtins.list[FileRecord]]: ...
 
-    def list_hidden(self, *,
-                    owner_id: int | None = ...) -> Deferred[builtins.list[FileRecord]]: ...
+    def list_hidden(
+        self, *, owner_id: int | None = ...
+    ) -> Deferred[builtins.list[FileRecord]]: ...
 
     def usage(self, owner_id: int, /) -> Deferred[int]: ...
 
@@ -76,11 +78,13 @@ class FileStore(Protocol):
 
     def insert(self, journal: JournalRow | None = ..., **row: Any) -> Deferred[FileRecord]: ...
 
-    def replace(self, journal: JournalRow | None = ...,
-                **row: Any) -> Deferred[tuple[FileRecord, str | None]]: ...
+    def replace(
+        self, journal: JournalRow | None = ..., **row: Any
+    ) -> Deferred[tuple[FileRecord, str | None]]: ...
 
-    def delete(self, name_key: str, /, *, owner_id: int | None,
-               journal: JournalRow | None) -> Deferred[FileRecord]: ...
+    def delete(
+        self, name_key: str, /, *, owner_id: int | None, journal: JournalRow | None
+    ) -> Deferred[FileRecord]: ...
 
     def all_blob_ids(self) -> Deferred[set[str]]: ...
 
@@ -163,8 +167,12 @@ class QuotaView:
 
     def to_wire(self) -> dict[str, object]:
         """The object of C{200 {...}} (docs/protocol.md section 2)."""
-        return {"files": self.usage.files, "bytes": self.usage.bytes, "quota": self.quota,
-                "max_file_size": self.max_file_size}
+        return {
+            "files": self.usage.files,
+            "bytes": self.usage.bytes,
+            "quota": self.quota,
+            "max_file_size": self.max_file_size,
+        }
 
 
 class _NoPenalties:
@@ -207,23 +215,39 @@ class FilesService:
 
     log = Logger()
 
-    def __init__(self, files: FileStore, blobs: BlobStore, kdf: KDFPool,
-                 lockout: PasswordLockout | None = None, max_file_size: int = 64 * GiB,
-                 user_quota: int = 100 * GiB, min_free_percent: float = 5.0,
-                 kdf_params: tuple[int, int, int] = FILE_SCRYPT,
-                 clock: IReactorTime | None = None, misses: Penalties | None = None,
-                 file_guesses: Penalties | None = None):
+    def __init__(
+        self,
+        files: FileStore,
+        blobs: BlobStore,
+        kdf: KDFPool,
+        lockout: PasswordLockout | None = None,
+        max_file_size: int = 64 * GiB,
+        user_quota: int = 100 * GiB,
+        min_free_percent: float = 5.0,
+        kdf_params: tuple[int, int, int] = FILE_SCRYPT,
+        clock: IReactorTime | None = None,
+        misses: Penalties | None = None,
+        file_guesses: Penalties | None = None,
+    ):
         clock = default_clock(clock)
         self.files = files
         self.blobs = blobs
         self.kdf = kdf
         self.clock = clock
         self.lockout = lockout if lockout is not None else PasswordLockout(clock)
-        self.misses = misses if misses is not None else Penalties(
-            clock, what="names not found")
-        self.file_guesses = file_guesses if file_guesses is not None else Penalties(
-            clock, base=2.0, max_delay=180.0, max_wait=360.0, decay=180.0,
-            what="wrong passwords for this file")
+        self.misses = misses if misses is not None else Penalties(clock, what="names not found")
+        self.file_guesses = (
+            file_guesses
+            if file_guesses is not None
+            else Penalties(
+                clock,
+                base=2.0,
+                max_delay=180.0,
+                max_wait=360.0,
+                decay=180.0,
+                what="wrong passwords for this file",
+            )
+        )
         self.max_file_size = max_file_size
         self.user_quota = user_quota
         self.min_free_percent = min_free_percent
@@ -256,9 +280,11 @@ class FilesService:
         except Exception:
             self.log.failure("files start-up housekeeping failed")
         else:
-            self.log.info("files ready: removed {temporaries} stale temporaries and "
-                          "{orphans} orphaned blobs; {missing} files without content",
-                          **counts)
+            self.log.info(
+                "files ready: removed {temporaries} stale temporaries and "
+                "{orphans} orphaned blobs; {missing} files without content",
+                **counts,
+            )
         finally:
             waiters, self._ready_waiters = self._ready_waiters, None
             for d in waiters or ():
@@ -289,9 +315,12 @@ class FilesService:
         missing = known - self.blobs.all_blob_ids()
         if missing:
             names = await self.files.names_of_blobs(sorted(missing))
-            self.log.error("{n} files have no content on disk (a DOWNLOAD answers 554; "
-                           "`netshare db check` lists them): {names}", n=len(missing),
-                           names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+            self.log.error(
+                "{n} files have no content on disk (a DOWNLOAD answers 554; "
+                "`netshare db check` lists them): {names}",
+                n=len(missing),
+                names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""),
+            )
         return {"temporaries": swept, "orphans": orphans, "missing": len(missing)}
 
     def forget_blobs(self, blob_ids: Iterable[str]) -> Deferred[builtins.list[tuple[bool, bool]]]:
@@ -327,9 +356,13 @@ class FilesService:
             if rec is not None:
                 self.misses.succeeded(*keys)
             elif max(self.misses.failures(k) for k in keys) == self.misses.free + 1:
-                self.log.warn("{user} from {address}: {n} names not found; every further "
-                              "lookup is slowed down", user=caller.name,
-                              address=caller.address, n=self.misses.free + 1)
+                self.log.warn(
+                    "{user} from {address}: {n} names not found; every further "
+                    "lookup is slowed down",
+                    user=caller.name,
+                    address=caller.address,
+                    n=self.misses.free + 1,
+                )
         if rec is None:
             raise NotFound("no such file")
         return rec
@@ -381,9 +414,16 @@ class FilesService:
         return QuotaView(usage, self._quota, self.max_file_size)
 
     @deferred
-    async def begin_upload(self, caller: Caller, name: str, size: int,
-                           visibility: str | None = None, password: str | None = None,
-                           sha256: str | None = None, replace: bool = False) -> PendingUpload:
+    async def begin_upload(
+        self,
+        caller: Caller,
+        name: str,
+        size: int,
+        visibility: str | None = None,
+        password: str | None = None,
+        sha256: str | None = None,
+        replace: bool = False,
+    ) -> PendingUpload:
         """
         Everything that must be checked before C{350}: 553 bad name, 501 bad
         arguments, 552 size limit or quota, 555 exists (or someone else's),
@@ -422,21 +462,32 @@ class FilesService:
         encryption = None
         if password is not None:
             n, r, p = self.kdf_params
-            encryption = await prepare_encryption(password, self.kdf, n, r, p,
-                                                  source=caller.address)
+            encryption = await prepare_encryption(
+                password, self.kdf, n, r, p, source=caller.address
+            )
         sink = self.blobs.open_upload(size, expected, encryption)
         return PendingUpload(self, sink, name, key, owner, size, visibility, bool(replace))
 
     @deferred
-    async def complete_upload(self, up: PendingUpload,
-                              journal: JournalRow | None = None) -> FileRecord:
+    async def complete_upload(
+        self, up: PendingUpload, journal: JournalRow | None = None
+    ) -> FileRecord:
         """The body of L{PendingUpload.complete}: make the blob durable,
         then record its row (with the UPLOAD's history row, C{journal})."""
         stored = await up.sink.finish()
-        row = dict(name=up.name, name_key=up.key, owner=up.owner.name, owner_id=up.owner.id,
-                   size=stored.size, sha256=stored.sha256, visibility=up.visibility,
-                   blob_id=stored.blob_id, enc_meta=stored.enc_meta, created_ms=self._now_ms(),
-                   quota=self._quota)
+        row = dict(
+            name=up.name,
+            name_key=up.key,
+            owner=up.owner.name,
+            owner_id=up.owner.id,
+            size=stored.size,
+            sha256=stored.sha256,
+            visibility=up.visibility,
+            blob_id=stored.blob_id,
+            enc_meta=stored.enc_meta,
+            created_ms=self._now_ms(),
+            quota=self._quota,
+        )
         old_blob: str | None = None
         try:
             if up.replace:
@@ -455,20 +506,24 @@ class FilesService:
         self.blobs.release(stored.blob_id)
         if old_blob is not None:
             await self.blobs.delete(old_blob)
-        self.log.info("stored {name} ({size} bytes) for {owner}", name=up.name,
-                      size=stored.size, owner=up.owner.name)
+        self.log.info(
+            "stored {name} ({size} bytes) for {owner}",
+            name=up.name,
+            size=stored.size,
+            owner=up.owner.name,
+        )
         return record
 
     @deferred
-    async def _settle_upload(self, unknown: OutcomeUnknown, blob_id: str,
-                             replaced: bool) -> None:
+    async def _settle_upload(self, unknown: OutcomeUnknown, blob_id: str, replaced: bool) -> None:
         """After an upload's row write ended in L{OutcomeUnknown}: once the
         database knows, release the new content (committed) or remove it."""
         try:
             result = await unknown.settled()
         except Exception:
-            self.log.info("an upload whose outcome was unknown had not committed: "
-                          "removing its content")
+            self.log.info(
+                "an upload whose outcome was unknown had not committed: removing its content"
+            )
             await self.blobs.delete(blob_id)
             return
         self.log.info("an upload whose outcome was unknown had committed")
@@ -478,8 +533,9 @@ class FilesService:
             await self.blobs.delete(old_blob)
 
     @deferred
-    async def open_download(self, caller: Caller, name: str, password: str | None = None,
-                            offset: int = 0) -> PreparedDownload:
+    async def open_download(
+        self, caller: Caller, name: str, password: str | None = None, offset: int = 0
+    ) -> PreparedDownload:
         """
         Everything before C{150}: 553/550 name, 501 bad offset, 429 locked
         out, 535 missing or wrong file password (checked before any byte).
@@ -500,11 +556,15 @@ class FilesService:
             except NotFound:
                 if tried == rec.blob_id:
                     # The row still names it: the content is gone from disk.
-                    self.log.error("{name}: its content {blob} is missing from disk "
-                                   "(netshare db check lists every such file)",
-                                   name=rec.name, blob=rec.blob_id)
+                    self.log.error(
+                        "{name}: its content {blob} is missing from disk "
+                        "(netshare db check lists every such file)",
+                        name=rec.name,
+                        blob=rec.blob_id,
+                    )
                     raise IntegrityFailure(
-                        "stored file is missing; the operator is told") from None
+                        "stored file is missing; the operator is told"
+                    ) from None
                 # The row we read was replaced or deleted before we opened its
                 # blob: look again once (a replace leaves a new row).
                 tried = rec.blob_id
@@ -526,7 +586,8 @@ class FilesService:
         # guessers cannot keep the owner from their file.
         file_key = ("file", rec.id)
         guesses: Penalties | _NoPenalties = (
-            self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES)
+            self.file_guesses if rec.owner_id != caller.id else _NO_PENALTIES
+        )
         wait = guesses.attempt(file_key)  # a wrong password until proved right
         self.lockout.begin(caller.id, rec.name_key)
         try:
@@ -536,14 +597,21 @@ class FilesService:
         except BadCredentials:
             self.lockout.end(caller.id, rec.name_key)
             if self.lockout.failure(caller.id, rec.name_key):
-                self.log.warn("{user} locked out of {name} after wrong passwords",
-                              user=caller.name, name=rec.name)
+                self.log.warn(
+                    "{user} locked out of {name} after wrong passwords",
+                    user=caller.name,
+                    name=rec.name,
+                )
             failures = guesses.failures(file_key)
             if failures >= guesses.free:
-                self.log.warn("{name}: {n} recent wrong passwords from all accounts; every "
-                              "further try waits (last from {user} at {address})",
-                              name=rec.name, n=int(failures), user=caller.name,
-                              address=caller.address)
+                self.log.warn(
+                    "{name}: {n} recent wrong passwords from all accounts; every "
+                    "further try waits (last from {user} at {address})",
+                    name=rec.name,
+                    n=int(failures),
+                    user=caller.name,
+                    address=caller.address,
+                )
             raise
         except BaseException:
             self.lockout.end(caller.id, rec.name_key)
@@ -555,15 +623,17 @@ class FilesService:
         return key
 
     @deferred
-    async def delete(self, caller: Caller, name: str,
-                     journal: JournalRow | None = None) -> FileRecord:
+    async def delete(
+        self, caller: Caller, name: str, journal: JournalRow | None = None
+    ) -> FileRecord:
         """DELETE: owner or admin (531), 550.  The row goes first (with the
         command's history row, C{journal}), then the blob.
         @return: Deferred[FileRecord] of the deleted file."""
         key = name_key(normalize_name(name))
         try:
-            rec = await self.files.delete(key, owner_id=None if caller.is_admin else caller.id,
-                                          journal=journal)
+            rec = await self.files.delete(
+                key, owner_id=None if caller.is_admin else caller.id, journal=journal
+            )
         except OutcomeUnknown as e:
             # The content goes only once its row is known to be gone.
             self._settle_delete(e)

@@ -83,8 +83,17 @@ class BlobWriter:
     a time (L{UploadSink} guarantees that), so it needs no lock.
     """
 
-    def __init__(self, tmp_path: str, shard_dir: str, final_path: str, blob_id: str, size: int,
-                 encryption: EncryptionParams | None, fsync: bool, write_behind: bool = True):
+    def __init__(
+        self,
+        tmp_path: str,
+        shard_dir: str,
+        final_path: str,
+        blob_id: str,
+        size: int,
+        encryption: EncryptionParams | None,
+        fsync: bool,
+        write_behind: bool = True,
+    ):
         self.tmp_path = tmp_path
         self.write_behind = write_behind
         self.shard_dir = shard_dir
@@ -100,8 +109,9 @@ class BlobWriter:
         self.fd: int | None = None
         self.encryptor: ChunkEncryptor | None = None
         if encryption is not None:
-            header = BlobHeader(encryption.chunk_size, size, encryption.salt,
-                                encryption.nonce_prefix)
+            header = BlobHeader(
+                encryption.chunk_size, size, encryption.salt, encryption.nonce_prefix
+            )
             self.encryptor = ChunkEncryptor(encryption.key, header)
 
     def _open(self) -> int:
@@ -145,8 +155,9 @@ class BlobWriter:
                 write_all(fd, self.encryptor.finish())
             digest = self.hasher.hexdigest()
             if self.count != self.size:
-                raise IntegrityFailure("size mismatch: received %d of %d bytes"
-                                       % (self.count, self.size))
+                raise IntegrityFailure(
+                    "size mismatch: received %d of %d bytes" % (self.count, self.size)
+                )
             if expected_sha256 is not None and not hmac.compare_digest(digest, expected_sha256):
                 raise IntegrityFailure("checksum mismatch")
             if self.fsync:
@@ -204,9 +215,16 @@ class UploadSink:
 
     log = Logger()
 
-    def __init__(self, writer: BlobWriter, expected_sha256: str | None, reactor: Any,
-                 pool: ThreadPool, high_water: int, parent_dir: str,
-                 on_settled: Callable[[str, bool], object]):
+    def __init__(
+        self,
+        writer: BlobWriter,
+        expected_sha256: str | None,
+        reactor: Any,
+        pool: ThreadPool,
+        high_water: int,
+        parent_dir: str,
+        on_settled: Callable[[str, bool], object],
+    ):
         self.blob_id = writer.blob_id
         self.size = writer.size
         self.received = 0
@@ -429,7 +447,11 @@ class UploadSink:
         """
         self.unregisterProducer()
         if self._state == "open":
-            self.log.info("upload {blob} aborted after {received} of {size} bytes",
-                          blob=self.blob_id, received=self.received, size=self.size)
+            self.log.info(
+                "upload {blob} aborted after {received} of {size} bytes",
+                blob=self.blob_id,
+                received=self.received,
+                size=self.size,
+            )
             self._enter("aborting")
         return self._when_settled()

@@ -76,31 +76,44 @@ WireObject = dict[str, Any]
 class PersonnelStore(OutboxReader, Protocol):
     """The store calls the service makes (L{netshare.storage.personnel.PersonnelStore})."""
 
-    def list(self, text: str | None, limit: int, offset: int, /, *,
-             search_ssn: bool) -> Deferred[builtins.list[Person]]: ...
+    def list(
+        self, text: str | None, limit: int, offset: int, /, *, search_ssn: bool
+    ) -> Deferred[builtins.list[Person]]: ...
 
     def count(self) -> Deferred[int]: ...
 
     def get(self, ssn: str, /) -> Deferred[Person]: ...
 
-    def add(self, ssn: str, fields: Mapping[str, str], now_ms: int, /, *,
-            journal: JournalRow | None) -> Deferred[Person]: ...
+    def add(
+        self, ssn: str, fields: Mapping[str, str], now_ms: int, /, *, journal: JournalRow | None
+    ) -> Deferred[Person]: ...
 
-    def update(self, ssn: str, fields: Mapping[str, str], now_ms: int, /, *,
-               journal: JournalRow | None) -> Deferred[Person]: ...
+    def update(
+        self, ssn: str, fields: Mapping[str, str], now_ms: int, /, *, journal: JournalRow | None
+    ) -> Deferred[Person]: ...
 
     def delete(self, ssn: str, /, *, journal: JournalRow | None) -> Deferred[None]: ...
 
     def clients(self) -> Deferred[builtins.list[ClientInfo]]: ...
 
-    def messages(self, client: str | None,
-                 limit: int, /) -> Deferred[builtins.list[MessageInfo]]: ...
+    def messages(
+        self, client: str | None, limit: int, /
+    ) -> Deferred[builtins.list[MessageInfo]]: ...
 
-    def enqueue(self, persons: str, clients: str, action: str, now_ms: int, /, *,
-                journal: JournalRow | None) -> Deferred[EnqueueResult]: ...
+    def enqueue(
+        self,
+        persons: str,
+        clients: str,
+        action: str,
+        now_ms: int,
+        /,
+        *,
+        journal: JournalRow | None,
+    ) -> Deferred[EnqueueResult]: ...
 
-    def register_client(self, name: str, now_ms: int,
-                        account_id: int | None, /) -> Deferred[ClientInfo]: ...
+    def register_client(
+        self, name: str, now_ms: int, account_id: int | None, /
+    ) -> Deferred[ClientInfo]: ...
 
     def ack(self, client: str, seq: int, /, *, journal: JournalRow | None) -> Deferred[int]: ...
 
@@ -122,9 +135,16 @@ class PersonnelService:
 
     log = Logger()
 
-    def __init__(self, store: PersonnelStore, clock: IReactorTime | None = None, *,
-                 page_size: int = DEFAULT_PAGE_SIZE, list_default: int = DEFAULT_LIST_LIMIT,
-                 list_max: int = MAX_LIST_LIMIT, retry_delay: float = DEFAULT_RETRY_DELAY):
+    def __init__(
+        self,
+        store: PersonnelStore,
+        clock: IReactorTime | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        list_default: int = DEFAULT_LIST_LIMIT,
+        list_max: int = MAX_LIST_LIMIT,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ):
         self.store = store
         self.clock = default_clock(clock)
         self.page_size = page_size
@@ -151,8 +171,13 @@ class PersonnelService:
     # -- the roster ---------------------------------------------------------
 
     @deferred
-    async def list(self, text: str | None = None, limit: object = None, offset: object = None,
-                   full: bool = True) -> builtins.list[WireObject]:
+    async def list(
+        self,
+        text: str | None = None,
+        limit: object = None,
+        offset: object = None,
+        full: bool = True,
+    ) -> builtins.list[WireObject]:
         """LIST.  C{full}: the whole record (admins, the operator shell);
         otherwise the directory view (L{directory_view}), and the search
         text matches name, surname and job only: matching it against the
@@ -160,8 +185,7 @@ class PersonnelService:
         start = parse_int(offset, "offset") if offset is not None else 0
         if text:
             check_search_text(text)
-        persons = await self.store.list(text or None, self._limit(limit), start,
-                                        search_ssn=full)
+        persons = await self.store.list(text or None, self._limit(limit), start, search_ssn=full)
         view = full_view if full else directory_view
         return [view(p) for p in persons]
 
@@ -171,21 +195,24 @@ class PersonnelService:
         return full_view(person) if full else directory_view(person)
 
     @deferred
-    async def add(self, fields: Mapping[str, Any],
-                  journal: JournalRow | None = None) -> WireObject:
+    async def add(
+        self, fields: Mapping[str, Any], journal: JournalRow | None = None
+    ) -> WireObject:
         """ADD: C{fields} holds C{ssn}, C{name}, C{surname}[, C{job}, C{salary}].
         C{journal} (here and in every write): the command's history row,
         written in the write's transaction."""
         values = dict(fields)
         ssn = check_ssn(values.pop("ssn", None))
-        person = await self.store.add(ssn, check_fields(values, adding=True), self.now_ms(),
-                                      journal=journal)
+        person = await self.store.add(
+            ssn, check_fields(values, adding=True), self.now_ms(), journal=journal
+        )
         self.log.info("person {ssn} added", ssn=ssn)
         return person.to_wire()
 
     @deferred
-    async def update(self, ssn: str, fields: Mapping[str, Any],
-                     journal: JournalRow | None = None) -> WireObject:
+    async def update(
+        self, ssn: str, fields: Mapping[str, Any], journal: JournalRow | None = None
+    ) -> WireObject:
         ssn = check_ssn(ssn)
         values = check_fields(dict(fields), adding=False)
         person = await self.store.update(ssn, values, self.now_ms(), journal=journal)
@@ -215,8 +242,9 @@ class PersonnelService:
         return [c.to_wire(online=self.isOnline(c.name)) for c in infos]
 
     @deferred
-    async def messages(self, client: str | None = None,
-                       limit: object = None) -> builtins.list[WireObject]:
+    async def messages(
+        self, client: str | None = None, limit: object = None
+    ) -> builtins.list[WireObject]:
         if client is not None:
             client = check_client(client)
             if client == "*":
@@ -234,8 +262,13 @@ class PersonnelService:
         total = await self.count()
         clients = await self.clients()
         messages = await self.messages(limit=limit)
-        return {"persons": persons, "person_count": total, "clients": clients,
-                "messages": messages, "online": self.onlineClients()}
+        return {
+            "persons": persons,
+            "person_count": total,
+            "clients": clients,
+            "messages": messages,
+            "online": self.onlineClients(),
+        }
 
     # -- queueing -----------------------------------------------------------
 
@@ -243,21 +276,26 @@ class PersonnelService:
     async def send(self, persons: str, clients: str, journal: JournalRow | None = None) -> int:
         """SEND: queue SAVE of one person or C{*} to one client or C{*}.
         @return: a Deferred firing with the number of messages queued."""
-        return await self._enqueue(check_target_ssn(persons), check_client(clients), SAVE,
-                                   journal)
+        return await self._enqueue(check_target_ssn(persons), check_client(clients), SAVE, journal)
 
     @deferred
     async def remove(self, persons: str, clients: str, journal: JournalRow | None = None) -> int:
         """REMOVE: queue DELETE of one person (or DELETE_ALL for C{*})."""
-        return await self._enqueue(check_target_ssn(persons), check_client(clients), DELETE,
-                                   journal)
+        return await self._enqueue(
+            check_target_ssn(persons), check_client(clients), DELETE, journal
+        )
 
-    async def _enqueue(self, persons: str, clients: str, action: str,
-                       journal: JournalRow | None) -> int:
-        result = await self.store.enqueue(persons, clients, action, self.now_ms(),
-                                          journal=journal)
-        self.log.info("queued {count} {action} messages ({persons} to {clients})",
-                      count=result.count, action=action, persons=persons, clients=clients)
+    async def _enqueue(
+        self, persons: str, clients: str, action: str, journal: JournalRow | None
+    ) -> int:
+        result = await self.store.enqueue(persons, clients, action, self.now_ms(), journal=journal)
+        self.log.info(
+            "queued {count} {action} messages ({persons} to {clients})",
+            count=result.count,
+            action=action,
+            persons=persons,
+            clients=clients,
+        )
         for name in result.ranges:
             feed = self._streams.get(name)
             if feed is not None:
@@ -272,8 +310,9 @@ class PersonnelService:
     # -- sync streams -------------------------------------------------------
 
     @deferred
-    async def openSync(self, client: str, sink: SyncSink, after: object = 0,
-                       account_id: int | None = None) -> SyncFeed:
+    async def openSync(
+        self, client: str, sink: SyncSink, after: object = 0, account_id: int | None = None
+    ) -> SyncFeed:
         """
         SYNC: make C{sink} the sync stream of C{client} (the logged-in
         account's name).
@@ -289,20 +328,32 @@ class PersonnelService:
             # The client's copy is ahead of this server's outbox (say the
             # server's database was recreated): starting there would skip
             # every new message up to that seq without a word.
-            raise BadArguments("after=%d is beyond the last message queued for %s (%d): "
-                               "the local copy does not belong to this server"
-                               % (start, client, info.highest_seq))
-        feed = SyncFeed(self.store, client, sink, start, page_size=self.page_size,
-                        clock=self.clock, retry_delay=self.retry_delay,
-                        on_stop=self._feedStopped)
+            raise BadArguments(
+                "after=%d is beyond the last message queued for %s (%d): "
+                "the local copy does not belong to this server" % (start, client, info.highest_seq)
+            )
+        feed = SyncFeed(
+            self.store,
+            client,
+            sink,
+            start,
+            page_size=self.page_size,
+            clock=self.clock,
+            retry_delay=self.retry_delay,
+            on_stop=self._feedStopped,
+        )
         old = self._streams.get(client)
         self._streams[client] = feed
         if old is not None:
             self.log.info("sync stream of {client} replaced by a newer one", client=client)
             old.stop()
             old.sink.streamReplaced()
-        self.log.info("sync stream of {client} opened after {after}, {pending} pending",
-                      client=client, after=start, pending=info.pending)
+        self.log.info(
+            "sync stream of {client} opened after {after}, {pending} pending",
+            client=client,
+            after=start,
+            pending=info.pending,
+        )
         return feed
 
     def _feedStopped(self, feed: SyncFeed) -> None:

@@ -41,8 +41,9 @@ DEFAULT_CHUNK_BYTES = 32 * 1024
 PUSH_CODES = {SAVE: 610, DELETE: 611, DELETE_ALL: 612}
 
 #: C{"<code> %d <ACTION> %s\r\n"} per action: a push is one C{%} away.
-_PUSH_FORMATS = {action: "%d %%d %s %%s\r\n" % (code, action)
-                 for action, code in PUSH_CODES.items()}
+_PUSH_FORMATS = {
+    action: "%d %%d %s %%s\r\n" % (code, action) for action, code in PUSH_CODES.items()
+}
 
 
 class SyncSink(Protocol):
@@ -102,11 +103,19 @@ class SyncFeed:
 
     log = Logger()
 
-    def __init__(self, store: OutboxReader, client: str, sink: SyncSink, after: int = 0, *,
-                 page_size: int = DEFAULT_PAGE_SIZE, clock: IReactorTime | None = None,
-                 retry_delay: float = DEFAULT_RETRY_DELAY,
-                 on_stop: Callable[[SyncFeed], object] | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self,
+        store: OutboxReader,
+        client: str,
+        sink: SyncSink,
+        after: int = 0,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        clock: IReactorTime | None = None,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        on_stop: Callable[[SyncFeed], object] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
         self.store = store
         self.client = client
         self.sink = sink
@@ -130,8 +139,13 @@ class SyncFeed:
     @property
     def caughtUp(self) -> bool:
         """Everything queued so far has been pushed; waiting for L{notify}."""
-        return (self._started and not self._wanted and not self._fetching
-                and not self._backlog and not self._ahead)
+        return (
+            self._started
+            and not self._wanted
+            and not self._fetching
+            and not self._backlog
+            and not self._ahead
+        )
 
     def start(self) -> None:
         """Begin pushing (call after the C{200 syncing} reply is written)."""
@@ -177,8 +191,12 @@ class SyncFeed:
                         return
                     if not self._backlog and self._ahead is not None:
                         continue  # the page ahead becomes the current one
-                if (self._wanted and not self._fetching and self._ahead is None
-                        and self._retry is None):
+                if (
+                    self._wanted
+                    and not self._fetching
+                    and self._ahead is None
+                    and self._retry is None
+                ):
                     # Read the next page now, even if the sink is full: at
                     # most one page ahead of the one being written.
                     self._wanted = False
@@ -231,9 +249,12 @@ class SyncFeed:
                     if lines:
                         i -= 1  # send what precedes it first, in seq order
                         break
-                    self.log.error("skipping outbox message {client}/{seq} with unknown "
-                                   "action {action}", client=self.client, seq=message.seq,
-                                   action=message.action)
+                    self.log.error(
+                        "skipping outbox message {client}/{seq} with unknown action {action}",
+                        client=self.client,
+                        seq=message.seq,
+                        action=message.action,
+                    )
                     self.lastSent = message.seq
                     continue
                 line = fmt % (message.seq, message.payload)
@@ -250,9 +271,12 @@ class SyncFeed:
         self._wanted = True
         if self.stopped:
             return
-        self.log.warn("sync stream for {client} cannot read its outbox, retrying in {delay}s: "
-                      "{error}", client=self.client, delay=self.retry_delay,
-                      error=failure.getErrorMessage())
+        self.log.warn(
+            "sync stream for {client} cannot read its outbox, retrying in {delay}s: {error}",
+            client=self.client,
+            delay=self.retry_delay,
+            error=failure.getErrorMessage(),
+        )
         self._retry = self.clock.callLater(self.retry_delay, self._retryNow)
 
     def _retryNow(self) -> None:

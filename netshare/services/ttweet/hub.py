@@ -92,9 +92,12 @@ class HubSession(Protocol):
 class TweetStore(Protocol):
     """The store calls the hub makes (L{netshare.storage.tweets.TweetStore})."""
 
-    def save_batch(self, tweet_rows: list[dict[str, Any]],
-                   timeline_entries: list[tuple[int, list[int]]],
-                   journals: list[tuple[int, dict[str, Any]]]) -> Deferred[int]: ...
+    def save_batch(
+        self,
+        tweet_rows: list[dict[str, Any]],
+        timeline_entries: list[tuple[int, list[int]]],
+        journals: list[tuple[int, dict[str, Any]]],
+    ) -> Deferred[int]: ...
 
     def max_tweet_id(self) -> Deferred[int]: ...
 
@@ -110,8 +113,17 @@ class TweetStore(Protocol):
 class _Member:
     """The hub's state for one logged-in session."""
 
-    __slots__ = ("session", "name", "account_id", "address", "send", "tags", "timeline",
-                 "online", "serial")
+    __slots__ = (
+        "session",
+        "name",
+        "account_id",
+        "address",
+        "send",
+        "tags",
+        "timeline",
+        "online",
+        "serial",
+    )
 
     #: Numbers sessions for their flood bucket (an id() would be reused).
     _serials = itertools.count(1)
@@ -127,7 +139,8 @@ class _Member:
         # A guest's timeline lives (bounded) in memory for its session; a
         # registered user's goes to the database through the batch writer.
         self.timeline: deque[Tweet] | None = (
-            None if self.account_id is not None else deque(maxlen=timeline_limit))
+            None if self.account_id is not None else deque(maxlen=timeline_limit)
+        )
         self.online = True
 
 
@@ -156,14 +169,23 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, store: TweetStore, clock: IReactorTime | None = None,
-                 flood_burst: float = 50, flood_rate: float = 20.0,
-                 flood_address_burst: float = 100, flood_address_rate: float = 40.0,
-                 timeline_limit: int = 1000, batch_interval: float = 0.05,
-                 batch_rows: int = 2000, batch_max_rows: int = 20_000,
-                 max_pending_rows: int = 100_000, fail_after: float = 5.0,
-                 retry_delays: Iterable[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-                 stop_timeout: float = 5.0):
+    def __init__(
+        self,
+        store: TweetStore,
+        clock: IReactorTime | None = None,
+        flood_burst: float = 50,
+        flood_rate: float = 20.0,
+        flood_address_burst: float = 100,
+        flood_address_rate: float = 40.0,
+        timeline_limit: int = 1000,
+        batch_interval: float = 0.05,
+        batch_rows: int = 2000,
+        batch_max_rows: int = 20_000,
+        max_pending_rows: int = 100_000,
+        fail_after: float = 5.0,
+        retry_delays: Iterable[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        stop_timeout: float = 5.0,
+    ):
         clock = default_clock(clock)
         self.store = store
         self.clock = clock
@@ -174,10 +196,16 @@ class Hub:
         self.address_flood = TokenBuckets(clock, flood_address_burst, flood_address_rate)
         self.timeline_limit = max(1, int(timeline_limit))
         self.max_pending_rows = max_pending_rows
-        self.writer = BatchWriter(self._save_batch, clock, batch_interval=batch_interval,
-                                  batch_rows=batch_rows, batch_max_rows=batch_max_rows,
-                                  fail_after=fail_after, retry_delays=retry_delays,
-                                  stop_timeout=stop_timeout)
+        self.writer = BatchWriter(
+            self._save_batch,
+            clock,
+            batch_interval=batch_interval,
+            batch_rows=batch_rows,
+            batch_max_rows=batch_max_rows,
+            fail_after=fail_after,
+            retry_delays=retry_delays,
+            stop_timeout=stop_timeout,
+        )
 
         self._members: dict[HubSession, _Member] = {}  # session -> member
         self._by_name: dict[str, _Member] = {}  # username -> member
@@ -191,9 +219,12 @@ class Hub:
         self.deliveries = 0
         self.rate_limited = 0
 
-    def _save_batch(self, tweet_rows: list[dict[str, Any]],
-                    timeline_entries: list[tuple[int, list[int]]],
-                    journals: list[tuple[int, dict[str, Any]]]) -> Deferred[int]:
+    def _save_batch(
+        self,
+        tweet_rows: list[dict[str, Any]],
+        timeline_entries: list[tuple[int, list[int]]],
+        journals: list[tuple[int, dict[str, Any]]],
+    ) -> Deferred[int]:
         # Looked up per batch: the store may be swapped while the hub runs
         # (a test gates its batches that way).
         return self.store.save_batch(tweet_rows, timeline_entries, journals)
@@ -298,8 +329,13 @@ class Hub:
 
     # --- publishing ----------------------------------------------------
 
-    def publish(self, session: HubSession, message: str, hashtags: str | None = "",
-                journal: dict[str, Any] | None = None) -> Deferred[Tweet]:
+    def publish(
+        self,
+        session: HubSession,
+        message: str,
+        hashtags: str | None = "",
+        journal: dict[str, Any] | None = None,
+    ) -> Deferred[Tweet]:
         """
         Validate, rate-limit, fan out at once, and queue for storage.
 
@@ -330,8 +366,13 @@ class Hub:
         self._next_id += 1
         now = self.clock.seconds()
         ts_ms = int(now * 1000)
-        tweet: Tweet = {"id": tweet_id, "user": member.name, "message": message,
-                        "hashtags": hashtags, "ts": wire.iso_ms(ts_ms)}
+        tweet: Tweet = {
+            "id": tweet_id,
+            "user": member.name,
+            "message": message,
+            "hashtags": hashtags,
+            "ts": wire.iso_ms(ts_ms),
+        }
         data = b"600 " + wire.dumps(tweet).encode("utf-8") + b"\r\n"
         recipients = self._fan_out(tweet, tags, data)
         self._last_message = message
@@ -359,8 +400,7 @@ class Hub:
         ids: list[int] = []
         if not groups:
             return ids
-        targets: Iterable[_Member] = (
-            tuple(groups[0]) if len(groups) == 1 else set().union(*groups))
+        targets: Iterable[_Member] = tuple(groups[0]) if len(groups) == 1 else set().union(*groups)
         sent = 0
         for member in targets:
             if not member.online:  # dropped by an earlier push in this loop
@@ -424,7 +464,7 @@ class Hub:
             seen = {t["id"] for t in tweets}
             tweets.extend(t for t in unflushed if t["id"] not in seen)
             tweets.sort(key=lambda t: t["id"])
-        return tweets[-self.timeline_limit:]
+        return tweets[-self.timeline_limit :]
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -442,5 +482,10 @@ class Hub:
 
 def _tweet_object(row: TweetRow) -> Tweet:
     """The wire tweet object of a stored row."""
-    return {"id": row.id, "user": row.user, "message": row.message,
-            "hashtags": row.hashtags, "ts": wire.iso_ms(row.ts_ms)}
+    return {
+        "id": row.id,
+        "user": row.user,
+        "message": row.message,
+        "hashtags": row.hashtags,
+        "ts": wire.iso_ms(row.ts_ms),
+    }

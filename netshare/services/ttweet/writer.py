@@ -46,9 +46,15 @@ class PendingTweet:
 
     __slots__ = ("tweet", "ts_ms", "recipients", "deferred", "since", "rows", "journal")
 
-    def __init__(self, tweet: Tweet, ts_ms: int, recipients: list[int],
-                 deferred: Deferred[Tweet], since: float,
-                 journal: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        tweet: Tweet,
+        ts_ms: int,
+        recipients: list[int],
+        deferred: Deferred[Tweet],
+        since: float,
+        journal: dict[str, Any] | None = None,
+    ):
         self.tweet = tweet
         self.ts_ms = ts_ms
         self.recipients = recipients  # registered recipients' account ids
@@ -87,9 +93,18 @@ class BatchWriter:
 
     log = Logger()
 
-    def __init__(self, save: SaveBatch, clock: IReactorTime, *, batch_interval: float,
-                 batch_rows: int, batch_max_rows: int, fail_after: float,
-                 retry_delays: Iterable[float], stop_timeout: float):
+    def __init__(
+        self,
+        save: SaveBatch,
+        clock: IReactorTime,
+        *,
+        batch_interval: float,
+        batch_rows: int,
+        batch_max_rows: int,
+        fail_after: float,
+        retry_delays: Iterable[float],
+        stop_timeout: float,
+    ):
         self.save = save
         self.clock = clock
         self.batch_interval = batch_interval
@@ -185,8 +200,15 @@ class BatchWriter:
         journals = []
         for p in batch:
             t = p.tweet
-            tweet_rows.append({"id": t["id"], "user": t["user"], "message": t["message"],
-                               "hashtags": t["hashtags"], "ts_ms": p.ts_ms})
+            tweet_rows.append(
+                {
+                    "id": t["id"],
+                    "user": t["user"],
+                    "message": t["message"],
+                    "hashtags": t["hashtags"],
+                    "ts_ms": p.ts_ms,
+                }
+            )
             if p.recipients:
                 entries.append((t["id"], p.recipients))
             if p.journal is not None:
@@ -194,8 +216,12 @@ class BatchWriter:
         # A callback chain, not a coroutine: this is the publish path, and
         # _flush_done/_flush_failed are the state machine's transitions.
         d = maybeDeferred(self.save, tweet_rows, entries, journals)
-        d.addCallbacks(self._flush_done, self._flush_failed,
-                       callbackArgs=(batch, rows), errbackArgs=(batch, rows))
+        d.addCallbacks(
+            self._flush_done,
+            self._flush_failed,
+            callbackArgs=(batch, rows),
+            errbackArgs=(batch, rows),
+        )
         d.addErrback(lambda f: self.log.failure("ttweet batch writer bug", f))
 
     def _flush_done(self, _result: object, batch: list[PendingTweet], rows: int) -> None:
@@ -215,9 +241,12 @@ class BatchWriter:
         self._inflight = None
         self._failures += 1
         self.flush_failures += 1
-        self.log.warn("storing {count} tweets failed (attempt {attempt}): {error}",
-                      count=len(batch), attempt=self._failures,
-                      error=failure.getErrorMessage())
+        self.log.warn(
+            "storing {count} tweets failed (attempt {attempt}): {error}",
+            count=len(batch),
+            attempt=self._failures,
+            error=failure.getErrorMessage(),
+        )
         self._queue.extendleft(reversed(batch))
         self._queued_rows += rows
         self._expire_waiters()
@@ -271,16 +300,24 @@ class BatchWriter:
                 expired += 1
                 d.errback(DatabaseUnavailable())
         if expired:
-            self.log.error("{count} tweets not yet stored after {seconds}s; publishers told 451, "
-                           "still retrying", count=expired, seconds=self.fail_after)
+            self.log.error(
+                "{count} tweets not yet stored after {seconds}s; publishers told 451, "
+                "still retrying",
+                count=expired,
+                seconds=self.fail_after,
+            )
 
     def _abandon(self) -> None:
         lost = list(self._queue)
         self._queue.clear()
         self._queued_rows = 0
         self._pending_rows = 0
-        self.log.critical("shutting down with {count} tweets not stored (ids {first}..{last})",
-                          count=len(lost), first=lost[0].tweet["id"], last=lost[-1].tweet["id"])
+        self.log.critical(
+            "shutting down with {count} tweets not stored (ids {first}..{last})",
+            count=len(lost),
+            first=lost[0].tweet["id"],
+            last=lost[-1].tweet["id"],
+        )
         for p in lost:
             d, p.deferred = p.deferred, None
             if d is not None:

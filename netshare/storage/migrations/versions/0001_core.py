@@ -16,8 +16,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Dialect options: free keywords of create_table (typed Any there).
-KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
-                          mysql_collate="utf8mb4_bin")
+KW: dict[str, Any] = dict(
+    mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin"
+)
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 

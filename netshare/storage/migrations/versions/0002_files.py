@@ -18,8 +18,9 @@ depends_on: str | Sequence[str] | None = None
 # Written out rather than imported, so this migration keeps meaning what it
 # meant when it was written even if the live schema module changes.
 # Dialect options: free keywords of create_table (typed Any there).
-KW: dict[str, Any] = dict(mysql_engine="InnoDB", mysql_charset="utf8mb4",
-                          mysql_collate="utf8mb4_bin")
+KW: dict[str, Any] = dict(
+    mysql_engine="InnoDB", mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin"
+)
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 

@@ -56,8 +56,9 @@ def upgrade() -> None:
 
     with op.batch_alter_table("history") as batch:
         batch.add_column(sa.Column("account_id", sa.BigInteger, nullable=True))
-        batch.add_column(sa.Column("hidden", sa.Boolean, nullable=False,
-                                   server_default=sa.false()))
+        batch.add_column(
+            sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false())
+        )
         batch.add_column(sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"))
         batch.drop_index("ix_history_user_id")
         batch.create_index("ix_history_user_seq", ["user", "seq"])
@@ -67,13 +68,20 @@ def upgrade() -> None:
     op.execute(sa.text("UPDATE history SET seq = ts_ms * 1000 + id % 1000"))
     # Only entries of logged-in commands name a user (history.user is NULL
     # before login); manhole and ttweet entries name accounts as well.
-    op.execute(sa.text("UPDATE history SET account_id = %s WHERE history.%s IS NOT NULL"
-                       % (_account_id("history.%s" % _q("user")).text, _q("user"))))
+    op.execute(
+        sa.text(
+            "UPDATE history SET account_id = %s WHERE history.%s IS NOT NULL"
+            % (_account_id("history.%s" % _q("user")).text, _q("user"))
+        )
+    )
 
     with op.batch_alter_table("timelines") as batch:
         batch.add_column(sa.Column("account_id", sa.BigInteger, nullable=True))
-    op.execute(sa.text("UPDATE timelines SET account_id = %s"
-                       % _account_id("timelines.%s" % _q("user")).text))
+    op.execute(
+        sa.text(
+            "UPDATE timelines SET account_id = %s" % _account_id("timelines.%s" % _q("user")).text
+        )
+    )
     op.execute(sa.text("DELETE FROM timelines WHERE account_id IS NULL"))
     with op.batch_alter_table("timelines") as batch:
         batch.drop_index("ix_timelines_user_id")
@@ -84,8 +92,9 @@ def upgrade() -> None:
     # without the option.
     if op.get_bind().dialect.name == "sqlite":
         for table in ("accounts", "files", "history"):
-            with op.batch_alter_table(table, recreate="always",
-                                      table_kwargs={"sqlite_autoincrement": True}):
+            with op.batch_alter_table(
+                table, recreate="always", table_kwargs={"sqlite_autoincrement": True}
+            ):
                 pass
 
 
@@ -97,8 +106,12 @@ def _q(name: str) -> str:
 def downgrade() -> None:
     with op.batch_alter_table("timelines") as batch:
         batch.add_column(sa.Column("user", sa.String(32), nullable=True))
-    op.execute(sa.text("UPDATE timelines SET %s = (SELECT accounts.name FROM accounts "
-                       "WHERE accounts.id = timelines.account_id)" % _q("user")))
+    op.execute(
+        sa.text(
+            "UPDATE timelines SET %s = (SELECT accounts.name FROM accounts "
+            "WHERE accounts.id = timelines.account_id)" % _q("user")
+        )
+    )
     op.execute(sa.text("DELETE FROM timelines WHERE %s IS NULL" % _q("user")))
     with op.batch_alter_table("timelines") as batch:
         batch.drop_index("ix_timelines_account_id_id")
