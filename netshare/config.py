@@ -593,9 +593,10 @@ class Config:
     )
     ttweet_batch_interval: float = setting(
         "ttweet",
-        seconds,
-        "0.05",
-        "tweets are stored in batches at most this often (a tweet's 200 waits for its batch)",
+        non_negative_seconds,
+        "0",
+        "extra wait before a batch of tweets is stored; 0 (the default): group commit, "
+        "a batch starts as soon as the previous one is committed",
         key="batch_interval",
     )
 

@@ -185,6 +185,67 @@ def test_write_returns_plain_data_and_rolls_back_on_error(db_pool):
     assert db_pool.stats()["in_doubt"] == 0
 
 
+@pytest_twisted.inlineCallbacks
+def test_writes_arriving_during_a_commit_share_the_next_one(db_pool):
+    """Group commit without a timer: a lone write starts at once; what
+    arrives while it is in flight is committed together, as soon as it
+    ends; a refused write in a group is rolled back alone."""
+    started, release = defer.Deferred(), threading.Event()
+
+    def first(conn):
+        A.thd_create(conn, "first", "user", "h")
+        reactor.callFromThread(started.callback, None)
+        assert release.wait(20), "never released"
+        return "first"
+
+    def refuse(conn):
+        A.thd_create(conn, "refused", "user", "h")  # rolled back with its savepoint
+        raise Conflict("refused")
+
+    lone = db_pool.write(first)
+    yield timed(started)  # in flight, before anything else was asked for
+    assert db_pool.stats()["groups"] == 1
+    rest = [db_pool.write(A.thd_create, "u%d" % i, "user", "h") for i in range(10)]
+    refused = db_pool.write(refuse)
+    rest += [db_pool.write(A.thd_create, "v%d" % i, "user", "h") for i in range(5)]
+    assert db_pool.stats()["groups"] == 1 and db_pool.stats()["queued"] >= 16
+    release.set()
+    assert (yield timed(lone)) == "first"
+    names = [a.name for a in (yield timed(defer.gatherResults(rest)))]
+    assert names == ["u%d" % i for i in range(10)] + ["v%d" % i for i in range(5)]
+    with pytest.raises(Conflict):
+        yield timed(refused)
+    stats = db_pool.stats()
+    assert (stats["groups"], stats["writes"]) == (2, 17)
+    assert (yield timed(db_pool.run(count_accounts))) == 16  # all but the refused one
+    # Idle again: the next write is a group of its own, at once.
+    yield timed(db_pool.write(A.thd_create, "later", "user", "h"))
+    assert db_pool.stats()["groups"] == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_commits_the_writes_already_accepted(db_pool):
+    started, release = defer.Deferred(), threading.Event()
+
+    def first(conn):
+        reactor.callFromThread(started.callback, None)
+        assert release.wait(20), "never released"
+        return 0
+
+    lone = db_pool.write(first)
+    yield timed(started)
+    waiting = [db_pool.write(A.thd_create, "w%d" % i, "user", "h") for i in range(3)]
+    stopping = db_pool.stop()
+    with pytest.raises(DatabaseUnavailable):  # new writes are refused while stopping
+        yield db_pool.write(A.thd_create, "late", "user", "h")
+    release.set()
+    yield timed(lone)
+    assert [a.name for a in (yield timed(defer.gatherResults(waiting)))] == ["w0", "w1", "w2"]
+    yield timed(stopping)
+    with db_pool.engine.connect() as conn:
+        assert count_accounts(conn) == 3
+
+
 def test_worker_threads_follow_the_engine():
     """One thread for SQLite (one writer); the connection pool's size for a
     server (no thread waits for a connection)."""

@@ -132,6 +132,10 @@ def failure_of(d):
 
 
 def make_hub(**kw):
+    """A hub on a Clock; its batch writer waits 50 ms before a batch (the
+    timer mode, so the batch tests can see a batch form) unless the test
+    asks for group commit (C{batch_interval=0}, the server's default)."""
+    kw.setdefault("batch_interval", 0.05)
     clock = Clock()
     clock.advance(1_700_000_000)
     store = kw.pop("store", None) or FakeStore()
@@ -528,6 +532,32 @@ def test_publish_fires_after_batch_is_stored_fan_out_does_not_wait():
     assert [t["message"] for t in store.batches[0][0]] == ["one", "two"]
     assert result_of(d1)["message"] == "one" and result_of(d2)["id"] == 2
     assert hub.stats()["stored"] == 2
+
+
+def test_group_commit_starts_at_once_and_takes_what_arrived_meanwhile():
+    """batch_interval 0 (the default): no timer; a lone tweet is written at
+    once; tweets published while it is in flight make the next batch, which
+    starts the moment the first is committed."""
+    store = FakeStore()
+    store.manual = True
+    hub, _, clock = make_hub(store=store, batch_interval=0)
+    (a,) = online(hub, "a")
+    d1 = hub.publish(a, "1")
+    assert len(store.calls) == 1  # at once: no clock advanced
+    ds = [hub.publish(a, str(i)) for i in range(2, 6)]
+    assert len(store.calls) == 1  # one batch in flight at a time
+    d, rows, entries = store.calls[0]
+    store.apply(rows, entries)
+    d.callback(1)
+    assert result_of(d1)["id"] == 1 and not any(x.called for x in ds)
+    assert len(store.calls) == 2 and [t["id"] for t in store.calls[1][1]] == [2, 3, 4, 5]
+    d, rows, entries = store.calls[1]
+    store.apply(rows, entries)
+    d.callback(4)
+    assert [result_of(x)["id"] for x in ds] == [2, 3, 4, 5]
+    assert clock.getDelayedCalls() == [] or all(
+        c.getTime() > clock.seconds() + 1 for c in clock.getDelayedCalls()
+    )  # no batch timer armed
 
 
 def test_batch_starts_at_once_when_rows_reach_threshold():

@@ -23,7 +23,9 @@ while it has at least one subscription: it is then waiting for pushes.
 
 Tweet acknowledgements.  C{200 ok} to a TWEET means the tweet is durable:
 the hub fires its Deferred when the batch holding the tweet is committed
-(at most C{ttweet_batch_interval} plus one commit later).  Subscribers get
+(group commit: a batch starts at once when none is being written, else the
+moment the one in flight is committed, so a tweet waits at most two
+commits).  Subscribers get
 their C{600} push at once, before that.  So that a publisher that pipelines
 its tweets is not limited to one tweet per commit, a TWEET does not hold up
 the commands after it: it answers with a L{Later}, so its reply is

@@ -41,6 +41,28 @@ I{in doubt}, and it is resolved, not re-run:
 
 The ids are pruned after an hour (a write is resolved within seconds).
 
+Group commit
+============
+
+A durable write costs one COMMIT, and on SQLite with C{synchronous=full}
+(or PostgreSQL with C{synchronous_commit=on}) a COMMIT is an fsync: a few
+milliseconds that do not grow with what the transaction wrote.  So writes
+are committed in groups, the way PostgreSQL's WAL flush and Redis's
+C{appendfsync always} do it, and without a timer: when a write arrives and
+no group is being committed, a group of that one write starts at once;
+every write that arrives while a group is in flight waits for the next one,
+which starts the moment the previous one is answered.  Idle, a write costs
+exactly one commit; under load, one commit carries everything that arrived
+during the last (up to L{MAX_GROUP} writes).
+
+Each write of a group runs in a SAVEPOINT of the group's transaction, so
+one refused write (a L{NetshareError}, a constraint it did not expect) is
+rolled back alone and answered alone, and the others commit; a failure of
+the transaction itself (the connection, a deadlock, a full disk) is every
+write's, retried or answered together.  A group is one write as far as the
+in-doubt rules above go: one id, resolved once.  A group of one runs
+without a savepoint, exactly as a write did before groups existed.
+
 A write can carry its request-history entry: the stores wrap their function
 with L{netshare.storage.history.journaled}, which inserts the entry in the
 write's own transaction, so an acknowledged write and the record of it
@@ -53,6 +75,7 @@ returns.  They take no options of their own for that reason: what varies
 between calls is the method (C{run} or C{write}) or the function.
 """
 
+import functools
 import secrets
 import socket
 import threading
@@ -85,6 +108,9 @@ DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 MARK_TTL = 3600.0
 #: Seconds a probe may wait for the lock of an in-flight transaction.
 PROBE_LOCK_WAIT = 5
+#: Writes committed together, at most (a backlog is written in several
+#: groups, never one huge transaction).
+MAX_GROUP = 256
 
 
 def is_transient(error: BaseException) -> bool:
@@ -215,6 +241,63 @@ class _Outcome(Generic[T]):
                 d.callback(result)
 
 
+class _Write:
+    """A write waiting for its group."""
+
+    __slots__ = ("fn", "args", "kwargs", "deferred")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deferred: Deferred[Any],
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.deferred = deferred
+
+
+#: What the worker reports for each write of a group: (True, its result) or
+#: (False, the failure it was rolled back with).
+_Outcomes = list[tuple[bool, Any]]
+
+
+def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
+    """Run a group's writes in one transaction (see the module docstring)."""
+    if len(group) == 1:
+        # No savepoint: a failure rolls the whole (one-write) transaction
+        # back and is the group's, as a lone write always was.
+        w = group[0]
+        result = w.fn(conn, *w.args, **w.kwargs)
+        _check_plain(w.fn, result)
+        return [(True, result)]
+    outcomes: _Outcomes = []
+    for w in group:
+        savepoint = conn.begin_nested()
+        try:
+            result = w.fn(conn, *w.args, **w.kwargs)
+            _check_plain(w.fn, result)
+        except Exception as e:
+            _storage_error(e)
+            if is_transient(e) or isinstance(e, _Abandoned):
+                raise  # the transaction's failure: every write's
+            savepoint.rollback()
+            outcomes.append((False, Failure()))
+            continue
+        savepoint.commit()
+        outcomes.append((True, result))
+    return outcomes
+
+
+def _pick(outcomes: _Outcomes, index: int) -> Any:
+    ok, value = outcomes[index]
+    if not ok:
+        value.raiseException()
+    return value
+
+
 class DBPool:
     """
     A dedicated thread pool running database transactions.
@@ -223,6 +306,8 @@ class DBPool:
     @ivar queued: calls waiting for a worker.
     @ivar calls: calls completed since start (for statistics).
     @ivar in_doubt: writes whose COMMIT answer was lost (then resolved).
+    @ivar writes: writes answered since start; C{groups}: the commits that
+        carried them (L{write}'s group commit).
     """
 
     log = Logger()
@@ -263,10 +348,15 @@ class DBPool:
         self.failures = 0
         self.running = False
         self.stopping = False
+        self._waitingWrites: list[_Write] = []  # for the next group
+        self._committing = False  # a group is in flight
+        self._idle: list[Deferred[None]] = []  # stop() waiting for the groups
+        self.writes = 0
+        self.groups = 0
 
     @property
     def queued(self) -> int:
-        return max(0, len(self._inflight) - self.active)
+        return max(0, len(self._inflight) - self.active) + len(self._waitingWrites)
 
     def start(self) -> None:
         if not self.running:
@@ -304,13 +394,67 @@ class DBPool:
         @return: as L{run}; or failing with L{OutcomeUnknown} when the
             deadline passed while the outcome was still unknown.
         """
-        return self._submit(_Call(write=True), fn, args, kwargs)
+        if self.stopping or not self.running:
+            return defer.fail(DatabaseUnavailable("database pool is stopped"))
+        d: Deferred[T] = Deferred()
+        self._waitingWrites.append(_Write(fn, args, kwargs, d))
+        if not self._committing:
+            self._commitGroup()
+        return d
+
+    def _commitGroup(self) -> None:
+        """Start a group of the writes waiting (see the module docstring)."""
+        group = self._waitingWrites[:MAX_GROUP]
+        del self._waitingWrites[:MAX_GROUP]
+        self._committing = True
+        self.groups += 1
+        # A callback, not a coroutine: every durable write passes here.
+        self._call(_Call(write=True), _thd_group, (group,), {}).addBoth(self._groupAnswered, group)
+
+    def _groupAnswered(self, result: _Outcomes | Failure, group: list[_Write]) -> None:
+        self._committing = False
+        self.writes += len(group)
+        try:
+            if isinstance(result, Failure):
+                unknown = result.value if isinstance(result.value, OutcomeUnknown) else None
+                for i, w in enumerate(group):
+                    if unknown is not None:
+                        w.deferred.errback(
+                            Failure(
+                                OutcomeUnknown(
+                                    settled=functools.partial(_settledShare, unknown, i)
+                                )
+                            )
+                        )
+                    else:
+                        w.deferred.errback(result)
+            else:
+                for w, (ok, value) in zip(group, result, strict=True):
+                    if ok:
+                        w.deferred.callback(value)
+                    else:
+                        w.deferred.errback(value)
+        finally:
+            # The next group starts the moment this one is answered, with
+            # whatever arrived meanwhile (also while stopping: those writes
+            # were accepted).
+            if self._waitingWrites:
+                self._commitGroup()
+            elif self._idle:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
 
     def _submit(
         self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Deferred[T]:
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
+        return self._call(call, fn, args, kwargs)
+
+    def _call(
+        self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Deferred[T]:
         inner = deferToThreadPool(
             self._fromThreads, self._pool, self._thd_call, call, fn, args, kwargs
         )
@@ -546,6 +690,10 @@ class DBPool:
         self.stopping = True
         if self._pruner is not None and self._pruner.running:
             self._pruner.stop()
+        if self._committing:  # accepted writes are committed, not dropped
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            await idle
         if self._inflight:
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
         await deferToThreadPool(self._fromThreads, self._pool, self.engine.dispose)
@@ -562,7 +710,15 @@ class DBPool:
             "timeouts": self.timeouts,
             "in_doubt": self.in_doubt,
             "outcome_unknown": self.outcome_unknown,
+            "writes": self.writes,
+            "groups": self.groups,
         }
+
+
+def _settledShare(unknown: OutcomeUnknown, index: int) -> Deferred[Any]:
+    """One write's part of its group's settled outcome."""
+    d: Deferred[Any] = unknown.settled()
+    return d.addCallback(_pick, index)
 
 
 def _thd_prune_marks(conn: Connection, before_ms: int) -> int:

@@ -178,7 +178,7 @@ class Hub:
         flood_address_burst: float = 100,
         flood_address_rate: float = 40.0,
         timeline_limit: int = 1000,
-        batch_interval: float = 0.05,
+        batch_interval: float = 0.0,
         batch_rows: int = 2000,
         batch_max_rows: int = 20_000,
         max_pending_rows: int = 100_000,

@@ -8,6 +8,15 @@ rows with one store call per batch, at most one call in flight, and fires
 each tweet's Deferred when its batch is committed: that is when the
 publisher gets C{200 ok}.
 
+Group commit without a timer (the default, C{batch_interval} 0): a tweet
+that arrives while no batch is being written starts one at once, alone;
+tweets that arrive while a batch is in flight make the next batch, which
+starts the moment that one is committed.  An idle server acknowledges a
+tweet one commit after it arrives; a busy one puts everything that arrived
+during a commit into the next, so batches grow with the load and no tweet
+waits for a clock.  A positive C{batch_interval} adds a wait before a batch
+starts (fewer, larger transactions at the cost of latency).
+
 A database outage does not lose tweets and does not grow memory without
 bound: a failed batch goes back to the front of the queue and is retried
 with backoff; a publisher that waited C{fail_after} gets
@@ -76,7 +85,7 @@ class BatchWriter:
     @param save: the store call for one batch (the hub's store's
         C{save_batch}).
     @param batch_interval: a queued tweet waits at most this long before its
-        batch starts (unless a batch is already being written).
+        batch starts (unless a batch is already being written); 0: no wait.
     @param batch_rows: start a batch at once when this many rows (tweets +
         timeline entries) are queued.
     @param batch_max_rows: rows per store call, at most (a backlog after an
@@ -148,7 +157,7 @@ class BatchWriter:
         self._pending_rows += p.rows
         if self._inflight is not None or self._retry_call is not None:
             return
-        if self._queued_rows >= self.batch_rows:
+        if self._queued_rows >= self.batch_rows or self.batch_interval <= 0:
             self._cancel_timer()
             self._start_flush()
         elif self._timer is None:
