@@ -3,7 +3,7 @@ The client library (netshare.clients.protocol) against a real listener: one Defe
 per command, pipelining, parsed listings and objects, uploads from a file
 with a producer, downloads into a file, pushes, and failure handling.
 
-Also here: the client's line framing (netshare.clients.lines), fed the same
+Also here: the client's line framing (netshare.lines), fed the same
 bytes in random pieces as Twisted's LineReceiver, must deliver exactly what
 LineReceiver delivers, pausing and raw mode included.
 """
@@ -19,9 +19,8 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from twisted.protocols.basic import LineReceiver
+from twisted.protocols.basic import LineReceiver, _PauseableMixin
 
-from netshare.clients.lines import LinearLineReceiver
 from netshare.clients.protocol import (
     ClientProtocol,
     CommandFailed,
@@ -30,6 +29,7 @@ from netshare.clients.protocol import (
     login,
     quote,
 )
+from netshare.lines import LinearLineReceiver
 from tests.inprocess import add_account, listen, reactor, wait_for
 from tests.test_protocol_base import LabApp, LabProtocol, pattern
 
@@ -227,6 +227,11 @@ class LineReceiverClient(LineReceiver, ClientProtocol):
         ClientProtocol.lineReceived(self, line[:-1] if line.endswith(b"\r") else line)
 
     rawDataReceived = ClientProtocol.rawDataReceived
+    # LineReceiver's own flow control (the MRO would otherwise pick
+    # LinearLineReceiver's, which feeds the linear framing).
+    pauseProducing = _PauseableMixin.pauseProducing
+    resumeProducing = _PauseableMixin.resumeProducing
+    stopProducing = _PauseableMixin.stopProducing
 
 
 NASTY = ["'; DROP TABLE personnel;--", "100%", "back\\slash", '"quoted"', "Zo\u00eb \U0001f600"]
@@ -404,3 +409,34 @@ def test_pausing_stops_reading_the_transport_and_keeps_the_lines():
     proto.resumeProducing()
     proto.resumeProducing()
     assert got == ["a", "b", "c"] and transport.producerState == "producing"
+
+
+def test_read_ahead_pauses_the_transport_only_past_its_bound():
+    """A server's receiver (readAhead set) stops delivering at once but
+    keeps reading the socket until readAhead bytes wait: no epoll_ctl per
+    command, and memory still bounded."""
+
+    class Server(LinearLineReceiver):
+        readAhead = 100
+
+        def __init__(self):
+            super().__init__()
+            self.got = []
+
+        def lineReceived(self, line):
+            self.got.append(line)
+            self.pauseProducing()  # one command at a time, as the server does
+
+    proto, transport = Server(), StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"A\r\nB\r\n")
+    assert proto.got == [b"A"] and transport.producerState == "producing"
+    proto.dataReceived(b"x" * 90 + b"\r\n")  # 95 bytes wait: still reading
+    assert proto.got == [b"A"] and transport.producerState == "producing"
+    proto.dataReceived(b"C" * 10 + b"\r\n")  # past the bound: the socket is paused
+    assert proto.got == [b"A"] and transport.producerState == "paused"
+    proto.resumeProducing()
+    assert proto.got == [b"A", b"B"] and transport.producerState == "producing"
+    for _ in range(2):
+        proto.resumeProducing()
+    assert proto.got == [b"A", b"B", b"x" * 90, b"C" * 10]

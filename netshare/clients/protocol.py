@@ -13,7 +13,7 @@ L{ClientProtocol.download} writes exactly the announced bytes of a C{150}
 into a file-like sink.  L{connect} verifies TLS certificates and host names
 (service_identity) before any command is sent.
 
-Lines are framed by L{netshare.clients.lines.LinearLineReceiver} (linear
+Lines are framed by L{netshare.lines.LinearLineReceiver} (linear
 time per read), so a connection that receives a long stream of pushes, such
 as the personnel sync client's, needs nothing else: the protocol the
 factory builds serves the whole connection.
@@ -35,8 +35,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-from netshare.clients.lines import LinearLineReceiver
 from netshare.deferreds import deferred
+from netshare.lines import LinearLineReceiver
 
 #: Bytes per write of an upload: 16 KiB chunks (FileSender's default) made
 #: uploads 1.8 times slower than 256 KiB ones on loopback.

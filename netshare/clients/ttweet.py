@@ -52,7 +52,6 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netshare.clients.lines import LinearLineReceiver
 from netshare.clients.protocol import (
     ClientProtocol,
     Response,
@@ -61,6 +60,7 @@ from netshare.clients.protocol import (
     quote,
 )
 from netshare.deferreds import deferred
+from netshare.lines import LinearLineReceiver
 from netshare.text import is_username
 
 MAX_MESSAGE = 150

@@ -27,13 +27,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netshare import __version__
 from netshare.errors import LoginRequired, NetshareError, SyntaxError_, TemporaryError
+from netshare.lines import LinearLineReceiver
 from netshare.protocols.output import HeldReplies, Output
 from netshare.protocols.replies import (
     MAX_HELD,
@@ -104,11 +104,14 @@ class Command:
 
 
 @implementer(IHandshakeListener)
-class LineConnection(LineReceiver, TimeoutMixin):
+class LineConnection(LinearLineReceiver, TimeoutMixin):
     """See the module docstring."""
 
     log = Logger()
-    delimiter = b"\n"
+    #: Pipelined input read ahead while a command runs (see
+    #: L{LinearLineReceiver.readAhead}): a command does not cost a pause and
+    #: a resume of the socket; past this the socket is paused.
+    readAhead = 64 * 1024
     service = "base"
     #: One-line descriptions for HELP, by verb.
     HELP = {"HELP": "HELP: this text", "PING": "PING: 200 pong", "QUIT": "QUIT"}
@@ -119,6 +122,7 @@ class LineConnection(LineReceiver, TimeoutMixin):
     transport: StreamTransport  # type: ignore[assignment]  # narrower: see StreamTransport
 
     def __init__(self) -> None:
+        super().__init__()
         self.host = "-"
         self.peer = "-"
         self._current: Command | None = None
@@ -369,20 +373,17 @@ class LineConnection(LineReceiver, TimeoutMixin):
         if self._closing:
             return None
         self.factory.stats.bytes_in += len(data)
-        return LineReceiver.dataReceived(self, data)
+        return LinearLineReceiver.dataReceived(self, data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.warn("line too long from {peer}", service=self.service, peer=self.peer)
-        self._buffer = b""
         self.recordCommand("-", "<line too long>", 500)
         self.closeWith("500 line too long")
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > self.config.max_line:
+        if len(line) > self.config.max_line:  # (the framing removed one CR)
             return self.lineLengthExceeded(line)
         if not self._idleExempt:
             self.resetTimeout()
@@ -433,7 +434,7 @@ class LineConnection(LineReceiver, TimeoutMixin):
     def resumeProducing(self) -> None:
         if self._held.paused or self._closePending:
             return  # resumed by _releaseHeld once the held replies are out
-        LineReceiver.resumeProducing(self)
+        LinearLineReceiver.resumeProducing(self)
 
     # -- replies
 

@@ -1,12 +1,13 @@
 """
-The line framing of every client connection: a small line receiver that
-costs linear time per read.
+The line framing of every connection, server and client: a small line
+receiver that costs linear time per read.
 
 Twisted's C{LineReceiver.dataReceived} splits one line off its buffer at a
 time (C{buffer.split(delimiter, 1)}), copying the rest of the buffer for
 every line: a 64 KiB read of ~150-byte pushes is ~430 lines and ~14 MB of
 copying, which was the largest single cost of the personnel sync client on
-a large push.  L{LinearLineReceiver} finds the line ends of a read in one
+a large push, and makes a burst of pipelined commands cost quadratic time
+on the server.  L{LinearLineReceiver} finds the line ends of a read in one
 pass (C{bytes.find} from the previous end) and keeps only the unfinished
 tail, as a list of pieces, so a long line arriving in many reads is joined
 once.  Every client connection uses it, from the first byte (the greeting)
@@ -50,6 +51,12 @@ class LinearLineReceiver(Protocol):
 
     #: The longest line accepted, in bytes (a CR before the LF counts).
     MAX_LENGTH = 16384
+    #: While paused, how many received bytes may wait undelivered before
+    #: the transport itself is paused.  None: pause the transport at once.
+    #: A server sets a bound: pausing and resuming a socket is two
+    #: C{epoll_ctl} calls, which a per-command pause (replies stay in
+    #: order) would pay on every command; memory stays bounded either way.
+    readAhead: int | None = None
 
     def __init__(self) -> None:
         self.paused = False
@@ -58,6 +65,7 @@ class LinearLineReceiver(Protocol):
         self._tailSize = 0
         self._unread = b""  # received, not framed yet (follows the tail)
         self._busy = False  # inside dataReceived: re-entry only queues
+        self._transportPaused = False
 
     # -- what subclasses implement
 
@@ -91,22 +99,24 @@ class LinearLineReceiver(Protocol):
         mode that belong to the lines after it)."""
         self._lineMode = True
         if extra:
-            self.dataReceived(extra)
+            self._receive(extra)
 
     def pauseProducing(self) -> None:
-        """Stop delivering lines and stop reading the transport."""
+        """Stop delivering lines; stop reading the transport (at once, or
+        once L{readAhead} bytes wait)."""
         self.paused = True
-        producer = self._producer()
-        if producer is not None:
-            producer.pauseProducing()
+        if self.readAhead is None or len(self._unread) > self.readAhead:
+            self._pauseTransport()
 
     def resumeProducing(self) -> None:
         """Deliver what waits, then read the transport again."""
         self.paused = False
-        producer = self._producer()
-        if producer is not None:
-            producer.resumeProducing()
-        self.dataReceived(b"")
+        if self._transportPaused:
+            self._transportPaused = False
+            producer = self._producer()
+            if producer is not None:
+                producer.resumeProducing()
+        self._receive(b"")
 
     def stopProducing(self) -> None:
         """Stop for good: deliver nothing more."""
@@ -115,11 +125,24 @@ class LinearLineReceiver(Protocol):
         if producer is not None:
             producer.stopProducing()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not delivered yet (bounded by L{readAhead}
+        plus one read while paused)."""
+        return self._tailSize + len(self._unread)
+
     def clearLineBuffer(self) -> bytes:
         """Forget (and return) everything received and not delivered yet."""
         waiting = b"".join(self._tail) + self._unread
         self._tail, self._tailSize, self._unread = [], 0, b""
         return waiting
+
+    def _pauseTransport(self) -> None:
+        if not self._transportPaused:
+            self._transportPaused = True
+            producer = self._producer()
+            if producer is not None:
+                producer.pauseProducing()
 
     def _producer(self) -> IPushProducer | None:
         # Stream transports (TCP, TLS, the test transports) are push
@@ -129,11 +152,20 @@ class LinearLineReceiver(Protocol):
     # -- receiving
 
     def dataReceived(self, data: bytes) -> None:
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        """Frame and deliver; the one path of every byte (what
+        L{dataReceived} got, and what waited while paused or in raw mode)."""
         if self._unread:
             self._unread += data
         else:
             self._unread = data
         if self._busy:
+            return
+        if self.paused:
+            if self.readAhead is not None and len(self._unread) > self.readAhead:
+                self._pauseTransport()
             return
         self._busy = True
         try:
