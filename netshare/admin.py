@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from netshare.config import Config
 from netshare.deferreds import deferred
+from netshare.logs import CommandLog
 from netshare.services.accounts import AccountService
 from netshare.services.history import HistoryRecorder
 from netshare.storage.accounts import Account
@@ -39,7 +39,7 @@ class AdminRuntime(Protocol):
     accounts: AccountService
     history: HistoryRecorder
     #: Where one event per command goes; None: the global log publisher.
-    commandLog: Logger | None
+    commandLog: CommandLog | None
     #: The listener factories by service name (each has C{connections}).
     factories: dict[str, Any]
     #: The service objects by service name (personnel, files, ttweet).

@@ -14,6 +14,7 @@ history); only then is the database pool stopped.  The pool is deliberately
 once, so child order could not make the database outlive its users.
 """
 
+import functools
 import gc
 import os
 import signal
@@ -27,14 +28,14 @@ from sqlalchemy.engine import Engine
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from netshare.config import Config
 from netshare.deferreds import deferred
 from netshare.kdf import KDFPool
 from netshare.listener import Listener, RefusedAddress
-from netshare.logs import COMMAND_NAMESPACE, JsonLogFile, consoleObserver
+from netshare.logs import CommandLog, JsonLogFile, consoleObserver
 from netshare.protocols.factory import CommandFactory
 from netshare.protocols.files import FilesProtocol
 from netshare.protocols.line import CommandProtocol
@@ -169,7 +170,7 @@ class Runtime:
     #: Where one event per command goes (the JSON log file); None: the
     #: global log publisher.  Kept off the console: at thousands of commands
     #: per second a console line each would cost more than the command.
-    commandLog: Logger | None = None
+    commandLog: CommandLog | None = None
     factories: dict[str, CommandFactory] = field(default_factory=dict)
     #: service name -> its service object (FilesService, Hub, PersonnelService)
     apps: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +224,7 @@ class NetshareService(MultiService):
         self.reactor = reactor
         self.jsonLog: JsonLogFile | None = None
         self._jsonConsole: Any = None
+        self._consoleOut: Any = None
         self._listeners: dict[str, Any] = {}
         self._stopRequested = False
 
@@ -327,7 +329,10 @@ class NetshareService(MultiService):
         # application if there is one: that is how --log-format json reaches
         # the console under twistd (twist has its own --log-format).
         if self.config.log_format == "json" and hasattr(parent, "setComponent"):
-            self._jsonConsole = consoleObserver("json")
+            # The stream itself, as it is now: twistd later points
+            # sys.stdout at the log (print becomes an event).
+            self._consoleOut = sys.stdout
+            self._jsonConsole = consoleObserver("json", out=self._consoleOut)
             parent.setComponent(ILogObserver, self._jsonConsole)
         return super().setServiceParent(parent)
 
@@ -427,8 +432,10 @@ class NetshareService(MultiService):
         self.jsonLog.start()
         # Per-command events: always the JSON log file; the console too when
         # it is JSON (for log shippers), never the human-oriented text console.
-        targets = [self.jsonLog] + ([self._jsonConsole] if self._jsonConsole else [])
-        rt.commandLog = Logger(namespace=COMMAND_NAMESPACE, observer=LogPublisher(*targets))
+        writers = [self.jsonLog.writeText]
+        if self._consoleOut is not None:
+            writers.append(functools.partial(_writeTo, self._consoleOut))
+        rt.commandLog = CommandLog(writers, rt.reactor)
         rt.pool.start()
         rt.kdf.start()
         rt.history.startRetention(self.config.history_retention)
@@ -473,5 +480,13 @@ class NetshareService(MultiService):
         await rt.pool.stop()
         rt.kdf.stop()
         self.log.info("netshare stopped")
+        if rt.commandLog is not None:
+            rt.commandLog.stop()
         if self.jsonLog is not None:
             self.jsonLog.stop()
+
+
+def _writeTo(out: Any, text: str) -> None:
+    """The JSON console's share of the command log (L{CommandLog})."""
+    out.write(text)
+    out.flush()

@@ -412,18 +412,29 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
             # and log none of it (the reply goes only to the sender).
             cmd = Command(UNKNOWN, UNKNOWN, started, ts)
         self._current = cmd
-        d: defer.Deferred[Any]
-        if handler is None:
-            shown = verb[:32] if verb.isascii() and verb.isprintable() else ""
-            d = defer.fail(SyntaxError_(("unknown command " + shown).rstrip()))
-        elif not self.mayRun(verb):
-            d = defer.fail(LoginRequired("login required"))
-        else:
-            d = defer.maybeDeferred(handler, words[1:])
-        # A callback chain, not a coroutine: this runs once per command.
-        d.addCallback(self._deliver)
-        d.addErrback(self._deliverError)
-        d.addBoth(self._commandDone)
+        # The per-command path: a synchronous handler's reply is written
+        # without a Deferred (none is allocated unless a handler or a reply
+        # returns one); an asynchronous one gets a callback chain, not a
+        # coroutine, as this runs once per command.
+        try:
+            if handler is None:
+                shown = verb[:32] if verb.isascii() and verb.isprintable() else ""
+                raise SyntaxError_(("unknown command " + shown).rstrip())
+            if not self.mayRun(verb):
+                raise LoginRequired("login required")
+            result = handler(words[1:])
+            if isinstance(result, defer.Deferred):
+                result.addCallback(self._deliver)
+            else:
+                result = self._deliver(result)  # a Deferred only for raw transfers
+        except Exception:
+            self._deliverError(Failure())
+            result = None
+        if not isinstance(result, defer.Deferred):
+            self._commandDone(None)
+            return None
+        result.addErrback(self._deliverError)
+        result.addBoth(self._commandDone)
         # Still pending (a Deferred from the handler, or a raw send started
         # by a synchronous handler): parse nothing more until it is answered.
         # During a raw receive the bytes must keep coming; _rawComplete pauses.

@@ -191,16 +191,22 @@ class CommandProtocol(LineConnection):
             )
         else:
             self._unrecorded += 1
-        (self.runtime.commandLog or self.log).info(
-            "{verb} -> {code}",
-            service=self.service,
-            user=self.user or "-",
-            peer=self.peer,
-            verb=verb,
-            code=code,
-            duration_ms=round(duration, 3),
-            bytes=nbytes,
-        )
+        commandLog = self.runtime.commandLog
+        if commandLog is not None:  # buffered: see netshare.logs.CommandLog
+            commandLog.command(
+                self.service, self.user or "-", self.peer, verb, code, round(duration, 3), nbytes
+            )
+        else:
+            self.log.info(
+                "{verb} -> {code}",
+                service=self.service,
+                user=self.user or "-",
+                peer=self.peer,
+                verb=verb,
+                code=code,
+                duration_ms=round(duration, 3),
+                bytes=nbytes,
+            )
 
     def journal(self, code: int) -> dict | None:
         """

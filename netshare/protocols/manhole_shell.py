@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from netshare.admin import SECRET_HELPERS, AdminRuntime, namespace
 from netshare.deferreds import deferred
+from netshare.logs import CommandLog
 from netshare.services.accounts import Account
 from netshare.services.history import HistoryRecorder
 from netshare.text import escape_unsafe
@@ -262,7 +263,7 @@ class RecordedManhole(ColoredManhole):
     shown in the shell but does not change the entry.
 
     @param history: the L{netshare.services.history.HistoryRecorder}.
-    @param log: the Logger of per-command events (C{runtime.commandLog}).
+    @param log: the per-command log (C{runtime.commandLog}), or None.
     """
 
     fallbackLog = Logger()
@@ -275,7 +276,7 @@ class RecordedManhole(ColoredManhole):
         user: str,
         account_id: int | None,
         peer: str,
-        log: Logger | None = None,
+        log: CommandLog | None = None,
     ):
         super().__init__(namespace)
         self.history = history
@@ -307,16 +308,20 @@ class RecordedManhole(ColoredManhole):
             self.account_id,
         )
         # The statement itself stays out of the log: the history holds it.
-        (self.commandLog or self.fallbackLog).info(
-            "{verb} -> {code}",
-            service=SERVICE,
-            user=self.user,
-            peer=self.peer,
-            verb="python",
-            code=code,
-            duration_ms=round((time.monotonic() - started) * 1000.0, 3),
-            bytes=0,
-        )
+        duration = round((time.monotonic() - started) * 1000.0, 3)
+        if self.commandLog is not None:
+            self.commandLog.command(SERVICE, self.user, self.peer, "python", code, duration, 0)
+        else:
+            self.fallbackLog.info(
+                "{verb} -> {code}",
+                service=SERVICE,
+                user=self.user,
+                peer=self.peer,
+                verb="python",
+                code=code,
+                duration_ms=duration,
+                bytes=0,
+            )
 
 
 def peer_text(address: object) -> str:
