@@ -513,6 +513,12 @@ class Config:
     # files
     max_file_size: int = setting("files", size, "64GiB", "largest upload")
     user_quota: int = setting("files", size, "100GiB", "bytes stored per user (0: unlimited)")
+    sendfile: bool = setting(
+        "files",
+        boolean,
+        "yes",
+        "send unprotected downloads over plain TCP with the kernel's sendfile",
+    )
     min_free_percent: float = setting(
         "files", percent, "5", "refuse uploads (452) that would leave less free disk than this"
     )

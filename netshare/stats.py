@@ -20,6 +20,8 @@ class ServiceStats:
     pushes: int = 0
     slow_drops: int = 0
     login_failures: int = 0
+    #: Downloads copied by the kernel (sendfile) rather than read by Python.
+    sendfile_downloads: int = 0
 
     def snapshot(self) -> dict:
         return asdict(self)

@@ -45,6 +45,7 @@ from netshare.protocols.replies import (
     Reply,
     SendRaw,
 )
+from netshare.protocols.sendfile import KernelCopy
 from netshare.protocols.transfer import CountingConsumer, RawReceive
 from netshare.protocols.words import UNKNOWN, redact, tokenize
 from netshare.wire import now_ms
@@ -673,11 +674,41 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
         self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
         if self.output is not None:
             self.output.unregister()
-        d = raw.producer.beginFileTransfer(CountingConsumer(self.transport, self._rawSent))
+        copy = self._kernelCopy(raw)
+        if copy is not None:
+            raw.producer = copy  # (so that a lost connection stops the copy)
+            d = copy.start()
+        else:
+            d = raw.producer.beginFileTransfer(CountingConsumer(self.transport, self._rawSent))
         d.addCallbacks(
             self._rawSendDone, self._rawSendFailed, callbackArgs=(raw,), errbackArgs=(raw,)
         )
         return d
+
+    def _kernelCopy(self, raw: SendRaw) -> KernelCopy | None:
+        """A L{KernelCopy} of the download, when its bytes are a file's own
+        and the connection is plain TCP (see L{netshare.protocols.sendfile})."""
+        source = getattr(raw.producer, "kernelSource", lambda: None)()
+        if (
+            source is None
+            or not self.config.sendfile
+            or ISSLTransport.providedBy(self.transport)
+            or not hasattr(self.transport, "fileno")
+            or not hasattr(self.factory.reactor, "callInThread")
+            or not KernelCopy.available()
+        ):
+            return None
+        fd, offset, count = source
+        self.factory.stats.sendfile_downloads += 1
+        return KernelCopy(
+            self.transport,
+            self.factory.reactor,
+            fd,
+            offset,
+            count,
+            raw.producer.close,
+            self._rawSent,
+        )
 
     def _rawSent(self, nbytes: int) -> None:
         if not self._idleExempt:

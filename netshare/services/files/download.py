@@ -116,6 +116,18 @@ class BlobReader:
         self._closing = False
         self._fd_closed = False
 
+    def kernelSource(self) -> tuple[int, int, int] | None:
+        """
+        C{(fd, offset, count)} when the bytes to send are the file's own
+        (an unprotected blob), so the connection may have the kernel copy
+        them (L{netshare.protocols.sendfile}) instead of calling
+        L{beginFileTransfer}; the caller then calls L{close} once done.
+        None for an encrypted blob or nothing to send.
+        """
+        if self._header is not None or self.remaining <= 0:
+            return None
+        return self._fd, self._pos, self.remaining
+
     def beginFileTransfer(self, consumer: IConsumer) -> Deferred[int]:
         """
         @return: Deferred firing with the number of bytes sent once the last
