@@ -152,8 +152,15 @@ _COMMAND_LINE = (
 
 
 def _js(value):
-    """A JSON string (or null) for one field."""
-    return "null" if value is None else dumps(str(value))
+    """A JSON string (or null) for one field: printable ASCII without a
+    quote or a backslash (names, addresses, verbs, almost always) as it is,
+    anything else through the JSON encoder."""
+    if value is None:
+        return "null"
+    text = str(value)
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    return dumps(text)
 
 
 class _TextOut(io.TextIOBase):

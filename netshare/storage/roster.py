@@ -203,15 +203,21 @@ def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms
     values: dict[str, str | int] = {"job": "", "salary": ""}
     values.update(_only_person_fields(fields))
     values.update(ssn=ssn, updated_ms=now_ms)
-    exists = conn.execute(sa.select(personnel.c.ssn).where(personnel.c.ssn == ssn)).first()
-    if exists is not None:
-        raise Conflict("person %s already exists" % (ssn,))
+    # One statement: the primary key refuses a second ADD of an ssn (its
+    # transaction, or its savepoint in a group commit, is rolled back), and
+    # the person is what was inserted.
     try:
         conn.execute(sa.insert(personnel).values(**values))
     except sa_exc.IntegrityError:
-        # Lost a race with a concurrent ADD of the same ssn.
         raise Conflict("person %s already exists" % (ssn,)) from None
-    return thd_get_person(conn, ssn)
+    return Person(
+        ssn,
+        str(values["name"]),
+        str(values["surname"]),
+        str(values["job"]),
+        str(values["salary"]),
+        now_ms,
+    )
 
 
 def thd_update_person(
