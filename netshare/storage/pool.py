@@ -108,6 +108,8 @@ DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 MARK_TTL = 3600.0
 #: Seconds a probe may wait for the lock of an in-flight transaction.
 PROBE_LOCK_WAIT = 5
+#: A write's id row (built once: a reused statement is compiled once).
+_INSERT_MARK = write_marks.insert()
 #: Writes committed together, at most (a backlog is written in several
 #: groups, never one huge transaction).
 MAX_GROUP = 256
@@ -603,7 +605,7 @@ class DBPool:
                 try:
                     result = fn(conn, *args, **kwargs)
                     _check_plain(fn, result)
-                    conn.execute(write_marks.insert(), [{"id": wid, "created_ms": _now_ms()}])
+                    conn.execute(_INSERT_MARK, {"id": wid, "created_ms": _now_ms()})
                     call.enter(COMMITTING)
                 except BaseException as e:
                     _quietly(trans.rollback)
@@ -659,7 +661,7 @@ class DBPool:
                     trans = conn.begin()
                     restore = _bound_lock_wait(conn)
                     try:
-                        conn.execute(write_marks.insert(), [{"id": wid, "created_ms": _now_ms()}])
+                        conn.execute(_INSERT_MARK, {"id": wid, "created_ms": _now_ms()})
                         committed = False
                     except sa_exc.IntegrityError:
                         committed = True

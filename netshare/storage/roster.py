@@ -198,6 +198,11 @@ def thd_person_page(conn: Connection, after: str | None, page: int) -> list[Pers
     return list(conn.execute(q).all())
 
 
+#: Built once: a statement object reused is compiled once (its cache key
+#: is memoised), where insert().values(...) per call is built and keyed anew.
+_INSERT_PERSON = sa.insert(personnel)
+
+
 def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms: int) -> Person:
     """Insert a new person; L{Conflict} (555) if the ssn exists."""
     values: dict[str, str | int] = {"job": "", "salary": ""}
@@ -207,7 +212,7 @@ def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms
     # transaction, or its savepoint in a group commit, is rolled back), and
     # the person is what was inserted.
     try:
-        conn.execute(sa.insert(personnel).values(**values))
+        conn.execute(_INSERT_PERSON, values)
     except sa_exc.IntegrityError:
         raise Conflict("person %s already exists" % (ssn,)) from None
     return Person(
