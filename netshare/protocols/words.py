@@ -21,6 +21,9 @@ PRELOGIN_RECORDED = 48
 
 _QUOTING = re.compile(r"[\"'\\]")
 _WORD = re.compile(r"[^ \t\r\n]+")
+#: A word made of unquoted runs and double-quoted sections (no backslash, no
+#: single quote: see tokenize).
+_DQ_WORD = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')
 _OPTION_LIKE = re.compile(r"[a-z][a-z0-9_]*=.*", re.S)
 
 
@@ -31,10 +34,16 @@ def tokenize(text: str) -> list[str]:
     Most lines have no quote and no backslash; for them shlex's result is
     exactly the runs of non-whitespace (shlex splits only on space, tab, CR
     and LF), at a fraction of shlex's cost on the hot path of every command.
+    Lines whose only quoting is balanced double quotes have a fast path too.
     @raise ValueError: unbalanced quotes or a trailing backslash.
     """
     if _QUOTING.search(text) is None:
         return _WORD.findall(text)
+    if "'" not in text and "\\" not in text and text.count('"') % 2 == 0:
+        # Only balanced double quotes (every TWEET "..."): a word is a run of
+        # unquoted pieces and quoted sections, the quotes removed -- what
+        # shlex gives, at a tenth of its cost.
+        return [w.replace('"', "") for w in _DQ_WORD.findall(text)]
     return shlex.split(text, posix=True)
 
 
