@@ -127,7 +127,7 @@ def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -
     g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
     g.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         help="seconds to wait for the connection and greeting [default: %(default)s]",
     )
@@ -158,7 +158,11 @@ def command_parser(
         sub-command parser that also accepts the output options.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_version_option(parser)
     add_connection_options(parser, default_port)
+    # netshare-files talks to the files service, and so on: the greeting
+    # must say so (see netshare.clients.protocol.connect).
+    parser.set_defaults(service=prog.rsplit("-", 1)[-1] if prog.startswith("netshare-") else None)
     add_output_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -168,6 +172,25 @@ def command_parser(
         return p
 
     return parser, command
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """C{--version}: the program's name and netshare's version."""
+    from netshare import __version__
+
+    parser.add_argument(
+        "--version", action="version", version="%(prog)s (netshare) " + __version__
+    )
 
 
 def _port(text: str | int) -> int:
@@ -205,6 +228,7 @@ async def open_session(
         hostname=args.hostname,
         reactor=reactor,
         timeout=args.timeout,
+        service=getattr(args, "service", None),
     )
     try:
         await login(proto, args.user, secret)
@@ -261,34 +285,66 @@ def run(
     prog = prog or os.path.basename(sys.argv[0]) or "netshare"
 
     async def wrapped(reactor: Any) -> None:
+        interrupted: list[bool] = []
         try:
-            code = await defer.maybeDeferred(main, reactor)
+            # (main runs up to its first wait right here, before the reactor
+            # does: a Ctrl-C at a password prompt is a KeyboardInterrupt.)
+            d = defer.maybeDeferred(main, reactor)
+            reactor.callWhenRunning(_onInterrupt, reactor, d, interrupted)
+            code = await d
+        except (KeyboardInterrupt, defer.CancelledError) as e:
+            if not interrupted and not isinstance(e, KeyboardInterrupt):
+                raise
+            _err(prog, "interrupted")
+            code = EXIT_INTERRUPTED
         except CommandFailed as e:
             _err(prog, e.response.line)
             code = EXIT_REFUSED
         except UsageError as e:
             _err(prog, str(e))
             code = EXIT_USAGE
+        except (defer.TimeoutError, ierror.TimeoutError):
+            _err(prog, "no answer from %s:%s within %gs" % (args.host, args.port, args.timeout))
+            code = EXIT_CONNECT
         except (
             ConnectionError,
             ierror.ConnectError,
             ierror.ConnectionLost,
             ierror.ConnectionDone,
-            defer.TimeoutError,
-            ierror.TimeoutError,
-            OSError,
         ) as e:
             _err(prog, "cannot talk to %s:%s: %s" % (args.host, args.port, _reason(e)))
             code = EXIT_CONNECT
+        except OSError as e:
+            if e.filename is not None:  # a local file: ours, not the network's
+                _err(prog, "%s: %s" % (e.filename, e.strerror or _reason(e)))
+                code = EXIT_REFUSED
+            else:
+                _err(prog, "cannot talk to %s:%s: %s" % (args.host, args.port, _reason(e)))
+                code = EXIT_CONNECT
         except Exception as e:
-            if type(e).__module__.startswith("OpenSSL") or "SSL" in type(e).__name__:
-                _err(prog, "TLS failure with %s:%s: %s" % (args.host, args.port, e))
+            name = type(e).__name__
+            if type(e).__module__.startswith(("OpenSSL", "service_identity")) or "SSL" in name:
+                hint = "" if args.cafile else " (a self-signed server needs --cafile)"
+                _err(prog, "TLS failure with %s:%s: %s%s" % (args.host, args.port, e, hint))
                 code = EXIT_CONNECT
             else:
                 raise
         raise SystemExit(code or 0)
 
     task.react(lambda reactor: defer.ensureDeferred(wrapped(reactor)))
+
+
+def _onInterrupt(reactor: Any, d: defer.Deferred[Any], interrupted: list[bool]) -> None:
+    """Once the reactor runs: Ctrl-C cancels the program's work (its
+    C{finally} blocks run: a connection is closed, a partial download kept
+    and reported by the program) and L{run} exits with L{EXIT_INTERRUPTED}."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        interrupted.append(True)
+        reactor.callFromThread(d.cancel)
+
+    signal.signal(signal.SIGINT, handler)
 
 
 def _err(prog: str, text: str) -> None:

@@ -62,6 +62,10 @@ class ProtocolError(Exception):
     """The server said something that does not fit the protocol."""
 
 
+class WrongService(ConnectionError):
+    """The server greeted as another netshare service (a wrong --port)."""
+
+
 class CommandFailed(Exception):
     """A command got an error reply (4xx/5xx)."""
 
@@ -415,9 +419,15 @@ async def connect(
     hostname: str | None = None,
     reactor: Any = None,
     timeout: float = 10,
+    service: str | None = None,
 ) -> ClientProtocol:
     """
     Connect and wait for the greeting.
+
+    With C{service}, the greeting (C{220 netshare <service> <version> ...},
+    docs/protocol.md section 1) must name it: a client pointed at another
+    service's port fails with L{WrongService} instead of misreading its
+    replies.
 
     With C{tls}, the server's certificate must chain to C{cafile} (or the
     system trust store) and match C{hostname} (default: C{host}); otherwise
@@ -436,8 +446,16 @@ async def connect(
     proto = cast(ClientProtocol, await ep.connect(_ClientFactory()))
     proto.greeting.addTimeout(timeout, reactor)
     try:
-        await proto.greeting
-    except Exception:
+        greeting = await proto.greeting
+        if service is not None:
+            words = str(greeting).split()
+            actual = words[2] if len(words) > 2 and words[1] == "netshare" else None
+            if actual != service:
+                raise WrongService(
+                    "this is %s, not the netshare %s service (check --port)"
+                    % ("the netshare %s service" % actual if actual else "not netshare", service)
+                )
+    except BaseException:
         proto.abort()
         raise
     return proto

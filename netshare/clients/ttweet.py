@@ -221,7 +221,12 @@ async def open_session(reactor: Any, args: Arguments) -> ClientProtocol:
     """Connect; map connection failures to the assignment's messages."""
     try:
         proto = await connect(
-            args.host, args.port, tls=args.tls, cafile=args.cafile, reactor=reactor
+            args.host,
+            args.port,
+            tls=args.tls,
+            cafile=args.cafile,
+            reactor=reactor,
+            service="ttweet",
         )
     except net_error.DNSLookupError:
         raise Refused(IP_INVALID) from None
