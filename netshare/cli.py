@@ -9,6 +9,7 @@ accounts on every login).
 
 import argparse
 import getpass
+import json
 import os
 import secrets
 import sys
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from netshare import config as configmod
 from netshare.config import Config
-from netshare.errors import NetshareError
+from netshare.errors import NetshareError, NotFound
 from netshare.services.accounts import check_password, check_username, hash_password_sync
 from netshare.services.files.blobs import BlobStore
 from netshare.storage import accounts as account_store
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ACCOUNT",
         help="give the account's files to ACCOUNT instead of deleting them",
     )
-    usub.add_parser("list", parents=[common], help="list accounts")
+    ls = usub.add_parser("list", parents=[common], help="list accounts")
+    ls.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     usub.add_parser(
         "penalties",
         parents=[common],
@@ -243,9 +245,16 @@ def cmd_user(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         migrate.check(engine)
         with engine.begin() as conn:
             if args.action == "list":
-                for a in account_store.thd_list(conn):
-                    out.write("%-32s %s\n" % (a.name, a.role))
+                rows = [a.to_wire() for a in account_store.thd_list(conn)]
+                if args.json:
+                    out.write(json.dumps(rows) + "\n")
+                    return 0
+                out.write("%-32s %-5s  %s\n" % ("USER", "ROLE", "CREATED"))
+                for r in rows:
+                    out.write("%-32s %-5s  %s\n" % (r["user"], r["role"], r["created"]))
                 return 0
+            if args.action == "passwd" and account_store.thd_get(conn, args.name) is None:
+                raise NotFound("no account %s" % (args.name,))  # before asking for a password
             if args.action == "penalties":
                 policy = LoginPolicy.from_config(cfg)
                 return _penalties(account_store.thd_login_penalties(conn, now_ms(), policy), out)

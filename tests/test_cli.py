@@ -9,6 +9,7 @@ database each.
 """
 
 import io
+import json
 import os
 import stat
 
@@ -227,8 +228,17 @@ def test_user_commands(scratch_url, tmp_path, environ):
 
     code, out, _ = run("user", "list", *db)
     assert code == 0
-    rows = [line.split() for line in out.splitlines()]
+    header, *lines = out.splitlines()
+    assert header.split() == ["USER", "ROLE", "CREATED"]
+    rows = [line.split()[:2] for line in lines]
     assert sorted(rows) == [["Root2", "admin"], ["admin", "admin"], ["alice", "user"]]
+    assert all(line.split()[2].endswith("Z") for line in lines)
+    code, listed, _ = run("user", "list", "--json", *db)
+    assert code == 0 and sorted(a["user"] for a in json.loads(listed)) == [
+        "Root2",
+        "admin",
+        "alice",
+    ]
     # options before the sub-command work too
     assert run("--data", data, "--db", scratch_url, "user", "list")[1] == out
 
@@ -236,6 +246,9 @@ def test_user_commands(scratch_url, tmp_path, environ):
     assert run("user", "passwd", "alice", *db)[:2] == (0, "password of alice changed\n")
     alice = account(scratch_url, data, "alice")
     assert password_ok(alice, "new pw") and not password_ok(alice, "alice pw ✓")
+    code, _, message = run("user", "passwd", "nobody", *db)
+    assert (code, message) == (1, "netshare: no account nobody")
+    environ.setenv("NETSHARE_PASSWORD", "")  # asked before the password is checked
     code, _, message = run("user", "passwd", "nobody", *db)
     assert (code, message) == (1, "netshare: no account nobody")
 

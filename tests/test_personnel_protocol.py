@@ -846,12 +846,16 @@ def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
                 "2",
                 "p3",
                 "3",
+                "no",  # not confirmed: nothing queued
+                "3",
+                "y",
                 "4",
                 "p1",
                 "alice",
                 "5",
                 "p1",
                 "6",
+                "yes",
                 "1",
                 "",
                 "4",
@@ -873,6 +877,8 @@ def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
         assert out.count("queued 2 messages") == 2
         assert "error: 550 no such client ghost" in out
         assert out.count("nothing entered; back to the menu") == 2
+        assert out.count("not confirmed; back to the menu") == 1
+        assert out.count("send ALL personnel to ALL clients? [y/N] ") == 2
         assert "personnel (first 20):" in out and "DELETE_ALL" in out
         messages = (yield cmd(admin, "MESSAGES", "client=bob")).items
         assert [(m["action"], m["ssn"]) for m in reversed(messages)] == [
@@ -891,12 +897,16 @@ def test_console_menu_over_the_protocol(sqlite_pool, tmp_path):
             ("DELETE", "p1"),
             ("DELETE_ALL", None),
         ]
-        # A user's console: every operation is answered 531, the menu goes on.
+        # A user's console: a menu of what a user may do; the others are
+        # refused before anything is sent; personnel only in choice 0.
         alice = yield srv.client("alice")
-        io = ScriptedInput(["3", "6", "7", "never read"])
+        io = ScriptedInput(["3", "6", "0", "7", "never read"])
         yield defer.ensureDeferred(Console(alice, io).run())
-        assert io.text().count("error: 531 permission denied") == 2
-        assert io.text().endswith("bye\n") and io.lines == ["never read"]
+        text = io.text()
+        assert "1  send one person" not in text and "0  show personnel\n" in text
+        assert text.count("only an admin may send or delete") == 2
+        assert "531" not in text and "personnel (first 20):" in text and "clients:" not in text
+        assert text.endswith("bye\n") and io.lines == ["never read"]
     finally:
         yield srv.close()
 

@@ -122,7 +122,7 @@ def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -
     )
     g.add_argument(
         "--cafile",
-        help="CA certificate (PEM) to trust with --tls [default: the system trust store]",
+        help="CA certificate (PEM) to trust; implies --tls [default: the system trust store]",
     )
     g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
     g.add_argument(
@@ -223,7 +223,7 @@ async def open_session(
     proto = await connect(
         args.host,
         args.port,
-        tls=args.tls,
+        tls=args.tls or bool(args.cafile),  # a CA file only makes sense with TLS
         cafile=args.cafile,
         hostname=args.hostname,
         reactor=reactor,

@@ -233,7 +233,14 @@ MENU = """
   7  exit
 """
 
+USER_MENU = """
+  0  show personnel
+  7  exit
+"""
+
 PROMPT = "choice> "
+#: Choices that change every client's copy at once: asked to confirm.
+BULK = {"3": "send ALL personnel to ALL clients", "6": "delete ALL personnel from ALL clients"}
 
 
 class ConsoleIO(Protocol):
@@ -248,16 +255,23 @@ class ConsoleIO(Protocol):
 class Console:
     """The operator menu of the original server, over the protocol."""
 
-    def __init__(self, proto: ClientProtocol, io: ConsoleIO, show_limit: int = 20) -> None:
+    def __init__(
+        self, proto: ClientProtocol, io: ConsoleIO, show_limit: int = 20, confirm: bool = True
+    ) -> None:
         self.proto = proto
         self.io = io
         self.show_limit = show_limit
+        self.confirm = confirm  # ask before the bulk choices (BULK); --yes: do not
+        self.admin = True  # learnt from WHOAMI when the console starts
 
     def say(self, text: str = "") -> None:
         self.io.write(text if text.endswith("\n") else text + "\n")
 
     async def run(self) -> None:
-        self.say("netshare personnel console" + MENU.rstrip("\n"))
+        whoami = await self.proto.command("WHOAMI")
+        self.admin = whoami.ok and whoami.text.split()[-1:] == ["admin"]
+        menu = MENU if self.admin else USER_MENU
+        self.say("netshare personnel console" + menu.rstrip("\n"))
         while True:
             choice = await self.io.ask(PROMPT)
             if choice is None:
@@ -270,7 +284,10 @@ class Console:
             if choice == "":
                 continue
             if choice not in ("0", "1", "2", "3", "4", "5", "6"):
-                self.say("please choose a number from 0 to 7" + MENU.rstrip("\n"))
+                self.say("please choose a number from 0 to 7" + menu.rstrip("\n"))
+                continue
+            if choice != "0" and not self.admin:
+                self.say("only an admin may send or delete; choose 0 or 7" + menu.rstrip("\n"))
                 continue
             if not self.proto.isOpen:
                 raise ConnectionError("the server closed the connection")
@@ -292,6 +309,11 @@ class Console:
     async def do(self, choice: str) -> None:
         if choice == "0":
             return await self.show()
+        if choice in BULK and self.confirm:
+            answer = await self.io.ask("%s? [y/N] " % (BULK[choice],))
+            if (answer or "").strip().lower() not in ("y", "yes"):
+                self.say("not confirmed; back to the menu")
+                return
         ssn: str | None = "*"
         client: str | None = "*"
         if choice in ("1", "2", "4", "5"):
@@ -309,6 +331,10 @@ class Console:
 
     async def show(self) -> None:
         people = common.checked(await self.proto.command("LIST limit=%d" % self.show_limit))
+        if not self.admin:  # clients and messages are for admins
+            self.say("personnel (first %d):" % (self.show_limit,))
+            self.say(common.format_table(people.items or [], PERSON_COLUMNS[:5]).rstrip("\n"))
+            return
         clients = common.checked(await self.proto.command("CLIENTS"))
         messages = common.checked(await self.proto.command("MESSAGES limit=%d" % self.show_limit))
         self.say("personnel (first %d):" % (self.show_limit,))
@@ -326,7 +352,7 @@ async def cmd_console(reactor: Any, args: argparse.Namespace) -> None:
     io = common.LineInput()
     stdio.StandardIO(io, reactor=reactor)
     try:
-        await Console(proto, io, args.show_limit).run()
+        await Console(proto, io, args.show_limit, confirm=not args.yes).run()
     finally:
         await io.close()
         await common.close(proto)
@@ -424,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=20,
         help="rows of each table shown by choice 0 [%(default)s]",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask before sending or deleting all personnel (choices 3 and 6)",
     )
 
     p = command("list", "list people (TEXT matches name, surname, ssn or job)")

@@ -408,6 +408,7 @@ class _Progress:
 
 class _ClientFactory(Factory):
     protocol = ClientProtocol
+    noisy = False  # no "Starting factory" line on every (re)connection
 
 
 @deferred
