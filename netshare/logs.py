@@ -10,6 +10,7 @@ Nothing secret is ever put in a field: commands are recorded redacted
 """
 
 import io
+import json
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import IO, Any, cast
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
@@ -26,8 +28,6 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
-
-from netshare.wire import dumps
 
 #: The fields of the one-event-per-command log (L{CommandLog}).
 COMMAND_FIELDS = ("service", "user", "peer", "verb", "code", "duration_ms", "bytes")
@@ -138,11 +138,16 @@ class CommandLog:
             ]
         )
         for write in self.writers:
-            write(text)
+            try:
+                write(text)
+            except Exception:  # one writer failing must not take the others
+                _log.failure("writing the command log failed")
 
     def stop(self):
         self.flush()
 
+
+_log = Logger(namespace="netshare.logs")
 
 #: One command's JSON line (the field order of COMMAND_FIELDS).
 _COMMAND_LINE = (
@@ -160,7 +165,9 @@ def _js(value):
     text = str(value)
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return '"' + text + '"'
-    return dumps(text)
+    # ASCII escapes: a lone surrogate or U+0085 must not break the line or
+    # the file's UTF-8.
+    return json.dumps(text)
 
 
 class _TextOut(io.TextIOBase):

@@ -24,7 +24,15 @@ def _login(port, user, password):
 
 def test_acknowledged_writes_survive_kill_9(tmp_path):
     server = ServerProcess(
-        tmp_path / "data", extra_args=["--registration", "open", "--flood-burst", "1000"]
+        tmp_path / "data",
+        extra_args=[
+            "--registration",
+            "open",
+            "--flood-burst",
+            "1000",
+            "--flood-address-burst",
+            "1000",
+        ],
     )
     try:
         server.start()

@@ -224,6 +224,65 @@ def test_writes_arriving_during_a_commit_share_the_next_one(db_pool):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_failing_write_in_a_group_fails_alone(db_pool):
+    """A write that fails with a database error of its own (here a missing
+    table) is rolled back alone and answered alone; the group commits."""
+    started, release = defer.Deferred(), threading.Event()
+
+    def first(conn):
+        reactor.callFromThread(started.callback, None)
+        assert release.wait(20), "never released"
+        return 0
+
+    def poisoned(conn):
+        A.thd_create(conn, "poisoner", "user", "h")
+        conn.exec_driver_sql("SELECT * FROM no_such_table_here")
+
+    lone = db_pool.write(first)
+    yield timed(started)
+    good = [db_pool.write(A.thd_create, "g%d" % i, "user", "h") for i in range(4)]
+    bad = db_pool.write(poisoned)
+    good.append(db_pool.write(A.thd_create, "g4", "user", "h"))
+    release.set()
+    yield timed(lone)
+    assert len((yield timed(defer.gatherResults(good)))) == 5
+    with pytest.raises(sa.exc.DBAPIError):
+        yield timed(bad)
+    assert (yield timed(db_pool.run(count_accounts))) == 5  # not the poisoner
+    assert db_pool.stats()["groups"] == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_writes_made_by_callbacks_join_the_next_group(db_pool):
+    """One group in flight at a time, also when the callers of a group
+    write again from their callbacks."""
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def tracked(conn, name):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.01)
+            return A.thd_create(conn, name, "user", "h").name
+        finally:
+            with lock:
+                active[0] -= 1
+
+    followers = []
+
+    def follow(name):
+        followers.append(db_pool.write(tracked, name + "x"))
+        return name
+
+    firsts = [db_pool.write(tracked, "w%d" % i).addCallback(follow) for i in range(6)]
+    assert len((yield timed(defer.gatherResults(firsts)))) == 6
+    assert len((yield timed(defer.gatherResults(followers)))) == 6
+    assert most[0] == 1  # never two groups' writes at once
+    assert (yield timed(db_pool.run(count_accounts))) == 12
+
+
+@pytest_twisted.inlineCallbacks
 def test_stop_commits_the_writes_already_accepted(db_pool):
     started, release = defer.Deferred(), threading.Event()
 

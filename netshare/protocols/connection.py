@@ -45,7 +45,7 @@ from netshare.protocols.replies import (
     Reply,
     SendRaw,
 )
-from netshare.protocols.sendfile import KernelCopy
+from netshare.protocols.sendfile import CopyStopped, KernelCopy
 from netshare.protocols.transfer import CountingConsumer, RawReceive
 from netshare.protocols.words import UNKNOWN, redact, tokenize
 from netshare.wire import now_ms
@@ -691,6 +691,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
         source = getattr(raw.producer, "kernelSource", lambda: None)()
         if (
             source is None
+            or self._lost
             or not self.config.sendfile
             or ISSLTransport.providedBy(self.transport)
             or not hasattr(self.transport, "fileno")
@@ -734,7 +735,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
             raw.done()
         # The byte count promised in the 150 line cannot be kept: the only
         # honest thing left is to close the connection.
-        if not self.transport.connected:  # the client hung up: not a bug
+        if not self.transport.connected or f.check(CopyStopped):  # the client hung up
             self.log.info(
                 "raw send to {peer} cut short: {why}",
                 service=self.service,

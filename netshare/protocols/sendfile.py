@@ -95,14 +95,16 @@ class KernelCopy:
     def start(self) -> defer.Deferred[int]:
         """@return: fires with the bytes sent, or fails (L{CopyStopped},
         L{IntegrityFailure}, an C{OSError} of the socket)."""
-        self._done = defer.Deferred()
+        done = self._done = defer.Deferred()
         KernelCopy.running += 1
         self._registering = True
         try:
+            # (A transport already gone calls stopProducing at once: done
+            # has then failed with CopyStopped already.)
             self.transport.registerProducer(self, False)
         finally:
             self._registering = False
-        return self._done
+        return done
 
     # -- the transport's side (reactor thread)
 
@@ -147,6 +149,8 @@ class KernelCopy:
                     raise IntegrityFailure("stored file ended early")
                 sent += n
                 self.reactor.callFromThread(self._progress, n)
+        except (BrokenPipeError, ConnectionResetError):
+            self._stop = True  # the client hung up: reported as CopyStopped
         except Exception:
             failure = Failure()
         finally:

@@ -246,7 +246,7 @@ class _Outcome(Generic[T]):
 class _Write:
     """A write waiting for its group."""
 
-    __slots__ = ("fn", "args", "kwargs", "deferred")
+    __slots__ = ("fn", "args", "kwargs", "deferred", "arrived")
 
     def __init__(
         self,
@@ -254,11 +254,13 @@ class _Write:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         deferred: Deferred[Any],
+        arrived: float,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.deferred = deferred
+        self.arrived = arrived
 
 
 #: What the worker reports for each write of a group: (True, its result) or
@@ -277,19 +279,30 @@ def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
         return [(True, result)]
     outcomes: _Outcomes = []
     for w in group:
-        savepoint = conn.begin_nested()
-        try:
-            result = w.fn(conn, *w.args, **w.kwargs)
-            _check_plain(w.fn, result)
-        except Exception as e:
-            _storage_error(e)
-            if is_transient(e) or isinstance(e, _Abandoned):
-                raise  # the transaction's failure: every write's
-            savepoint.rollback()
-            outcomes.append((False, Failure()))
-            continue
-        savepoint.commit()
-        outcomes.append((True, result))
+        for attempt in (1, 2):
+            savepoint = conn.begin_nested()
+            try:
+                result = w.fn(conn, *w.args, **w.kwargs)
+                _check_plain(w.fn, result)
+            except Exception as e:
+                _storage_error(e)
+                if isinstance(e, _Abandoned) or (
+                    isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated
+                ):
+                    raise  # the transaction's failure: every write's
+                # One write's failure: its savepoint is rolled back (if that
+                # fails, the connection is gone and the group fails).  A
+                # transient error (a deadlock, say) gets one more try; a
+                # write that fails again fails alone, so one poisoned write
+                # cannot make the group retry until its deadline.
+                savepoint.rollback()
+                if attempt == 1 and is_transient(e):
+                    continue
+                outcomes.append((False, Failure()))
+                break
+            savepoint.commit()
+            outcomes.append((True, result))
+            break
     return outcomes
 
 
@@ -399,22 +412,37 @@ class DBPool:
         if self.stopping or not self.running:
             return defer.fail(DatabaseUnavailable("database pool is stopped"))
         d: Deferred[T] = Deferred()
-        self._waitingWrites.append(_Write(fn, args, kwargs, d))
+        self._waitingWrites.append(_Write(fn, args, kwargs, d, self._reactor.seconds()))
         if not self._committing:
             self._commitGroup()
         return d
 
     def _commitGroup(self) -> None:
         """Start a group of the writes waiting (see the module docstring)."""
+        self._committing = True  # (callbacks run below join the queue)
+        if self.call_timeout:
+            # A write that already waited its whole deadline behind a slow
+            # group is answered now, not sent: 451, as at any deadline.
+            late = self._reactor.seconds() - self.call_timeout
+            expired = [w for w in self._waitingWrites if w.arrived <= late]
+            if expired:
+                self._waitingWrites = [w for w in self._waitingWrites if w.arrived > late]
+                self.timeouts += len(expired)
+                for w in expired:
+                    w.deferred.errback(DatabaseUnavailable("database not answering; try later"))
+            if not self._waitingWrites:
+                self._committing = False
+                self._wakeIdle()
+                return
         group = self._waitingWrites[:MAX_GROUP]
         del self._waitingWrites[:MAX_GROUP]
-        self._committing = True
         self.groups += 1
         # A callback, not a coroutine: every durable write passes here.
         self._call(_Call(write=True), _thd_group, (group,), {}).addBoth(self._groupAnswered, group)
 
     def _groupAnswered(self, result: _Outcomes | Failure, group: list[_Write]) -> None:
-        self._committing = False
+        # Still "committing" while the callers' callbacks run: a write they
+        # make joins the next group instead of starting one beside it.
         self.writes += len(group)
         try:
             if isinstance(result, Failure):
@@ -442,10 +470,15 @@ class DBPool:
             # were accepted).
             if self._waitingWrites:
                 self._commitGroup()
-            elif self._idle:
-                idle, self._idle = self._idle, []
-                for d in idle:
-                    d.callback(None)
+            else:
+                self._committing = False
+                self._wakeIdle()
+
+    def _wakeIdle(self) -> None:
+        """No group in flight, none waiting: tell stop()."""
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
 
     def _submit(
         self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
