@@ -440,3 +440,35 @@ def test_read_ahead_pauses_the_transport_only_past_its_bound():
     for _ in range(2):
         proto.resumeProducing()
     assert proto.got == [b"A", b"B", b"x" * 90, b"C" * 10]
+
+
+def test_the_interactive_ttweet_client_keeps_an_idle_session_alive():
+    """A PING well inside the server's idle timeout, and none once closed."""
+    from twisted.internet.task import Clock
+
+    from netshare import config as configmod
+    from netshare.clients.ttweet import KEEPALIVE_SECONDS, start_keepalive
+
+    assert KEEPALIVE_SECONDS * 2 <= configmod.defaults().idle_timeout
+
+    class Proto:
+        isOpen = True
+        sent: list = []
+
+        def command(self, line):
+            self.sent.append(line)
+            return defer.Deferred()
+
+    clock, proto = Clock(), Proto()
+    call = start_keepalive(proto, clock)
+    clock.advance(KEEPALIVE_SECONDS - 1)
+    assert proto.sent == []
+    clock.advance(1)
+    assert proto.sent == ["PING"]
+    for _ in range(3):
+        clock.advance(KEEPALIVE_SECONDS)
+    assert proto.sent == ["PING"] * 4
+    proto.isOpen = False
+    clock.advance(KEEPALIVE_SECONDS)
+    assert len(proto.sent) == 4
+    call.stop()

@@ -64,6 +64,10 @@ from netshare.lines import LinearLineReceiver
 from netshare.text import is_username
 
 MAX_MESSAGE = 150
+#: An interactive session sends PING this often, so a user who only reads
+#: (no subscription, nothing typed) is not closed by the server's idle
+#: timeout (300 s by default).
+KEEPALIVE_SECONDS = 60.0
 
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -499,6 +503,22 @@ class Console(LinearLineReceiver):
         self._closeConsole()
 
 
+def start_keepalive(
+    proto: ClientProtocol, clock: Any, interval: float = KEEPALIVE_SECONDS
+) -> task.LoopingCall:
+    """PING every C{interval} seconds while the connection is open (the
+    answer is not shown; a failure is the connection's, reported there)."""
+
+    def ping() -> None:
+        if proto.isOpen:
+            proto.command("PING").addErrback(lambda _: None)
+
+    call = task.LoopingCall(ping)
+    call.clock = clock
+    call.start(interval, now=False)
+    return call
+
+
 async def run_interactive(reactor: Any, args: Arguments, out: Callable[[str], None]) -> None:
     proto = await open_session(reactor, args)
     try:
@@ -509,7 +529,12 @@ async def run_interactive(reactor: Any, args: Arguments, out: Callable[[str], No
     out(USER_LEGAL)
     done: defer.Deferred[int] = defer.Deferred()
     stdio.StandardIO(Console(proto, done), reactor=reactor)
-    status = await done
+    keepalive = start_keepalive(proto, reactor)
+    try:
+        status = await done
+    finally:
+        if keepalive.running:
+            keepalive.stop()
     if proto.isOpen:
         proto.abort()
     if status:
