@@ -472,3 +472,25 @@ def test_the_interactive_ttweet_client_keeps_an_idle_session_alive():
     clock.advance(KEEPALIVE_SECONDS)
     assert len(proto.sent) == 4
     call.stop()
+
+
+def test_sizes_are_human_readable_in_tables_and_raw_with_bytes_or_json():
+    import argparse
+
+    from netshare.clients import common
+
+    assert [common.human_size(n) for n in (0, 1023, 1536, 10 * 2**20, 3 * 2**40)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "10.0 MiB",
+        "3.0 TiB",
+    ]
+    rows = [{"name": "a", "size": 1536}]
+    for flags, shown in (({}, "1.5 KiB"), ({"bytes": True}, "1536")):
+        out = io.StringIO()
+        common.emit(argparse.Namespace(**flags), rows, ["name", "size"], out=out)
+        assert shown in out.getvalue()
+    out = io.StringIO()
+    common.emit(argparse.Namespace(json=True), rows, ["name", "size"], out=out)
+    assert json.loads(out.getvalue()) == rows  # JSON: always bytes

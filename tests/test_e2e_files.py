@@ -237,8 +237,11 @@ def test_client_commands(server, workdir):
         "protected",
         "created",
     ]
-    assert re.search(r"^notes\.txt +%d +alice +public +no " % len(content), r.stdout, re.M)
-    assert re.search(r"^cli-vault\.txt +%d +alice +public +yes " % len(content), r.stdout, re.M)
+    # Sizes are human-readable in tables (2000 bytes: "2.0 KiB"), raw with --bytes.
+    assert re.search(r"^notes\.txt +2\.0 KiB +alice +public +no ", r.stdout, re.M)
+    assert re.search(r"^cli-vault\.txt +2\.0 KiB +alice +public +yes ", r.stdout, re.M)
+    raw = files_cli(server, "list", "--bytes", cwd=workdir).stdout
+    assert re.search(r"^notes\.txt +%d +alice +public +no " % len(content), raw, re.M)
     assert "cli hidden.txt" not in r.stdout
     r = files_cli(server, "--json", "list", "--mine", cwd=workdir, user="bob")
     assert r.returncode == 0 and json.loads(r.stdout) == []

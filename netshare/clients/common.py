@@ -142,6 +142,12 @@ def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) 
         default=argparse.SUPPRESS if suppress else False,
         help="print JSON instead of tables",
     )
+    parser.add_argument(
+        "--bytes",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="sizes in bytes in tables [default: 1.5 MiB and the like; JSON is always bytes]",
+    )
 
 
 def command_parser(
@@ -440,7 +446,11 @@ def emit(
     out = out or sys.stdout
     if getattr(args, "json", False):
         out.write(json.dumps(data, ensure_ascii=False) + "\n")
-    elif text is not None:
+        out.flush()
+        return
+    if not getattr(args, "bytes", False):
+        data = _human_sizes(data)
+    if text is not None:
         out.write(text if text.endswith("\n") else text + "\n")
     elif isinstance(data, list):
         if data or columns:
@@ -457,6 +467,33 @@ def emit(
     else:
         out.write("%s\n" % (printable(data),))
     out.flush()
+
+
+#: Fields shown as human-readable sizes in tables (not in JSON).
+SIZE_FIELDS = ("size", "bytes", "quota", "max_file_size")
+
+
+def human_size(n: object) -> object:
+    """C{1536} -> C{"1.5 KiB"}; anything not a whole number is left as it is."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return n
+    if n < 1024:
+        return "%d B" % n
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return ("%.1f %s" if value < 100 else "%.0f %s") % (value, unit)
+    return n  # (not reached)
+
+
+def _human_sizes(data: Any) -> Any:
+    def row(d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        return {k: human_size(v) if k in SIZE_FIELDS else v for k, v in d.items()}
+
+    return [row(d) for d in data] if isinstance(data, list) else row(data)
 
 
 def _cell_width(out: IO[str]) -> int | None:
