@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -618,11 +619,14 @@ def test_lockout_affects_nobody_else(server, workdir):
 
 class CuttingProxy:
     """A one-connection TCP proxy that forwards everything from the client,
-    and only C{budget} bytes from the server, then cuts both sides."""
+    and only C{budget} bytes from the server, then cuts both sides (or, with
+    C{stall}, keeps them open and silent until closed)."""
 
-    def __init__(self, port, budget):
+    def __init__(self, port, budget, stall=False):
         self.target = port
         self.budget = budget
+        self.stall = stall
+        self.closing = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(1)
@@ -661,6 +665,8 @@ class CuttingProxy:
                 left -= len(data)
         except OSError:
             pass
+        if self.stall:
+            self.closing.wait(60)
         for s in (down, up):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -670,6 +676,7 @@ class CuttingProxy:
         t.join(10)
 
     def close(self):
+        self.closing.set()
         self.listener.close()
         self.thread.join(10)
 
@@ -725,6 +732,50 @@ def test_cut_download_is_resumed_and_verified(server, workdir):
     assert {"command": "DOWNLOAD resume.bin offset=%d" % kept, "code": 226} in [
         {"command": e["command"], "code": e["code"]} for e in history
     ]
+
+
+def test_ctrl_c_during_a_download_keeps_the_partial_file(server, workdir):
+    """Ctrl-C while bytes are coming (a proxy holds the rest back): exit 130,
+    one line saying what is kept, and the next run resumes from there."""
+    data = os.urandom(4 * MiB)
+    c = connect(server.ports["files"], "erin")
+    try:
+        assert upload(c, "stall.bin", data).startswith("226 ")
+    finally:
+        c.close()
+    part = os.path.join(workdir, ".stall.bin.%s.part" % sha(data)[:16])
+    proxy = CuttingProxy(server.ports["files"], budget=2 * MiB, stall=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netshare.clients.files", "--port", str(proxy.port)]
+        + ["download", "stall.bin"],
+        cwd=workdir,
+        env=env(NETSHARE_USER="erin", NETSHARE_PASSWORD=PW["erin"]),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(part) and os.path.getsize(part) >= MiB:
+                break
+            time.sleep(0.05)
+        assert os.path.getsize(part) >= MiB
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        proxy.close()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted after" in err and "is kept" in err, err
+    kept = os.path.getsize(part)
+    assert open(part, "rb").read() == data[:kept]
+    r = files_cli(server, "download", "stall.bin", cwd=workdir, user="erin")
+    assert r.returncode == 0 and "resumed at %d" % kept in r.stdout, r
+    assert open(os.path.join(workdir, "stall.bin"), "rb").read() == data
 
 
 def test_download_resumes_only_matching_content(server, workdir):

@@ -245,8 +245,13 @@ async def open_session(
 
 
 async def close(proto: ClientProtocol) -> None:
-    """QUIT politely and wait (briefly) for the server to close."""
+    """QUIT politely and wait (briefly) for the server to close; drop the
+    connection instead if a command is still unanswered (an interrupted
+    transfer, say)."""
     if not proto.isOpen:
+        return
+    if proto.busy:
+        proto.abort()
         return
     try:
         await proto.command("QUIT")

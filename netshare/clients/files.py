@@ -48,6 +48,8 @@ import stat
 import sys
 from typing import IO, Any
 
+from twisted.internet import defer
+
 from netshare.clients import common
 from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, quote
 
@@ -320,6 +322,15 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace, retry: bool
         writer = HashingWriter(f, hasher)
         try:
             resp = await proto.download(quote(*words), writer, progress=bar)
+        except defer.CancelledError:
+            # Ctrl-C (see netshare.clients.common.run): keep what arrived.
+            bar.abort()
+            f.flush()
+            sys.stderr.write(
+                "%s: interrupted after %d of %d bytes; the partial file %s is kept: run "
+                "the same command again to resume\n" % (PROG, offset + writer.written, size, part)
+            )
+            raise
         except ConnectionError as e:
             bar.abort()
             f.flush()

@@ -167,6 +167,12 @@ class ClientProtocol(LinearLineReceiver):
         """Whether the transport is (still) connected."""
         return self.transport is not None and bool(getattr(self.transport, "connected", False))
 
+    @property
+    def busy(self) -> bool:
+        """Whether a command or a transfer is still unanswered (a QUIT would
+        wait behind it: after a Ctrl-C it may never be answered)."""
+        return bool(self._queue) or self._blocked or self._receiving is not None
+
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
             try:
