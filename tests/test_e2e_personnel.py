@@ -407,7 +407,7 @@ def test_every_console_operation_reaches_both_clients(stack):
         assert "client1" in out and "client2" in out
 
         # 3: all personnel to all clients.
-        assert "queued 16 messages" in console.choose("3")
+        assert "queued 16 messages" in console.choose("3", "y")  # confirmed
         model.send("*", "*")
         check(stack, model, admin)
         assert len(model.expected["client1"]) == 8
@@ -431,7 +431,7 @@ def test_every_console_operation_reaches_both_clients(stack):
         check(stack, model, admin)
 
         # 6: all personnel from all clients.
-        assert "queued 2 messages" in console.choose("6")
+        assert "queued 2 messages" in console.choose("6", "yes")
         model.remove("*", "*")
         check(stack, model, admin)
         assert stack.clients["client1"].snapshot() == {}
