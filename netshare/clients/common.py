@@ -43,11 +43,9 @@ Example (a complete program)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
@@ -67,6 +65,36 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netshare.clients.options import (
+    UsageError as UsageError,
+)
+from netshare.clients.options import (
+    add_connection_options as add_connection_options,
+)
+from netshare.clients.options import (
+    add_output_options as add_output_options,
+)
+from netshare.clients.options import (
+    add_version_option as add_version_option,
+)
+from netshare.clients.options import (
+    command_parser as command_parser,
+)
+from netshare.clients.output import (
+    emit as emit,
+)
+from netshare.clients.output import (
+    format_object as format_object,
+)
+from netshare.clients.output import (
+    format_table as format_table,
+)
+from netshare.clients.output import (
+    human_size as human_size,
+)
+from netshare.clients.output import (
+    printable as printable,
+)
 from netshare.clients.protocol import (
     ClientProtocol,
     CommandFailed,
@@ -84,129 +112,7 @@ EXIT_CONNECT = 3  # cannot connect, TLS failure, connection lost
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    """A bad command line found after parsing (exit status 2)."""
-
-
 # -- command line ---------------------------------------------------------------
-
-
-def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """
-    C{--host --port --user --tls --cafile --hostname --timeout}, with
-    defaults from C{NETSHARE_HOST}, C{NETSHARE_PORT} and C{NETSHARE_USER}.
-    """
-    env = os.environ
-    g = parser.add_argument_group("connection")
-    g.add_argument(
-        "--host",
-        default=env.get("NETSHARE_HOST", "127.0.0.1"),
-        help="server address [default: %(default)s; env NETSHARE_HOST]",
-    )
-    g.add_argument(
-        "--port",
-        type=_port,
-        default=_port(env.get("NETSHARE_PORT", default_port)),
-        help="server port [default: %(default)s; env NETSHARE_PORT]",
-    )
-    g.add_argument(
-        "--user",
-        default=env.get("NETSHARE_USER"),
-        help="account name [env NETSHARE_USER]; the password comes from "
-        "NETSHARE_PASSWORD or a prompt",
-    )
-    g.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect with TLS, verifying the certificate and host name",
-    )
-    g.add_argument(
-        "--cafile",
-        help="CA certificate (PEM) to trust; implies --tls [default: the system trust store]",
-    )
-    g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
-    g.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=10.0,
-        help="seconds to wait for the connection and greeting [default: %(default)s]",
-    )
-
-
-def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
-    """C{--json}.  Give C{suppress=True} on sub-parsers so that a C{--json}
-    before the command is not reset by the sub-parser's default."""
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
-        help="print JSON instead of tables",
-    )
-    parser.add_argument(
-        "--bytes",
-        action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
-        help="sizes in bytes in tables [default: 1.5 MiB and the like; JSON is always bytes]",
-    )
-
-
-def command_parser(
-    prog: str,
-    description: str,
-    default_port: int,
-) -> tuple[argparse.ArgumentParser, Callable[[str, str], argparse.ArgumentParser]]:
-    """
-    The command line every sub-command client shares: connection and output
-    options before the command (as in every netshare client), then one
-    sub-command.
-
-    @return: (parser, command) where C{command(name, help)} adds a
-        sub-command parser that also accepts the output options.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_version_option(parser)
-    add_connection_options(parser, default_port)
-    # netshare-files talks to the files service, and so on: the greeting
-    # must say so (see netshare.clients.protocol.connect).
-    parser.set_defaults(service=prog.rsplit("-", 1)[-1] if prog.startswith("netshare-") else None)
-    add_output_options(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        add_output_options(p, suppress=True)
-        return p
-
-    return parser, command
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
-
-
-def add_version_option(parser: argparse.ArgumentParser) -> None:
-    """C{--version}: the program's name and netshare's version."""
-    from netshare import __version__
-
-    parser.add_argument(
-        "--version", action="version", version="%(prog)s (netshare) " + __version__
-    )
-
-
-def _port(text: str | int) -> int:
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError("port must be a number") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError("port must be 1-65535")
-    return port
 
 
 def password(args: argparse.Namespace, prompt: str | None = None) -> str:
@@ -383,127 +289,6 @@ def start_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
     )
-
-
-# -- output ----------------------------------------------------------------------
-
-
-def printable(value: object) -> str:
-    """A cell value with control and format characters escaped, so a field
-    can never move the cursor or reorder a terminal line."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    text = str(value)
-    if all(unicodedata.category(c)[0] != "C" for c in text):
-        return text
-    return "".join(c if unicodedata.category(c)[0] != "C" else "\\u%04x" % ord(c) for c in text)
-
-
-def format_table(
-    rows: list[dict[str, Any]],
-    columns: list[str],
-    headers: dict[str, str] | None = None,
-    max_width: int | None = None,
-) -> str:
-    """
-    A plain-text table: a header line, a rule, one line per row.  Cells
-    longer than C{max_width} are cut with an ellipsis (C{None}: never).
-    """
-    headers = headers or {}
-    cells = [[printable(row.get(c)) for c in columns] for row in rows]
-    if max_width:
-        cells = [
-            [c if len(c) <= max_width else c[: max_width - 1] + "\u2026" for c in line]
-            for line in cells
-        ]
-    titles = [headers.get(c, c) for c in columns]
-    widths = [max([len(t)] + [len(line[i]) for line in cells]) for i, t in enumerate(titles)]
-    out = [
-        "  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip(),
-        "  ".join("-" * w for w in widths),
-    ]
-    out += [
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
-    ]
-    return "\n".join(out) + "\n"
-
-
-def format_object(obj: dict[str, Any], columns: list[str] | None = None) -> str:
-    """One object as C{key: value} lines."""
-    keys = columns or list(obj)
-    width = max((len(k) for k in keys), default=0)
-    return "".join("%s: %s\n" % (k.ljust(width), printable(obj.get(k))) for k in keys)
-
-
-def emit(
-    args: argparse.Namespace,
-    data: Any,
-    columns: list[str] | None = None,
-    out: IO[str] | None = None,
-    text: str | None = None,
-) -> None:
-    """
-    Print a result: JSON with C{args.json}; otherwise C{text} if given, a
-    table for a list, C{key: value} lines for a dict.
-    """
-    out = out or sys.stdout
-    if getattr(args, "json", False):
-        out.write(json.dumps(data, ensure_ascii=False) + "\n")
-        out.flush()
-        return
-    if not getattr(args, "bytes", False):
-        data = _human_sizes(data)
-    if text is not None:
-        out.write(text if text.endswith("\n") else text + "\n")
-    elif isinstance(data, list):
-        if data or columns:
-            out.write(
-                format_table(
-                    data,
-                    columns or sorted({k for d in data for k in d}),
-                    max_width=_cell_width(out),
-                )
-            )
-        out.write("(%d item%s)\n" % (len(data), "" if len(data) == 1 else "s"))
-    elif isinstance(data, dict):
-        out.write(format_object(data, columns))
-    else:
-        out.write("%s\n" % (printable(data),))
-    out.flush()
-
-
-#: Fields shown as human-readable sizes in tables (not in JSON).
-SIZE_FIELDS = ("size", "bytes", "quota", "max_file_size")
-
-
-def human_size(n: object) -> object:
-    """C{1536} -> C{"1.5 KiB"}; anything not a whole number is left as it is."""
-    if not isinstance(n, int) or isinstance(n, bool):
-        return n
-    if n < 1024:
-        return "%d B" % n
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            return ("%.1f %s" if value < 100 else "%.0f %s") % (value, unit)
-    return n  # (not reached)
-
-
-def _human_sizes(data: Any) -> Any:
-    def row(d: Any) -> Any:
-        if not isinstance(d, dict):
-            return d
-        return {k: human_size(v) if k in SIZE_FIELDS else v for k, v in d.items()}
-
-    return [row(d) for d in data] if isinstance(data, list) else row(data)
-
-
-def _cell_width(out: IO[str]) -> int | None:
-    # Long cells are cut only on a terminal; piped output stays whole.
-    return 48 if hasattr(out, "isatty") and out.isatty() else None
 
 
 # -- interactive input --------------------------------------------------------------

@@ -51,14 +51,13 @@ from typing import IO, Any
 from twisted.internet import defer
 
 from netshare.clients import common
+from netshare.clients.files_args import PROG, build_parser
 from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, quote
 
-DEFAULT_PORT = 7002
 READ_SIZE = 1024 * 1024
 FILE_COLUMNS = ["name", "size", "owner", "visibility", "protected", "created"]
 INFO_COLUMNS = ["name", "size", "sha256", "owner", "visibility", "protected", "created"]
 HISTORY_COLUMNS = ["id", "ts", "user", "service", "command", "code"]
-PROG = "netshare-files"
 
 
 class LocalFailure(Exception):
@@ -420,67 +419,6 @@ COMMANDS = {
     "register": cmd_register,
     "history": cmd_history,
 }
-
-
-# -- command line -----------------------------------------------------------------
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser, command = common.command_parser(
-        PROG,
-        "netshare files client. The account password comes from NETSHARE_PASSWORD "
-        "or a prompt; a file password from NETSHARE_FILE_PASSWORD or a prompt.",
-        DEFAULT_PORT,
-    )
-
-    p = command("list", "list public files")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--mine", action="store_true", help="only your own public files")
-    which.add_argument("--hidden", action="store_true", help="hidden files (admin only)")
-
-    p = command("info", "show a file's details")
-    p.add_argument("name")
-
-    p = command("upload", "upload a file")
-    p.add_argument("path")
-    p.add_argument("--name", help="name on the server [default: the file's name]")
-    p.add_argument(
-        "--hidden", action="store_true", help="hidden: never listed, reachable by its exact name"
-    )
-    p.add_argument(
-        "--protect",
-        action="store_true",
-        help="protect with a file password (asked for; stored encrypted)",
-    )
-    p.add_argument("--replace", action="store_true", help="replace your existing file")
-
-    p = command("download", "download a file (verified, resumable)")
-    p.add_argument("name")
-    p.add_argument("-o", "--output", help="destination file or directory [default: ./NAME]")
-
-    p = command("delete", "delete a file (owner or admin)")
-    p.add_argument("name")
-
-    p = command("checksum", "the server's sha256 of a file, compared with PATH if given")
-    p.add_argument("name")
-    p.add_argument("path", nargs="?")
-
-    command("register", "create the account given by --user (password as for login)")
-
-    p = command("history", "your request history (an admin may name another user)")
-    p.add_argument("--limit", type=_count)
-    p.add_argument("--for-user", help="whose history (admin; * for everyone)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
