@@ -338,6 +338,13 @@ class Config:
     max_login_failures: int = setting(
         "netshare", positive_int, "3", "failed LOGINs before the connection is closed"
     )
+    session_ttl: float = setting(
+        "netshare",
+        duration,
+        "30d",
+        "how long a session token (SESSION NEW) lasts after its last use; the client "
+        "programs use one instead of the password until it expires",
+    )
     login_failure_delay: float = setting(
         "netshare", non_negative_seconds, "1", "pause before answering a failed LOGIN"
     )
@@ -513,6 +520,13 @@ class Config:
     # files
     max_file_size: int = setting("files", size, "64GiB", "largest upload")
     user_quota: int = setting("files", size, "100GiB", "bytes stored per user (0: unlimited)")
+    upload_partial_ttl: float = setting(
+        "files",
+        duration,
+        "24h",
+        "how long an interrupted upload is kept to be resumed (it counts in the quota "
+        "meanwhile)",
+    )
     sendfile: bool = setting(
         "files",
         boolean,
