@@ -524,8 +524,7 @@ class Config:
         "files",
         duration,
         "24h",
-        "how long an interrupted upload is kept to be resumed (it counts in the quota "
-        "meanwhile)",
+        "how long an interrupted upload is kept to be resumed (it counts in the quota meanwhile)",
     )
     sendfile: bool = setting(
         "files",

@@ -47,6 +47,7 @@ from netshare.services.files.lockout import PasswordLockout
 from netshare.services.files.service import FilesService
 from netshare.services.history import HistoryRecorder
 from netshare.services.personnel.service import PersonnelService
+from netshare.services.sessions import SessionService
 from netshare.services.ttweet.hub import Hub
 from netshare.storage import migrate
 from netshare.storage.accounts import AccountStore
@@ -55,6 +56,7 @@ from netshare.storage.files import FileStore
 from netshare.storage.history import HistoryStore
 from netshare.storage.personnel import PersonnelStore
 from netshare.storage.pool import DBPool
+from netshare.storage.sessions import SessionStore
 from netshare.storage.tweets import TweetStore
 from netshare.throttle import LoginPolicy, Penalties
 
@@ -166,6 +168,8 @@ class Runtime:
     accounts: AccountService
     history: HistoryRecorder
     engine: Engine | None = None
+    #: Session tokens (SESSION NEW / TOKEN); None where a test leaves them out.
+    sessions: SessionService | None = None
     accountWatch: AccountWatch | None = None
     #: Where one event per command goes (the JSON log file); None: the
     #: global log publisher.  Kept off the console: at thousands of commands
@@ -287,6 +291,7 @@ class NetshareService(MultiService):
             accounts=accounts,
             history=history,
             engine=engine,
+            sessions=SessionService(SessionStore(pool), accounts.store, cfg.session_ttl, clock),
         )
         watch = rt.accountWatch = AccountWatch(
             accounts.store, clock, cfg.account_check, rt.connections

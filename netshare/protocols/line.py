@@ -44,7 +44,7 @@ from netshare.errors import (
     NetshareError,
 )
 from netshare.protocols.connection import LineConnection
-from netshare.protocols.replies import Listing, Reply
+from netshare.protocols.replies import Listing, ObjectReply, Reply
 from netshare.protocols.words import bounded, parse_int, split_options
 from netshare.services.accounts import UNKNOWN_USER, Caller
 from netshare.text import escape_unsafe
@@ -56,12 +56,15 @@ class CommandProtocol(LineConnection):
 
     service = "base"
     #: Verbs allowed before LOGIN; every other verb answers 530 until then.
-    PUBLIC = frozenset({"HELP", "PING", "LOGIN", "REGISTER", "WHOAMI", "QUIT"})
+    PUBLIC = frozenset({"HELP", "PING", "LOGIN", "TOKEN", "REGISTER", "WHOAMI", "QUIT"})
     HELP = dict(LineConnection.HELP)
     HELP.update(
         {
             "LOGIN": "LOGIN <user> <password>",
             "REGISTER": "REGISTER <user> <password>",
+            "TOKEN": "TOKEN <session token>",
+            "SESSION": "SESSION NEW [label=TEXT] | SESSION LIST [user=NAME|*] | "
+            "SESSION REVOKE <id>|all [user=NAME|*]",
             "WHOAMI": "WHOAMI",
             "HISTORY": "HISTORY [limit=N] [user=NAME|*] | HISTORY DELETE <id> | "
             "HISTORY CLEAR [user=NAME|*]",
@@ -271,6 +274,59 @@ class CommandProtocol(LineConnection):
         self.loginDone()
         self.loggedIn()
         return Reply(230, "logged in as %s (%s)" % (account.name, account.role))
+
+    def cmd_TOKEN(self, args: list[str]) -> Any:
+        if len(args) != 1:
+            raise BadArguments("usage: TOKEN <session token>")
+        return self._tokenLogin(args[0])
+
+    @deferred
+    async def _tokenLogin(self, token: str) -> Reply:
+        """Log in with a session token (docs/protocol.md section 1.7.1): one
+        database read, no password hash.  A wrong token counts as a failed
+        login on this connection like a wrong password."""
+        if self.account is not None:
+            raise BadSequence("already logged in as %s" % (self.account.name,))
+        try:
+            account = await self._sessions().login(token)
+        except NetshareError as e:
+            if e.code == 535:
+                await self.loginFailed()
+            raise
+        self.recordAs("TOKEN %s ***" % (account.name,))
+        self.account = account
+        self.loginDone()
+        self.loggedIn()
+        return Reply(230, "logged in as %s (%s)" % (account.name, account.role))
+
+    def _sessions(self) -> Any:
+        sessions = self.runtime.sessions
+        if sessions is None:
+            raise NetshareError("sessions are not available here", code=502)
+        return sessions
+
+    @deferred
+    async def cmd_SESSION(self, args: list[str]) -> Reply | ObjectReply | Listing:
+        sub = args[0].upper() if args else ""
+        sessions = self._sessions()
+        if sub == "NEW":
+            _, opts = split_options(args[1:], allowed=("label",), positional=(0, 0))
+            made = await sessions.new(self.caller, opts.get("label", ""))
+            return ObjectReply(made, code=201)
+        if sub == "LIST":
+            _, opts = split_options(args[1:], allowed=("user",), positional=(0, 0))
+            found = await sessions.list(self.caller, opts.get("user"))
+            return Listing([s.to_wire() for s in found])
+        if sub == "REVOKE":
+            pos, opts = split_options(args[1:], allowed=("user",), positional=(1, 1))
+            if pos[0].lower() == "all":
+                n = await sessions.revoke_all(self.caller, opts.get("user"))
+                return Reply(200, "%d revoked" % (n,))
+            if "user" in opts:
+                raise BadArguments("user= goes with SESSION REVOKE all")
+            await sessions.revoke(self.caller, parse_int(pos[0], "id", lo=1, hi=2**63 - 1))
+            return Reply(200, "1 revoked")
+        raise BadArguments("usage: " + self.HELP["SESSION"])
 
     @deferred
     async def loginFailed(self) -> None:

@@ -108,13 +108,13 @@ def redact(verb: str, words: Sequence[str]) -> str:
     """
     The command as recorded in history and logs: no password anywhere.
 
-    C{LOGIN} and C{REGISTER} are recorded without any argument here: a user
+    C{LOGIN}, C{REGISTER} and C{TOKEN} are recorded without any argument here: a user
     name may be a password typed in the wrong place (C{LOGIN <password>},
     swapped arguments), so their handlers record the name only once it is
     known to be an account's (L{CommandProtocol.recordAs}).  Elsewhere a
     C{password=} option is masked.
     """
-    if verb in ("LOGIN", "REGISTER"):
+    if verb in ("LOGIN", "REGISTER", "TOKEN"):
         return verb + " ***" if words else verb
     out = []
     for w in words:

@@ -104,7 +104,7 @@ class AccountStore(AccountIds, Protocol):
         self, name: str, role: str, password_hash: str, /, *, journal: JournalRow | None
     ) -> Deferred[Account]: ...
 
-    def set_password(self, name: str, password_hash: str, /) -> Deferred[None]: ...
+    def set_password(self, name: str, password_hash: str, /) -> Deferred[int]: ...
 
     def remove(self, name: str, transfer_to: str | None, /) -> Deferred[RemovedAccount]: ...
 
@@ -115,7 +115,7 @@ class AccountStore(AccountIds, Protocol):
     ) -> Deferred[float]: ...
 
     def login_succeeded(
-        self, keys: Sequence[str], now_ms: int, policy: LoginPolicy, /
+        self, keys: Sequence[str], now_ms: int, policy: LoginPolicy, account_id: int | None, /
     ) -> Deferred[None]: ...
 
     def login_penalties(
@@ -278,8 +278,9 @@ class AccountService:
                 "failed login for {user} from {source}", user=known or UNKNOWN_USER, source=source
             )
             raise BadCredentials("bad credentials", account=known)
-        if keys:
-            await self.store.login_succeeded([k for k, _ in keys], self._now_ms(), self.policy)
+        await self.store.login_succeeded(
+            [k for k, _ in keys], self._now_ms(), self.policy, account.id
+        )
         return account
 
     def _now_ms(self) -> int:
@@ -320,10 +321,12 @@ class AccountService:
         return account
 
     @deferred
-    async def passwd(self, name: str, password: str) -> None:
+    async def passwd(self, name: str, password: str) -> int:
+        """Set a password; the account's sessions end.
+        @return: Deferred[int] how many sessions ended."""
         check_password(password)
         hashed = await self.hash_password(password)
-        await self.store.set_password(name, hashed)
+        return await self.store.set_password(name, hashed)
 
     @deferred
     async def remove(self, name: str, transfer_to: str | None = None) -> RemovedAccount:

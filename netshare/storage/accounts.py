@@ -36,7 +36,7 @@ from netshare.storage.files import files
 from netshare.storage.history import JournalRow, journaled
 from netshare.storage.outbox import outbox, sync_clients
 from netshare.storage.pool import DBPool
-from netshare.storage.schema import AnyRow, accounts, inserted_id, login_penalties
+from netshare.storage.schema import AnyRow, accounts, inserted_id, login_penalties, sessions
 from netshare.storage.tweets import timelines
 from netshare.text import is_username
 from netshare.throttle import LoginPolicy
@@ -50,13 +50,19 @@ class Account:
     role: str
     password_hash: str
     created_ms: int
+    last_login_ms: int | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
     def to_wire(self) -> dict[str, object]:
-        return {"user": self.name, "role": self.role, "created": iso_ms(self.created_ms)}
+        return {
+            "user": self.name,
+            "role": self.role,
+            "created": iso_ms(self.created_ms),
+            "last_login": iso_ms(self.last_login_ms) if self.last_login_ms else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,13 @@ class RemovedAccount:
     sync_messages_deleted: int = 0
 
 
-def _row(r: AnyRow) -> Account:
-    return Account(int(r.id), r.name, r.role, r.password_hash, r.created_ms)
+def account_row(r: AnyRow) -> Account:
+    return Account(int(r.id), r.name, r.role, r.password_hash, r.created_ms, r.last_login_ms)
 
 
 def thd_get(conn: Connection, name: str) -> Account | None:
     r = conn.execute(sa.select(accounts).where(accounts.c.name_key == name.lower())).first()
-    return _row(r) if r else None
+    return account_row(r) if r else None
 
 
 def thd_create(conn: Connection, name: str, role: str, password_hash: str) -> Account:
@@ -99,14 +105,17 @@ def thd_create(conn: Connection, name: str, role: str, password_hash: str) -> Ac
     return Account(inserted_id(result), name, role, password_hash, created)
 
 
-def thd_set_password(conn: Connection, name: str, password_hash: str) -> None:
-    n = conn.execute(
-        accounts.update()
-        .where(accounts.c.name_key == name.lower())
-        .values(password_hash=password_hash)
-    ).rowcount
-    if not n:
+def thd_set_password(conn: Connection, name: str, password_hash: str) -> int:
+    """Set a new password hash and end the account's sessions (whoever
+    changes a password wants every other way in closed).
+    @return: how many sessions ended."""
+    account = thd_get(conn, name)
+    if account is None:
         raise NotFound("no account %s" % (name,))
+    conn.execute(
+        accounts.update().where(accounts.c.id == account.id).values(password_hash=password_hash)
+    )
+    return conn.execute(sessions.delete().where(sessions.c.account_id == account.id)).rowcount
 
 
 def thd_remove(conn: Connection, name: str, transfer_to: str | None = None) -> RemovedAccount:
@@ -143,12 +152,13 @@ def thd_remove(conn: Connection, name: str, transfer_to: str | None = None) -> R
     ).rowcount
     messages = conn.execute(outbox.delete().where(outbox.c.client == account.name)).rowcount
     conn.execute(sync_clients.delete().where(sync_clients.c.name == account.name))
+    conn.execute(sessions.delete().where(sessions.c.account_id == account.id))
     conn.execute(accounts.delete().where(accounts.c.id == account.id))
     return RemovedAccount(account, blob_ids, deleted, transferred, timeline, messages)
 
 
 def thd_list(conn: Connection) -> list[Account]:
-    return [_row(r) for r in conn.execute(sa.select(accounts).order_by(accounts.c.name))]
+    return [account_row(r) for r in conn.execute(sa.select(accounts).order_by(accounts.c.name))]
 
 
 def thd_existing_ids(conn: Connection, ids: Iterable[int]) -> set[int]:
@@ -230,9 +240,16 @@ def thd_login_attempt(
 
 
 def thd_login_succeeded(
-    conn: Connection, keys: Sequence[str], now_ms: int, policy: LoginPolicy
+    conn: Connection,
+    keys: Sequence[str],
+    now_ms: int,
+    policy: LoginPolicy,
+    account_id: int | None = None,
 ) -> None:
-    """The attempt started by L{thd_login_attempt} had the right password."""
+    """The attempt started by L{thd_login_attempt} had the right password
+    (and C{account_id}, if given, logged in now: its C{last_login_ms})."""
+    if account_id is not None:
+        thd_logged_in(conn, account_id, now_ms)
     for key in keys:
         row = conn.execute(
             sa.select(login_penalties).where(login_penalties.c.key == key).with_for_update()
@@ -244,6 +261,10 @@ def thd_login_succeeded(
                 .where(login_penalties.c.key == key)
                 .values(failures=failures, updated_ms=now_ms)
             )
+
+
+def thd_logged_in(conn: Connection, account_id: int, now_ms: int) -> None:
+    conn.execute(accounts.update().where(accounts.c.id == account_id).values(last_login_ms=now_ms))
 
 
 def thd_login_penalties(
@@ -311,7 +332,7 @@ class AccountStore:
     ) -> Deferred[Account]:
         return self.pool.write(journaled(thd_create, journal), name, role, password_hash)
 
-    def set_password(self, name: str, password_hash: str) -> Deferred[None]:
+    def set_password(self, name: str, password_hash: str) -> Deferred[int]:
         return self.pool.run(thd_set_password, name, password_hash)
 
     def remove(self, name: str, transfer_to: str | None = None) -> Deferred[RemovedAccount]:
@@ -331,9 +352,13 @@ class AccountStore:
         return self.pool.write(thd_login_attempt, keys, now_ms, policy)
 
     def login_succeeded(
-        self, keys: Sequence[str], now_ms: int, policy: LoginPolicy
+        self,
+        keys: Sequence[str],
+        now_ms: int,
+        policy: LoginPolicy,
+        account_id: int | None = None,
     ) -> Deferred[None]:
-        return self.pool.write(thd_login_succeeded, keys, now_ms, policy)
+        return self.pool.write(thd_login_succeeded, keys, now_ms, policy, account_id)
 
     def login_penalties(
         self, now_ms: int, policy: LoginPolicy

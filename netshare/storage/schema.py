@@ -61,6 +61,29 @@ accounts = sa.Table(
     sa.Column("role", sa.String(8), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
+    # The last successful LOGIN or TOKEN (None: never since migration 0008).
+    sa.Column("last_login_ms", sa.BigInteger, nullable=True),
+    **TABLE_KW,
+    **NEVER_REUSED,
+)
+
+#: Session tokens (C{SESSION NEW}, docs/protocol.md section 1.7.1): only
+#: a SHA-256 of each secret is stored (the secret is 32 random bytes, so a
+#: fast hash is enough: nothing to guess from it), with the account, a
+#: label the client chose, where it was made and when it expires.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("peer", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_used_ms", sa.BigInteger, nullable=False),
+    # Pushed forward on every use (a sliding lifetime); 0: never expires.
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_sessions_account_id", "account_id"),
     **TABLE_KW,
     **NEVER_REUSED,
 )
