@@ -24,6 +24,7 @@ from netshare.services.accounts import check_password, check_username, hash_pass
 from netshare.services.files.blobs import BlobStore
 from netshare.storage import accounts as account_store
 from netshare.storage import migrate
+from netshare.storage import sessions as session_store
 from netshare.storage.engine import EngineError, create_engine
 from netshare.storage.files import thd_all_blob_ids, thd_names_of_blobs
 from netshare.storage.roster import thd_demo_people
@@ -96,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lift the login penalties of an account or a client address",
     )
     ul.add_argument("who", help="an account name or an IP address")
+    ss = usub.add_parser(
+        "sessions",
+        parents=[common],
+        help="an account's session tokens (what the client programs log in with "
+        "instead of the password), or end them",
+    )
+    ss.add_argument("name", help="an account name, or * for every account")
+    ss.add_argument("--revoke", metavar="ID|all", help="end one session (its id) or all of them")
+    ss.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     db = sub.add_parser("db", parents=[common], help="database schema")
     dsub = db.add_subparsers(dest="action", required=True)
     dsub.add_parser("upgrade", parents=[common], help="migrate the schema to this version")
@@ -249,10 +259,15 @@ def cmd_user(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
                 if args.json:
                     out.write(json.dumps(rows) + "\n")
                     return 0
-                out.write("%-32s %-5s  %s\n" % ("USER", "ROLE", "CREATED"))
+                out.write("%-32s %-5s  %-24s  %s\n" % ("USER", "ROLE", "CREATED", "LAST LOGIN"))
                 for r in rows:
-                    out.write("%-32s %-5s  %s\n" % (r["user"], r["role"], r["created"]))
+                    out.write(
+                        "%-32s %-5s  %-24s  %s\n"
+                        % (r["user"], r["role"], r["created"], r["last_login"] or "never")
+                    )
                 return 0
+            if args.action == "sessions":
+                return _sessions(conn, args, out)
             if args.action == "passwd" and account_store.thd_get(conn, args.name) is None:
                 raise NotFound("no account %s" % (args.name,))  # before asking for a password
             if args.action == "penalties":
@@ -297,6 +312,43 @@ def cmd_user(args: argparse.Namespace, cfg: Config, out: TextIO) -> int:
         raise SystemExit("netshare: %s" % e.text) from None
     finally:
         engine.dispose()
+
+
+def _sessions(conn: sa.Connection, args: argparse.Namespace, out: TextIO) -> int:
+    """C{netshare user sessions NAME [--revoke ID|all]} (the same rows as the
+    wire's C{SESSION LIST} / C{SESSION REVOKE}, for the operator)."""
+    account_id = None
+    if args.name != "*":
+        account = account_store.thd_get(conn, args.name)
+        if account is None:
+            raise NotFound("no account %s" % (args.name,))
+        account_id = account.id
+    if args.revoke is not None:
+        if args.revoke.lower() == "all":
+            n = session_store.thd_revoke_all(conn, account_id)
+        elif args.revoke.isdigit():
+            n = session_store.thd_revoke(conn, int(args.revoke), account_id)
+            if not n:
+                raise NotFound("no session %s of %s" % (args.revoke, args.name))
+        else:
+            raise SystemExit("netshare: --revoke takes a session id or all")
+        out.write("%d session%s ended\n" % (n, "" if n == 1 else "s"))
+        return 0
+    rows = [s.to_wire() for s in session_store.thd_list(conn, account_id, now_ms())]
+    if args.json:
+        out.write(json.dumps(rows) + "\n")
+        return 0
+    if not rows:
+        out.write("no sessions\n")
+        return 0
+    fmt = "%-6s %-20s %-20s %-24s %-24s %s\n"
+    out.write(fmt % ("ID", "USER", "LABEL", "LAST USED", "EXPIRES", "FROM"))
+    for r in rows:
+        out.write(
+            fmt
+            % (r["id"], r["user"], r["label"], r["last_used"], r["expires"] or "never", r["peer"])
+        )
+    return 0
 
 
 def _penalties(rows: list[dict], out: TextIO) -> int:

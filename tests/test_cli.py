@@ -21,7 +21,9 @@ from netshare.kdf import scrypt
 from netshare.services.accounts import parse_hash
 from netshare.storage import accounts as A
 from netshare.storage import migrate
+from netshare.storage import sessions as session_store
 from netshare.storage.engine import create_engine
+from netshare.wire import now_ms
 from tests.support import run_cli
 
 HEAD = migrate.head()
@@ -229,10 +231,11 @@ def test_user_commands(scratch_url, tmp_path, environ):
     code, out, _ = run("user", "list", *db)
     assert code == 0
     header, *lines = out.splitlines()
-    assert header.split() == ["USER", "ROLE", "CREATED"]
+    assert header.split() == ["USER", "ROLE", "CREATED", "LAST", "LOGIN"]
     rows = [line.split()[:2] for line in lines]
     assert sorted(rows) == [["Root2", "admin"], ["admin", "admin"], ["alice", "user"]]
     assert all(line.split()[2].endswith("Z") for line in lines)
+    assert all(line.split()[3] == "never" for line in lines)
     code, listed, _ = run("user", "list", "--json", *db)
     assert code == 0 and sorted(a["user"] for a in json.loads(listed)) == [
         "Root2",
@@ -242,8 +245,41 @@ def test_user_commands(scratch_url, tmp_path, environ):
     # options before the sub-command work too
     assert run("--data", data, "--db", scratch_url, "user", "list")[1] == out
 
+    # Sessions: listed per account (or *), ended one by one or all.
+    alice_id = account(scratch_url, data, "alice").id
+    engine = create_engine(scratch_url, data)
+    try:
+        with engine.begin() as conn:
+            ids = [
+                session_store.thd_create(conn, alice_id, "0" * 64, label, "127.0.0.1", now_ms(), 0)
+                for label in ("laptop", "ci")
+            ]
+    finally:
+        engine.dispose()
+    code, out, _ = run("user", "sessions", "alice", *db)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split()[:3] == ["ID", "USER", "LABEL"]
+    assert [line.split()[:3] for line in lines] == [
+        [str(ids[1]), "alice", "ci"],
+        [str(ids[0]), "alice", "laptop"],
+    ]
+    code, out, _ = run("user", "sessions", "*", "--json", *db)
+    assert [s["label"] for s in json.loads(out)] == ["ci", "laptop"]
+    assert "token" not in out and "0" * 64 not in out
+    assert run("user", "sessions", "alice", "--revoke", str(ids[0]), *db)[:2] == (
+        0,
+        "1 session ended\n",
+    )
+    code, _, message = run("user", "sessions", "alice", "--revoke", str(ids[0]), *db)
+    assert (code, message) == (1, "netshare: no session %d of alice" % ids[0])
+    assert run("user", "sessions", "nobody", *db)[2] == "netshare: no account nobody"
+    assert run("user", "sessions", "admin", *db)[1] == "no sessions\n"
+
+    # A new password ends the account's sessions.
     environ.setenv("NETSHARE_PASSWORD", "new pw")
     assert run("user", "passwd", "alice", *db)[:2] == (0, "password of alice changed\n")
+    assert run("user", "sessions", "alice", *db)[1] == "no sessions\n"
     alice = account(scratch_url, data, "alice")
     assert password_ok(alice, "new pw") and not password_ok(alice, "alice pw ✓")
     code, _, message = run("user", "passwd", "nobody", *db)
