@@ -168,3 +168,14 @@ def scratch_url(request, tmp_path):
         return
     with scratch_database(os.environ[ENV[request.param]]) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def client_sessions(tmp_path, monkeypatch):
+    """The client programs keep session tokens (netshare.clients.sessions):
+    in each test's own file, never the user's ~/.config, and never shared
+    between tests (a port number reused by another test's server would
+    otherwise meet a stale token)."""
+    path = tmp_path / "client-sessions.json"
+    monkeypatch.setenv("NETSHARE_SESSIONS", str(path))
+    return path

@@ -328,7 +328,11 @@ def test_client_commands(server, workdir):
         "code",
     ]
 
+    # The session kept by the commands above logs in without the password;
+    # --no-session uses (and checks) the password.
     r = files_cli(server, "list", cwd=workdir, NETSHARE_PASSWORD="wrong")
+    assert r.returncode == 0, r
+    r = files_cli(server, "--no-session", "list", cwd=workdir, NETSHARE_PASSWORD="wrong")
     assert r.returncode == 1 and "535" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "netshare.clients.files", "--port", "1", "list"],

@@ -630,8 +630,9 @@ def test_user_account_reads_but_every_write_is_refused(stack):
     r = stack.cli("messages", "--limit", "1")
     assert r.returncode == 0 and "z-9" in r.stdout and "(1 item)" in r.stdout
     r = stack.cli("history", "--limit", "3", "--json")
-    # Newest first: this LOGIN, the QUIT and the MESSAGES of the previous call.
-    assert [e["command"].split()[0] for e in json.loads(r.stdout)] == ["LOGIN", "QUIT", "MESSAGES"]
+    # Newest first: this login (with the session token the first call kept),
+    # the QUIT and the MESSAGES of the previous call.
+    assert [e["command"].split()[0] for e in json.loads(r.stdout)] == ["TOKEN", "QUIT", "MESSAGES"]
     r = stack.cli("get", "nobody")
     assert r.returncode == 1 and "550" in r.stderr
     admin.close()

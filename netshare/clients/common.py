@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netshare.clients import sessions
 from netshare.clients.options import (
     UsageError as UsageError,
 )
@@ -102,6 +104,7 @@ from netshare.clients.protocol import (
     connect,
     login,
     password_from_env_or_prompt,
+    quote,
 )
 
 #: Exit statuses of every client program.
@@ -126,11 +129,20 @@ def password(args: argparse.Namespace, prompt: str | None = None) -> str:
 async def open_session(
     reactor: Any, args: argparse.Namespace, secret: str | None = None
 ) -> ClientProtocol:
-    """Connect, wait for the greeting and LOGIN as C{args.user}.
-    @return: a logged-in L{netshare.clients.protocol.ClientProtocol}."""
+    """
+    Connect, wait for the greeting and log in as C{args.user}: with the
+    session token kept for this server and account if there is one
+    (L{netshare.clients.sessions}), else with the password (C{secret}, or
+    C{NETSHARE_PASSWORD}, or a prompt), after which a new token is asked
+    for and kept (unless C{--no-session}).
+    @return: a logged-in L{netshare.clients.protocol.ClientProtocol}.
+    """
     if not args.user:
         raise UsageError("--user is required (or set NETSHARE_USER)")
-    if secret is None:
+    store = sessions.path() if getattr(args, "session", True) else None
+    which = sessions.key(args.host, args.port, args.user)
+    token = sessions.load(store, which)
+    if secret is None and token is None:
         secret = password(args)
     proto = await connect(
         args.host,
@@ -143,11 +155,31 @@ async def open_session(
         service=getattr(args, "service", None),
     )
     try:
+        if token is not None:
+            resp = await proto.command(quote("TOKEN", token))
+            if resp.code == 230:
+                return proto
+            sessions.forget(store, which)  # expired or revoked: log in anew
+        if secret is None:
+            secret = password(args)
         await login(proto, args.user, secret)
+        if store is not None:
+            await _keep_session(proto, store, which, getattr(args, "prog", None))
     except BaseException:
         proto.abort()
         raise
     return proto
+
+
+async def _keep_session(proto: ClientProtocol, store: str, which: str, prog: str | None) -> None:
+    """Ask for a session token and keep it; a server that refuses (an older
+    one, say) costs nothing but the next password login."""
+    label = "%s@%s" % (prog or os.path.basename(sys.argv[0]) or "netshare", socket.gethostname())
+    label = "".join(c for c in label if c.isprintable())[:64]
+    resp = await proto.command(quote("SESSION", "NEW", "label=" + label))
+    made = resp.obj if resp.code == 201 else None
+    if isinstance(made, dict) and isinstance(made.get("token"), str):
+        sessions.save(store, which, made["token"], made.get("expires"))
 
 
 async def close(proto: ClientProtocol) -> None:

@@ -55,6 +55,14 @@ def add_connection_options(parser: argparse.ArgumentParser, default_port: int) -
     )
     g.add_argument("--hostname", help="name the TLS certificate must match [default: --host]")
     g.add_argument(
+        "--no-session",
+        dest="session",
+        action="store_false",
+        help="log in with the password and keep no session token [default: keep one in "
+        "~/.config/netshare/sessions.json and use it until it expires; env "
+        "NETSHARE_SESSIONS=off]",
+    )
+    g.add_argument(
         "--timeout",
         type=_seconds,
         default=10.0,
@@ -97,7 +105,9 @@ def command_parser(
     add_connection_options(parser, default_port)
     # netshare-files talks to the files service, and so on: the greeting
     # must say so (see netshare.clients.protocol.connect).
-    parser.set_defaults(service=prog.rsplit("-", 1)[-1] if prog.startswith("netshare-") else None)
+    parser.set_defaults(
+        service=prog.rsplit("-", 1)[-1] if prog.startswith("netshare-") else None, prog=prog
+    )
     add_output_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -10,7 +10,11 @@ import argparse
 import json
 import sys
 import unicodedata
-from typing import IO, Any
+
+#: The typing module costs milliseconds to import; the quick path does not need it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 
 def printable(value: object) -> str:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from twisted.internet import defer
@@ -35,6 +34,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
+from netshare.clients.replies import CommandFailed as CommandFailed
+from netshare.clients.replies import Response as Response
+from netshare.clients.replies import quote as quote
 from netshare.deferreds import deferred
 from netshare.lines import LinearLineReceiver
 
@@ -64,46 +66,6 @@ class ProtocolError(Exception):
 
 class WrongService(ConnectionError):
     """The server greeted as another netshare service (a wrong --port)."""
-
-
-class CommandFailed(Exception):
-    """A command got an error reply (4xx/5xx)."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-        super().__init__(response.line)
-
-    @property
-    def code(self) -> int:
-        return self.response.code
-
-
-@dataclass
-class Response:
-    code: int
-    text: str
-    lines: list[str] = field(default_factory=list)  # every line's text, in order
-    items: list[Any] | None = None  # a 210 listing, parsed
-    bytes: int = 0  # raw bytes transferred
-
-    @property
-    def line(self) -> str:
-        return "%d %s" % (self.code, self.text)
-
-    @property
-    def ok(self) -> bool:
-        return self.code < 400
-
-    @property
-    def obj(self) -> Any:
-        """The JSON object of a C{200 {...}} or C{226 stored {...}} reply."""
-        start = self.text.find("{")
-        return json.loads(self.text[start:]) if start >= 0 else None
-
-
-def quote(*words: object) -> str:
-    """Build a command line from words, quoting as the server splits them."""
-    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 class _Pending:
