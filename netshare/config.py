@@ -488,6 +488,19 @@ class Config:
         "ttweet listener endpoint, or none",
         key="endpoint",
     )
+    web: str | None = setting(
+        "web",
+        endpoint,
+        "tcp:7005:interface=127.0.0.1",
+        "HTTP API and web interface endpoint (ssl: for HTTPS), or none",
+        key="endpoint",
+    )
+    metrics_public: bool = setting(
+        "web",
+        boolean,
+        "no",
+        "serve GET /metrics without an admin token",
+    )
     manhole: str | None = setting(
         "manhole",
         endpoint,

@@ -312,9 +312,27 @@ class NetshareService(MultiService):
             listener.setName(name)
             listener.setServiceParent(self)
             self._listeners[name] = listener
+        if cfg.web is not None:
+            self._addWeb()
         if cfg.manhole is not None or cfg.manhole_ssh is not None:
             self._addManhole()
         return self
+
+    def _addWeb(self):
+        """The HTTP API and web interface (docs/http.md): a twisted.web site
+        over the same runtime and service objects as the line ports."""
+        from netshare.web.site import build_site
+
+        assert self.config.web is not None
+        listener = Listener(
+            self.config.web,
+            build_site(self.runtime),
+            self.runtime.reactor,
+            backlog=self.config.listen_backlog,
+        )
+        listener.setName("web")
+        listener.setServiceParent(self)
+        self._listeners["web"] = listener
 
     def _addManhole(self):
         from netshare.protocols import manhole

@@ -57,7 +57,9 @@ FAST = dict(
     registration="open",
 )
 #: Every built-in listener off: tests listen what they need with L{listen}.
-NO_LISTENERS = dict(personnel=None, files=None, ttweet=None, manhole=None, manhole_ssh=None)
+NO_LISTENERS = dict(
+    personnel=None, files=None, ttweet=None, manhole=None, manhole_ssh=None, web=None
+)
 TIMEOUT = 10
 
 

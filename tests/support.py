@@ -76,6 +76,7 @@ class ServerProcess:
         extra_args=(),
         admin_password="adminpw",
         manhole=False,
+        web=False,
         init=True,
         env_extra=None,
     ):
@@ -85,6 +86,8 @@ class ServerProcess:
         self.ports = {s: free_port() for s in SERVICES}
         if manhole:
             self.ports["manhole"] = free_port()
+        if web:
+            self.ports["web"] = free_port()
         self.extra_args = list(extra_args)
         self.env_extra = env_extra or {}
         self.proc = None
@@ -110,6 +113,8 @@ class ServerProcess:
             "tcp:%d:interface=127.0.0.1" % self.ports["manhole"]
             if "manhole" in self.ports
             else "none",
+            "--web",
+            "tcp:%d:interface=127.0.0.1" % self.ports["web"] if "web" in self.ports else "none",
         ]
         return a + self.extra_args
 

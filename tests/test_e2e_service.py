@@ -103,7 +103,7 @@ def listener_args(ports):
     args = []
     for s in SERVICES:
         args += ["--" + s, "tcp:%d:interface=127.0.0.1" % ports[s] if s in ports else "none"]
-    return args + ["--manhole", "none"]
+    return args + ["--manhole", "none", "--web", "none"]
 
 
 @pytest.fixture

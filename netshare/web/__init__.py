@@ -1,0 +1,1 @@
+"""The HTTP API and web interface (docs/http.md), served by twisted.web."""
