@@ -163,9 +163,9 @@ class Helpers:
 
     @deferred
     async def account_passwd(self, name: str, password: str) -> str:
-        """Set an account's password."""
-        await self.runtime.accounts.passwd(name, password)
-        return "ok"
+        """Set an account's password (its sessions end)."""
+        ended = await self.runtime.accounts.passwd(name, password)
+        return "ok (%d session%s ended)" % (ended, "" if ended == 1 else "s")
 
     @deferred
     async def account_remove(
@@ -182,6 +182,46 @@ class Helpers:
             "timeline_deleted": r.timeline_deleted,
             "sync_messages_deleted": r.sync_messages_deleted,
         }
+
+    def _sessions(self) -> Any:
+        sessions = getattr(self.runtime, "sessions", None)
+        if sessions is None:
+            raise RuntimeError("sessions are not available in this server")
+        return sessions
+
+    @deferred
+    async def _sessionCaller(self, user: str) -> Any:
+        """Who a session helper acts as: the account C{user} itself (its own
+        sessions), or this admin for everyone's ("*")."""
+        from netshare.services.accounts import Caller
+
+        if user == "*":
+            return Caller(self._caller, "manhole")
+        account = await self.runtime.accounts.store.get(user)
+        if account is None:
+            raise KeyError("no account %s" % (user,))
+        return Caller(account, "manhole")
+
+    @deferred
+    async def sessions(self, user: str = "*") -> list[dict[str, object]]:
+        """Session tokens (never the tokens themselves) of one account or
+        everyone ("*"): [{"id","user","label","peer","created","last_used","expires"}]."""
+        caller = await self._sessionCaller(user)
+        found = await self._sessions().list(caller, None if user != "*" else "*")
+        return [s.to_wire() for s in found]
+
+    @deferred
+    async def session_revoke(self, session_id: int | str, user: str = "*") -> int:
+        """End one session (its id, any account's), or all of them
+        (session_id="all") of one account or of everyone (user="*").
+        Returns how many ended."""
+        from netshare.services.accounts import Caller
+
+        if str(session_id).lower() == "all":
+            caller = await self._sessionCaller(user)
+            return int(await self._sessions().revoke_all(caller, None if user != "*" else "*"))
+        await self._sessions().revoke(Caller(self._caller, "manhole"), int(session_id))
+        return 1
 
     # -- history
 
@@ -233,6 +273,8 @@ HELPERS = (
     "account_add",
     "account_passwd",
     "account_remove",
+    "sessions",
+    "session_revoke",
     "history",
     "history_clear",
     "files",

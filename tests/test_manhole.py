@@ -398,7 +398,7 @@ def test_every_manhole_command_is_recorded_under_the_admin_with_passwords_redact
         c.send("account_passwd('eve',")
         c.expect(rb"\.\.\. ")
         c.send("    password='Sekret-Eve-10')")
-        c.expect(rb"called back: 'ok'")
+        c.expect(rb"called back: 'ok \(0 sessions ended\)'")
         rows = _my_manhole_entries(c)
         mine = [r for r in rows if r[2] == peer and not r[3].startswith("runtime.history")]
         assert [(r[3], r[4]) for r in reversed(mine)] == [
@@ -637,14 +637,21 @@ def test_every_helper_answers_through_a_real_session(tmp_path):
         assert "{'user': 'helperx', 'role': 'user'," in ask(
             "account_add", "account_add('helperx', 'helper-pw-1')"
         )
-        assert ask("account_passwd", "account_passwd('helperx', 'helper-pw-2')") == "'ok')\n>>> "
+        assert (
+            ask("account_passwd", "account_passwd('helperx', 'helper-pw-2')")
+            == "'ok (0 sessions ended)')\n>>> "
+        )
         # The new password works (and helperx now has history of its own).
         helperx = LineConn(srv.ports["personnel"])
         try:
             helperx.readline()
             assert helperx.cmd("LOGIN helperx helper-pw-2")[0].startswith("230")
+            made = json.loads(helperx.cmd("SESSION NEW label=phone")[0][4:])
         finally:
             helperx.close()
+        assert "'label': 'phone'" in ask("sessions", "sessions('helperx')")
+        assert ask("session_revoke", "session_revoke(%d)" % made["id"]) == "1)\n>>> "
+        assert "[]" in ask("sessions", "sessions('helperx')")
         assert "'persons': [{'ssn': '555-02-0001', 'name': 'Ada'," in ask("show", "show()")
         assert "[{'ssn': '555-02-0001', 'name': 'Ada', 'surname': 'Lovelace'," in ask(
             "personnel", "personnel()"
