@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= var
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check install clean bench
+.PHONY: run test check install clean bench browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,20 @@ run: $(STAMP)
 	exec $(VENV)/bin/twistd --pidfile= -n netshare --data $(DATA) --registration open
 
 # Lint, format check and type check first (seconds), then the suite.
-test: $(STAMP) check
+test: $(STAMP) check browser
 	$(PY) -m pytest
+
+# The web interface is tested in real headless Chromium: Debian's chromium
+# and chromium-driver packages, installed here when missing (as root, or
+# with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    echo "make: installing chromium and chromium-driver (the web interface tests)"; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	    || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	         apt-get install -y -q chromium chromium-driver; }; \
+	fi
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check netshare tests bench twisted
