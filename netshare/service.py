@@ -105,6 +105,7 @@ def build_files(runtime, blobs=None, lockout=None) -> FilesService:
         clock=clock,
         misses=misses,
         file_guesses=file_guesses,
+        partial_ttl=cfg.upload_partial_ttl,
     )
 
 
@@ -147,6 +148,7 @@ def _forgetBlobsOf(files: FilesService) -> Callable[[Any], None]:
 
     def forget(removed: Any) -> None:
         files.forget_blobs(removed.blob_ids)
+        files.forget_partials_of(removed.account.id)
 
     return forget
 

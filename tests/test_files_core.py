@@ -571,6 +571,96 @@ def test_sweep_removes_stale_temporaries_only(tmp_path):
     pool.run_all()
 
 
+# ---------------------------------------------------------------- resumable uploads
+
+
+def partial_meta(size, enc_meta=None):
+    from netshare.services.files.partials import PartialMeta
+
+    return PartialMeta(7, "alice", "f.bin", "f.bin", size, None, enc_meta, 0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_cut_resumable_upload_keeps_its_bytes_and_hash_state(store):
+    """abort() of a resumable sink keeps exactly the bytes received (all
+    queued ones written, fsynced) and the SHA-256 state after them; a sink
+    continuing from that point stores the whole, checked by its trailer."""
+    data = os.urandom(3 * 1024 * 1024)
+    meta = partial_meta(len(data))
+    blob_id = yield wait(store.create_partial(meta))
+    sink = store.open_upload(len(data), partial=blob_id, trailer=True)
+    assert (sink.size, sink.trailer_size) == (len(data), 64)
+    for i in range(0, 1_000_000, 100_000):
+        sink.write(data[i : i + 100_000])
+    yield wait(sink.abort())
+    cut = sink.outcome
+    assert isinstance(cut, upload_side.Suspended) and cut.kept == 1_000_000
+    assert cut.hasher.hexdigest() == hashlib.sha256(data[:1_000_000]).hexdigest()
+    part = os.path.join(store.tmp_dir, blob_id + ".part")
+    assert open(part, "rb").read() == data[:1_000_000]
+    assert sorted(os.listdir(store.tmp_dir)) == [blob_id + ".part", blob_id + ".resume"]
+
+    point = yield wait(store.prepare_partial(blob_id, meta, 600_000))  # re-read, cut to 600000
+    assert (point.kept, point.on_disk) == (600_000, 600_000)
+    assert point.hasher.hexdigest() == hashlib.sha256(data[:600_000]).hexdigest()
+    assert os.path.getsize(part) == 600_000
+    sink = store.open_upload(len(data), partial=blob_id, resume=point, trailer=True)
+    assert sink.size == len(data) - 600_000
+    sink.write(data[600_000:] + hashlib.sha256(data).hexdigest().encode())
+    stored = yield wait(sink.finish())
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert open(store.path_of(blob_id), "rb").read() == data
+    assert os.listdir(store.tmp_dir) == []  # the sidecar went with the rename
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_encrypted_partial_keeps_whole_sealed_chunks_only(store, kdf):
+    """A protected upload cut mid-chunk keeps its sealed chunks (the last
+    full one too only once a byte beyond it arrived) and the hash of
+    exactly their plaintext; continued with the same key it decrypts to
+    the data."""
+    from netshare.services.files.partials import kept_of
+
+    data = os.urandom(4 * CHUNK + 100)
+    enc = yield encrypt_params("pw", kdf)
+    meta = partial_meta(len(data), enc.meta())
+    blob_id = yield wait(store.create_partial(meta))
+    sink = store.open_upload(len(data), None, enc, partial=blob_id, trailer=True)
+    sink.write(data[: 2 * CHUNK])  # two chunks full, the second not sealed yet
+    yield wait(sink.abort())
+    assert sink.outcome.kept == CHUNK
+    part = os.path.join(store.tmp_dir, blob_id + ".part")
+    assert kept_of(meta, os.path.getsize(part)) == CHUNK
+    key = yield crypto.unlock(enc.meta(), "pw", kdf)
+    again = crypto.params_from_meta(enc.meta(), key)
+    point = yield wait(store.prepare_partial(blob_id, meta, CHUNK, None, again))
+    assert point.hasher.hexdigest() == hashlib.sha256(data[:CHUNK]).hexdigest()
+    sink = store.open_upload(len(data), None, again, partial=blob_id, resume=point, trailer=True)
+    sink.write(data[CHUNK:] + hashlib.sha256(data).hexdigest().encode())
+    stored = yield wait(sink.finish())
+    _, c, d = download(store, stored.blob_id, 0, key, len(data))
+    yield d
+    assert c.data() == data
+
+
+def test_sweep_keeps_partials_and_drops_half_pairs(tmp_path):
+    from netshare.services.files import partials
+
+    store = blobs.BlobStore(str(tmp_path / "s"), threadpool=ManualPool())
+    partials.create(store.tmp_dir, "1" * 32, partial_meta(10), fsync=False)
+    with open(os.path.join(store.tmp_dir, "2" * 32 + ".resume"), "wb") as f:
+        f.write(partial_meta(10).to_json())  # no content file
+    with open(os.path.join(store.tmp_dir, "3" * 32 + ".part"), "wb") as f:
+        f.write(b"no sidecar")
+    partials.create(store.tmp_dir, "4" * 32, partial_meta(10), fsync=False)
+    with open(os.path.join(store.tmp_dir, "4" * 32 + ".resume"), "wb") as f:
+        f.write(b'{"v": 99}')  # a sidecar of an unknown format
+    with open(os.path.join(store.tmp_dir, "5" * 32 + ".resume.new"), "wb") as f:
+        f.write(b"{")  # a crash while writing one
+    assert store.sweep() == 5
+    assert sorted(os.listdir(store.tmp_dir)) == ["1" * 32 + ".part", "1" * 32 + ".resume"]
+
+
 @pytest_twisted.inlineCallbacks
 def test_remove_orphans(store):
     kept = yield upload(store, b"kept")
@@ -1174,7 +1264,13 @@ def test_service_startup_sweeps(svc):
     with open(os.path.join(svc.blobs.tmp_dir, "1" * 32 + ".part"), "wb") as f:
         f.write(b"cut")
     counts = yield wait(svc.service.startup())
-    assert counts == {"temporaries": 1, "orphans": 1, "missing": 0}
+    assert counts == {
+        "temporaries": 1,
+        "orphans": 1,
+        "missing": 0,
+        "partials": 0,
+        "expired": 0,
+    }
     assert svc.blobs.all_blob_ids() == {rec.blob_id}
 
 

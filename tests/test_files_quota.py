@@ -25,7 +25,7 @@ from tests.inprocess import add_account, db_kinds, listen
 pytestmark = pytest.mark.timeout(120)
 
 PW = {"alice": "pw-alice", "bob": "pw-bob", "root": "pw-root"}
-QUOTA_KEYS = {"files", "bytes", "quota", "max_file_size"}
+QUOTA_KEYS = {"files", "bytes", "quota", "max_file_size", "partials", "partial_bytes"}
 
 
 @defer.inlineCallbacks
@@ -76,6 +76,8 @@ def test_an_empty_account_and_the_exact_reply_line(make_runtime, kind):
         "bytes": 0,
         "quota": 10_000,
         "max_file_size": 4_000,
+        "partials": 0,
+        "partial_bytes": 0,
     }
     assert (yield raw.cmd("quota")) == [line]  # verbs are case-insensitive
 
@@ -127,7 +129,14 @@ def test_no_quota_configured_is_null(make_runtime):
     srv = yield serve(make_runtime(user_quota=0, max_file_size=4_000))
     alice = yield client(srv, "alice")
     yield put(alice, "a", 10)
-    assert (yield quota(alice)) == {"files": 1, "bytes": 10, "quota": None, "max_file_size": 4_000}
+    assert (yield quota(alice)) == {
+        "files": 1,
+        "bytes": 10,
+        "quota": None,
+        "max_file_size": 4_000,
+        "partials": 0,
+        "partial_bytes": 0,
+    }
 
 
 @pytest_twisted.inlineCallbacks
@@ -156,5 +165,5 @@ def test_help_lists_quota_with_every_files_command(runtime):
     raw = yield srv.raw()
     lines = yield raw.cmd("HELP")
     assert lines[-1] == "214 end"
-    for verb in ("LIST", "INFO", "CHECKSUM", "UPLOAD", "DOWNLOAD", "DELETE", "QUOTA"):
+    for verb in ("LIST", "INFO", "CHECKSUM", "UPLOAD", "DOWNLOAD", "DELETE", "QUOTA", "PARTIAL"):
         assert any(line.startswith("214-" + verb) for line in lines), verb

@@ -119,8 +119,15 @@ EXIT_INTERRUPTED = 130
 
 
 def password(args: argparse.Namespace, prompt: str | None = None) -> str:
-    """The password of C{args.user}: C{NETSHARE_PASSWORD} or a prompt."""
-    return password_from_env_or_prompt(prompt or "Password for %s: " % (args.user,))
+    """The password of C{args.user}: C{NETSHARE_PASSWORD} or a prompt (a
+    usage error, exit 2, when there is neither: no terminal, or end of input)."""
+    try:
+        return password_from_env_or_prompt(prompt or "Password for %s: " % (args.user,))
+    except EOFError:
+        sys.stderr.write("\n")
+        raise UsageError(
+            "no password for %s: set NETSHARE_PASSWORD or type it at a terminal" % (args.user,)
+        ) from None
 
 
 # -- sessions -------------------------------------------------------------------

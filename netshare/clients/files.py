@@ -5,7 +5,7 @@ C{netshare-files}: the files client program (docs/protocol.md section 2).
 
     netshare-files [--host H --port P --user U --tls --cafile F] [--json] COMMAND ...
 
-    list [--mine | --hidden]                 public files (yours; hidden ones: admin)
+    list [--mine | --hidden]                 public files (yours; hidden ones: yours, admin: all)
     info NAME
     upload PATH [--name N] [--hidden] [--protect] [--replace]
     download NAME [-o PATH]
@@ -18,24 +18,36 @@ The account password comes from C{NETSHARE_PASSWORD} or a prompt, never
 from the command line.  A file password (C{upload --protect}, C{download}
 of a protected file) comes from C{NETSHARE_FILE_PASSWORD} or a prompt.
 
-B{upload} hashes the file first and sends C{sha256=}, so the server refuses
-(554) content that changed or was damaged on the way; nothing becomes
-visible unless all of it arrived intact.
+B{upload} is resumable and verified (docs/protocol.md section 2.A.3): it
+asks the server how much of an interrupted upload of the same name and size
+it keeps (C{PARTIAL}), hashes that much of the local file (shown as
+"verifying"; compared with the server's own hash of it when the server
+knows it), then sends the rest with C{UPLOAD ... resume=yes offset=N
+sha256=trailer}, hashing as it sends, and ends with the SHA-256 of the
+whole, which the server checks (C{554} otherwise).  So the bar starts at
+once, whatever the size, and nothing becomes visible unless all of it
+arrived intact.  If the upload is cut (Ctrl-C, a lost connection, a server
+restart) the server keeps what it received, and the same command continues
+from there.  If the resumed upload fails its check (the local file changed),
+or the server's partial turns out unusable, it starts once from the
+beginning.  A server without C{PARTIAL} gets the old form (the file hashed
+first, C{sha256=} up front).
 
 B{download} writes into a partial file beside the destination,
 C{.<name>.<first 16 hex digits of the sha256>.part}, verifies the SHA-256
 of the whole file against the one the server announced, and only then
 renames it to the destination.  If the transfer is cut off, the partial
 file stays; running the same command again resumes it with C{offset=}
-(its bytes are re-hashed first, so the final check still covers the whole
-file).  A partial file of other content (the file was replaced on the
-server meanwhile) is never mixed in: its name carries the checksum it
-belongs to.
+(its bytes are re-hashed first, shown as "verifying", so the final check
+still covers the whole file).  A partial file of other content (the file
+was replaced on the server meanwhile) is never mixed in: its name carries
+the checksum it belongs to.
 
-A progress bar with the rate and the time left is drawn on stderr when it
-is a terminal; nothing when piped.  Exit statuses (L{netshare.clients.common}):
-0 ok, 1 refused by the server (its reply line on stderr) or a local
-integrity failure, 2 usage, 3 connection problem.
+Progress (bytes done and total, rate, time left; C{tqdm}) is drawn on
+stderr when it is a terminal; nothing when piped.  Exit statuses
+(L{netshare.clients.common}): 0 ok, 1 refused by the server (its reply line
+on stderr) or a local integrity failure, 2 usage, 3 connection problem,
+130 interrupted (Ctrl-C; what was transferred is kept for the next run).
 """
 
 from __future__ import annotations
@@ -46,18 +58,23 @@ import hashlib
 import os
 import stat
 import sys
+import time
 from typing import IO, Any
 
-from twisted.internet import defer
+from tqdm import tqdm  # type: ignore[import-untyped]  # (no stubs shipped)
+from twisted.internet import defer, threads
 
 from netshare.clients import common
-from netshare.clients.files_args import PROG, build_parser
-from netshare.clients.protocol import ClientProtocol, CommandFailed, connect, quote
+from netshare.clients.files_args import PROG, SIMPLE, build_parser
+from netshare.clients.protocol import ClientProtocol, CommandFailed, Response, connect, quote
 
 READ_SIZE = 1024 * 1024
-FILE_COLUMNS = ["name", "size", "owner", "visibility", "protected", "created"]
-INFO_COLUMNS = ["name", "size", "sha256", "owner", "visibility", "protected", "created"]
-HISTORY_COLUMNS = ["id", "ts", "user", "service", "command", "code"]
+#: Bytes hashed per worker-thread job when a prefix is verified: small
+#: enough for a prompt Ctrl-C and a smooth bar.
+VERIFY_SLICE = 16 * READ_SIZE
+#: Seconds between PINGs while a long prefix is verified (the server closes
+#: a connection idle for its idle timeout, 300 s by default).
+KEEPALIVE = 60.0
 
 
 class LocalFailure(Exception):
@@ -71,32 +88,42 @@ class LocalFailure(Exception):
 # -- helpers ----------------------------------------------------------------------
 
 
-class TransferProgress(common.ProgressBar):
-    """The shared progress bar plus the time left (ETA)."""
+def progress_bar(total: int, desc: str, initial: int = 0, stream: IO[str] | None = None) -> tqdm:
+    """
+    A transfer's progress on C{stream} (stderr): bytes done of C{total},
+    rate and time left, from C{initial} (the bytes a resumed transfer
+    already has).  Drawn only on a terminal; elsewhere a silent no-op.
+    Call C{update(nbytes)} per chunk, C{close()} at the end.
+    """
+    stream = stream if stream is not None else sys.stderr
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    sized = terminal and _has_size(stream)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=stream,
+        disable=not terminal,
+        # A terminal that reports no size (a bare pty) would get no bar at
+        # all from tqdm: draw 80 columns then.
+        ncols=None if sized else 80,
+        nrows=None if sized else 24,
+        dynamic_ncols=sized,
+        mininterval=0.2,
+        smoothing=0.1,
+    )
 
-    def render(self, now: float | None = None) -> str:
-        now = self.clock() if now is None else now
-        text = super().render(now)
-        elapsed = now - self.started
-        if self.done >= self.total:
-            return text + "  done in %s" % (_duration(elapsed),)
-        if self.done and elapsed > 0:
-            eta = (self.total - self.done) * elapsed / self.done
-            return text + "  ETA %s" % (_duration(eta),)
-        return text + "  ETA --:--"
 
-    def abort(self) -> None:
-        """End the bar's line after a failure (the error message follows)."""
-        if self.enabled and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return "%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s)
+def _has_size(stream: IO[str]) -> bool:
+    """Whether the terminal C{stream} is on reports its width and height."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 def file_password(confirm: bool = False) -> str:
@@ -115,21 +142,6 @@ def file_password(confirm: bool = False) -> str:
     return first
 
 
-def sha256_of(path: str, limit: int | None = None) -> Any:
-    """SHA-256 of a local file (of its first C{limit} bytes); returns the hasher."""
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            block = f.read(READ_SIZE if left is None else min(READ_SIZE, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h
-
-
 def partial_path(dest: str, sha256: str) -> str:
     """Where a download of content C{sha256} to C{dest} is assembled."""
     folder, base = os.path.split(os.path.abspath(dest))
@@ -138,6 +150,89 @@ def partial_path(dest: str, sha256: str) -> str:
         digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         name = ".netshare-%s.%s.part" % (digest, sha256[:16])
     return os.path.join(folder, name)
+
+
+async def hash_prefix(
+    path: str, length: int, desc: str = "verifying", proto: ClientProtocol | None = None
+) -> Any:
+    """
+    The SHA-256 state after the first C{length} bytes of a local file,
+    computed in worker threads a slice at a time (the reactor stays free:
+    Ctrl-C stops it at once), shown as C{desc} on the bar.  With C{proto},
+    the connection is kept alive meanwhile (a PING a minute).
+    @return: the hasher.
+    """
+    h = hashlib.sha256()
+    bar = progress_bar(length, desc)
+    pinged = time.monotonic()
+    try:
+        with open(path, "rb") as f:
+            done = 0
+            while done < length:
+                n = await threads.deferToThread(
+                    _hash_slice, f, h, min(VERIFY_SLICE, length - done)
+                )
+                if n == 0:
+                    raise LocalFailure("%s: shorter than %d bytes" % (path, length))
+                done += n
+                bar.update(n)
+                if proto is not None and time.monotonic() - pinged > KEEPALIVE:
+                    await proto.command("PING")
+                    pinged = time.monotonic()
+    finally:
+        bar.close()
+    return h
+
+
+def _hash_slice(f: IO[bytes], h: Any, n: int) -> int:
+    """(worker thread) Hash the next C{n} bytes of C{f}; @return: bytes read."""
+    done = 0
+    while done < n:
+        block = f.read(min(READ_SIZE, n - done))
+        if not block:
+            break
+        h.update(block)
+        done += len(block)
+    return done
+
+
+class UploadSource:
+    """
+    What an upload reads after its C{350}: the local file from where the
+    server's copy ends, hashed on the way (C{hasher} already holds the bytes
+    before), then, with C{trailer}, the hex SHA-256 of the whole (the
+    checksum is computed while sending: no pass over the file before).
+
+    @ivar sent: content bytes handed out so far.
+    @ivar short: set when the file ended before its size (it changed).
+    """
+
+    def __init__(self, f: IO[bytes], hasher: Any, length: int, trailer: bool = True) -> None:
+        self._f = f
+        self._hasher = hasher
+        self._left = length
+        self._trailer = trailer
+        self._tail: bytes | None = None
+        self.sent = 0
+        self.short = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._left > 0:
+            data = self._f.read(self._left if n < 0 else min(n, self._left))
+            if not data:
+                self.short = True  # the transfer ends short: the server refuses it
+                self._left = 0
+                return b""
+            self._left -= len(data)
+            self.sent += len(data)
+            self._hasher.update(data)
+            return data
+        if self.short:
+            return b""
+        if self._tail is None:
+            self._tail = self._hasher.hexdigest().encode("ascii") if self._trailer else b""
+        out, self._tail = (self._tail, b"") if n < 0 else (self._tail[:n], self._tail[n:])
+        return out
 
 
 class HashingWriter:
@@ -160,29 +255,20 @@ _one = common.one_command
 # -- commands ---------------------------------------------------------------------
 
 
-async def cmd_list(reactor: Any, args: argparse.Namespace) -> None:
-    words = ["LIST"] + (["mine"] if args.mine else ["hidden"] if args.hidden else [])
-    resp = await _one(reactor, args, quote(*words))
-    common.emit(args, resp.items, FILE_COLUMNS)
-
-
-async def cmd_info(reactor: Any, args: argparse.Namespace) -> None:
-    resp = await _one(reactor, args, quote("INFO", args.name))
-    common.emit(args, resp.obj, INFO_COLUMNS)
-
-
-async def cmd_delete(reactor: Any, args: argparse.Namespace) -> None:
-    await _one(reactor, args, quote("DELETE", args.name))
-    common.emit(args, {"deleted": args.name}, text="deleted %s" % (args.name,))
+async def run_simple(reactor: Any, args: argparse.Namespace) -> int | None:
+    """A one-request command of L{SIMPLE}, as the quick path runs it
+    (L{netshare.clients.quick}): the same request, the same output."""
+    simple = SIMPLE[args.command]
+    return simple.present(args, await _one(reactor, args, simple.request(args)))
 
 
 async def cmd_checksum(reactor: Any, args: argparse.Namespace) -> int | None:
+    if args.path is None:
+        return await run_simple(reactor, args)
     resp = await _one(reactor, args, quote("CHECKSUM", args.name))
     remote = resp.text.split()[-1]
-    if args.path is None:
-        common.emit(args, {"name": args.name, "sha256": remote}, text=remote)
-        return None
-    local = sha256_of(_regular_file(args.path)).hexdigest()
+    path = _regular_file(args.path)
+    local = (await hash_prefix(path, os.path.getsize(path), "hashing")).hexdigest()
     same = local == remote
     common.emit(
         args,
@@ -219,16 +305,6 @@ async def cmd_register(reactor: Any, args: argparse.Namespace) -> None:
     common.emit(args, {"registered": args.user}, text=resp.text)
 
 
-async def cmd_history(reactor: Any, args: argparse.Namespace) -> None:
-    words = ["HISTORY"]
-    if args.limit is not None:
-        words.append("limit=%d" % args.limit)
-    if args.for_user is not None:
-        words.append("user=" + args.for_user)
-    resp = await _one(reactor, args, quote(*words))
-    common.emit(args, resp.items, HISTORY_COLUMNS)
-
-
 def _regular_file(path: str) -> str:
     try:
         st = os.stat(path)
@@ -245,39 +321,163 @@ async def cmd_upload(reactor: Any, args: argparse.Namespace) -> None:
     path = _regular_file(args.path)
     name = args.name if args.name is not None else os.path.basename(os.path.abspath(path))
     size = os.path.getsize(path)
-    secret = common.password(args)
     protect = file_password(confirm=True) if args.protect else None
-    digest = sha256_of(path).hexdigest()
-    words = ["UPLOAD", name, size, "sha256=" + digest]
+    options = []
     if args.hidden:
-        words.append("visibility=hidden")
+        options.append("visibility=hidden")
     if protect is not None:
-        words.append("password=" + protect)
+        options.append("password=" + protect)
     if args.replace:
-        words.append("replace=yes")
-    proto = await common.open_session(reactor, args, secret)
+        options.append("replace=yes")
+    proto = await common.open_session(reactor, args)
+    state = _UploadState(size)
     try:
-        bar = TransferProgress(size, "upload")
-        with open(path, "rb") as source:
-            try:
-                resp = await proto.upload(quote(*words), source, progress=bar)
-            except BaseException:
-                bar.abort()
-                raise
-        if resp.code == 226:
-            bar.finish()
-        else:
-            bar.abort()
-        common.checked(resp)
+        resp = await _upload(proto, path, name, size, options, state)
+    except defer.CancelledError:
+        # Ctrl-C (see netshare.clients.common.run): the server keeps what it got.
+        sys.stderr.write("%s: %s; %s\n" % (PROG, state.where(), state.advice()))
+        raise
+    except ConnectionError as e:
+        raise LocalFailure(
+            "connection lost %s (%s); %s" % (state.where(interrupted=False), e, state.advice()),
+            common.EXIT_CONNECT,
+        ) from None
     finally:
         await common.close(proto)
+    common.checked(resp)
     stored = resp.obj or {}
     common.emit(
         args,
-        stored,
-        text="stored %s (%d bytes, sha256 %s)"
-        % (stored.get("name", name), stored.get("size", size), stored.get("sha256", digest)),
+        dict(stored, resumed_from=state.offset),
+        text="stored %s (%d bytes, sha256 %s%s)"
+        % (
+            stored.get("name", name),
+            stored.get("size", size),
+            stored.get("sha256"),
+            ", resumed at %d" % state.offset if state.offset else "",
+        ),
     )
+
+
+class _UploadState:
+    """Where an upload is, for the message when it is cut."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.offset = 0
+        self.source: UploadSource | None = None
+        self.resumable = True  # False for a server from before resumable uploads
+
+    def advice(self) -> str:
+        if self.resumable:
+            return "the server keeps what it received: run the same command again to resume"
+        return "this server cannot resume uploads: run the same command again to upload it"
+
+    def where(self, interrupted: bool = True) -> str:
+        if self.source is None:
+            return "interrupted before sending" if interrupted else "before sending"
+        sent = self.offset + self.source.sent
+        return "%safter sending %d of %d bytes" % (
+            "interrupted " if interrupted else "",
+            sent,
+            self.size,
+        )
+
+
+def _note(text: str) -> None:
+    sys.stderr.write("%s: %s\n" % (PROG, text))
+    sys.stderr.flush()
+
+
+async def _upload(
+    proto: ClientProtocol,
+    path: str,
+    name: str,
+    size: int,
+    options: list[str],
+    state: _UploadState,
+) -> Response:
+    """
+    Upload C{path} as C{name}, continuing the server's interrupted upload of
+    it if there is one (see the module docstring).  @return: the final reply.
+    """
+    resp = await proto.command(quote("PARTIAL", name, size))
+    if resp.code == 500:  # a server from before resumable uploads
+        return await _upload_whole(proto, path, name, size, options, state)
+    kept = common.checked(resp).obj or {}
+    protect = any(o.startswith("password=") for o in options)
+    offset = int(kept.get("offset") or 0)
+    if bool(kept.get("protected")) != protect:
+        offset = 0  # protected then and not now (or the reverse): start afresh
+    retried = False
+    while True:
+        hasher = await hash_prefix(path, offset, proto=proto) if offset else hashlib.sha256()
+        known = kept.get("prefix_sha256")
+        if offset and known and hasher.hexdigest() != known:
+            _note(
+                "the server's interrupted upload of %s holds other content (the local "
+                "file changed?): uploading from the start" % (name,)
+            )
+            offset, hasher = 0, hashlib.sha256()
+        state.offset = offset
+        words = ["UPLOAD", name, size, "sha256=trailer", "resume=yes"]
+        if offset:
+            words.append("offset=%d" % offset)
+        resp = await _send(proto, path, quote(*words + options), size, offset, hasher, state)
+        if resp.ok or not offset or retried or resp.code not in (535, 550, 554):
+            return resp
+        # 550: the partial expired meanwhile; 554: it did not match the local
+        # file (which changed) or was damaged, and the server dropped it;
+        # 535: it was protected with another password.
+        _note("resuming at %d failed (%s): uploading from the start" % (offset, resp.line))
+        offset, kept, retried = 0, {}, True
+
+
+async def _send(
+    proto: ClientProtocol,
+    path: str,
+    line: str,
+    size: int,
+    offset: int,
+    hasher: Any,
+    state: _UploadState,
+    trailer: bool = True,
+) -> Response:
+    """Send UPLOAD C{line}, then the file from C{offset} (and the trailer)."""
+    bar = progress_bar(size, "upload", initial=offset)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        source = state.source = UploadSource(f, hasher, size - offset, trailer)
+        left = [size - offset]
+
+        def progress(n: int) -> None:
+            n = min(n, left[0])  # (the trailer is not content)
+            left[0] -= n
+            bar.update(n)
+
+        try:
+            resp = await proto.upload(line, source, progress=progress)
+        finally:
+            bar.close()
+    if source.short:
+        raise LocalFailure("%s changed during the upload (it is shorter now)" % (path,))
+    return resp
+
+
+async def _upload_whole(
+    proto: ClientProtocol,
+    path: str,
+    name: str,
+    size: int,
+    options: list[str],
+    state: _UploadState,
+) -> Response:
+    """The form every server takes: the file hashed first (shown), its
+    sha256= up front, no resuming."""
+    state.resumable = False
+    digest = (await hash_prefix(path, size, "hashing", proto)).hexdigest()
+    line = quote("UPLOAD", name, size, "sha256=" + digest, *options)
+    return await _send(proto, path, line, size, 0, hashlib.sha256(), state, trailer=False)
 
 
 async def cmd_download(reactor: Any, args: argparse.Namespace) -> None:
@@ -309,21 +509,21 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace, retry: bool
         if offset > size:
             os.unlink(part)
             offset = 0
-    hasher = sha256_of(part, offset) if offset else hashlib.sha256()
+    hasher = await hash_prefix(part, offset, proto=proto) if offset else hashlib.sha256()
     words = ["DOWNLOAD", args.name]
     if secret is not None:
         words.append("password=" + secret)
     if offset:
         words.append("offset=%d" % offset)
-    bar = TransferProgress(size - offset, "download")
+    bar = progress_bar(size, "download", initial=offset)
     created = not os.path.exists(part)
     with open(part, "ab") as f:
         writer = HashingWriter(f, hasher)
         try:
-            resp = await proto.download(quote(*words), writer, progress=bar)
+            resp = await proto.download(quote(*words), writer, progress=bar.update)
         except defer.CancelledError:
             # Ctrl-C (see netshare.clients.common.run): keep what arrived.
-            bar.abort()
+            bar.close()
             f.flush()
             sys.stderr.write(
                 "%s: interrupted after %d of %d bytes; the partial file %s is kept: run "
@@ -331,7 +531,7 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace, retry: bool
             )
             raise
         except ConnectionError as e:
-            bar.abort()
+            bar.close()
             f.flush()
             raise LocalFailure(
                 "connection lost after %d of %d bytes (%s); the partial file %s "
@@ -341,12 +541,11 @@ async def _download(proto: ClientProtocol, args: argparse.Namespace, retry: bool
             ) from None
         f.flush()
         os.fsync(f.fileno())
+    bar.close()
     if not resp.ok:
-        bar.abort()
         if created and os.path.getsize(part) == 0:
             os.unlink(part)
         raise CommandFailed(resp)
-    bar.finish()
     announced = resp.lines[0].rsplit("sha256=", 1)[-1] if resp.lines else ""
     if announced != expected:
         # Replaced on the server between INFO and DOWNLOAD: the bytes before
@@ -409,15 +608,23 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+async def cmd_logout(reactor: Any, args: argparse.Namespace) -> int:
+    from netshare.clients.quick import logout
+
+    return logout(args)
+
+
 COMMANDS = {
-    "list": cmd_list,
-    "info": cmd_info,
+    "list": run_simple,
+    "info": run_simple,
     "upload": cmd_upload,
     "download": cmd_download,
-    "delete": cmd_delete,
+    "delete": run_simple,
     "checksum": cmd_checksum,
     "register": cmd_register,
-    "history": cmd_history,
+    "history": run_simple,
+    "sessions": run_simple,
+    "logout": cmd_logout,
 }
 
 

@@ -8,11 +8,18 @@ a stored session without importing Twisted.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from netshare.clients.options import command_parser
+from netshare.clients.output import emit
+from netshare.clients.replies import Response, quote
 
 PROG = "netshare-files"
 DEFAULT_PORT = 7002
+FILE_COLUMNS = ["name", "size", "owner", "visibility", "protected", "created"]
+INFO_COLUMNS = ["name", "size", "sha256", "owner", "visibility", "protected", "created"]
+HISTORY_COLUMNS = ["id", "ts", "user", "service", "command", "code"]
+SESSION_COLUMNS = ["id", "label", "peer", "created", "last_used", "expires"]
 
 
 def _count(text: str) -> int:
@@ -36,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "list public files")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mine", action="store_true", help="only your own public files")
-    which.add_argument("--hidden", action="store_true", help="hidden files (admin only)")
+    which.add_argument(
+        "--hidden", action="store_true", help="hidden files: your own; an admin sees all"
+    )
 
     p = command("info", "show a file's details")
     p.add_argument("name")
@@ -70,4 +79,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("history", "your request history (an admin may name another user)")
     p.add_argument("--limit", type=_count)
     p.add_argument("--for-user", help="whose history (admin; * for everyone)")
+
+    command("sessions", "your session tokens on this server (what the programs log in with)")
+    command("logout", "end the session kept for --user on this server and forget it")
     return parser
+
+
+# -- simple commands: one request, one reply ---------------------------------------
+
+
+class Simple:
+    """
+    A command that is one request line and one reply, shown by C{present}
+    (which may return an exit status).  The full program
+    (L{netshare.clients.files}) and the quick path (L{netshare.clients.quick})
+    both run these, so both print the same.  C{quick} says whether these
+    arguments can take the quick path (a local file to read cannot).
+    """
+
+    __slots__ = ("request", "present", "quick")
+
+    def __init__(
+        self,
+        request: Callable[[argparse.Namespace], str],
+        present: Callable[[argparse.Namespace, Response], int | None],
+        quick: Callable[[argparse.Namespace], bool] = lambda args: True,
+    ) -> None:
+        self.request = request
+        self.present = present
+        self.quick = quick
+
+
+def _list_request(args: argparse.Namespace) -> str:
+    return quote(*(["LIST"] + (["mine"] if args.mine else ["hidden"] if args.hidden else [])))
+
+
+def _history_request(args: argparse.Namespace) -> str:
+    words = ["HISTORY"]
+    if args.limit is not None:
+        words.append("limit=%d" % args.limit)
+    if args.for_user is not None:
+        words.append("user=" + args.for_user)
+    return quote(*words)
+
+
+def _deleted(args: argparse.Namespace, resp: Response) -> None:
+    emit(args, {"deleted": args.name}, text="deleted %s" % (args.name,))
+
+
+def _remote_checksum(args: argparse.Namespace, resp: Response) -> None:
+    remote = resp.text.split()[-1]
+    emit(args, {"name": args.name, "sha256": remote}, text=remote)
+
+
+SIMPLE: dict[str, Simple] = {
+    "list": Simple(_list_request, lambda args, r: emit(args, r.items, FILE_COLUMNS)),
+    "info": Simple(
+        lambda args: quote("INFO", args.name), lambda args, r: emit(args, r.obj, INFO_COLUMNS)
+    ),
+    "delete": Simple(lambda args: quote("DELETE", args.name), _deleted),
+    "checksum": Simple(
+        lambda args: quote("CHECKSUM", args.name),
+        _remote_checksum,
+        quick=lambda args: args.path is None,
+    ),
+    "history": Simple(_history_request, lambda args, r: emit(args, r.items, HISTORY_COLUMNS)),
+    "sessions": Simple(
+        lambda args: "SESSION LIST", lambda args, r: emit(args, r.items, SESSION_COLUMNS)
+    ),
+}

@@ -9,6 +9,13 @@ body, with backpressure) or blob reader (raw download body).
 
 A file name is always the first word after the verb, so a name that looks
 like an option (C{"sha256=x"}) is still a name; options follow it.
+
+Resumable uploads (docs/protocol.md section 2.A.3) add C{PARTIAL} (how much
+of an interrupted upload the server keeps) and three UPLOAD options:
+C{resume=yes} (keep what arrives if the connection is cut), C{offset=N}
+(continue from there) and C{sha256=trailer} (the hex SHA-256 follows the
+content inside the raw data, so a client hashes while it sends).  The C{350}
+line keeps its contract form: it counts the raw bytes still to come.
 """
 
 from typing import Any
@@ -22,8 +29,9 @@ from netshare.services.files.names import parse_size
 from netshare.services.files.service import FilesService
 from netshare.wire import dumps
 
-UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace")
+UPLOAD_OPTIONS = ("visibility", "password", "sha256", "replace", "resume", "offset")
 INFO_OPTIONS = ("password",)
+PARTIAL_OPTIONS = ("sha256",)
 DOWNLOAD_OPTIONS = ("password", "offset")
 RAW_READ = 256 * 1024
 
@@ -56,8 +64,13 @@ class FilesProtocol(CommandProtocol):
             "INFO": "INFO <name> [password=P]: a protected file's sha256 needs its password "
             "unless it is yours",
             "CHECKSUM": "CHECKSUM <name> [password=P]: 200 sha256 <hex>",
-            "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] [sha256=HEX] "
-            "[replace=yes]: 350, then exactly <size> raw bytes, then 226 stored {file}",
+            "UPLOAD": "UPLOAD <name> <size> [visibility=public|hidden] [password=P] "
+            "[sha256=HEX|trailer] [replace=yes] [resume=yes [offset=N]]: 350 send <n> bytes, "
+            "then exactly n raw bytes (the content from N, then 64 hex digits with "
+            "sha256=trailer), then 226 stored {file}",
+            "PARTIAL": "PARTIAL <name> <size> [sha256=HEX]: 200 {name, size, offset, protected, "
+            "sha256, prefix_sha256, expires}: how much of your interrupted upload is kept "
+            "(continue it with UPLOAD ... resume=yes offset=<offset>)",
             "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
             "n raw bytes, 226",
             "DELETE": "DELETE <name>: owner or admin",
@@ -98,10 +111,23 @@ class FilesProtocol(CommandProtocol):
         (name, size_text), opts = _name_and_options(args, UPLOAD_OPTIONS, 2, self.HELP["UPLOAD"])
         size = parse_size(size_text)
         replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
+        resume = _yes_no(opts["resume"], "resume") if "resume" in opts else False
+        offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
         visibility = opts.get("visibility")
+        sha256 = opts.get("sha256")
+        trailer = sha256 is not None and sha256.lower() == "trailer"
         await self.files.whenReady()
         up = await self.files.begin_upload(
-            self.caller, name, size, visibility, opts.get("password"), opts.get("sha256"), replace
+            self.caller,
+            name,
+            size,
+            visibility,
+            opts.get("password"),
+            None if trailer else sha256,
+            replace,
+            resume=resume,
+            offset=offset,
+            trailer=trailer,
         )
         if self.transport is None or not self.transport.connected:
             up.abort()
@@ -119,7 +145,15 @@ class FilesProtocol(CommandProtocol):
             restore()
             return up.abort()
 
-        return ReceiveRaw(size, consumer=up.sink, finish=finish, abort=abort)
+        return ReceiveRaw(up.raw_size, consumer=up.sink, finish=finish, abort=abort)
+
+    @deferred
+    async def cmd_PARTIAL(self, args: list[str]) -> ObjectReply:
+        (name, size_text), opts = _name_and_options(args, PARTIAL_OPTIONS, 2, self.HELP["PARTIAL"])
+        size = parse_size(size_text)
+        await self.files.whenReady()
+        view = await self.files.partial(self.caller, name, size, opts.get("sha256"))
+        return ObjectReply(view.to_wire())
 
     def _readInBigChunks(self):
         """

@@ -178,13 +178,20 @@ def thd_account_usage(conn: Connection, owner_id: int) -> Usage:
 
 
 def _check_quota(
-    conn: Connection, owner_id: int, size: int, quota: int | None, freed: int = 0
+    conn: Connection,
+    owner_id: int,
+    size: int,
+    quota: int | None,
+    freed: int = 0,
+    pending: int = 0,
 ) -> None:
     """Re-check the quota inside the writing transaction (the check before
-    C{350} can be raced by a parallel upload of the same user)."""
+    C{350} can be raced by a parallel upload of the same user).  C{pending}:
+    bytes the account holds outside this table that count too (its
+    interrupted uploads, kept on disk by the files service)."""
     if quota is None:
         return
-    used = thd_usage(conn, owner_id) - freed
+    used = thd_usage(conn, owner_id) - freed + pending
     if used + size > quota:
         raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, quota))
 
@@ -203,13 +210,15 @@ def thd_insert(
     enc_meta: dict[str, Any] | None,
     created_ms: int,
     quota: int | None = None,
+    pending: int = 0,
 ) -> FileRecord:
     """
     Add a new file.  @raise Conflict: (555) the name key exists, including
     when a parallel upload of the same name committed first.
-    @raise LimitExceeded: (552) over C{quota}.
+    @raise LimitExceeded: (552) over C{quota} (counting C{pending} bytes
+    held elsewhere, see L{_check_quota}).
     """
-    _check_quota(conn, owner_id, size, quota)
+    _check_quota(conn, owner_id, size, quota, pending=pending)
     values = dict(
         name=name,
         name_key=name_key,
@@ -256,6 +265,7 @@ def thd_replace(
     enc_meta: dict[str, Any] | None,
     created_ms: int,
     quota: int | None = None,
+    pending: int = 0,
 ) -> tuple[FileRecord, str | None]:
     """
     Point an existing file of C{owner} at new content, in one transaction
@@ -285,11 +295,12 @@ def thd_replace(
             enc_meta=enc_meta,
             created_ms=created_ms,
             quota=quota,
+            pending=pending,
         )
         return rec, None
     if old.owner_id != owner_id:
         raise Conflict("file exists and belongs to someone else")
-    _check_quota(conn, owner_id, size, quota, freed=int(old.size))
+    _check_quota(conn, owner_id, size, quota, freed=int(old.size), pending=pending)
     visibility = visibility or old.visibility
     conn.execute(
         files.update()

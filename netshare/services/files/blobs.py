@@ -5,9 +5,11 @@ Layout::
 
     <root>/blobs/<first 2 hex digits>/<32 hex digit id>   finished content
     <root>/tmp/<32 hex digit id>.part                    uploads in progress
+    <root>/tmp/<32 hex digit id>.resume                  ... and resumable ones' sidecars
 
 Writing a blob is L{netshare.services.files.upload}, reading one
-L{netshare.services.files.download}; this module names blobs, keeps the
+L{netshare.services.files.download}, interrupted resumable uploads are
+L{netshare.services.files.partials}; this module names blobs, keeps the
 directories and the space reservation, and sweeps what a crash left.
 """
 
@@ -28,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 
 from netshare.deferreds import deferred
 from netshare.errors import BadArguments, InsufficientStorage, IntegrityFailure, NotFound
+from netshare.services.files import partials
 from netshare.services.files.crypto import (
     HEADER_SIZE,
     BlobHeader,
@@ -37,7 +40,8 @@ from netshare.services.files.crypto import (
 from netshare.services.files.disk import O_CLOEXEC, O_NOFOLLOW, ensure_real_dir
 from netshare.services.files.download import READ_CHUNK, BlobReader
 from netshare.services.files.names import check_sha256
-from netshare.services.files.upload import HIGH_WATER, BlobWriter, UploadSink
+from netshare.services.files.partials import PartialMeta
+from netshare.services.files.upload import HIGH_WATER, BlobWriter, ResumePoint, UploadSink
 
 _BLOB_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
@@ -148,7 +152,11 @@ class BlobStore:
 
     def _tmp_path(self, blob_id: str) -> str:
         self.path_of(blob_id)
-        return os.path.join(self.tmp_dir, blob_id + ".part")
+        return partials.part_path(self.tmp_dir, blob_id)
+
+    @staticmethod
+    def is_blob_id(text: str) -> bool:
+        return bool(_BLOB_ID.fullmatch(text))
 
     # start-up housekeeping
 
@@ -156,13 +164,19 @@ class BlobStore:
         """
         Remove stale temporary files (uploads cut by a crash).  Called
         synchronously at start-up; uploads in progress in this process are
-        left alone, so it is also safe later.  @return: files removed.
+        left alone, so it is also safe later.  Interrupted resumable uploads
+        (a content file with a valid sidecar: L{partials}) are kept.
+        @return: files removed.
         """
         removed = 0
+        keep: set[str] = set()
+        for found in partials.scan(self.tmp_dir, self.is_blob_id):
+            keep.add(found.blob_id + partials.PART)
+            keep.add(found.blob_id + partials.SIDECAR)
         with os.scandir(self.tmp_dir) as entries:
             for entry in entries:
-                blob_id = entry.name[:-5] if entry.name.endswith(".part") else None
-                if blob_id in self._held:
+                blob_id = entry.name.split(".", 1)[0]
+                if blob_id in self._held or entry.name in keep:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     self.log.warn(
@@ -249,12 +263,24 @@ class BlobStore:
         sha256_hex: str | None = None,
         encryption: EncryptionParams | None = None,
         reactor: Any = None,
+        *,
+        partial: str | None = None,
+        resume: ResumePoint | None = None,
+        trailer: bool = False,
     ) -> UploadSink:
-        """Start receiving a blob of exactly C{size} plaintext bytes."""
+        """
+        Start receiving a blob of exactly C{size} plaintext bytes.
+
+        @param partial: the id of a resumable upload's pair (made by
+            L{create_partial}): its content goes there and is kept if cut.
+        @param resume: where that content continues (L{prepare_partial});
+            the sink then expects only the bytes after it.
+        @param trailer: the content is followed by its hex SHA-256.
+        """
         if not isinstance(size, int) or size < 0:
             raise BadArguments("size must be a whole number of bytes")
         expected = check_sha256(sha256_hex)
-        blob_id = self.new_id()
+        blob_id = partial if partial is not None else self.new_id()
         writer = BlobWriter(
             self._tmp_path(blob_id),
             os.path.dirname(self.path_of(blob_id)),
@@ -264,6 +290,10 @@ class BlobStore:
             encryption,
             self.fsync,
             self.write_behind,
+            sidecar_path=(
+                partials.sidecar_path(self.tmp_dir, blob_id) if partial is not None else None
+            ),
+            resume=resume,
         )
         sink = UploadSink(
             writer,
@@ -273,6 +303,7 @@ class BlobStore:
             self.high_water,
             self.blobs_dir,
             self._upload_settled,
+            trailer=trailer,
         )
         self._uploading[blob_id] = sink
         self._held.add(blob_id)
@@ -288,6 +319,48 @@ class BlobStore:
     def release(self, blob_id: str) -> None:
         """The blob's row is written (or the blob deleted): stop protecting it."""
         self._held.discard(blob_id)
+
+    # interrupted resumable uploads (netshare.services.files.partials)
+
+    def create_partial(self, meta: PartialMeta) -> Deferred[str]:
+        """Make the pair of a new resumable upload (in the worker).
+        @return: Deferred[str] its id, for L{open_upload}C{(partial=)}."""
+        blob_id = self.new_id()
+
+        def make() -> str:
+            partials.create(self.tmp_dir, blob_id, meta, self.fsync)
+            return blob_id
+
+        return self._run(make)
+
+    def find_partials(self) -> Deferred[list[partials.Found]]:
+        """Every interrupted resumable upload on disk (in the worker)."""
+        return self._run(partials.scan, self.tmp_dir, self.is_blob_id)
+
+    def prepare_partial(
+        self,
+        blob_id: str,
+        meta: PartialMeta,
+        kept: int,
+        hasher: Any = None,
+        encryption: EncryptionParams | None = None,
+    ) -> Deferred[ResumePoint]:
+        """Ready a partial to continue after C{kept} bytes (see
+        L{partials.prepare}; in the worker)."""
+        path = self._tmp_path(blob_id)
+        return self._run(partials.prepare, path, meta, kept, hasher, encryption, self.fsync)
+
+    @deferred
+    async def discard_partial(self, blob_id: str) -> bool:
+        """Remove a partial's pair (in the worker).  Never fails: an error
+        is logged (the next start-up's sweep or expiry retries).
+        @return: Deferred[bool] whether its content file was there."""
+        self.path_of(blob_id)
+        try:
+            return await self._run(partials.remove, self.tmp_dir, blob_id)
+        except Exception:
+            self.log.failure("could not remove partial upload {blob}", blob=blob_id)
+            return False
 
     # download
 

@@ -184,6 +184,24 @@ async def unlock(
     return key
 
 
+def params_from_meta(meta: dict[str, Any], key: bytes) -> EncryptionParams:
+    """
+    The L{EncryptionParams} of stored C{meta} with its C{key} (from
+    L{unlock}): what continuing an interrupted protected upload needs, so
+    its remaining chunks are sealed exactly as the first ones were (same
+    salt, nonce prefix and chunk size, hence the same header).
+    """
+    salt, n, r, p, verifier = _meta_params(meta)
+    try:
+        prefix = bytes.fromhex(meta["nonce_prefix"])
+        chunk_size = int(meta["chunk_size"])
+        if len(prefix) != 8 or not 1 <= chunk_size <= 2**31:
+            raise ValueError("bad parameters")
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityFailure("stored encryption parameters are damaged") from None
+    return EncryptionParams(key, salt, n, r, p, verifier, prefix, chunk_size)
+
+
 def chunk_count(size: int, chunk_size: int) -> int:
     return max(1, -(-size // chunk_size))
 
@@ -249,20 +267,38 @@ def _aad(header: bytes, index: int, last: bool) -> bytes:
 
 
 class ChunkEncryptor:
-    """Seal a plaintext stream into fixed-size chunks (worker thread only)."""
+    """
+    Seal a plaintext stream into fixed-size chunks (worker thread only).
 
-    def __init__(self, key: bytes, header: BlobHeader):
+    @param start: the index of the first chunk to seal: a resumed upload
+        continues after the C{start} chunks already on disk.
+    @param hasher: if given, updated with each chunk's plaintext as it is
+        sealed, so it always covers exactly the chunks written (what an
+        interrupted upload keeps), never the bytes still buffered.
+    """
+
+    def __init__(self, key: bytes, header: BlobHeader, start: int = 0, hasher: Any = None):
         if header.chunks > 2**32:
             raise LimitExceeded("file too large for encryption")
+        if not 0 <= start < header.chunks:
+            raise ValueError("bad first chunk index")
         self._aead = AESGCM(key)
         self._header = header
         self.header_bytes = header.pack()
-        self._index = 0
+        self._index = start
+        self._hasher = hasher
         self._buf = bytearray()
+
+    @property
+    def sealed(self) -> int:
+        """Chunks sealed so far, those before C{start} included."""
+        return self._index
 
     def _seal(self, plain: bytes, last: bool) -> bytes:
         i = self._index
         self._index += 1
+        if self._hasher is not None:
+            self._hasher.update(plain)
         return self._aead.encrypt(
             _nonce(self._header.nonce_prefix, i), plain, _aad(self.header_bytes, i, last)
         )

@@ -3,12 +3,15 @@ The files service: it decides every LIST/INFO/CHECKSUM/UPLOAD/DOWNLOAD/DELETE
 and QUOTA (docs/protocol.md sections 2 and 2.A).  No SQL here (the metadata
 rows live behind an injected L{FileStore}) and no wire format (the protocol
 in C{netshare.protocols.files} parses commands and formats replies).
-Content goes through the L{netshare.services.files.blobs.BlobStore}.
+Content goes through the L{netshare.services.files.blobs.BlobStore};
+interrupted resumable uploads are kept as partials
+(L{netshare.services.files.partials}), indexed here.
 """
 
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,7 +38,9 @@ from netshare.services.clock import default_clock
 from netshare.services.files.blobs import BlobStore
 from netshare.services.files.crypto import (
     FILE_SCRYPT,
+    EncryptionParams,
     encrypted_size,
+    params_from_meta,
     prepare_encryption,
     unlock,
 )
@@ -48,11 +53,13 @@ from netshare.services.files.names import (
     name_key,
     normalize_name,
 )
-from netshare.services.files.upload import UploadSink
+from netshare.services.files.partials import Partial, PartialIndex, PartialMeta, kept_of
+from netshare.services.files.upload import Suspended, UploadSink
 from netshare.storage.accounts import Account
 from netshare.storage.files import FileRecord, Usage
 from netshare.storage.history import JournalRow
 from netshare.throttle import Penalties
+from netshare.wire import iso_ms
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -96,9 +103,10 @@ class PendingUpload:
     """
     An accepted UPLOAD, between C{350} and C{226}.
 
-    The protocol sends C{350 send <size> bytes}, registers its producer on
-    C{sink}, writes the body into it, then calls L{complete} (after exactly
-    C{size} bytes) or L{abort} (connection lost).
+    The protocol sends C{350 send <raw_size> bytes}, registers its producer
+    on C{sink}, writes the body into it, then calls L{complete} (after
+    exactly C{raw_size} bytes) or L{abort} (connection lost: a resumable
+    upload is then kept as a partial).
     """
 
     service: FilesService
@@ -109,6 +117,14 @@ class PendingUpload:
     size: int
     visibility: str | None
     replace: bool
+    offset: int = 0  # where the content continues (a resumed upload)
+    partial: Partial | None = None  # a resumable upload's partial
+
+    @property
+    def raw_size(self) -> int:
+        """The raw bytes the client sends: the content from C{offset}, then
+        the trailer if any."""
+        return self.sink.size + self.sink.trailer_size
 
     def complete(self, journal: JournalRow | None = None) -> Deferred[FileRecord]:
         """@return: Deferred[FileRecord] once durable and recorded (226).
@@ -159,19 +175,56 @@ class FileView:
 class QuotaView:
     """QUOTA's answer: what the caller stores and the limits that apply to
     them.  C{quota} is None when there is no per-account quota
-    (C{--user-quota 0})."""
+    (C{--user-quota 0}).  Interrupted uploads kept to be resumed count
+    (C{partials}, C{partial_bytes}: the bytes they keep), so C{bytes} is
+    their bytes plus the files'."""
 
     usage: Usage
     quota: int | None
     max_file_size: int
+    partials: int = 0
+    partial_bytes: int = 0
 
     def to_wire(self) -> dict[str, object]:
         """The object of C{200 {...}} (docs/protocol.md section 2)."""
         return {
             "files": self.usage.files,
-            "bytes": self.usage.bytes,
+            "bytes": self.usage.bytes + self.partial_bytes,
             "quota": self.quota,
             "max_file_size": self.max_file_size,
+            "partials": self.partials,
+            "partial_bytes": self.partial_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class PartialView:
+    """
+    PARTIAL's answer: how much of an upload of C{name} with C{size} bytes
+    the caller's interrupted upload keeps (C{offset}: 0 when there is none
+    to continue), whether it is protected (a resumed protected upload needs
+    the same file password), the SHA-256 of those C{offset} bytes when the
+    server knows it without reading them (so the client can check its own
+    prefix before sending anything), and when it expires.
+    """
+
+    name: str
+    size: int
+    offset: int
+    protected: bool = False
+    sha256: str | None = None
+    prefix_sha256: str | None = None
+    expires_ms: int | None = None
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "offset": self.offset,
+            "protected": self.protected,
+            "sha256": self.sha256,
+            "prefix_sha256": self.prefix_sha256,
+            "expires": iso_ms(self.expires_ms) if self.expires_ms is not None else None,
         }
 
 
@@ -211,6 +264,8 @@ class FilesService:
     @param file_guesses: the L{Penalties} of wrong passwords per protected
         file from every account together (on top of the per-account
         L{PasswordLockout}), so extra accounts do not buy extra guesses.
+    @param partial_ttl: seconds an interrupted resumable upload is kept
+        after its last byte (0: until resumed); C{upload_partial_ttl}.
     """
 
     log = Logger()
@@ -228,6 +283,7 @@ class FilesService:
         clock: IReactorTime | None = None,
         misses: Penalties | None = None,
         file_guesses: Penalties | None = None,
+        partial_ttl: float = 24 * 3600.0,
     ):
         clock = default_clock(clock)
         self.files = files
@@ -255,6 +311,10 @@ class FilesService:
         self.kdf_params = (n, r, p)
         #: Who waits for start-up housekeeping (L{whenReady}); None once over.
         self._ready_waiters: builtins.list[Deferred[None]] | None = None
+        self.partial_ttl = partial_ttl
+        #: Interrupted resumable uploads, by (owner id, name key).
+        self.partials = PartialIndex()
+        self._expiry: task.LoopingCall | None = None
 
     def _now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -282,13 +342,20 @@ class FilesService:
         else:
             self.log.info(
                 "files ready: removed {temporaries} stale temporaries and "
-                "{orphans} orphaned blobs; {missing} files without content",
+                "{orphans} orphaned blobs; {missing} files without content; "
+                "{partials} interrupted uploads kept to be resumed ({expired} expired)",
                 **counts,
             )
         finally:
             waiters, self._ready_waiters = self._ready_waiters, None
             for d in waiters or ():
                 d.callback(None)
+        if self.partial_ttl and self._expiry is None:
+            # Partials expire within a tenth of their lifetime (at most 5
+            # minutes late); the check itself is a walk over this index.
+            self._expiry = task.LoopingCall(self.expire_partials)
+            self._expiry.clock = self.clock
+            self._expiry.start(min(300.0, max(1.0, self.partial_ttl / 10)), now=False)
 
     def whenReady(self) -> Deferred[None]:
         """A Deferred that fires once start-up housekeeping is over."""
@@ -299,17 +366,23 @@ class FilesService:
         return d
 
     def stop(self) -> None:
+        if self._expiry is not None:
+            if self._expiry.running:
+                self._expiry.stop()
+            self._expiry = None
         self.blobs.stop()
 
     @deferred
     async def startup(self) -> dict[str, int]:
         """
         Start-up housekeeping, before the listener accepts uploads: remove
-        stale temporaries and orphaned blobs.
-        @return: Deferred[dict] with the counts C{temporaries}, C{orphans}
-            and C{missing}.
+        stale temporaries and orphaned blobs; index the interrupted
+        resumable uploads on disk (expired ones are removed).
+        @return: Deferred[dict] with the counts C{temporaries}, C{orphans},
+            C{missing}, C{partials} and C{expired}.
         """
         swept = self.blobs.sweep()
+        partials, expired = await self._load_partials()
         known = await self.files.all_blob_ids()
         orphans = await self.blobs.remove_orphans(known)
         missing = known - self.blobs.all_blob_ids()
@@ -321,7 +394,76 @@ class FilesService:
                 n=len(missing),
                 names=", ".join(names[:20]) + (" ..." if len(names) > 20 else ""),
             )
-        return {"temporaries": swept, "orphans": orphans, "missing": len(missing)}
+        return {
+            "temporaries": swept,
+            "orphans": orphans,
+            "missing": len(missing),
+            "partials": partials,
+            "expired": expired,
+        }
+
+    async def _load_partials(self) -> tuple[int, int]:
+        """Index the partials on disk (after a restart: their bytes are
+        hashed again when resumed).  Their age counts from their content
+        file's last write.  @return: (indexed, removed as expired)."""
+        found = await self.blobs.find_partials()
+        known = {p.blob_id for p in self.partials}
+        wall, now = time.time(), self.clock.seconds()
+        indexed = expired = 0
+        for f in sorted(found, key=lambda f: f.mtime):  # the newest of a name wins
+            if f.blob_id in known:
+                continue
+            age = max(0.0, wall - f.mtime)
+            older = self.partials.get(f.meta.owner_id, f.meta.key)
+            if self.partial_ttl and age >= self.partial_ttl:
+                await self.blobs.discard_partial(f.blob_id)
+                expired += 1
+                continue
+            if older is not None and older.idle:
+                self.partials.remove(older)
+                await self.blobs.discard_partial(older.blob_id)
+                indexed -= 1
+            self.partials.add(
+                Partial(f.blob_id, f.meta, kept_of(f.meta, f.on_disk), None, now - age)
+            )
+            indexed += 1
+        return indexed, expired
+
+    @deferred
+    async def expire_partials(self, now: float | None = None) -> int:
+        """
+        Remove the partials idle for C{partial_ttl} seconds or more (as of
+        C{now}, clock seconds; default: now), content and sidecar.  Runs
+        periodically once started.  @return: Deferred[int] removed.
+        """
+        if not self.partial_ttl:
+            return 0
+        now = self.clock.seconds() if now is None else now
+        removed = 0
+        for p in self.partials:
+            if p.idle and p.last_active + self.partial_ttl <= now:
+                self.partials.remove(p)
+                await self.blobs.discard_partial(p.blob_id)
+                self.log.info(
+                    "interrupted upload of {name} by {owner} expired ({kept} bytes removed)",
+                    name=p.meta.name,
+                    owner=p.meta.owner,
+                    kept=p.kept,
+                )
+                removed += 1
+        return removed
+
+    @deferred
+    async def forget_partials_of(self, owner_id: int) -> int:
+        """A removed account's interrupted uploads go (content and sidecar).
+        @return: Deferred[int] removed."""
+        removed = 0
+        for p in self.partials.of_owner(owner_id):
+            if p.idle:
+                self.partials.remove(p)
+                await self.blobs.discard_partial(p.blob_id)
+                removed += 1
+        return removed
 
     def forget_blobs(self, blob_ids: Iterable[str]) -> Deferred[builtins.list[tuple[bool, bool]]]:
         """Unlink blobs whose rows are gone for good (a removed account's
@@ -411,7 +553,65 @@ class FilesService:
         if owner is None:
             raise LoginRequired()
         usage = await self.files.account_usage(owner.id)
-        return QuotaView(usage, self._quota, self.max_file_size)
+        mine = self.partials.of_owner(owner.id)
+        return QuotaView(
+            usage,
+            self._quota,
+            self.max_file_size,
+            len(mine),
+            sum(self._kept_now(p) for p in mine),
+        )
+
+    @staticmethod
+    def _kept_now(p: Partial) -> int:
+        """What a partial keeps now (at least), idle or being continued."""
+        if isinstance(p.user, PendingUpload):
+            return p.user.sink.kept_so_far
+        return p.kept
+
+    @deferred
+    async def partial(
+        self, caller: Caller, name: str, size: int, sha256: str | None = None
+    ) -> PartialView:
+        """
+        PARTIAL: how much of an upload of C{name} with C{size} bytes (and,
+        if given, content C{sha256}) the caller's interrupted upload keeps,
+        so a client can continue it (C{UPLOAD ... resume=yes offset=N}).
+        Only the caller's own: nobody else's partials can be seen or used.
+        @return: Deferred[L{PartialView}]; offset 0 when there is none.
+        """
+        owner = caller.account
+        if owner is None:
+            raise LoginRequired()
+        name = normalize_name(name)
+        if not isinstance(size, int) or size < 0:
+            raise BadArguments("size must be a whole number of bytes")
+        expected = check_sha256(sha256)
+        p = self.partials.get(owner.id, name_key(name))
+        if p is None or not self._continues(p, size, expected, None):
+            return PartialView(name, size, 0)
+        expires = None
+        if p.idle and self.partial_ttl:
+            expires = int((p.last_active + self.partial_ttl) * 1000)
+        return PartialView(
+            p.meta.name,
+            size,
+            self._kept_now(p),
+            p.meta.protected,
+            p.meta.sha256,
+            p.prefix_sha256(),
+            expires,
+        )
+
+    @staticmethod
+    def _continues(p: Partial, size: int, sha256: str | None, protected: bool | None) -> bool:
+        """Whether an upload of C{size} bytes (content C{sha256} if known,
+        protected or not if known) may continue the partial C{p}."""
+        if p.meta.size != size:
+            return False
+        if sha256 is not None and p.meta.sha256 is not None and sha256 != p.meta.sha256:
+            return False
+        return protected is None or protected == p.meta.protected
 
     @deferred
     async def begin_upload(
@@ -423,13 +623,29 @@ class FilesService:
         password: str | None = None,
         sha256: str | None = None,
         replace: bool = False,
+        *,
+        resume: bool = False,
+        offset: int = 0,
+        trailer: bool = False,
     ) -> PendingUpload:
         """
         Everything that must be checked before C{350}: 553 bad name, 501 bad
-        arguments, 552 size limit or quota, 555 exists (or someone else's),
-        452 disk space, then the key derivation for a protected file (429
-        when the KDF pool is saturated).  C{visibility=None} means public
-        for a new file and unchanged for a replaced one.
+        arguments, 552 size limit, 555 exists (or someone else's), 550 no
+        interrupted upload to continue at C{offset}, 552 quota, 452 disk
+        space, then the key derivation for a protected file (429 when the
+        KDF pool is saturated; 535 when a resumed one's password differs).
+        C{visibility=None} means public for a new file and unchanged for a
+        replaced one.
+
+        With C{resume}, the upload is kept as a partial if its connection is
+        cut (docs/protocol.md section 2.A.3); it needs C{sha256} or
+        C{trailer}, so the whole is verified at the end.  C{offset} > 0
+        continues the caller's partial of this name and size from there
+        (its bytes beyond are dropped); C{offset} 0 replaces any partial of
+        this name.  An upload still continuing that partial on another
+        connection is cut first (the newest connection wins; 555 if it is
+        already completing).  With C{trailer}, the content is followed by
+        its hex SHA-256.
         @return: Deferred[L{PendingUpload}].
         """
         owner = caller.account
@@ -442,7 +658,17 @@ class FilesService:
         if visibility is not None and visibility not in VISIBILITIES:
             raise BadArguments("visibility must be public or hidden")
         expected = check_sha256(sha256)
+        if trailer and expected is not None:
+            raise BadArguments("sha256= is 64 hex digits or trailer, not both")
         check_file_password(password)
+        if not isinstance(offset, int) or offset < 0:
+            raise BadArguments("bad offset")
+        if offset and not resume:
+            raise BadArguments("offset= needs resume=yes")
+        if resume and expected is None and not trailer:
+            raise BadArguments("resume=yes needs sha256=<hex> or sha256=trailer")
+        if offset > size:
+            raise BadArguments("bad offset: must be from 0 to %d" % size)
         if size > self.max_file_size:
             raise LimitExceeded("file too large: the limit is %d bytes" % self.max_file_size)
         existing = await self.files.get(key)
@@ -451,22 +677,201 @@ class FilesService:
                 raise Conflict("file exists and belongs to someone else")
             if not replace:
                 raise Conflict("file exists (use replace=yes)")
+        claim = object()
+        partial = await self._claim(owner, key, claim) if resume else None
+        try:
+            return await self._begin(
+                caller,
+                owner,
+                name,
+                key,
+                size,
+                visibility,
+                password,
+                expected,
+                bool(replace),
+                existing,
+                partial,
+                claim,
+                resume,
+                offset,
+                trailer,
+            )
+        except BaseException:
+            if partial is not None and partial.user is claim:
+                partial.release()
+            raise
+
+    async def _claim(self, owner: Account, key: str, claim: object) -> Partial | None:
+        """Hold the owner's partial of C{key} for a new resumable upload
+        (cutting an upload still continuing it); None if there is none."""
+        p = self.partials.get(owner.id, key)
+        if p is None:
+            return None
+        if isinstance(p.user, PendingUpload):
+            if p.user.sink.finishing:
+                raise Conflict("an upload of this name is completing on another connection")
+            self.log.info(
+                "{owner}: another connection continues the upload of {name}; cutting the old one",
+                owner=owner.name,
+                name=p.meta.name,
+            )
+            await p.user.sink.cut()
+            if self.partials.get(owner.id, key) is not p:
+                return None  # not kept (a disk error): start afresh
+        if not p.idle:
+            raise Conflict("an upload of this name is starting on another connection")
+        p.user = claim
+        return p
+
+    async def _begin(
+        self,
+        caller: Caller,
+        owner: Account,
+        name: str,
+        key: str,
+        size: int,
+        visibility: str | None,
+        password: str | None,
+        expected: str | None,
+        replace: bool,
+        existing: FileRecord | None,
+        partial: Partial | None,
+        claim: object,
+        resume: bool,
+        offset: int,
+        trailer: bool,
+    ) -> PendingUpload:
+        """L{begin_upload} once the caller's partial of this name (if any,
+        when resuming) is held by C{claim}."""
+        if offset:
+            if (
+                partial is None
+                or not self._continues(partial, size, expected, password is not None)
+                or offset > partial.kept
+            ):
+                raise NotFound(
+                    "no interrupted upload of this name and size keeps %d bytes "
+                    "(PARTIAL tells what is kept)" % offset
+                )
+            if partial.meta.protected and offset % partial.meta.chunk_size:
+                raise BadArguments(
+                    "offset must be a multiple of %d for a protected upload"
+                    % partial.meta.chunk_size
+                )
         if self._quota is not None:
             used = await self.files.usage(owner.id)
             if existing is not None:
                 used -= existing.size
+            # Interrupted uploads count, except the one this one continues
+            # or replaces.
+            used += self.partials.idle_bytes(owner.id, except_key=key)
             if used + size > self._quota:
                 raise LimitExceeded("quota exceeded: %d of %d bytes used" % (used, self._quota))
-        on_disk = encrypted_size(size) if password is not None else size
+        left = size - offset
+        on_disk = encrypted_size(left) if password is not None else left
         self.blobs.check_space(on_disk, self.min_free_percent)
-        encryption = None
-        if password is not None:
+        encryption: EncryptionParams | None = None
+        if offset and partial is not None and partial.meta.enc_meta is not None:
+            assert password is not None
+            try:
+                enc_key = await unlock(
+                    partial.meta.enc_meta, password, self.kdf, source=caller.address
+                )
+            except BadCredentials:
+                raise BadCredentials(
+                    "wrong file password: the interrupted upload has another one"
+                ) from None
+            encryption = params_from_meta(partial.meta.enc_meta, enc_key)
+        elif password is not None:
             n, r, p = self.kdf_params
             encryption = await prepare_encryption(
                 password, self.kdf, n, r, p, source=caller.address
             )
-        sink = self.blobs.open_upload(size, expected, encryption)
-        return PendingUpload(self, sink, name, key, owner, size, visibility, bool(replace))
+        if not resume:
+            sink = self.blobs.open_upload(size, expected, encryption, trailer=trailer)
+            return PendingUpload(self, sink, name, key, owner, size, visibility, replace)
+        if offset:
+            assert partial is not None
+            hasher = partial.hasher if offset == partial.kept else None
+            try:
+                point = await self.blobs.prepare_partial(
+                    partial.blob_id, partial.meta, offset, hasher, encryption
+                )
+            except IntegrityFailure:
+                self.partials.remove(partial)
+                partial.release()
+                await self.blobs.discard_partial(partial.blob_id)
+                raise IntegrityFailure(
+                    "the interrupted upload is damaged and was removed; upload from the start"
+                ) from None
+        else:
+            if partial is not None:  # another size, content or password: start afresh
+                self.partials.remove(partial)
+                partial.release()
+                await self.blobs.discard_partial(partial.blob_id)
+            meta = PartialMeta(
+                owner.id,
+                owner.name,
+                name,
+                key,
+                size,
+                expected,
+                encryption.meta() if encryption is not None else None,
+                self._now_ms(),
+            )
+            blob_id = await self.blobs.create_partial(meta)
+            older = self.partials.get(owner.id, key)
+            if older is not None:  # made meanwhile by another connection
+                if not older.idle:
+                    await self.blobs.discard_partial(blob_id)
+                    raise Conflict("an upload of this name is starting on another connection")
+                self.partials.remove(older)
+                await self.blobs.discard_partial(older.blob_id)
+            partial = Partial(blob_id, meta, 0, None, self.clock.seconds(), user=claim)
+            self.partials.add(partial)
+            point = None
+        try:
+            sink = self.blobs.open_upload(
+                size, expected, encryption, partial=partial.blob_id, resume=point, trailer=trailer
+            )
+        except BaseException:
+            if offset == 0:  # the pair made above
+                self.partials.remove(partial)
+                self.blobs.discard_partial(partial.blob_id)
+            raise
+        up = PendingUpload(
+            self, sink, name, key, owner, size, visibility, replace, offset, partial
+        )
+        partial.user = up
+        partial.hasher = None  # the writer's now; given back if it is cut again
+        sink.settled().addCallback(lambda _: self._resumable_settled(up))
+        return up
+
+    def _resumable_settled(self, up: PendingUpload) -> None:
+        """A resumable upload is over: keep its partial (cut: L{Suspended})
+        or forget it (stored, failed: its pair is gone)."""
+        p = up.partial
+        if p is None or p.user is not up:
+            return
+        outcome = up.sink.outcome
+        if isinstance(outcome, Suspended) and outcome.kept == 0:
+            # Nothing to continue from: not worth keeping.
+            self.partials.remove(p)
+            self.blobs.discard_partial(p.blob_id)
+        elif isinstance(outcome, Suspended):
+            p.kept, p.hasher = outcome.kept, outcome.hasher
+            p.last_active = self.clock.seconds()
+            self.log.info(
+                "kept {kept} of {size} bytes of {name} for {owner} to be resumed",
+                kept=outcome.kept,
+                size=p.meta.size,
+                name=p.meta.name,
+                owner=p.meta.owner,
+            )
+        else:
+            self.partials.remove(p)
+        p.release()
 
     @deferred
     async def complete_upload(
@@ -475,6 +880,9 @@ class FilesService:
         """The body of L{PendingUpload.complete}: make the blob durable,
         then record its row (with the UPLOAD's history row, C{journal})."""
         stored = await up.sink.finish()
+        # Interrupted uploads count in the quota (this one's own is gone,
+        # and one of this name is superseded: see below).
+        pending = self.partials.idle_bytes(up.owner.id, except_key=up.key)
         row = dict(
             name=up.name,
             name_key=up.key,
@@ -487,6 +895,7 @@ class FilesService:
             enc_meta=stored.enc_meta,
             created_ms=self._now_ms(),
             quota=self._quota,
+            pending=pending,
         )
         old_blob: str | None = None
         try:
@@ -506,6 +915,11 @@ class FilesService:
         self.blobs.release(stored.blob_id)
         if old_blob is not None:
             await self.blobs.delete(old_blob)
+        superseded = self.partials.get(up.owner.id, up.key)
+        if superseded is not None and superseded.idle:
+            # An interrupted upload of the name just stored is of no use.
+            self.partials.remove(superseded)
+            await self.blobs.discard_partial(superseded.blob_id)
         self.log.info(
             "stored {name} ({size} bytes) for {owner}",
             name=up.name,

@@ -23,6 +23,16 @@ too.  A crash leaves at worst a stale C{tmp/*.part} (removed by
 L{BlobStore.sweep} at start-up) or a finished blob without a row (kill -9
 between rename and insert; removed by L{BlobStore.remove_orphans} at
 start-up).  Nothing partial is ever visible.
+
+A I{resumable} upload (C{UPLOAD ... resume=yes}, docs/protocol.md section
+2.A.3) writes into a temporary file that already exists beside a small
+sidecar (L{netshare.services.files.partials}).  When its connection is cut,
+C{abort()} does not remove the file: the worker writes what was queued,
+fsyncs, and settles with a L{Suspended} (the plaintext bytes kept and the
+SHA-256 state after exactly those bytes).  A later upload continues it from
+a L{ResumePoint}.  With C{trailer}, the last 64 raw bytes after the content
+are the hex SHA-256 the content is checked against (the client computes it
+while sending).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from netshare.deferreds import deferred
-from netshare.errors import InsufficientStorage, IntegrityFailure
+from netshare.errors import BadArguments, Conflict, InsufficientStorage, IntegrityFailure
 from netshare.services.files.crypto import (
     HEADER_SIZE,
     BlobHeader,
@@ -60,11 +70,13 @@ from netshare.services.files.disk import (
     reraise_storage,
     write_all,
 )
+from netshare.services.files.names import check_sha256
 
 KiB = 1024
 MiB = 1024 * KiB
 HIGH_WATER = 4 * MiB  # upload bytes queued before the socket is paused
 WRITE_BATCH = 1 * MiB  # upload bytes the worker takes per writev
+TRAILER = 64  # the hex SHA-256 after the content of an UPLOAD sha256=trailer
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,34 @@ class StoredBlob:
     size: int
     sha256: str
     enc_meta: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """
+    Where a resumable upload's content continues: the temporary file holds
+    C{kept} plaintext bytes in its first C{on_disk} bytes (encrypted files:
+    the header and C{kept / chunk size} sealed chunks), and C{hasher} is the
+    SHA-256 state after exactly those C{kept} bytes (the writer owns it).
+    """
+
+    kept: int
+    on_disk: int
+    hasher: Any
+
+
+@dataclass(frozen=True)
+class Suspended:
+    """
+    A resumable upload cut before its last byte: its temporary file is
+    fsynced and holds C{kept} plaintext bytes; C{hasher} is the SHA-256 state
+    after exactly those bytes (so resuming needs no re-read while this
+    process runs).
+    """
+
+    blob_id: str
+    kept: int
+    hasher: Any
 
 
 class BlobWriter:
@@ -93,7 +133,15 @@ class BlobWriter:
         encryption: EncryptionParams | None,
         fsync: bool,
         write_behind: bool = True,
+        sidecar_path: str | None = None,
+        resume: ResumePoint | None = None,
     ):
+        """
+        @param sidecar_path: a resumable upload's sidecar: its temporary file
+            already exists (maybe holding C{resume.kept} bytes) and is kept
+            by L{suspend}; L{finalize} and L{discard} remove the sidecar too.
+        @param resume: where the content continues (None: from byte 0).
+        """
         self.tmp_path = tmp_path
         self.write_behind = write_behind
         self.shard_dir = shard_dir
@@ -102,23 +150,43 @@ class BlobWriter:
         self.size = size
         self.fsync = fsync
         self.encryption = encryption
-        self.hasher = hashlib.sha256()
-        self.count = 0
-        self.on_disk = 0  # bytes written to the file (ciphertext if encrypted)
+        self.sidecar_path = sidecar_path
+        self.hasher: Any = resume.hasher if resume is not None else hashlib.sha256()
+        self.count = resume.kept if resume is not None else 0  # plaintext bytes, kept included
+        self.count_at_start = self.count
+        # bytes of the file (ciphertext if encrypted)
+        self.on_disk = resume.on_disk if resume is not None else 0
         self.behind: WriteBehind | None = None
         self.fd: int | None = None
         self.encryptor: ChunkEncryptor | None = None
         if encryption is not None:
+            if self.count % encryption.chunk_size:
+                raise ValueError("a protected upload resumes at a chunk boundary")
             header = BlobHeader(
                 encryption.chunk_size, size, encryption.salt, encryption.nonce_prefix
             )
-            self.encryptor = ChunkEncryptor(encryption.key, header)
+            # The encryptor hashes what it seals: the hash then always
+            # covers exactly the chunks on disk (see Suspended).
+            self.encryptor = ChunkEncryptor(
+                encryption.key, header, self.count // encryption.chunk_size, self.hasher
+            )
+
+    @property
+    def resumable(self) -> bool:
+        return self.sidecar_path is not None
 
     def _open(self) -> int:
         if self.fd is None:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC
-            self.fd = os.open(self.tmp_path, flags, 0o600)
-            if self.encryptor is not None:
+            if self.resumable:
+                # The file exists (made with the sidecar); continue after
+                # what it keeps.
+                self.fd = os.open(self.tmp_path, os.O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+                os.ftruncate(self.fd, self.on_disk)
+                os.lseek(self.fd, self.on_disk, os.SEEK_SET)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC
+                self.fd = os.open(self.tmp_path, flags, 0o600)
+            if self.encryptor is not None and self.on_disk == 0:
                 write_all(self.fd, self.encryptor.header_bytes)
                 self.on_disk = HEADER_SIZE
             if self.write_behind:
@@ -130,9 +198,10 @@ class BlobWriter:
         try:
             fd = self._open()
             for chunk in chunks:
-                self.hasher.update(chunk)
                 self.count += len(chunk)
             if self.encryptor is None:
+                for chunk in chunks:
+                    self.hasher.update(chunk)
                 out = chunks
             else:
                 out = []
@@ -171,6 +240,7 @@ class BlobWriter:
             os.rename(self.tmp_path, self.final_path)
             if self.fsync:
                 fsync_dir(self.shard_dir)
+            self._unlink_sidecar()
         except OSError as e:
             self.discard()
             reraise_storage(e)
@@ -179,6 +249,36 @@ class BlobWriter:
             raise
         meta = self.encryption.meta() if self.encryption is not None else None
         return StoredBlob(self.blob_id, self.size, digest, meta)
+
+    def suspend(self) -> Suspended:
+        """
+        A resumable upload was cut: make what is written durable and keep
+        it.  An encrypted upload keeps only its sealed chunks (the bytes the
+        encryptor still buffers are dropped: the client sends them again).
+        On failure the temporary file and the sidecar are removed.
+        """
+        try:
+            if self.fd is not None:
+                if self.fsync:
+                    os.fsync(self.fd)
+                os.close(self.fd)
+                self.fd = None
+        except OSError as e:
+            self.discard()
+            reraise_storage(e)
+        if self.encryptor is None:
+            kept = self.count
+        else:
+            assert self.encryption is not None
+            kept = self.encryptor.sealed * self.encryption.chunk_size
+        return Suspended(self.blob_id, kept, self.hasher)
+
+    def _unlink_sidecar(self) -> None:
+        if self.sidecar_path is not None:
+            try:
+                os.unlink(self.sidecar_path)
+            except FileNotFoundError:
+                pass
 
     def discard(self) -> None:
         if self.fd is not None:
@@ -191,6 +291,7 @@ class BlobWriter:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
             pass
+        self._unlink_sidecar()
 
 
 @implementer(IConsumer)
@@ -200,17 +301,27 @@ class UploadSink:
     worker thread; see the module docstring.
 
     Use: C{registerProducer(transportSide, True)}, C{write()} each chunk,
-    then C{finish()} after exactly C{size} bytes, or C{abort()} when the
-    connection drops.  Writes after a worker failure (disk full) are
-    discarded, so the protocol can still consume the rest of the body and
-    get the error from C{finish()}.
+    then C{finish()} after exactly C{size} bytes (plus the trailer, if
+    any), or C{abort()} when the connection drops.  Writes after a worker
+    failure (disk full) are discarded, so the protocol can still consume the
+    rest of the body and get the error from C{finish()}.
+
+    A resumable upload's C{abort()} keeps its content (L{Suspended}, see
+    the module docstring); L{cut} does the same for another connection that
+    continues it.
 
     @param parent_dir: the directory holding the blob's shard directory
         (fsynced when the shard directory is new).
     @param on_settled: called on the reactor thread with the blob id and
         whether the blob was stored, once the upload is over either way.
     @param reactor: provides C{IReactorTime} and C{IReactorFromThreads}.
-    @ivar received: bytes accepted so far.
+    @param trailer: the content is followed by L{TRAILER} bytes, the hex
+        SHA-256 it must match (C{sha256=trailer}).
+    @ivar size: content bytes expected from the client (a resumed upload's
+        kept bytes excluded).
+    @ivar received: content bytes accepted so far.
+    @ivar outcome: once settled: a L{StoredBlob}, a L{Suspended}, a
+        L{Failure}, or None (aborted).
     """
 
     log = Logger()
@@ -224,10 +335,15 @@ class UploadSink:
         high_water: int,
         parent_dir: str,
         on_settled: Callable[[str, bool], object],
+        trailer: bool = False,
     ):
         self.blob_id = writer.blob_id
-        self.size = writer.size
+        self.size = writer.size - writer.count
         self.received = 0
+        self.trailer_size = TRAILER if trailer else 0
+        self._trailer = bytearray()
+        self._cut = False
+        self._finishing = False
         self._parent_dir = parent_dir
         self._on_settled = on_settled
         self._writer = writer
@@ -241,7 +357,7 @@ class UploadSink:
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes queued or being written
         self._running = False  # a worker job owns the writer
-        self._state = "open"  # open -> finishing | aborting -> done
+        self._state = "open"  # open -> finishing | aborting | suspending -> done
         self._paused = False
         self._resume_pending = False
         # worker-owned until settled:
@@ -251,7 +367,7 @@ class UploadSink:
         self._producer: Any = None  # a push (streaming) or pull producer
         self._streaming = True
         self._pull_call: IDelayedCall | None = None
-        self._outcome: StoredBlob | Failure | None = None
+        self._outcome: StoredBlob | Suspended | Failure | None = None
         self._settled = False
         self._waiters: list[Deferred[None]] = []
 
@@ -281,8 +397,12 @@ class UploadSink:
             return
         room = self.size - self.received
         if len(data) > room:
-            self._overflow = True
+            extra = data[room:]
             data = data[:room]
+            take = self.trailer_size - len(self._trailer)
+            self._trailer += extra[:take]
+            if len(extra) > take:
+                self._overflow = True
         self.received += len(data)
         if not data or self._error is not None:
             return
@@ -363,6 +483,11 @@ class UploadSink:
         if final == "aborting" or self._error is not None:
             self._writer.discard()
             outcome: Any = self._error
+        elif final == "suspending":
+            try:
+                outcome = self._writer.suspend()
+            except Exception:
+                outcome = Failure()
         else:
             try:
                 outcome = self._writer.finalize(self._expected, self._parent_dir)
@@ -378,7 +503,7 @@ class UploadSink:
         if start:
             self._pool.callInThread(self._work)
 
-    def _settle(self, outcome: StoredBlob | Failure) -> None:
+    def _settle(self, outcome: StoredBlob | Suspended | Failure | None) -> None:
         with self._lock:
             self._state = "done"
             self._running = False
@@ -403,6 +528,37 @@ class UploadSink:
 
     # the caller's side
 
+    def settled(self) -> Deferred[None]:
+        """A Deferred fired (with None) once the upload is over, either way
+        (see L{outcome})."""
+        return self._when_settled()
+
+    @property
+    def outcome(self) -> StoredBlob | Suspended | Failure | None:
+        return self._outcome
+
+    @property
+    def resumable(self) -> bool:
+        return self._writer.resumable
+
+    @property
+    def finishing(self) -> bool:
+        """Whether the last byte is in (the upload can no longer be cut)."""
+        return self._finishing
+
+    @property
+    def kept_so_far(self) -> int:
+        """
+        Plaintext bytes a resumable upload would keep if cut now, at least:
+        what is received (an encrypted one keeps whole sealed chunks only,
+        and a chunk is sealed once a byte beyond it is in).
+        """
+        total = self._writer.count_at_start + self.received
+        enc = self._writer.encryption
+        if enc is None:
+            return total
+        return max(0, (total - 1) // enc.chunk_size) * enc.chunk_size
+
     @property
     def queued(self) -> int:
         """Bytes received and not yet on disk (bounded by about C{high_water})."""
@@ -423,24 +579,35 @@ class UploadSink:
             checksum mismatch, L{InsufficientStorage} (452) on a full disk.
         """
         if self._state != "open":
+            if self._cut:
+                raise Conflict("this upload was continued by another connection")
             raise RuntimeError("finish() after finish() or abort()")
+        self._finishing = True
         self.unregisterProducer()
-        if self.received != self.size or self._overflow:
+        if self.received != self.size or self._overflow or len(self._trailer) != self.trailer_size:
             got, size = self.received, self.size
             self._enter("aborting")
             await self._when_settled()
             raise IntegrityFailure("size mismatch: received %d of %d bytes" % (got, size))
+        if self.trailer_size:
+            try:
+                self._expected = check_sha256(bytes(self._trailer).decode("ascii"))
+            except (UnicodeDecodeError, BadArguments):
+                self._enter("aborting")
+                await self._when_settled()
+                raise BadArguments("the sha256 trailer must be 64 hex digits") from None
         self._enter("finishing")
         await self._when_settled()
         outcome = self._outcome
         if isinstance(outcome, Failure):
             outcome.raiseException()
-        assert outcome is not None  # settled: a StoredBlob or a Failure
+        assert isinstance(outcome, StoredBlob)  # settled while finishing: stored or failed
         return outcome
 
     def abort(self) -> Deferred[None]:
         """
-        The connection dropped: remove the temporary file.
+        The connection dropped: remove the temporary file, or, for a
+        resumable upload, keep what arrived (L{Suspended}).
 
         After C{finish()} this changes nothing (the last byte is in; the
         upload completes).  @return: Deferred[None] fired when settled.
@@ -448,10 +615,26 @@ class UploadSink:
         self.unregisterProducer()
         if self._state == "open":
             self.log.info(
-                "upload {blob} aborted after {received} of {size} bytes",
+                "upload {blob} {what} after {received} of {size} bytes",
                 blob=self.blob_id,
+                what="suspended" if self.resumable else "aborted",
                 received=self.received,
                 size=self.size,
             )
-            self._enter("aborting")
+            self._enter("suspending" if self.resumable else "aborting")
         return self._when_settled()
+
+    def cut(self) -> Deferred[None]:
+        """
+        Another connection continues this resumable upload: stop reading
+        this one (its connection is closed; a C{finish()} that still comes
+        fails with C{555}) and keep what arrived.
+        @return: Deferred[None] fired when settled.
+        """
+        producer = self._producer
+        if self._state == "open":
+            self._cut = True
+        d = self.abort()
+        if producer is not None:
+            producer.stopProducing()
+        return d
