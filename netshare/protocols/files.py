@@ -74,8 +74,9 @@ class FilesProtocol(CommandProtocol):
             "DOWNLOAD": "DOWNLOAD <name> [password=P] [offset=N]: 150 <n> bytes sha256=<hex>, "
             "n raw bytes, 226",
             "DELETE": "DELETE <name>: owner or admin",
-            "QUOTA": "QUOTA: 200 {files, bytes, quota, max_file_size}: what you store "
-            "(hidden and protected files too) and your limits",
+            "QUOTA": "QUOTA: 200 {files, bytes, quota, max_file_size, partials, partial_bytes}: "
+            "what you store (hidden and protected files and interrupted uploads too) and "
+            "your limits",
         },
     )
 
