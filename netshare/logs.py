@@ -115,6 +115,11 @@ class CommandLog:
         self.writers = list(writers)
         self.clock = clock
         self.interval = interval
+        #: Called at each flush with the events waiting, as tuples
+        #: (time, service, user, peer, verb, code, duration_ms, bytes): the
+        #: metrics count commands by verb and code from the same events, a
+        #: batch at a time, off the command's path (netshare/web/metrics.py).
+        self.observers = []
         self._waiting = []
         self._timer = None
 
@@ -131,6 +136,11 @@ class CommandLog:
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return
+        for observe in self.observers:
+            try:
+                observe(waiting)
+            except Exception:  # the log is written whatever an observer does
+                _log.failure("a command log observer failed")
         text = "".join(
             [
                 _COMMAND_LINE % (t, s, _js(u), _js(p), _js(v), c, d, n)

@@ -319,6 +319,7 @@ def test_make_run(tmp_path):
     ports = {s: free_port() for s in SERVICES}
     extra = {"NETSHARE_" + s.upper(): "tcp:%d:interface=127.0.0.1" % p for s, p in ports.items()}
     extra["NETSHARE_MANHOLE"] = "tcp:%d:interface=127.0.0.1" % free_port()
+    extra["NETSHARE_WEB"] = "tcp:%d:interface=127.0.0.1" % free_port()  # not the shared 7005
     out_path = tmp_path / "make.out"
     with open(out_path, "wb") as out:
         # -o: the venv is already installed (by `make test`, which runs this).

@@ -96,6 +96,7 @@ from twisted.python.threadpool import ThreadPool
 
 from netshare.deferreds import deferred
 from netshare.errors import DatabaseUnavailable, InsufficientStorage, NetshareError, OutcomeUnknown
+from netshare.stats import DB_CALL_BUCKETS, Histogram
 from netshare.storage.engine import worker_threads
 from netshare.storage.schema import write_marks
 
@@ -361,6 +362,9 @@ class DBPool:
         self.active = 0
         self.calls = 0
         self.failures = 0
+        #: Seconds from a call's submission (queueing included) to its
+        #: answer, per call (a write group is one call); /metrics exports it.
+        self.latency = Histogram(DB_CALL_BUCKETS)
         self.running = False
         self.stopping = False
         self._waitingWrites: list[_Write] = []  # for the next group
@@ -497,10 +501,12 @@ class DBPool:
         outer: Deferred[T] = Deferred()
         settled: _Outcome[T] = _Outcome()  # the worker's final word, for OutcomeUnknown
         timers: list[IDelayedCall] = []
+        started = time.monotonic()
 
         def finished(result: T | Failure) -> None:
             self._inflight.discard(inner)
             self.calls += 1
+            self.latency.observe(time.monotonic() - started)
             for t in timers:
                 if t.active():
                     t.cancel()
