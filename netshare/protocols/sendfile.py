@@ -173,9 +173,11 @@ class KernelCopy:
         d, self._done = self._done, None
         if d is None:
             return
-        if failure is not None:
-            d.errback(failure)
-        elif self._stop or sent < self.count:
-            d.errback(CopyStopped("connection closed during the download"))
-        else:
+        if sent >= self.count:
+            # Every byte went out: a close that raced the end (the client
+            # hung up once it had all it asked for) is not a failure.
             d.callback(sent)
+        elif failure is not None:
+            d.errback(failure)
+        else:
+            d.errback(CopyStopped("connection closed during the download"))

@@ -31,7 +31,7 @@ from twisted.web import http, server
 from netshare.errors import TemporaryError
 from netshare.protocols.factory import ConnectionLimits
 from netshare.stats import ServiceStats
-from netshare.web import auth, history, metrics, openapi, personnel, ttweet
+from netshare.web import auth, files, history, metrics, openapi, personnel, ttweet
 from netshare.web.app import (
     JSON_BODY_LIMIT,
     Call,
@@ -48,7 +48,7 @@ from netshare.web.static_site import is_static_path, static_root
 from netshare.wire import now_ms
 
 #: The modules of the API, each with C{register(router, runtime)}.
-MODULES: tuple[Any, ...] = (auth, history, ttweet, personnel, metrics, openapi)
+MODULES: tuple[Any, ...] = (auth, history, files, ttweet, personnel, metrics, openapi)
 
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
