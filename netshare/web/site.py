@@ -187,10 +187,11 @@ class ApiRequest(server.Request):
             return
         self.received = True
         if self._static:
-            # The web interface's files: the site's resource tree
-            # (netshare/web/static_site.py), recorded like any request.
-            call = self._makeCall(self.method.decode("latin-1"), self.uri, None)
-            self.notifyFinish().addBoth(lambda _: site.dispatcher.record(call, self.code))
+            # The web interface's own files (netshare/web/static_site.py):
+            # served, not recorded.  They are not commands (a page load is a
+            # dozen of them, all before the page can sign in) and would use
+            # up the address's budget of pre-login history entries, which is
+            # there for failed logins.
             server.Request.process(self)
             return
         self.setHeader(b"date", http.datetimeToString())

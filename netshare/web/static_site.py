@@ -1,5 +1,5 @@
 """
-The web interface's files (issue 17): C{/} is C{index.html}, C{/static/...}
+The web interface's files: C{/} is C{index.html}, C{/static/...}
 the scripts, styles and images it loads, all from the package data in
 C{netshare/web/static/}.
 
@@ -159,9 +159,9 @@ class Index(resource.Resource):
 
 class StaticRoot(resource.Resource):
     """
-    The site's root: C{/} and C{/static/} are the interface's; the site
-    adds its other children (C{api}, C{healthz}...) with C{putChild}.
-    Any other path is a 404 with the same headers.
+    The site's resource tree: C{/} and C{/static/...}.  The site routes
+    every other path itself (netshare/web/site.py, L{is_static_path}); one
+    that reaches this tree anyway is a 404 with the same headers.
     """
 
     def __init__(self, assets: dict[str, Asset]) -> None:
@@ -187,8 +187,7 @@ class _NotFound(resource.Resource):
 def static_root(directory: str | None = None) -> StaticRoot:
     """
     The resource for C{/}: the interface's files from C{directory}
-    (default: the package's C{static/}), to which the site adds its
-    other children.
+    (default: the package's C{static/}).
     """
     return StaticRoot(load_assets(directory))
 

@@ -1,11 +1,13 @@
 // The operator dashboard (admins): GET /api/stats every 2 s, rates from
 // successive snapshots, small line charts over the last minutes.
 //
-// The snapshot is the runtime's stats (netshare/service.py Runtime.stats:
-// per listener connections, commands, bytes in/out, slow readers dropped;
-// "database"; "history"; "kdf") plus "sync_clients" and "time".  Keys
-// this page does not know are ignored, and a figure the server does not
-// report is shown as "not reported" rather than guessed.
+// The answer (netshare/web/metrics.py stats): "services", the runtime's
+// snapshot (netshare/service.py Runtime.stats: per listener connections,
+// commands, bytes in/out, slow readers dropped; "database"; "history";
+// "kdf"), "db_latency" (a histogram of database call durations, seconds,
+// when the pool keeps one), "sync_clients" and "time_ms".  Keys this page
+// does not know are ignored, and a figure the server does not report is
+// shown as "not reported" rather than guessed.
 
 import * as api from './api.js';
 import { LineChart } from './chart.js';
@@ -26,17 +28,35 @@ function num(v) {
   return Number.isFinite(n) ? n : null;
 }
 
-// The database's latency, in ms, under whichever name the server reports it.
-function dbLatency(db, prev) {
-  if (!db) return null;
-  for (const k of ['latency_ms', 'avg_latency_ms', 'latency', 'mean_ms', 'p50_ms']) {
-    if (num(db[k]) !== null) return num(db[k]);
+// The snapshot, whichever way it is laid out: {services: {...}, ...} or
+// the runtime's stats at the top.
+function normalize(raw) {
+  const snap = raw.services && typeof raw.services === 'object' ? raw.services : raw;
+  return {
+    t: num(raw.time_ms ?? raw.time) ?? Date.now(),
+    snap,
+    sync: raw.sync_clients ?? snap.sync_clients ?? [],
+    histogram: raw.db_latency ?? null,
+    slowest: slowest(raw) || slowest(snap),
+  };
+}
+
+// The mean database call latency (ms) since the previous snapshot, from
+// the histogram's count and sum (seconds); null when not reported or no
+// call was made meanwhile.
+function dbLatency(now, prev) {
+  const h = now.histogram;
+  if (!h || !Array.isArray(h.counts) || num(h.sum) === null) {
+    const db = now.snap.database || {};
+    for (const k of ['latency_ms', 'avg_latency_ms', 'mean_ms']) if (num(db[k]) !== null) return num(db[k]);
+    return null;
   }
-  if (prev && num(db.total_ms) !== null && num(db.calls) !== null) {
-    const calls = db.calls - prev.calls;
-    return calls > 0 ? (db.total_ms - prev.total_ms) / calls : null;
-  }
-  return null;
+  const count = h.counts.reduce((a, b) => a + b, 0);
+  const p = prev && prev.histogram;
+  const pc = p && Array.isArray(p.counts) ? p.counts.reduce((a, b) => a + b, 0) : 0;
+  const calls = count - pc;
+  const seconds = h.sum - (p ? p.sum : 0);
+  return calls > 0 ? (seconds * 1000) / calls : null;
 }
 
 function slowest(stats) {
@@ -107,8 +127,10 @@ export function mount(root, ctx) {
     return [el('dt', {}, label), el('dd', {}, value)];
   }
 
-  function sample(stats) {
-    const t = num(stats.time) ?? Date.now();
+  function sample(raw) {
+    const now = normalize(raw);
+    const stats = now.snap;
+    const t = now.t;
     const prev = st.prev;
     const dt = prev ? (t - prev.t) / 1000 : 0;
     const names = services(stats);
@@ -118,7 +140,7 @@ export function mount(root, ctx) {
     clear(totals);
     for (const name of names) {
       const s = stats[name];
-      const p = prev && prev.stats[name];
+      const p = prev && prev.snap[name];
       conn[name] = num(s.connections);
       cmds[name] = p && dt > 0 ? Math.max(0, (s.commands - p.commands) / dt) : null;
       const io = (x) => (num(x.bytes_in) || 0) + (num(x.bytes_out) || 0);
@@ -145,10 +167,10 @@ export function mount(root, ctx) {
     charts.history.push(t, { waiting: num(history.pending) });
     const db = stats.database || {};
     charts.database.push(t, { 'in flight': num(db.active), queued: num(db.queued) });
-    const latency = dbLatency(db, prev && prev.stats.database);
+    const latency = dbLatency(now, prev);
     charts.latency.push(t, { latency });
 
-    const clients = Array.isArray(stats.sync_clients) ? stats.sync_clients : [];
+    const clients = Array.isArray(now.sync) ? now.sync : [];
     const lag = {};
     clear(clientsBody);
     for (const c of clients) {
@@ -175,11 +197,14 @@ export function mount(root, ctx) {
       ...fact('History entries waiting', compactNumber(num(history.pending) ?? 0)),
       ...fact('History entries dropped', compactNumber(num(history.dropped) ?? 0)),
       ...fact('Database calls', `${compactNumber(num(db.calls) ?? 0)} (${compactNumber(num(db.failures) ?? 0)} failed, ${compactNumber(num(db.timeouts) ?? 0)} timed out)`),
-      ...fact('Database latency', latency === null ? 'not reported' : `${latency.toFixed(1)} ms`),
+      ...fact(
+        'Database latency (mean, last 2 s)',
+        latency === null ? (now.histogram ? 'no calls' : 'not reported') : `${latency.toFixed(2)} ms`,
+      ),
       ...fact('Password hashes waiting', compactNumber(num(kdf.pending) ?? 0)),
     );
 
-    const slow = slowest(stats);
+    const slow = now.slowest;
     slowSection.hidden = !slow;
     if (slow) {
       clear(slowBody);
@@ -199,7 +224,7 @@ export function mount(root, ctx) {
       }
       if (!slow.length) slowBody.append(el('tr', {}, el('td', { colspan: '5', class: 'empty' }, 'None yet.')));
     }
-    st.prev = { t, stats };
+    st.prev = now;
     updated.textContent = `Updated ${new Date().toLocaleTimeString()} · every ${PERIOD_MS / 1000} s`;
     updated.dataset.samples = String(charts.connections.samples);
   }
@@ -243,14 +268,25 @@ export function mount(root, ctx) {
       charts.latency.node,
     ),
     el(
-      'div',
-      { class: 'columns' },
-      el('section', { class: 'card col-main', 'aria-labelledby': 'svc-title' }, el('h2', { id: 'svc-title' }, 'Services'), el('div', { class: 'table-wrap' }, totalsTable), misc),
+      'section',
+      { class: 'card', 'aria-labelledby': 'svc-title' },
+      el('h2', { id: 'svc-title' }, 'Services'),
+      el('div', { class: 'table-wrap' }, totalsTable),
+      misc,
+    ),
+    el(
+      'section',
+      { class: 'card', 'aria-labelledby': 'lag-title' },
+      el('h2', { id: 'lag-title' }, 'Sync clients'),
       el(
-        'section',
-        { class: 'card col-side', 'aria-labelledby': 'lag-title' },
-        el('h2', { id: 'lag-title' }, 'Sync clients'),
-        el('div', { class: 'table-wrap' }, el('table', { class: 'data compact', id: 'lag-table' }, el('thead', {}, el('tr', {}, ['Client', 'Connected', 'Acked seq', 'Lag'].map((h) => el('th', { scope: 'col' }, h)))), clientsBody)),
+        'div',
+        { class: 'table-wrap' },
+        el(
+          'table',
+          { class: 'data compact', id: 'lag-table' },
+          el('thead', {}, el('tr', {}, ['Client', 'Connected', 'Acked seq', 'Lag'].map((h) => el('th', { scope: 'col' }, h)))),
+          clientsBody,
+        ),
       ),
     ),
     slowSection,
