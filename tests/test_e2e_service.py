@@ -174,7 +174,7 @@ def test_sigterm_with_every_default_listener_on(tmp_path):
     closed with the same line, the command answered just before the signal
     is in the request history, and the exit status is 0.
     """
-    server = ServerProcess(tmp_path / "data", manhole=True)
+    server = ServerProcess(tmp_path / "data", manhole=True, web=True)
     conns, shells = {}, []
     try:
         server.start()
