@@ -491,6 +491,36 @@ def test_history_text_is_stored_literally(db_pool):
     assert (yield timed(db_pool.run(H.thd_hide_all, user=NASTY[:32]))) == len(commands)
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_large_history_batch_keeps_every_column(db_pool):
+    """A batch bigger than one statement's chunk (SQLite inserts a batch as
+    JSON, H._JSON_CHUNK rows a statement) stores every row whole: NULL user
+    and account, large numbers, text JSON would have to escape."""
+    n = H._JSON_CHUNK * 2 + 3
+    rows = [
+        _row(
+            i,
+            None if i % 3 == 0 else "u%d" % (i % 7),
+            'TWEET "%d \\ \\n \t é 🐍"' % i,
+            200 + i % 300,
+            ("files", "ttweet", "personnel")[i % 3],
+            None if i % 3 == 0 else 2**40 + i,
+        )
+        for i in range(n)
+    ]
+    assert (yield timed(db_pool.run(H.thd_insert_many, rows))) == n
+    got = list(reversed((yield timed(db_pool.run(H.thd_list, n + 10)))))
+    assert len(got) == n
+    assert [(e.command, e.code, e.service, e.user) for e in got] == [
+        (r["command"], r["code"], r["service"], r["user"]) for r in rows
+    ]
+    for r in (rows[0], rows[-1]):
+        entry, owner, hidden = yield timed(
+            db_pool.run(H.thd_get, next(e.id for e in got if e.command == r["command"]))
+        )
+        assert (owner, hidden) == (r["account_id"], False)
+
+
 # -- the outage test: a TCP proxy between netshare and the database ------------------
 
 
