@@ -667,13 +667,16 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
     def _startRawSend(self, raw: SendRaw) -> "defer.Deferred[Any]":
         assert self._current is not None
         self._current.code = 226
+        if self.output is not None:
+            # Off the transport first: the 150 line then waits in the
+            # transport's buffer (not written through), and the producer
+            # below starts once that buffer has drained.
+            self.output.unregister()
         self._write(["150 %d bytes sha256=%s" % (raw.size, raw.sha256)])
         self._sendingRaw = raw
         # A transfer that makes no progress for a whole idle timeout is cut
         # (each chunk written resets the timer, see _rawSent).
         self.setTimeout(None if self._idleExempt else self.config.idle_timeout)
-        if self.output is not None:
-            self.output.unregister()
         copy = self._kernelCopy(raw)
         if copy is not None:
             raw.producer = copy  # (so that a lost connection stops the copy)

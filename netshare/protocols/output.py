@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netshare.protocols import writethrough
+
 
 class Writer(Protocol):
     """What L{Output} writes for: the connection."""
@@ -120,7 +122,12 @@ class Output:
             self.queuedWhileFull += len(data)
             if self.queuedWhileFull + self._pushQueued > self.max_output:
                 return self.dropSlowReader()
-        writer.transport.write(data)
+        if self.registered:
+            # Between raw transfers (a raw send's producer takes the
+            # transport's producer slot and waits for its buffer to drain).
+            writethrough.write(writer.transport, data)
+        else:
+            writer.transport.write(data)
 
     def push(self, data: bytes, count: int = 1) -> None:
         """C{count} push lines: written now, or queued while raw data flows."""
