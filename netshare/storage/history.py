@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 from twisted.internet.defer import Deferred
 
+from netshare.storage import plainsql
 from netshare.storage.pool import DBPool
 from netshare.storage.schema import history
 from netshare.wire import iso_ms
@@ -102,7 +103,7 @@ def journaled(
     @functools.wraps(fn)
     def thd(conn: Connection, /, *args: P.args, **kwargs: P.kwargs) -> T:
         result = fn(conn, *args, **kwargs)
-        _insert_rows(conn, rows)
+        insert_rows(conn, rows)
         return result
 
     return thd
@@ -111,41 +112,30 @@ def journaled(
 def thd_insert_many(conn: Connection, rows: list[JournalRow]) -> int:
     """One executemany for a whole batch (rows: L{journal_row})."""
     if rows:
-        _insert_rows(conn, rows)
+        insert_rows(conn, rows)
     return len(rows)
 
 
 #: The columns a history row is inserted with, in order.
 _COLUMNS = ("seq", "ts_ms", "service", "user", "account_id", "peer", "command", "code")
-#: The INSERT statement by dialect name, built once (L{_insert_rows}).
-_INSERT_SQL: dict[str, str] = {}
-_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_INSERT_JSON: dict[str, str] = {}
 
 
-def _insert_rows(conn: Connection, rows: list[JournalRow]) -> None:
+def insert_rows(conn: Connection, rows: list[JournalRow]) -> None:
     """
-    Insert history rows with the driver's own executemany, as tuples.
+    Insert history rows (L{journal_row}) in the caller's transaction.
 
     Every command is a history row, so this is the most frequent database
-    statement; SQLAlchemy's per-row parameter processing cost more than the
-    insert itself (and held the GIL the reactor thread needs).  The
-    statement is plain SQL over the same table, quoted by the dialect.
-    On SQLite a batch goes in as JSON (L{_insert_rows_json}).
+    statement: plain SQL over the same table (L{netshare.storage.plainsql}),
+    the driver's executemany with tuples; on SQLite a batch goes in as JSON
+    (L{_insert_rows_json}).
     """
-    dialect = conn.dialect
-    if dialect.name == "sqlite" and len(rows) > 1:
+    if conn.dialect.name == "sqlite" and len(rows) > 1:
         _insert_rows_json(conn, rows)
         return
-    sql = _INSERT_SQL.get(dialect.name)
-    if sql is None:
-        quote = dialect.identifier_preparer.quote
-        mark = _MARKS[dialect.paramstyle]
-        sql = _INSERT_SQL[dialect.name] = "INSERT INTO %s (%s) VALUES (%s)" % (
-            quote(history.name),
-            ", ".join(quote(c) for c in _COLUMNS),
-            ", ".join([mark] * len(_COLUMNS)),
-        )
-    conn.exec_driver_sql(sql, [tuple([r[c] for c in _COLUMNS]) for r in rows])
+    plainsql.insert_tuples(
+        conn, history, _COLUMNS, [tuple([r[c] for c in _COLUMNS]) for r in rows]
+    )
 
 
 #: Rows per statement of L{_insert_rows_json}: encoding a chunk holds the
@@ -169,10 +159,10 @@ def _insert_rows_json(conn: Connection, rows: list[JournalRow]) -> None:
     C{ensure_ascii=False} keeps a text SQLite cannot store (a lone
     surrogate) an error here, as with a bound parameter.
     """
-    sql = _INSERT_SQL.get("sqlite-json")
+    sql = _INSERT_JSON.get("sqlite")
     if sql is None:
         quote = conn.dialect.identifier_preparer.quote
-        sql = _INSERT_SQL["sqlite-json"] = _INSERT_JSON_SQL % (
+        sql = _INSERT_JSON["sqlite"] = _INSERT_JSON_SQL % (
             quote(history.name),
             ", ".join(quote(c) for c in _COLUMNS),
             ", ".join("value ->> %d" % i for i in range(len(_COLUMNS))),

@@ -30,9 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 
-from netshare.storage.history import JournalRow
+from netshare.storage import plainsql
+from netshare.storage.history import JournalRow, insert_rows
 from netshare.storage.pool import DBPool
-from netshare.storage.schema import ID, TABLE_KW, accounts, history, metadata
+from netshare.storage.schema import ID, TABLE_KW, accounts, metadata
 
 E = TypeVar("E")
 
@@ -94,6 +95,10 @@ def _chunks(seq: Sequence[E], n: int) -> Iterator[Sequence[E]]:
 _TWEET_COLS = (tweets.c.id, tweets.c.user, tweets.c.message, tweets.c.hashtags, tweets.c.ts_ms)
 
 
+_TWEET_INSERT = ("id", "user", "message", "hashtags", "ts_ms")
+_TIMELINE_INSERT = ("account_id", "tweet_id")
+
+
 def _rows(result: Iterable[sa.Row[int, str, str, str, int]]) -> list[TweetRow]:
     return [TweetRow(r[0], r[1], r[2], r[3], r[4]) for r in result]
 
@@ -120,35 +125,28 @@ def thd_save_batch(
     ids = [t["id"] for t in tweet_rows]
     present: set[int] = set()
     for chunk in _chunks(ids, _IN_CHUNK):
-        present.update(
-            conn.execute(sa.select(tweets.c.id).where(tweets.c.id.in_(chunk))).scalars()
-        )
+        present.update(plainsql.select_in(conn, tweets, "id", chunk))
     new = [t for t in tweet_rows if t["id"] not in present] if present else list(tweet_rows)
-    if new:
-        conn.execute(
-            tweets.insert(),
-            [
-                {
-                    "id": t["id"],
-                    "user": t["user"],
-                    "message": t["message"],
-                    "hashtags": t["hashtags"],
-                    "ts_ms": t["ts_ms"],
-                }
-                for t in new
-            ],
-        )
-    entries = [
-        {"account_id": account_id, "tweet_id": tid}
-        for tid, account_ids in timeline_entries
-        if tid not in present
-        for account_id in account_ids
-    ]
-    if entries:
-        conn.execute(timelines.insert(), entries)
+    plainsql.insert_tuples(
+        conn,
+        tweets,
+        _TWEET_INSERT,
+        [(t["id"], t["user"], t["message"], t["hashtags"], t["ts_ms"]) for t in new],
+    )
+    plainsql.insert_tuples(
+        conn,
+        timelines,
+        _TIMELINE_INSERT,
+        [
+            (account_id, tid)
+            for tid, account_ids in timeline_entries
+            if tid not in present
+            for account_id in account_ids
+        ],
+    )
     rows = [row for tid, row in journals if tid not in present]
     if rows:
-        conn.execute(history.insert(), rows)
+        insert_rows(conn, rows)
     return len(new)
 
 

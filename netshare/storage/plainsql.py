@@ -1,0 +1,75 @@
+"""
+Plain SQL for the statements run once per command: the driver's own
+execute and executemany, parameters as tuples.
+
+SQLAlchemy Core builds a cache key for every statement it executes and
+processes every parameter of every row in Python; for the inserts that run
+for each command (a history row, a tweet and its timeline rows) that cost
+more than the insert itself, in the database thread, holding the GIL the
+reactor thread needs (bench/peers.py, py-spy).  These statements are built
+once per dialect from the same L{sqlalchemy.Table} objects, quoted by the
+dialect, so they follow the schema; everything else stays in Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+#: Placeholder by DB-API paramstyle (sqlite: qmark; psycopg, pymysql: %s).
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_CACHE: dict[tuple[Any, ...], str] = {}
+
+
+def _names(conn: Connection, table: sa.Table, columns: Sequence[str]) -> tuple[str, str]:
+    quote = conn.dialect.identifier_preparer.quote
+    return quote(table.name), ", ".join(quote(c) for c in columns)
+
+
+def mark(conn: Connection) -> str:
+    return _MARKS[conn.dialect.paramstyle]
+
+
+def insert_sql(conn: Connection, table: sa.Table, columns: Sequence[str]) -> str:
+    """C{INSERT INTO table (columns) VALUES (?, ...)} for this dialect."""
+    key = ("insert", conn.dialect.name, table.name, tuple(columns))
+    sql = _CACHE.get(key)
+    if sql is None:
+        name, cols = _names(conn, table, columns)
+        sql = _CACHE[key] = "INSERT INTO %s (%s) VALUES (%s)" % (
+            name,
+            cols,
+            ", ".join([mark(conn)] * len(columns)),
+        )
+    return sql
+
+
+def insert_tuples(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert C{rows} (tuples in C{columns} order) with one executemany."""
+    if rows:
+        conn.exec_driver_sql(insert_sql(conn, table, columns), rows)
+
+
+def select_in(conn: Connection, table: sa.Table, column: str, values: Sequence[Any]) -> list[Any]:
+    """The values of C{column} among C{values} (at most a few hundred: one
+    bound parameter each) that C{table} holds."""
+    if not values:
+        return []
+    key = ("in", conn.dialect.name, table.name, column, len(values))
+    sql = _CACHE.get(key)
+    if sql is None:
+        name, col = _names(conn, table, [column])
+        sql = "SELECT %s FROM %s WHERE %s IN (%s)" % (
+            col,
+            name,
+            col,
+            ", ".join([mark(conn)] * len(values)),
+        )
+        if len(_CACHE) < 4096:  # (one per chunk size: bounded anyway)
+            _CACHE[key] = sql
+    return [r[0] for r in conn.exec_driver_sql(sql, tuple(values))]
