@@ -97,6 +97,7 @@ from twisted.python.threadpool import ThreadPool
 from netshare.deferreds import deferred
 from netshare.errors import DatabaseUnavailable, InsufficientStorage, NetshareError, OutcomeUnknown
 from netshare.stats import DB_CALL_BUCKETS, Histogram
+from netshare.storage import plainsql
 from netshare.storage.engine import worker_threads
 from netshare.storage.schema import write_marks
 
@@ -110,7 +111,14 @@ MARK_TTL = 3600.0
 #: Seconds a probe may wait for the lock of an in-flight transaction.
 PROBE_LOCK_WAIT = 5
 #: A write's id row (built once: a reused statement is compiled once).
-_INSERT_MARK = write_marks.insert()
+_MARK_COLUMNS = ("id", "created_ms")
+
+
+def _insert_mark(conn: Connection, wid: str) -> None:
+    """The write's mark (plain SQL: once per write transaction)."""
+    conn.exec_driver_sql(plainsql.insert_sql(conn, write_marks, _MARK_COLUMNS), (wid, _now_ms()))
+
+
 #: Writes committed together, at most (a backlog is written in several
 #: groups, never one huge transaction).
 MAX_GROUP = 256
@@ -644,7 +652,7 @@ class DBPool:
                 try:
                     result = fn(conn, *args, **kwargs)
                     _check_plain(fn, result)
-                    conn.execute(_INSERT_MARK, {"id": wid, "created_ms": _now_ms()})
+                    _insert_mark(conn, wid)
                     call.enter(COMMITTING)
                 except BaseException as e:
                     _quietly(trans.rollback)
@@ -700,7 +708,7 @@ class DBPool:
                     trans = conn.begin()
                     restore = _bound_lock_wait(conn)
                     try:
-                        conn.execute(_INSERT_MARK, {"id": wid, "created_ms": _now_ms()})
+                        _insert_mark(conn, wid)
                         committed = False
                     except sa_exc.IntegrityError:
                         committed = True

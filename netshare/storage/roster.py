@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from netshare import wire
 from netshare.errors import BadArguments, Conflict, NotFound
+from netshare.storage import plainsql
 from netshare.storage.schema import TABLE_KW, AnyRow, metadata
 
 #: Default and maximum number of rows of a listing (LIST, MESSAGES).
@@ -198,9 +199,7 @@ def thd_person_page(conn: Connection, after: str | None, page: int) -> list[Pers
     return list(conn.execute(q).all())
 
 
-#: Built once: a statement object reused is compiled once (its cache key
-#: is memoised), where insert().values(...) per call is built and keyed anew.
-_INSERT_PERSON = sa.insert(personnel)
+_INSERT_PERSON = ("ssn", "name", "surname", "job", "salary", "updated_ms")
 
 
 def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms: int) -> Person:
@@ -212,7 +211,10 @@ def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms
     # transaction, or its savepoint in a group commit, is rolled back), and
     # the person is what was inserted.
     try:
-        conn.execute(_INSERT_PERSON, values)
+        conn.exec_driver_sql(
+            plainsql.insert_sql(conn, personnel, _INSERT_PERSON),
+            tuple([values.get(c) for c in _INSERT_PERSON]),
+        )
     except sa_exc.IntegrityError:
         raise Conflict("person %s already exists" % (ssn,)) from None
     return Person(
