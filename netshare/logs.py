@@ -97,7 +97,8 @@ class CommandLog:
     The one-event-per-command log, buffered: L{command} appends a tuple (a
     fraction of a microsecond), and L{flush} formats everything waiting as
     JSON lines in one pass and hands the text to each writer, at most
-    C{interval} seconds later, and at a clean stop.
+    C{interval} seconds later (on the next reactor turn once C{slice} wait),
+    and at a clean stop.
 
     A command's event went through C{Logger.info} before: building an event
     dict, the publisher, and a C{json.dumps} per command, which cost more
@@ -111,10 +112,12 @@ class CommandLog:
         L{JsonLogFile.writeText}, a JSON console's C{write}).
     """
 
-    def __init__(self, writers, clock, interval=0.2):
+    def __init__(self, writers, clock, interval=0.2, slice=512):
         self.writers = list(writers)
         self.clock = clock
         self.interval = interval
+        #: Events that make a flush start at once rather than at the interval.
+        self.slice = slice
         #: Called at each flush with the events waiting, as tuples
         #: (time, service, user, peer, verb, code, duration_ms, bytes): the
         #: metrics count commands by verb and code from the same events, a
@@ -124,9 +127,14 @@ class CommandLog:
         self._timer = None
 
     def command(self, service, user, peer, verb, code, duration_ms, nbytes):
-        self._waiting.append((time.time(), service, user, peer, verb, code, duration_ms, nbytes))
+        waiting = self._waiting
+        waiting.append((time.time(), service, user, peer, verb, code, duration_ms, nbytes))
         if self._timer is None:
             self._timer = self.clock.callLater(self.interval, self.flush)
+        elif len(waiting) == self.slice:
+            # A busy server: format this slice on the next reactor turn, so
+            # no single flush holds the reactor for long (tail latency).
+            self._timer.reset(0)
 
     def flush(self):
         if self._timer is not None:
@@ -141,12 +149,24 @@ class CommandLog:
                 observe(waiting)
             except Exception:  # the log is written whatever an observer does
                 _log.failure("a command log observer failed")
-        text = "".join(
-            [
-                _COMMAND_LINE % (t, s, _js(u), _js(p), _js(v), c, d, n)
-                for t, s, u, p, v, c, d, n in waiting
-            ]
-        )
+        # Users, peers and verbs repeat from one command to the next: each
+        # is made a JSON string once per flush.
+        js: dict[object, str] = {}
+        get = js.get
+        lines = []
+        add = lines.append
+        for t, s, u, p, v, c, d, n in waiting:
+            ju = get(u)
+            if ju is None:
+                ju = js[u] = _js(u)
+            jp = get(p)
+            if jp is None:
+                jp = js[p] = _js(p)
+            jv = get(v)
+            if jv is None:
+                jv = js[v] = _js(v)
+            add(_COMMAND_LINE % (t, s, ju, jp, jv, c, d, n))
+        text = "".join(lines)
         for write in self.writers:
             try:
                 write(text)

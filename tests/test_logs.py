@@ -50,3 +50,24 @@ def test_each_writer_gets_the_same_text():
     assert a == b and len(a) == 1
     log.flush()
     assert len(a) == 1  # nothing waiting: nothing written
+
+
+def test_a_busy_log_is_written_in_slices_on_the_next_turn():
+    """Past C{slice} waiting events the flush runs on the next reactor turn,
+    not at the interval: no one flush formats a whole interval of a busy
+    server while every connection waits."""
+    clock, written = Clock(), []
+    log = CommandLog([written.append], clock, interval=0.2, slice=3)
+    for i in range(2):
+        log.command("files", "u", "p", "PING", 200, 0.1, 0)
+    clock.advance(0)
+    assert written == []  # under the slice: the interval still applies
+    log.command("files", "u", "p", "PING", 200, 0.1, 0)
+    clock.advance(0)
+    assert len(written) == 1 and len(written[0].splitlines()) == 3
+    log.command("files", "u2", "p2", "LIST", 210, 0.1, 0)
+    clock.advance(0.1)
+    assert len(written) == 1
+    clock.advance(0.1)
+    assert [json.loads(x)["user"] for x in written[1].splitlines()] == ["u2"]
+    assert clock.getDelayedCalls() == []
