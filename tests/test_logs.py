@@ -58,7 +58,7 @@ def test_a_busy_log_is_written_in_slices_on_the_next_turn():
     server while every connection waits."""
     clock, written = Clock(), []
     log = CommandLog([written.append], clock, interval=0.2, slice=3)
-    for i in range(2):
+    for _ in range(2):
         log.command("files", "u", "p", "PING", 200, 0.1, 0)
     clock.advance(0)
     assert written == []  # under the slice: the interval still applies
