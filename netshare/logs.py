@@ -153,7 +153,7 @@ class CommandLog:
         # is made a JSON string once per flush.
         js: dict[object, str] = {}
         get = js.get
-        lines = []
+        lines: list[str] = []
         add = lines.append
         for t, s, u, p, v, c, d, n in waiting:
             ju = get(u)

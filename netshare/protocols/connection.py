@@ -384,7 +384,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
-        if len(line) > self.config.max_line:  # (the framing removed one CR)
+        if len(line) > self.factory.runtime.config.max_line:  # (framing removed one CR)
             return self.lineLengthExceeded(line)
         if not self._idleExempt:
             self.resetTimeout()
@@ -407,7 +407,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
         verb = words[0].upper()
         handler = getattr(self, "cmd_" + verb, None) if verb.isalnum() else None
         if handler is not None:
-            cmd = Command(verb, redact(verb, words[1:]), started, ts)
+            cmd = Command(verb, redact(verb, words[1:]) if len(words) > 1 else verb, started, ts)
         else:
             # A mistyped LOGIN, or a password typed alone on a line: record
             # and log none of it (the reply goes only to the sender).
@@ -424,14 +424,16 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
             if not self.mayRun(verb):
                 raise LoginRequired("login required")
             result = handler(words[1:])
-            if isinstance(result, defer.Deferred):
+            # (Deferred is an ABC subclass: isinstance on it costs a Python
+            # frame, so the common plain answers are told apart first.)
+            if type(result) is not Reply and isinstance(result, defer.Deferred):
                 result.addCallback(self._deliver)
             else:
                 result = self._deliver(result)  # a Deferred only for raw transfers
         except Exception:
             self._deliverError(Failure())
             result = None
-        if not isinstance(result, defer.Deferred):
+        if result is None or not isinstance(result, defer.Deferred):
             self._commandDone(None)
             return None
         result.addErrback(self._deliverError)
@@ -451,6 +453,11 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
     # -- replies
 
     def _deliver(self, result: Any) -> Any:
+        if type(result) is Reply:  # the common case first
+            assert self._current is not None
+            self._current.code = result.code
+            self._write(["%d %s" % (result.code, result.text)])
+            return None
         if isinstance(result, tuple):
             result = Reply(*result)
         if isinstance(result, Later):
@@ -583,7 +590,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
         # Every reply goes through here: behind a held one, it waits.
         if not lines:
             return
-        if len(self._held):
+        if self._held.queue:
             self._held.append(lines)
             return
         self._writeNow(lines)
@@ -591,8 +598,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
     def _writeNow(self, lines: list[str]) -> None:
         if self._lost or self.output is None:
             return
-        self.output.writeTurnPushes()  # pushes gathered before it go first
-        self.output.send(CRLF.join(line.encode("utf-8") for line in lines) + CRLF)
+        self.output.sendReply(lines)  # (pushes gathered before it go first)
 
     def sendPush(self, data: bytes | str, count: int = 1) -> None:
         """

@@ -174,14 +174,16 @@ class CommandProtocol(LineConnection):
         """The history entry (unless C{written} with the command's write
         already) and the per-command log event."""
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
-        history = self.runtime.history
+        runtime = self.factory.runtime  # (this runs for every command)
+        history = runtime.history
+        user = self.user
         if written:
             pass
         elif self.account is not None:
             history.record(
                 ts_ms or now_ms(),
                 self.service,
-                self.user,
+                user,
                 self.peer,
                 recorded,
                 code,
@@ -194,16 +196,16 @@ class CommandProtocol(LineConnection):
             )
         else:
             self._unrecorded += 1
-        commandLog = self.runtime.commandLog
+        commandLog = runtime.commandLog
         if commandLog is not None:  # buffered: see netshare.logs.CommandLog
             commandLog.command(
-                self.service, self.user or "-", self.peer, verb, code, round(duration, 3), nbytes
+                self.service, user or "-", self.peer, verb, code, round(duration, 3), nbytes
             )
         else:
             self.log.info(
                 "{verb} -> {code}",
                 service=self.service,
-                user=self.user or "-",
+                user=user or "-",
                 peer=self.peer,
                 verb=verb,
                 code=code,

@@ -25,6 +25,8 @@ from zope.interface import implementer
 
 from netshare.protocols import writethrough
 
+CRLF = b"\r\n"
+
 
 class Writer(Protocol):
     """What L{Output} writes for: the connection."""
@@ -129,6 +131,16 @@ class Output:
         else:
             writer.transport.write(data)
 
+    def sendReply(self, lines: list[str]) -> None:
+        """A reply's lines: the pushes gathered before it first, then the
+        lines in one write (the path of every answer)."""
+        if self._turnPushes is not None:
+            self.writeTurnPushes()
+        if len(lines) == 1:
+            self.send(lines[0].encode("utf-8") + CRLF)
+        else:
+            self.send(CRLF.join([line.encode("utf-8") for line in lines]) + CRLF)
+
     def push(self, data: bytes, count: int = 1) -> None:
         """C{count} push lines: written now, or queued while raw data flows."""
         writer = self.writer
@@ -210,7 +222,9 @@ class HeldReplies:
     def __init__(self, write: Callable[[list[str]], None]):
         self.write = write
         self.paused = False
-        self._queue: deque[_Slot | list[str]] = deque()
+        #: What waits (true when a reply is held): tested on every reply.
+        self.queue: deque[_Slot | list[str]] = deque()
+        self._queue = self.queue
         self._waiters: list[defer.Deferred[None]] = []
 
     def __len__(self) -> int:
