@@ -23,7 +23,7 @@ from twisted.internet import defer, reactor, task, threads
 from netshare.errors import Conflict, DatabaseUnavailable, NotFound
 from netshare.storage import accounts as A
 from netshare.storage import history as H
-from netshare.storage import migrate
+from netshare.storage import migrate, plainsql
 from netshare.storage.engine import create_engine
 from netshare.storage.pool import DBPool, is_transient
 from netshare.storage.schema import accounts as accounts_table
@@ -493,10 +493,10 @@ def test_history_text_is_stored_literally(db_pool):
 
 @pytest_twisted.inlineCallbacks
 def test_a_large_history_batch_keeps_every_column(db_pool):
-    """A batch bigger than one statement's chunk (SQLite inserts a batch as
-    JSON, H._JSON_CHUNK rows a statement) stores every row whole: NULL user
-    and account, large numbers, text JSON would have to escape."""
-    n = H._JSON_CHUNK * 2 + 3
+    """A batch bigger than one statement's chunk (SQLite inserts many rows a
+    statement) stores every row whole, in order: NULL user and account,
+    large numbers, quotes and backslashes, text beyond ASCII."""
+    n = plainsql._SQLITE_VARIABLES // len(H._COLUMNS) * 2 + 3
     rows = [
         _row(
             i,

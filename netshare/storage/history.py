@@ -12,7 +12,6 @@ command that writes is written with the write itself (L{journaled}).
 """
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -118,7 +117,6 @@ def thd_insert_many(conn: Connection, rows: list[JournalRow]) -> int:
 
 #: The columns a history row is inserted with, in order.
 _COLUMNS = ("seq", "ts_ms", "service", "user", "account_id", "peer", "command", "code")
-_INSERT_JSON: dict[str, str] = {}
 
 
 def insert_rows(conn: Connection, rows: list[JournalRow]) -> None:
@@ -127,50 +125,11 @@ def insert_rows(conn: Connection, rows: list[JournalRow]) -> None:
 
     Every command is a history row, so this is the most frequent database
     statement: plain SQL over the same table (L{netshare.storage.plainsql}),
-    the driver's executemany with tuples; on SQLite a batch goes in as JSON
-    (L{_insert_rows_json}).
+    as tuples; on SQLite many rows a statement.
     """
-    if conn.dialect.name == "sqlite" and len(rows) > 1:
-        _insert_rows_json(conn, rows)
-        return
     plainsql.insert_tuples(
         conn, history, _COLUMNS, [tuple([r[c] for c in _COLUMNS]) for r in rows]
     )
-
-
-#: Rows per statement of L{_insert_rows_json}: encoding a chunk holds the
-#: GIL (about a microsecond a row), so a chunk must not keep the reactor
-#: thread waiting for long.
-_JSON_CHUNK = 256
-_INSERT_JSON_SQL = "INSERT INTO %s (%s) SELECT %s FROM json_each(?)"
-
-
-def _insert_rows_json(conn: Connection, rows: list[JournalRow]) -> None:
-    """
-    Insert rows on SQLite as one statement per chunk, the rows a JSON array.
-
-    Python's sqlite3 releases the GIL for every C{sqlite3_step}, so an
-    executemany of N rows hands the GIL between this thread and the reactor
-    thread about 2N times, each a futex wake-up and a context switch: at
-    tens of thousands of commands a second that cost the reactor a third of
-    its time (measured with perf: PING at 100 clients, bench/peers.py).  One
-    statement per chunk binds one text and steps once, so SQLite inserts the
-    chunk (and updates the indexes) with the GIL released throughout.
-    C{ensure_ascii=False} keeps a text SQLite cannot store (a lone
-    surrogate) an error here, as with a bound parameter.
-    """
-    sql = _INSERT_JSON.get("sqlite")
-    if sql is None:
-        quote = conn.dialect.identifier_preparer.quote
-        sql = _INSERT_JSON["sqlite"] = _INSERT_JSON_SQL % (
-            quote(history.name),
-            ", ".join(quote(c) for c in _COLUMNS),
-            ", ".join("value ->> %d" % i for i in range(len(_COLUMNS))),
-        )
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    for start in range(0, len(rows), _JSON_CHUNK):
-        chunk = rows[start : start + _JSON_CHUNK]
-        conn.exec_driver_sql(sql, (dumps([[r[c] for c in _COLUMNS] for r in chunk]),))
 
 
 def _where(
