@@ -277,6 +277,11 @@ class _Write:
 _Outcomes = list[tuple[bool, Any]]
 
 
+_SAVEPOINT = "SAVEPOINT ns_write"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT ns_write"
+_RELEASE = "RELEASE SAVEPOINT ns_write"
+
+
 def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
     """Run a group's writes in one transaction (see the module docstring)."""
     if len(group) == 1:
@@ -289,7 +294,10 @@ def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
     outcomes: _Outcomes = []
     for w in group:
         for attempt in (1, 2):
-            savepoint = conn.begin_nested()
+            # Plain SAVEPOINT statements (the same SQL as begin_nested, whose
+            # bookkeeping cost more than the statements: a quarter of the
+            # database thread at 100 writers).
+            conn.exec_driver_sql(_SAVEPOINT)
             try:
                 result = w.fn(conn, *w.args, **w.kwargs)
                 _check_plain(w.fn, result)
@@ -304,12 +312,13 @@ def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
                 # transient error (a deadlock, say) gets one more try; a
                 # write that fails again fails alone, so one poisoned write
                 # cannot make the group retry until its deadline.
-                savepoint.rollback()
+                conn.exec_driver_sql(_ROLLBACK_TO)
+                conn.exec_driver_sql(_RELEASE)
                 if attempt == 1 and is_transient(e):
                     continue
                 outcomes.append((False, Failure()))
                 break
-            savepoint.commit()
+            conn.exec_driver_sql(_RELEASE)
             outcomes.append((True, result))
             break
     return outcomes
