@@ -8,7 +8,6 @@ UTF-8 (``ensure_ascii=False``); the json module escapes control characters,
 so a field can never forge a line break inside a reply.
 """
 
-import datetime
 import json
 import time
 
@@ -19,9 +18,19 @@ def now_ms() -> int:
 
 
 def iso_ms(ms: int) -> str:
-    """Render epoch milliseconds as C{2026-11-21T05:15:35.120Z}."""
-    dt = datetime.datetime.fromtimestamp(ms / 1000.0, tz=datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)
+    """Render epoch milliseconds as C{2026-11-21T05:15:35.120Z} (with
+    C{time.gmtime}: half the cost of a datetime, and every pushed tweet
+    carries one)."""
+    t = time.gmtime(ms // 1000)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        t.tm_year,
+        t.tm_mon,
+        t.tm_mday,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+        ms % 1000,
+    )
 
 
 def dumps(obj: object) -> str:
