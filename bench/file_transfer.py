@@ -431,6 +431,8 @@ def run(args):
                 "none",
                 "--manhole",
                 "none",
+                "--web",  # (a second server would clash on 7005)
+                "none",
             ],
             env=env,
             log_path=os.path.join(work, "server.log"),

@@ -512,6 +512,8 @@ class Netshare:
         argv += [
             "--manhole",
             "none",
+            "--web",  # (a second server would clash on 7005)
+            "none",
             "--registration",
             "open",
             "--scrypt-n",

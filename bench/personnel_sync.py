@@ -176,6 +176,8 @@ class Bench:
             "none",
             "--manhole",
             "none",
+            "--web",  # (a second server would clash on 7005)
+            "none",
             "--sync-page",
             str(self.args.sync_page),
             "--registration",

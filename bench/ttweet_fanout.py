@@ -188,6 +188,8 @@ def start_netshare(workdir, db, max_conns, batch_interval):
         "none",
         "--manhole",
         "none",
+        "--web",  # (a second server would clash on 7005)
+        "none",
         "--flood-burst",
         "1000000000",
         "--flood-rate",
