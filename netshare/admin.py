@@ -14,7 +14,6 @@ serve their services.
 Type C{help()} in the shell for the list.
 """
 
-import pydoc
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -70,6 +69,8 @@ class Helpers:
     def help(self, obj: object = None) -> str:
         """help() lists the helpers; help(x) shows x's documentation."""
         if obj is not None:
+            import pydoc  # (only for help(); a large import)
+
             return _Text(pydoc.plain(pydoc.render_doc(obj)))
         lines = [
             "netshare admin shell: every helper returns data or a Deferred (printed "

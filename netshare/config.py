@@ -173,10 +173,12 @@ def endpoint(text: str) -> str | None:
     # Imported here: the endpoint parsers pull in TLS and more (some 0.4 s), which
     # importing this module (twistd's plugin listing, the tap's Options) need not pay.
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
 
     try:
-        serverFromString(MemoryReactor(), t)
+        # Parsed only (an endpoint keeps its reactor until it listens): no
+        # reactor needed, and twisted.internet.testing's MemoryReactor
+        # would import twisted.trial into the server (megabytes resident).
+        serverFromString(object(), t)
     except Exception as e:
         raise ValueError("not a valid endpoint (%s)" % (e,)) from None
     return t

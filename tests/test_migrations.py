@@ -7,6 +7,7 @@ command; nothing is lost, every row is attributed to its account by id, and
 ids are never handed out again.
 """
 
+import pytest
 import sqlalchemy as sa
 
 from netshare.storage import migrate
@@ -130,5 +131,41 @@ def test_db_upgrade_from_the_previous_release_keeps_everything(db_url, tmp_path)
             )
             carol = conn.execute(sa.text("SELECT id FROM accounts WHERE name = 'carol'")).scalar()
         assert carol > newest
+    finally:
+        engine.dispose()
+
+
+def test_the_head_is_known_without_alembic_and_every_file_names_its_revision():
+    """L{migrate.check} reads the head off the file names (a server whose
+    schema is current starts without importing Alembic): every migration
+    file is C{NNNN_name.py} with C{revision = "NNNN_name"}, and the newest
+    file is Alembic's head."""
+    import os
+    import re
+
+    names = sorted(f[:-3] for f in os.listdir(migrate._VERSIONS) if f[:4].isdigit())
+    assert names
+    for name in names:
+        with open(os.path.join(migrate._VERSIONS, name + ".py")) as f:
+            declared = re.search(r'^revision(?::\s*str)?\s*=\s*"([^"]+)"', f.read(), re.M)
+        assert declared and declared.group(1) == name
+    assert migrate.newest_file_revision() == names[-1] == migrate.head()
+
+
+def test_check_tells_a_current_schema_from_a_missing_an_old_and_a_newer_one(tmp_path):
+    engine = create_engine("sqlite:///" + str(tmp_path / "m.db"))
+    try:
+        with pytest.raises(migrate.SchemaError, match="netshare init"):
+            migrate.check(engine)
+        migrate.upgrade(engine)
+        migrate.check(engine)  # current: no error
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0007_login_penalties'")
+        with pytest.raises(migrate.SchemaError, match="older"):
+            migrate.check(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
+        with pytest.raises(migrate.SchemaError, match="newer"):
+            migrate.check(engine)
     finally:
         engine.dispose()

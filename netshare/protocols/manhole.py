@@ -35,7 +35,6 @@ from twisted.logger import Logger
 from netshare.admin import AdminRuntime
 from netshare.config import Config
 from netshare.listener import Listener, RefusedAddress, is_loopback_endpoint, is_loopback_host
-from netshare.protocols.manhole_ssh import ssh_factory
 from netshare.protocols.manhole_telnet import AdminPasswordChecker, ManholeFactory, TelnetRealm
 
 log = Logger()
@@ -108,6 +107,10 @@ def makeListeners(runtime: AdminRuntime) -> list[tuple[str, Service]]:
         telnet.setName("manhole")
         out.append(("manhole", telnet))
     if cfg.manhole_ssh and cfg.manhole_keys:  # both or neither: check_config
+        # Imported only when configured: Conch's SSH stack is megabytes of
+        # resident memory a server without the SSH manhole need not hold.
+        from netshare.protocols.manhole_ssh import ssh_factory
+
         ssh = Listener(
             cfg.manhole_ssh,
             ssh_factory(runtime, cfg.manhole_keys),
