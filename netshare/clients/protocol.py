@@ -21,7 +21,6 @@ factory builds serves the whole connection.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from twisted.python.failure import Failure
 
 from netshare.clients.replies import CommandFailed as CommandFailed
 from netshare.clients.replies import Response as Response
+from netshare.clients.replies import final_response, split_reply_line
 from netshare.clients.replies import quote as quote
 from netshare.deferreds import deferred
 from netshare.lines import LinearLineReceiver
@@ -223,10 +223,11 @@ class ClientProtocol(LinearLineReceiver):
                 self.pushes.append((code, rest))
             return
         text = line.decode("utf-8", "replace")
-        if len(text) < 3 or not text[:3].isdigit():
+        parts = split_reply_line(text)
+        if parts is None:
             self.log.warn("unparsable line from server: {line!r}", line=text[:200])
             return
-        code, sep, rest = int(text[:3]), text[3:4], text[4:]
+        code, sep, rest = parts
         if not self._greeted:
             self._greeted = True
             if code == 220:
@@ -262,11 +263,9 @@ class ClientProtocol(LinearLineReceiver):
         self._queue.pop(0)
         if p.kind == "upload" and self._blocked:
             self._blocked = False
-        resp = Response(code, rest, p.lines)
+        resp = final_response(code, rest, p.lines)
         if p.rawResponse is not None:
             resp.bytes = p.rawResponse
-        if code == 210:
-            resp.items = [json.loads(line[4:]) for line in p.lines[:-1]]
         p.deferred.callback(resp)
         self._pump()
 

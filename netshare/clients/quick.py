@@ -23,13 +23,12 @@ what is wrong), a transfer, an interactive session.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 from collections.abc import Callable
 
 from netshare.clients import sessions
-from netshare.clients.replies import Response, quote
+from netshare.clients.replies import Response, final_response, quote, split_reply_line
 
 EXIT_REFUSED = 1
 EXIT_CONNECT = 3
@@ -62,18 +61,16 @@ class LineClient:
         lines: list[str] = []
         while True:
             text = self.readline()
-            if len(text) < 3 or not text[:3].isdigit():
+            parts = split_reply_line(text)
+            if parts is None:
                 continue
-            code, sep = int(text[:3]), text[3:4]
+            code, sep, rest = parts
             if 600 <= code < 700:
                 continue
             lines.append(text)
             if sep == "-":
                 continue
-            resp = Response(code, text[4:], lines)
-            if code == 210:
-                resp.items = [json.loads(line[4:]) for line in lines[:-1]]
-            return resp
+            return final_response(code, rest, lines)
 
     def command(self, line: str) -> Response:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")

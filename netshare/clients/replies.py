@@ -76,6 +76,24 @@ class Response:
         return json.loads(self.text[start:]) if start >= 0 else None
 
 
+def split_reply_line(text: str) -> tuple[int, str, str] | None:
+    """C{(code, separator, text)} of a reply line (the separator: C{-} on a
+    continuation line, a space or nothing on a final one), or None when the
+    line is not a reply line (no three-digit code)."""
+    if len(text) < 3 or not text[:3].isdigit():
+        return None
+    return int(text[:3]), text[3:4], text[4:]
+
+
+def final_response(code: int, text: str, lines: list[str]) -> Response:
+    """The L{Response} a final line ends: its code and text, every line, and
+    a 210 listing's items parsed from the continuation lines."""
+    resp = Response(code, text, lines)
+    if code == 210:
+        resp.items = [json.loads(line[4:]) for line in lines[:-1]]
+    return resp
+
+
 def quote(*words: object) -> str:
     """Build a command line from words, quoting as the server splits them."""
     return " ".join(shlex.quote(str(w)) for w in words)
