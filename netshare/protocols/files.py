@@ -24,7 +24,7 @@ from netshare.deferreds import deferred
 from netshare.errors import BadArguments, BadCredentials, TemporaryError
 from netshare.protocols.line import CommandProtocol
 from netshare.protocols.replies import Listing, ObjectReply, ReceiveRaw, Reply, SendRaw
-from netshare.protocols.words import split_options
+from netshare.protocols.words import split_options, yes_no
 from netshare.services.files.names import parse_size
 from netshare.services.files.service import FilesService
 from netshare.wire import dumps
@@ -34,15 +34,6 @@ INFO_OPTIONS = ("password",)
 PARTIAL_OPTIONS = ("sha256",)
 DOWNLOAD_OPTIONS = ("password", "offset")
 RAW_READ = 256 * 1024
-
-
-def _yes_no(value, name):
-    v = value.lower()
-    if v in ("yes", "true", "1"):
-        return True
-    if v in ("no", "false", "0"):
-        return False
-    raise BadArguments("%s must be yes or no" % (name,))
 
 
 def _name_and_options(args, allowed, fixed, usage):
@@ -111,8 +102,8 @@ class FilesProtocol(CommandProtocol):
     async def cmd_UPLOAD(self, args: list[str]) -> ReceiveRaw:
         (name, size_text), opts = _name_and_options(args, UPLOAD_OPTIONS, 2, self.HELP["UPLOAD"])
         size = parse_size(size_text)
-        replace = _yes_no(opts["replace"], "replace") if "replace" in opts else False
-        resume = _yes_no(opts["resume"], "resume") if "resume" in opts else False
+        replace = yes_no(opts["replace"], "replace") if "replace" in opts else False
+        resume = yes_no(opts["resume"], "resume") if "resume" in opts else False
         offset = parse_size(opts["offset"], "offset") if "offset" in opts else 0
         visibility = opts.get("visibility")
         sha256 = opts.get("sha256")

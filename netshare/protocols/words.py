@@ -84,6 +84,17 @@ def split_options(
     return args, opts
 
 
+def yes_no(value: str, name: str) -> bool:
+    """A C{yes}/C{no} option (also C{true}/C{false}, C{1}/C{0});
+    BadArguments (501) otherwise."""
+    v = value.lower()
+    if v in ("yes", "true", "1"):
+        return True
+    if v in ("no", "false", "0"):
+        return False
+    raise BadArguments("%s must be yes or no" % (name,))
+
+
 def parse_int(text: str, name: str, lo: int = 0, hi: int | None = None) -> int:
     """An integer option within [lo, hi]; BadArguments (501) otherwise."""
     try:

@@ -52,8 +52,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netshare.errors import BadArguments, BadCredentials, TemporaryError
-from netshare.protocols.files import _yes_no
 from netshare.protocols.sendfile import CopyStopped, KernelCopy
+from netshare.protocols.words import yes_no
 from netshare.services.files.download import BlobReader, DownloadStopped
 from netshare.services.files.service import FilesService, PreparedDownload
 from netshare.web.app import Call, HttpError, Response, Router, Streaming
@@ -157,7 +157,7 @@ async def upload(call: Call) -> Response:
     if body.length is None:
         raise HttpError(411, 501, "Content-Length required: the size is checked before storing")
     replace_arg = call.arg("replace")
-    replace = _yes_no(replace_arg, "replace") if replace_arg is not None else False
+    replace = yes_no(replace_arg, "replace") if replace_arg is not None else False
     app = _files(call)
     await app.whenReady()
     up = await app.begin_upload(
@@ -264,7 +264,7 @@ def _if_range_holds(value: str | None, sha256: str) -> bool:
 @dataclass
 class _Plan:
     """What a download sends: the opened content, the status, the first
-    byte and how many (C{reader.remaining} already set to it)."""
+    byte and how many (the reader already limited to it)."""
 
     prepared: PreparedDownload
     status: int
@@ -337,9 +337,7 @@ async def _plan(call: Call, name: str, password: str | None) -> _Plan:
                 prepared.reader.close()
                 continue
             reader = prepared.reader
-        # The reader stops after the range's last byte (it sends
-        # C{remaining} bytes from its offset).
-        reader.remaining = last - first + 1
+        reader.limit(last - first + 1)  # stops after the range's last byte
         return _Plan(prepared, 206, first, last - first + 1)
     raise TemporaryError("the file changed while it was being opened; try again")
 

@@ -116,6 +116,13 @@ class BlobReader:
         self._closing = False
         self._fd_closed = False
 
+    def limit(self, count: int) -> None:
+        """Send only C{count} bytes from the offset (an HTTP range), not
+        the rest of the file; before the transfer starts."""
+        if self.sent or not 0 <= count <= self.size - self.offset:
+            raise ValueError("limit %d from offset %d of %d" % (count, self.offset, self.size))
+        self.remaining = count
+
     def kernelSource(self) -> tuple[int, int, int] | None:
         """
         C{(fd, offset, count)} when the bytes to send are the file's own
