@@ -25,8 +25,8 @@ from twisted.internet import threads
 from netshare.web.auth import csrf_for
 from netshare.web.openapi import document
 from tests.inprocess import add_account
-from tests.support import LineConn, ServerProcess
-from tests.web_support import Http, login, register
+from tests.support import LineConn
+from tests.web_support import Http, login, register, web_server
 
 PEOPLE = "/api/people"
 
@@ -36,10 +36,10 @@ def server(tmp_path_factory):
     # Loopback counts as "remote" here (the exempt network is elsewhere), so
     # the account lockout is reachable in a few attempts; the address is
     # slowed only after 10 failures, more than this module makes.
-    s = ServerProcess(
+    yield from web_server(
         tmp_path_factory.mktemp("webapi") / "data",
-        web=True,
-        extra_args=[
+        ["bob", "carol", "victim", "lineuser"],
+        [
             "--lockout-exempt",
             "10.255.255.255/32",
             "--account-lockout",
@@ -50,16 +50,6 @@ def server(tmp_path_factory):
             "0.2",
         ],
     )
-    s.start()
-    try:
-        register(s, "bob", "bobpw")
-        register(s, "carol", "carolpw")
-        register(s, "victim", "victimpw")
-        register(s, "lineuser", "linepw")
-        yield s
-    finally:
-        s.terminate()
-        s.kill()
 
 
 @pytest.fixture(scope="module")
@@ -364,14 +354,14 @@ def test_ttweet_name_online_on_the_line_port(server, port):
     """A name is online once: an account logged in on the ttweet port
     cannot come online over HTTP meanwhile (and can once that session
     ends); tweeting and reading over HTTP do not keep it online."""
-    web = login(port, "lineuser", "linepw")[0]
+    web = login(port, "lineuser", "lineuserpw")[0]
     assert web.post("/api/tweets", {"message": "from the web"}).status == 201
     assert web.get("/api/timeline").status == 200
     assert {"user": "lineuser"} not in web.get("/api/users").json["items"]
     c = LineConn(server.ports["ttweet"])
     try:
         c.readline()
-        assert c.cmd("LOGIN lineuser linepw")[0].startswith("230")
+        assert c.cmd("LOGIN lineuser lineuserpw")[0].startswith("230")
         assert web.post("/api/tweets", {"message": "meanwhile"}).status == 409
         r = web.post("/api/subscriptions", {"hashtag": "x"})
         assert r.status == 409 and error_of(r) == 555

@@ -27,7 +27,7 @@ import urllib.parse
 import pytest
 
 from tests.support import LineConn, ServerProcess
-from tests.web_support import TIMEOUT, Http, Reply, login, register
+from tests.web_support import TIMEOUT, Http, Reply, login, web_server
 
 MiB = 1024 * 1024
 CURL = shutil.which("curl")
@@ -35,20 +35,11 @@ CURL = shutil.which("curl")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = ServerProcess(
+    yield from web_server(
         tmp_path_factory.mktemp("webfiles") / "data",
-        web=True,
-        extra_args=["--max-file-size", "512MiB", "--user-quota", "400MiB"],
+        ["bob", "carol", "dave"],
+        ["--max-file-size", "512MiB", "--user-quota", "400MiB"],
     )
-    s.start()
-    try:
-        register(s, "bob", "bobpw")
-        register(s, "carol", "carolpw")
-        register(s, "dave", "davepw")
-        yield s
-    finally:
-        s.terminate()
-        s.kill()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import json
 import socket
 import time
 
-from tests.support import LineConn
+from tests.support import LineConn, ServerProcess
 
 TIMEOUT = 20
 
@@ -87,6 +87,23 @@ def login(port, user, password):
     r = Http(port).post("/api/session", {"user": user, "password": password})
     assert r.status == 201, r
     return Http(port, token=r.json["token"]), r
+
+
+def web_server(data, users, extra_args=()):
+    """
+    A generator for a module fixture: a real server with the web listener
+    on, the accounts C{users} registered (each with the password
+    C{<name>pw}), stopped afterwards however the module ended.
+    """
+    s = ServerProcess(data, web=True, extra_args=list(extra_args))
+    s.start()
+    try:
+        for user in users:
+            register(s, user, user + "pw")
+        yield s
+    finally:
+        s.terminate()
+        s.kill()
 
 
 def register(server, user, password):
