@@ -528,7 +528,10 @@ def test_kill_9_mid_upload_leaves_nothing_and_the_old_file_intact(tmp_path):
         assert len(os.listdir(tmp_dir)) == 2  # the crash left them
 
         srv.start()
-        assert os.listdir(tmp_dir) == []  # swept at start-up
+        assert os.listdir(tmp_dir) == []  # swept at start-up, before listening
+        # ... and reported by the start-up housekeeping (which may finish
+        # just after the ports answer).
+        wait_until(lambda: "removed 2 stale temporaries" in srv.output(), what="the report")
         c = connect(srv.ports["files"], "alice")
         assert c.cmd("INFO new.bin")[0].startswith("550 ")
         line, body, done = download(c, "keep.bin")

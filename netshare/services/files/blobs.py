@@ -79,6 +79,8 @@ class BlobStore:
         write_behind: bool = True,
     ):
         self.root = os.path.abspath(root)
+        #: Stale temporaries removed by L{sweep} since this store was made.
+        self.swept = 0
         self.write_behind = write_behind
         self.blobs_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
@@ -190,6 +192,7 @@ class BlobStore:
                     pass
         if removed:
             self.log.info("sweep: removed {count} stale temporary files", count=removed)
+        self.swept += removed
         return removed
 
     def all_blob_ids(self) -> set[str]:

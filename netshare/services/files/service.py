@@ -381,7 +381,8 @@ class FilesService:
         @return: Deferred[dict] with the counts C{temporaries}, C{orphans},
             C{missing}, C{partials} and C{expired}.
         """
-        swept = self.blobs.sweep()
+        self.blobs.sweep()  # (again: the service's builder swept before listening)
+        swept = self.blobs.swept
         partials, expired = await self._load_partials()
         known = await self.files.all_blob_ids()
         orphans = await self.blobs.remove_orphans(known)
