@@ -83,6 +83,21 @@ def _reset(engine):
         md.drop_all(conn)
 
 
+def empty_database_url(request, kind, directory):
+    """For a server a module fixture starts: the URL of an empty database
+    of C{kind} (a SQLite file in C{directory}, or this session's own
+    PostgreSQL schema / MariaDB database, its tables dropped)."""
+    if kind == "sqlite":
+        return "sqlite:///" + str(directory / "server.db")
+    url = request.getfixturevalue("server_urls")[kind]
+    engine = create_engine(url)
+    try:
+        _reset(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
 @pytest.fixture(params=DB_PARAMS)
 def db_url(request, tmp_path):
     """A database URL: a SQLite file, or this session's own PostgreSQL

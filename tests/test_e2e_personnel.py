@@ -26,7 +26,7 @@ import pytest
 
 from netshare.clients.syncdb import FIELDS, LocalStore
 from netshare.storage.engine import create_engine
-from tests.conftest import DB_PARAMS, _reset
+from tests.conftest import DB_PARAMS, empty_database_url
 from tests.support import ROOT, LineConn, ServerProcess, env
 
 CLIENTS = ("client1", "client2")
@@ -213,12 +213,8 @@ class Stack:
 def stack(request, tmp_path_factory):
     kind = request.param
     base = tmp_path_factory.mktemp("personnel-e2e-%s" % kind)
-    if kind == "sqlite":
-        url = "sqlite:///" + str(base / "server.db")
-    else:
-        url = request.getfixturevalue("server_urls")[kind]
-    engine = create_engine(url)
-    _reset(engine)
+    url = empty_database_url(request, kind, base)
+    engine = create_engine(url)  # (the tests read the server's tables)
     server = ServerProcess(
         base / "data", db=url, extra_args=["--sync-page", "100", "--registration", "open"]
     )

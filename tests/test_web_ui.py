@@ -36,9 +36,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
-from sqlalchemy import create_engine
 
-from tests.conftest import DB_PARAMS, _reset
+from tests.conftest import DB_PARAMS, empty_database_url
 from tests.support import ROOT, LineConn, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -105,13 +104,7 @@ def server(request, tmp_path_factory):
     require_browser()
     kind = request.param
     base = tmp_path_factory.mktemp("web-ui-%s" % kind)
-    if kind == "sqlite":
-        url = "sqlite:///" + str(base / "server.db")
-    else:
-        url = request.getfixturevalue("server_urls")[kind]
-    engine = create_engine(url)
-    _reset(engine)
-    engine.dispose()
+    url = empty_database_url(request, kind, base)
     srv = ServerProcess(base / "data", db=url, web=True)
     srv.start()
     try:

@@ -456,7 +456,7 @@ class LineConnection(LinearLineReceiver, TimeoutMixin):
         if type(result) is Reply:  # the common case first
             assert self._current is not None
             self._current.code = result.code
-            self._write(["%d %s" % (result.code, result.text)])
+            self._write(result.lines())
             return None
         if isinstance(result, tuple):
             result = Reply(*result)

@@ -224,20 +224,19 @@ class HeldReplies:
         self.paused = False
         #: What waits (true when a reply is held): tested on every reply.
         self.queue: deque[_Slot | list[str]] = deque()
-        self._queue = self.queue
         self._waiters: list[defer.Deferred[None]] = []
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def append(self, lines: list[str]) -> None:
         """A ready reply, behind the held ones."""
-        self._queue.append(lines)
+        self.queue.append(lines)
 
     def reserve(self, lines: "defer.Deferred[list[str]]") -> None:
         """A place for the reply C{lines} will give, written in its turn."""
         slot = _Slot()
-        self._queue.append(slot)
+        self.queue.append(slot)
         lines.addCallback(self._fill, slot)
 
     def _fill(self, lines: list[str], slot: _Slot) -> None:
@@ -247,7 +246,7 @@ class HeldReplies:
     def release(self) -> None:
         """Write every reply at the head that is ready; wake the waiters
         once none is left."""
-        queue = self._queue
+        queue = self.queue
         while queue:
             head = queue[0]
             lines = head.lines if isinstance(head, _Slot) else head
@@ -262,11 +261,11 @@ class HeldReplies:
 
     def whenEmpty(self) -> "defer.Deferred[None]":
         """Fires once no reply is held (at once if none is)."""
-        if not self._queue:
+        if not self.queue:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append(d)
         return d
 
     def clear(self) -> None:
-        self._queue.clear()
+        self.queue.clear()

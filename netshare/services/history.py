@@ -215,25 +215,8 @@ class HistoryRecorder:
             before login.
         @param account_id: the account that sent it, or None.
         """
-        # (L{row}, inlined: this runs for every command.)
-        seq = int(self.clock.seconds() * 1_000_000)
-        if seq <= self._lastSeq:
-            seq = self._lastSeq + 1
-        self._lastSeq = seq
         self._pending.append(
-            (
-                self._recorded,
-                {
-                    "seq": seq,
-                    "ts_ms": ts_ms,
-                    "service": service,
-                    "user": user,
-                    "peer": peer[:64],  # (the column's size, as journal_row)
-                    "command": command,
-                    "code": code,
-                    "account_id": account_id,
-                },
-            )
+            (self._recorded, self.row(ts_ms, service, user, peer, command, code, account_id))
         )
         self._recorded += 1
         excess = len(self._pending) + len(self._inflight) - self.max_buffered

@@ -110,7 +110,7 @@ DEFAULT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 MARK_TTL = 3600.0
 #: Seconds a probe may wait for the lock of an in-flight transaction.
 PROBE_LOCK_WAIT = 5
-#: A write's id row (built once: a reused statement is compiled once).
+#: The columns of a write's id row (see L{_insert_mark}).
 _MARK_COLUMNS = ("id", "created_ms")
 
 
