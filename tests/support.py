@@ -5,6 +5,7 @@ Every wait here has a timeout, and everything started is stopped.
 """
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,8 +24,43 @@ FAST_ENV = {
 }
 
 
+#: Ports free_port() handed out in this process (never handed out twice).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port():
-    with socket.socket() as s:
+    """
+    A loopback port for a server a test starts later.  Not from the kernel's
+    ephemeral range (what binding port 0 gives): there, any outgoing
+    connection (a test client, the browser driver, a database connection)
+    may take the port between this check and the server's bind, and the
+    server then fails with "Address already in use" (seen once in CI).
+    Below that range only listeners take ports, so a random free one stays
+    free.
+    """
+    low = _ephemeral_low()
+    if low > 20000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(20000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket() as s:  # no usable range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
