@@ -252,7 +252,9 @@ class Shell:
 
 
 DB_STATE = (
-    "(runtime.engine.pool.checkedout(), runtime.pool.active, runtime.pool.queued, "
+    # (checked out beyond the one connection each DB worker keeps)
+    "(runtime.engine.pool.checkedout() - runtime.pool.kept, runtime.pool.active, "
+    "runtime.pool.queued, "
     "{n: f.stats.connections for n, f in runtime.factories.items()})"
 )
 

@@ -305,6 +305,47 @@ def test_stop_commits_the_writes_already_accepted(db_pool):
         assert count_accounts(conn) == 3
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_worker_keeps_its_connection_until_a_call_fails(db_engine):
+    """A worker's connection serves call after call (reads, writes, and a
+    refusal, which rolls back cleanly); a call that fails otherwise
+    discards it, so the next one starts on a fresh connection; stop()
+    returns every kept connection to the engine's pool."""
+    pool = DBPool(db_engine, threads=1, retry_delays=(0.05,))
+    pool.start()
+    try:
+
+        def which(conn):
+            return id(conn)
+
+        def refuse(conn):
+            raise NotFound("no such thing")
+
+        def buggy(conn):
+            raise ValueError("a bug")
+
+        first = yield timed(pool.run(which))
+        assert pool.kept == 1
+        assert (yield timed(pool.write(which))) == first
+        with pytest.raises(NotFound):
+            yield timed(pool.run(refuse))
+        assert (yield timed(pool.run(which))) == first
+        assert pool.kept == 1 and db_engine.pool.checkedout() == 1
+        with pytest.raises(ValueError):
+            yield timed(pool.run(buggy))
+        assert pool.kept == 0 and db_engine.pool.checkedout() == 0
+        yield timed(pool.run(which))
+        assert pool.kept == 1
+        with pytest.raises(ValueError):
+            yield timed(pool.write(buggy))
+        assert pool.kept == 0
+        yield timed(pool.run(which))
+        assert pool.kept == 1
+    finally:
+        yield timed(pool.stop())
+    assert pool.kept == 0 and db_engine.pool.checkedout() == 0
+
+
 def test_worker_threads_follow_the_engine():
     """One thread for SQLite (one writer); the connection pool's size for a
     server (no thread waits for a connection)."""
@@ -752,6 +793,58 @@ def test_outage_through_the_protocol(proxied, tmp_path):
 
 
 # -- a full disk ------------------------------------------------------------------------
+
+
+def test_plain_sql_errors_are_wrapped_as_sqlalchemy_wraps_them(db_engine):
+    """The statements run on the DB-API cursor (L{plainsql.execute}) fail
+    with SQLAlchemy's exception types, C{.orig} and all, and without their
+    parameters in the message (user data); a savepoint rolled back after
+    one leaves the transaction usable, as through Core."""
+    columns = ("name", "name_key", "password_hash", "role", "created_ms")
+    sql = plainsql.insert_sql
+    with db_engine.begin() as conn:
+        insert = sql(conn, accounts_table, columns)
+        secret = "s3cret-hash-value"
+        plainsql.run(conn, insert, ("dup", "dup", secret, "user", 1))
+        plainsql.run(conn, "SAVEPOINT t")
+        with pytest.raises(sa.exc.IntegrityError) as caught:
+            plainsql.run(conn, insert, ("dup", "dup", secret, "user", 2))
+        assert isinstance(caught.value.orig, conn.dialect.loaded_dbapi.IntegrityError)
+        assert not caught.value.connection_invalidated
+        assert secret not in str(caught.value)
+        assert "INSERT INTO" in str(caught.value)
+        plainsql.run(conn, "ROLLBACK TO SAVEPOINT t")
+        with pytest.raises(sa.exc.DBAPIError):
+            plainsql.run(conn, "SELECT no_such_column FROM accounts")
+        plainsql.run(conn, "ROLLBACK TO SAVEPOINT t")
+        plainsql.run(conn, insert, ("other", "other", secret, "user", 3))
+        assert plainsql.fetch_column(conn, "SELECT name FROM accounts ORDER BY name") == [
+            "dup",
+            "other",
+        ]
+
+
+def test_a_plain_statement_on_a_lost_connection_invalidates_it(proxied):
+    """A statement whose server connection is gone fails as a transient,
+    invalidated-connection error (the pool retries it on a fresh one), and
+    the pool does not hand the dead connection out again."""
+    direct, via_proxy, proxy = proxied
+    engine = create_engine(via_proxy)
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            assert plainsql.fetch_column(conn, "SELECT 1") == [1]
+            proxy.cut()
+            with pytest.raises(sa.exc.DBAPIError) as caught:
+                plainsql.fetch_column(conn, "SELECT 2")
+            assert caught.value.connection_invalidated
+            assert is_transient(caught.value)
+            assert conn.invalidated
+        proxy.restore()
+        with engine.connect() as conn:
+            assert plainsql.fetch_column(conn, "SELECT 3") == [3]
+    finally:
+        engine.dispose()
 
 
 @pytest_twisted.inlineCallbacks

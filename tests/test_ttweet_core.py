@@ -500,6 +500,25 @@ def test_flood_limiter_disabled():
     assert all(f.allow("u") for _ in range(1000))
 
 
+def test_tokens_are_taken_from_every_set_or_from_none():
+    """take_together: an empty bucket in any set refuses the whole attempt
+    and takes nothing from the others; a disabled set is no limit."""
+    clock = Clock()
+    users = TokenBuckets(clock, burst=3, rate=1.0)
+    addresses = TokenBuckets(clock, burst=2, rate=1.0)
+    off = TokenBuckets(clock, burst=0, rate=1.0)
+    take = TokenBuckets.take_together
+    assert take((users, ("a", "s1")), (addresses, ("10.0.0.1",)), (off, ("x",)))
+    assert take((users, ("a", "s1")), (addresses, ("10.0.0.1",)))
+    # the address is empty now: refused, and user "a" keeps its last token
+    assert not take((users, ("a", "s1")), (addresses, ("10.0.0.1",)))
+    assert take((users, ("a", "s2")), (addresses, ("10.0.0.2",)))
+    assert not take((users, ("a",)), (addresses, ()))
+    clock.advance(1)
+    assert take((users, ("a",)), (addresses, ("10.0.0.1",)))
+    assert all(take((off, ("x",))) for _ in range(100))
+
+
 def test_hub_rate_limits_per_user_with_429():
     hub, _, clock = make_hub(flood_burst=3, flood_rate=1.0)
     a, b = online(hub, "a", "b")

@@ -162,9 +162,9 @@ class HistoryRecorder:
         caller records how many at the end (L{recordUnrecorded}).
         """
         key = ("connection", connection)
-        if self._prelogin.has(key) and self._preloginAddress.has(address):
-            self._prelogin.allow(key)
-            self._preloginAddress.allow(address)
+        if TokenBuckets.take_together(
+            (self._prelogin, (key,)), (self._preloginAddress, (address,))
+        ):
             return True
         self.unrecorded += 1
         return False

@@ -25,6 +25,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from netshare.storage import plainsql
+
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -157,7 +159,7 @@ def _sqlite_engine(u: URL, synchronous: str, busy_timeout_ms: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        plainsql.run(conn, "BEGIN IMMEDIATE")
 
     return engine
 

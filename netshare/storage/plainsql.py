@@ -9,6 +9,16 @@ more than the insert itself, in the database thread, holding the GIL the
 reactor thread needs (bench/peers.py, py-spy).  These statements are built
 once per dialect from the same L{sqlalchemy.Table} objects, quoted by the
 dialect, so they follow the schema; everything else stays in Core.
+
+They run on the DB-API cursor of the SQLAlchemy connection's own
+transaction (L{execute}), not through C{exec_driver_sql}: SQLAlchemy's
+execution context, result set-up and events cost about 40 us a statement
+on these machines, against 2-3 us for sqlite3 itself, and an acknowledged
+write runs four of them (BEGIN, the replay check, the row, its history
+row).  Errors are wrapped exactly as SQLAlchemy wraps them (an
+L{sqlalchemy.exc.DBAPIError} subclass with C{.orig}; a lost connection
+invalidated and flagged), so the pool's retry and in-doubt rules see no
+difference.  C{bench/db_floor.py} measures the three ways side by side.
 """
 
 from __future__ import annotations
@@ -18,11 +28,71 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 #: Placeholder by DB-API paramstyle (sqlite: qmark; psycopg, pymysql: %s).
 _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _CACHE: dict[tuple[Any, ...], str] = {}
+
+
+def execute(conn: Connection, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> Any:
+    """
+    Run C{sql} (in the driver's paramstyle) on the DB-API cursor of
+    C{conn}'s transaction; return the cursor (the caller fetches and
+    closes it: L{fetch_column} does both).
+
+    @raise sqlalchemy.exc.DBAPIError: the driver's error, wrapped as
+        SQLAlchemy wraps it (parameters hidden: they are user data); when it
+        means the connection is gone, the connection is invalidated first.
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None  # (None only once the connection is closed)
+    cursor = dbapi_conn.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, params)
+        elif params:
+            cursor.execute(sql, params)
+        else:
+            cursor.execute(sql)
+    except conn.dialect.loaded_dbapi.Error as e:
+        _close_quietly(cursor)
+        gone = conn.dialect.is_disconnect(e, dbapi_conn, cursor)
+        if gone:
+            conn.invalidate(e)
+        raise sa_exc.DBAPIError.instance(
+            sql,
+            None,
+            e,
+            conn.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=gone,
+            dialect=conn.dialect,
+            ismulti=many,
+        ) from e
+    return cursor
+
+
+def run(conn: Connection, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> None:
+    """L{execute} a statement whose result nobody reads."""
+    execute(conn, sql, params, many=many).close()
+
+
+def fetch_column(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The first column of every row C{sql} returns."""
+    cursor = execute(conn, sql, params)
+    try:
+        return [r[0] for r in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _close_quietly(cursor: Any) -> None:
+    try:
+        cursor.close()
+    except Exception:
+        pass
 
 
 def _names(conn: Connection, table: sa.Table, columns: Sequence[str]) -> tuple[str, str]:
@@ -71,12 +141,16 @@ def insert_tuples(
     if not rows:
         return
     if conn.dialect.name != "sqlite" or len(rows) == 1:
-        conn.exec_driver_sql(insert_sql(conn, table, columns), rows)
+        if len(rows) == 1:
+            run(conn, insert_sql(conn, table, columns), rows[0])
+        else:
+            run(conn, insert_sql(conn, table, columns), rows, many=True)
         return
     per = max(1, _SQLITE_VARIABLES // len(columns))
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        conn.exec_driver_sql(
+        run(
+            conn,
             _insert_values_sql(conn, table, columns, len(chunk)),
             tuple(itertools.chain.from_iterable(chunk)),
         )
@@ -113,4 +187,4 @@ def select_in(conn: Connection, table: sa.Table, column: str, values: Sequence[A
         )
         if len(_CACHE) < 4096:  # (one per chunk size: bounded anyway)
             _CACHE[key] = sql
-    return [r[0] for r in conn.exec_driver_sql(sql, tuple(values))]
+    return fetch_column(conn, sql, tuple(values))

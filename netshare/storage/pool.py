@@ -116,7 +116,7 @@ _MARK_COLUMNS = ("id", "created_ms")
 
 def _insert_mark(conn: Connection, wid: str) -> None:
     """The write's mark (plain SQL: once per write transaction)."""
-    conn.exec_driver_sql(plainsql.insert_sql(conn, write_marks, _MARK_COLUMNS), (wid, _now_ms()))
+    plainsql.run(conn, plainsql.insert_sql(conn, write_marks, _MARK_COLUMNS), (wid, _now_ms()))
 
 
 #: Writes committed together, at most (a backlog is written in several
@@ -297,7 +297,7 @@ def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
             # Plain SAVEPOINT statements (the same SQL as begin_nested, whose
             # bookkeeping cost more than the statements: a quarter of the
             # database thread at 100 writers).
-            conn.exec_driver_sql(_SAVEPOINT)
+            plainsql.run(conn, _SAVEPOINT)
             try:
                 result = w.fn(conn, *w.args, **w.kwargs)
                 _check_plain(w.fn, result)
@@ -312,13 +312,13 @@ def _thd_group(conn: Connection, group: list[_Write]) -> _Outcomes:
                 # transient error (a deadlock, say) gets one more try; a
                 # write that fails again fails alone, so one poisoned write
                 # cannot make the group retry until its deadline.
-                conn.exec_driver_sql(_ROLLBACK_TO)
-                conn.exec_driver_sql(_RELEASE)
+                plainsql.run(conn, _ROLLBACK_TO)
+                plainsql.run(conn, _RELEASE)
                 if attempt == 1 and is_transient(e):
                     continue
                 outcomes.append((False, Failure()))
                 break
-            conn.exec_driver_sql(_RELEASE)
+            plainsql.run(conn, _RELEASE)
             outcomes.append((True, result))
             break
     return outcomes
@@ -384,11 +384,20 @@ class DBPool:
         self.latency = Histogram(DB_CALL_BUCKETS)
         self.running = False
         self.stopping = False
+        self._kept = threading.local()  # each worker's connection (_thd_connection)
+        self._keptAll: set[Connection] = set()
+        self._keptLock = threading.Lock()
         self._waitingWrites: list[_Write] = []  # for the next group
         self._committing = False  # a group is in flight
         self._idle: list[Deferred[None]] = []  # stop() waiting for the groups
         self.writes = 0
         self.groups = 0
+
+    @property
+    def kept(self) -> int:
+        """Connections the workers keep between calls (at most one each):
+        checked out of the engine's pool, but not in use by a call."""
+        return len(self._keptAll)
 
     @property
     def queued(self) -> int:
@@ -625,20 +634,61 @@ class DBPool:
         )
         time.sleep(delay)
 
+    # Each worker keeps its connection between calls (checked out of the
+    # engine's pool once, not per call): a checkout, its return and the
+    # pool's reset cost about 70 us a transaction here, as much as SQLite
+    # takes for the statements of an acknowledged write
+    # (bench/db_floor.py).  A call that fails in any way other than a
+    # refusal (NetshareError, after a clean rollback) discards it, so a
+    # retry, the in-doubt probe and the next call start on a fresh one, as
+    # they did with a checkout per call; stop() closes the kept ones.
+
+    def _thd_connection(self) -> Connection:
+        """This worker's connection (see above)."""
+        conn: Connection | None = getattr(self._kept, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                self._thd_discard(conn)
+            conn = self.engine.connect()
+            self._kept.conn = conn
+            with self._keptLock:
+                self._keptAll.add(conn)
+        return conn
+
+    def _thd_discard(self, conn: Connection) -> None:
+        """Close a worker's connection; the worker's next call opens one."""
+        if getattr(self._kept, "conn", None) is conn:
+            self._kept.conn = None
+        with self._keptLock:
+            self._keptAll.discard(conn)
+        _quietly(conn.close)
+
+    def _thd_close_kept(self) -> None:
+        """At stop, with every worker idle: close what they kept."""
+        with self._keptLock:
+            kept, self._keptAll = self._keptAll, set()
+        for conn in kept:
+            _quietly(conn.close)
+
     def _thd_read(
         self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
         delays = iter(self.retry_delays)
         while True:
+            conn: Connection | None = None
+            keep = False
             try:
-                with self.engine.begin() as conn:
-                    call.conn = conn
+                conn = call.conn = self._thd_connection()
+                with conn.begin():
                     result = fn(conn, *args, **kwargs)
+                keep = True
                 _check_plain(fn, result)
                 return result
             except NetshareError:
+                keep = True  # refused and rolled back: the connection is fine
                 raise
             except Exception as e:
+                keep = False
                 _storage_error(e)
                 if not is_transient(e):
                     raise
@@ -647,6 +697,8 @@ class DBPool:
                 self._retrying(e, delays, fn)
             finally:
                 call.conn = None
+                if conn is not None and not keep:
+                    self._thd_discard(conn)
 
     def _thd_write(
         self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -655,7 +707,8 @@ class DBPool:
         reruns = 0
         while True:
             wid = call.wid = secrets.token_hex(16)
-            conn = call.conn = self.engine.connect()
+            conn = call.conn = self._thd_connection()
+            keep = False
             try:
                 trans = conn.begin()
                 try:
@@ -664,7 +717,12 @@ class DBPool:
                     _insert_mark(conn, wid)
                     call.enter(COMMITTING)
                 except BaseException as e:
-                    _quietly(trans.rollback)
+                    try:
+                        trans.rollback()
+                        # a refusal, cleanly rolled back: the connection is fine
+                        keep = isinstance(e, NetshareError)
+                    except Exception:
+                        pass
                     if not isinstance(e, Exception):
                         raise
                     _storage_error(e)
@@ -676,6 +734,7 @@ class DBPool:
                     continue
                 try:
                     trans.commit()
+                    keep = True
                     return result
                 except Exception as e:
                     _storage_error(e)  # a full disk fails the COMMIT: rolled back
@@ -684,7 +743,8 @@ class DBPool:
                     first_error = e
             finally:
                 call.conn = None
-                _quietly(conn.close)
+                if not keep:
+                    self._thd_discard(conn)
             # The COMMIT was sent and its answer lost: in doubt.
             self.in_doubt += 1
             call.phase = RESOLVING
@@ -754,6 +814,7 @@ class DBPool:
             await idle
         if self._inflight:
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
+        await deferToThreadPool(self._fromThreads, self._pool, self._thd_close_kept)
         await deferToThreadPool(self._fromThreads, self._pool, self.engine.dispose)
         self._pool.stop()
         self.running = False
@@ -770,6 +831,7 @@ class DBPool:
             "outcome_unknown": self.outcome_unknown,
             "writes": self.writes,
             "groups": self.groups,
+            "kept": self.kept,
         }
 
 

@@ -211,7 +211,8 @@ def thd_add_person(conn: Connection, ssn: str, fields: Mapping[str, str], now_ms
     # transaction, or its savepoint in a group commit, is rolled back), and
     # the person is what was inserted.
     try:
-        conn.exec_driver_sql(
+        plainsql.run(
+            conn,
             plainsql.insert_sql(conn, personnel, _INSERT_PERSON),
             tuple([values.get(c) for c in _INSERT_PERSON]),
         )

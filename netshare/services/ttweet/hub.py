@@ -356,11 +356,9 @@ class Hub:
             raise DatabaseUnavailable("tweets cannot be stored now; try later")
         keys = (member.name, ("session", member.serial))
         address = (member.address,) if member.address is not None else ()
-        if not (self.flood.has(*keys) and self.address_flood.has(*address)):
+        if not TokenBuckets.take_together((self.flood, keys), (self.address_flood, address)):
             self.rate_limited += 1
             raise RateLimited("too many tweets; try later")
-        self.flood.allow(*keys)
-        self.address_flood.allow(*address)
 
         tweet_id = self._next_id
         self._next_id += 1
