@@ -579,6 +579,40 @@ def test_group_commit_starts_at_once_and_takes_what_arrived_meanwhile():
     )  # no batch timer armed
 
 
+def test_the_next_batch_is_on_its_way_before_the_last_ones_publishers_hear():
+    """Group commit overlaps the database and the reactor: when a batch is
+    committed and more tweets wait, their store call is made before the
+    committed batch's publishers are answered (it is in flight while those
+    replies are written).  While stopping, the answers come first."""
+    store = FakeStore()
+    store.manual = True
+    hub, _, clock = make_hub(store=store, batch_interval=0)
+    (a,) = online(hub, "a")
+    seen = []
+
+    def note(tweet):
+        seen.append((tweet["id"], len(store.calls)))
+        return tweet
+
+    hub.publish(a, "1").addCallback(note)
+    hub.publish(a, "2").addCallback(note)
+    d, rows, entries = store.calls[0]
+    store.apply(rows, entries)
+    d.callback(1)
+    assert seen == [(1, 2)]  # answered with batch 2 already handed to the store
+    hub.publish(a, "3").addCallback(note)
+    stopped = hub.writer.stop()
+    d, rows, entries = store.calls[1]
+    store.apply(rows, entries)
+    d.callback(1)
+    assert seen[1] == (2, 2)  # stopping: answered before batch 3 is handed over
+    assert len(store.calls) == 3 and not stopped.called
+    d, rows, entries = store.calls[2]
+    store.apply(rows, entries)
+    d.callback(1)
+    assert seen[2] == (3, 3) and stopped.called
+
+
 def test_batch_starts_at_once_when_rows_reach_threshold():
     hub, store, clock = make_hub(batch_rows=3)
     (a,) = online(hub, "a")

@@ -371,8 +371,7 @@ class Hub:
             "hashtags": hashtags,
             "ts": wire.iso_ms(ts_ms),
         }
-        data = b"600 " + wire.dumps(tweet).encode("utf-8") + b"\r\n"
-        recipients = self._fan_out(tweet, tags, data)
+        recipients = self._fan_out(tweet, tags)
         self._last_message = message
         self.published += 1
 
@@ -380,11 +379,12 @@ class Hub:
         self.writer.add(PendingTweet(tweet, ts_ms, recipients, d, now, journal))
         return d
 
-    def _fan_out(self, tweet: Tweet, tags: tuple[str, ...], data: bytes) -> list[int]:
+    def _fan_out(self, tweet: Tweet, tags: tuple[str, ...]) -> list[int]:
         """
-        Push C{data} once to every member subscribed to one of C{tags} or to
-        C{#ALL}; return the registered recipients' account ids (their
-        timeline entries, for the batch writer).
+        Push the tweet's C{600} line once to every member subscribed to one
+        of C{tags} or to C{#ALL}; return the registered recipients' account
+        ids (their timeline entries, for the batch writer).  The line is
+        encoded once, and only when someone is subscribed.
 
         The recipient collection is snapshotted (a tuple or a fresh union
         set) because a push may make the protocol drop a slow connection,
@@ -399,6 +399,7 @@ class Hub:
         if not groups:
             return ids
         targets: Iterable[_Member] = tuple(groups[0]) if len(groups) == 1 else set().union(*groups)
+        data = b"600 " + wire.dumps(tweet).encode("utf-8") + b"\r\n"
         sent = 0
         for member in targets:
             if not member.online:  # dropped by an earlier push in this loop
