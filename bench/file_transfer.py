@@ -55,6 +55,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import free_port, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
@@ -306,25 +308,6 @@ class RSSSampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.p.poll() is not None:
-            raise RuntimeError("netshare exited with %s" % proc.p.returncode)
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("netshare did not listen on %d" % port)
-
-
 def make_source(path, size, block=8 * MiB):
     data = os.urandom(min(block, max(size, 1)))
     h = hashlib.sha256()
@@ -438,7 +421,7 @@ def run(args):
             log_path=os.path.join(work, "server.log"),
         )
         procs.append(server)
-        wait_port(port, server)
+        wait_port(port, server.p)
         conn = NetshareConn(port)
         conn.cmd("LOGIN admin %s" % PASSWORD, "230")
         time.sleep(0.5)

@@ -47,17 +47,13 @@ import threading
 import time
 import urllib.request
 
+from benchlib import free_port, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
 PASSWORD = "benchpw-not-secret"
 NAME = "bench-http.bin"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def make_source(path, size, block=8 * MiB):
@@ -114,16 +110,7 @@ class Server:
             self.wait_port(port)
 
     def wait_port(self, port, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.p.poll() is not None:
-                raise RuntimeError("netshare exited with %s" % self.p.returncode)
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("netshare did not listen on %d" % port)
+        wait_port(port, self.p, timeout)
 
     def rss_kib(self):
         try:

@@ -17,36 +17,16 @@ Issue 14's bound is 80 MiB.  Nothing here gates CI.
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
+from benchlib import free_port, stop_process, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 LISTENERS = ("personnel", "files", "ttweet", "manhole", "web")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(proc: subprocess.Popen, port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited with status %s" % (proc.returncode,))
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("nothing listens on %d after %gs" % (port, timeout)) from None
-            time.sleep(0.05)
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -77,17 +57,12 @@ def one_run(settle: float) -> tuple[float, float]:
             argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         for port in ports.values():
-            wait_port(proc, port)
+            wait_port(port, proc, timeout=60)
         time.sleep(settle)
         return status_kib(proc.pid, "VmRSS") / 1024, status_kib(proc.pid, "VmHWM") / 1024
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            stop_process(proc, timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

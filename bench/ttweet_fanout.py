@@ -54,6 +54,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, stop_process, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPBACK = "127.0.0.1"
 PAYLOAD = "x" * 100
@@ -108,36 +110,6 @@ def serve_reference():
 # --- processes --------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited with status %s" % proc.returncode)
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1):
-                return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not listen on %d" % port) from e
-            time.sleep(0.05)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def start_reference():
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve-reference"],
@@ -146,7 +118,7 @@ def start_reference():
     )
     line = proc.stdout.readline()
     if not line.startswith("PORT"):
-        stop(proc)
+        stop_process(proc)
         raise RuntimeError("reference server did not start")
     return proc, int(line.split()[1])
 
@@ -516,7 +488,7 @@ def main():
                         )
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
