@@ -140,11 +140,11 @@ def insert_tuples(
     """
     if not rows:
         return
-    if conn.dialect.name != "sqlite" or len(rows) == 1:
-        if len(rows) == 1:
-            run(conn, insert_sql(conn, table, columns), rows[0])
-        else:
-            run(conn, insert_sql(conn, table, columns), rows, many=True)
+    if len(rows) == 1:
+        run(conn, insert_sql(conn, table, columns), rows[0])
+        return
+    if conn.dialect.name != "sqlite":
+        run(conn, insert_sql(conn, table, columns), rows, many=True)
         return
     per = max(1, _SQLITE_VARIABLES // len(columns))
     for start in range(0, len(rows), per):

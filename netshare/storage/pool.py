@@ -395,8 +395,8 @@ class DBPool:
 
     @property
     def kept(self) -> int:
-        """Connections the workers keep between calls (at most one each):
-        checked out of the engine's pool, but not in use by a call."""
+        """Connections the workers keep between calls (at most one each),
+        checked out of the engine's pool whether a call is using one or not."""
         return len(self._keptAll)
 
     @property
@@ -641,7 +641,7 @@ class DBPool:
     # (bench/db_floor.py).  A call that fails in any way other than a
     # refusal (NetshareError, after a clean rollback) discards it, so a
     # retry, the in-doubt probe and the next call start on a fresh one, as
-    # they did with a checkout per call; stop() closes the kept ones.
+    # they did with a checkout per call; stop() closes the kept ones (_thd_shut).
 
     def _thd_connection(self) -> Connection:
         """This worker's connection (see above)."""
@@ -663,12 +663,14 @@ class DBPool:
             self._keptAll.discard(conn)
         _quietly(conn.close)
 
-    def _thd_close_kept(self) -> None:
-        """At stop, with every worker idle: close what they kept."""
+    def _thd_shut(self) -> None:
+        """At stop, with every worker idle: close what they kept, then the
+        engine's pool."""
         with self._keptLock:
             kept, self._keptAll = self._keptAll, set()
         for conn in kept:
             _quietly(conn.close)
+        self.engine.dispose()
 
     def _thd_read(
         self, call: _Call, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -688,7 +690,6 @@ class DBPool:
                 keep = True  # refused and rolled back: the connection is fine
                 raise
             except Exception as e:
-                keep = False
                 _storage_error(e)
                 if not is_transient(e):
                     raise
@@ -814,8 +815,7 @@ class DBPool:
             await idle
         if self._inflight:
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
-        await deferToThreadPool(self._fromThreads, self._pool, self._thd_close_kept)
-        await deferToThreadPool(self._fromThreads, self._pool, self.engine.dispose)
+        await deferToThreadPool(self._fromThreads, self._pool, self._thd_shut)
         self._pool.stop()
         self.running = False
 
